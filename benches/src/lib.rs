@@ -1,0 +1,1 @@
+//! Benchmarks for Nexa Forge; see `benches/`.

@@ -1,0 +1,649 @@
+//! A job's life: its states, attempts, events, and the one function that moves it.
+//!
+//! ```text
+//!           submit
+//!             │
+//!    waiting ─┤ (depends_on not yet succeeded)
+//!             ▼
+//!   ┌────► queued ──cancel─────────────────────────► cancelled
+//!   │         │ lease to worker (attempt n, epoch e)
+//!   │         ▼
+//!   │     assigned ──► running ──► succeeded
+//!   │         │           │  └──► failed (attempts used up, or not retryable)
+//!   │         └───────────┴──cancel──► cancelling ──► cancelled
+//!   └── backoff ◄── lease expired / worker lost / retryable error
+//! ```
+//!
+//! [`Job::apply`] is the only code that changes a job's state. It either applies a
+//! [`Transition`] whole, appending an [`Event`], or refuses it with a [`TransitionError`] and
+//! leaves the job untouched. Invariants it keeps:
+//!
+//! - at most one attempt is live (has no end), and one is live exactly when the job is
+//!   `assigned`, `running` or `cancelling`;
+//! - a report (start, heartbeat, completion, failure) must quote the live attempt's epoch;
+//! - a terminal job (`succeeded`, `failed`, `cancelled`) never changes again;
+//! - a job is never tried more than `max_attempts` times;
+//! - the last event names the current state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{Epoch, JobId, WorkerId};
+use crate::retry::RetryPolicy;
+use crate::spec::JobSpec;
+use crate::time::Timestamp;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// Submitted; some job it depends on has not succeeded yet.
+    Waiting,
+    /// Ready to run (or waiting out a retry backoff), looking for a worker.
+    Queued,
+    /// Leased to a worker that has not reported that it started.
+    Assigned,
+    /// A worker is running it.
+    Running,
+    /// Finished with a result. Terminal.
+    Succeeded,
+    /// Finished without a result and will not be tried again. Terminal.
+    Failed,
+    /// Cancel was asked while a worker held it; waiting for the worker to stop.
+    Cancelling,
+    /// Stopped by a user or because a dependency did not succeed. Terminal.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in a fixed order.
+    pub const ALL: [JobState; 8] = [
+        JobState::Waiting,
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelling,
+        JobState::Cancelled,
+    ];
+
+    /// `succeeded`, `failed` and `cancelled` never change again.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// A worker holds a lease on the job in this state.
+    pub const fn is_leased(self) -> bool {
+        matches!(
+            self,
+            JobState::Assigned | JobState::Running | JobState::Cancelling
+        )
+    }
+
+    /// The lower-case name used in the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelling => "cancelling",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// A stable small number for index keys. Never reorder.
+    pub const fn code(self) -> u8 {
+        match self {
+            JobState::Waiting => 0,
+            JobState::Queued => 1,
+            JobState::Assigned => 2,
+            JobState::Running => 3,
+            JobState::Succeeded => 4,
+            JobState::Failed => 5,
+            JobState::Cancelling => 6,
+            JobState::Cancelled => 7,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no job state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown job state {0:?} (expected waiting, queued, assigned, running, succeeded, failed, cancelling or cancelled)"
+)]
+pub struct UnknownJobState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownJobState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownJobState(s.to_owned()))
+    }
+}
+
+/// Whose fault a failure was, which decides whether it is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// The job's input cannot work (a missing dataset, a bad parameter). Not retried.
+    InvalidInput,
+    /// The stage's code failed. Retried.
+    StageError,
+    /// The worker stopped answering or its lease ran out. Retried.
+    WorkerLost,
+    /// The attempt ran past the job's timeout. Not retried: it would likely run out again.
+    Timeout,
+    /// Stopped on request. Not retried.
+    Cancelled,
+    /// Nexa Forge itself failed (storage, transport). Retried; not the user's fault.
+    Platform,
+}
+
+impl FailureClass {
+    /// Whether an attempt that failed this way may be tried again.
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            FailureClass::StageError | FailureClass::WorkerLost | FailureClass::Platform
+        )
+    }
+
+    /// The snake-case name used in the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::InvalidInput => "invalid_input",
+            FailureClass::StageError => "stage_error",
+            FailureClass::WorkerLost => "worker_lost",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Cancelled => "cancelled",
+            FailureClass::Platform => "platform",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job or an attempt did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Whose fault, and whether it is retried.
+    pub class: FailureClass,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl JobError {
+    /// An error of `class`.
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+/// What a successful job produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobOutput {
+    /// Named numbers, e.g. `accuracy`, `rows`.
+    pub metrics: BTreeMap<String, f64>,
+    /// Named artifacts and where they are, e.g. `model = file:///var/artifacts/job-7/model.bin`.
+    pub artifacts: BTreeMap<String, String>,
+    /// The stage's full result as a JSON document, kept verbatim.
+    pub result_json: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// The worker reported success.
+    Succeeded,
+    /// The attempt failed; the class says whose fault.
+    Failed(JobError),
+}
+
+/// One try at running a job, under one lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first try.
+    pub number: u32,
+    /// The worker holding the lease.
+    pub worker: WorkerId,
+    /// The lease's fencing token.
+    pub epoch: Epoch,
+    /// When the lease was granted.
+    pub leased_at: Timestamp,
+    /// When the worker said it started.
+    pub started_at: Option<Timestamp>,
+    /// The lease ends here unless a heartbeat renews it.
+    pub lease_expires_at: Timestamp,
+    /// The attempt times out here (lease time plus the job's timeout).
+    pub deadline: Timestamp,
+    /// When the attempt ended; `None` while it is live.
+    pub ended_at: Option<Timestamp>,
+    /// How it ended; `None` while it is live.
+    pub outcome: Option<AttemptOutcome>,
+}
+
+impl Attempt {
+    /// Whether the attempt still holds its lease.
+    pub fn is_live(&self) -> bool {
+        self.ended_at.is_none()
+    }
+}
+
+/// One entry of a job's history: every state change appends one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened.
+    pub at: Timestamp,
+    /// The state before; `None` for the submission.
+    pub from: Option<JobState>,
+    /// The state after.
+    pub to: JobState,
+    /// Why, for people.
+    pub message: String,
+}
+
+/// A request to move a job; see [`Job::apply`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// Every dependency succeeded: `waiting → queued`.
+    Release,
+    /// Grant `worker` a lease: `queued → assigned`.
+    Lease {
+        /// The worker taking the job.
+        worker: WorkerId,
+        /// A fresh epoch, larger than any handed out before.
+        epoch: Epoch,
+        /// How long the lease lasts without a heartbeat.
+        ttl: Duration,
+    },
+    /// The worker started the stage: `assigned → running`.
+    Start {
+        /// The lease's epoch.
+        epoch: Epoch,
+    },
+    /// The worker is alive: the lease is extended by `ttl` from now; the state is unchanged.
+    Renew {
+        /// The lease's epoch.
+        epoch: Epoch,
+        /// How long the lease lasts from now.
+        ttl: Duration,
+        /// Progress from 0.0 to 1.0, if the worker reports it.
+        progress: Option<f64>,
+    },
+    /// The stage produced a result: `assigned | running → succeeded`, `cancelling → cancelled`.
+    Succeed {
+        /// The lease's epoch.
+        epoch: Epoch,
+        /// What the stage produced.
+        output: JobOutput,
+    },
+    /// The attempt failed: back to `queued` (after a backoff) when the class is retryable and
+    /// attempts remain, else `failed`; from `cancelling`, `cancelled`.
+    Fail {
+        /// The lease's epoch.
+        epoch: Epoch,
+        /// What went wrong.
+        error: JobError,
+    },
+    /// The live lease ran out without a heartbeat: the attempt ends as `worker_lost`.
+    LeaseExpired,
+    /// The live attempt passed its deadline: the attempt ends as `timeout`.
+    TimedOut,
+    /// Stop the job: `waiting | queued → cancelled`, `assigned | running → cancelling`.
+    /// Asking again while `cancelling` is accepted and changes nothing.
+    Cancel {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+impl Transition {
+    fn name(&self) -> &'static str {
+        match self {
+            Transition::Release => "release",
+            Transition::Lease { .. } => "lease",
+            Transition::Start { .. } => "start",
+            Transition::Renew { .. } => "renew",
+            Transition::Succeed { .. } => "succeed",
+            Transition::Fail { .. } => "fail",
+            Transition::LeaseExpired => "lease expiry",
+            Transition::TimedOut => "timeout",
+            Transition::Cancel { .. } => "cancel",
+        }
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        match self {
+            Transition::Start { epoch }
+            | Transition::Renew { epoch, .. }
+            | Transition::Succeed { epoch, .. }
+            | Transition::Fail { epoch, .. } => Some(*epoch),
+            _ => None,
+        }
+    }
+}
+
+/// A transition that does not apply to the job as it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransitionError {
+    /// The transition is not allowed from the job's state.
+    #[error("{job} is {state}; cannot {transition} it")]
+    Illegal {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was asked.
+        transition: &'static str,
+    },
+    /// The report quotes an epoch that is not the job's live lease: it comes from an attempt
+    /// that was replaced or has ended.
+    #[error("{job}: {got} is stale (the live lease is {})", live.map_or_else(|| "none".to_owned(), |e| e.to_string()))]
+    StaleEpoch {
+        /// The job.
+        job: JobId,
+        /// The epoch the report carried.
+        got: Epoch,
+        /// The live lease's epoch, if there is one.
+        live: Option<Epoch>,
+    },
+    /// The stored job contradicts itself (a leased state without a live attempt, or the
+    /// reverse). Records written through [`Job::apply`] never do.
+    #[error("{job} is {state} but its attempts disagree; the record is inconsistent")]
+    Inconsistent {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+    },
+    /// A progress value outside 0.0 to 1.0.
+    #[error("progress {0} is outside 0.0..=1.0")]
+    InvalidProgress(f64),
+}
+
+/// A job and everything that happened to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// Where it is now.
+    pub state: JobState,
+    /// When it was accepted.
+    pub submitted_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// Every try, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Every state change, oldest first.
+    pub events: Vec<Event>,
+    /// The live attempt's last reported progress, 0.0 to 1.0.
+    pub progress: Option<f64>,
+    /// Not leased before this time (retry backoff).
+    pub not_before: Option<Timestamp>,
+    /// The result, once succeeded.
+    pub output: Option<JobOutput>,
+    /// Why it failed or was cancelled.
+    pub error: Option<JobError>,
+}
+
+impl Job {
+    /// A newly accepted job: `waiting` when `dependencies_met` is false, else `queued`.
+    pub fn new(id: JobId, spec: JobSpec, dependencies_met: bool, now: Timestamp) -> Self {
+        let state = if dependencies_met {
+            JobState::Queued
+        } else {
+            JobState::Waiting
+        };
+        let message = if dependencies_met {
+            "submitted".to_owned()
+        } else {
+            "submitted; waiting for its dependencies".to_owned()
+        };
+        Self {
+            id,
+            spec,
+            state,
+            submitted_at: now,
+            updated_at: now,
+            attempts: Vec::new(),
+            events: vec![Event {
+                at: now,
+                from: None,
+                to: state,
+                message,
+            }],
+            progress: None,
+            not_before: None,
+            output: None,
+            error: None,
+        }
+    }
+
+    /// The attempt holding the lease, if any.
+    pub fn live_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.is_live())
+    }
+
+    /// The earliest time something must happen to the live attempt without a report: its
+    /// lease runs out or it times out. `None` when no attempt is live.
+    pub fn deadline(&self) -> Option<Timestamp> {
+        self.live_attempt()
+            .map(|a| a.lease_expires_at.min(a.deadline))
+    }
+
+    /// Applies `transition` at `now`, or refuses it and leaves the job as it was.
+    pub fn apply(
+        &mut self,
+        transition: Transition,
+        now: Timestamp,
+        retry: &RetryPolicy,
+    ) -> Result<(), TransitionError> {
+        use JobState as S;
+        use Transition as T;
+
+        let illegal = TransitionError::Illegal {
+            job: self.id,
+            state: self.state,
+            transition: transition.name(),
+        };
+        if self.state.is_terminal() {
+            return Err(illegal);
+        }
+        if self.state.is_leased() != self.live_attempt().is_some() {
+            // Only a record not written by `apply` can get here; refuse rather than guess.
+            return Err(TransitionError::Inconsistent {
+                job: self.id,
+                state: self.state,
+            });
+        }
+        if let Some(epoch) = transition.epoch() {
+            let live = self.live_attempt().map(|a| a.epoch);
+            if live != Some(epoch) {
+                return Err(TransitionError::StaleEpoch {
+                    job: self.id,
+                    got: epoch,
+                    live,
+                });
+            }
+        }
+
+        match (self.state, transition) {
+            (S::Waiting, T::Release) => self.enter(S::Queued, now, "dependencies succeeded"),
+            (S::Queued, T::Lease { worker, epoch, ttl }) => {
+                let number = self.attempts.len() as u32 + 1;
+                let message = format!("leased to {worker} (attempt {number}, {epoch})");
+                self.attempts.push(Attempt {
+                    number,
+                    worker,
+                    epoch,
+                    leased_at: now,
+                    started_at: None,
+                    lease_expires_at: now.saturating_add(ttl),
+                    deadline: now.saturating_add(self.spec.timeout),
+                    ended_at: None,
+                    outcome: None,
+                });
+                self.not_before = None;
+                self.progress = None;
+                self.enter(S::Assigned, now, message);
+            }
+            (S::Assigned, T::Start { .. }) => {
+                self.live_mut().started_at = Some(now);
+                self.enter(S::Running, now, "started");
+            }
+            (S::Assigned | S::Running | S::Cancelling, T::Renew { ttl, progress, .. }) => {
+                if let Some(p) = progress {
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(TransitionError::InvalidProgress(p));
+                    }
+                    self.progress = Some(p);
+                }
+                let attempt = self.live_mut();
+                attempt.lease_expires_at = attempt.lease_expires_at.max(now.saturating_add(ttl));
+                self.updated_at = now;
+            }
+            (S::Assigned | S::Running, T::Succeed { output, .. }) => {
+                self.end_attempt(now, AttemptOutcome::Succeeded);
+                self.progress = Some(1.0);
+                self.output = Some(output);
+                self.enter(S::Succeeded, now, "succeeded");
+            }
+            (S::Cancelling, T::Succeed { .. }) => {
+                self.end_attempt(now, AttemptOutcome::Succeeded);
+                self.enter(
+                    S::Cancelled,
+                    now,
+                    "cancelled; the worker finished before it stopped",
+                );
+            }
+            (S::Assigned | S::Running | S::Cancelling, T::Fail { error, .. }) => {
+                self.fail_attempt(error, now, retry);
+            }
+            (S::Assigned | S::Running | S::Cancelling, T::LeaseExpired) => {
+                let worker = self.live_mut().worker.clone();
+                let error = JobError::new(
+                    FailureClass::WorkerLost,
+                    format!("lease expired: {worker} stopped sending heartbeats"),
+                );
+                self.fail_attempt(error, now, retry);
+            }
+            (S::Assigned | S::Running | S::Cancelling, T::TimedOut) => {
+                let error = JobError::new(
+                    FailureClass::Timeout,
+                    format!(
+                        "attempt ran past the job's timeout of {:?}",
+                        self.spec.timeout
+                    ),
+                );
+                self.fail_attempt(error, now, retry);
+            }
+            (S::Waiting | S::Queued, T::Cancel { reason }) => {
+                self.not_before = None;
+                self.error = Some(JobError::new(FailureClass::Cancelled, reason.clone()));
+                self.enter(S::Cancelled, now, format!("cancelled: {reason}"));
+            }
+            (S::Assigned | S::Running, T::Cancel { reason }) => {
+                self.error = Some(JobError::new(FailureClass::Cancelled, reason.clone()));
+                self.enter(
+                    S::Cancelling,
+                    now,
+                    format!("cancel requested: {reason}; waiting for the worker to stop"),
+                );
+            }
+            (S::Cancelling, T::Cancel { .. }) => {}
+            _ => return Err(illegal),
+        }
+        Ok(())
+    }
+
+    fn live_mut(&mut self) -> &mut Attempt {
+        // Callers match on a leased state, which always has a live attempt (module invariant).
+        let attempt = self.attempts.last_mut().filter(|a| a.is_live());
+        match attempt {
+            Some(a) => a,
+            None => unreachable!("a leased job always has a live attempt"),
+        }
+    }
+
+    fn end_attempt(&mut self, now: Timestamp, outcome: AttemptOutcome) {
+        let attempt = self.live_mut();
+        attempt.ended_at = Some(now);
+        attempt.outcome = Some(outcome);
+    }
+
+    fn fail_attempt(&mut self, error: JobError, now: Timestamp, retry: &RetryPolicy) {
+        let number = self.live_mut().number;
+        self.end_attempt(now, AttemptOutcome::Failed(error.clone()));
+        self.progress = None;
+        if self.state == JobState::Cancelling {
+            self.enter(
+                JobState::Cancelled,
+                now,
+                format!("cancelled; the attempt ended ({error})"),
+            );
+        } else if error.class.is_retryable() && number < self.spec.max_attempts {
+            let until = now.saturating_add(retry.delay(self.id, number));
+            self.not_before = Some(until);
+            self.enter(
+                JobState::Queued,
+                now,
+                format!("attempt {number} failed ({error}); retrying after {until}"),
+            );
+        } else {
+            let why = if error.class.is_retryable() {
+                format!(
+                    "attempt {number} of {} failed ({error}); no attempts left",
+                    self.spec.max_attempts
+                )
+            } else {
+                format!("attempt {number} failed ({error}); not retryable")
+            };
+            self.error = Some(error);
+            self.enter(JobState::Failed, now, why);
+        }
+    }
+
+    fn enter(&mut self, to: JobState, now: Timestamp, message: impl Into<String>) {
+        self.events.push(Event {
+            at: now,
+            from: Some(self.state),
+            to,
+            message: message.into(),
+        });
+        self.state = to;
+        self.updated_at = now;
+    }
+}

@@ -1,0 +1,83 @@
+//! The core of Nexa Forge: what a job is and the rules it lives by, with no I/O.
+//!
+//! This crate holds job specs and their validation ([`JobSpec`]), the job state machine
+//! ([`Job::apply`]), leases with epoch fencing, retry backoff ([`RetryPolicy`]), the
+//! scheduling policy ([`pick_next`], [`queued_reason`]), job logs, the [`Store`] trait and
+//! [`MemStore`], the in-memory store that is the reference for every other.
+//!
+//! It deliberately does no I/O, spawns no threads or tasks and never reads a clock: time is an
+//! argument ([`Timestamp`]). Everything here is deterministic, which is what lets the property
+//! tests run thousands of random histories in seconds. Durable storage (`nexa-storage`), the
+//! network and the actors live in other crates, built on this one.
+//!
+//! ```
+//! use nexa_runtime::*;
+//!
+//! let store = MemStore::default();
+//! let now = Timestamp(1_000);
+//! let job = store
+//!     .submit(JobSpec::new(JobParams::Deploy(DeployParams {
+//!         model_id: "llama-1b-distilled".into(),
+//!         target: "local".into(),
+//!         replicas: 1,
+//!     })), now)
+//!     .unwrap();
+//!
+//! let worker = WorkerId::new("gpu-1").unwrap();
+//! store
+//!     .register_worker(WorkerInfo {
+//!         id: worker.clone(),
+//!         cpus: 8,
+//!         memory_mb: 32_768,
+//!         gpus: vec![],
+//!         labels: Default::default(),
+//!         job_types: JobType::ALL.into_iter().collect(),
+//!     }, now)
+//!     .unwrap();
+//! let lease = store
+//!     .lease_next(LeaseRequest { worker, free_gpus: vec![] }, now)
+//!     .unwrap()
+//!     .expect("the job fits");
+//! store.start(job.id, lease.epoch, now).unwrap();
+//! let state = store.complete(job.id, lease.epoch, JobOutput::default(), now).unwrap();
+//! assert_eq!(state, JobState::Succeeded);
+//!
+//! // A report under an old epoch is refused: that lease is no longer live.
+//! assert!(store.heartbeat(job.id, lease.epoch, None, now).unwrap_err().is_stale());
+//! ```
+
+mod id;
+mod job;
+mod log;
+mod mem_store;
+mod retry;
+mod scheduling;
+mod spec;
+mod store;
+mod time;
+mod worker;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use id::{Epoch, InvalidWorkerId, JobId, ParseJobIdError, WorkerId};
+pub use job::{
+    Attempt, AttemptOutcome, Event, FailureClass, Job, JobError, JobOutput, JobState, Transition,
+    TransitionError, UnknownJobState,
+};
+pub use log::{AttemptLog, LogAck, LogLine, LogMeta, LogPage, LogQuery, cap_marker};
+pub use mem_store::MemStore;
+pub use retry::RetryPolicy;
+pub use scheduling::{
+    Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,
+};
+pub use spec::{
+    AuditParams, DeployParams, DistillParams, EvaluateParams, GenerateParams, JobParams, JobSpec,
+    JobType, ParamValue, Resources, SpecError, TrainParams, URI_SCHEMES, UnknownJobType,
+};
+pub use store::{
+    Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery, Page,
+    ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit, WriteOp,
+};
+pub use time::Timestamp;
+pub use worker::{Gpu, WorkerInfo, WorkerRecord, WorkerStatus};

@@ -1,0 +1,270 @@
+//! [`MemStore`]: the in-memory store, the reference model every other store is tested against.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::id::{JobId, WorkerId};
+use crate::job::{Job, JobState};
+use crate::log::{LogLine, LogMeta};
+use crate::scheduling::{QueueEntry, QueueKey};
+use crate::store::{
+    Counter, Engine, ReadTables, StorageFault, StoreConfig, StoreError, Tables, Visit, WriteOp,
+};
+use crate::time::Timestamp;
+use crate::worker::WorkerRecord;
+
+/// The tables, as ordered maps.
+#[derive(Clone, Debug, Default)]
+struct MemTables {
+    jobs: BTreeMap<JobId, Job>,
+    queue: BTreeMap<QueueKey, QueueEntry>,
+    states: BTreeSet<(u8, JobId)>,
+    deadlines: BTreeSet<(Timestamp, JobId)>,
+    idempotency: BTreeMap<String, JobId>,
+    dependents: BTreeMap<JobId, Vec<JobId>>,
+    log_meta: BTreeMap<JobId, LogMeta>,
+    logs: BTreeMap<(JobId, u32, u64), LogLine>,
+    workers: BTreeMap<WorkerId, WorkerRecord>,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+/// A store that keeps everything in memory. Nothing survives the process; use it for tests,
+/// examples and embedding where durability is not wanted.
+///
+/// ```
+/// use nexa_runtime::{GenerateParams, JobParams, JobSpec, JobState, MemStore, Store, Timestamp};
+///
+/// let store = MemStore::default();
+/// let spec = JobSpec::new(JobParams::Generate(GenerateParams {
+///     domain: "biology".into(),
+///     num_samples: 100,
+///     seed: None,
+/// }));
+/// let submitted = store.submit(spec, Timestamp(0)).unwrap();
+/// assert_eq!(store.get(submitted.id).unwrap().state, JobState::Queued);
+/// ```
+#[derive(Debug, Default)]
+pub struct MemStore {
+    config: StoreConfig,
+    tables: Mutex<MemTables>,
+}
+
+impl MemStore {
+    /// An empty store with `config`.
+    pub fn new(config: StoreConfig) -> Self {
+        Self {
+            config,
+            tables: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemTables> {
+        // The tables are only changed by whole operations that cannot panic half-way through
+        // a write sequence except by a bug; recovering the guard keeps the store usable.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Engine for MemStore {
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+        let mut tables = self.lock();
+        // Ops check everything before their first write, so a failed op wrote nothing.
+        op(&mut *tables)
+    }
+
+    fn read<R>(
+        &self,
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let tables = self.lock();
+        op(&*tables)
+    }
+}
+
+impl ReadTables for MemTables {
+    fn job(&self, id: JobId) -> Result<Option<Job>, StorageFault> {
+        Ok(self.jobs.get(&id).cloned())
+    }
+
+    fn jobs_desc(&self, before: Option<JobId>, visit: Visit<'_, Job>) -> Result<(), StorageFault> {
+        let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+        for job in self
+            .jobs
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, j)| j)
+        {
+            if !visit(job.clone()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn state_desc(
+        &self,
+        state: JobState,
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault> {
+        let lo = (state.code(), JobId(0));
+        let hi = (state.code(), before.unwrap_or(JobId(u64::MAX)));
+        let upper = if before.is_some() {
+            Bound::Excluded(hi)
+        } else {
+            Bound::Included(hi)
+        };
+        for &(_, id) in self.states.range((Bound::Included(lo), upper)).rev() {
+            if !visit(id) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault> {
+        for (k, e) in &self.queue {
+            if !visit((*k, e.clone())) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn deadlines_until(
+        &self,
+        now: Timestamp,
+        visit: Visit<'_, (Timestamp, JobId)>,
+    ) -> Result<(), StorageFault> {
+        for &entry in self.deadlines.range(..=(now, JobId(u64::MAX))) {
+            if !visit(entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn idempotent(&self, key: &str) -> Result<Option<JobId>, StorageFault> {
+        Ok(self.idempotency.get(key).copied())
+    }
+
+    fn dependents(&self, id: JobId) -> Result<Vec<JobId>, StorageFault> {
+        Ok(self.dependents.get(&id).cloned().unwrap_or_default())
+    }
+
+    fn log_meta(&self, id: JobId) -> Result<Option<LogMeta>, StorageFault> {
+        Ok(self.log_meta.get(&id).cloned())
+    }
+
+    fn logs(
+        &self,
+        id: JobId,
+        attempt: u32,
+        from_seq: u64,
+        visit: Visit<'_, LogLine>,
+    ) -> Result<(), StorageFault> {
+        for line in self
+            .logs
+            .range((id, attempt, from_seq)..=(id, attempt, u64::MAX))
+            .map(|(_, l)| l)
+        {
+            if !visit(line.clone()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault> {
+        Ok(self.workers.get(id).cloned())
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault> {
+        Ok(self.workers.values().cloned().collect())
+    }
+
+    fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
+        Ok(self.counters.get(counter.name()).copied().unwrap_or(0))
+    }
+}
+
+impl Tables for MemTables {
+    fn put_job(&mut self, job: &Job) -> Result<(), StorageFault> {
+        self.jobs.insert(job.id, job.clone());
+        Ok(())
+    }
+
+    fn queue_put(&mut self, key: QueueKey, entry: &QueueEntry) -> Result<(), StorageFault> {
+        self.queue.insert(key, entry.clone());
+        Ok(())
+    }
+
+    fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
+        self.queue.remove(&key);
+        Ok(())
+    }
+
+    fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.states.insert((state.code(), id));
+        Ok(())
+    }
+
+    fn state_remove(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.states.remove(&(state.code(), id));
+        Ok(())
+    }
+
+    fn deadline_put(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.deadlines.insert((at, id));
+        Ok(())
+    }
+
+    fn deadline_remove(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.deadlines.remove(&(at, id));
+        Ok(())
+    }
+
+    fn put_idempotent(&mut self, key: &str, id: JobId) -> Result<(), StorageFault> {
+        self.idempotency.insert(key.to_owned(), id);
+        Ok(())
+    }
+
+    fn add_dependent(&mut self, dep: JobId, child: JobId) -> Result<(), StorageFault> {
+        self.dependents.entry(dep).or_default().push(child);
+        Ok(())
+    }
+
+    fn put_log_meta(&mut self, id: JobId, meta: &LogMeta) -> Result<(), StorageFault> {
+        self.log_meta.insert(id, meta.clone());
+        Ok(())
+    }
+
+    fn put_log_line(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        line: &LogLine,
+    ) -> Result<(), StorageFault> {
+        self.logs.insert((id, attempt, line.seq), line.clone());
+        Ok(())
+    }
+
+    fn put_worker(&mut self, worker: &WorkerRecord) -> Result<(), StorageFault> {
+        self.workers.insert(worker.info.id.clone(), worker.clone());
+        Ok(())
+    }
+
+    fn remove_worker(&mut self, id: &WorkerId) -> Result<bool, StorageFault> {
+        Ok(self.workers.remove(id).is_some())
+    }
+
+    fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
+        self.counters.insert(counter.name(), value);
+        Ok(())
+    }
+}

@@ -1,0 +1,622 @@
+//! What a user asks for: a job's type, its typed parameters, and how it is to be run.
+//!
+//! [`JobSpec::validate`] is the single gate every spec passes before a store accepts it. An
+//! invalid spec is refused with a [`SpecError`] that names the field (as a dotted path, e.g.
+//! `params.num_samples`) and says what is wrong with it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::JobId;
+
+/// The six kinds of work Nexa Forge runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JobType {
+    /// Synthesise a dataset for a domain.
+    Generate,
+    /// Check a dataset's integrity and shape.
+    Audit,
+    /// Train a student model from a teacher's outputs.
+    Distill,
+    /// Train or fine-tune a model on a dataset.
+    Train,
+    /// Score a model on a dataset.
+    Evaluate,
+    /// Publish a model to a serving target.
+    Deploy,
+}
+
+impl JobType {
+    /// Every job type, in a fixed order.
+    pub const ALL: [JobType; 6] = [
+        JobType::Generate,
+        JobType::Audit,
+        JobType::Distill,
+        JobType::Train,
+        JobType::Evaluate,
+        JobType::Deploy,
+    ];
+
+    /// The lower-case name used in the API, the CLI and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobType::Generate => "generate",
+            JobType::Audit => "audit",
+            JobType::Distill => "distill",
+            JobType::Train => "train",
+            JobType::Evaluate => "evaluate",
+            JobType::Deploy => "deploy",
+        }
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no job type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown job type {0:?} (expected one of generate, audit, distill, train, evaluate, deploy)"
+)]
+pub struct UnknownJobType(pub String);
+
+impl FromStr for JobType {
+    type Err = UnknownJobType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownJobType(s.to_owned()))
+    }
+}
+
+/// `generate`: synthesise `num_samples` examples for `domain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateParams {
+    /// The subject of the data, e.g. `biology` or `customer-support`.
+    pub domain: String,
+    /// How many examples to produce (1 to 10,000,000).
+    pub num_samples: u64,
+    /// Seed for reproducible output; a stage picks one when absent.
+    pub seed: Option<u64>,
+}
+
+/// `audit`: check a dataset and report its shape and quality.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditParams {
+    /// Where the dataset is: a path or a `file://`, `s3://`, `gs://`, `http(s)://` URI.
+    pub dataset_uri: String,
+    /// The column whose class balance to report.
+    pub label_column: Option<String>,
+    /// The file's expected SHA-256 (64 hex digits); the audit fails when it differs.
+    pub expected_sha256: Option<String>,
+}
+
+/// `distill`: train `student_model` to imitate `teacher_model` on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillParams {
+    /// The model whose outputs are imitated.
+    pub teacher_model: String,
+    /// The model being trained; must differ from the teacher.
+    pub student_model: String,
+    /// The inputs both models see.
+    pub dataset_uri: String,
+    /// Softmax temperature for the teacher's outputs (greater than 0, at most 100).
+    pub temperature: f64,
+    /// Passes over the dataset (1 to 10,000).
+    pub epochs: u32,
+}
+
+/// `train`: train or fine-tune `model_id` on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    /// The model to train.
+    pub model_id: String,
+    /// The training data.
+    pub dataset_uri: String,
+    /// Passes over the dataset (1 to 10,000).
+    pub epochs: u32,
+    /// Free-form settings for the trainer, e.g. `learning_rate = 3e-4`.
+    pub hyperparameters: BTreeMap<String, ParamValue>,
+}
+
+/// `evaluate`: score `model_id` on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateParams {
+    /// The model to score.
+    pub model_id: String,
+    /// The evaluation data.
+    pub dataset_uri: String,
+    /// Metric names, e.g. `accuracy`, `f1`; empty means the stage's default set.
+    pub metrics: Vec<String>,
+}
+
+/// `deploy`: publish `model_id` to a serving target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployParams {
+    /// The model to publish.
+    pub model_id: String,
+    /// Where to serve it, e.g. `local` or an endpoint name.
+    pub target: String,
+    /// How many serving replicas (1 to 64).
+    pub replicas: u32,
+}
+
+/// One hyperparameter value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ParamValue {
+    /// `true` or `false`.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A finite real number.
+    Float(f64),
+    /// Text, at most 1,024 bytes.
+    Text(String),
+}
+
+/// A job's type together with its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobParams {
+    /// See [`GenerateParams`].
+    Generate(GenerateParams),
+    /// See [`AuditParams`].
+    Audit(AuditParams),
+    /// See [`DistillParams`].
+    Distill(DistillParams),
+    /// See [`TrainParams`].
+    Train(TrainParams),
+    /// See [`EvaluateParams`].
+    Evaluate(EvaluateParams),
+    /// See [`DeployParams`].
+    Deploy(DeployParams),
+}
+
+impl JobParams {
+    /// The job type these parameters belong to.
+    pub fn job_type(&self) -> JobType {
+        match self {
+            JobParams::Generate(_) => JobType::Generate,
+            JobParams::Audit(_) => JobType::Audit,
+            JobParams::Distill(_) => JobType::Distill,
+            JobParams::Train(_) => JobType::Train,
+            JobParams::Evaluate(_) => JobType::Evaluate,
+            JobParams::Deploy(_) => JobType::Deploy,
+        }
+    }
+}
+
+/// What a job needs from the worker that runs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Whole GPUs (0 to 64).
+    pub gpus: u32,
+    /// Memory each of those GPUs must have, in MiB; 0 means any.
+    pub gpu_memory_mb: u64,
+    /// Labels the worker must carry with exactly these values, e.g. `region = eu-west`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything a user submits: the work and how to run it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job type and its parameters.
+    pub params: JobParams,
+    /// What the job needs from a worker.
+    pub resources: Resources,
+    /// Higher runs first (-1,000 to 1,000); equal priorities run in submission order.
+    pub priority: i32,
+    /// How many times the job may be tried in all, the first try included (1 to 100).
+    pub max_attempts: u32,
+    /// How long one attempt may take from its lease (1 second to 30 days).
+    pub timeout: Duration,
+    /// Submitting twice with the same key creates one job.
+    pub idempotency_key: Option<String>,
+    /// Jobs that must succeed before this one is queued. If one fails or is cancelled, this
+    /// job is cancelled with that reason.
+    pub depends_on: Vec<JobId>,
+}
+
+impl JobSpec {
+    /// Default number of attempts.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    /// Default attempt timeout: one day.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    /// Highest accepted priority; the lowest is its negation.
+    pub const MAX_PRIORITY: i32 = 1000;
+    /// Most dependencies a job may have.
+    pub const MAX_DEPENDENCIES: usize = 256;
+
+    /// A spec for `params` with default settings: no GPUs, priority 0, three attempts, a
+    /// one-day timeout, no idempotency key and no dependencies.
+    pub fn new(params: JobParams) -> Self {
+        Self {
+            params,
+            resources: Resources::default(),
+            priority: 0,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            timeout: Self::DEFAULT_TIMEOUT,
+            idempotency_key: None,
+            depends_on: Vec::new(),
+        }
+    }
+
+    /// The job type.
+    pub fn job_type(&self) -> JobType {
+        self.params.job_type()
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_params(&self.params)?;
+        validate_resources(&self.resources)?;
+        if self.priority.abs() > Self::MAX_PRIORITY {
+            return Err(SpecError::new(
+                "priority",
+                format!("{} is outside -1000..=1000", self.priority),
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(SpecError::new(
+                "max_attempts",
+                format!("{} is outside 1..=100", self.max_attempts),
+            ));
+        }
+        if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(30 * 86_400)
+        {
+            return Err(SpecError::new(
+                "timeout",
+                format!("{:?} is outside 1 second to 30 days", self.timeout),
+            ));
+        }
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(SpecError::new(
+                    "idempotency_key",
+                    "must be 1 to 256 bytes long",
+                ));
+            }
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(SpecError::new(
+                    "idempotency_key",
+                    "only printable ASCII without spaces is allowed",
+                ));
+            }
+        }
+        if self.depends_on.len() > Self::MAX_DEPENDENCIES {
+            return Err(SpecError::new(
+                "depends_on",
+                format!(
+                    "{} jobs listed; at most 256 are allowed",
+                    self.depends_on.len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for dep in &self.depends_on {
+            if !seen.insert(dep) {
+                return Err(SpecError::new(
+                    "depends_on",
+                    format!("{dep} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A spec field that does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct SpecError {
+    /// The offending field as a dotted path, e.g. `params.epochs`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl SpecError {
+    /// An error for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn validate_params(params: &JobParams) -> Result<(), SpecError> {
+    match params {
+        JobParams::Generate(p) => {
+            name("params.domain", &p.domain)?;
+            range_u64("params.num_samples", p.num_samples, 1, 10_000_000)
+        }
+        JobParams::Audit(p) => {
+            uri("params.dataset_uri", &p.dataset_uri)?;
+            if let Some(col) = &p.label_column {
+                name("params.label_column", col)?;
+            }
+            if let Some(sha) = &p.expected_sha256 {
+                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(SpecError::new(
+                        "params.expected_sha256",
+                        "must be 64 hexadecimal digits",
+                    ));
+                }
+            }
+            Ok(())
+        }
+        JobParams::Distill(p) => {
+            name("params.teacher_model", &p.teacher_model)?;
+            name("params.student_model", &p.student_model)?;
+            if p.teacher_model == p.student_model {
+                return Err(SpecError::new(
+                    "params.student_model",
+                    "must differ from the teacher model",
+                ));
+            }
+            uri("params.dataset_uri", &p.dataset_uri)?;
+            if !(p.temperature.is_finite() && p.temperature > 0.0 && p.temperature <= 100.0) {
+                return Err(SpecError::new(
+                    "params.temperature",
+                    format!("{} is not a number in (0, 100]", p.temperature),
+                ));
+            }
+            range_u64("params.epochs", u64::from(p.epochs), 1, 10_000)
+        }
+        JobParams::Train(p) => {
+            name("params.model_id", &p.model_id)?;
+            uri("params.dataset_uri", &p.dataset_uri)?;
+            range_u64("params.epochs", u64::from(p.epochs), 1, 10_000)?;
+            if p.hyperparameters.len() > 64 {
+                return Err(SpecError::new(
+                    "params.hyperparameters",
+                    "at most 64 hyperparameters are allowed",
+                ));
+            }
+            for (key, value) in &p.hyperparameters {
+                let field = format!("params.hyperparameters.{key}");
+                identifier("params.hyperparameters", key, 64)?;
+                match value {
+                    ParamValue::Float(x) if !x.is_finite() => {
+                        return Err(SpecError::new(field, "must be a finite number"));
+                    }
+                    ParamValue::Text(t) if t.len() > 1024 => {
+                        return Err(SpecError::new(field, "text is longer than 1024 bytes"));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        JobParams::Evaluate(p) => {
+            name("params.model_id", &p.model_id)?;
+            uri("params.dataset_uri", &p.dataset_uri)?;
+            if p.metrics.len() > 32 {
+                return Err(SpecError::new(
+                    "params.metrics",
+                    "at most 32 metrics are allowed",
+                ));
+            }
+            p.metrics
+                .iter()
+                .try_for_each(|m| identifier("params.metrics", m, 64))
+        }
+        JobParams::Deploy(p) => {
+            name("params.model_id", &p.model_id)?;
+            name("params.target", &p.target)?;
+            range_u64("params.replicas", u64::from(p.replicas), 1, 64)
+        }
+    }
+}
+
+fn validate_resources(r: &Resources) -> Result<(), SpecError> {
+    range_u64("resources.gpus", u64::from(r.gpus), 0, 64)?;
+    if r.gpu_memory_mb > 0 && r.gpus == 0 {
+        return Err(SpecError::new(
+            "resources.gpu_memory_mb",
+            "is set but resources.gpus is 0; ask for at least one GPU",
+        ));
+    }
+    range_u64(
+        "resources.gpu_memory_mb",
+        r.gpu_memory_mb,
+        0,
+        16 * 1024 * 1024,
+    )?;
+    if r.labels.len() > 32 {
+        return Err(SpecError::new(
+            "resources.labels",
+            "at most 32 labels are allowed",
+        ));
+    }
+    for (key, value) in &r.labels {
+        identifier("resources.labels", key, 63)?;
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(SpecError::new(
+                format!("resources.labels.{key}"),
+                "value must be at most 256 bytes without control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A model, domain or target name: 1 to 512 bytes, no control characters, not blank.
+fn name(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.trim().is_empty() {
+        return Err(SpecError::new(field, "must not be empty"));
+    }
+    if value.len() > 512 {
+        return Err(SpecError::new(field, "is longer than 512 bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(SpecError::new(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// A key: 1 to `max` bytes of `a-z A-Z 0-9 . _ - /`.
+fn identifier(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!(
+                "{value:?} must be 1 to {max} characters of letters, digits, '.', '_', '-', '/'"
+            ),
+        ))
+    }
+}
+
+/// Schemes a dataset or artifact URI may use; anything without `://` is a local path.
+pub const URI_SCHEMES: [&str; 5] = ["file", "s3", "gs", "http", "https"];
+
+fn uri(field: &str, value: &str) -> Result<(), SpecError> {
+    name(field, value)?;
+    if let Some((scheme, rest)) = value.split_once("://") {
+        if !URI_SCHEMES.contains(&scheme) {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "unsupported scheme {scheme:?}; use file://, s3://, gs://, http(s):// or a path"
+                ),
+            ));
+        }
+        if rest.is_empty() {
+            return Err(SpecError::new(
+                field,
+                format!("{scheme}:// is followed by nothing"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn range_u64(field: &str, value: u64, min: u64, max: u64) -> Result<(), SpecError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("{value} is outside {min}..={max}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate(n: u64) -> JobSpec {
+        JobSpec::new(JobParams::Generate(GenerateParams {
+            domain: "biology".into(),
+            num_samples: n,
+            seed: None,
+        }))
+    }
+
+    fn field_of(spec: &JobSpec) -> String {
+        spec.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        assert_eq!(generate(100).validate(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of(&generate(0)), "params.num_samples");
+        let mut s = generate(1);
+        s.priority = 5000;
+        assert_eq!(field_of(&s), "priority");
+        s = generate(1);
+        s.max_attempts = 0;
+        assert_eq!(field_of(&s), "max_attempts");
+        s = generate(1);
+        s.timeout = Duration::from_millis(10);
+        assert_eq!(field_of(&s), "timeout");
+        s = generate(1);
+        s.idempotency_key = Some("has space".into());
+        assert_eq!(field_of(&s), "idempotency_key");
+        s = generate(1);
+        s.depends_on = vec![JobId(1), JobId(1)];
+        assert_eq!(field_of(&s), "depends_on");
+        s = generate(1);
+        s.resources.gpu_memory_mb = 1024;
+        assert_eq!(field_of(&s), "resources.gpu_memory_mb");
+        s = generate(1);
+        s.resources.labels.insert("bad key".into(), "x".into());
+        assert_eq!(field_of(&s), "resources.labels");
+    }
+
+    #[test]
+    fn distill_rejects_same_teacher_and_student_and_bad_uris() {
+        let mut p = DistillParams {
+            teacher_model: "llama-70b".into(),
+            student_model: "llama-70b".into(),
+            dataset_uri: "s3://bucket/data.jsonl".into(),
+            temperature: 2.0,
+            epochs: 1,
+        };
+        let err = JobSpec::new(JobParams::Distill(p.clone()))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "params.student_model");
+        p.student_model = "llama-1b".into();
+        p.dataset_uri = "ftp://host/x".into();
+        let err = JobSpec::new(JobParams::Distill(p.clone()))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "params.dataset_uri");
+        assert!(
+            err.to_string().contains("unsupported scheme \"ftp\""),
+            "{err}"
+        );
+        p.dataset_uri = "data/train.csv".into();
+        p.temperature = f64::NAN;
+        assert_eq!(
+            JobSpec::new(JobParams::Distill(p))
+                .validate()
+                .unwrap_err()
+                .field,
+            "params.temperature"
+        );
+    }
+
+    #[test]
+    fn train_checks_hyperparameters() {
+        let mut hp = BTreeMap::new();
+        hp.insert("learning_rate".to_owned(), ParamValue::Float(f64::INFINITY));
+        let spec = JobSpec::new(JobParams::Train(TrainParams {
+            model_id: "resnet".into(),
+            dataset_uri: "file:///data/x.parquet".into(),
+            epochs: 3,
+            hyperparameters: hp,
+        }));
+        assert_eq!(field_of(&spec), "params.hyperparameters.learning_rate");
+    }
+
+    #[test]
+    fn job_types_parse_by_name() {
+        for t in JobType::ALL {
+            assert_eq!(t.as_str().parse::<JobType>(), Ok(t));
+        }
+        assert!("training".parse::<JobType>().is_err());
+    }
+}

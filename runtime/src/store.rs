@@ -1,0 +1,513 @@
+//! The durable record of every job and worker: the [`Store`] trait.
+//!
+//! A store owns the tables of [`Tables`]; the rules of every operation (validation,
+//! idempotency, leasing, fencing, retries, dependencies, log de-duplication) are written once,
+//! in this module, against those tables. An implementation provides only an [`Engine`]: a way
+//! to run a read against a consistent snapshot and a write as one atomic, durable transaction.
+//! Every `Engine` is a `Store` through the blanket implementation below, so [`MemStore`]
+//! (the in-memory reference) and the redb store in `nexa-storage` cannot disagree on
+//! semantics, and one shared test suite runs against both.
+//!
+//! Guarantee every implementation must give: when a write returns `Ok`, its effects are
+//! durable (for a durable store) and visible to every later read.
+//!
+//! [`MemStore`]: crate::MemStore
+
+mod ops;
+mod tables;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use tables::{Counter, FaultKind, ReadTables, StorageFault, Tables, Visit};
+
+use crate::id::{Epoch, InvalidWorkerId, JobId, WorkerId};
+use crate::job::{Job, JobError, JobOutput, JobState, TransitionError};
+use crate::log::{LogAck, LogPage, LogQuery};
+use crate::retry::RetryPolicy;
+use crate::scheduling::PendingReason;
+use crate::spec::{JobSpec, JobType, SpecError};
+use crate::time::Timestamp;
+use crate::worker::{WorkerInfo, WorkerRecord};
+
+/// Settings every store applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    /// A lease lasts this long without a heartbeat.
+    pub lease_ttl: Duration,
+    /// A worker not heard from for this long does not count when explaining why a job waits.
+    pub worker_ttl: Duration,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// Lines kept per job, all attempts together; later lines are counted and dropped.
+    pub max_log_lines_per_job: u64,
+    /// Longer lines are cut to this many bytes.
+    pub max_log_line_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            worker_ttl: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            max_log_lines_per_job: 100_000,
+            max_log_line_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The answer to a submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job's id.
+    pub id: JobId,
+    /// Its state right after submission.
+    pub state: JobState,
+    /// `false` when the idempotency key matched an earlier submission of the same spec, whose
+    /// job this is.
+    pub created: bool,
+}
+
+/// A worker asking for a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The (registered) worker.
+    pub worker: WorkerId,
+    /// Memory in MiB of each of its GPUs that is free now.
+    pub free_gpus: Vec<u64>,
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The job, as it is after the lease.
+    pub job: Job,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The fencing token to quote in every report.
+    pub epoch: Epoch,
+    /// Renew before this.
+    pub lease_expires_at: Timestamp,
+    /// The attempt times out here.
+    pub deadline: Timestamp,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The lease now ends here.
+    pub lease_expires_at: Timestamp,
+    /// The job is being cancelled: stop it and report.
+    pub cancel_requested: bool,
+}
+
+/// Which jobs to list. Results come newest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this type.
+    pub job_type: Option<JobType>,
+    /// Only jobs older than this one (the previous page's `next_before`).
+    pub before: Option<JobId>,
+    /// At most this many (1 to 1,000).
+    pub limit: usize,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            state: None,
+            job_type: None,
+            before: None,
+            limit: 50,
+        }
+    }
+}
+
+/// One page of jobs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// The jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `before` to get the next page; `None` on the last page.
+    pub next_before: Option<JobId>,
+}
+
+/// A job that [`Store::expire`] moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expired {
+    /// The job.
+    pub job: JobId,
+    /// Its state afterwards.
+    pub state: JobState,
+}
+
+/// Why a store operation was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The spec is invalid; the error names the field.
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    /// No job has this id.
+    #[error("{0} does not exist")]
+    NotFound(JobId),
+    /// The idempotency key was used before, for a different spec.
+    #[error(
+        "idempotency key {key:?} was already used for {existing} with a different spec; use a new key or resubmit the same spec"
+    )]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The job it created.
+        existing: JobId,
+    },
+    /// The transition does not apply (an illegal move, or a stale epoch).
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The worker has not registered (or was removed).
+    #[error("worker {0} is not registered; register it first")]
+    UnknownWorker(WorkerId),
+    /// A worker id that is not valid.
+    #[error(transparent)]
+    InvalidWorker(#[from] InvalidWorkerId),
+    /// The worker is draining and takes no new jobs.
+    #[error("worker {0} is draining and takes no new jobs")]
+    WorkerDraining(WorkerId),
+    /// A log batch skips lines the store has not seen.
+    #[error(
+        "log batch for {job} attempt {attempt} starts at line {got}, but line {expected} is next; resend from line {expected}"
+    )]
+    LogGap {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The next line the store expects.
+        expected: u64,
+        /// The first line of the batch.
+        got: u64,
+    },
+    /// A list or log query out of range.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// One job of a batch submission was refused; none of the batch was stored.
+    #[error("job {index} of the batch: {source}")]
+    Batch {
+        /// Its position in the batch, from 0.
+        index: usize,
+        /// Why.
+        source: Box<StoreError>,
+    },
+    /// The storage underneath failed; the operation was not stored.
+    #[error(transparent)]
+    Storage(#[from] StorageFault),
+}
+
+impl StoreError {
+    /// The report came from a lease that is no longer live: the worker should drop the job.
+    pub fn is_stale(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Transition(TransitionError::StaleEpoch { .. })
+        )
+    }
+}
+
+/// The job and worker records of the control plane.
+///
+/// Every method takes the current time: stores never read a clock, so tests can move time by
+/// hand. A method that returns `Ok` has stored its effect (durably, for a durable store);
+/// one that returns `Err` has changed nothing.
+pub trait Store: Send + Sync {
+    /// Accepts a job. With an idempotency key already used for the same spec, returns the
+    /// earlier job (`created: false`); for a different spec, refuses.
+    fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError>;
+
+    /// Accepts several jobs in one transaction: all of them, or (with
+    /// [`StoreError::Batch`]) none.
+    fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+        now: Timestamp,
+    ) -> Result<Vec<Submitted>, StoreError>;
+
+    /// One job, with its attempts and events.
+    fn get(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Jobs, newest first, filtered and paged.
+    fn list(&self, query: ListQuery) -> Result<Page, StoreError>;
+
+    /// Why a job has not started: `None` unless it is waiting or queued.
+    fn pending_reason(
+        &self,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<Option<PendingReason>, StoreError>;
+
+    /// Leases the next job that fits the worker, or `None` when none does.
+    fn lease_next(
+        &self,
+        request: LeaseRequest,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// The worker started the job (`assigned → running`).
+    fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Renews the lease and records progress (0.0 to 1.0).
+    fn heartbeat(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        progress: Option<f64>,
+        now: Timestamp,
+    ) -> Result<LeaseStatus, StoreError>;
+
+    /// The job succeeded with `output`. Returns the job's state afterwards (`succeeded`, or
+    /// `cancelled` when a cancel was pending).
+    fn complete(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        output: JobOutput,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError>;
+
+    /// The attempt failed. Returns the job's state afterwards: `queued` for a retry, `failed`,
+    /// or `cancelled` when a cancel was pending.
+    fn fail(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        error: JobError,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError>;
+
+    /// Cancels the job: at once when no worker holds it, else it becomes `cancelling` until
+    /// the worker stops. Returns the state afterwards.
+    fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError>;
+
+    /// Ends every attempt whose lease ran out (`worker_lost`) or that passed its deadline
+    /// (`timeout`) by `now`. Run it periodically and on start, to recover from a crash.
+    fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError>;
+
+    /// Stores log lines `first_seq..` of the live attempt under `epoch`. Lines already stored
+    /// are skipped, so a resent batch is not duplicated.
+    fn append_logs(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        first_seq: u64,
+        lines: Vec<String>,
+        now: Timestamp,
+    ) -> Result<LogAck, StoreError>;
+
+    /// Reads stored log lines.
+    fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError>;
+
+    /// Registers (or re-registers) a worker as active.
+    fn register_worker(&self, info: WorkerInfo, now: Timestamp)
+    -> Result<WorkerRecord, StoreError>;
+
+    /// Records that the worker is alive.
+    fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
+
+    /// Marks the worker as draining: it gets no new jobs.
+    fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
+
+    /// Forgets the worker. Leases it still holds run out as usual.
+    fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError>;
+
+    /// Every registered worker.
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+}
+
+/// A write: runs inside one transaction, which commits only if it returns `Ok`.
+pub type WriteOp<R> = Box<dyn FnOnce(&mut dyn Tables) -> Result<R, StoreError> + Send>;
+
+/// What a store implementation provides; [`Store`] follows from it.
+pub trait Engine: Send + Sync {
+    /// The settings the operations apply.
+    fn config(&self) -> &StoreConfig;
+
+    /// Runs `op` in a write transaction and returns once the transaction committed (durably,
+    /// for a durable store). When `op` returns `Err` its writes must be discarded; an
+    /// implementation may commit several callers' ops in one transaction, provided each
+    /// op's effect is all or nothing.
+    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError>;
+
+    /// Runs `op` against a consistent snapshot that includes every acknowledged write.
+    fn read<R>(
+        &self,
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+}
+
+impl<E: Engine> Store for E {
+    fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| ops::submit(t, &cfg, spec, now)))
+    }
+
+    fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+        now: Timestamp,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        self.write(Box::new(move |t| ops::submit_batch(t, specs, now)))
+    }
+
+    fn get(&self, id: JobId) -> Result<Job, StoreError> {
+        self.read(&mut |t| ops::get(t, id))
+    }
+
+    fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
+        self.read(&mut |t| ops::list(t, &query))
+    }
+
+    fn pending_reason(
+        &self,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<Option<PendingReason>, StoreError> {
+        let ttl = self.config().worker_ttl;
+        self.read(&mut |t| ops::pending_reason(t, id, ttl, now))
+    }
+
+    fn lease_next(
+        &self,
+        request: LeaseRequest,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| ops::lease_next(t, &cfg, &request, now)))
+    }
+
+    fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            ops::report(t, &cfg, id, crate::Transition::Start { epoch }, now).map(drop)
+        }))
+    }
+
+    fn heartbeat(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        progress: Option<f64>,
+        now: Timestamp,
+    ) -> Result<LeaseStatus, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            let ttl = cfg.lease_ttl;
+            let job = ops::report(
+                t,
+                &cfg,
+                id,
+                crate::Transition::Renew {
+                    epoch,
+                    ttl,
+                    progress,
+                },
+                now,
+            )?;
+            Ok(LeaseStatus {
+                lease_expires_at: job.live_attempt().map_or(now, |a| a.lease_expires_at),
+                cancel_requested: job.state == JobState::Cancelling,
+            })
+        }))
+    }
+
+    fn complete(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        output: JobOutput,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            ops::report(
+                t,
+                &cfg,
+                id,
+                crate::Transition::Succeed { epoch, output },
+                now,
+            )
+            .map(|j| j.state)
+        }))
+    }
+
+    fn fail(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        error: JobError,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            ops::report(t, &cfg, id, crate::Transition::Fail { epoch, error }, now).map(|j| j.state)
+        }))
+    }
+
+    fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            ops::report(t, &cfg, id, crate::Transition::Cancel { reason }, now).map(|j| j.state)
+        }))
+    }
+
+    fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| ops::expire(t, &cfg, now)))
+    }
+
+    fn append_logs(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        first_seq: u64,
+        lines: Vec<String>,
+        now: Timestamp,
+    ) -> Result<LogAck, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| {
+            ops::append_logs(t, &cfg, id, epoch, first_seq, lines, now)
+        }))
+    }
+
+    fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
+        self.read(&mut |t| ops::read_logs(t, id, &query))
+    }
+
+    fn register_worker(
+        &self,
+        info: WorkerInfo,
+        now: Timestamp,
+    ) -> Result<WorkerRecord, StoreError> {
+        self.write(Box::new(move |t| ops::register_worker(t, info, now)))
+    }
+
+    fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
+        let id = id.clone();
+        self.write(Box::new(move |t| ops::touch_worker(t, &id, false, now)))
+    }
+
+    fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
+        let id = id.clone();
+        self.write(Box::new(move |t| ops::touch_worker(t, &id, true, now)))
+    }
+
+    fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(Box::new(move |t| ops::remove_worker(t, &id)))
+    }
+
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.read(&mut |t| Ok(t.workers()?))
+    }
+}

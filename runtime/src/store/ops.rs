@@ -1,0 +1,623 @@
+//! The rules of every store operation, written once against [`Tables`].
+//!
+//! Each write operation does all of its checks before its first write, so an operation that
+//! returns an error other than a [`StorageFault`] has written nothing. Storage engines that
+//! commit several operations in one transaction rely on that.
+
+use std::collections::BTreeSet;
+
+use super::{
+    Counter, Expired, LeaseRequest, ListQuery, Page, ReadTables, StorageFault, StoreConfig,
+    StoreError, Submitted, Tables,
+};
+use crate::id::{Epoch, JobId, WorkerId};
+use crate::job::{Job, JobState, Transition, TransitionError};
+use crate::log::{LogAck, LogLine, LogPage, LogQuery, cap_marker};
+use crate::scheduling::{self, Offer, PendingReason, QueueEntry, QueueKey};
+use crate::spec::{JobSpec, SpecError};
+use crate::time::Timestamp;
+use crate::worker::{WorkerInfo, WorkerRecord, WorkerStatus};
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Storage(StorageFault::new(super::FaultKind::Corrupt, what))
+}
+
+fn load<T: ReadTables + ?Sized>(t: &T, id: JobId) -> Result<Job, StoreError> {
+    t.job(id)?.ok_or(StoreError::NotFound(id))
+}
+
+fn queue_slot(job: &Job) -> Option<(QueueKey, QueueEntry)> {
+    (job.state == JobState::Queued).then(|| {
+        (
+            QueueKey {
+                priority: job.spec.priority,
+                job: job.id,
+            },
+            QueueEntry::new(&job.spec, job.not_before),
+        )
+    })
+}
+
+/// Stores `new` and brings the indexes from `old`'s entries to `new`'s.
+fn write_job<T: Tables + ?Sized>(
+    t: &mut T,
+    old: Option<&Job>,
+    new: &Job,
+) -> Result<(), StoreError> {
+    t.put_job(new)?;
+    if old.map(|o| o.state) != Some(new.state) {
+        if let Some(o) = old {
+            t.state_remove(o.state, o.id)?;
+        }
+        t.state_put(new.state, new.id)?;
+    }
+    let old_slot = old.and_then(queue_slot);
+    let new_slot = queue_slot(new);
+    if old_slot != new_slot {
+        if let Some((key, _)) = old_slot {
+            t.queue_remove(key)?;
+        }
+        if let Some((key, entry)) = &new_slot {
+            t.queue_put(*key, entry)?;
+        }
+    }
+    let old_deadline = old.and_then(Job::deadline);
+    let new_deadline = new.deadline();
+    if old_deadline != new_deadline {
+        if let Some(at) = old_deadline {
+            t.deadline_remove(at, new.id)?;
+        }
+        if let Some(at) = new_deadline {
+            t.deadline_put(at, new.id)?;
+        }
+    }
+    Ok(())
+}
+
+fn next_counter<T: Tables + ?Sized>(t: &mut T, c: Counter) -> Result<u64, StoreError> {
+    let value = t.counter(c)?.max(1);
+    t.set_counter(c, value + 1)?;
+    Ok(value)
+}
+
+/// What a submission will do, decided before anything is written.
+enum Plan {
+    Existing(Submitted),
+    New {
+        spec: JobSpec,
+        /// Dependencies not yet succeeded.
+        pending: Vec<JobId>,
+        /// A dependency that failed or was cancelled.
+        doomed: Option<(JobId, JobState)>,
+    },
+}
+
+fn plan_submit<T: ReadTables + ?Sized>(t: &T, spec: JobSpec) -> Result<Plan, StoreError> {
+    spec.validate()?;
+    if let Some(key) = &spec.idempotency_key {
+        if let Some(existing) = t.idempotent(key)? {
+            let job = t.job(existing)?.ok_or_else(|| {
+                corrupt(format!("idempotency key {key:?} names missing {existing}"))
+            })?;
+            if job.spec != spec {
+                return Err(StoreError::IdempotencyConflict {
+                    key: key.clone(),
+                    existing,
+                });
+            }
+            return Ok(Plan::Existing(Submitted {
+                id: existing,
+                state: job.state,
+                created: false,
+            }));
+        }
+    }
+    let mut pending = Vec::new();
+    let mut doomed = None;
+    for &dep in &spec.depends_on {
+        let Some(d) = t.job(dep)? else {
+            return Err(SpecError::new("depends_on", format!("{dep} does not exist")).into());
+        };
+        match d.state {
+            JobState::Succeeded => {}
+            JobState::Failed | JobState::Cancelled => {
+                doomed.get_or_insert((dep, d.state));
+            }
+            _ => pending.push(dep),
+        }
+    }
+    Ok(Plan::New {
+        spec,
+        pending,
+        doomed,
+    })
+}
+
+fn execute_submit<T: Tables + ?Sized>(
+    t: &mut T,
+    plan: Plan,
+    now: Timestamp,
+) -> Result<Submitted, StoreError> {
+    let (spec, pending, doomed) = match plan {
+        Plan::Existing(s) => return Ok(s),
+        Plan::New {
+            spec,
+            pending,
+            doomed,
+        } => (spec, pending, doomed),
+    };
+    let id = JobId(next_counter(t, Counter::NextJobId)?);
+    let key = spec.idempotency_key.clone();
+    let mut job = Job::new(id, spec, pending.is_empty() && doomed.is_none(), now);
+    if let Some((dep, state)) = doomed {
+        let reason = format!("dependency {dep} {state}");
+        // A new job is waiting or queued, where cancel always applies.
+        job.apply(Transition::Cancel { reason }, now, &Default::default())?;
+    } else {
+        for dep in pending {
+            t.add_dependent(dep, id)?;
+        }
+    }
+    write_job(t, None, &job)?;
+    if let Some(key) = key {
+        t.put_idempotent(&key, id)?;
+    }
+    Ok(Submitted {
+        id,
+        state: job.state,
+        created: true,
+    })
+}
+
+pub(super) fn submit<T: Tables + ?Sized>(
+    t: &mut T,
+    _cfg: &StoreConfig,
+    spec: JobSpec,
+    now: Timestamp,
+) -> Result<Submitted, StoreError> {
+    let plan = plan_submit(t, spec)?;
+    execute_submit(t, plan, now)
+}
+
+pub(super) fn submit_batch<T: Tables + ?Sized>(
+    t: &mut T,
+    specs: Vec<JobSpec>,
+    now: Timestamp,
+) -> Result<Vec<Submitted>, StoreError> {
+    let mut keys = BTreeSet::new();
+    let mut plans = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.into_iter().enumerate() {
+        let batch = |source: StoreError| StoreError::Batch {
+            index,
+            source: Box::new(source),
+        };
+        if let Some(key) = &spec.idempotency_key {
+            if !keys.insert(key.clone()) {
+                return Err(batch(
+                    SpecError::new(
+                        "idempotency_key",
+                        format!("{key:?} appears twice in the batch"),
+                    )
+                    .into(),
+                ));
+            }
+        }
+        plans.push(plan_submit(t, spec).map_err(batch)?);
+    }
+    plans
+        .into_iter()
+        .map(|plan| execute_submit(t, plan, now))
+        .collect()
+}
+
+pub(super) fn get<T: ReadTables + ?Sized>(t: &T, id: JobId) -> Result<Job, StoreError> {
+    load(t, id)
+}
+
+pub(super) fn list<T: ReadTables + ?Sized>(t: &T, q: &ListQuery) -> Result<Page, StoreError> {
+    if !(1..=1000).contains(&q.limit) {
+        return Err(StoreError::InvalidQuery(format!(
+            "limit {} is outside 1..=1000",
+            q.limit
+        )));
+    }
+    let mut jobs = Vec::with_capacity(q.limit + 1);
+    let mut fault = None;
+    let wanted = |job: &Job| q.job_type.is_none_or(|ty| job.spec.job_type() == ty);
+    match q.state {
+        Some(state) => t.state_desc(state, q.before, &mut |id| match t.job(id) {
+            Ok(Some(job)) => {
+                if wanted(&job) {
+                    jobs.push(job);
+                }
+                jobs.len() <= q.limit
+            }
+            Ok(None) => {
+                fault = Some(corrupt(format!("state index names missing {id}")));
+                false
+            }
+            Err(e) => {
+                fault = Some(e.into());
+                false
+            }
+        })?,
+        None => t.jobs_desc(q.before, &mut |job| {
+            if wanted(&job) {
+                jobs.push(job);
+            }
+            jobs.len() <= q.limit
+        })?,
+    }
+    if let Some(e) = fault {
+        return Err(e);
+    }
+    let next_before = if jobs.len() > q.limit {
+        jobs.truncate(q.limit);
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(Page { jobs, next_before })
+}
+
+pub(super) fn pending_reason<T: ReadTables + ?Sized>(
+    t: &T,
+    id: JobId,
+    worker_ttl: std::time::Duration,
+    now: Timestamp,
+) -> Result<Option<PendingReason>, StoreError> {
+    let job = load(t, id)?;
+    match job.state {
+        JobState::Waiting => {
+            let mut waiting = Vec::new();
+            for &dep in &job.spec.depends_on {
+                if load(t, dep)?.state != JobState::Succeeded {
+                    waiting.push(dep);
+                }
+            }
+            Ok(Some(PendingReason::WaitingOn(waiting)))
+        }
+        JobState::Queued => {
+            let entry = QueueEntry::new(&job.spec, job.not_before);
+            let workers = t.workers()?;
+            Ok(Some(scheduling::queued_reason(
+                &entry, &workers, now, worker_ttl,
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub(super) fn lease_next<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    req: &LeaseRequest,
+    now: Timestamp,
+) -> Result<Option<super::Lease>, StoreError> {
+    let mut worker = t
+        .worker(&req.worker)?
+        .ok_or_else(|| StoreError::UnknownWorker(req.worker.clone()))?;
+    if worker.status == WorkerStatus::Draining {
+        return Err(StoreError::WorkerDraining(req.worker.clone()));
+    }
+    let offer = Offer {
+        free_gpus: &req.free_gpus,
+        labels: &worker.info.labels,
+        job_types: &worker.info.job_types,
+    };
+    let mut picked = None;
+    t.queue(&mut |(key, entry)| {
+        if scheduling::pick_next([(key, &entry)], &offer, now).is_some() {
+            picked = Some(key);
+            false
+        } else {
+            true
+        }
+    })?;
+    worker.last_seen = now;
+    let Some(key) = picked else {
+        t.put_worker(&worker)?;
+        return Ok(None);
+    };
+    let old = t
+        .job(key.job)?
+        .ok_or_else(|| corrupt(format!("queue names missing {}", key.job)))?;
+    let mut job = old.clone();
+    let epoch = Epoch(t.counter(Counter::NextEpoch)?.max(1));
+    job.apply(
+        Transition::Lease {
+            worker: req.worker.clone(),
+            epoch,
+            ttl: cfg.lease_ttl,
+        },
+        now,
+        &cfg.retry,
+    )?;
+    t.set_counter(Counter::NextEpoch, epoch.0 + 1)?;
+    t.put_worker(&worker)?;
+    write_job(t, Some(&old), &job)?;
+    let attempt = job
+        .live_attempt()
+        .map(|a| (a.number, a.lease_expires_at, a.deadline));
+    let Some((attempt, lease_expires_at, deadline)) = attempt else {
+        return Err(corrupt(format!(
+            "{} has no live attempt after its lease",
+            job.id
+        )));
+    };
+    Ok(Some(super::Lease {
+        job,
+        attempt,
+        epoch,
+        lease_expires_at,
+        deadline,
+    }))
+}
+
+/// Applies `transition` to job `id` and, when it ends the job, to the jobs waiting on it.
+pub(super) fn report<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    id: JobId,
+    transition: Transition,
+    now: Timestamp,
+) -> Result<Job, StoreError> {
+    let old = load(t, id)?;
+    let mut job = old.clone();
+    job.apply(transition, now, &cfg.retry)?;
+    write_job(t, Some(&old), &job)?;
+    if job.state.is_terminal() {
+        settle_dependents(t, cfg, &job, now)?;
+    }
+    Ok(job)
+}
+
+/// Releases or cancels the jobs waiting on `finished`, and on down the chain.
+fn settle_dependents<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    finished: &Job,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut work = vec![(finished.id, finished.state)];
+    while let Some((done, state)) = work.pop() {
+        for child_id in t.dependents(done)? {
+            let old = load(t, child_id)?;
+            if old.state != JobState::Waiting {
+                continue;
+            }
+            let transition = if state == JobState::Succeeded {
+                let mut all = true;
+                for &dep in &old.spec.depends_on {
+                    if dep != done && load(t, dep)?.state != JobState::Succeeded {
+                        all = false;
+                        break;
+                    }
+                }
+                if !all {
+                    continue;
+                }
+                Transition::Release
+            } else {
+                Transition::Cancel {
+                    reason: format!("dependency {done} {state}"),
+                }
+            };
+            let mut child = old.clone();
+            child.apply(transition, now, &cfg.retry)?;
+            write_job(t, Some(&old), &child)?;
+            if child.state.is_terminal() {
+                work.push((child.id, child.state));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn expire<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    now: Timestamp,
+) -> Result<Vec<Expired>, StoreError> {
+    let mut due = Vec::new();
+    t.deadlines_until(now, &mut |(_, id)| {
+        due.push(id);
+        true
+    })?;
+    let mut expired = Vec::with_capacity(due.len());
+    for id in due {
+        let job = load(t, id)?;
+        let Some(live) = job.live_attempt() else {
+            continue;
+        };
+        let transition = if live.lease_expires_at <= now {
+            Transition::LeaseExpired
+        } else if live.deadline <= now {
+            Transition::TimedOut
+        } else {
+            continue;
+        };
+        let job = report(t, cfg, id, transition, now)?;
+        expired.push(Expired {
+            job: id,
+            state: job.state,
+        });
+    }
+    Ok(expired)
+}
+
+fn stale(job: &Job, epoch: Epoch) -> StoreError {
+    TransitionError::StaleEpoch {
+        job: job.id,
+        got: epoch,
+        live: job.live_attempt().map(|a| a.epoch),
+    }
+    .into()
+}
+
+fn clip(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" [line cut]");
+    }
+    text
+}
+
+pub(super) fn append_logs<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    id: JobId,
+    epoch: Epoch,
+    first_seq: u64,
+    lines: Vec<String>,
+    now: Timestamp,
+) -> Result<LogAck, StoreError> {
+    let job = load(t, id)?;
+    let attempt = match job.live_attempt() {
+        Some(a) if a.epoch == epoch => a.number,
+        _ => return Err(stale(&job, epoch)),
+    };
+    let mut meta = t.log_meta(id)?.unwrap_or_default();
+    let next = meta.attempts.get(&attempt).map_or(0, |a| a.next_seq);
+    if first_seq > next {
+        return Err(StoreError::LogGap {
+            job: id,
+            attempt,
+            expected: next,
+            got: first_seq,
+        });
+    }
+    let skip = usize::try_from(next - first_seq).unwrap_or(usize::MAX);
+    if skip >= lines.len() {
+        return Ok(LogAck {
+            next_seq: next,
+            dropped: meta.dropped(),
+        });
+    }
+    let mut stored = meta.stored;
+    let mut log = meta.attempts.get(&attempt).cloned().unwrap_or_default();
+    for (seq, text) in (first_seq..).zip(lines).skip(skip) {
+        if stored < cfg.max_log_lines_per_job {
+            let line = LogLine {
+                seq,
+                at: now,
+                text: clip(text, cfg.max_log_line_bytes),
+            };
+            t.put_log_line(id, attempt, &line)?;
+            stored += 1;
+        } else {
+            if log.dropped == 0 {
+                let marker = LogLine {
+                    seq,
+                    at: now,
+                    text: cap_marker(cfg.max_log_lines_per_job),
+                };
+                t.put_log_line(id, attempt, &marker)?;
+            }
+            log.dropped += 1;
+        }
+        log.next_seq = seq + 1;
+    }
+    meta.stored = stored;
+    let next_seq = log.next_seq;
+    meta.attempts.insert(attempt, log);
+    t.put_log_meta(id, &meta)?;
+    Ok(LogAck {
+        next_seq,
+        dropped: meta.dropped(),
+    })
+}
+
+pub(super) fn read_logs<T: ReadTables + ?Sized>(
+    t: &T,
+    id: JobId,
+    q: &LogQuery,
+) -> Result<LogPage, StoreError> {
+    if !(1..=10_000).contains(&q.limit) {
+        return Err(StoreError::InvalidQuery(format!(
+            "limit {} is outside 1..=10000",
+            q.limit
+        )));
+    }
+    let job = load(t, id)?;
+    let tried = job.attempts.len() as u32;
+    let attempt = match q.attempt {
+        None if tried == 0 => return Ok(LogPage::default()),
+        None => tried,
+        Some(n) if (1..=tried).contains(&n) => n,
+        Some(n) => {
+            return Err(StoreError::InvalidQuery(format!(
+                "{id} has {tried} attempts; there is no attempt {n}"
+            )));
+        }
+    };
+    let mut lines = Vec::with_capacity(q.limit.min(1024));
+    let mut more = None;
+    t.logs(id, attempt, q.from_seq, &mut |line| {
+        if lines.len() == q.limit {
+            more = Some(line.seq);
+            return false;
+        }
+        lines.push(line);
+        true
+    })?;
+    let dropped = t
+        .log_meta(id)?
+        .and_then(|m| m.attempts.get(&attempt).map(|a| a.dropped))
+        .unwrap_or(0);
+    Ok(LogPage {
+        attempt,
+        lines,
+        next_seq: more,
+        dropped,
+    })
+}
+
+pub(super) fn register_worker<T: Tables + ?Sized>(
+    t: &mut T,
+    info: WorkerInfo,
+    now: Timestamp,
+) -> Result<WorkerRecord, StoreError> {
+    // Deserialised ids bypass `WorkerId::new` only if a caller built one by hand; check again.
+    WorkerId::new(info.id.as_str())?;
+    let record = WorkerRecord {
+        info,
+        status: WorkerStatus::Active,
+        registered_at: now,
+        last_seen: now,
+    };
+    t.put_worker(&record)?;
+    Ok(record)
+}
+
+pub(super) fn touch_worker<T: Tables + ?Sized>(
+    t: &mut T,
+    id: &WorkerId,
+    drain: bool,
+    now: Timestamp,
+) -> Result<WorkerRecord, StoreError> {
+    let mut record = t
+        .worker(id)?
+        .ok_or_else(|| StoreError::UnknownWorker(id.clone()))?;
+    record.last_seen = record.last_seen.max(now);
+    if drain {
+        record.status = WorkerStatus::Draining;
+    }
+    t.put_worker(&record)?;
+    Ok(record)
+}
+
+pub(super) fn remove_worker<T: Tables + ?Sized>(
+    t: &mut T,
+    id: &WorkerId,
+) -> Result<(), StoreError> {
+    if t.remove_worker(id)? {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownWorker(id.clone()))
+    }
+}

@@ -1,0 +1,1 @@
+//! The test suite every [`Store`](crate::Store) implementation must pass.
