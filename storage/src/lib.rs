@@ -1,1 +1,25 @@
-pub fn placeholder() {}
+//! The durable Nexa Forge store: every job, attempt, event, log line and worker in one redb
+//! file (by default [`DEFAULT_PATH`]).
+//!
+//! [`RedbStore`] implements the [`Engine`](nexa_runtime::Engine) of `nexa-runtime`, and so its
+//! [`Store`](nexa_runtime::Store) trait with exactly the semantics of the in-memory reference
+//! store; the same test suite runs against both. What this crate adds:
+//!
+//! - **Durability.** An operation returns only after the transaction holding it committed
+//!   with `Durability::Immediate`.
+//! - **Group commit.** Concurrent operations share one transaction and one fsync, so
+//!   throughput grows with the number of callers.
+//! - **Recovery.** Opening the store ends the leases that ran out while it was closed, as
+//!   worker loss.
+//! - **A versioned format.** The file records [`FORMAT_VERSION`]; a file of a newer format,
+//!   a file that is not a redb database, or a damaged one is refused with an [`OpenError`]
+//!   that says which, never a panic.
+//!
+//! It deliberately does not replicate: one control plane owns one file.
+
+mod fault;
+mod record;
+mod redb_store;
+mod tables;
+
+pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};

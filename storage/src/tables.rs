@@ -1,0 +1,324 @@
+//! The redb tables behind [`ReadTables`] and [`Tables`].
+//!
+//! Keys are fixed-width integers and tuples, so redb's ordering is the order the operations
+//! scan in: job ids ascending, the queue in [`QueueKey::sort_key`] order, deadlines by time.
+
+use nexa_runtime::{
+    Counter, Job, JobId, JobState, LogLine, LogMeta, QueueEntry, QueueKey, ReadTables,
+    StorageFault, Tables, Timestamp, Visit, WorkerId, WorkerRecord,
+};
+use redb::{
+    MultimapTable, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction,
+    ReadableMultimapTable, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+
+use crate::fault::fault;
+use crate::record::{decode, encode};
+
+pub(crate) const JOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("jobs");
+pub(crate) const QUEUE: TableDefinition<'_, (u32, u64), &[u8]> = TableDefinition::new("queue");
+pub(crate) const STATES: TableDefinition<'_, (u8, u64), ()> = TableDefinition::new("states");
+pub(crate) const DEADLINES: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new("deadlines");
+pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
+pub(crate) const DEPENDENTS: MultimapTableDefinition<'_, u64, u64> =
+    MultimapTableDefinition::new("dependents");
+pub(crate) const LOG_META: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log_meta");
+pub(crate) const LOGS: TableDefinition<'_, (u64, u32, u64), &[u8]> = TableDefinition::new("logs");
+pub(crate) const WORKERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("workers");
+/// Counters and the format version.
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The tables of a read transaction.
+pub(crate) struct ReadSnapshot {
+    jobs: ReadOnlyTable<u64, &'static [u8]>,
+    queue: ReadOnlyTable<(u32, u64), &'static [u8]>,
+    states: ReadOnlyTable<(u8, u64), ()>,
+    deadlines: ReadOnlyTable<(u64, u64), ()>,
+    idempotency: ReadOnlyTable<&'static str, u64>,
+    dependents: ReadOnlyMultimapTable<u64, u64>,
+    log_meta: ReadOnlyTable<u64, &'static [u8]>,
+    logs: ReadOnlyTable<(u64, u32, u64), &'static [u8]>,
+    workers: ReadOnlyTable<&'static str, &'static [u8]>,
+    meta: ReadOnlyTable<&'static str, u64>,
+}
+
+impl ReadSnapshot {
+    pub(crate) fn open(txn: &ReadTransaction) -> Result<Self, StorageFault> {
+        Ok(Self {
+            jobs: txn.open_table(JOBS).map_err(fault)?,
+            queue: txn.open_table(QUEUE).map_err(fault)?,
+            states: txn.open_table(STATES).map_err(fault)?,
+            deadlines: txn.open_table(DEADLINES).map_err(fault)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(fault)?,
+            dependents: txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
+            log_meta: txn.open_table(LOG_META).map_err(fault)?,
+            logs: txn.open_table(LOGS).map_err(fault)?,
+            workers: txn.open_table(WORKERS).map_err(fault)?,
+            meta: txn.open_table(META).map_err(fault)?,
+        })
+    }
+}
+
+/// The tables of a write transaction.
+pub(crate) struct WriteTables<'txn> {
+    jobs: Table<'txn, u64, &'static [u8]>,
+    queue: Table<'txn, (u32, u64), &'static [u8]>,
+    states: Table<'txn, (u8, u64), ()>,
+    deadlines: Table<'txn, (u64, u64), ()>,
+    idempotency: Table<'txn, &'static str, u64>,
+    dependents: MultimapTable<'txn, u64, u64>,
+    log_meta: Table<'txn, u64, &'static [u8]>,
+    logs: Table<'txn, (u64, u32, u64), &'static [u8]>,
+    workers: Table<'txn, &'static str, &'static [u8]>,
+    meta: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    /// Opens (creating where missing) every table in `txn`.
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageFault> {
+        Ok(Self {
+            jobs: txn.open_table(JOBS).map_err(fault)?,
+            queue: txn.open_table(QUEUE).map_err(fault)?,
+            states: txn.open_table(STATES).map_err(fault)?,
+            deadlines: txn.open_table(DEADLINES).map_err(fault)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(fault)?,
+            dependents: txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
+            log_meta: txn.open_table(LOG_META).map_err(fault)?,
+            logs: txn.open_table(LOGS).map_err(fault)?,
+            workers: txn.open_table(WORKERS).map_err(fault)?,
+            meta: txn.open_table(META).map_err(fault)?,
+        })
+    }
+}
+
+/// Reads are the same code for both transaction kinds: their tables share redb's
+/// `ReadableTable` traits.
+macro_rules! read_tables {
+    ($ty:ty) => {
+        impl ReadTables for $ty {
+            fn job(&self, id: JobId) -> Result<Option<Job>, StorageFault> {
+                match self.jobs.get(id.0).map_err(fault)? {
+                    Some(v) => decode(v.value(), "job").map(Some),
+                    None => Ok(None),
+                }
+            }
+
+            fn jobs_desc(
+                &self,
+                before: Option<JobId>,
+                visit: Visit<'_, Job>,
+            ) -> Result<(), StorageFault> {
+                let range = self
+                    .jobs
+                    .range(..before.map_or(u64::MAX, |b| b.0))
+                    .map_err(fault)?;
+                // `..u64::MAX` would miss id u64::MAX, which the id counter never reaches.
+                for entry in range.rev() {
+                    let (_, v) = entry.map_err(fault)?;
+                    if !visit(decode(v.value(), "job")?) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn state_desc(
+                &self,
+                state: JobState,
+                before: Option<JobId>,
+                visit: Visit<'_, JobId>,
+            ) -> Result<(), StorageFault> {
+                let s = state.code();
+                let end = before.map_or(u64::MAX, |b| b.0);
+                for entry in self.states.range((s, 0)..(s, end)).map_err(fault)?.rev() {
+                    let (k, _) = entry.map_err(fault)?;
+                    if !visit(JobId(k.value().1)) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault> {
+                for entry in self.queue.iter().map_err(fault)? {
+                    let (k, v) = entry.map_err(fault)?;
+                    let key = QueueKey::from_sort_key(k.value());
+                    if !visit((key, decode(v.value(), "queue entry")?)) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn deadlines_until(
+                &self,
+                now: Timestamp,
+                visit: Visit<'_, (Timestamp, JobId)>,
+            ) -> Result<(), StorageFault> {
+                for entry in self.deadlines.range(..=(now.0, u64::MAX)).map_err(fault)? {
+                    let (k, _) = entry.map_err(fault)?;
+                    let (at, id) = k.value();
+                    if !visit((Timestamp(at), JobId(id))) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn idempotent(&self, key: &str) -> Result<Option<JobId>, StorageFault> {
+                Ok(self
+                    .idempotency
+                    .get(key)
+                    .map_err(fault)?
+                    .map(|v| JobId(v.value())))
+            }
+
+            fn dependents(&self, id: JobId) -> Result<Vec<JobId>, StorageFault> {
+                let mut out = Vec::new();
+                for v in self.dependents.get(id.0).map_err(fault)? {
+                    out.push(JobId(v.map_err(fault)?.value()));
+                }
+                Ok(out)
+            }
+
+            fn log_meta(&self, id: JobId) -> Result<Option<LogMeta>, StorageFault> {
+                match self.log_meta.get(id.0).map_err(fault)? {
+                    Some(v) => decode(v.value(), "log meta").map(Some),
+                    None => Ok(None),
+                }
+            }
+
+            fn logs(
+                &self,
+                id: JobId,
+                attempt: u32,
+                from_seq: u64,
+                visit: Visit<'_, LogLine>,
+            ) -> Result<(), StorageFault> {
+                let range = (id.0, attempt, from_seq)..=(id.0, attempt, u64::MAX);
+                for entry in self.logs.range(range).map_err(fault)? {
+                    let (_, v) = entry.map_err(fault)?;
+                    if !visit(decode(v.value(), "log line")?) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault> {
+                match self.workers.get(id.as_str()).map_err(fault)? {
+                    Some(v) => decode(v.value(), "worker").map(Some),
+                    None => Ok(None),
+                }
+            }
+
+            fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault> {
+                let mut out = Vec::new();
+                for entry in self.workers.iter().map_err(fault)? {
+                    let (_, v) = entry.map_err(fault)?;
+                    out.push(decode(v.value(), "worker")?);
+                }
+                Ok(out)
+            }
+
+            fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
+                Ok(self
+                    .meta
+                    .get(counter.name())
+                    .map_err(fault)?
+                    .map_or(0, |v| v.value()))
+            }
+        }
+    };
+}
+
+read_tables!(ReadSnapshot);
+read_tables!(WriteTables<'_>);
+
+impl Tables for WriteTables<'_> {
+    fn put_job(&mut self, job: &Job) -> Result<(), StorageFault> {
+        self.jobs
+            .insert(job.id.0, encode(job)?.as_slice())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn queue_put(&mut self, key: QueueKey, entry: &QueueEntry) -> Result<(), StorageFault> {
+        self.queue
+            .insert(key.sort_key(), encode(entry)?.as_slice())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
+        self.queue.remove(key.sort_key()).map_err(fault)?;
+        Ok(())
+    }
+
+    fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.states
+            .insert((state.code(), id.0), ())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn state_remove(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.states.remove((state.code(), id.0)).map_err(fault)?;
+        Ok(())
+    }
+
+    fn deadline_put(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.deadlines.insert((at.0, id.0), ()).map_err(fault)?;
+        Ok(())
+    }
+
+    fn deadline_remove(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.deadlines.remove((at.0, id.0)).map_err(fault)?;
+        Ok(())
+    }
+
+    fn put_idempotent(&mut self, key: &str, id: JobId) -> Result<(), StorageFault> {
+        self.idempotency.insert(key, id.0).map_err(fault)?;
+        Ok(())
+    }
+
+    fn add_dependent(&mut self, dep: JobId, child: JobId) -> Result<(), StorageFault> {
+        self.dependents.insert(dep.0, child.0).map_err(fault)?;
+        Ok(())
+    }
+
+    fn put_log_meta(&mut self, id: JobId, meta: &LogMeta) -> Result<(), StorageFault> {
+        self.log_meta
+            .insert(id.0, encode(meta)?.as_slice())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn put_log_line(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        line: &LogLine,
+    ) -> Result<(), StorageFault> {
+        self.logs
+            .insert((id.0, attempt, line.seq), encode(line)?.as_slice())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn put_worker(&mut self, worker: &WorkerRecord) -> Result<(), StorageFault> {
+        self.workers
+            .insert(worker.info.id.as_str(), encode(worker)?.as_slice())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn remove_worker(&mut self, id: &WorkerId) -> Result<bool, StorageFault> {
+        Ok(self.workers.remove(id.as_str()).map_err(fault)?.is_some())
+    }
+
+    fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
+        self.meta.insert(counter.name(), value).map_err(fault)?;
+        Ok(())
+    }
+}
