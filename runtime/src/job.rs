@@ -647,3 +647,142 @@ impl Job {
         self.updated_at = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{GenerateParams, JobParams};
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn job(max_attempts: u32) -> Job {
+        let mut spec = JobSpec::new(JobParams::Generate(GenerateParams {
+            domain: "math".into(),
+            num_samples: 10,
+            seed: None,
+        }));
+        spec.max_attempts = max_attempts;
+        Job::new(JobId(1), spec, true, Timestamp(0))
+    }
+
+    fn lease(job: &mut Job, epoch: u64, now: u64) {
+        let t = Transition::Lease {
+            worker: WorkerId::new("w").unwrap(),
+            epoch: Epoch(epoch),
+            ttl: TTL,
+        };
+        job.apply(t, Timestamp(now), &RetryPolicy::default()).unwrap();
+    }
+
+    fn fail(class: FailureClass, epoch: u64) -> Transition {
+        Transition::Fail {
+            epoch: Epoch(epoch),
+            error: JobError::new(class, "boom"),
+        }
+    }
+
+    #[test]
+    fn a_job_runs_to_success_with_an_event_per_state() {
+        let retry = RetryPolicy::default();
+        let mut j = job(3);
+        lease(&mut j, 7, 10);
+        j.apply(Transition::Start { epoch: Epoch(7) }, Timestamp(11), &retry).unwrap();
+        let out = JobOutput::default();
+        j.apply(Transition::Succeed { epoch: Epoch(7), output: out }, Timestamp(12), &retry)
+            .unwrap();
+        let states: Vec<JobState> = j.events.iter().map(|e| e.to).collect();
+        use JobState::*;
+        assert_eq!(states, vec![Queued, Assigned, Running, Succeeded]);
+        assert_eq!(j.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+        assert_eq!(j.live_attempt(), None);
+    }
+
+    #[test]
+    fn illegal_and_stale_transitions_change_nothing() {
+        let retry = RetryPolicy::default();
+        let mut j = job(3);
+        let before = j.clone();
+        let err = j.apply(Transition::Start { epoch: Epoch(1) }, Timestamp(1), &retry);
+        assert!(matches!(err, Err(TransitionError::StaleEpoch { live: None, .. })));
+        let err = j.apply(Transition::Release, Timestamp(1), &retry).unwrap_err();
+        assert_eq!(err.to_string(), "job-1 is queued; cannot release it");
+        assert_eq!(j, before);
+
+        lease(&mut j, 7, 10);
+        let leased = j.clone();
+        let err = j.apply(Transition::Start { epoch: Epoch(6) }, Timestamp(11), &retry);
+        assert!(matches!(
+            err,
+            Err(TransitionError::StaleEpoch { got: Epoch(6), live: Some(Epoch(7)), .. })
+        ));
+        let bad = Transition::Renew { epoch: Epoch(7), ttl: TTL, progress: Some(1.5) };
+        assert!(matches!(
+            j.apply(bad, Timestamp(11), &retry),
+            Err(TransitionError::InvalidProgress(_))
+        ));
+        assert_eq!(j, leased);
+    }
+
+    #[test]
+    fn retryable_failures_back_off_until_attempts_run_out() {
+        let retry = RetryPolicy::default();
+        let mut j = job(2);
+        lease(&mut j, 1, 0);
+        j.apply(fail(FailureClass::StageError, 1), Timestamp(5), &retry).unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        let until = j.not_before.unwrap();
+        assert!(until > Timestamp(5) && until <= Timestamp(5).saturating_add(retry.base));
+        lease(&mut j, 2, until.0);
+        assert_eq!(j.not_before, None);
+        j.apply(Transition::LeaseExpired, Timestamp(until.0 + 40_000), &retry).unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.error.as_ref().unwrap().class, FailureClass::WorkerLost);
+        assert!(j.events.last().unwrap().message.contains("no attempts left"));
+        // Terminal: nothing applies any more.
+        let frozen = j.clone();
+        for t in [Transition::Release, Transition::Cancel { reason: "x".into() }, Transition::TimedOut] {
+            assert!(j.apply(t, Timestamp(99_999), &retry).is_err());
+        }
+        assert_eq!(j, frozen);
+    }
+
+    #[test]
+    fn non_retryable_failures_fail_at_once() {
+        let retry = RetryPolicy::default();
+        for class in [FailureClass::InvalidInput, FailureClass::Timeout, FailureClass::Cancelled] {
+            let mut j = job(5);
+            lease(&mut j, 1, 0);
+            j.apply(fail(class, 1), Timestamp(1), &retry).unwrap();
+            assert_eq!(j.state, JobState::Failed, "{class}");
+            assert_eq!(j.attempts.len(), 1);
+        }
+        let mut j = job(5);
+        lease(&mut j, 1, 0);
+        j.apply(Transition::TimedOut, Timestamp(1), &retry).unwrap();
+        assert_eq!(j.error.as_ref().unwrap().class, FailureClass::Timeout);
+    }
+
+    #[test]
+    fn cancel_waits_for_the_worker_then_ends_cancelled() {
+        let retry = RetryPolicy::default();
+        let mut j = job(3);
+        lease(&mut j, 4, 0);
+        j.apply(Transition::Cancel { reason: "user asked".into() }, Timestamp(1), &retry)
+            .unwrap();
+        assert_eq!(j.state, JobState::Cancelling);
+        // Asking again is accepted and changes nothing.
+        let events = j.events.len();
+        j.apply(Transition::Cancel { reason: "again".into() }, Timestamp(2), &retry).unwrap();
+        assert_eq!(j.events.len(), events);
+        // The worker stops (reporting a retryable failure does not retry a cancelled job).
+        j.apply(fail(FailureClass::StageError, 4), Timestamp(3), &retry).unwrap();
+        assert_eq!(j.state, JobState::Cancelled);
+        assert_eq!(j.error.as_ref().unwrap().message, "user asked");
+
+        let mut queued = job(3);
+        queued
+            .apply(Transition::Cancel { reason: "not needed".into() }, Timestamp(1), &retry)
+            .unwrap();
+        assert_eq!(queued.state, JobState::Cancelled);
+    }
+}
