@@ -479,16 +479,8 @@ impl Job {
             state: self.state,
             transition: transition.name(),
         };
-        if self.state.is_terminal() {
-            return Err(illegal);
-        }
-        if self.state.is_leased() != self.live_attempt().is_some() {
-            // Only a record not written by `apply` can get here; refuse rather than guess.
-            return Err(TransitionError::Inconsistent {
-                job: self.id,
-                state: self.state,
-            });
-        }
+        // A report from a worker is judged by its epoch first: on a finished job every epoch
+        // is stale, which tells the worker to drop the job rather than that it erred.
         if let Some(epoch) = transition.epoch() {
             let live = self.live_attempt().map(|a| a.epoch);
             if live != Some(epoch) {
@@ -498,6 +490,16 @@ impl Job {
                     live,
                 });
             }
+        }
+        if self.state.is_terminal() {
+            return Err(illegal);
+        }
+        if self.state.is_leased() != self.live_attempt().is_some() {
+            // Only a record not written by `apply` can get here; refuse rather than guess.
+            return Err(TransitionError::Inconsistent {
+                job: self.id,
+                state: self.state,
+            });
         }
 
         match (self.state, transition) {
@@ -671,7 +673,8 @@ mod tests {
             epoch: Epoch(epoch),
             ttl: TTL,
         };
-        job.apply(t, Timestamp(now), &RetryPolicy::default()).unwrap();
+        job.apply(t, Timestamp(now), &RetryPolicy::default())
+            .unwrap();
     }
 
     fn fail(class: FailureClass, epoch: u64) -> Transition {
@@ -686,10 +689,18 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut j = job(3);
         lease(&mut j, 7, 10);
-        j.apply(Transition::Start { epoch: Epoch(7) }, Timestamp(11), &retry).unwrap();
-        let out = JobOutput::default();
-        j.apply(Transition::Succeed { epoch: Epoch(7), output: out }, Timestamp(12), &retry)
+        j.apply(Transition::Start { epoch: Epoch(7) }, Timestamp(11), &retry)
             .unwrap();
+        let out = JobOutput::default();
+        j.apply(
+            Transition::Succeed {
+                epoch: Epoch(7),
+                output: out,
+            },
+            Timestamp(12),
+            &retry,
+        )
+        .unwrap();
         let states: Vec<JobState> = j.events.iter().map(|e| e.to).collect();
         use JobState::*;
         assert_eq!(states, vec![Queued, Assigned, Running, Succeeded]);
@@ -703,8 +714,13 @@ mod tests {
         let mut j = job(3);
         let before = j.clone();
         let err = j.apply(Transition::Start { epoch: Epoch(1) }, Timestamp(1), &retry);
-        assert!(matches!(err, Err(TransitionError::StaleEpoch { live: None, .. })));
-        let err = j.apply(Transition::Release, Timestamp(1), &retry).unwrap_err();
+        assert!(matches!(
+            err,
+            Err(TransitionError::StaleEpoch { live: None, .. })
+        ));
+        let err = j
+            .apply(Transition::Release, Timestamp(1), &retry)
+            .unwrap_err();
         assert_eq!(err.to_string(), "job-1 is queued; cannot release it");
         assert_eq!(j, before);
 
@@ -713,9 +729,17 @@ mod tests {
         let err = j.apply(Transition::Start { epoch: Epoch(6) }, Timestamp(11), &retry);
         assert!(matches!(
             err,
-            Err(TransitionError::StaleEpoch { got: Epoch(6), live: Some(Epoch(7)), .. })
+            Err(TransitionError::StaleEpoch {
+                got: Epoch(6),
+                live: Some(Epoch(7)),
+                ..
+            })
         ));
-        let bad = Transition::Renew { epoch: Epoch(7), ttl: TTL, progress: Some(1.5) };
+        let bad = Transition::Renew {
+            epoch: Epoch(7),
+            ttl: TTL,
+            progress: Some(1.5),
+        };
         assert!(matches!(
             j.apply(bad, Timestamp(11), &retry),
             Err(TransitionError::InvalidProgress(_))
@@ -728,19 +752,35 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut j = job(2);
         lease(&mut j, 1, 0);
-        j.apply(fail(FailureClass::StageError, 1), Timestamp(5), &retry).unwrap();
+        j.apply(fail(FailureClass::StageError, 1), Timestamp(5), &retry)
+            .unwrap();
         assert_eq!(j.state, JobState::Queued);
         let until = j.not_before.unwrap();
         assert!(until > Timestamp(5) && until <= Timestamp(5).saturating_add(retry.base));
         lease(&mut j, 2, until.0);
         assert_eq!(j.not_before, None);
-        j.apply(Transition::LeaseExpired, Timestamp(until.0 + 40_000), &retry).unwrap();
+        j.apply(
+            Transition::LeaseExpired,
+            Timestamp(until.0 + 40_000),
+            &retry,
+        )
+        .unwrap();
         assert_eq!(j.state, JobState::Failed);
         assert_eq!(j.error.as_ref().unwrap().class, FailureClass::WorkerLost);
-        assert!(j.events.last().unwrap().message.contains("no attempts left"));
+        assert!(
+            j.events
+                .last()
+                .unwrap()
+                .message
+                .contains("no attempts left")
+        );
         // Terminal: nothing applies any more.
         let frozen = j.clone();
-        for t in [Transition::Release, Transition::Cancel { reason: "x".into() }, Transition::TimedOut] {
+        for t in [
+            Transition::Release,
+            Transition::Cancel { reason: "x".into() },
+            Transition::TimedOut,
+        ] {
             assert!(j.apply(t, Timestamp(99_999), &retry).is_err());
         }
         assert_eq!(j, frozen);
@@ -749,7 +789,11 @@ mod tests {
     #[test]
     fn non_retryable_failures_fail_at_once() {
         let retry = RetryPolicy::default();
-        for class in [FailureClass::InvalidInput, FailureClass::Timeout, FailureClass::Cancelled] {
+        for class in [
+            FailureClass::InvalidInput,
+            FailureClass::Timeout,
+            FailureClass::Cancelled,
+        ] {
             let mut j = job(5);
             lease(&mut j, 1, 0);
             j.apply(fail(class, 1), Timestamp(1), &retry).unwrap();
@@ -767,21 +811,41 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut j = job(3);
         lease(&mut j, 4, 0);
-        j.apply(Transition::Cancel { reason: "user asked".into() }, Timestamp(1), &retry)
-            .unwrap();
+        j.apply(
+            Transition::Cancel {
+                reason: "user asked".into(),
+            },
+            Timestamp(1),
+            &retry,
+        )
+        .unwrap();
         assert_eq!(j.state, JobState::Cancelling);
         // Asking again is accepted and changes nothing.
         let events = j.events.len();
-        j.apply(Transition::Cancel { reason: "again".into() }, Timestamp(2), &retry).unwrap();
+        j.apply(
+            Transition::Cancel {
+                reason: "again".into(),
+            },
+            Timestamp(2),
+            &retry,
+        )
+        .unwrap();
         assert_eq!(j.events.len(), events);
         // The worker stops (reporting a retryable failure does not retry a cancelled job).
-        j.apply(fail(FailureClass::StageError, 4), Timestamp(3), &retry).unwrap();
+        j.apply(fail(FailureClass::StageError, 4), Timestamp(3), &retry)
+            .unwrap();
         assert_eq!(j.state, JobState::Cancelled);
         assert_eq!(j.error.as_ref().unwrap().message, "user asked");
 
         let mut queued = job(3);
         queued
-            .apply(Transition::Cancel { reason: "not needed".into() }, Timestamp(1), &retry)
+            .apply(
+                Transition::Cancel {
+                    reason: "not needed".into(),
+                },
+                Timestamp(1),
+                &retry,
+            )
             .unwrap();
         assert_eq!(queued.state, JobState::Cancelled);
     }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
-use std::time::Duration;
 
 use nexa_runtime::*;
 use nexa_storage::{FORMAT_VERSION, OpenError, RedbStore};
@@ -190,6 +189,9 @@ fn a_folder_that_cannot_be_created_is_named_in_the_error() {
     );
 }
 
+/// A way to damage a file.
+type Damage = Box<dyn Fn(&mut std::fs::File)>;
+
 /// Damaged files: truncated, or with bytes overwritten. Whatever redb makes of them, opening
 /// and reading give an error or the data, and never take the process down.
 #[test]
@@ -203,7 +205,7 @@ fn damaged_files_give_errors_not_panics() {
     }
     let bytes = std::fs::read(&original).unwrap();
     let len = bytes.len() as u64;
-    let mut damages: Vec<(String, Box<dyn Fn(&mut std::fs::File)>)> = Vec::new();
+    let mut damages: Vec<(String, Damage)> = Vec::new();
     for cut in [len / 2, 4096, 100] {
         damages.push((
             format!("truncated to {cut} bytes"),
@@ -243,5 +245,4 @@ fn damaged_files_give_errors_not_panics() {
         assert!(outcome.is_ok(), "{what}: the store panicked");
         eprintln!("{what}: {}", outcome.unwrap());
     }
-    let _ = Duration::ZERO;
 }

@@ -430,7 +430,10 @@ pub(super) fn expire<T: Tables + ?Sized>(
         let Some(live) = job.live_attempt() else {
             continue;
         };
-        let transition = if live.lease_expires_at <= now {
+        // When both have passed (say, the control plane was down), what came first decides.
+        let transition = if live.deadline <= now && live.deadline <= live.lease_expires_at {
+            Transition::TimedOut
+        } else if live.lease_expires_at <= now {
             Transition::LeaseExpired
         } else if live.deadline <= now {
             Transition::TimedOut
