@@ -56,6 +56,7 @@ mod spec;
 mod store;
 mod time;
 mod worker;
+pub mod wire;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

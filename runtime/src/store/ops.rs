@@ -314,11 +314,11 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
             true
         }
     })?;
-    worker.last_seen = now;
+    // An empty poll writes nothing: the worker's heartbeats keep `last_seen` fresh.
     let Some(key) = picked else {
-        t.put_worker(&worker)?;
         return Ok(None);
     };
+    worker.last_seen = now;
     let old = t
         .job(key.job)?
         .ok_or_else(|| corrupt(format!("queue names missing {}", key.job)))?;

@@ -1,0 +1,460 @@
+//! What a worker and the control plane say to each other, and how it is framed.
+//!
+//! A frame is a length prefix and an envelope:
+//!
+//! ```text
+//! ┌──────────────┬─────────────┬──────────────────┬──────────────────────────┐
+//! │ length: u32  │ magic "NXFG"│ version: u16     │ message: bincode 2       │
+//! │ big-endian,  │             │ big-endian       │ (standard config, serde) │
+//! │ bytes after  │             │                  │                          │
+//! └──────────────┴─────────────┴──────────────────┴──────────────────────────┘
+//! ```
+//!
+//! The magic and version come before the message, outside bincode, so a peer speaking another
+//! protocol version is recognised as such even when the message layout changed. Decoding never
+//! panics and never allocates more than the frame limit: a frame too large, a wrong magic, an
+//! unknown version or bytes that do not decode give a [`DecodeError`].
+//!
+//! This module is the only place messages are encoded; the codec can change here alone.
+//! Golden tests pin the bytes of every message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use bincode::config::{Configuration, LittleEndian, Varint};
+use serde::{Deserialize, Serialize};
+
+use crate::id::{Epoch, JobId, WorkerId};
+use crate::job::{JobError, JobOutput};
+use crate::spec::{JobSpec, JobType};
+use crate::time::Timestamp;
+use crate::worker::Gpu;
+
+/// The first bytes of every envelope.
+pub const MAGIC: [u8; 4] = *b"NXFG";
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The default limit on a frame's length (the bytes after the length prefix).
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+
+/// Bytes of the length prefix.
+pub const LENGTH_BYTES: usize = 4;
+
+/// Bytes of the magic and version.
+const HEADER_BYTES: usize = MAGIC.len() + 2;
+
+/// A worker introduces itself: the first message on every connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The worker's name.
+    pub worker: WorkerId,
+    /// The cluster's join token; compared in constant time.
+    pub token: String,
+    /// CPU cores.
+    pub cpus: u32,
+    /// Main memory in MiB.
+    pub memory_mb: u64,
+    /// Its GPUs.
+    pub gpus: Vec<Gpu>,
+    /// Labels jobs can ask for.
+    pub labels: BTreeMap<String, String>,
+    /// The job types it runs.
+    pub job_types: BTreeSet<JobType>,
+}
+
+/// The control plane accepts a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// This connection's session number.
+    pub session: u64,
+    /// A lease lasts this long (ms) without a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// Send a heartbeat this often (ms).
+    pub heartbeat_ms: u64,
+    /// The longest a request for work is held open (ms).
+    pub long_poll_ms: u64,
+}
+
+/// A worker with free capacity asks for a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskForWork {
+    /// Memory in MiB of each free GPU.
+    pub free_gpus: Vec<u64>,
+    /// Hold the request open up to this long (ms) for a job to arrive; 0 answers at once.
+    pub wait_ms: u64,
+}
+
+/// A job leased to the worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: JobId,
+    /// What to run.
+    pub spec: JobSpec,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The fencing token to quote in every report.
+    pub epoch: Epoch,
+    /// Renew before this.
+    pub lease_expires_at: Timestamp,
+    /// The attempt times out here.
+    pub deadline: Timestamp,
+}
+
+/// A job the worker is running, as reported in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningJob {
+    /// The job.
+    pub job: JobId,
+    /// Its lease.
+    pub epoch: Epoch,
+    /// Progress from 0.0 to 1.0.
+    pub progress: Option<f64>,
+}
+
+/// The worker is alive, and so are its jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Every job it runs.
+    pub jobs: Vec<RunningJob>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Stop these jobs: they are being cancelled.
+    pub cancel: Vec<JobId>,
+    /// These leases are gone (expired or replaced): drop the jobs without reporting.
+    pub lost: Vec<JobId>,
+}
+
+/// Log lines of a running job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The job.
+    pub job: JobId,
+    /// Its lease.
+    pub epoch: Epoch,
+    /// The number of the first line; lines are numbered per attempt from 0.
+    pub first_seq: u64,
+    /// The lines, without line endings.
+    pub lines: Vec<String>,
+}
+
+/// What kind of request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or not allowed now.
+    BadRequest,
+    /// It names a lease that is no longer live: drop the job.
+    Stale,
+    /// It names something that does not exist.
+    NotFound,
+    /// The control plane failed; try again later.
+    Unavailable,
+}
+
+/// A message of the protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Worker → control plane, first: who it is and what it has.
+    Hello(Hello),
+    /// Control plane → worker: accepted.
+    Welcome(Welcome),
+    /// Worker → control plane: give me a job.
+    AskForWork(AskForWork),
+    /// Control plane → worker: run this.
+    Assignment(Assignment),
+    /// Control plane → worker: no job fits now.
+    NoWork,
+    /// Worker → control plane: the job's stage started.
+    Started {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+    },
+    /// Worker → control plane: alive, with its jobs.
+    Heartbeat(Heartbeat),
+    /// Control plane → worker: the answer to a heartbeat.
+    HeartbeatAck(HeartbeatAck),
+    /// Worker → control plane: log lines.
+    LogBatch(LogBatch),
+    /// Control plane → worker: every line before `next_seq` is stored.
+    LogAck {
+        /// The job.
+        job: JobId,
+        /// Send from this line next.
+        next_seq: u64,
+    },
+    /// Worker → control plane: the job succeeded.
+    Complete {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+        /// What it produced.
+        output: JobOutput,
+    },
+    /// Worker → control plane: the attempt failed.
+    Fail {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+        /// What went wrong, and whose fault it was.
+        error: JobError,
+    },
+    /// Control plane → worker: stop this job.
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+        /// Why.
+        reason: String,
+    },
+    /// Worker → control plane: leaving. With `drain`, it finishes its jobs first and asks for
+    /// no more.
+    Goodbye {
+        /// Finish running jobs before leaving.
+        drain: bool,
+    },
+    /// Either way: done, nothing to say.
+    Ack,
+    /// Either way: the request was refused.
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::AskForWork(_) => "ask_for_work",
+            Message::Assignment(_) => "assignment",
+            Message::NoWork => "no_work",
+            Message::Started { .. } => "started",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::HeartbeatAck(_) => "heartbeat_ack",
+            Message::LogBatch(_) => "log_batch",
+            Message::LogAck { .. } => "log_ack",
+            Message::Complete { .. } => "complete",
+            Message::Fail { .. } => "fail",
+            Message::Cancel { .. } => "cancel",
+            Message::Goodbye { .. } => "goodbye",
+            Message::Ack => "ack",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+/// Bytes that are not a frame of this protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix announces more than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame is too short to hold an envelope.
+    #[error("frame of {0} bytes is too short for an envelope")]
+    TooShort(usize),
+    /// The envelope does not start with [`MAGIC`].
+    #[error("not a Nexa Forge frame (magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got} is not supported (this build speaks version {supported})")]
+    UnsupportedVersion {
+        /// The peer's version.
+        got: u16,
+        /// Ours.
+        supported: u16,
+    },
+    /// The message does not decode.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// A message that cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded frame would exceed the limit.
+    #[error("{message} message of {len} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        /// The message's name.
+        message: &'static str,
+        /// Its encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The serializer refused the value.
+    #[error("cannot encode {message}: {reason}")]
+    Unencodable {
+        /// The message's name.
+        message: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// bincode's standard configuration: little-endian, variable-length integers. Decoding reads
+/// from a slice holding exactly one frame, so no length inside a message can make it read (or
+/// allocate for) more than the frame holds; serde caps up-front allocations of sequences.
+fn config() -> Configuration<LittleEndian, Varint> {
+    bincode::config::standard()
+}
+
+/// Appends `message` as one frame (length prefix included) to `out`.
+pub fn encode_into(message: &Message, out: &mut Vec<u8>, max_frame: usize) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_BYTES]);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    if let Err(e) = bincode::serde::encode_into_std_write(message, out, config()) {
+        out.truncate(start);
+        return Err(EncodeError::Unencodable {
+            message: message.name(),
+            reason: e.to_string(),
+        });
+    }
+    let len = out.len() - start - LENGTH_BYTES;
+    if len > max_frame || u32::try_from(len).is_err() {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge {
+            message: message.name(),
+            len,
+            max: max_frame,
+        });
+    }
+    out[start..start + LENGTH_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// `message` as one frame, length prefix included.
+pub fn encode(message: &Message, max_frame: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(message, &mut out, max_frame)?;
+    Ok(out)
+}
+
+/// Decodes one envelope (the bytes after the length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
+    if body.len() < HEADER_BYTES {
+        return Err(DecodeError::TooShort(body.len()));
+    }
+    let magic: [u8; 4] = [body[0], body[1], body[2], body[3]];
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    let version = u16::from_be_bytes([body[4], body[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            got: version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    let payload = &body[HEADER_BYTES..];
+    let (message, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(DecodeError::Malformed(format!(
+            "{} bytes left over after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Reads frames out of a byte stream that arrives in pieces: feed it what was read with
+/// [`FrameDecoder::extend`], take whole messages out with [`FrameDecoder::next_message`].
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing frames longer than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max_frame,
+        }
+    }
+
+    /// Adds bytes read from the stream.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The next whole message, `Ok(None)` when more bytes are needed. After an error the
+    /// stream is out of step and must be closed.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        let pending = &self.buf[self.start..];
+        if pending.len() < LENGTH_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+        if len > self.max_frame {
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if pending.len() < LENGTH_BYTES + len {
+            // Refuse garbage as soon as its header shows, rather than waiting for a length
+            // of bytes that will never make sense.
+            if pending.len() >= LENGTH_BYTES + HEADER_BYTES && pending[4..8] != MAGIC {
+                let magic = [pending[4], pending[5], pending[6], pending[7]];
+                return Err(DecodeError::BadMagic(magic));
+            }
+            return Ok(None);
+        }
+        let body = &pending[LENGTH_BYTES..LENGTH_BYTES + len];
+        let message = decode_body(body)?;
+        self.start += LENGTH_BYTES + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 && self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(message))
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::Stale => "stale lease",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::Unavailable => "unavailable",
+        })
+    }
+}

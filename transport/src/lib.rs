@@ -1,0 +1,46 @@
+//! The QUIC transport between Nexa Forge workers and the control plane.
+//!
+//! - **Who is who.** The server makes a self-signed certificate on first start and keeps it in
+//!   its data folder ([`ServerIdentity`]); workers trust it by its SHA-256 [`Fingerprint`] or
+//!   by a CA file ([`Trust`]). Workers prove themselves with the cluster's join token in their
+//!   first message, compared in constant time.
+//! - **What is said.** The messages of [`nexa_runtime::wire`], one length-prefixed bincode
+//!   frame each way per QUIC stream, with a size limit. A request is a stream; a push from
+//!   the server is a stream the server opens.
+//! - **When it breaks.** Bad bytes, oversized frames, wrong tokens and wrong versions close
+//!   that one connection with a [`close`] code and a reason; the server carries on. A
+//!   [`Client`] reconnects with backoff and jitter and tells the application; a [`LogStream`]
+//!   resumes from the last acknowledged line, so no line is lost or doubled.
+//!
+//! It deliberately knows nothing of jobs beyond the messages: what a request does is the
+//! [`Handler`]'s business.
+
+mod client;
+mod error;
+mod frame_io;
+mod identity;
+mod log_stream;
+mod server;
+
+use std::time::Duration;
+
+pub use client::{Client, ClientConfig, ClientEvent, Pushed, client_endpoint};
+pub use error::{ConnectError, IdentityError, RequestError, ServerError, close};
+pub use identity::{CERT_NAMES, Fingerprint, ParseFingerprintError, ServerIdentity, Trust};
+pub use log_stream::{FlushError, LogStream};
+pub use server::{Handler, Server, ServerConfig, Session};
+
+/// The ALPN protocol name both ends require.
+pub const ALPN: &[u8] = b"nexa/1";
+
+/// QUIC settings shared by both ends.
+fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    // An idle timeout too large for QUIC's encoding falls back to the default.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(1024u32.into());
+    t
+}
