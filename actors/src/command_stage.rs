@@ -1,0 +1,238 @@
+//! [`CommandStage`]: a job type handled by the user's own program.
+//!
+//! The program is run with `sh -c`, in a process group of its own, with:
+//!
+//! | variable               | value                                                        |
+//! |------------------------|--------------------------------------------------------------|
+//! | `NEXA_JOB_FILE`        | a JSON file: `id`, `attempt`, `job_type`, `params`, `resources`, `gpus` |
+//! | `NEXA_OUTPUT_DIR`      | this attempt's folder for artifacts and `result.json`        |
+//! | `NEXA_CHECKPOINT_DIR`  | kept across attempts: resume from here                       |
+//! | `CUDA_VISIBLE_DEVICES` | the assigned GPUs, comma-separated (empty for none)          |
+//! | `NEXA_JOB_ID`, `NEXA_ATTEMPT` | the job and attempt                                   |
+//!
+//! Every line it writes on stdout or stderr becomes a log line as it is written, except
+//! `NEXA_PROGRESS <0..1>`, which reports progress. Exit status 0 is success: the result is the
+//! JSON in `$NEXA_OUTPUT_DIR/result.json` (optional); its `metrics` (name → number) and
+//! `artifacts` (name → URI) objects become the job's metrics and artifacts, and the whole
+//! document is kept. Any other exit is a stage failure whose message carries the last lines.
+//! On cancel the group gets SIGTERM, then SIGKILL after a grace period.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nexa_runtime::{JobOutput, JobParams, JobSpec};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::stage::{BoxFuture, Stage, StageContext, StageError};
+
+/// Lines of output quoted in a failure's message.
+const TAIL_LINES: usize = 20;
+
+/// Runs a shell command for each job.
+#[derive(Clone, Debug)]
+pub struct CommandStage {
+    command: String,
+    grace: Duration,
+}
+
+impl CommandStage {
+    /// A stage running `command` with `sh -c`; on cancel it gets `grace` to stop after SIGTERM.
+    pub fn new(command: impl Into<String>, grace: Duration) -> Self {
+        Self {
+            command: command.into(),
+            grace,
+        }
+    }
+
+    /// The command line.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+}
+
+impl Stage for CommandStage {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        let stage = self.clone();
+        Box::pin(async move { stage.run_command(ctx).await })
+    }
+}
+
+/// The job as the program sees it in `NEXA_JOB_FILE`.
+fn job_document(ctx: &StageContext) -> Result<Value, serde_json::Error> {
+    let params = match &ctx.spec.params {
+        JobParams::Generate(p) => serde_json::to_value(p)?,
+        JobParams::Audit(p) => serde_json::to_value(p)?,
+        JobParams::Distill(p) => serde_json::to_value(p)?,
+        JobParams::Train(p) => serde_json::to_value(p)?,
+        JobParams::Evaluate(p) => serde_json::to_value(p)?,
+        JobParams::Deploy(p) => serde_json::to_value(p)?,
+    };
+    let spec: &JobSpec = &ctx.spec;
+    Ok(json!({
+        "id": ctx.job.to_string(),
+        "attempt": ctx.attempt,
+        "job_type": spec.job_type().as_str(),
+        "params": params,
+        "resources": serde_json::to_value(&spec.resources)?,
+        "priority": spec.priority,
+        "timeout_secs": spec.timeout.as_secs(),
+        "gpus": ctx.gpus,
+    }))
+}
+
+/// The job output described by `result.json`, if the program wrote one.
+fn read_result(path: &Path) -> Result<JobOutput, StageError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JobOutput::default()),
+        Err(e) => {
+            return Err(StageError::Failed(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| StageError::Failed(format!("{} is not valid JSON: {e}", path.display())))?;
+    let mut output = JobOutput::default();
+    if let Some(metrics) = doc.get("metrics").and_then(Value::as_object) {
+        for (name, value) in metrics {
+            if let Some(x) = value.as_f64() {
+                output.metrics.insert(name.clone(), x);
+            }
+        }
+    }
+    if let Some(artifacts) = doc.get("artifacts").and_then(Value::as_object) {
+        for (name, value) in artifacts {
+            if let Some(uri) = value.as_str() {
+                output.artifacts.insert(name.clone(), uri.to_owned());
+            }
+        }
+    }
+    output.result_json = Some(doc.to_string());
+    Ok(output)
+}
+
+/// Forwards each line of `stream` to `lines`.
+fn pump(stream: impl AsyncRead + Unpin + Send + 'static, lines: mpsc::UnboundedSender<String>) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl CommandStage {
+    async fn run_command(&self, ctx: StageContext) -> Result<JobOutput, StageError> {
+        let io = |what: &str, e: &dyn std::fmt::Display| StageError::Failed(format!("{what}: {e}"));
+        std::fs::create_dir_all(&ctx.output_dir)
+            .map_err(|e| io("cannot create the output folder", &e))?;
+        std::fs::create_dir_all(&ctx.checkpoint_dir)
+            .map_err(|e| io("cannot create the checkpoint folder", &e))?;
+        let job_file = ctx.output_dir.join("job.json");
+        let doc = job_document(&ctx).map_err(|e| io("cannot describe the job as JSON", &e))?;
+        std::fs::write(&job_file, doc.to_string())
+            .map_err(|e| io("cannot write the job file", &e))?;
+        let result_file = ctx.output_dir.join("result.json");
+        let _ = std::fs::remove_file(&result_file);
+
+        let gpus: Vec<String> = ctx.gpus.iter().map(u32::to_string).collect();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .env("NEXA_JOB_FILE", &job_file)
+            .env("NEXA_OUTPUT_DIR", &ctx.output_dir)
+            .env("NEXA_CHECKPOINT_DIR", &ctx.checkpoint_dir)
+            .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
+            .env("NEXA_JOB_ID", ctx.job.to_string())
+            .env("NEXA_ATTEMPT", ctx.attempt.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| io(&format!("cannot start `{}`", self.command), &e))?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        if let Some(out) = child.stdout.take() {
+            pump(out, tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            pump(err, tx);
+        }
+
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        let mut cancelled = false;
+        let mut status = None;
+        let mut lines_open = true;
+        while status.is_none() || lines_open {
+            tokio::select! {
+                line = lines.recv(), if lines_open => match line {
+                    Some(line) => {
+                        if let Some(p) = line.strip_prefix("NEXA_PROGRESS ") {
+                            if let Ok(x) = p.trim().parse::<f64>() {
+                                ctx.progress.set(x);
+                                continue;
+                            }
+                        }
+                        if tail.len() == TAIL_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line.clone());
+                        ctx.logs.line(line);
+                    }
+                    None => lines_open = false,
+                },
+                exit = child.wait(), if status.is_none() => {
+                    status = Some(exit.map_err(|e| io("cannot wait for the program", &e))?);
+                    // The shell is gone: end whatever it left running, which also closes the
+                    // pipes that would otherwise keep this loop waiting.
+                    if let Some(pgid) = pgid {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                }
+                () = ctx.cancel.cancelled(), if !cancelled && status.is_none() => {
+                    cancelled = true;
+                    if let Some(pgid) = pgid {
+                        let _ = killpg(pgid, Signal::SIGTERM);
+                        let grace = self.grace;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            // The group may be gone by now; that is what we want.
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                        });
+                    }
+                }
+            }
+        }
+        if cancelled {
+            return Err(StageError::Cancelled);
+        }
+        let status =
+            status.ok_or_else(|| StageError::Failed("the program's exit was lost".into()))?;
+        if status.success() {
+            return read_result(&result_file);
+        }
+        let how = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        let tail: Vec<String> = tail.into();
+        Err(StageError::Failed(format!(
+            "`{}` {how}; last output:\n{}",
+            self.command,
+            tail.join("\n")
+        )))
+    }
+}

@@ -1,0 +1,142 @@
+//! What a worker runs for a job: the [`Stage`] trait, what a stage is given, and the registry
+//! mapping job types to stages.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use nexa_runtime::{FailureClass, JobError, JobId, JobOutput, JobSpec, JobType};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A boxed future, so stages can be kept as trait objects.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Where a stage writes its log lines. They leave the worker while the stage runs.
+#[derive(Clone, Debug)]
+pub struct LogSink(mpsc::UnboundedSender<String>);
+
+impl LogSink {
+    /// A sink and the receiving end the worker drains.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Logs one line.
+    pub fn line(&self, line: impl Into<String>) {
+        // The receiver is gone only once the attempt is over; late lines have nowhere to go.
+        let _ = self.0.send(line.into());
+    }
+}
+
+/// Where a stage reports how far it is, from 0.0 to 1.0.
+#[derive(Clone, Debug)]
+pub struct Progress(Arc<watch::Sender<Option<f64>>>);
+
+impl Progress {
+    /// A reporter and the receiving end the worker reads.
+    pub fn channel() -> (Self, watch::Receiver<Option<f64>>) {
+        let (tx, rx) = watch::channel(None);
+        (Self(Arc::new(tx)), rx)
+    }
+
+    /// Reports progress; values outside 0.0..=1.0 are clamped, NaN is ignored.
+    pub fn set(&self, fraction: f64) {
+        if !fraction.is_nan() {
+            self.0.send_replace(Some(fraction.clamp(0.0, 1.0)));
+        }
+    }
+}
+
+/// Everything a stage gets for one attempt.
+#[derive(Clone, Debug)]
+pub struct StageContext {
+    /// The job.
+    pub job: JobId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Indices of the GPUs assigned to this attempt.
+    pub gpus: Vec<u32>,
+    /// Log lines.
+    pub logs: LogSink,
+    /// Progress.
+    pub progress: Progress,
+    /// Cancelled when the job is cancelled or the lease is lost: stop soon after.
+    pub cancel: CancellationToken,
+    /// Kept across attempts of the job: resume from the latest complete checkpoint here.
+    pub checkpoint_dir: PathBuf,
+    /// This attempt's artifacts.
+    pub output_dir: PathBuf,
+}
+
+/// Why a stage did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StageError {
+    /// The job's input cannot work; retrying will not help.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The stage failed; another try may succeed.
+    #[error("{0}")]
+    Failed(String),
+    /// The stage stopped because it was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StageError {
+    /// As the job error recorded for the attempt.
+    pub fn to_job_error(&self) -> JobError {
+        let class = match self {
+            StageError::InvalidInput(_) => FailureClass::InvalidInput,
+            StageError::Failed(_) => FailureClass::StageError,
+            StageError::Cancelled => FailureClass::Cancelled,
+        };
+        JobError::new(class, self.to_string())
+    }
+}
+
+/// Work a worker can do for a job type.
+pub trait Stage: Send + Sync + 'static {
+    /// Runs one attempt. It must return soon after `ctx.cancel` fires.
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>>;
+}
+
+/// The stages a worker offers, by job type.
+#[derive(Clone, Default)]
+pub struct StageRegistry {
+    stages: BTreeMap<JobType, Arc<dyn Stage>>,
+}
+
+impl std::fmt::Debug for StageRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.stages.keys()).finish()
+    }
+}
+
+impl StageRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `stage` for jobs of `job_type`, replacing any stage registered before.
+    pub fn register(&mut self, job_type: JobType, stage: impl Stage) -> &mut Self {
+        self.stages.insert(job_type, Arc::new(stage));
+        self
+    }
+
+    /// The stage for `job_type`.
+    pub fn get(&self, job_type: JobType) -> Option<Arc<dyn Stage>> {
+        self.stages.get(&job_type).cloned()
+    }
+
+    /// The job types this registry runs.
+    pub fn job_types(&self) -> impl Iterator<Item = JobType> + '_ {
+        self.stages.keys().copied()
+    }
+}

@@ -1,0 +1,167 @@
+//! The external command stage, with real programs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nexa_actors::{CommandStage, LogSink, Progress, Stage, StageContext, StageError};
+use nexa_runtime::{JobId, JobParams, JobSpec, TrainParams};
+use tokio_util::sync::CancellationToken;
+
+struct Run {
+    ctx: StageContext,
+    logs: tokio::sync::mpsc::UnboundedReceiver<String>,
+    progress: tokio::sync::watch::Receiver<Option<f64>>,
+}
+
+fn context(dir: &Path, gpus: Vec<u32>) -> Run {
+    let (logs_tx, logs) = LogSink::channel();
+    let (progress_tx, progress) = Progress::channel();
+    let spec = JobSpec::new(JobParams::Train(TrainParams {
+        model_id: "tiny-mlp".into(),
+        dataset_uri: "file:///data/iris.csv".into(),
+        epochs: 3,
+        hyperparameters: BTreeMap::new(),
+    }));
+    let ctx = StageContext {
+        job: JobId(42),
+        attempt: 2,
+        spec,
+        gpus,
+        logs: logs_tx,
+        progress: progress_tx,
+        cancel: CancellationToken::new(),
+        checkpoint_dir: dir.join("checkpoints"),
+        output_dir: dir.join("attempt-2"),
+    };
+    Run {
+        ctx,
+        logs,
+        progress,
+    }
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut out = vec![];
+    while let Ok(line) = rx.try_recv() {
+        out.push(line);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_program_gets_the_job_and_its_result_becomes_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = context(dir.path(), vec![0, 3]);
+    let script = r#"
+        echo "job file: $(cat "$NEXA_JOB_FILE")"
+        echo "gpus=$CUDA_VISIBLE_DEVICES id=$NEXA_JOB_ID attempt=$NEXA_ATTEMPT"
+        echo "checkpoints in $NEXA_CHECKPOINT_DIR" >&2
+        echo "NEXA_PROGRESS 0.5"
+        printf '{"metrics": {"loss": 0.25, "epochs": 3}, "artifacts": {"model": "file:///m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json"
+    "#;
+    let stage = CommandStage::new(script, Duration::from_secs(1));
+    let output = stage.run(run.ctx.clone()).await.unwrap();
+    assert_eq!(output.metrics.get("loss"), Some(&0.25));
+    assert_eq!(output.metrics.get("epochs"), Some(&3.0));
+    assert_eq!(
+        output.artifacts.get("model").map(String::as_str),
+        Some("file:///m.bin")
+    );
+    assert!(output.result_json.unwrap().contains("\"loss\":0.25"));
+    assert_eq!(*run.progress.borrow_and_update(), Some(0.5));
+    let logs = drain(&mut run.logs);
+    let job_line = logs
+        .iter()
+        .find(|l| l.starts_with("job file: "))
+        .expect("job file line");
+    let doc: serde_json::Value = serde_json::from_str(&job_line["job file: ".len()..]).unwrap();
+    assert_eq!(doc["id"], "job-42");
+    assert_eq!(doc["job_type"], "train");
+    assert_eq!(doc["params"]["model_id"], "tiny-mlp");
+    assert_eq!(doc["params"]["epochs"], 3);
+    assert_eq!(doc["gpus"], serde_json::json!([0, 3]));
+    assert!(
+        logs.contains(&"gpus=0,3 id=job-42 attempt=2".to_owned()),
+        "{logs:?}"
+    );
+    let checkpoints = dir.path().join("checkpoints").display().to_string();
+    assert!(
+        logs.contains(&format!("checkpoints in {checkpoints}")),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.starts_with("NEXA_PROGRESS")),
+        "progress lines are not logs"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_program_fails_the_stage_with_its_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let script =
+        "for i in $(seq 1 30); do echo line $i; done; echo 'CUDA out of memory' >&2; exit 3";
+    let err = CommandStage::new(script, Duration::from_secs(1))
+        .run(run.ctx)
+        .await
+        .unwrap_err();
+    let StageError::Failed(message) = &err else {
+        panic!("expected a stage failure, got {err:?}");
+    };
+    assert!(message.contains("exited with status 3"), "{message}");
+    assert!(message.contains("CUDA out of memory"), "{message}");
+    assert!(
+        message.contains("line 30") && !message.contains("line 5\n"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_result_json_is_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let script = "echo '{not json' > \"$NEXA_OUTPUT_DIR/result.json\"";
+    let err = CommandStage::new(script, Duration::from_secs(1))
+        .run(run.ctx)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("result.json is not valid JSON"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_the_program_and_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let marker = dir.path().join("survivor");
+    // A child that ignores SIGTERM, and a grandchild: both must be gone after the grace.
+    let script = format!(
+        "trap '' TERM; (sleep 3 && touch {}) & echo started; sleep 30",
+        marker.display()
+    );
+    let cancel = run.ctx.cancel.clone();
+    let stage = CommandStage::new(script, Duration::from_millis(300));
+    let started = Instant::now();
+    let task = tokio::spawn(async move { stage.run(run.ctx).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    let result = task.await.unwrap();
+    assert_eq!(result.unwrap_err(), StageError::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!marker.exists(), "the grandchild outlived the cancel");
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_start_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let err = CommandStage::new("/nonexistent/train --fast", Duration::from_secs(1))
+        .run(run.ctx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exited with status 127"), "{err}");
+}
