@@ -1,0 +1,500 @@
+//! The control plane: the store, the actors that run the queue, and the QUIC server workers
+//! connect to.
+//!
+//! ```text
+//! ControlPlane
+//!  ├── Scheduler                  permanent: the queue and the held requests for work
+//!  │    └── JobActor × leased job  restarted while its job is leased; stops when it is not
+//!  └── SessionActor × worker      lives as long as the worker's connection
+//! ```
+//!
+//! Every change goes to the store first; only once the store has acknowledged it (durably)
+//! is anything sent to a worker or a caller (persist, then send). On start the control plane
+//! rebuilds its view from the store: the store has already ended the leases that ran out while
+//! it was down, and every job still leased gets its actor back, so its worker can carry on.
+
+mod job_actor;
+mod scheduler;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nexa_runtime::wire::{Assignment, ErrorCode, Message, Welcome};
+use nexa_runtime::{
+    FaultKind, Job, JobId, JobSpec, JobState, ListQuery, LogPage, LogQuery, Page, PendingReason,
+    StorageFault, Store, StoreConfig, StoreError, Submitted, WorkerInfo, WorkerRecord,
+};
+use nexa_storage::RedbStore;
+use nexa_transport::{Fingerprint, Handler, Server, ServerConfig, Session};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use self::job_actor::JobMsg;
+use self::scheduler::{Scheduler, SchedulerMsg};
+use self::session::{SessionActor, SessionMsg};
+use crate::clock::now;
+
+/// How long an actor call may take before the caller gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of a control plane.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneConfig {
+    /// Where workers connect (QUIC/UDP); port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The data folder: the store (`nexa_forge.db`) and the certificate (`tls/`).
+    pub data_dir: PathBuf,
+    /// The secret workers must present.
+    pub join_token: String,
+    /// Leases, retries and logs.
+    pub store: StoreConfig,
+    /// How often workers are asked to heartbeat.
+    pub heartbeat: Duration,
+    /// The longest a worker's request for work is held open.
+    pub long_poll: Duration,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults for everything but the address, folder and token.
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+        join_token: impl Into<String>,
+    ) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            join_token: join_token.into(),
+            store: StoreConfig::default(),
+            heartbeat: Duration::from_secs(1),
+            long_poll: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a control plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] nexa_storage::OpenError),
+    /// The store failed while the control plane rebuilt its view.
+    #[error("cannot read the store: {0}")]
+    Recover(#[from] StoreError),
+    /// The QUIC server did not start.
+    #[error(transparent)]
+    Server(#[from] nexa_transport::ServerError),
+    /// An actor did not start.
+    #[error("cannot start the {0} actor: {1}")]
+    Actor(&'static str, String),
+}
+
+/// Runs a store operation off the async threads.
+pub(crate) async fn blocking<R: Send + 'static>(
+    store: &Arc<dyn Store>,
+    op: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || op(&*store))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StorageFault::new(FaultKind::Unavailable, format!("store task failed: {e}")).into())
+        })
+}
+
+/// Asks the job's actor, or the store directly when the job has no actor (it is not leased,
+/// so the store gives the right answer, usually a stale lease).
+pub(crate) async fn job_call<R: Send + 'static>(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    message: impl FnOnce(RpcReplyPort<Result<R, StoreError>>) -> JobMsg,
+    direct: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if let Some(cell) = ractor::registry::where_is(job_actor::name(plane, job)) {
+        let actor: ActorRef<JobMsg> = cell.into();
+        if let Ok(CallResult::Success(result)) = actor.call(message, Some(CALL_TIMEOUT)).await {
+            return result;
+        }
+    }
+    blocking(store, direct).await
+}
+
+static PLANES: AtomicU64 = AtomicU64::new(1);
+
+/// A running control plane.
+pub struct ControlPlane {
+    plane: u64,
+    store: Arc<dyn Store>,
+    scheduler: ActorRef<SchedulerMsg>,
+    server: Server,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.server.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Opens (or creates) the store in the data folder and starts.
+    pub async fn start(config: ControlPlaneConfig) -> Result<Self, StartError> {
+        let path = config.data_dir.join("nexa_forge.db");
+        let store_config = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(path, store_config))
+            .await
+            .map_err(|e| StartError::Actor("store", e.to_string()))??;
+        for e in store.recovered() {
+            info!(job = %e.job, state = %e.state, "lease ran out while the control plane was down");
+        }
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Starts over a store of the caller's choice (an in-memory one, for example).
+    pub async fn start_with_store(
+        config: ControlPlaneConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, StartError> {
+        let plane = PLANES.fetch_add(1, Ordering::Relaxed);
+        let (scheduler, _) = Actor::spawn(None, Scheduler, (plane, store.clone()))
+            .await
+            .map_err(|e| StartError::Actor("scheduler", e.to_string()))?;
+        // Jobs leased before a restart get their actors back.
+        for state in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+            let mut before = None;
+            loop {
+                let q = ListQuery {
+                    state: Some(state),
+                    before,
+                    limit: 1000,
+                    ..ListQuery::default()
+                };
+                let page = blocking(&store, move |s| s.list(q)).await?;
+                for job in &page.jobs {
+                    let _ = scheduler.cast(SchedulerMsg::Adopt(job.id));
+                }
+                match page.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
+            }
+        }
+        let welcome = Welcome {
+            session: 0,
+            lease_ttl_ms: config.store.lease_ttl.as_millis() as u64,
+            heartbeat_ms: config.heartbeat.as_millis() as u64,
+            long_poll_ms: config.long_poll.as_millis() as u64,
+        };
+        let handler = Arc::new(PlaneHandler {
+            plane,
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            welcome,
+            long_poll: config.long_poll,
+        });
+        let server_config =
+            ServerConfig::new(config.listen, &config.data_dir, config.join_token.clone());
+        let server = match Server::start(server_config, handler).await {
+            Ok(s) => s,
+            Err(e) => {
+                scheduler.stop(None);
+                return Err(e.into());
+            }
+        };
+        info!(addr = %server.local_addr(), fingerprint = %server.fingerprint(), "control plane listening");
+        Ok(Self {
+            plane,
+            store,
+            scheduler,
+            server,
+        })
+    }
+
+    /// The address workers connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The certificate fingerprint workers trust.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.server.fingerprint()
+    }
+
+    /// The store, for reads the methods below do not cover.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Accepts a job (durably), then lets the scheduler offer it.
+    pub async fn submit(&self, spec: JobSpec) -> Result<Submitted, StoreError> {
+        let submitted = blocking(&self.store, move |s| s.submit(spec, now())).await?;
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(submitted)
+    }
+
+    /// One job.
+    pub async fn get(&self, id: JobId) -> Result<Job, StoreError> {
+        blocking(&self.store, move |s| s.get(id)).await
+    }
+
+    /// Jobs, newest first.
+    pub async fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
+        blocking(&self.store, move |s| s.list(query)).await
+    }
+
+    /// A job's log lines.
+    pub async fn logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
+        blocking(&self.store, move |s| s.read_logs(id, query)).await
+    }
+
+    /// Why a job has not started.
+    pub async fn pending_reason(&self, id: JobId) -> Result<Option<PendingReason>, StoreError> {
+        blocking(&self.store, move |s| s.pending_reason(id, now())).await
+    }
+
+    /// The registered workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        blocking(&self.store, |s| s.list_workers()).await
+    }
+
+    /// Cancels a job; a running one is told to stop and ends `cancelled` once it has.
+    pub async fn cancel(
+        &self,
+        id: JobId,
+        reason: impl Into<String>,
+    ) -> Result<JobState, StoreError> {
+        let reason = reason.into();
+        let direct = reason.clone();
+        let state = job_call(
+            self.plane,
+            &self.store,
+            id,
+            |reply| JobMsg::Cancel { reason, reply },
+            move |s| s.cancel(id, direct, now()),
+        )
+        .await?;
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(state)
+    }
+
+    /// Closes worker connections and stops the actors. Jobs stay as stored.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        self.scheduler.stop(None);
+    }
+}
+
+/// The transport's view of the control plane.
+struct PlaneHandler {
+    plane: u64,
+    store: Arc<dyn Store>,
+    scheduler: ActorRef<SchedulerMsg>,
+    welcome: Welcome,
+    long_poll: Duration,
+}
+
+fn refusal(e: &StoreError) -> Message {
+    let code = match e {
+        e if e.is_stale() => ErrorCode::Stale,
+        StoreError::NotFound(_) => ErrorCode::NotFound,
+        StoreError::Storage(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::BadRequest,
+    };
+    Message::Error {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// `Ack`, or the refusal.
+fn ack<T>(result: Result<T, StoreError>) -> Message {
+    result.map_or_else(|e| refusal(&e), |_| Message::Ack)
+}
+
+fn session_name(plane: u64, session: u64) -> String {
+    format!("nexa-{plane}-session-{session}")
+}
+
+impl Handler for PlaneHandler {
+    async fn connected(
+        &self,
+        session: &Session,
+        hello: nexa_runtime::wire::Hello,
+    ) -> Result<Welcome, String> {
+        let info = WorkerInfo {
+            id: hello.worker.clone(),
+            cpus: hello.cpus,
+            memory_mb: hello.memory_mb,
+            gpus: hello.gpus,
+            labels: hello.labels,
+            job_types: hello.job_types,
+        };
+        blocking(&self.store, move |s| s.register_worker(info, now()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let args = (self.plane, hello.worker.clone(), self.store.clone());
+        Actor::spawn(
+            Some(session_name(self.plane, session.id())),
+            SessionActor,
+            args,
+        )
+        .await
+        .map_err(|e| format!("cannot start the session: {e}"))?;
+        info!(worker = %hello.worker, session = session.id(), addr = %session.remote_addr(), "worker connected");
+        // A worker that registers may fit jobs that waited for it.
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(self.welcome.clone())
+    }
+
+    async fn request(&self, session: &Session, message: Message) -> Message {
+        let (plane, store) = (self.plane, &self.store);
+        match message {
+            Message::AskForWork(ask) => {
+                let wait = Duration::from_millis(ask.wait_ms).min(self.long_poll);
+                let worker = session.worker().clone();
+                let asked = self
+                    .scheduler
+                    .call(
+                        |reply| SchedulerMsg::AskForWork {
+                            worker,
+                            free_gpus: ask.free_gpus,
+                            wait,
+                            session: Some(session.clone()),
+                            reply,
+                        },
+                        Some(wait + CALL_TIMEOUT),
+                    )
+                    .await;
+                match asked {
+                    Ok(CallResult::Success(Ok(Some(lease)))) => Message::Assignment(Assignment {
+                        job: lease.job.id,
+                        spec: lease.job.spec,
+                        attempt: lease.attempt,
+                        epoch: lease.epoch,
+                        lease_expires_at: lease.lease_expires_at,
+                        deadline: lease.deadline,
+                    }),
+                    Ok(CallResult::Success(Ok(None))) => Message::NoWork,
+                    Ok(CallResult::Success(Err(e))) => refusal(&e),
+                    _ => Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the scheduler did not answer".into(),
+                    },
+                }
+            }
+            Message::Started { job, epoch } => ack(job_call(
+                plane,
+                store,
+                job,
+                |reply| JobMsg::Started { epoch, reply },
+                move |s| s.start(job, epoch, now()),
+            )
+            .await),
+            Message::Complete { job, epoch, output } => {
+                let direct = output.clone();
+                ack(job_call(
+                    plane,
+                    store,
+                    job,
+                    |reply| JobMsg::Complete {
+                        epoch,
+                        output,
+                        reply,
+                    },
+                    move |s| s.complete(job, epoch, direct, now()),
+                )
+                .await)
+            }
+            Message::Fail { job, epoch, error } => {
+                let direct = error.clone();
+                ack(job_call(
+                    plane,
+                    store,
+                    job,
+                    |reply| JobMsg::Fail {
+                        epoch,
+                        error,
+                        reply,
+                    },
+                    move |s| s.fail(job, epoch, direct, now()),
+                )
+                .await)
+            }
+            Message::LogBatch(batch) => {
+                let (epoch, first_seq) = (batch.epoch, batch.first_seq);
+                let job = batch.job;
+                let direct = batch.lines.clone();
+                let lines = batch.lines;
+                match job_call(
+                    plane,
+                    store,
+                    job,
+                    |reply| JobMsg::Logs {
+                        epoch,
+                        first_seq,
+                        lines,
+                        reply,
+                    },
+                    move |s| s.append_logs(job, epoch, first_seq, direct, now()),
+                )
+                .await
+                {
+                    Ok(ack) => Message::LogAck {
+                        job,
+                        next_seq: ack.next_seq,
+                    },
+                    Err(e) => refusal(&e),
+                }
+            }
+            Message::Heartbeat(hb) => {
+                let Some(cell) = ractor::registry::where_is(session_name(plane, session.id()))
+                else {
+                    return Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the session is gone".into(),
+                    };
+                };
+                let actor: ActorRef<SessionMsg> = cell.into();
+                match actor
+                    .call(|reply| SessionMsg::Heartbeat(hb, reply), Some(CALL_TIMEOUT))
+                    .await
+                {
+                    Ok(CallResult::Success(ack)) => Message::HeartbeatAck(ack),
+                    _ => Message::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the session did not answer".into(),
+                    },
+                }
+            }
+            Message::Goodbye { drain } => {
+                let worker = session.worker().clone();
+                let result = if drain {
+                    blocking(store, move |s| s.drain_worker(&worker, now()))
+                        .await
+                        .map(drop)
+                } else {
+                    blocking(store, move |s| s.remove_worker(&worker)).await
+                };
+                ack(result)
+            }
+            other => Message::Error {
+                code: ErrorCode::BadRequest,
+                message: format!("a worker does not send {}", other.name()),
+            },
+        }
+    }
+
+    async fn disconnected(&self, session: &Session, reason: String) {
+        warn!(worker = %session.worker(), session = session.id(), reason, "worker disconnected");
+        if let Some(cell) = ractor::registry::where_is(session_name(self.plane, session.id())) {
+            cell.stop(None);
+        }
+    }
+}

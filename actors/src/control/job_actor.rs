@@ -1,0 +1,268 @@
+//! One actor per leased job: it serialises the job's reports and watches its lease.
+//!
+//! It arms a timer for the earlier of the lease's expiry and the attempt's deadline, and
+//! re-arms it on every heartbeat. When the timer fires it has the store end every attempt that
+//! is due ([`Store::expire`]), and wakes the scheduler for the jobs that went back to the
+//! queue. It stops as soon as its job is no longer leased; a retry gets a new actor with the
+//! next lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexa_runtime::{
+    Epoch, Job, JobError, JobId, JobOutput, JobState, LeaseStatus, LogAck, Store, StoreError,
+};
+use nexa_transport::Session;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use super::blocking;
+use super::scheduler::SchedulerMsg;
+use crate::clock::now;
+
+/// Job actors are registered as `nexa-<plane>-job-<id>`, so that several control planes can
+/// share a process (ractor's registry is per process).
+pub(crate) fn name(plane: u64, job: JobId) -> String {
+    format!("nexa-{plane}-job-{}", job.0)
+}
+
+/// The job a job actor's name names.
+pub(crate) fn job_of(name: &str) -> Option<JobId> {
+    name.rsplit_once("-job-")
+        .and_then(|(_, id)| id.parse().ok())
+        .map(JobId)
+}
+
+/// What a job actor is asked.
+#[derive(Debug)]
+pub(crate) enum JobMsg {
+    Started {
+        epoch: Epoch,
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    },
+    Heartbeat {
+        epoch: Epoch,
+        progress: Option<f64>,
+        reply: RpcReplyPort<Result<LeaseStatus, StoreError>>,
+    },
+    Complete {
+        epoch: Epoch,
+        output: JobOutput,
+        reply: RpcReplyPort<Result<JobState, StoreError>>,
+    },
+    Fail {
+        epoch: Epoch,
+        error: JobError,
+        reply: RpcReplyPort<Result<JobState, StoreError>>,
+    },
+    Logs {
+        epoch: Epoch,
+        first_seq: u64,
+        lines: Vec<String>,
+        reply: RpcReplyPort<Result<LogAck, StoreError>>,
+    },
+    Cancel {
+        reason: String,
+        reply: RpcReplyPort<Result<JobState, StoreError>>,
+    },
+    /// The lease or the attempt's deadline may have passed.
+    Due,
+}
+
+pub(crate) struct Args {
+    pub(crate) job: JobId,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) scheduler: ActorRef<SchedulerMsg>,
+    pub(crate) session: Option<Session>,
+}
+
+pub(crate) struct JobActor;
+
+/// A pending `Due` message.
+type Timer = JoinHandle<Result<(), ractor::MessagingErr<JobMsg>>>;
+
+pub(crate) struct JobActorState {
+    job: JobId,
+    store: Arc<dyn Store>,
+    scheduler: ActorRef<SchedulerMsg>,
+    session: Option<Session>,
+    timer: Option<Timer>,
+}
+
+impl JobActorState {
+    /// Re-arms the timer for `job`'s next deadline; stops the actor when it is not leased.
+    fn follow(&mut self, myself: &ActorRef<JobMsg>, job: &Job) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        match job.deadline() {
+            Some(at) => {
+                let wait = at.saturating_since(now()) + Duration::from_millis(1);
+                self.timer = Some(myself.send_after(wait, || JobMsg::Due));
+            }
+            None => {
+                debug!(job = %self.job, state = %job.state, "job no longer leased");
+                // Back in the queue, or finished (which may release dependents): let the
+                // scheduler look again.
+                let _ = self.scheduler.cast(SchedulerMsg::Wake);
+                myself.stop(None);
+            }
+        }
+    }
+
+    async fn refresh(&mut self, myself: &ActorRef<JobMsg>) {
+        let id = self.job;
+        match blocking(&self.store, move |s| s.get(id)).await {
+            Ok(job) => self.follow(myself, &job),
+            Err(e) => {
+                debug!(job = %id, "cannot read the job: {e}");
+                myself.stop(None);
+            }
+        }
+    }
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = JobActorState;
+    type Arguments = Args;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        args: Args,
+    ) -> Result<JobActorState, ActorProcessingErr> {
+        Ok(JobActorState {
+            job: args.job,
+            store: args.store,
+            scheduler: args.scheduler,
+            session: args.session,
+            timer: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<JobMsg>,
+        state: &mut JobActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.refresh(&myself).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        state: &mut JobActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JobMsg>,
+        message: JobMsg,
+        state: &mut JobActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = state.job;
+        match message {
+            JobMsg::Started { epoch, reply } => {
+                let _ =
+                    reply.send(blocking(&state.store, move |s| s.start(id, epoch, now())).await);
+            }
+            JobMsg::Heartbeat {
+                epoch,
+                progress,
+                reply,
+            } => {
+                let result = blocking(&state.store, move |s| {
+                    s.heartbeat(id, epoch, progress, now())
+                })
+                .await;
+                if let Ok(status) = &result {
+                    if let Some(t) = state.timer.take() {
+                        t.abort();
+                    }
+                    let wait =
+                        status.lease_expires_at.saturating_since(now()) + Duration::from_millis(1);
+                    state.timer = Some(myself.send_after(wait, || JobMsg::Due));
+                }
+                let _ = reply.send(result);
+            }
+            JobMsg::Complete {
+                epoch,
+                output,
+                reply,
+            } => {
+                let result =
+                    blocking(&state.store, move |s| s.complete(id, epoch, output, now())).await;
+                let _ = reply.send(result);
+                state.refresh(&myself).await;
+            }
+            JobMsg::Fail {
+                epoch,
+                error,
+                reply,
+            } => {
+                let result = blocking(&state.store, move |s| s.fail(id, epoch, error, now())).await;
+                let _ = reply.send(result);
+                state.refresh(&myself).await;
+            }
+            JobMsg::Logs {
+                epoch,
+                first_seq,
+                lines,
+                reply,
+            } => {
+                let result = blocking(&state.store, move |s| {
+                    s.append_logs(id, epoch, first_seq, lines, now())
+                })
+                .await;
+                let _ = reply.send(result);
+            }
+            JobMsg::Cancel { reason, reply } => {
+                let result = blocking(&state.store, move |s| s.cancel(id, reason, now())).await;
+                if let (Ok(JobState::Cancelling), Some(session)) = (&result, &state.session) {
+                    // Tell the worker now rather than at its next heartbeat.
+                    if let Ok(job) = blocking(&state.store, move |s| s.get(id)).await {
+                        if let Some(attempt) = job.live_attempt() {
+                            let cancel = nexa_runtime::wire::Message::Cancel {
+                                job: id,
+                                epoch: attempt.epoch,
+                                reason: job
+                                    .error
+                                    .as_ref()
+                                    .map_or_else(String::new, |e| e.message.clone()),
+                            };
+                            let session = session.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = session.push(&cancel).await {
+                                    debug!(job = %id, "cancel not pushed (the heartbeat will carry it): {e}");
+                                }
+                            });
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+                state.refresh(&myself).await;
+            }
+            JobMsg::Due => {
+                let expired = blocking(&state.store, |s| s.expire(now())).await;
+                match expired {
+                    Ok(list) => {
+                        for e in &list {
+                            info!(job = %e.job, state = %e.state, "attempt ended by the control plane");
+                        }
+                    }
+                    Err(e) => debug!("expire failed: {e}"),
+                }
+                state.refresh(&myself).await;
+            }
+        }
+        Ok(())
+    }
+}

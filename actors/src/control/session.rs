@@ -1,0 +1,84 @@
+//! One actor per connected worker: it keeps the worker's registration alive and answers its
+//! heartbeats, telling it which of its jobs to cancel and which leases it lost.
+
+use std::sync::Arc;
+
+use nexa_runtime::wire::{Heartbeat, HeartbeatAck};
+use nexa_runtime::{Store, StoreError, WorkerId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::job_actor::JobMsg;
+use super::{blocking, job_call};
+use crate::clock::now;
+
+#[derive(Debug)]
+pub(crate) enum SessionMsg {
+    Heartbeat(Heartbeat, RpcReplyPort<HeartbeatAck>),
+}
+
+pub(crate) struct SessionActor;
+
+pub(crate) struct SessionState {
+    plane: u64,
+    worker: WorkerId,
+    store: Arc<dyn Store>,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = (u64, WorkerId, Arc<dyn Store>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        (plane, worker, store): (u64, WorkerId, Arc<dyn Store>),
+    ) -> Result<SessionState, ActorProcessingErr> {
+        Ok(SessionState {
+            plane,
+            worker,
+            store,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        message: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SessionMsg::Heartbeat(hb, reply) = message;
+        let worker = state.worker.clone();
+        // An unknown worker (removed meanwhile) still gets answers about its jobs.
+        let _ = blocking(&state.store, move |s| s.worker_heartbeat(&worker, now())).await;
+        let mut ack = HeartbeatAck {
+            cancel: vec![],
+            lost: vec![],
+        };
+        for running in hb.jobs {
+            let (job, epoch, progress) = (running.job, running.epoch, running.progress);
+            let status = job_call(
+                state.plane,
+                &state.store,
+                job,
+                |reply| JobMsg::Heartbeat {
+                    epoch,
+                    progress,
+                    reply,
+                },
+                move |s| s.heartbeat(job, epoch, progress, now()),
+            )
+            .await;
+            match status {
+                Ok(status) if status.cancel_requested => ack.cancel.push(job),
+                Ok(_) => {}
+                Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => {
+                    ack.lost.push(job)
+                }
+                Err(_) => {}
+            }
+        }
+        let _ = reply.send(ack);
+        Ok(())
+    }
+}

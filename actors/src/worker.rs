@@ -1,0 +1,156 @@
+//! The worker node: an agent that registers with the control plane, heartbeats, asks for work
+//! when it has room, and a stage supervisor per job it runs.
+//!
+//! ```text
+//! WorkerNode
+//!  └── Agent                       stops when drained, or with its node
+//!       └── Supervisor × job        one per running job; reports the job's outcome
+//! ```
+//!
+//! The agent owns the worker's free resources: a job's GPUs are taken when it is assigned and
+//! given back only when its supervisor has stopped the stage, so a cancelled job's GPUs are
+//! free for the next job exactly when its stage is gone.
+
+mod agent;
+mod supervisor;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nexa_runtime::wire::Hello;
+use nexa_runtime::{Gpu, WorkerId};
+use nexa_transport::{Client, ClientConfig, ConnectError, Trust};
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+
+pub(crate) use self::agent::AgentMsg;
+use self::agent::{Agent, AgentArgs};
+use crate::stage::StageRegistry;
+
+/// How often a failing stage is started again before its attempt fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window`.
+    pub max_restarts: u32,
+    /// The window restarts are counted in.
+    pub window: Duration,
+    /// The wait before the first restart; it doubles with each one.
+    pub backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 2,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Settings of a worker node.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The control plane's address.
+    pub server: SocketAddr,
+    /// How to trust it.
+    pub trust: Trust,
+    /// The cluster's join token.
+    pub join_token: String,
+    /// This worker's name.
+    pub id: WorkerId,
+    /// CPU cores offered.
+    pub cpus: u32,
+    /// Memory offered, MiB.
+    pub memory_mb: u64,
+    /// GPUs offered (until a GPU backend detects them, declared by the operator).
+    pub gpus: Vec<Gpu>,
+    /// Labels jobs can ask for.
+    pub labels: BTreeMap<String, String>,
+    /// The stages it runs, by job type.
+    pub stages: StageRegistry,
+    /// Where jobs' checkpoints and outputs go.
+    pub work_dir: PathBuf,
+    /// Jobs run at once.
+    pub slots: usize,
+    /// Restarts of a failing stage.
+    pub restart: RestartPolicy,
+    /// How long a cancelled stage may take to stop before it is aborted.
+    pub cancel_grace: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for everything but where to connect, who it is and what it runs.
+    pub fn new(
+        server: SocketAddr,
+        trust: Trust,
+        join_token: impl Into<String>,
+        id: WorkerId,
+        stages: StageRegistry,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            server,
+            trust,
+            join_token: join_token.into(),
+            id,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_mb: 0,
+            gpus: Vec::new(),
+            labels: BTreeMap::new(),
+            stages,
+            work_dir: work_dir.into(),
+            slots: 1,
+            restart: RestartPolicy::default(),
+            cancel_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running worker node.
+#[derive(Debug)]
+pub struct WorkerNode {
+    agent: ActorRef<AgentMsg>,
+    handle: JoinHandle<()>,
+}
+
+impl WorkerNode {
+    /// Connects to the control plane and starts taking work.
+    pub async fn start(config: WorkerConfig) -> Result<Self, ConnectError> {
+        let hello = Hello {
+            worker: config.id.clone(),
+            token: config.join_token.clone(),
+            cpus: config.cpus,
+            memory_mb: config.memory_mb,
+            gpus: config.gpus.clone(),
+            labels: config.labels.clone(),
+            job_types: config.stages.job_types().collect(),
+        };
+        let client_config = ClientConfig::new(config.server, config.trust.clone(), hello);
+        let (client, welcome, events) = Client::connect(client_config).await?;
+        let args = AgentArgs {
+            client,
+            welcome,
+            events,
+            config,
+        };
+        let (agent, handle) = Actor::spawn(None, Agent, args)
+            .await
+            .map_err(|e| ConnectError::Config(format!("cannot start the worker agent: {e}")))?;
+        Ok(Self { agent, handle })
+    }
+
+    /// Stops taking work, lets the running jobs finish, says goodbye and stops.
+    pub async fn drain(self) {
+        let _ = self.agent.cast(AgentMsg::Drain);
+        let _ = self.handle.await;
+    }
+
+    /// Stops at once; running jobs are abandoned (their leases run out on the control plane).
+    pub async fn stop(self) {
+        self.agent.stop(None);
+        let _ = self.handle.await;
+    }
+}

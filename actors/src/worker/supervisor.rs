@@ -1,0 +1,258 @@
+//! The stage supervisor: one actor per job on a worker. It runs the job's stage, ships its
+//! logs while it runs, restarts it after a failure or a panic within the restart budget, stops
+//! it on cancel (aborting it when it ignores the cancel past the grace period), and reports
+//! the outcome under the job's lease.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nexa_runtime::JobOutput;
+use nexa_runtime::wire::{Assignment, ErrorCode, Message};
+use nexa_transport::{Client, FlushError, LogStream, RequestError};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{AgentMsg, RestartPolicy};
+use crate::stage::{LogSink, Progress, Stage, StageContext, StageError};
+
+/// What a supervisor is started with.
+pub(crate) struct Args {
+    pub(crate) client: Arc<Client>,
+    pub(crate) assignment: Assignment,
+    pub(crate) stage: Arc<dyn Stage>,
+    pub(crate) gpus: Vec<u32>,
+    pub(crate) work_dir: std::path::PathBuf,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) grace: Duration,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) lost: Arc<AtomicBool>,
+    pub(crate) progress: Progress,
+    pub(crate) agent: ActorRef<AgentMsg>,
+}
+
+pub(crate) struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = Args;
+
+    async fn pre_start(&self, myself: ActorRef<()>, args: Args) -> Result<(), ActorProcessingErr> {
+        tokio::spawn(async move {
+            let job = args.assignment.job;
+            let agent = args.agent.clone();
+            supervise(args).await;
+            let _ = agent.cast(AgentMsg::Finished(job));
+            myself.stop(None);
+        });
+        Ok(())
+    }
+}
+
+/// Why the last run of the stage ended.
+enum Ended {
+    Done(Result<JobOutput, StageError>),
+    Panicked(String),
+}
+
+async fn supervise(args: Args) {
+    let a = &args.assignment;
+    let (job, epoch) = (a.job, a.epoch);
+    let client = &args.client;
+    match client.request(&Message::Started { job, epoch }).await {
+        Ok(Message::Error {
+            code: ErrorCode::Stale,
+            message,
+        }) => {
+            info!(%job, "lease is gone before the start: {message}");
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => debug!(%job, "start not reported (the heartbeat keeps the lease): {e}"),
+    }
+    let job_dir = args.work_dir.join("jobs").join(job.to_string());
+    let (sink, mut lines) = LogSink::channel();
+    let mut logs = LogStream::new(job, epoch);
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let outcome = loop {
+        let ctx = StageContext {
+            job,
+            attempt: a.attempt,
+            spec: a.spec.clone(),
+            gpus: args.gpus.clone(),
+            logs: sink.clone(),
+            progress: args.progress.clone(),
+            cancel: args.cancel.clone(),
+            checkpoint_dir: job_dir.join("checkpoints"),
+            output_dir: job_dir.join(format!("attempt-{}", a.attempt)),
+        };
+        let ended = run_once(&args, ctx, &mut lines, &mut logs).await;
+        let message = match ended {
+            Ended::Done(Ok(output)) => break Ok(output),
+            Ended::Done(Err(StageError::Cancelled)) => break Err(StageError::Cancelled),
+            Ended::Done(Err(e @ StageError::InvalidInput(_))) => break Err(e),
+            Ended::Done(Err(StageError::Failed(m))) => m,
+            Ended::Panicked(m) => format!("the stage panicked: {m}"),
+        };
+        if args.cancel.is_cancelled() {
+            break Err(StageError::Cancelled);
+        }
+        let now = Instant::now();
+        while restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > args.restart.window)
+        {
+            restarts.pop_front();
+        }
+        if restarts.len() as u32 >= args.restart.max_restarts {
+            break Err(StageError::Failed(format!(
+                "{message} (restarted {} times within {:?}; restart budget used up)",
+                restarts.len(),
+                args.restart.window
+            )));
+        }
+        let n = restarts.len() as u32 + 1;
+        let delay = args.restart.backoff.saturating_mul(1 << (n - 1).min(16));
+        sink.line(format!(
+            "[nexa] stage failed: {message}; restarting in {delay:?} (restart {n} of {})",
+            args.restart.max_restarts
+        ));
+        warn!(%job, restart = n, "stage failed: {message}");
+        restarts.push_back(now);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = args.cancel.cancelled() => break Err(StageError::Cancelled),
+        }
+    };
+    drop(sink);
+    while let Ok(line) = lines.try_recv() {
+        logs.push(line);
+    }
+    if args.lost.load(Ordering::SeqCst) {
+        info!(%job, "lease lost; not reporting");
+        return;
+    }
+    if flush_all(client, &mut logs, &args.lost).await.is_err() {
+        return;
+    }
+    let report = match outcome {
+        Ok(output) => Message::Complete { job, epoch, output },
+        Err(e) => Message::Fail {
+            job,
+            epoch,
+            error: e.to_job_error(),
+        },
+    };
+    deliver(client, &report, &args.lost).await;
+}
+
+/// Runs the stage once, shipping its logs, until it returns, panics, or is aborted after
+/// ignoring a cancel for longer than the grace period.
+async fn run_once(
+    args: &Args,
+    ctx: StageContext,
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    logs: &mut LogStream,
+) -> Ended {
+    let mut run = tokio::spawn(args.stage.run(ctx));
+    let mut flush = tokio::time::interval(Duration::from_millis(200));
+    let mut abort_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = &mut run => {
+                return match ended {
+                    Ok(result) => Ended::Done(result),
+                    Err(e) if e.is_panic() => {
+                        let payload = e.into_panic();
+                        let what = payload
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "unknown panic".to_owned());
+                        Ended::Panicked(what)
+                    }
+                    Err(_) => Ended::Done(Err(StageError::Cancelled)),
+                };
+            }
+            Some(line) = lines.recv() => logs.push(line),
+            _ = flush.tick() => {
+                if logs.pending() > 0 {
+                    if let Err(e) = logs.flush(&args.client).await {
+                        debug!(job = %args.assignment.job, "log flush failed, will retry: {e}");
+                    }
+                }
+            }
+            () = args.cancel.cancelled(), if abort_at.is_none() => {
+                abort_at = Some(Instant::now() + args.grace);
+            }
+            () = sleep_until(abort_at) => {
+                warn!(job = %args.assignment.job, "stage ignored the cancel for {:?}; aborting it", args.grace);
+                run.abort();
+                return Ended::Done(Err(StageError::Cancelled));
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a failed request is worth trying again.
+fn transient(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::Disconnected(_) | RequestError::Timeout(_) | RequestError::Stream(_)
+    )
+}
+
+/// Ships every remaining line, riding out reconnects; `Err` when the lease is gone.
+async fn flush_all(client: &Client, logs: &mut LogStream, lost: &AtomicBool) -> Result<(), ()> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match logs.flush(client).await {
+            Ok(()) => return Ok(()),
+            Err(FlushError::Request(e)) if transient(&e) && !lost.load(Ordering::SeqCst) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                info!("logs not delivered: {e}");
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Sends the outcome, riding out reconnects, until the control plane answers.
+async fn deliver(client: &Client, report: &Message, lost: &AtomicBool) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match client.request(report).await {
+            Ok(Message::Ack) => return,
+            Ok(Message::Error { code, message }) => {
+                info!(?code, "outcome refused: {message}");
+                return;
+            }
+            Ok(other) => {
+                warn!("unexpected answer to a report: {}", other.name());
+                return;
+            }
+            Err(e) if transient(&e) && !lost.load(Ordering::SeqCst) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                warn!("outcome not delivered: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! A control plane and workers in one process, running real jobs end to end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nexa_actors::*;
+use nexa_runtime::*;
+use nexa_transport::Trust;
+
+const TOKEN: &str = "embedded-test-token";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    plane: ControlPlane,
+}
+
+async fn cluster(lease_ttl: Duration) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ControlPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("plane"),
+        TOKEN,
+    );
+    config.store.lease_ttl = lease_ttl;
+    config.store.retry.base = Duration::from_millis(50);
+    config.heartbeat = Duration::from_millis(200);
+    config.long_poll = Duration::from_secs(2);
+    let plane = ControlPlane::start(config).await.unwrap();
+    Cluster { dir, plane }
+}
+
+impl Cluster {
+    async fn worker(&self, name: &str, command: &str, gpus: usize) -> WorkerNode {
+        let mut stages = StageRegistry::new();
+        stages.register(
+            JobType::Train,
+            CommandStage::new(command, Duration::from_millis(500)),
+        );
+        let trust = Trust::Fingerprint(self.plane.fingerprint());
+        let mut config = WorkerConfig::new(
+            self.plane.addr(),
+            trust,
+            TOKEN,
+            WorkerId::new(name).unwrap(),
+            stages,
+            self.dir.path().join(name),
+        );
+        config.gpus = (0..gpus)
+            .map(|_| Gpu {
+                model: "Test GPU".into(),
+                memory_mb: 16_384,
+            })
+            .collect();
+        config.restart.backoff = Duration::from_millis(20);
+        WorkerNode::start(config).await.unwrap()
+    }
+
+    async fn submit(&self, model: &str, gpus: u32) -> JobId {
+        let mut spec = JobSpec::new(JobParams::Train(TrainParams {
+            model_id: model.into(),
+            dataset_uri: "file:///data/train.csv".into(),
+            epochs: 1,
+            hyperparameters: BTreeMap::new(),
+        }));
+        spec.resources.gpus = gpus;
+        spec.max_attempts = 3;
+        self.plane.submit(spec).await.unwrap().id
+    }
+
+    /// Waits until the job is in `state`, returning it.
+    async fn wait_for(&self, id: JobId, state: JobState) -> Job {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = self.plane.get(id).await.unwrap();
+            if job.state == state {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is {} after 30 s, expected {state}: {:#?}",
+                job.state,
+                job.events
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn log_text(&self, id: JobId, attempt: u32) -> Vec<String> {
+        let q = LogQuery {
+            attempt: Some(attempt),
+            ..LogQuery::default()
+        };
+        self.plane
+            .logs(id, q)
+            .await
+            .unwrap()
+            .lines
+            .into_iter()
+            .map(|l| l.text)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_an_external_command_and_its_logs_and_result_are_kept() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let script = r#"echo "training $(cat $NEXA_JOB_FILE | tr -d '\n' | head -c 40)"; echo NEXA_PROGRESS 0.5; echo done >&2; printf '{"metrics":{"loss":0.125}}' > "$NEXA_OUTPUT_DIR/result.json""#;
+    let _w = c.worker("w1", script, 0).await;
+    let id = c.submit("resnet", 0).await;
+    let job = c.wait_for(id, JobState::Succeeded).await;
+    assert_eq!(
+        job.output.as_ref().unwrap().metrics.get("loss"),
+        Some(&0.125)
+    );
+    assert_eq!(job.attempts.len(), 1);
+    assert!(job.attempts[0].started_at.is_some());
+    let logs = c.log_text(id, 1).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("training {") && l.contains("\"id\":\"job-")),
+        "{logs:?}"
+    );
+    assert!(logs.contains(&"done".to_owned()), "{logs:?}");
+    let states: Vec<JobState> = job.events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Queued,
+            JobState::Assigned,
+            JobState::Running,
+            JobState::Succeeded
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stage_is_restarted_within_its_budget_then_the_attempt_fails() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1", "echo trying; exit 7", 0).await;
+    let mut spec = JobSpec::new(JobParams::Train(TrainParams {
+        model_id: "flaky".into(),
+        dataset_uri: "data.csv".into(),
+        epochs: 1,
+        hyperparameters: BTreeMap::new(),
+    }));
+    spec.max_attempts = 1;
+    let id = c.plane.submit(spec).await.unwrap().id;
+    let job = c.wait_for(id, JobState::Failed).await;
+    let error = job.error.unwrap();
+    assert_eq!(error.class, FailureClass::StageError);
+    assert!(
+        error.message.contains("exited with status 7"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("restart budget used up"),
+        "{}",
+        error.message
+    );
+    let logs = c.log_text(id, 1).await;
+    assert_eq!(
+        logs.iter().filter(|l| *l == "trying").count(),
+        3,
+        "{logs:?}"
+    );
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.starts_with("[nexa] stage failed"))
+            .count(),
+        2,
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_stops_it_and_frees_its_gpu() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1", "echo started; sleep 60", 1).await;
+    let first = c.submit("long", 1).await;
+    c.wait_for(first, JobState::Running).await;
+    // Wait for the stage to be really up before cancelling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log_text(first, 1).await.contains(&"started".to_owned()) {
+        assert!(Instant::now() < deadline, "the stage never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = c.submit("next", 1).await;
+    assert_eq!(c.plane.get(second).await.unwrap().state, JobState::Queued);
+    let state = c.plane.cancel(first, "not needed").await.unwrap();
+    assert_eq!(state, JobState::Cancelling);
+    let job = c.wait_for(first, JobState::Cancelled).await;
+    assert_eq!(job.error.unwrap().message, "not needed");
+    // The one GPU is free again: the next job gets it.
+    c.wait_for(second, JobState::Running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_worker_can_run_stays_queued_and_says_why() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1", "true", 1).await;
+    let id = c.submit("huge", 8).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.plane.get(id).await.unwrap().state, JobState::Queued);
+    let reason = c
+        .plane
+        .pending_reason(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        reason,
+        "no connected worker can run it: worker w1 has 1 GPUs with at least 0 MiB, the job needs 8"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_workers_job_runs_again_elsewhere_and_its_late_report_is_refused() {
+    let c = cluster(Duration::from_millis(1500)).await;
+    let doomed = c.worker("doomed", "echo on-doomed; sleep 60", 0).await;
+    let id = c.submit("model", 0).await;
+    let job = c.wait_for(id, JobState::Running).await;
+    let first = job.attempts[0].clone();
+    assert_eq!(first.worker.as_str(), "doomed");
+    doomed.stop().await;
+    let _healthy = c.worker("healthy", "echo on-healthy", 0).await;
+    let job = c.wait_for(id, JobState::Succeeded).await;
+    assert_eq!(job.attempts.len(), 2);
+    let Some(AttemptOutcome::Failed(err)) = &job.attempts[0].outcome else {
+        panic!("first attempt: {:?}", job.attempts[0]);
+    };
+    assert_eq!(err.class, FailureClass::WorkerLost);
+    assert_eq!(job.attempts[1].worker.as_str(), "healthy");
+    // The lost worker's late completion is refused by its epoch.
+    let late = c
+        .plane
+        .store()
+        .complete(id, first.epoch, JobOutput::default(), now());
+    assert!(late.unwrap_err().is_stale());
+}
