@@ -1,0 +1,56 @@
+//! `nexa`: the Nexa Forge node binary.
+//!
+//! - `nexa up` — a control plane and one local worker in one process, data in `./var/`: the
+//!   platform on a laptop with one command.
+//! - `nexa server` — the control plane: the job store and the QUIC port workers join.
+//! - `nexa worker` — a worker that joins a control plane and runs jobs.
+
+mod node;
+mod options;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::options::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NEXA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nexa: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => node::server(args).await,
+            Command::Worker(args) => node::worker(args).await,
+            Command::Up(args) => node::up(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nexa: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

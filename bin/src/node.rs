@@ -1,0 +1,224 @@
+//! The node commands: `server`, `worker` and `up`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nexa_actors::{
+    CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
+};
+use nexa_runtime::WorkerId;
+use nexa_transport::Trust;
+use tracing::info;
+
+use crate::options::{OfferArgs, PlaneArgs, ServerArgs, UpArgs, WorkerArgs};
+
+/// The join token: given, or kept in the data folder (made on first start).
+fn join_token(plane: &PlaneArgs) -> Result<String> {
+    if let Some(token) = &plane.token {
+        if token.len() < 16 {
+            bail!("the join token must be at least 16 characters long");
+        }
+        return Ok(token.clone());
+    }
+    let path = plane.data.join("join_token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    std::fs::create_dir_all(&plane.data)
+        .with_context(|| format!("cannot create the data folder {}", plane.data.display()))?;
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("cannot read random bytes for a join token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+async fn start_plane(listen: SocketAddr, plane: &PlaneArgs) -> Result<(ControlPlane, String)> {
+    let token = join_token(plane)?;
+    let mut config = ControlPlaneConfig::new(listen, &plane.data, token.clone());
+    config.store.lease_ttl = Duration::from_secs(plane.lease_ttl.max(1));
+    let plane = ControlPlane::start(config)
+        .await
+        .context("cannot start the control plane")?;
+    Ok((plane, token))
+}
+
+fn stages(offer: &OfferArgs) -> StageRegistry {
+    let mut stages = StageRegistry::new();
+    for (job_type, command) in &offer.handlers {
+        stages.register(
+            *job_type,
+            CommandStage::new(command, Duration::from_secs(offer.cancel_grace)),
+        );
+    }
+    stages
+}
+
+fn worker_config(
+    server: SocketAddr,
+    trust: Trust,
+    token: &str,
+    name: WorkerId,
+    offer: &OfferArgs,
+    work_dir: &Path,
+) -> WorkerConfig {
+    let mut config = WorkerConfig::new(server, trust, token, name, stages(offer), work_dir);
+    config.gpus = offer.gpus.clone();
+    config.labels = offer.labels.iter().cloned().collect();
+    config.slots = offer.slots.max(1);
+    config.cancel_grace = Duration::from_secs(offer.cancel_grace);
+    config
+}
+
+fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+/// Drains the worker on the first signal; a second one stops it at once.
+async fn run_worker(node: WorkerNode) {
+    shutdown_signal().await;
+    info!("draining: finishing running jobs (press Ctrl-C again to stop now)");
+    let drain = node.drain();
+    tokio::pin!(drain);
+    tokio::select! {
+        () = &mut drain => {}
+        () = shutdown_signal() => info!("stopping without draining"),
+    }
+}
+
+pub(crate) async fn server(args: ServerArgs) -> Result<()> {
+    let (plane, token) = start_plane(args.listen, &args.plane).await?;
+    let addr = plane.addr();
+    println!("nexa control plane listening on {addr} (QUIC/UDP)");
+    println!("  data:        {}", args.plane.data.display());
+    println!("  fingerprint: {}", plane.fingerprint());
+    println!("join a worker with:");
+    println!(
+        "  nexa worker --server {} --fingerprint {} --token {token} --handler train='python3 train.py'",
+        advertised(addr),
+        plane.fingerprint()
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    plane.shutdown().await;
+    Ok(())
+}
+
+/// The address to print for workers: an unspecified listen address is shown as loopback.
+fn advertised(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}
+
+pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
+    let server = args
+        .server
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve --server {}", args.server))?
+        .next()
+        .with_context(|| format!("--server {} resolves to no address", args.server))?;
+    let trust = match (args.fingerprint, &args.ca) {
+        (Some(fp), _) => Trust::Fingerprint(fp),
+        (None, Some(ca)) => Trust::CaFile(ca.clone()),
+        (None, None) => bail!(
+            "say how to trust the server: --fingerprint (printed by `nexa server`) or --ca FILE"
+        ),
+    };
+    if args.offer.handlers.is_empty() {
+        bail!("this worker would run nothing: give at least one --handler TYPE=COMMAND");
+    }
+    let name = args.name.clone().unwrap_or_else(default_worker_name);
+    let name = WorkerId::new(name).context("invalid --name")?;
+    let config = worker_config(
+        server,
+        trust,
+        &args.token,
+        name,
+        &args.offer,
+        &args.work_dir,
+    );
+    let node = WorkerNode::start(config)
+        .await
+        .with_context(|| format!("cannot join the control plane at {server}"))?;
+    run_worker(node).await;
+    Ok(())
+}
+
+pub(crate) async fn up(args: UpArgs) -> Result<()> {
+    let (plane, token) = start_plane(args.listen, &args.plane).await?;
+    let addr = plane.addr();
+    let name = WorkerId::new("local").context("worker name")?;
+    let work_dir = args.plane.data.join("worker");
+    let config = worker_config(
+        addr,
+        Trust::Fingerprint(plane.fingerprint()),
+        &token,
+        name,
+        &args.offer,
+        &work_dir,
+    );
+    let node = WorkerNode::start(config)
+        .await
+        .context("cannot start the local worker")?;
+    println!(
+        "nexa is up: control plane on {addr}, data in {}",
+        args.plane.data.display()
+    );
+    if args.offer.handlers.is_empty() {
+        println!(
+            "  the local worker has no handlers yet: restart with --handler TYPE=COMMAND to run jobs"
+        );
+    }
+    println!(
+        "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...",
+        advertised(addr),
+        plane.fingerprint()
+    );
+    run_worker(node).await;
+    plane.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nexa_runtime::{Gpu, JobType};
+use nexa_transport::Fingerprint;
+
+/// Nexa Forge: ML lifecycle jobs (generate, audit, distill, train, evaluate, deploy) on
+/// ephemeral GPU workers.
+#[derive(Debug, Parser)]
+#[command(name = "nexa", version)]
+pub(crate) struct Cli {
+    /// Log as human-readable text or as JSON lines (on stderr). NEXA_LOG sets the level.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "NEXA_LOG_FORMAT"
+    )]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a control plane and one local worker in this process (data in ./var).
+    Up(UpArgs),
+    /// Run the control plane: the job store and the port workers join.
+    Server(ServerArgs),
+    /// Join a control plane and run jobs.
+    Worker(WorkerArgs),
+}
+
+/// Settings of the control plane.
+#[derive(Debug, Args)]
+pub(crate) struct PlaneArgs {
+    /// The data folder: the store (nexa_forge.db), the certificate (tls/) and the join token.
+    #[arg(long, default_value = "var", env = "NEXA_DATA")]
+    pub(crate) data: PathBuf,
+    /// The join token workers must present; made and kept in the data folder when absent.
+    #[arg(long, env = "NEXA_JOIN_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Seconds a lease lasts without a heartbeat.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) lease_ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The UDP address workers connect to.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub(crate) listen: SocketAddr,
+    #[command(flatten)]
+    pub(crate) plane: PlaneArgs,
+}
+
+/// What a worker offers and runs.
+#[derive(Debug, Args)]
+pub(crate) struct OfferArgs {
+    /// Run jobs of a type with your own program, e.g. --handler train='python3 train.py'.
+    /// Repeat for more types.
+    #[arg(long = "handler", value_name = "TYPE=COMMAND", value_parser = parse_handler)]
+    pub(crate) handlers: Vec<(JobType, String)>,
+    /// A GPU this worker offers, as MODEL:MEMORY_MB or MEMORY_MB (repeat per GPU).
+    #[arg(long = "gpu", value_name = "MODEL:MEMORY_MB", value_parser = parse_gpu)]
+    pub(crate) gpus: Vec<Gpu>,
+    /// A label jobs can ask for, as KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub(crate) labels: Vec<(String, String)>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) slots: usize,
+    /// Seconds a cancelled job's program gets to stop before it is killed.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) cancel_grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The control plane's address (HOST:PORT).
+    #[arg(long, env = "NEXA_SERVER")]
+    pub(crate) server: String,
+    /// Trust the control plane whose certificate has this fingerprint (printed by `nexa server`).
+    #[arg(long, env = "NEXA_FINGERPRINT", conflicts_with = "ca")]
+    pub(crate) fingerprint: Option<Fingerprint>,
+    /// Trust the control plane's certificate through this CA file (PEM).
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// The cluster's join token.
+    #[arg(long, env = "NEXA_JOIN_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    /// This worker's name (default: host name and process id).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Where jobs' checkpoints and outputs go.
+    #[arg(long, default_value = "var/worker")]
+    pub(crate) work_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) offer: OfferArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The UDP address the control plane listens on (more workers can join it).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub(crate) listen: SocketAddr,
+    #[command(flatten)]
+    pub(crate) plane: PlaneArgs,
+    #[command(flatten)]
+    pub(crate) offer: OfferArgs,
+}
+
+fn parse_handler(s: &str) -> Result<(JobType, String), String> {
+    let (ty, command) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not TYPE=COMMAND, e.g. train='python3 train.py'"))?;
+    let ty: JobType = ty.trim().parse().map_err(|e| format!("{e}"))?;
+    if command.trim().is_empty() {
+        return Err(format!("the command for {ty} jobs is empty"));
+    }
+    Ok((ty, command.to_owned()))
+}
+
+fn parse_gpu(s: &str) -> Result<Gpu, String> {
+    let (model, memory) = match s.rsplit_once(':') {
+        Some((model, memory)) => (model.trim().to_owned(), memory),
+        None => ("GPU".to_owned(), s),
+    };
+    let memory_mb: u64 = memory
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not MODEL:MEMORY_MB or MEMORY_MB (e.g. H100:81559)"))?;
+    if memory_mb == 0 {
+        return Err(format!("{s:?}: a GPU needs some memory"));
+    }
+    Ok(Gpu { model, memory_mb })
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE, e.g. region=eu-west"))?;
+    if k.trim().is_empty() {
+        return Err(format!("{s:?}: the label's key is empty"));
+    }
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handlers_gpus_and_labels_parse_or_say_why() {
+        assert_eq!(
+            parse_handler("train=python3 train.py --fast"),
+            Ok((JobType::Train, "python3 train.py --fast".into()))
+        );
+        assert!(
+            parse_handler("training=x")
+                .unwrap_err()
+                .contains("unknown job type")
+        );
+        assert!(parse_handler("train").unwrap_err().contains("TYPE=COMMAND"));
+        assert_eq!(
+            parse_gpu("NVIDIA H100:81559"),
+            Ok(Gpu {
+                model: "NVIDIA H100".into(),
+                memory_mb: 81_559
+            })
+        );
+        assert_eq!(parse_gpu("24576").unwrap().memory_mb, 24_576);
+        assert!(parse_gpu("H100:lots").is_err());
+        assert_eq!(parse_label("region=eu"), Ok(("region".into(), "eu".into())));
+        assert!(parse_label("=eu").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
