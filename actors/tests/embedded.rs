@@ -239,3 +239,53 @@ async fn a_lost_workers_job_runs_again_elsewhere_and_its_late_report_is_refused(
         .complete(id, first.epoch, JobOutput::default(), now());
     assert!(late.unwrap_err().is_stale());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_audit_stage_audits_a_dataset() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let mut stages = StageRegistry::new();
+    stages.register(JobType::Audit, AuditStage);
+    let trust = Trust::Fingerprint(c.plane.fingerprint());
+    let config = WorkerConfig::new(
+        c.plane.addr(),
+        trust,
+        TOKEN,
+        WorkerId::new("auditor").unwrap(),
+        stages,
+        c.dir.path().join("auditor"),
+    );
+    let _w = WorkerNode::start(config).await.unwrap();
+    let data = c.dir.path().join("iris.csv");
+    std::fs::write(
+        &data,
+        "petal,species\n1.4,setosa\n4.7,versicolor\n1.4,setosa\n,virginica\n",
+    )
+    .unwrap();
+    let audit = |expected_sha256: Option<String>| {
+        JobSpec::new(JobParams::Audit(AuditParams {
+            dataset_uri: format!("file://{}", data.display()),
+            label_column: Some("species".into()),
+            expected_sha256,
+        }))
+    };
+    let ok = c.plane.submit(audit(None)).await.unwrap().id;
+    let job = c.wait_for(ok, JobState::Succeeded).await;
+    let output = job.output.unwrap();
+    assert_eq!(output.metrics["rows"], 4.0);
+    assert_eq!(output.metrics["duplicate_rows"], 1.0);
+    assert_eq!(output.metrics["missing_values"], 1.0);
+    let report: serde_json::Value = serde_json::from_str(&output.result_json.unwrap()).unwrap();
+    assert_eq!(report["label"]["classes"]["setosa"], 2);
+
+    let bad = c
+        .plane
+        .submit(audit(Some("0".repeat(64))))
+        .await
+        .unwrap()
+        .id;
+    let job = c.wait_for(bad, JobState::Failed).await;
+    let error = job.error.unwrap();
+    assert_eq!(error.class, FailureClass::InvalidInput);
+    assert!(error.message.contains(&"0".repeat(64)), "{}", error.message);
+    assert_eq!(job.attempts.len(), 1, "invalid input is not retried");
+}

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use nexa_actors::{
     CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
 };
-use nexa_runtime::WorkerId;
+use nexa_runtime::{JobType, WorkerId};
 use nexa_transport::Trust;
 use tracing::info;
 
@@ -54,8 +54,10 @@ async fn start_plane(listen: SocketAddr, plane: &PlaneArgs) -> Result<(ControlPl
     Ok((plane, token))
 }
 
+/// The built-in stages, then the handlers given, which take precedence.
 fn stages(offer: &OfferArgs) -> StageRegistry {
     let mut stages = StageRegistry::new();
+    stages.register(JobType::Audit, AuditStage);
     for (job_type, command) in &offer.handlers {
         stages.register(
             *job_type,
@@ -168,9 +170,6 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
             "say how to trust the server: --fingerprint (printed by `nexa server`) or --ca FILE"
         ),
     };
-    if args.offer.handlers.is_empty() {
-        bail!("this worker would run nothing: give at least one --handler TYPE=COMMAND");
-    }
     let name = args.name.clone().unwrap_or_else(default_worker_name);
     let name = WorkerId::new(name).context("invalid --name")?;
     let config = worker_config(

@@ -1,0 +1,76 @@
+//! [`AuditStage`]: the built-in `audit` stage, running [`nexa_compute::audit`] on a blocking
+//! thread with progress and cancellation.
+
+use std::ops::ControlFlow;
+
+use nexa_compute::{AuditPhase, AuditRequest, audit_with, report_metrics};
+use nexa_runtime::{JobOutput, JobParams};
+
+use crate::stage::{BoxFuture, Stage, StageContext, StageError};
+
+/// Audits the dataset of an `audit` job: the report becomes the job's result, its headline
+/// numbers the job's metrics. A missing or malformed file, or an integrity mismatch, fails the
+/// job as invalid input (not retried).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuditStage;
+
+impl Stage for AuditStage {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        Box::pin(async move {
+            let JobParams::Audit(params) = &ctx.spec.params else {
+                return Err(StageError::InvalidInput(format!(
+                    "the audit stage runs audit jobs, not {} jobs",
+                    ctx.spec.job_type()
+                )));
+            };
+            let request = AuditRequest::from(params);
+            ctx.logs.line(format!("auditing {}", request.location));
+            let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
+            let audited = tokio::task::spawn_blocking(move || {
+                audit_with(&request, |p| {
+                    let part = if p.total == 0 {
+                        0.0
+                    } else {
+                        p.done as f64 / p.total as f64
+                    };
+                    let base = match p.phase {
+                        AuditPhase::Hashing => 0.0,
+                        AuditPhase::Reading => 0.5,
+                    };
+                    progress.set(base + part / 2.0);
+                    if cancel.is_cancelled() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+            })
+            .await
+            .map_err(|e| StageError::Failed(format!("the audit stopped unexpectedly: {e}")))?;
+            let report = match audited {
+                Ok(report) => report,
+                Err(e) if e.is_cancelled() => return Err(StageError::Cancelled),
+                Err(e) if e.is_invalid_input() => {
+                    return Err(StageError::InvalidInput(e.to_string()));
+                }
+                Err(e) => return Err(StageError::Failed(e.to_string())),
+            };
+            ctx.logs.line(format!(
+                "{} rows, {} columns, {} duplicate rows, {} missing values, {} outliers; sha256 {}",
+                report.rows,
+                report.columns.len(),
+                report.duplicate_rows,
+                report.missing_values,
+                report.outliers,
+                report.sha256
+            ));
+            let result_json = serde_json::to_string(&report)
+                .map_err(|e| StageError::Failed(format!("cannot encode the report: {e}")))?;
+            Ok(JobOutput {
+                metrics: report_metrics(&report),
+                artifacts: Default::default(),
+                result_json: Some(result_json),
+            })
+        })
+    }
+}
