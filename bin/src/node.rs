@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nexa_actors::{
-    CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
+    AuditStage, CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig,
+    WorkerNode,
 };
 use nexa_runtime::{JobType, WorkerId};
 use nexa_transport::Trust;
