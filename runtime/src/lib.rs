@@ -55,8 +55,8 @@ mod scheduling;
 mod spec;
 mod store;
 mod time;
-mod worker;
 pub mod wire;
+mod worker;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

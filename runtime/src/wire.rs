@@ -12,8 +12,8 @@
 //!
 //! The magic and version come before the message, outside bincode, so a peer speaking another
 //! protocol version is recognised as such even when the message layout changed. Decoding never
-//! panics and never allocates more than the frame limit: a frame too large, a wrong magic, an
-//! unknown version or bytes that do not decode give a [`DecodeError`].
+//! panics and allocates at most a fixed multiple of the frame's size: a frame too large, a
+//! wrong magic, an unknown version or bytes that do not decode give a [`DecodeError`].
 //!
 //! This module is the only place messages are encoded; the codec can change here alone.
 //! Golden tests pin the bytes of every message.
@@ -310,15 +310,42 @@ pub enum EncodeError {
     },
 }
 
-/// bincode's standard configuration: little-endian, variable-length integers. Decoding reads
-/// from a slice holding exactly one frame, so no length inside a message can make it read (or
-/// allocate for) more than the frame holds; serde caps up-front allocations of sequences.
+/// bincode's standard configuration: little-endian, variable-length integers.
 fn config() -> Configuration<LittleEndian, Varint> {
     bincode::config::standard()
 }
 
+/// Decodes `payload` under a bincode limit proportional to its size.
+///
+/// bincode allocates a string for the length a message announces before it reads the bytes,
+/// and counts what sequences and maps will take in memory; its limit, checked first, is what
+/// keeps a 21-byte frame announcing a terabyte-long string from aborting the process. The
+/// limit is the payload's size times [`MEMORY_PER_BYTE`] (in-memory values are larger than
+/// their varint encoding: a map entry of two one-byte strings takes 48 bytes), at least
+/// 64 KiB, rounded up to a power of two because bincode takes it as a const generic.
+fn decode_limited(payload: &[u8]) -> Result<(Message, usize), bincode::error::DecodeError> {
+    let budget = payload.len().saturating_mul(MEMORY_PER_BYTE);
+    macro_rules! ladder {
+        ($($bits:literal),*) => {
+            $(if budget <= 1 << $bits {
+                let config = config().with_limit::<{ 1 << $bits }>();
+                return bincode::serde::decode_from_slice(payload, config);
+            })*
+        };
+    }
+    ladder!(16, 18, 20, 22, 24, 26, 28, 30, 32);
+    Err(bincode::error::DecodeError::LimitExceeded)
+}
+
+/// How much memory a decoded message may take per byte of its encoding.
+const MEMORY_PER_BYTE: usize = 64;
+
 /// Appends `message` as one frame (length prefix included) to `out`.
-pub fn encode_into(message: &Message, out: &mut Vec<u8>, max_frame: usize) -> Result<(), EncodeError> {
+pub fn encode_into(
+    message: &Message,
+    out: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; LENGTH_BYTES]);
     out.extend_from_slice(&MAGIC);
@@ -367,8 +394,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         });
     }
     let payload = &body[HEADER_BYTES..];
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (message, used) =
+        decode_limited(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != payload.len() {
         return Err(DecodeError::Malformed(format!(
             "{} bytes left over after the message",
@@ -458,3 +485,6 @@ impl fmt::Display for ErrorCode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

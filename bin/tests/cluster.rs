@@ -1,0 +1,425 @@
+//! Real `nexa` processes on loopback: workers (and a server) started, killed and restarted.
+//!
+//! Most tests embed the control plane in the test process, to submit and inspect jobs through
+//! its API, and run the workers as `nexa worker` processes. The server-crash test runs
+//! `nexa server` as a process too and checks the store file between runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexa_actors::{ControlPlane, ControlPlaneConfig};
+use nexa_runtime::*;
+use nexa_storage::RedbStore;
+
+const TOKEN: &str = "cluster-test-join-token";
+const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Proc {
+    fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn sigterm(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+async fn plane(dir: &Path, lease_ttl: Duration) -> ControlPlane {
+    let mut config =
+        ControlPlaneConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("plane"), TOKEN);
+    config.store.lease_ttl = lease_ttl;
+    config.store.retry.base = Duration::from_millis(50);
+    config.heartbeat = Duration::from_millis(200);
+    config.long_poll = Duration::from_secs(2);
+    ControlPlane::start(config).await.unwrap()
+}
+
+fn worker(
+    server: SocketAddr,
+    fingerprint: &str,
+    dir: &Path,
+    name: &str,
+    handler: &str,
+    extra: &[&str],
+) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(NEXA)
+        .args([
+            "worker",
+            "--server",
+            &server.to_string(),
+            "--fingerprint",
+            fingerprint,
+        ])
+        .args(["--token", TOKEN, "--name", name, "--cancel-grace", "1"])
+        .arg("--work-dir")
+        .arg(dir.join(name))
+        .arg("--handler")
+        .arg(format!("train={handler}"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn plane_worker(
+    plane: &ControlPlane,
+    dir: &Path,
+    name: &str,
+    handler: &str,
+    extra: &[&str],
+) -> Proc {
+    worker(
+        plane.addr(),
+        &plane.fingerprint().to_string(),
+        dir,
+        name,
+        handler,
+        extra,
+    )
+}
+
+fn train(model: &str, gpus: u32) -> JobSpec {
+    let mut spec = JobSpec::new(JobParams::Train(TrainParams {
+        model_id: model.into(),
+        dataset_uri: "file:///data/train.csv".into(),
+        epochs: 1,
+        hyperparameters: BTreeMap::new(),
+    }));
+    spec.resources.gpus = gpus;
+    spec
+}
+
+/// Polls `check` until it gives a value, failing after a minute with `what`.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_state(plane: &ControlPlane, id: JobId, state: JobState) -> Job {
+    eventually(&format!("{id} to be {state}"), async || {
+        plane.get(id).await.ok().filter(|j| j.state == state)
+    })
+    .await
+}
+
+async fn wait_worker(plane: &ControlPlane, name: &str) {
+    eventually(&format!("worker {name} to register"), async || {
+        let workers = plane.workers().await.ok()?;
+        workers
+            .iter()
+            .any(|w| w.info.id.as_str() == name)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_a_worker_process_with_its_logs_and_result_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let handler = r#"echo "epoch 1 loss 0.5"; echo "warning: slow disk" >&2; echo NEXA_PROGRESS 1; printf '{"metrics":{"loss":0.5},"artifacts":{"model":"file:///m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json""#;
+    let _w = plane_worker(&plane, dir.path(), "w1", handler, &[]);
+    let id = plane.submit(train("tiny", 0)).await.unwrap().id;
+    let job = wait_state(&plane, id, JobState::Succeeded).await;
+    let output = job.output.unwrap();
+    assert_eq!(output.metrics["loss"], 0.5);
+    assert_eq!(output.artifacts["model"], "file:///m.bin");
+    let logs = plane.logs(id, LogQuery::default()).await.unwrap();
+    let text: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(
+        text.contains(&"epoch 1 loss 0.5") && text.contains(&"warning: slow disk"),
+        "{text:?}"
+    );
+    assert_eq!(job.attempts[0].worker.as_str(), "w1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_runs_again_elsewhere_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(2)).await;
+    let done = dir.path().join("completions");
+    // The first attempt hangs; a later one finishes and records that it did.
+    let handler = format!(
+        r#"if [ "$NEXA_ATTEMPT" = 1 ]; then echo hanging; sleep 60; fi; echo "$NEXA_JOB_ID" >> {}"#,
+        done.display()
+    );
+    let mut doomed = plane_worker(&plane, dir.path(), "doomed", &handler, &[]);
+    wait_worker(&plane, "doomed").await;
+    let id = plane.submit(train("model", 0)).await.unwrap().id;
+    let job = wait_state(&plane, id, JobState::Running).await;
+    let first = job.attempts[0].clone();
+    assert_eq!(first.worker.as_str(), "doomed");
+    let _healthy = plane_worker(&plane, dir.path(), "healthy", &handler, &[]);
+    wait_worker(&plane, "healthy").await;
+    doomed.sigkill();
+
+    let job = wait_state(&plane, id, JobState::Succeeded).await;
+    assert_eq!(job.attempts.len(), 2);
+    let Some(AttemptOutcome::Failed(err)) = &job.attempts[0].outcome else {
+        panic!("first attempt: {:?}", job.attempts[0]);
+    };
+    assert_eq!(err.class, FailureClass::WorkerLost);
+    assert_eq!(job.attempts[1].worker.as_str(), "healthy");
+    assert_eq!(
+        std::fs::read_to_string(&done).unwrap(),
+        format!("{id}\n"),
+        "ran to completion once"
+    );
+    // The killed worker's late report is refused by its stale epoch.
+    let late = plane
+        .store()
+        .complete(id, first.epoch, JobOutput::default(), nexa_actors::now());
+    assert!(late.unwrap_err().is_stale());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_program_is_restarted_up_to_its_budget_then_the_job_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let _w = plane_worker(
+        &plane,
+        dir.path(),
+        "w1",
+        "echo 'loading weights'; echo 'Segmentation fault' >&2; exit 139",
+        &[],
+    );
+    let mut spec = train("crashy", 0);
+    spec.max_attempts = 1;
+    let id = plane.submit(spec).await.unwrap().id;
+    let job = wait_state(&plane, id, JobState::Failed).await;
+    let error = job.error.unwrap();
+    assert_eq!(error.class, FailureClass::StageError);
+    assert!(
+        error.message.contains("exited with status 139"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("Segmentation fault"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("restart budget used up"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_kills_its_program_and_frees_the_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let handler = r#"echo $$ > "$NEXA_OUTPUT_DIR/pid"; sleep 60"#;
+    let _w = plane_worker(
+        &plane,
+        dir.path(),
+        "w1",
+        handler,
+        &["--gpu", "Test GPU:16384"],
+    );
+    let first = plane.submit(train("long", 1)).await.unwrap().id;
+    wait_state(&plane, first, JobState::Running).await;
+    let pid_file: PathBuf = dir
+        .path()
+        .join("w1/jobs")
+        .join(first.to_string())
+        .join("attempt-1/pid");
+    let pid: u32 = eventually("the program to start", async || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    })
+    .await;
+    assert!(pid_alive(pid));
+    let second = plane.submit(train("next", 1)).await.unwrap().id;
+    assert_eq!(
+        plane.cancel(first, "superseded").await.unwrap(),
+        JobState::Cancelling
+    );
+    let job = wait_state(&plane, first, JobState::Cancelled).await;
+    assert_eq!(job.error.unwrap().message, "superseded");
+    assert!(!pid_alive(pid), "the cancelled program is still running");
+    wait_state(&plane, second, JobState::Running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_asking_for_8_gpus_stays_queued_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let _w = plane_worker(
+        &plane,
+        dir.path(),
+        "w1",
+        "true",
+        &["--gpu", "H100:81559", "--gpu", "H100:81559"],
+    );
+    wait_worker(&plane, "w1").await;
+    let id = plane.submit(train("giant", 8)).await.unwrap().id;
+    let fits = plane.submit(train("small", 1)).await.unwrap().id;
+    wait_state(&plane, fits, JobState::Succeeded).await;
+    assert_eq!(plane.get(id).await.unwrap().state, JobState::Queued);
+    let reason = plane.pending_reason(id).await.unwrap().unwrap().to_string();
+    assert_eq!(
+        reason,
+        "no connected worker can run it: worker w1 has 2 GPUs with at least 0 MiB, the job needs 8"
+    );
+}
+
+/// `nexa server` as a process, reading what it prints.
+struct ServerProc {
+    proc: Proc,
+    fingerprint: String,
+}
+
+fn start_server(data: &Path, port: u16) -> ServerProc {
+    let mut child = Command::new(NEXA)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+            "--lease-ttl",
+            "2",
+        ])
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut fingerprint = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(fp) = line.trim().strip_prefix("fingerprint: ") {
+            fingerprint = Some(fp.trim().to_owned());
+            break;
+        }
+    }
+    ServerProc {
+        proc: Proc(child),
+        fingerprint: fingerprint.expect("the server printed its fingerprint"),
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    const JOBS: u64 = 6;
+    let ids: BTreeSet<JobId> = {
+        let store = RedbStore::open(data.join("nexa_forge.db"), StoreConfig::default()).unwrap();
+        (0..JOBS)
+            .map(|n| {
+                store
+                    .submit(train(&format!("m{n}"), 0), nexa_actors::now())
+                    .unwrap()
+                    .id
+            })
+            .collect()
+    };
+    let ran = dir.path().join("ran");
+    let handler = format!(r#"echo "$NEXA_JOB_ID" >> {}; sleep 0.3"#, ran.display());
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = start_server(&data, port);
+    let _w = worker(
+        addr,
+        &server.fingerprint.clone(),
+        dir.path(),
+        "w1",
+        &handler,
+        &[],
+    );
+    let started = |ran: &Path| {
+        std::fs::read_to_string(ran)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    eventually("two jobs to start", async || {
+        (started(&ran) >= 2).then_some(())
+    })
+    .await;
+    server.proc.sigkill();
+    let mut server = start_server(&data, port);
+
+    // Every job runs to the end; the store says so once the server has stopped.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen: BTreeSet<String> = std::fs::read_to_string(&ran)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if seen.len() as u64 == JOBS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            server.proc.sigterm();
+            let store =
+                RedbStore::open(data.join("nexa_forge.db"), StoreConfig::default()).unwrap();
+            let mut all_done = true;
+            for id in &ids {
+                let job = store.get(*id).expect("an acknowledged job was lost");
+                assert!(
+                    !matches!(job.state, JobState::Failed | JobState::Cancelled),
+                    "{id}: {:?}",
+                    job.events
+                );
+                all_done &= job.state == JobState::Succeeded;
+            }
+            if all_done {
+                break;
+            }
+            drop(store);
+            server = start_server(&data, port);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not all finish: ran {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
