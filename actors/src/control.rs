@@ -71,7 +71,7 @@ impl ControlPlaneConfig {
             data_dir: data_dir.into(),
             join_token: join_token.into(),
             store: StoreConfig::default(),
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_millis(500),
             long_poll: Duration::from_secs(10),
         }
     }

@@ -48,7 +48,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 async fn start_plane(listen: SocketAddr, plane: &PlaneArgs) -> Result<(ControlPlane, String)> {
     let token = join_token(plane)?;
     let mut config = ControlPlaneConfig::new(listen, &plane.data, token.clone());
-    config.store.lease_ttl = Duration::from_secs(plane.lease_ttl.max(1));
+    if !(plane.lease_ttl.is_finite() && (0.5..=3600.0).contains(&plane.lease_ttl)) {
+        bail!("--lease-ttl must be between 0.5 and 3600 seconds");
+    }
+    config.store.lease_ttl = Duration::from_secs_f64(plane.lease_ttl);
     let plane = ControlPlane::start(config)
         .await
         .context("cannot start the control plane")?;
@@ -133,19 +136,25 @@ async fn run_worker(node: WorkerNode) {
 pub(crate) async fn server(args: ServerArgs) -> Result<()> {
     let (plane, token) = start_plane(args.listen, &args.plane).await?;
     let addr = plane.addr();
-    println!("nexa control plane listening on {addr} (QUIC/UDP)");
-    println!("  data:        {}", args.plane.data.display());
-    println!("  fingerprint: {}", plane.fingerprint());
-    println!("join a worker with:");
-    println!(
-        "  nexa worker --server {} --fingerprint {} --token {token} --handler train='python3 train.py'",
+    say(&format!(
+        "nexa control plane listening on {addr} (QUIC/UDP)\n  data:        {}\n  fingerprint: {}\n\
+         join a worker with:\n  nexa worker --server {} --fingerprint {} --token {token} --handler train='python3 train.py'\n",
+        args.plane.data.display(),
+        plane.fingerprint(),
         advertised(addr),
         plane.fingerprint()
-    );
+    ));
     shutdown_signal().await;
     info!("shutting down");
     plane.shutdown().await;
     Ok(())
+}
+
+/// Prints to stdout; a closed stdout (the reader went away) is not a reason to stop.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// The address to print for workers: an unspecified listen address is shown as loopback.
@@ -204,20 +213,21 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
     let node = WorkerNode::start(config)
         .await
         .context("cannot start the local worker")?;
-    println!(
-        "nexa is up: control plane on {addr}, data in {}",
+    let mut banner = format!(
+        "nexa is up: control plane on {addr}, data in {}\n",
         args.plane.data.display()
     );
     if args.offer.handlers.is_empty() {
-        println!(
-            "  the local worker has no handlers yet: restart with --handler TYPE=COMMAND to run jobs"
+        banner.push_str(
+            "  the local worker runs the built-in audit stage; add --handler TYPE=COMMAND for more\n",
         );
     }
-    println!(
-        "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...",
+    banner.push_str(&format!(
+        "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...\n",
         advertised(addr),
         plane.fingerprint()
-    );
+    ));
+    say(&banner);
     run_worker(node).await;
     plane.shutdown().await;
     Ok(())

@@ -50,9 +50,10 @@ pub(crate) struct PlaneArgs {
     /// The join token workers must present; made and kept in the data folder when absent.
     #[arg(long, env = "NEXA_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
-    /// Seconds a lease lasts without a heartbeat.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) lease_ttl: u64,
+    /// Seconds a lease lasts without a heartbeat (workers heartbeat every 0.5 s); a worker
+    /// silent this long is presumed lost and its job runs again elsewhere.
+    #[arg(long, default_value_t = 2.5)]
+    pub(crate) lease_ttl: f64,
 }
 
 #[derive(Debug, Args)]

@@ -324,14 +324,17 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
     let mut fingerprint = None;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(fp) = line.trim().strip_prefix("fingerprint: ") {
             fingerprint = Some(fp.trim().to_owned());
             break;
         }
     }
+    // Keep reading, so the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     ServerProc {
         proc: Proc(child),
         fingerprint: fingerprint.expect("the server printed its fingerprint"),
@@ -387,16 +390,17 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
     server.proc.sigkill();
     let mut server = start_server(&data, port);
 
-    // Every job runs to the end; the store says so once the server has stopped.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Every job runs to the end; the store says so once the server has stopped. A check stops
+    // the server, so checks are spaced out to give the worker time to reconnect and report.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut restarted = Instant::now();
     loop {
         let seen: BTreeSet<String> = std::fs::read_to_string(&ran)
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
             .collect();
-        if seen.len() as u64 == JOBS {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        if seen.len() as u64 == JOBS && restarted.elapsed() > Duration::from_secs(3) {
             server.proc.sigterm();
             let store =
                 RedbStore::open(data.join("nexa_forge.db"), StoreConfig::default()).unwrap();
@@ -415,6 +419,7 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
             }
             drop(store);
             server = start_server(&data, port);
+            restarted = Instant::now();
         }
         assert!(
             Instant::now() < deadline,

@@ -617,13 +617,17 @@ impl Job {
                 format!("cancelled; the attempt ended ({error})"),
             );
         } else if error.class.is_retryable() && number < self.spec.max_attempts {
-            let until = now.saturating_add(retry.delay(self.id, number));
-            self.not_before = Some(until);
-            self.enter(
-                JobState::Queued,
-                now,
-                format!("attempt {number} failed ({error}); retrying after {until}"),
-            );
+            // A lost worker says nothing about the job: retry at once. A failure of the job
+            // itself waits out a backoff, so a crashing stage does not spin.
+            let message = if error.class == FailureClass::WorkerLost {
+                self.not_before = None;
+                format!("attempt {number} failed ({error}); retrying now")
+            } else {
+                let until = now.saturating_add(retry.delay(self.id, number));
+                self.not_before = Some(until);
+                format!("attempt {number} failed ({error}); retrying after {until}")
+            };
+            self.enter(JobState::Queued, now, message);
         } else {
             let why = if error.class.is_retryable() {
                 format!(

@@ -49,8 +49,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(30),
-            worker_ttl: Duration::from_secs(60),
+            // With heartbeats every 500 ms (the control plane's default), five can be missed
+            // before a worker is presumed lost, and its job runs again within 3 s.
+            lease_ttl: Duration::from_millis(2500),
+            worker_ttl: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_log_lines_per_job: 100_000,
             max_log_line_bytes: 16 * 1024,

@@ -56,8 +56,8 @@ impl ClientConfig {
             hello,
             max_frame: DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
             reconnect: RetryPolicy {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(10),

@@ -64,8 +64,8 @@ impl ServerConfig {
             join_token: join_token.into(),
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
             push_timeout: Duration::from_secs(10),
         }
     }

@@ -848,10 +848,6 @@ impl Model {
             Some(w) => w.info,
         };
         let now = self.now;
-        // Asking for work counts as being heard from.
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.last_seen = now;
-        }
         let expected = queued
             .iter()
             .filter(|j| j.not_before.is_none_or(|t| t <= now))
@@ -867,6 +863,10 @@ impl Model {
             self.unchanged = true;
             return;
         };
+        // Being given a job counts as being heard from (an empty poll writes nothing).
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen = now;
+        }
         let id = lease.job.id;
         assert_eq!(
             Some(id),
@@ -1021,6 +1021,10 @@ impl Model {
         assert_eq!(last.ended_at, Some(self.now));
         assert_eq!(last.outcome, Some(AttemptOutcome::Failed(error.clone())));
         match want {
+            // A lost worker's job is retried at once; any other failure waits out a backoff.
+            JobState::Queued if error.class == FailureClass::WorkerLost => {
+                assert_eq!(job.not_before, None);
+            }
             JobState::Queued => {
                 let until = job.not_before.expect("a backoff");
                 assert!(
