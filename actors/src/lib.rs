@@ -5,6 +5,30 @@
 //! - [`WorkerNode`]: a worker agent and a stage supervisor per job it runs.
 //! - Stages: the [`Stage`] trait and [`StageRegistry`]; [`CommandStage`], which hands a job to
 //!   the user's own program; [`AuditStage`], the built-in dataset audit.
+//!
+//! Embedding a control plane and submitting a job (`examples/embedded.rs` runs a whole
+//! cluster in one process):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use nexa_actors::{ControlPlane, ControlPlaneConfig};
+//! use nexa_runtime::{AuditParams, JobParams, JobSpec};
+//!
+//! let config = ControlPlaneConfig::new("127.0.0.1:7443".parse()?, "var", "a-long-join-token");
+//! let plane = ControlPlane::start(config).await?;
+//! let job = plane
+//!     .submit(JobSpec::new(JobParams::Audit(AuditParams {
+//!         dataset_uri: "data/train.csv".into(),
+//!         label_column: Some("label".into()),
+//!         expected_sha256: None,
+//!     })))
+//!     .await?;
+//! println!("{} is {}", job.id, job.state);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It deliberately holds no HTTP and no CLI: those are the `nexa` binary's.
 
 mod audit_stage;
 mod clock;
