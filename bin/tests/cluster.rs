@@ -428,3 +428,42 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_stop_finishes_its_job_before_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let mut w = plane_worker(
+        &plane,
+        dir.path(),
+        "w1",
+        "echo working; sleep 1; echo finished",
+        &[],
+    );
+    let id = plane.submit(train("drain-me", 0)).await.unwrap().id;
+    wait_state(&plane, id, JobState::Running).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(w.0.id().to_string())
+        .status();
+    let job = wait_state(&plane, id, JobState::Succeeded).await;
+    assert_eq!(
+        job.attempts.len(),
+        1,
+        "the job was finished, not handed back"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = w.0.wait();
+        (w, status)
+    })
+    .await
+    .unwrap()
+    .1
+    .unwrap();
+    assert!(status.success(), "{status}");
+    eventually("the worker to leave the registry", async || {
+        let workers = plane.workers().await.ok()?;
+        workers.is_empty().then_some(())
+    })
+    .await;
+}
