@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use nexa_actors::{
-    BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError,
-    StageRegistry, WorkerConfig, WorkerNode,
+    BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError, StageRegistry,
+    WorkerConfig, WorkerNode,
 };
 use nexa_runtime::{
     GenerateParams, JobOutput, JobParams, JobSpec, JobState, JobType, LogQuery, WorkerId,
@@ -33,7 +33,9 @@ impl Stage for ToyGenerator {
                 ctx.progress.set((i + 1) as f64 / p.num_samples as f64);
             }
             let mut output = JobOutput::default();
-            output.metrics.insert("samples".into(), p.num_samples as f64);
+            output
+                .metrics
+                .insert("samples".into(), p.num_samples as f64);
             Ok(output)
         })
     }
@@ -79,7 +81,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(finished.state, JobState::Succeeded);
-    println!("{} {} with {:?}", finished.id, finished.state, finished.output.map(|o| o.metrics));
+    println!(
+        "{} {} with {:?}",
+        finished.id,
+        finished.state,
+        finished.output.map(|o| o.metrics)
+    );
     for line in plane.logs(job.id, LogQuery::default()).await?.lines {
         println!("  log {}: {}", line.seq, line.text);
     }
