@@ -289,3 +289,91 @@ async fn the_built_in_audit_stage_audits_a_dataset() {
     assert!(error.message.contains(&"0".repeat(64)), "{}", error.message);
     assert_eq!(job.attempts.len(), 1, "invalid input is not retried");
 }
+
+/// A stage that panics on its first two runs and succeeds on the third.
+struct Flaky(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Stage for Flaky {
+    fn run(&self, _ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        let runs = self.0.clone();
+        Box::pin(async move {
+            let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < 2 {
+                panic!("tensor shape mismatch in run {n}");
+            }
+            Ok(JobOutput::default())
+        })
+    }
+}
+
+/// A stage that never looks at its cancel token.
+struct Stubborn;
+
+impl Stage for Stubborn {
+    fn run(&self, _ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(JobOutput::default())
+        })
+    }
+}
+
+impl Cluster {
+    async fn worker_with(&self, name: &str, stage: impl Stage, grace: Duration) -> WorkerNode {
+        let mut stages = StageRegistry::new();
+        stages.register(JobType::Train, stage);
+        let trust = Trust::Fingerprint(self.plane.fingerprint());
+        let mut config = WorkerConfig::new(
+            self.plane.addr(),
+            trust,
+            TOKEN,
+            WorkerId::new(name).unwrap(),
+            stages,
+            self.dir.path().join(name),
+        );
+        config.restart.backoff = Duration::from_millis(20);
+        config.cancel_grace = grace;
+        WorkerNode::start(config).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_stage_is_restarted_and_can_still_succeed() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let _w = c
+        .worker_with("w1", Flaky(runs.clone()), Duration::from_secs(1))
+        .await;
+    let id = c.submit("flaky", 0).await;
+    let job = c.wait_for(id, JobState::Succeeded).await;
+    assert_eq!(job.attempts.len(), 1, "restarts happen inside the attempt");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let logs = c.log_text(id, 1).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("the stage panicked: tensor shape mismatch in run 0")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_ignores_cancel_is_aborted_after_the_grace_period() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c
+        .worker_with("w1", Stubborn, Duration::from_millis(300))
+        .await;
+    let id = c.submit("stubborn", 0).await;
+    c.wait_for(id, JobState::Running).await;
+    assert_eq!(
+        c.plane.cancel(id, "stop it").await.unwrap(),
+        JobState::Cancelling
+    );
+    let job = c.wait_for(id, JobState::Cancelled).await;
+    let Some(AttemptOutcome::Failed(err)) = &job.attempts[0].outcome else {
+        panic!("attempt: {:?}", job.attempts[0]);
+    };
+    assert_eq!(err.class, FailureClass::Cancelled);
+    // The worker is free again.
+    let next = c.submit("next", 0).await;
+    c.wait_for(next, JobState::Running).await;
+}
