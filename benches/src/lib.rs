@@ -1,6 +1,6 @@
 //! What the Nexa Forge benchmarks share: settings read from the environment, a small timing
-//! helper, the fsync latency of the disk under test, the job specs they submit, and the SQLite
-//! baseline the store is measured against.
+//! helper, the CPU time of the process and its threads, the fsync latency of the disk under
+//! test, the job specs they submit, and the SQLite baseline the store is measured against.
 //!
 //! Benchmarks are binaries run by `cargo bench` that print figures and ratios measured in the
 //! same run; nothing here fails on a timing. It deliberately holds no measurement itself: each
@@ -20,8 +20,9 @@
 //! println!("median {}", fmt_duration(samples.median()));
 //! ```
 
+pub use cpu::{ThreadCpu, machine_cpu_time, process_cpu_time, thread_cpu_times};
 pub use disk::fsync_latency;
-pub use settings::Settings;
+pub use settings::{Settings, env_count, env_seconds};
 pub use sqlite::{SqliteJobs, SqliteLease};
 pub use timing::{Rates, Samples, Throughput, fmt_count, fmt_duration, fmt_rate, run_for, timed};
 pub use workload::{NOW, job_record, sample_spec, worker_info};
@@ -89,6 +90,51 @@ mod settings {
         }
     }
 
+    /// A whole number from the variable `name` (`_` may separate thousands), which must lie in
+    /// `range`; `default` when unset.
+    pub fn env_count(
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> BenchResult<u64> {
+        parse_var(name, default, |v| {
+            v.replace('_', "")
+                .parse()
+                .ok()
+                .filter(|n| range.contains(n))
+        })
+        .map_err(|v| {
+            format!(
+                "{v}: expected a whole number from {} to {}",
+                crate::fmt_count(*range.start()),
+                crate::fmt_count(*range.end())
+            )
+            .into()
+        })
+    }
+
+    /// A number of seconds from the variable `name`, which must lie in `range`; `default`
+    /// when unset.
+    pub fn env_seconds(
+        name: &str,
+        default: f64,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> BenchResult<Duration> {
+        let seconds = parse_var(name, default, |v| {
+            v.parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && range.contains(s))
+        })
+        .map_err(|v| {
+            format!(
+                "{v}: expected seconds from {} to {}",
+                range.start(),
+                range.end()
+            )
+        })?;
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
     /// The variable `name` read by `parse`, `default` when unset; on an unusable value,
     /// `NAME="value"` for the error message.
     fn parse_var<T>(
@@ -123,6 +169,16 @@ mod timing {
     #[derive(Clone, Debug, Default)]
     pub struct Samples {
         sorted: Vec<Duration>,
+    }
+
+    /// Latencies collected first and sorted once, which keeps a long timing loop free of
+    /// the sorted insertion [`Samples::push`] does.
+    impl FromIterator<Duration> for Samples {
+        fn from_iter<I: IntoIterator<Item = Duration>>(iter: I) -> Self {
+            let mut sorted: Vec<Duration> = iter.into_iter().collect();
+            sorted.sort_unstable();
+            Self { sorted }
+        }
     }
 
     impl Samples {
@@ -364,6 +420,15 @@ mod timing {
         }
 
         #[test]
+        fn samples_collected_from_an_iterator_are_sorted() {
+            let s: Samples = [3, 1, 2].into_iter().map(Duration::from_millis).collect();
+            assert_eq!(s.min(), Duration::from_millis(1));
+            assert_eq!(s.median(), Duration::from_millis(2));
+            assert_eq!(s.max(), Duration::from_millis(3));
+            assert_eq!(s.len(), 3);
+        }
+
+        #[test]
         fn rates_report_the_median_and_range() {
             let mut r = Rates::default();
             for ops in [300, 100, 200] {
@@ -408,6 +473,129 @@ mod timing {
                 Ok(|| Ok(true))
             });
             assert!(run.is_err());
+        }
+    }
+}
+
+mod cpu {
+    //! CPU time used by this process and by each of its threads, read from `/proc` (Linux).
+    //!
+    //! `/proc` rather than `getrusage`: calling libc needs `unsafe`, which the workspace
+    //! forbids, and `/proc` also gives each thread's time, so work can be charged to the
+    //! runtime (named threads) that did it.
+
+    use std::time::Duration;
+
+    use crate::BenchResult;
+
+    /// The unit of the times in `/proc/<pid>/stat`: `USER_HZ`, which the kernel fixes at 100
+    /// on every architecture Rust targets on Linux.
+    const USER_HZ: u64 = 100;
+
+    /// User plus system CPU time of the whole process so far, threads that have exited
+    /// included, from `/proc/self/stat` (10 ms resolution).
+    pub fn process_cpu_time() -> BenchResult<Duration> {
+        let stat = std::fs::read_to_string("/proc/self/stat")
+            .map_err(|e| format!("cannot read /proc/self/stat (Linux only): {e}"))?;
+        // The command name, in parentheses, may hold spaces: count fields after its end.
+        // After it come state (field 3) … utime (14) and stime (15).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or("/proc/self/stat has no command name")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> BenchResult<u64> {
+            Ok(fields
+                .get(i)
+                .ok_or("/proc/self/stat is too short")?
+                .parse()?)
+        };
+        let (utime, stime) = (ticks(11)?, ticks(12)?);
+        Ok(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+    }
+
+    /// CPU time every process of the machine has used so far, from the first line of
+    /// `/proc/stat`: user, nice, system, irq and softirq time (idle, I/O wait and time stolen
+    /// by a hypervisor left out), in 10 ms ticks.
+    pub fn machine_cpu_time() -> BenchResult<Duration> {
+        let stat = std::fs::read_to_string("/proc/stat")
+            .map_err(|e| format!("cannot read /proc/stat (Linux only): {e}"))?;
+        let line = stat
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .ok_or("/proc/stat has no cpu line")?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal …
+        let busy: u64 = [0, 1, 2, 5, 6]
+            .iter()
+            .map(|&i| ticks.get(i).copied().unwrap_or(0))
+            .sum();
+        Ok(Duration::from_millis(busy * 1000 / USER_HZ))
+    }
+
+    /// One thread's name and its CPU time so far.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ThreadCpu {
+        /// The thread's id.
+        pub tid: u64,
+        /// Its name as the kernel keeps it (at most 15 bytes).
+        pub name: String,
+        /// Time it ran on a CPU, user and system together, in nanoseconds' resolution.
+        pub cpu: Duration,
+    }
+
+    /// Every live thread of this process with its CPU time, from
+    /// `/proc/self/task/*/schedstat`. A thread that ended is missing: compare with
+    /// [`process_cpu_time`] to see whether any did.
+    pub fn thread_cpu_times() -> BenchResult<Vec<ThreadCpu>> {
+        let mut threads = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/task")? {
+            let entry = entry?;
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // A thread may end between listing and reading: skip it.
+            let (Ok(name), Ok(schedstat)) = (
+                std::fs::read_to_string(entry.path().join("comm")),
+                std::fs::read_to_string(entry.path().join("schedstat")),
+            ) else {
+                continue;
+            };
+            let ns: u64 = schedstat
+                .split_whitespace()
+                .next()
+                .ok_or("empty schedstat")?
+                .parse()?;
+            threads.push(ThreadCpu {
+                tid,
+                name: name.trim_end().to_owned(),
+                cpu: Duration::from_nanos(ns),
+            });
+        }
+        Ok(threads)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn this_process_and_its_threads_have_used_some_cpu() {
+            let mut x = 0_u64;
+            for i in 0..2_000_000_u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            let threads = thread_cpu_times().unwrap();
+            assert!(!threads.is_empty());
+            assert!(threads.iter().any(|t| t.cpu > Duration::ZERO));
+            let process = process_cpu_time().unwrap();
+            assert!(process <= Duration::from_secs(24 * 3600));
+            assert!(machine_cpu_time().unwrap() >= process);
         }
     }
 }
