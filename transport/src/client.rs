@@ -170,7 +170,7 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, ConnectError> {
     } else {
         ([0u16; 8], 0).into()
     };
-    Endpoint::client(local).map_err(|e| ConnectError::Failed {
+    crate::endpoint(local, None).map_err(|e| ConnectError::Failed {
         addr: server.to_string(),
         reason: format!("cannot open a UDP socket: {e}"),
     })

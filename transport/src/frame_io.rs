@@ -48,7 +48,16 @@ pub(crate) async fn read_frame(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(stream_failure)?;
-    wire::decode_body(&body).map_err(ReadFailure::Decode)
+    let message = wire::decode_body(&body).map_err(ReadFailure::Decode)?;
+    // Read up to the stream's end, which the sender marks right after the frame: dropping a
+    // stream that is not read to its end makes quinn send STOP_SENDING, a packet per request.
+    match recv.read(&mut [0u8; 1]).await {
+        Ok(None) => Ok(message),
+        Ok(Some(_)) => Err(ReadFailure::Decode(DecodeError::Malformed(
+            "bytes after the frame on its stream".into(),
+        ))),
+        Err(e) => Err(ReadFailure::Stream(e.to_string())),
+    }
 }
 
 /// Writes one frame and finishes the stream.

@@ -33,6 +33,36 @@ pub use server::{Handler, Server, ServerConfig, Session};
 /// The ALPN protocol name both ends require.
 pub const ALPN: &[u8] = b"nexa/1";
 
+/// UDP socket buffers: large enough that a burst of datagrams from many connections (a
+/// thousand workers heartbeating, a hundred with requests in flight) is not dropped by the
+/// kernel before quinn reads it. The kernel caps them at its `rmem_max`/`wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers.
+fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops sooner under bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// An endpoint on `addr`, serving when `server` is given.
+fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = udp_socket(addr)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// QUIC settings shared by both ends.
 fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();

@@ -171,7 +171,7 @@ impl Server {
             config.idle_timeout,
         )));
         let endpoint =
-            Endpoint::server(quic, config.listen).map_err(|source| ServerError::Bind {
+            crate::endpoint(config.listen, Some(quic)).map_err(|source| ServerError::Bind {
                 addr: config.listen,
                 source,
             })?;
