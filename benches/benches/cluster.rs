@@ -1,0 +1,1863 @@
+//! The cluster benchmark: no-op jobs through the whole system, end to end.
+//!
+//! ```text
+//! cargo bench -p nexa-benches --bench cluster
+//! NEXA_BENCH_CLUSTER_JOBS=500 NEXA_BENCH_LATENCY_JOBS=50 NEXA_BENCH_FAILOVERS=1 \
+//!     cargo bench -p nexa-benches --bench cluster
+//! NEXA_BENCH_SECTIONS=3 cargo bench -p nexa-benches --bench cluster    # failover only
+//! ```
+//!
+//! Every job goes the whole way: a durable submit to a control plane started with
+//! `ControlPlane::start` (the redb store, in a temporary folder), a durable lease handed to a
+//! worker over QUIC on loopback, a durable start, the stage run on the worker, and a durable
+//! completion. The workers are in-process `WorkerNode`s, each with its own QUIC connection
+//! and one slot, running a stage defined here that returns at once (or, for the failover,
+//! waits for its cancel). The stage notes the moment it is run, on this process's clock.
+//!
+//! It measures, with 1, 4 and 16 workers (`NEXA_BENCH_WORKERS`):
+//!
+//! 1. throughput: `NEXA_BENCH_CLUSTER_JOBS` jobs (5,000) submitted as fast as
+//!    `NEXA_BENCH_SUBMITTERS` tasks (16) can, from the first submit to the last durable
+//!    completion;
+//! 2. latency when not saturated: `NEXA_BENCH_LATENCY_JOBS` jobs (500) submitted one at a
+//!    time at `NEXA_BENCH_LATENCY_RATE` per second (100), from the submit call to the stage
+//!    running;
+//!
+//! each also over the in-memory store (`ControlPlane::start_with_store`), the baseline that
+//! shows what the same system costs without a disk; then, with the default settings (lease
+//! 2.5 s, heartbeat 0.5 s):
+//!
+//! 3. failover: a job blocked on worker A, A stopped abruptly (`WorkerNode::stop`), worker B
+//!    idle and asking: the time from the stop until the job runs on B, `NEXA_BENCH_FAILOVERS`
+//!    times (5) with A having one slot, and as many with A having two (one of them idle);
+//! 4. what one durable store call costs on this disk on its own, in time and in CPU time of
+//!    the store's committer thread;
+//! 5. where the time goes: the throughput run with 16 workers and latency runs with 1 and 16
+//!    workers repeated over a store wrapped in a meter (`ControlPlane::start_with_store`) that
+//!    counts and times every store call and notes when each job's submit, lease and start
+//!    calls returned, so that the way from the submit call to the stage running is cut into
+//!    pieces;
+//!
+//! and ends with the targets and whether each was met. `NEXA_BENCH_SECTIONS` (1,2,3,4,5)
+//! picks the sections to run. Every figure is measured in this run;
+//! a missed target is printed as MISSED with its figure. The control plane, the workers and
+//! the submitters share one tokio runtime (a worker thread per CPU) and the machine's CPUs, so
+//! the CPU time the rest of the machine used meanwhile is printed beside the figures.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nexa_actors::{
+    BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError, StageRegistry,
+    WorkerConfig, WorkerNode, now,
+};
+use nexa_benches::{
+    BenchResult, Samples, env_count, fmt_count, fmt_duration, fmt_rate, fsync_latency,
+    machine_cpu_time, process_cpu_time, sample_spec, thread_cpu_times, timed, worker_info,
+};
+use nexa_runtime::{
+    Epoch, Job, JobError, JobId, JobOutput, JobSpec, JobState, JobType, Lease, LeaseRequest,
+    LeaseStatus, ListQuery, LogAck, LogPage, LogQuery, MemStore, Page, PendingReason, Store,
+    StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WorkerInfo, WorkerRecord,
+};
+use nexa_storage::RedbStore;
+use nexa_transport::Trust;
+
+/// The join token of every control plane here.
+const TOKEN: &str = "cluster-bench-token";
+/// Worker counts measured, by default (`NEXA_BENCH_WORKERS`).
+const WORKERS: &str = "1,4,16";
+/// Jobs of each throughput run, by default (`NEXA_BENCH_CLUSTER_JOBS`).
+const THROUGHPUT_JOBS: u64 = 5_000;
+/// Submitting tasks of each throughput run, by default (`NEXA_BENCH_SUBMITTERS`).
+const SUBMITTERS: u64 = 16;
+/// Jobs timed in each latency run, by default (`NEXA_BENCH_LATENCY_JOBS`).
+const LATENCY_JOBS: u64 = 500;
+/// Submits per second in the latency runs, by default (`NEXA_BENCH_LATENCY_RATE`).
+const LATENCY_RATE: u64 = 100;
+/// The sections run, by default (`NEXA_BENCH_SECTIONS`).
+const SECTIONS: &str = "1,2,3,4,5";
+/// Failovers timed of each kind, by default (`NEXA_BENCH_FAILOVERS`).
+const FAILOVERS: u64 = 5;
+/// Jobs per worker run untimed first, so that every connection is up and warm.
+const WARM_UP_PER_WORKER: usize = 4;
+/// Each worker's slots. With one, a worker asks for its next job only once the control plane
+/// has acknowledged (durably) the completion of its last one, so the last job each worker
+/// ran is the only one of its jobs whose completion may still be pending.
+const SLOTS: usize = 1;
+/// How often a waited-for moment is looked for.
+const POLL: Duration = Duration::from_millis(1);
+/// Store calls timed one after another in the cost section, of each kind.
+const SERIAL_CALLS: usize = 200;
+/// fsync samples of the disk.
+const FSYNCS: usize = 50;
+/// The metered runs use this many workers (the throughput target's).
+const METERED_WORKERS: usize = TARGET_WORKERS;
+
+/// The targets.
+const TARGET_WORKERS: usize = 16;
+const TARGET_JOBS_PER_SECOND: f64 = 2_000.0;
+const TARGET_P50: Duration = Duration::from_millis(2);
+const TARGET_P99: Duration = Duration::from_millis(20);
+const TARGET_FAILOVER: Duration = Duration::from_secs(3);
+
+/// The settings of a run, from the environment.
+struct Config {
+    workers: Vec<usize>,
+    jobs: u64,
+    submitters: u64,
+    latency_jobs: u64,
+    rate: u64,
+    failovers: u64,
+    sections: Vec<u32>,
+}
+
+impl Config {
+    fn from_env() -> BenchResult<Self> {
+        Ok(Self {
+            workers: list_var("NEXA_BENCH_WORKERS", WORKERS, 1..=256)?,
+            jobs: env_count("NEXA_BENCH_CLUSTER_JOBS", THROUGHPUT_JOBS, 10..=10_000_000)?,
+            submitters: env_count("NEXA_BENCH_SUBMITTERS", SUBMITTERS, 1..=1_000)?,
+            latency_jobs: env_count("NEXA_BENCH_LATENCY_JOBS", LATENCY_JOBS, 1..=1_000_000)?,
+            rate: env_count("NEXA_BENCH_LATENCY_RATE", LATENCY_RATE, 1..=10_000)?,
+            failovers: env_count("NEXA_BENCH_FAILOVERS", FAILOVERS, 0..=100)?,
+            sections: list_var("NEXA_BENCH_SECTIONS", SECTIONS, 1..=5)?,
+        })
+    }
+
+    fn runs(&self, section: u32) -> bool {
+        self.sections.contains(&section)
+    }
+}
+
+/// A comma-separated list of whole numbers in `range` from the variable `name`.
+fn list_var<T>(name: &str, default: &str, range: std::ops::RangeInclusive<T>) -> BenchResult<Vec<T>>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let value = match std::env::var(name) {
+        Ok(v) => v,
+        Err(std::env::VarError::NotPresent) => default.to_owned(),
+        Err(e) => return Err(format!("{name}: {e}").into()),
+    };
+    value
+        .split(',')
+        .map(|w| w.trim().parse().ok().filter(|n| range.contains(n)))
+        .collect::<Option<Vec<T>>>()
+        .ok_or_else(|| {
+            format!(
+                "{name}={value:?}: expected whole numbers from {} to {}, separated by commas",
+                range.start(),
+                range.end()
+            )
+            .into()
+        })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // On stdout with the rest of the report, so a failure is seen where the figures are.
+            println!("\nbenchmark failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> BenchResult<()> {
+    let config = Config::from_env()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(config))
+}
+
+async fn bench(config: Config) -> BenchResult<()> {
+    let root = tempfile::tempdir()?;
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("Nexa Forge cluster benchmark: no-op jobs through control plane, QUIC and workers");
+    println!(
+        "  control plane: ControlPlane::start (redb store, durable commits) in {}",
+        root.path().display()
+    );
+    println!(
+        "  workers: in-process WorkerNodes over QUIC on loopback, one connection and {SLOTS} slot each; counts {:?} (NEXA_BENCH_WORKERS)",
+        config.workers
+    );
+    println!(
+        "  one tokio runtime for everything ({cpus} worker threads, one per CPU); {cpus} CPUs on the machine"
+    );
+    println!(
+        "  baseline: the same runs over the in-memory store (ControlPlane::start_with_store(MemStore)), no disk"
+    );
+    println!(
+        "  sections run: {:?} (NEXA_BENCH_SECTIONS)",
+        config.sections
+    );
+
+    let mut found = Found::default();
+    let root = root.path();
+    if config.runs(1) {
+        found.throughput = section_throughput(&config, root).await?;
+    }
+    if config.runs(2) {
+        found.latency = section_latency(&config, root).await?;
+    }
+    if config.runs(3) {
+        found.failovers = section_failover(&config, root).await?;
+    }
+    if config.runs(4) {
+        found.lease_alone = Some(section_costs(root).await?);
+    }
+    if config.runs(5) {
+        section_meter(&config, root).await?;
+    }
+    print_targets(&found);
+    println!("\ntotal time {}", fmt_duration(started.elapsed()));
+    Ok(())
+}
+
+/// What the targets are judged on.
+#[derive(Default)]
+struct Found {
+    throughput: Vec<ThroughputRun>,
+    latency: Vec<LatencyRun>,
+    failovers: Vec<Failover>,
+    /// One lease commit alone, the median.
+    lease_alone: Option<Duration>,
+}
+
+async fn section_throughput(config: &Config, root: &Path) -> BenchResult<Vec<ThroughputRun>> {
+    println!(
+        "\n1. Throughput: {} no-op jobs (NEXA_BENCH_CLUSTER_JOBS) from {} submitting tasks (NEXA_BENCH_SUBMITTERS),",
+        fmt_count(config.jobs),
+        config.submitters
+    );
+    println!(
+        "   first submit to last durable completion, after {WARM_UP_PER_WORKER} untimed jobs per worker"
+    );
+    print_throughput_header();
+    let mut runs = Vec::new();
+    for backend in [Backend::Redb, Backend::Memory] {
+        for &workers in &config.workers {
+            let run = bench_throughput(config, workers, backend, root).await?;
+            print_throughput(&run);
+            runs.push(run);
+        }
+    }
+    print_lifecycles(&runs);
+    Ok(runs)
+}
+
+async fn section_latency(config: &Config, root: &Path) -> BenchResult<Vec<LatencyRun>> {
+    println!(
+        "\n2. Latency when not saturated: {} jobs (NEXA_BENCH_LATENCY_JOBS) submitted one at a time at {}/s (NEXA_BENCH_LATENCY_RATE)",
+        fmt_count(config.latency_jobs),
+        config.rate
+    );
+    println!(
+        "   bench clock (Instant): the submit call, its return → the stage run, the call → the stage run;"
+    );
+    println!(
+        "   control plane clock (ms, so ±1 ms): the attempt's started_at − the job's submitted_at; p50 / p99"
+    );
+    print_latency_header();
+    let mut runs = Vec::new();
+    for backend in [Backend::Redb, Backend::Memory] {
+        for &workers in &config.workers {
+            let run = bench_latency(config, workers, backend, root).await?;
+            print_latency(&run);
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+async fn section_failover(config: &Config, root: &Path) -> BenchResult<Vec<Failover>> {
+    println!(
+        "\n3. Failover, default settings: a job blocked on worker A; A stopped abruptly (WorkerNode::stop)"
+    );
+    println!(
+        "   while worker B is idle and asking; from the stop until the job's stage runs on B ({} times each,",
+        config.failovers
+    );
+    println!(
+        "   NEXA_BENCH_FAILOVERS); a fresh control plane each time; A stopped at a different point of its"
+    );
+    println!("   heartbeat cycle each time");
+    let defaults = ControlPlaneConfig::new("127.0.0.1:0".parse()?, root, TOKEN);
+    println!(
+        "   settings: lease {}, heartbeat every {}, a lost worker's job retried at once",
+        fmt_duration(defaults.store.lease_ttl),
+        fmt_duration(defaults.heartbeat),
+    );
+    let mut failovers = Vec::new();
+    for slots in [1, 2] {
+        failovers.push(bench_failover(config, slots, root).await?);
+    }
+    Ok(failovers)
+}
+
+async fn section_meter(config: &Config, root: &Path) -> BenchResult<()> {
+    println!(
+        "\n5. Where the time goes: the runs of 1 and 2 again over a store wrapped to count and time each call"
+    );
+    println!(
+        "   and note, on the bench's clock, when each job's submit, lease and start calls returned"
+    );
+    println!(
+        "   (ControlPlane::start_with_store(meter(RedbStore::open(..) or MemStore)), same settings)"
+    );
+    let metered = bench_throughput(config, METERED_WORKERS, Backend::MeteredRedb, root).await?;
+    print_calls(
+        &format!(
+            "throughput, {} workers, redb: {} jobs in {}, {}",
+            metered.workers,
+            fmt_count(metered.jobs),
+            fmt_duration(metered.elapsed),
+            fmt_rate(metered.per_second())
+        ),
+        metered.jobs,
+        metered.elapsed,
+        metered.calls.as_deref().unwrap_or_default(),
+    );
+    let mut runs = Vec::new();
+    for (workers, backend) in [
+        (1, Backend::MeteredRedb),
+        (METERED_WORKERS, Backend::MeteredRedb),
+        (1, Backend::MeteredMemory),
+        (METERED_WORKERS, Backend::MeteredMemory),
+    ] {
+        runs.push(bench_latency(config, workers, backend, root).await?);
+    }
+    for r in runs.iter().filter(|r| r.backend == Backend::MeteredRedb) {
+        print_calls(
+            &format!(
+                "latency, {} worker(s), redb: {} jobs at {}",
+                r.workers,
+                fmt_count(r.jobs),
+                fmt_rate(r.achieved_rate),
+            ),
+            r.jobs,
+            r.elapsed,
+            r.calls.as_deref().unwrap_or_default(),
+        );
+    }
+    print_segments(&runs);
+    print_slowest(&runs);
+    Ok(())
+}
+
+// ---- the stages ----
+
+/// When each job's stage was run, and on which worker.
+#[derive(Default)]
+struct Probe {
+    runs: Mutex<ProbeRuns>,
+}
+
+#[derive(Default)]
+struct ProbeRuns {
+    /// The first run of each job: the worker's index and the moment.
+    first: HashMap<JobId, (usize, Instant)>,
+    /// Every later run of a job (run again after its lease was lost).
+    again: Vec<(JobId, usize, Instant)>,
+    /// The job each worker ran last.
+    last: BTreeMap<usize, JobId>,
+}
+
+impl Probe {
+    fn record(&self, job: JobId, worker: usize) {
+        let at = Instant::now();
+        let mut runs = self.lock();
+        match runs.first.entry(job) {
+            Entry::Occupied(_) => runs.again.push((job, worker, at)),
+            Entry::Vacant(first) => {
+                first.insert((worker, at));
+            }
+        }
+        runs.last.insert(worker, job);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProbeRuns> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Jobs run at least once.
+    fn distinct(&self) -> usize {
+        self.lock().first.len()
+    }
+
+    /// The job each worker ran last.
+    fn last_per_worker(&self) -> Vec<JobId> {
+        self.lock().last.values().copied().collect()
+    }
+
+    /// Forgets every run.
+    fn clear(&self) {
+        *self.lock() = ProbeRuns::default();
+    }
+
+    /// Where and when `job` was run last.
+    fn last_run(&self, job: JobId) -> Option<(usize, Instant)> {
+        let runs = self.lock();
+        runs.again
+            .iter()
+            .rev()
+            .find(|(j, _, _)| *j == job)
+            .map(|&(_, w, at)| (w, at))
+            .or_else(|| runs.first.get(&job).copied())
+    }
+}
+
+/// Returns an empty output at once.
+#[derive(Clone)]
+struct NoopStage {
+    worker: usize,
+    probe: Arc<Probe>,
+}
+
+impl Stage for NoopStage {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        self.probe.record(ctx.job, self.worker);
+        Box::pin(async { Ok(JobOutput::default()) })
+    }
+}
+
+/// Runs until it is cancelled (or its worker stops).
+#[derive(Clone)]
+struct BlockingStage {
+    worker: usize,
+    probe: Arc<Probe>,
+}
+
+impl Stage for BlockingStage {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        self.probe.record(ctx.job, self.worker);
+        let cancel = ctx.cancel.clone();
+        Box::pin(async move {
+            cancel.cancelled().await;
+            Err(StageError::Cancelled)
+        })
+    }
+}
+
+// ---- a cluster ----
+
+/// Which store the control plane runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// `ControlPlane::start`: the redb store in the data folder, durable commits.
+    Redb,
+    /// The same redb store opened here and wrapped in a [`Meter`].
+    MeteredRedb,
+    /// The in-memory store: the system without a disk.
+    Memory,
+    /// The in-memory store wrapped in a [`Meter`].
+    MeteredMemory,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Redb => "redb",
+            Backend::MeteredRedb => "redb+meter",
+            Backend::Memory => "memory",
+            Backend::MeteredMemory => "mem+meter",
+        }
+    }
+}
+
+struct Plane {
+    plane: Arc<ControlPlane>,
+    meter: Option<Arc<Meter>>,
+}
+
+/// A control plane with the default settings.
+async fn start_plane(dir: &Path, backend: Backend) -> BenchResult<Plane> {
+    let config = ControlPlaneConfig::new("127.0.0.1:0".parse()?, dir.join("plane"), TOKEN);
+    let (plane, meter) = match backend {
+        Backend::Redb => (ControlPlane::start(config).await?, None),
+        Backend::MeteredRedb => {
+            // As `ControlPlane::start` opens it.
+            let path = config.data_dir.join("nexa_forge.db");
+            let store_config = config.store.clone();
+            let store =
+                tokio::task::spawn_blocking(move || RedbStore::open(path, store_config)).await??;
+            let meter = Arc::new(Meter::new(Arc::new(store)));
+            let plane = ControlPlane::start_with_store(config, meter.clone()).await?;
+            (plane, Some(meter))
+        }
+        Backend::Memory => {
+            let store = Arc::new(MemStore::new(config.store.clone()));
+            (ControlPlane::start_with_store(config, store).await?, None)
+        }
+        Backend::MeteredMemory => {
+            let meter = Arc::new(Meter::new(Arc::new(MemStore::new(config.store.clone()))));
+            let plane = ControlPlane::start_with_store(config, meter.clone()).await?;
+            (plane, Some(meter))
+        }
+    };
+    Ok(Plane {
+        plane: Arc::new(plane),
+        meter,
+    })
+}
+
+/// A worker with `slots` slots running `stage` for every job type.
+async fn start_worker(
+    plane: &ControlPlane,
+    dir: &Path,
+    name: &str,
+    slots: usize,
+    stage: impl Stage + Clone,
+) -> BenchResult<WorkerNode> {
+    let mut stages = StageRegistry::new();
+    for job_type in JobType::ALL {
+        stages.register(job_type, stage.clone());
+    }
+    let mut config = WorkerConfig::new(
+        plane.addr(),
+        Trust::Fingerprint(plane.fingerprint()),
+        TOKEN,
+        WorkerId::new(name)?,
+        stages,
+        dir.join(name),
+    );
+    config.slots = slots;
+    Ok(WorkerNode::start(config).await?)
+}
+
+/// `workers` workers running [`NoopStage`].
+async fn start_noop_workers(
+    plane: &ControlPlane,
+    dir: &Path,
+    workers: usize,
+    probe: &Arc<Probe>,
+) -> BenchResult<Vec<WorkerNode>> {
+    let mut nodes = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let stage = NoopStage {
+            worker,
+            probe: probe.clone(),
+        };
+        let name = format!("bench-w{worker}");
+        nodes.push(start_worker(plane, dir, &name, SLOTS, stage).await?);
+    }
+    Ok(nodes)
+}
+
+async fn stop_cluster(plane: Arc<ControlPlane>, workers: Vec<WorkerNode>) {
+    for w in workers {
+        w.stop().await;
+    }
+    if let Ok(plane) = Arc::try_unwrap(plane) {
+        plane.shutdown().await;
+    }
+}
+
+/// Waits until `n` distinct jobs have been run.
+async fn wait_for_runs(probe: &Probe, n: usize, timeout: Duration) -> BenchResult<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ran = probe.distinct();
+        if ran >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {} jobs were run within {}",
+                fmt_count(ran as u64),
+                fmt_count(n as u64),
+                fmt_duration(timeout)
+            )
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until every job of `jobs` has succeeded.
+async fn wait_for_success(
+    plane: &ControlPlane,
+    jobs: impl IntoIterator<Item = JobId>,
+    timeout: Duration,
+) -> BenchResult<()> {
+    let deadline = Instant::now() + timeout;
+    for id in jobs {
+        loop {
+            let job = plane.get(id).await?;
+            match job.state {
+                JobState::Succeeded => break,
+                s if s.is_terminal() => {
+                    return Err(format!("{id} ended {s}, not succeeded: {:?}", job.error).into());
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(format!("{id} is still {} after {timeout:?}", job.state).into());
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every job in `state`, newest first.
+async fn all_jobs(plane: &ControlPlane, state: JobState) -> BenchResult<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let mut before = None;
+    loop {
+        let page = plane
+            .list(ListQuery {
+                state: Some(state),
+                before,
+                limit: 1000,
+                ..ListQuery::default()
+            })
+            .await?;
+        jobs.extend(page.jobs);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => return Ok(jobs),
+        }
+    }
+}
+
+/// CPU time used: by this process, by the store's committer thread, by the whole machine.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    process: Duration,
+    committer: Duration,
+    machine: Duration,
+}
+
+impl Cpu {
+    fn now() -> BenchResult<Self> {
+        let committer = thread_cpu_times()?
+            .into_iter()
+            // The kernel keeps 15 bytes of a thread's name: "nexa-store-comm".
+            .filter(|t| t.name.len() >= 10 && "nexa-store-commit".starts_with(t.name.as_str()))
+            .map(|t| t.cpu)
+            .sum();
+        Ok(Self {
+            process: process_cpu_time()?,
+            committer,
+            machine: machine_cpu_time()?,
+        })
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(earlier.process),
+            committer: self.committer.saturating_sub(earlier.committer),
+            machine: self.machine.saturating_sub(earlier.machine),
+        }
+    }
+
+    /// CPU time used by everything else on the machine.
+    fn rest(&self) -> Duration {
+        self.machine.saturating_sub(self.process)
+    }
+}
+
+/// Cores' worth of CPU: `cpu` spread over `wall`.
+fn cores(cpu: Duration, wall: Duration) -> f64 {
+    cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)
+}
+
+/// The time between two control-plane timestamps (milliseconds).
+fn ms_between(later: Option<Timestamp>, earlier: Option<Timestamp>) -> Option<Duration> {
+    Some(later?.saturating_since(earlier?))
+}
+
+fn p50_p99(s: &Samples) -> String {
+    format!("{} / {}", fmt_duration(s.median()), fmt_duration(s.p99()))
+}
+
+// ---- 1. throughput ----
+
+struct ThroughputRun {
+    workers: usize,
+    backend: Backend,
+    jobs: u64,
+    elapsed: Duration,
+    /// From the first submit to the return of the last.
+    submitting: Duration,
+    /// Jobs whose stage was run more than once (their lease was lost in between).
+    rerun: usize,
+    cpu: Cpu,
+    /// Per job, from the store's timestamps: submitted → leased, leased → started,
+    /// started → ended.
+    queued: Samples,
+    leased: Samples,
+    running: Samples,
+    calls: Option<Vec<Calls>>,
+}
+
+impl ThroughputRun {
+    fn per_second(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+async fn bench_throughput(
+    config: &Config,
+    workers: usize,
+    backend: Backend,
+    root: &Path,
+) -> BenchResult<ThroughputRun> {
+    let dir = tempfile::tempdir_in(root)?;
+    let Plane { plane, meter } = start_plane(dir.path(), backend).await?;
+    let probe = Arc::new(Probe::default());
+    let nodes = start_noop_workers(&plane, dir.path(), workers, &probe).await?;
+
+    // Warm up: every connection carries a few jobs before the clock starts.
+    let warm = WARM_UP_PER_WORKER * workers;
+    for n in 0..warm {
+        plane
+            .submit(sample_spec(format!("warm-{n}"), n as u64))
+            .await?;
+    }
+    wait_for_runs(&probe, warm, Duration::from_secs(60)).await?;
+    wait_for_success(&plane, probe.last_per_worker(), Duration::from_secs(60)).await?;
+    probe.clear();
+
+    let jobs = config.jobs;
+    let submitters = config.submitters.min(jobs);
+    if let Some(m) = &meter {
+        m.reset_max();
+    }
+    let calls_before = meter.as_ref().map(|m| m.snapshot());
+    let cpu_before = Cpu::now()?;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..submitters {
+        let plane = plane.clone();
+        tasks.spawn(async move {
+            let mut n = s;
+            while n < jobs {
+                plane
+                    .submit(sample_spec(format!("job-{n}"), n))
+                    .await
+                    .map_err(|e| format!("submit: {e}"))?;
+                n += submitters;
+            }
+            Ok::<_, String>(Instant::now())
+        });
+    }
+    let mut submitted = start;
+    while let Some(done) = tasks.join_next().await {
+        submitted = submitted.max(done??);
+    }
+    let timeout = Duration::from_secs(120).max(Duration::from_millis(jobs * 50));
+    wait_for_runs(&probe, jobs as usize, timeout).await?;
+    // With one slot, each worker's earlier jobs were acknowledged before it took its last.
+    wait_for_success(&plane, probe.last_per_worker(), timeout).await?;
+    let elapsed = start.elapsed();
+    let cpu = Cpu::now()?.since(cpu_before);
+    let calls = match (&meter, calls_before) {
+        (Some(m), Some(before)) => Some(Calls::between(&before, &m.snapshot())),
+        _ => None,
+    };
+
+    // Untimed: check that every job succeeded, and read its history.
+    let done = all_jobs(&plane, JobState::Succeeded).await?;
+    let expected = jobs as usize + warm;
+    if done.len() != expected {
+        return Err(format!(
+            "{} jobs succeeded, {} expected",
+            fmt_count(done.len() as u64),
+            fmt_count(expected as u64)
+        )
+        .into());
+    }
+    let rerun = probe.lock().again.len();
+    let (mut queued, mut leased, mut running) = (Vec::new(), Vec::new(), Vec::new());
+    let timed = done.iter().filter(|j| {
+        j.spec
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("job-"))
+    });
+    for job in timed {
+        let Some(a) = job.attempts.last() else {
+            continue;
+        };
+        queued.extend(ms_between(Some(a.leased_at), Some(job.submitted_at)));
+        leased.extend(ms_between(a.started_at, Some(a.leased_at)));
+        running.extend(ms_between(a.ended_at, a.started_at));
+    }
+    stop_cluster(plane, nodes).await;
+    Ok(ThroughputRun {
+        workers,
+        backend,
+        jobs,
+        elapsed,
+        submitting: submitted - start,
+        rerun,
+        cpu,
+        queued: queued.into_iter().collect(),
+        leased: leased.into_iter().collect(),
+        running: running.into_iter().collect(),
+        calls,
+    })
+}
+
+fn print_throughput_header() {
+    println!(
+        "   {:>7}  {:>6}  {:>9}  {:>9}  {:>10}  {:>11}  {:>8}  {:>20}  {:>11}",
+        "workers",
+        "store",
+        "elapsed",
+        "jobs/s",
+        "submits/s",
+        "process CPU",
+        "CPU/job",
+        "committer thread, /job",
+        "rest of m."
+    );
+}
+
+fn print_throughput(r: &ThroughputRun) {
+    let jobs = u32::try_from(r.jobs).unwrap_or(u32::MAX);
+    println!(
+        "   {:>7}  {:>6}  {:>9}  {:>9}  {:>10}  {:>11}  {:>8}  {:>20}  {:>11}{}",
+        r.workers,
+        r.backend.name(),
+        fmt_duration(r.elapsed),
+        fmt_rate(r.per_second()),
+        fmt_rate(r.jobs as f64 / r.submitting.as_secs_f64().max(1e-9)),
+        format!("{:.2} cores", cores(r.cpu.process, r.elapsed)),
+        fmt_duration(r.cpu.process / jobs),
+        format!(
+            "{:.2} cores, {}",
+            cores(r.cpu.committer, r.elapsed),
+            fmt_duration(r.cpu.committer / jobs)
+        ),
+        format!("{:.2} cores", cores(r.cpu.rest(), r.elapsed)),
+        if r.rerun > 0 {
+            format!("  ({} runs of jobs already run)", r.rerun)
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn print_lifecycles(runs: &[ThroughputRun]) {
+    println!(
+        "   where each job's time went, from the store's timestamps (ms resolution): p50 / p99"
+    );
+    println!(
+        "   {:>7}  {:>6}  {:>22}  {:>22}  {:>22}",
+        "workers", "store", "submitted → leased", "leased → started", "started → completed"
+    );
+    for r in runs {
+        println!(
+            "   {:>7}  {:>6}  {:>22}  {:>22}  {:>22}",
+            r.workers,
+            r.backend.name(),
+            p50_p99(&r.queued),
+            p50_p99(&r.leased),
+            p50_p99(&r.running)
+        );
+    }
+}
+
+// ---- 2. latency ----
+
+struct LatencyRun {
+    workers: usize,
+    backend: Backend,
+    jobs: u64,
+    /// Bench clock: the submit call.
+    submit: Samples,
+    /// Bench clock: the submit call's return → the stage being run.
+    after_return: Samples,
+    /// Bench clock: the submit call → the stage being run.
+    call_to_run: Samples,
+    /// Control plane clock (ms): started_at − submitted_at.
+    plane: Samples,
+    /// The rate submits were actually made at.
+    achieved_rate: f64,
+    cpu: Cpu,
+    elapsed: Duration,
+    calls: Option<Vec<Calls>>,
+    /// With a meter: the submit call → the stage run, cut at the store calls (see
+    /// [`SEGMENTS`]).
+    segments: Option<[Samples; SEGMENTS.len()]>,
+    /// With a meter: the slowest jobs, piece by piece.
+    slowest: Vec<Slow>,
+    /// With a meter: how long each job kept its worker's one slot (lease committed → complete
+    /// committed), and the share of the run's worker time that was.
+    busy: Option<(Samples, f64)>,
+}
+
+/// One slow job of a metered latency run.
+struct Slow {
+    /// When it was submitted, from the start of the timed submits.
+    at: Duration,
+    /// The submit call → the stage run.
+    total: Duration,
+    /// That time cut at the store calls (see [`SEGMENTS`]).
+    pieces: [Option<Duration>; SEGMENTS.len()],
+}
+
+/// Slow jobs shown per metered latency run.
+const SLOWEST: usize = 3;
+
+/// The pieces of the way from the submit call to the stage running, cut where the store is
+/// called; each ends where the next begins.
+const SEGMENTS: [&str; 6] = [
+    "submit call → store submit done",
+    "store submit done → submit returns",
+    "submit returns → lease committed",
+    "lease committed → start called",
+    "start called → start committed",
+    "start committed → stage run",
+];
+
+async fn bench_latency(
+    config: &Config,
+    workers: usize,
+    backend: Backend,
+    root: &Path,
+) -> BenchResult<LatencyRun> {
+    let dir = tempfile::tempdir_in(root)?;
+    let Plane { plane, meter } = start_plane(dir.path(), backend).await?;
+    let probe = Arc::new(Probe::default());
+    let nodes = start_noop_workers(&plane, dir.path(), workers, &probe).await?;
+    let interval = Duration::from_secs_f64(1.0 / config.rate as f64);
+
+    // Warm-up at the same pace, untimed.
+    let warm = WARM_UP_PER_WORKER * workers;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0..warm {
+        ticks.tick().await;
+        plane
+            .submit(sample_spec(format!("warm-{n}"), n as u64))
+            .await?;
+    }
+    wait_for_runs(&probe, warm, Duration::from_secs(60)).await?;
+    probe.clear();
+
+    let n = config.latency_jobs;
+    let mut submits = Vec::with_capacity(n as usize);
+    if let Some(m) = &meter {
+        m.reset_max();
+    }
+    let calls_before = meter.as_ref().map(|m| m.snapshot());
+    let cpu_before = Cpu::now()?;
+    let start = Instant::now();
+    for i in 0..n {
+        ticks.tick().await;
+        let spec = sample_spec(format!("job-{i}"), i);
+        let call = Instant::now();
+        let id = plane.submit(spec).await?.id;
+        submits.push((id, call, Instant::now()));
+    }
+    let achieved_rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    wait_for_runs(&probe, n as usize, Duration::from_secs(60)).await?;
+    let elapsed = start.elapsed();
+    let cpu = Cpu::now()?.since(cpu_before);
+    let calls = match (&meter, calls_before) {
+        (Some(m), Some(before)) => Some(Calls::between(&before, &m.snapshot())),
+        _ => None,
+    };
+
+    let (mut submit, mut after_return, mut call_to_run, mut plane_started) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut segments: [Vec<Duration>; SEGMENTS.len()] = Default::default();
+    let mut slowest = Vec::new();
+    let mut busy = Vec::new();
+    for &(id, call, returned) in &submits {
+        let (_, ran) = probe
+            .last_run(id)
+            .ok_or_else(|| format!("{id} was never run"))?;
+        submit.push(returned - call);
+        after_return.push(ran.saturating_duration_since(returned));
+        call_to_run.push(ran.saturating_duration_since(call));
+        if let Some(m) = &meter {
+            let marks = m.marks(id);
+            let points = [
+                Some(call),
+                marks.submitted,
+                Some(returned),
+                marks.leased,
+                marks.start_called,
+                marks.started,
+                Some(ran),
+            ];
+            let mut pieces = [None; SEGMENTS.len()];
+            for (i, pair) in points.windows(2).enumerate() {
+                if let [Some(from), Some(to)] = pair {
+                    let piece = to.saturating_duration_since(*from);
+                    segments[i].push(piece);
+                    pieces[i] = Some(piece);
+                }
+            }
+            if let (Some(leased), Some(completed)) = (marks.leased, marks.completed) {
+                busy.push(completed.saturating_duration_since(leased));
+            }
+            slowest.push(Slow {
+                at: call.saturating_duration_since(start),
+                total: ran.saturating_duration_since(call),
+                pieces,
+            });
+        }
+        let job = plane.get(id).await?;
+        if let Some(a) = job.attempts.first() {
+            plane_started.extend(ms_between(a.started_at, Some(job.submitted_at)));
+        }
+    }
+    stop_cluster(plane, nodes).await;
+    Ok(LatencyRun {
+        workers,
+        backend,
+        jobs: n,
+        submit: submit.into_iter().collect(),
+        after_return: after_return.into_iter().collect(),
+        call_to_run: call_to_run.into_iter().collect(),
+        plane: plane_started.into_iter().collect(),
+        achieved_rate,
+        cpu,
+        elapsed,
+        calls,
+        segments: meter
+            .as_ref()
+            .map(|_| segments.map(|s| s.into_iter().collect())),
+        slowest: {
+            slowest.sort_by_key(|s| std::cmp::Reverse(s.total));
+            slowest.truncate(SLOWEST);
+            slowest
+        },
+        busy: meter.map(|_| {
+            let total: Duration = busy.iter().sum();
+            let share = total.as_secs_f64() / (elapsed.as_secs_f64() * workers as f64).max(1e-9);
+            (busy.into_iter().collect(), share)
+        }),
+    })
+}
+
+fn print_latency_header() {
+    println!(
+        "   {:>7}  {:>6}  {:>7}  {:>19}  {:>19}  {:>21}  {:>19}  {:>10}",
+        "workers",
+        "store",
+        "rate",
+        "submit call",
+        "returned → run",
+        "call → run",
+        "plane: submit→start",
+        "rest of m."
+    );
+}
+
+fn print_latency(r: &LatencyRun) {
+    println!(
+        "   {:>7}  {:>6}  {:>7}  {:>19}  {:>19}  {:>21}  {:>19}  {:>10}",
+        r.workers,
+        r.backend.name(),
+        fmt_rate(r.achieved_rate),
+        p50_p99(&r.submit),
+        p50_p99(&r.after_return),
+        p50_p99(&r.call_to_run),
+        p50_p99(&r.plane),
+        format!("{:.2} cores", cores(r.cpu.rest(), r.elapsed)),
+    );
+}
+
+// ---- 3. failover ----
+
+struct Failover {
+    /// Slots of worker A.
+    slots: usize,
+    times: Vec<Duration>,
+}
+
+impl Failover {
+    fn max(&self) -> Option<Duration> {
+        self.times.iter().max().copied()
+    }
+}
+
+async fn bench_failover(config: &Config, slots: usize, root: &Path) -> BenchResult<Failover> {
+    let rounds = config.failovers;
+    let idle = if slots > 1 {
+        format!(", {} of them idle and asking for work", slots - 1)
+    } else {
+        String::new()
+    };
+    println!("   worker A with {slots} slot(s){idle}:");
+    println!(
+        "   {:>5}  {:>10}  {:>10}  {:>13}  {:>13}  {:>13}  {:>11}  attempts on",
+        "round",
+        "stop → run",
+        "lease left",
+        "lease → ended",
+        "ended → lease",
+        "lease → start",
+        "start → run"
+    );
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let dir = tempfile::tempdir_in(root)?;
+        // The defaults: only the address, folder and token are set.
+        let Plane { plane, .. } = start_plane(dir.path(), Backend::Redb).await?;
+        let probe = Arc::new(Probe::default());
+        let stage = |worker| BlockingStage {
+            worker,
+            probe: probe.clone(),
+        };
+        let (a, b) = (0, 1);
+        let node_a = start_worker(&plane, dir.path(), "worker-a", slots, stage(a)).await?;
+        let id = plane
+            .submit(sample_spec(format!("failover-{round}"), round))
+            .await?
+            .id;
+        let ran_at = wait_for_run_on(&probe, id, a, Duration::from_secs(30)).await?;
+        let node_b = start_worker(&plane, dir.path(), "worker-b", 1, stage(b)).await?;
+        // Stop A at a different point of its heartbeat cycle each round (every 500 ms), so
+        // that the rounds cover the range of lease left at the stop.
+        let offset = Duration::from_millis(700 + 500 * round / rounds.max(1));
+        tokio::time::sleep_until((ran_at + offset).into()).await;
+        let stop_wall = now();
+        let stopped = Instant::now();
+        node_a.stop().await;
+        let again_at = wait_for_run_on(&probe, id, b, Duration::from_secs(30)).await?;
+        let took = again_at - stopped;
+        times.push(took);
+
+        let job = plane.get(id).await?;
+        // The first attempt is A's and the last B's; any between went to a worker that never
+        // ran it.
+        let (first, last) = (job.attempts.first(), job.attempts.last());
+        let ms = |d: Option<Duration>| d.map_or_else(|| "?".to_owned(), fmt_duration);
+        let path: Vec<&str> = job.attempts.iter().map(|a| a.worker.as_str()).collect();
+        println!(
+            "   {:>5}  {:>10}  {:>10}  {:>13}  {:>13}  {:>13}  {:>11}  {}",
+            round + 1,
+            fmt_duration(took),
+            ms(first.map(|a| a.lease_expires_at.saturating_since(stop_wall))),
+            ms(first.and_then(|a| ms_between(a.ended_at, Some(a.lease_expires_at)))),
+            ms(last.and_then(|l| ms_between(Some(l.leased_at), first?.ended_at))),
+            ms(last.and_then(|l| ms_between(l.started_at, Some(l.leased_at)))),
+            ms(last
+                .and_then(|l| l.started_at)
+                .map(|s| stop_wall.saturating_add(took).saturating_since(s))),
+            path.join(" → ")
+        );
+        // Tidy up (untimed): the job cancelled, B stopped, the plane shut down.
+        plane.cancel(id, "failover measured").await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !plane.get(id).await?.state.is_terminal() {
+            if Instant::now() > deadline {
+                return Err(format!("{id} did not end within 30 s of its cancel").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop_cluster(plane, vec![node_b]).await;
+    }
+    let failover = Failover { slots, times };
+    if let Some(max) = failover.max() {
+        let all: Samples = failover.times.iter().copied().collect();
+        println!(
+            "   max {}, median {}, min {}; lease columns from the control plane's clock (ms)",
+            fmt_duration(max),
+            fmt_duration(all.median()),
+            fmt_duration(all.min()),
+        );
+    }
+    Ok(failover)
+}
+
+/// Waits until `job` has been run on `worker`, returning the moment.
+async fn wait_for_run_on(
+    probe: &Probe,
+    job: JobId,
+    worker: usize,
+    timeout: Duration,
+) -> BenchResult<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe.last_run(job) {
+            Some((w, at)) if w == worker => return Ok(at),
+            _ if Instant::now() > deadline => {
+                return Err(format!(
+                    "{job} was not run on worker {worker} within {}",
+                    fmt_duration(timeout)
+                )
+                .into());
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+// ---- 4. costs ----
+
+/// What one durable store call costs on this disk on its own, one call at a time; returns the
+/// median lease.
+async fn section_costs(root: &Path) -> BenchResult<Duration> {
+    println!(
+        "\n4. Store calls on this disk on their own, one at a time ({SERIAL_CALLS} of each; redb, a fresh file);"
+    );
+    println!("   beside each, the CPU time of the store's committer thread per call");
+    let fsync = fsync_latency(root, FSYNCS)?;
+    print_samples("fsync of the disk (4 KiB + sync_data)", &fsync);
+    let dir = tempfile::tempdir_in(root)?;
+    let path = dir.path().join("nexa_forge.db");
+    let phases = tokio::task::spawn_blocking(move || -> BenchResult<Vec<(&str, Phase)>> {
+        let store = RedbStore::open(&path, StoreConfig::default())?;
+        let worker = store
+            .register_worker(worker_info("cost-worker")?, now())?
+            .info
+            .id;
+        let request = LeaseRequest {
+            worker,
+            free_gpus: vec![],
+        };
+        let mut leases = Vec::new();
+        let submit = Phase::time(|n| {
+            store.submit(sample_spec(format!("cost-{n}"), 0), now())?;
+            Ok(())
+        })?;
+        let lease = Phase::time(|_| {
+            let lease = store.lease_next(request.clone(), now())?;
+            leases.push(lease.ok_or("the queue ran dry")?);
+            Ok(())
+        })?;
+        let start = Phase::time(|n| {
+            let l = &leases[n];
+            Ok(store.start(l.job.id, l.epoch, now())?)
+        })?;
+        let complete = Phase::time(|n| {
+            let l = &leases[n];
+            store.complete(l.job.id, l.epoch, JobOutput::default(), now())?;
+            Ok(())
+        })?;
+        let empty = Phase::time(|_| match store.lease_next(request.clone(), now())? {
+            Some(_) => Err("a lease was found in an emptied queue".into()),
+            None => Ok(()),
+        })?;
+        Ok(vec![
+            ("submit", submit),
+            ("lease_next, a job queued", lease),
+            ("start", start),
+            ("complete", complete),
+            ("lease_next, queue empty", empty),
+        ])
+    })
+    .await??;
+    for (what, phase) in &phases {
+        println!(
+            "   {what:<40} p50 {:>9}  p99 {:>9}  min {:>9}  max {:>9}  committer CPU {:>9}",
+            fmt_duration(phase.wall.median()),
+            fmt_duration(phase.wall.p99()),
+            fmt_duration(phase.wall.min()),
+            fmt_duration(phase.wall.max()),
+            fmt_duration(phase.committer),
+        );
+    }
+    let lease = phases
+        .iter()
+        .find(|(what, _)| what.starts_with("lease_next, a job"))
+        .map_or(Duration::ZERO, |(_, p)| p.wall.median());
+    println!(
+        "   the scheduler makes its leases one after another, each waiting for its commit: at the median"
+    );
+    println!(
+        "   above that is at most {} leases (jobs) per second, however many workers ask",
+        fmt_rate(1.0 / lease.as_secs_f64().max(1e-9))
+    );
+    Ok(lease)
+}
+
+/// [`SERIAL_CALLS`] calls of one kind, one after another.
+struct Phase {
+    wall: Samples,
+    /// The committer thread's CPU time per call.
+    committer: Duration,
+}
+
+impl Phase {
+    fn time(mut call: impl FnMut(usize) -> BenchResult<()>) -> BenchResult<Self> {
+        let before = Cpu::now()?;
+        let mut wall = Samples::default();
+        for n in 0..SERIAL_CALLS {
+            let (r, took) = timed(|| call(n));
+            r?;
+            wall.push(took);
+        }
+        let cpu = Cpu::now()?.since(before);
+        Ok(Self {
+            wall,
+            committer: cpu.committer / u32::try_from(SERIAL_CALLS).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+fn print_samples(what: &str, s: &Samples) {
+    println!(
+        "   {what:<40} p50 {:>9}  p99 {:>9}  min {:>9}  max {:>9}",
+        fmt_duration(s.median()),
+        fmt_duration(s.p99()),
+        fmt_duration(s.min()),
+        fmt_duration(s.max())
+    );
+}
+
+// ---- 5. the meter ----
+
+/// The store calls counted by a [`Meter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Submit,
+    SubmitBatch,
+    Get,
+    List,
+    PendingReason,
+    LeaseFound,
+    LeaseEmpty,
+    LeaseFailed,
+    Start,
+    Heartbeat,
+    Complete,
+    Fail,
+    Cancel,
+    Expire,
+    AppendLogs,
+    ReadLogs,
+    RegisterWorker,
+    WorkerHeartbeat,
+    DrainWorker,
+    RemoveWorker,
+    ListWorkers,
+}
+
+impl Op {
+    const ALL: [Op; 21] = [
+        Op::Submit,
+        Op::SubmitBatch,
+        Op::Get,
+        Op::List,
+        Op::PendingReason,
+        Op::LeaseFound,
+        Op::LeaseEmpty,
+        Op::LeaseFailed,
+        Op::Start,
+        Op::Heartbeat,
+        Op::Complete,
+        Op::Fail,
+        Op::Cancel,
+        Op::Expire,
+        Op::AppendLogs,
+        Op::ReadLogs,
+        Op::RegisterWorker,
+        Op::WorkerHeartbeat,
+        Op::DrainWorker,
+        Op::RemoveWorker,
+        Op::ListWorkers,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Submit => "submit",
+            Op::SubmitBatch => "submit_batch",
+            Op::Get => "get",
+            Op::List => "list",
+            Op::PendingReason => "pending_reason",
+            Op::LeaseFound => "lease_next → a job",
+            Op::LeaseEmpty => "lease_next → none",
+            Op::LeaseFailed => "lease_next → error",
+            Op::Start => "start",
+            Op::Heartbeat => "heartbeat (job)",
+            Op::Complete => "complete",
+            Op::Fail => "fail",
+            Op::Cancel => "cancel",
+            Op::Expire => "expire",
+            Op::AppendLogs => "append_logs",
+            Op::ReadLogs => "read_logs",
+            Op::RegisterWorker => "register_worker",
+            Op::WorkerHeartbeat => "worker_heartbeat",
+            Op::DrainWorker => "drain_worker",
+            Op::RemoveWorker => "remove_worker",
+            Op::ListWorkers => "list_workers",
+        }
+    }
+
+    /// Whether only the scheduler makes this call, one at a time.
+    fn serial(self) -> bool {
+        matches!(self, Op::LeaseFound | Op::LeaseEmpty | Op::LeaseFailed)
+    }
+}
+
+/// One kind of call over a span of time: how many, and the time spent in them in all.
+#[derive(Clone, Copy, Debug)]
+struct Calls {
+    op: Op,
+    count: u64,
+    total: Duration,
+    /// The longest call since the meter was made.
+    max: Duration,
+}
+
+impl Calls {
+    fn between(before: &[Calls], after: &[Calls]) -> Vec<Calls> {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| Calls {
+                op: a.op,
+                count: a.count - b.count,
+                total: a.total.saturating_sub(b.total),
+                max: a.max,
+            })
+            .collect()
+    }
+}
+
+/// When the store calls of one job returned, on the bench's clock.
+#[derive(Clone, Copy, Debug, Default)]
+struct Marks {
+    /// `submit` returned.
+    submitted: Option<Instant>,
+    /// `lease_next` returned this job.
+    leased: Option<Instant>,
+    /// `start` was called.
+    start_called: Option<Instant>,
+    /// `start` returned.
+    started: Option<Instant>,
+    /// `complete` returned.
+    completed: Option<Instant>,
+}
+
+/// A store that counts and times every call to the store inside it, and notes when each
+/// job's submit, lease and start calls were made.
+struct Meter {
+    inner: Arc<dyn Store>,
+    counts: [AtomicU64; Op::ALL.len()],
+    nanos: [AtomicU64; Op::ALL.len()],
+    max_nanos: [AtomicU64; Op::ALL.len()],
+    marks: Mutex<HashMap<JobId, Marks>>,
+}
+
+impl Meter {
+    fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+            marks: Mutex::default(),
+        }
+    }
+
+    fn mark(&self, job: JobId, note: impl FnOnce(&mut Marks)) {
+        note(
+            self.marks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(job)
+                .or_default(),
+        );
+    }
+
+    fn marks(&self, job: JobId) -> Marks {
+        self.marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn add(&self, op: Op, took: Duration) {
+        let i = op as usize;
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos[i].fetch_add(ns, Ordering::Relaxed);
+        self.max_nanos[i].fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Forgets the longest calls so far.
+    fn reset_max(&self) {
+        for m in &self.max_nanos {
+            m.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn measure<R>(&self, op: Op, call: impl FnOnce(&dyn Store) -> R) -> R {
+        let (r, took) = timed(|| call(&*self.inner));
+        self.add(op, took);
+        r
+    }
+
+    fn snapshot(&self) -> Vec<Calls> {
+        Op::ALL
+            .iter()
+            .map(|&op| Calls {
+                op,
+                count: self.counts[op as usize].load(Ordering::Relaxed),
+                total: Duration::from_nanos(self.nanos[op as usize].load(Ordering::Relaxed)),
+                max: Duration::from_nanos(self.max_nanos[op as usize].load(Ordering::Relaxed)),
+            })
+            .collect()
+    }
+}
+
+impl Store for Meter {
+    fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
+        let r = self.measure(Op::Submit, |s| s.submit(spec, now));
+        if let Ok(s) = &r {
+            let at = Instant::now();
+            self.mark(s.id, |m| m.submitted = Some(at));
+        }
+        r
+    }
+
+    fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+        now: Timestamp,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        self.measure(Op::SubmitBatch, |s| s.submit_batch(specs, now))
+    }
+
+    fn get(&self, id: JobId) -> Result<Job, StoreError> {
+        self.measure(Op::Get, |s| s.get(id))
+    }
+
+    fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
+        self.measure(Op::List, |s| s.list(query))
+    }
+
+    fn pending_reason(
+        &self,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<Option<PendingReason>, StoreError> {
+        self.measure(Op::PendingReason, |s| s.pending_reason(id, now))
+    }
+
+    fn lease_next(
+        &self,
+        request: LeaseRequest,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (r, took) = timed(|| self.inner.lease_next(request, now));
+        let at = Instant::now();
+        match &r {
+            Ok(Some(lease)) => {
+                self.add(Op::LeaseFound, took);
+                self.mark(lease.job.id, |m| m.leased = Some(at));
+            }
+            Ok(None) => self.add(Op::LeaseEmpty, took),
+            Err(_) => self.add(Op::LeaseFailed, took),
+        }
+        r
+    }
+
+    fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
+        let called = Instant::now();
+        let r = self.measure(Op::Start, |s| s.start(id, epoch, now));
+        let at = Instant::now();
+        self.mark(id, |m| {
+            m.start_called = Some(called);
+            m.started = Some(at);
+        });
+        r
+    }
+
+    fn heartbeat(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        progress: Option<f64>,
+        now: Timestamp,
+    ) -> Result<LeaseStatus, StoreError> {
+        self.measure(Op::Heartbeat, |s| s.heartbeat(id, epoch, progress, now))
+    }
+
+    fn complete(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        output: JobOutput,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError> {
+        let r = self.measure(Op::Complete, |s| s.complete(id, epoch, output, now));
+        let at = Instant::now();
+        self.mark(id, |m| m.completed = Some(at));
+        r
+    }
+
+    fn fail(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        error: JobError,
+        now: Timestamp,
+    ) -> Result<JobState, StoreError> {
+        self.measure(Op::Fail, |s| s.fail(id, epoch, error, now))
+    }
+
+    fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
+        self.measure(Op::Cancel, |s| s.cancel(id, reason, now))
+    }
+
+    fn expire(&self, now: Timestamp) -> Result<Vec<nexa_runtime::Expired>, StoreError> {
+        self.measure(Op::Expire, |s| s.expire(now))
+    }
+
+    fn append_logs(
+        &self,
+        id: JobId,
+        epoch: Epoch,
+        first_seq: u64,
+        lines: Vec<String>,
+        now: Timestamp,
+    ) -> Result<LogAck, StoreError> {
+        self.measure(Op::AppendLogs, |s| {
+            s.append_logs(id, epoch, first_seq, lines, now)
+        })
+    }
+
+    fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
+        self.measure(Op::ReadLogs, |s| s.read_logs(id, query))
+    }
+
+    fn register_worker(
+        &self,
+        info: WorkerInfo,
+        now: Timestamp,
+    ) -> Result<WorkerRecord, StoreError> {
+        self.measure(Op::RegisterWorker, |s| s.register_worker(info, now))
+    }
+
+    fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
+        self.measure(Op::WorkerHeartbeat, |s| s.worker_heartbeat(id, now))
+    }
+
+    fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
+        self.measure(Op::DrainWorker, |s| s.drain_worker(id, now))
+    }
+
+    fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
+        self.measure(Op::RemoveWorker, |s| s.remove_worker(id))
+    }
+
+    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.measure(Op::ListWorkers, |s| s.list_workers())
+    }
+}
+
+fn print_calls(title: &str, jobs: u64, elapsed: Duration, calls: &[Calls]) {
+    println!("   {title}");
+    println!(
+        "   {:<20} {:>8} {:>9} {:>11} {:>11} {:>15}",
+        "store call", "calls", "per job", "mean", "longest", "time in calls"
+    );
+    let (mut serial, mut leases) = (Duration::ZERO, 0);
+    for c in calls.iter().filter(|c| c.count > 0) {
+        let mean = c.total / u32::try_from(c.count).unwrap_or(u32::MAX);
+        println!(
+            "   {:<20} {:>8} {:>9.2} {:>11} {:>11} {:>14.0}%",
+            c.op.name(),
+            fmt_count(c.count),
+            c.count as f64 / jobs.max(1) as f64,
+            fmt_duration(mean),
+            fmt_duration(c.max),
+            100.0 * c.total.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
+        );
+        if c.op.serial() {
+            serial += c.total;
+            leases += c.count;
+        }
+    }
+    println!(
+        "   (time in calls: their summed duration as a share of the run's {}; lease_next is called only by",
+        fmt_duration(elapsed)
+    );
+    println!(
+        "   the scheduler actor, one call at a time: its {} calls kept the scheduler waiting {:.0}% of the run)",
+        fmt_count(leases),
+        100.0 * serial.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
+    );
+    if let Some(found) = calls.iter().find(|c| c.op == Op::LeaseFound && c.count > 0) {
+        let mean = found.total.as_secs_f64() / found.count as f64;
+        println!(
+            "   (one lease after another at their mean of {}: at most {} leases, so jobs)",
+            fmt_duration(Duration::from_secs_f64(mean)),
+            fmt_rate(1.0 / mean.max(1e-9))
+        );
+    }
+}
+
+/// The way from the submit call to the stage running, piece by piece, for each metered run.
+fn print_segments(runs: &[LatencyRun]) {
+    println!(
+        "   latency runs above, the submit call → the stage run cut at the store calls (bench clock): p50 / p99"
+    );
+    let mut header = format!("   {:<36}", "");
+    for r in runs {
+        let name = format!("{} w, {}", r.workers, r.backend.name());
+        header.push_str(&format!("  {name:>21}"));
+    }
+    println!("{header}");
+    for (i, what) in SEGMENTS.iter().enumerate() {
+        let mut line = format!("   {what:<36}");
+        for r in runs {
+            let cell = r
+                .segments
+                .as_ref()
+                .map_or_else(String::new, |s| p50_p99(&s[i]));
+            line.push_str(&format!("  {cell:>21}"));
+        }
+        println!("{line}");
+    }
+    let mut line = format!("   {:<36}", "the whole: submit call → stage run");
+    for r in runs {
+        line.push_str(&format!("  {:>21}", p50_p99(&r.call_to_run)));
+    }
+    println!("{line}");
+    let mut line = format!("   {:<36}", "a job holds its worker's slot");
+    for r in runs {
+        let cell = r
+            .busy
+            .as_ref()
+            .map_or_else(String::new, |(s, _)| p50_p99(s));
+        line.push_str(&format!("  {cell:>21}"));
+    }
+    println!("{line}");
+    let mut line = format!("   {:<36}", "  so the workers were busy");
+    for r in runs {
+        let cell = r
+            .busy
+            .as_ref()
+            .map_or_else(String::new, |(_, share)| format!("{:.0}%", share * 100.0));
+        line.push_str(&format!("  {cell:>21}"));
+    }
+    println!("{line}");
+    let mut line = format!("   {:<36}", "rest of machine");
+    for r in runs {
+        let cell = format!("{:.2} cores", cores(r.cpu.rest(), r.elapsed));
+        line.push_str(&format!("  {cell:>21}"));
+    }
+    println!("{line}");
+}
+
+/// The slowest jobs of each metered run, piece by piece.
+fn print_slowest(runs: &[LatencyRun]) {
+    println!(
+        "   the {SLOWEST} slowest jobs of each of those runs, piece by piece (same order as above):"
+    );
+    for r in runs {
+        for slow in &r.slowest {
+            let pieces: Vec<String> = slow
+                .pieces
+                .iter()
+                .map(|p| p.map_or_else(|| "?".to_owned(), fmt_duration))
+                .collect();
+            println!(
+                "   {:>2} w, {:<10} {:>9} at +{:<9} = {}",
+                r.workers,
+                r.backend.name(),
+                fmt_duration(slow.total),
+                fmt_duration(slow.at),
+                pieces.join(" + ")
+            );
+        }
+    }
+}
+
+// ---- summary ----
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+fn print_targets(found: &Found) {
+    println!("\nTargets (redb store, ControlPlane::start)");
+    println!("   {:<64} {:<28} verdict", "target", "measured");
+    let redb = |b: Backend| b == Backend::Redb;
+    match found
+        .throughput
+        .iter()
+        .find(|r| r.workers == TARGET_WORKERS && redb(r.backend))
+    {
+        Some(r) => println!(
+            "   {:<64} {:<28} {}",
+            format!(
+                "{TARGET_WORKERS} workers: >= {} jobs/s",
+                fmt_count(TARGET_JOBS_PER_SECOND as u64)
+            ),
+            format!("{} ({} jobs)", fmt_rate(r.per_second()), fmt_count(r.jobs)),
+            verdict(r.per_second() >= TARGET_JOBS_PER_SECOND)
+        ),
+        None => println!(
+            "   {TARGET_WORKERS} workers: throughput not measured (NEXA_BENCH_SECTIONS, NEXA_BENCH_WORKERS)"
+        ),
+    }
+    let latency: Vec<&LatencyRun> = found.latency.iter().filter(|r| redb(r.backend)).collect();
+    if latency.is_empty() {
+        println!("   latency not measured (NEXA_BENCH_SECTIONS)");
+    }
+    for r in latency {
+        let s = &r.call_to_run;
+        println!(
+            "   {:<64} {:<28} {}",
+            format!(
+                "{:>2} worker(s), submit call → run: p50 < {}, p99 < {}",
+                r.workers,
+                fmt_duration(TARGET_P50),
+                fmt_duration(TARGET_P99)
+            ),
+            format!(
+                "p50 {}, p99 {}",
+                fmt_duration(s.median()),
+                fmt_duration(s.p99())
+            ),
+            verdict(s.median() < TARGET_P50 && s.p99() < TARGET_P99)
+        );
+    }
+    if found.failovers.is_empty() {
+        println!("   failover not measured (NEXA_BENCH_SECTIONS)");
+    }
+    for f in &found.failovers {
+        match f.max() {
+            Some(max) => println!(
+                "   {:<64} {:<28} {}",
+                format!(
+                    "failover, A with {} slot(s): running on B within {}",
+                    f.slots,
+                    fmt_duration(TARGET_FAILOVER)
+                ),
+                format!("max {} of {}", fmt_duration(max), f.times.len()),
+                verdict(max < TARGET_FAILOVER)
+            ),
+            None => println!(
+                "   failover, A with {} slot(s): not measured (NEXA_BENCH_FAILOVERS=0)",
+                f.slots
+            ),
+        }
+    }
+    println!(
+        "   (latency is judged on the bench's clock from the submit call to the stage running, which"
+    );
+    print!("   includes three durable commits in a row: submit, lease, start");
+    match found.lease_alone {
+        Some(lease) => println!(
+            "; one lease commit alone took\n   {} at the median on this disk)",
+            fmt_duration(lease)
+        ),
+        None => println!(")"),
+    }
+}
