@@ -311,6 +311,15 @@ impl Client {
         self.connection.borrow().is_some()
     }
 
+    /// Closes the connection now and stops reconnecting, even while requests are in flight
+    /// (they fail); the control plane sees the worker leave at once.
+    pub fn shutdown(&self) {
+        self.supervisor.abort();
+        if let Some(c) = self.connection.borrow().as_ref() {
+            c.close(VarInt::from_u32(close::NORMAL), b"client closed");
+        }
+    }
+
     /// Closes the connection and stops reconnecting.
     pub async fn close(self) {
         self.supervisor.abort();

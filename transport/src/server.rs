@@ -113,6 +113,11 @@ impl Session {
             .map_err(|_| RequestError::Timeout(self.push_timeout))?
     }
 
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
     /// Closes the connection with a [`close`] code and a reason.
     pub fn close(&self, code: u32, reason: &str) {
         self.connection

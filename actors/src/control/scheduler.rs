@@ -43,6 +43,18 @@ struct Parked {
 
 pub(crate) struct Scheduler;
 
+/// Whether any job is queued (ready or in backoff), by a read.
+async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
+    let query = nexa_runtime::ListQuery {
+        state: Some(nexa_runtime::JobState::Queued),
+        limit: 1,
+        ..Default::default()
+    };
+    blocking(store, move |s| s.list(query))
+        .await
+        .map_or(true, |page| !page.jobs.is_empty())
+}
+
 pub(crate) struct SchedulerState {
     plane: u64,
     store: Arc<dyn Store>,
@@ -60,6 +72,10 @@ impl Scheduler {
         free_gpus: &[u64],
         session: Option<Session>,
     ) -> Result<Option<Lease>, StoreError> {
+        if session.as_ref().is_some_and(Session::is_closed) {
+            // The worker is gone: a lease now would only wait out its expiry.
+            return Ok(None);
+        }
         let request = LeaseRequest {
             worker: worker.clone(),
             free_gpus: free_gpus.to_vec(),
@@ -149,9 +165,14 @@ impl Actor for Scheduler {
                 }
             }
             SchedulerMsg::Wake => {
+                // A read first: with nothing queued, a pass would make one empty (but still
+                // durable) write per waiting worker.
+                if state.parked.is_empty() || !queue_has_jobs(&state.store).await {
+                    return Ok(());
+                }
                 let mut still = VecDeque::with_capacity(state.parked.len());
                 while let Some(p) = state.parked.pop_front() {
-                    if p.reply.is_closed() {
+                    if p.reply.is_closed() || p.session.as_ref().is_some_and(Session::is_closed) {
                         continue;
                     }
                     match Self::lease(

@@ -148,6 +148,9 @@ impl Actor for Agent {
             running.lost.store(true, Ordering::SeqCst);
             running.cancel.cancel();
         }
+        // Close the connection even though a request for work may still be in flight: the
+        // control plane must not hand a job to a worker that has stopped.
+        state.client.shutdown();
         Ok(())
     }
 

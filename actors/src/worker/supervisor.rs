@@ -63,17 +63,25 @@ async fn supervise(args: Args) {
     let a = &args.assignment;
     let (job, epoch) = (a.job, a.epoch);
     let client = &args.client;
-    match client.request(&Message::Started { job, epoch }).await {
-        Ok(Message::Error {
-            code: ErrorCode::Stale,
-            message,
-        }) => {
-            info!(%job, "lease is gone before the start: {message}");
-            return;
-        }
-        Ok(_) => {}
-        Err(e) => debug!(%job, "start not reported (the heartbeat keeps the lease): {e}"),
-    }
+    // Report the start without holding up the stage (the outcome waits for it, so the job's
+    // history stays in order); a stale answer means the lease is gone.
+    let started = {
+        let (client, lost, cancel) = (client.clone(), args.lost.clone(), args.cancel.clone());
+        tokio::spawn(async move {
+            match client.request(&Message::Started { job, epoch }).await {
+                Ok(Message::Error {
+                    code: ErrorCode::Stale,
+                    message,
+                }) => {
+                    info!(%job, "lease is gone: {message}");
+                    lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%job, "start not reported (the heartbeat keeps the lease): {e}"),
+            }
+        })
+    };
     let job_dir = args.work_dir.join("jobs").join(job.to_string());
     let (sink, mut lines) = LogSink::channel();
     let mut logs = LogStream::new(job, epoch);
@@ -132,6 +140,7 @@ async fn supervise(args: Args) {
     while let Ok(line) = lines.try_recv() {
         logs.push(line);
     }
+    let _ = started.await;
     if args.lost.load(Ordering::SeqCst) {
         info!(%job, "lease lost; not reporting");
         return;
