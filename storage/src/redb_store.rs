@@ -404,8 +404,12 @@ fn run_committer(shared: &Shared, requests: &Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        // A database left unusable by an earlier failure is reopened before the group runs.
+        if shared.db().is_none() {
+            reopen(shared);
+        }
         let failure = commit_group(shared, group);
-        if failure.is_some_and(|f| f.kind != FaultKind::Corrupt) || shared.db().is_none() {
+        if failure.is_some_and(|f| f.kind != FaultKind::Corrupt) {
             reopen(shared);
         }
     }
@@ -482,9 +486,21 @@ fn reopen(shared: &Shared) {
     let mut db = shared.db_mut();
     // Close first: the file lock of the old handle would refuse the new one.
     drop(db.take());
-    *db = catch_unwind(AssertUnwindSafe(|| (shared.open)()))
+    let reopened = catch_unwind(AssertUnwindSafe(|| (shared.open)()))
         .ok()
         .and_then(Result::ok);
+    // Opening can itself hit the I/O error (redb repairs after a failed commit), leaving a
+    // handle that refuses all work: keep it only if its tables open for writing.
+    *db = reopened.filter(|d| {
+        catch_unwind(AssertUnwindSafe(|| {
+            d.begin_write().ok().is_some_and(|txn| {
+                let usable = WriteTables::open(&txn).is_ok();
+                let _ = txn.abort();
+                usable
+            })
+        }))
+        .unwrap_or(false)
+    });
 }
 
 fn unavailable(why: &str) -> StorageFault {
