@@ -28,6 +28,25 @@ pub(crate) const WORKERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::ne
 /// Counters and the format version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
+/// Opens every table in `$txn`, a read or a write transaction (which creates the missing
+/// ones): the one list of tables and their definitions.
+macro_rules! open_all {
+    ($txn:expr) => {
+        Ok(Self {
+            jobs: $txn.open_table(JOBS).map_err(fault)?,
+            queue: $txn.open_table(QUEUE).map_err(fault)?,
+            states: $txn.open_table(STATES).map_err(fault)?,
+            deadlines: $txn.open_table(DEADLINES).map_err(fault)?,
+            idempotency: $txn.open_table(IDEMPOTENCY).map_err(fault)?,
+            dependents: $txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
+            log_meta: $txn.open_table(LOG_META).map_err(fault)?,
+            logs: $txn.open_table(LOGS).map_err(fault)?,
+            workers: $txn.open_table(WORKERS).map_err(fault)?,
+            meta: $txn.open_table(META).map_err(fault)?,
+        })
+    };
+}
+
 /// The tables of a read transaction.
 pub(crate) struct ReadSnapshot {
     jobs: ReadOnlyTable<u64, &'static [u8]>,
@@ -44,18 +63,7 @@ pub(crate) struct ReadSnapshot {
 
 impl ReadSnapshot {
     pub(crate) fn open(txn: &ReadTransaction) -> Result<Self, StorageFault> {
-        Ok(Self {
-            jobs: txn.open_table(JOBS).map_err(fault)?,
-            queue: txn.open_table(QUEUE).map_err(fault)?,
-            states: txn.open_table(STATES).map_err(fault)?,
-            deadlines: txn.open_table(DEADLINES).map_err(fault)?,
-            idempotency: txn.open_table(IDEMPOTENCY).map_err(fault)?,
-            dependents: txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
-            log_meta: txn.open_table(LOG_META).map_err(fault)?,
-            logs: txn.open_table(LOGS).map_err(fault)?,
-            workers: txn.open_table(WORKERS).map_err(fault)?,
-            meta: txn.open_table(META).map_err(fault)?,
-        })
+        open_all!(txn)
     }
 }
 
@@ -76,18 +84,7 @@ pub(crate) struct WriteTables<'txn> {
 impl<'txn> WriteTables<'txn> {
     /// Opens (creating where missing) every table in `txn`.
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageFault> {
-        Ok(Self {
-            jobs: txn.open_table(JOBS).map_err(fault)?,
-            queue: txn.open_table(QUEUE).map_err(fault)?,
-            states: txn.open_table(STATES).map_err(fault)?,
-            deadlines: txn.open_table(DEADLINES).map_err(fault)?,
-            idempotency: txn.open_table(IDEMPOTENCY).map_err(fault)?,
-            dependents: txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
-            log_meta: txn.open_table(LOG_META).map_err(fault)?,
-            logs: txn.open_table(LOGS).map_err(fault)?,
-            workers: txn.open_table(WORKERS).map_err(fault)?,
-            meta: txn.open_table(META).map_err(fault)?,
-        })
+        open_all!(txn)
     }
 }
 
