@@ -1,0 +1,573 @@
+"""The client: :class:`NexaForgeClient`.
+
+Its methods come in four groups:
+
+- **submit**: :meth:`~NexaForgeClient.submit` for any job type, and one helper per type
+  (:meth:`~NexaForgeClient.generate`, :meth:`~NexaForgeClient.audit`,
+  :meth:`~NexaForgeClient.distill`, :meth:`~NexaForgeClient.train`,
+  :meth:`~NexaForgeClient.evaluate`, :meth:`~NexaForgeClient.deploy`) that builds the
+  parameters. Every one takes the job options (``priority``, ``max_attempts``,
+  ``timeout_seconds``, ``resources``, ``depends_on``, ``idempotency_key``) as keywords.
+- **read**: :meth:`~NexaForgeClient.get_job`, :meth:`~NexaForgeClient.list_jobs` (one page),
+  :meth:`~NexaForgeClient.iter_jobs` (every page), :meth:`~NexaForgeClient.events`,
+  :meth:`~NexaForgeClient.logs`, :meth:`~NexaForgeClient.workers`,
+  :meth:`~NexaForgeClient.health`.
+- **wait**: :meth:`~NexaForgeClient.wait` polls until a job finishes;
+  ``logs(job, follow=True)`` streams its lines as they are printed and ends when it finishes.
+- **change**: :meth:`~NexaForgeClient.cancel`.
+
+Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass; nothing here retries on
+its own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+import urllib.parse
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+
+from .errors import NexaForgeError, WaitTimeoutError
+from .jobs import Event, Job, JobPage, JobStatus, JobType, LogLine
+from .sse import read_events
+from .transport import Transport
+from .workers import Worker
+
+__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef"]
+
+__version__ = "0.1.0"
+
+DEFAULT_API_URL = "http://localhost:8000/api"
+"""Where ``nexa up`` serves the API by default."""
+
+JobRef = Union[str, Job]
+"""A job, or its id (``"job-42"``)."""
+
+HyperparameterValue = Union[bool, int, float, str]
+
+_JOB_OPTIONS = (
+    "priority",
+    "max_attempts",
+    "timeout_seconds",
+    "resources",
+    "depends_on",
+    "idempotency_key",
+)
+
+# A follow stream that ends without its `end` event is reopened after this pause.
+_RECONNECT_PAUSE = 0.5
+
+
+class NexaForgeClient:
+    """A client of one Nexa Forge server.
+
+    Args:
+        api_url: the API's base URL. When ``None``, ``$NEXA_API_URL``, else
+            ``http://localhost:8000/api`` (where ``nexa up`` serves it).
+        token: a token from ``nexa token create``, sent as ``Authorization: Bearer``.
+            When ``None``, ``$NEXA_TOKEN``; none is needed by a server that has no tokens and
+            listens on loopback.
+        timeout: seconds to wait for the connection and for each read.
+
+    The client holds no connection, so one client may be shared between threads.
+
+    Example::
+
+        from nexa_forge import NexaForgeClient
+
+        client = NexaForgeClient()
+        job = client.generate(domain="physics", num_samples=100)
+        job = client.wait(job, timeout=600)
+        print(job.status, job.result.metrics if job.result else job.error)
+    """
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if api_url is None:
+            api_url = os.environ.get("NEXA_API_URL") or DEFAULT_API_URL
+        if token is None:
+            token = os.environ.get("NEXA_TOKEN") or None
+        parts = urllib.parse.urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"api_url {api_url!r} is not an http(s) URL; "
+                f"expected something like {DEFAULT_API_URL!r}"
+            )
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self._transport = Transport(
+            api_url, token, float(timeout), user_agent=f"nexa-forge-python/{__version__}"
+        )
+
+    @property
+    def api_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._transport.api_url
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each connection and read may take."""
+        return self._transport.timeout
+
+    def __repr__(self) -> str:
+        token = "set" if self._transport.token else "none"
+        return f"NexaForgeClient(api_url={self.api_url!r}, token={token})"
+
+    # ---------------------------------------------------------------- submit
+
+    def submit(
+        self,
+        job_type: Union[str, JobType],
+        params: Mapping[str, Any],
+        *,
+        priority: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        timeout_seconds: Optional[float] = None,
+        resources: Optional[Mapping[str, Any]] = None,
+        depends_on: Optional[Sequence[JobRef]] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> Job:
+        """Submits a job and answers it as created (usually ``queued``, or ``waiting`` on
+        ``depends_on``).
+
+        Args:
+            job_type: ``generate``, ``audit``, ``distill``, ``train``, ``evaluate`` or
+                ``deploy``.
+            params: the type's parameters, as in the API (the helper methods build them).
+            priority: -1000 to 1000; higher runs first (server default 0).
+            max_attempts: tries in all, 1 to 100 (server default 3).
+            timeout_seconds: how long one attempt may run, 1 s to 30 days (default 1 day).
+            resources: ``{"gpus": 1, "gpu_memory_mb": 0, "labels": {"region": "eu"}}``.
+            depends_on: jobs that must succeed first; if one fails, this one is cancelled.
+            idempotency_key: submitting again with the same key and spec answers the first
+                job instead of making another; with another spec it raises ConflictError.
+
+        Raises:
+            ValidationError: a parameter or option is invalid; ``field`` names it.
+            ConflictError: ``idempotency_key`` was used before with another spec.
+        """
+        body: Dict[str, Any] = {"job_type": str(job_type), "params": dict(params)}
+        if priority is not None:
+            body["priority"] = priority
+        if max_attempts is not None:
+            body["max_attempts"] = max_attempts
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = _whole_if_integral(timeout_seconds)
+        if resources is not None:
+            body["resources"] = dict(resources)
+        if depends_on is not None:
+            if isinstance(depends_on, (str, Job)):
+                depends_on = [depends_on]
+            body["depends_on"] = [_job_id(d) for d in depends_on]
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        _, data = self._transport.request("POST", "/jobs", body=body)
+        return Job.from_dict(_object(data, "POST /jobs"))
+
+    def generate(
+        self, domain: str, num_samples: int, seed: Optional[int] = None, **options: Any
+    ) -> Job:
+        """Submits a ``generate`` job: ``num_samples`` (1 to 10,000,000) synthetic examples
+        for ``domain``. ``options`` are :meth:`submit`'s job options."""
+        params: Dict[str, Any] = {"domain": domain, "num_samples": num_samples}
+        if seed is not None:
+            params["seed"] = seed
+        return self._submit_with("generate", params, options)
+
+    def audit(
+        self,
+        dataset_uri: str,
+        label_column: Optional[str] = None,
+        expected_sha256: Optional[str] = None,
+        **options: Any,
+    ) -> Job:
+        """Submits an ``audit`` job: rows, columns, duplicates, missing values and outliers of
+        a CSV, JSON Lines or Parquet file (a path or a ``file://``, ``s3://``, ``gs://``,
+        ``http(s)://`` URI), the class balance of ``label_column``, and a check of the file
+        against ``expected_sha256``. ``options`` are :meth:`submit`'s job options."""
+        params: Dict[str, Any] = {"dataset_uri": dataset_uri}
+        if label_column is not None:
+            params["label_column"] = label_column
+        if expected_sha256 is not None:
+            params["expected_sha256"] = expected_sha256
+        return self._submit_with("audit", params, options)
+
+    def distill(
+        self,
+        teacher_model: str,
+        student_model: str,
+        dataset_uri: str,
+        temperature: float = 2.0,
+        epochs: int = 3,
+        **options: Any,
+    ) -> Job:
+        """Submits a ``distill`` job: trains ``student_model`` to imitate ``teacher_model``.
+        ``options`` are :meth:`submit`'s job options."""
+        params = {
+            "teacher_model": teacher_model,
+            "student_model": student_model,
+            "dataset_uri": dataset_uri,
+            "temperature": temperature,
+            "epochs": epochs,
+        }
+        return self._submit_with("distill", params, options)
+
+    def train(
+        self,
+        model_id: str,
+        dataset_uri: str,
+        epochs: int = 1,
+        *,
+        hyperparameters: Optional[Mapping[str, HyperparameterValue]] = None,
+        priority: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        timeout_seconds: Optional[float] = None,
+        resources: Optional[Mapping[str, Any]] = None,
+        depends_on: Optional[Sequence[JobRef]] = None,
+        idempotency_key: Optional[str] = None,
+        **more_hyperparameters: HyperparameterValue,
+    ) -> Job:
+        """Submits a ``train`` job.
+
+        Extra keywords are hyperparameters (numbers, strings or booleans), sent as
+        ``params.hyperparameters``: ``client.train("mlp", "data.csv", learning_rate=3e-4)``.
+        Names that are not Python identifiers (``"optimizer/beta1"``) go in
+        ``hyperparameters={...}``; both are merged, the keywords winning. The job options are
+        named keywords here, so they never become hyperparameters.
+        """
+        hp: Dict[str, Any] = dict(hyperparameters or {})
+        hp.update(more_hyperparameters)
+        params = {
+            "model_id": model_id,
+            "dataset_uri": dataset_uri,
+            "epochs": epochs,
+            "hyperparameters": hp,
+        }
+        return self.submit(
+            "train",
+            params,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+            resources=resources,
+            depends_on=depends_on,
+            idempotency_key=idempotency_key,
+        )
+
+    def evaluate(
+        self,
+        model_id: str,
+        dataset_uri: str,
+        metrics: Optional[Sequence[str]] = None,
+        **options: Any,
+    ) -> Job:
+        """Submits an ``evaluate`` job scoring ``model_id`` on a dataset with ``metrics``
+        (e.g. ``["accuracy", "f1"]``; none means the stage's default set).
+        ``options`` are :meth:`submit`'s job options."""
+        params: Dict[str, Any] = {"model_id": model_id, "dataset_uri": dataset_uri}
+        if metrics is not None:
+            if isinstance(metrics, str):
+                metrics = [metrics]
+            params["metrics"] = list(metrics)
+        return self._submit_with("evaluate", params, options)
+
+    def deploy(
+        self, model_id: str, target: str = "local", replicas: int = 1, **options: Any
+    ) -> Job:
+        """Submits a ``deploy`` job publishing ``model_id`` to ``target`` with ``replicas``
+        (1 to 64) serving replicas. ``options`` are :meth:`submit`'s job options."""
+        params = {"model_id": model_id, "target": target, "replicas": replicas}
+        return self._submit_with("deploy", params, options)
+
+    def _submit_with(self, job_type: str, params: Dict[str, Any], options: Dict[str, Any]) -> Job:
+        unknown = sorted(set(options) - set(_JOB_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"{job_type}() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                f"the job options are {', '.join(_JOB_OPTIONS)}"
+            )
+        return self.submit(job_type, params, **options)
+
+    # ---------------------------------------------------------------- read
+
+    def get_job(self, job_id: JobRef) -> Job:
+        """The job now, with its :attr:`~Job.events`.
+
+        Raises:
+            NotFoundError: there is no such job.
+        """
+        path = f"/jobs/{_quote(_job_id(job_id))}"
+        _, data = self._transport.request("GET", path)
+        return Job.from_dict(_object(data, f"GET {path}"))
+
+    def list_jobs(
+        self,
+        status: Optional[Union[str, JobStatus]] = None,
+        job_type: Optional[Union[str, JobType]] = None,
+        worker: Optional[str] = None,
+        limit: int = 50,
+        cursor: Optional[str] = None,
+    ) -> JobPage:
+        """One page of jobs, newest first: a list with a ``next_cursor`` attribute.
+
+        Pass ``cursor=page.next_cursor`` for the next page; it is ``None`` on the last.
+        :meth:`iter_jobs` walks every page for you.
+
+        Args:
+            status: only jobs in this status.
+            job_type: only jobs of this type.
+            worker: only jobs whose latest attempt ran on this worker.
+            limit: jobs per page, 1 to 500.
+            cursor: where the page starts (``next_cursor`` of the page before).
+        """
+        query = {
+            "status": status,
+            "type": job_type,
+            "worker": worker,
+            "limit": limit,
+            "cursor": cursor,
+        }
+        _, data = self._transport.request("GET", "/jobs", query=query)
+        body = _object(data, "GET /jobs")
+        jobs = body.get("jobs")
+        next_cursor = body.get("next_cursor")
+        return JobPage(
+            [Job.from_dict(j) for j in jobs if isinstance(j, Mapping)]
+            if isinstance(jobs, list)
+            else [],
+            next_cursor if isinstance(next_cursor, str) and next_cursor else None,
+        )
+
+    def iter_jobs(
+        self,
+        status: Optional[Union[str, JobStatus]] = None,
+        job_type: Optional[Union[str, JobType]] = None,
+        worker: Optional[str] = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Every job that matches, newest first, fetching pages of ``page_size`` as it goes."""
+        cursor: Optional[str] = None
+        seen: Set[str] = set()
+        while True:
+            page = self.list_jobs(status, job_type, worker, limit=page_size, cursor=cursor)
+            for job in page:
+                yield job
+            if page.next_cursor is None or page.next_cursor in seen:
+                return
+            seen.add(page.next_cursor)
+            cursor = page.next_cursor
+
+    def events(self, job_id: JobRef) -> List[Event]:
+        """The job's status changes, oldest first."""
+        path = f"/jobs/{_quote(_job_id(job_id))}/events"
+        _, data = self._transport.request("GET", path)
+        events = _object(data, f"GET {path}").get("events")
+        if not isinstance(events, list):
+            return []
+        return [Event.from_dict(e) for e in events if isinstance(e, Mapping)]
+
+    def logs(
+        self,
+        job_id: JobRef,
+        follow: bool = False,
+        *,
+        attempt: Optional[int] = None,
+        from_seq: int = 0,
+    ) -> Iterator[LogLine]:
+        """The lines the job printed, in order.
+
+        Without ``follow``, the lines stored now (of ``attempt``, by default the latest),
+        fetched page by page. With ``follow``, the lines as they are printed, through the
+        event stream: it starts with the lines already stored, goes on across new attempts
+        (each line carries its ``attempt``), and ends when the job has finished and every
+        line was sent. A stream that drops is reopened where it stopped.
+
+        The iterator is lazy: nothing is fetched until the first ``next()``. Close it (or
+        ``break`` out of the loop) to stop following early.
+        """
+        job = _job_id(job_id)
+        if follow:
+            return self._follow_logs(job, attempt, from_seq)
+        return self._stored_logs(job, attempt, from_seq)
+
+    def _stored_logs(
+        self, job_id: str, attempt: Optional[int], from_seq: int, page: int = 1000
+    ) -> Iterator[LogLine]:
+        path = f"/jobs/{_quote(job_id)}/logs"
+        seq = from_seq
+        while True:
+            query = {"attempt": attempt, "from_seq": seq, "limit": page}
+            _, data = self._transport.request("GET", path, query=query)
+            body = _object(data, f"GET {path}")
+            body_attempt = body.get("attempt")
+            if isinstance(body_attempt, int) and not isinstance(body_attempt, bool):
+                attempt = body_attempt  # later pages read the same attempt
+            lines = body.get("lines")
+            if not isinstance(lines, list) or not lines:
+                return
+            for line in lines:
+                if isinstance(line, Mapping):
+                    yield LogLine.from_dict(line, attempt=attempt)
+            next_seq = body.get("next_seq")
+            if not isinstance(next_seq, int) or next_seq <= seq:
+                return
+            seq = next_seq
+
+    def _follow_logs(
+        self, job_id: str, attempt: Optional[int], from_seq: int
+    ) -> Iterator[LogLine]:
+        path = f"/jobs/{_quote(job_id)}/logs"
+        # The highest seq yielded per attempt: a reopened stream may repeat lines.
+        last_seq: Dict[int, int] = {}
+        current = attempt
+        next_seq = from_seq
+        while True:
+            query: Dict[str, Any] = {"follow": True}
+            if current is not None:
+                query["attempt"] = current
+                query["from_seq"] = max(next_seq, last_seq.get(current, -1) + 1)
+            elif next_seq:
+                query["from_seq"] = next_seq
+            received = False
+            try:
+                with self._transport.open_stream(path, query) as resp:
+                    for ev in read_events(resp):
+                        received = True
+                        if ev.event == "end":
+                            return
+                        data = _json_or_none(ev.data)
+                        if not isinstance(data, Mapping):
+                            continue
+                        if ev.event == "attempt":
+                            number = data.get("attempt")
+                            if isinstance(number, int):
+                                current, next_seq = number, 0
+                        elif ev.event == "log":
+                            line = LogLine.from_dict(data, attempt=current)
+                            key = line.attempt if line.attempt is not None else -1
+                            if line.seq <= last_seq.get(key, -1):
+                                continue
+                            last_seq[key] = line.seq
+                            current, next_seq = line.attempt, line.seq + 1
+                            yield line
+            except (OSError, http.client.HTTPException):
+                pass  # a read timed out or the connection dropped: look at the job, reopen
+            # The stream stopped without `end`. If the job has finished, the stored lines
+            # are complete: read what is left of them instead of following.
+            if self.get_job(job_id).is_finished:
+                start = last_seq.get(current, -1) + 1 if current is not None else next_seq
+                for line in self._stored_logs(job_id, current, start):
+                    yield line
+                return
+            if not received:
+                time.sleep(_RECONNECT_PAUSE)
+
+    # ---------------------------------------------------------------- wait
+
+    def wait(
+        self,
+        job_id: JobRef,
+        timeout: Optional[float] = None,
+        poll_interval: float = 1.0,
+    ) -> Job:
+        """Polls the job until it has finished (succeeded, failed or cancelled) and answers it.
+
+        A failed or cancelled job is answered, not raised: look at ``job.status`` and
+        ``job.error``. Polls start 0.1 s apart and slow down to ``poll_interval``.
+
+        Raises:
+            WaitTimeoutError: still unfinished after ``timeout`` seconds (a
+                :class:`TimeoutError`); the job goes on, and the error holds it as last seen.
+        """
+        jid = _job_id(job_id)
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.1, poll_interval)
+        while True:
+            job = self.get_job(jid)
+            if job.is_finished:
+                return job
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"job {jid} is still {job.status} after {timeout:g} s",
+                        job_id=jid,
+                        job=job,
+                    )
+                time.sleep(min(delay, left))
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
+    # ---------------------------------------------------------------- change
+
+    def cancel(self, job_id: JobRef, reason: Optional[str] = None) -> Job:
+        """Cancels a job and answers it: ``cancelled``, or ``cancelling`` while its worker
+        stops it (:meth:`wait` for the end).
+
+        Raises:
+            ConflictError: the job has already finished.
+            NotFoundError: there is no such job.
+        """
+        path = f"/jobs/{_quote(_job_id(job_id))}/cancel"
+        body = {} if reason is None else {"reason": reason}
+        _, data = self._transport.request("POST", path, body=body)
+        return Job.from_dict(_object(data, f"POST {path}"))
+
+    # ---------------------------------------------------------------- cluster
+
+    def workers(self) -> List[Worker]:
+        """The workers the control plane knows, alive or not."""
+        _, data = self._transport.request("GET", "/workers")
+        workers = _object(data, "GET /workers").get("workers")
+        if not isinstance(workers, list):
+            return []
+        return [Worker.from_dict(w) for w in workers if isinstance(w, Mapping)]
+
+    def health(self) -> Dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok"}`` when the server and its store work.
+
+        Raises:
+            ServerUnavailableError: the server cannot be reached, or its store failed.
+        """
+        _, data = self._transport.request("GET", "/healthz", root=True)
+        return _object(data, "GET /healthz")
+
+
+def _job_id(job: JobRef) -> str:
+    if isinstance(job, Job):
+        return job.job_id
+    if isinstance(job, str) and job:
+        return job
+    raise TypeError(f"expected a Job or a job id such as 'job-42', not {job!r}")
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _object(data: Any, what: str) -> Dict[str, Any]:
+    if isinstance(data, dict):
+        return data
+    raise NexaForgeError(f"the server answered {what} with {type(data).__name__}, not an object")
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _whole_if_integral(x: float) -> Union[int, float]:
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x

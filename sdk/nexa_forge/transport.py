@@ -1,0 +1,166 @@
+"""HTTP with :mod:`urllib.request`: JSON requests, event streams, and the mapping of every
+failure (an error answer, a refused connection, a timeout) to a :class:`NexaForgeError`.
+
+Each request opens its own connection; nothing is pooled, so a client is safe to share
+between threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import NexaForgeError, ServerUnavailableError, error_from_response
+
+__all__ = ["Transport", "StreamInterrupted"]
+
+Query = Mapping[str, Any]
+
+
+class StreamInterrupted(Exception):
+    """An event stream stopped before its end: a read timed out or the connection dropped."""
+
+
+class Transport:
+    """Requests against one API base URL with one token."""
+
+    def __init__(self, api_url: str, token: Optional[str], timeout: float, user_agent: str) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.user_agent = user_agent
+        self._opener = urllib.request.build_opener()
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: the API URL without its ``/api`` suffix, where ``/healthz`` is."""
+        if self.api_url.endswith("/api"):
+            return self.api_url[: -len("/api")]
+        parts = urllib.parse.urlsplit(self.api_url)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+    def url(self, path: str, query: Optional[Query] = None, *, root: bool = False) -> str:
+        base = self.root_url if root else self.api_url
+        url = base + path
+        if query:
+            pairs = [(k, _query_value(v)) for k, v in query.items() if v is not None]
+            if pairs:
+                url += "?" + urllib.parse.urlencode(pairs)
+        return url
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Optional[Query] = None,
+        body: Any = None,
+        root: bool = False,
+    ) -> Tuple[int, Any]:
+        """Sends one request; answers the status and the decoded JSON body (``None`` when
+        empty). Raises the matching :class:`NexaForgeError` for an error answer or no answer."""
+        url = self.url(path, query, root=root)
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(url, data=data, method=method, headers=self._headers(data))
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                status = resp.status
+                text = resp.read()
+        except urllib.error.HTTPError as e:
+            raise self._error_answer(e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise self._no_answer(e) from None
+        if not text.strip():
+            return status, None
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            raise NexaForgeError(
+                f"the server at {self.api_url} answered {method} {path} with something that is "
+                f"not JSON ({text[:80]!r}); is api_url the API's address (it ends in /api)?",
+                status=status,
+            ) from None
+
+    def open_stream(self, path: str, query: Optional[Query] = None) -> http.client.HTTPResponse:
+        """Opens a ``text/event-stream`` GET; the caller reads and closes the response.
+        A read that waits longer than the timeout raises :class:`socket.timeout`."""
+        url = self.url(path, query)
+        headers = self._headers(None)
+        headers["Accept"] = "text/event-stream"
+        req = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            resp: http.client.HTTPResponse = self._opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            raise self._error_answer(e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise self._no_answer(e) from None
+        content_type = resp.headers.get("Content-Type", "")
+        if "text/event-stream" not in content_type:
+            resp.close()
+            raise NexaForgeError(
+                f"the server at {self.api_url} answered GET {path} with {content_type or 'no type'} "
+                "where an event stream (text/event-stream) was expected",
+                status=resp.status,
+            )
+        return resp
+
+    def _headers(self, data: Optional[bytes]) -> Dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _error_answer(self, e: urllib.error.HTTPError) -> NexaForgeError:
+        try:
+            text = e.read().decode("utf-8", errors="replace")
+        except (OSError, http.client.HTTPException):
+            text = ""
+        finally:
+            e.close()
+        try:
+            body = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = None
+        err = error_from_response(e.code, body, text or str(e.reason or ""))
+        if e.code == 401 and not self.token and err.message:
+            err.message += "; pass token= or set NEXA_TOKEN (tokens come from `nexa token create`)"
+        return err
+
+    def _no_answer(self, e: BaseException) -> ServerUnavailableError:
+        reason: Any = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return ServerUnavailableError(
+                f"the server at {self.api_url} did not answer within {self.timeout:g} s",
+                code="timeout",
+            )
+        detail = _describe(reason)
+        return ServerUnavailableError(
+            f"cannot reach the Nexa Forge server at {self.api_url} ({detail}). Start one with "
+            "`nexa up` (it serves the API on http://127.0.0.1:8000/api), or point the client "
+            "at a running server with api_url= or NEXA_API_URL.",
+            code="unreachable",
+        )
+
+
+def _describe(reason: Any) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host: {reason.strerror or reason}"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    text = str(reason)
+    return text or type(reason).__name__
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
