@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nexa_runtime::wire::{Assignment, ErrorCode, Message, Welcome};
+use nexa_runtime::wire::{Assignment, ErrorCode, HeartbeatAck, Message, RunningJob, Welcome};
 use nexa_runtime::{
-    FaultKind, Job, JobId, JobSpec, JobState, ListQuery, LogPage, LogQuery, Page, PendingReason,
-    StorageFault, Store, StoreConfig, StoreError, Submitted, WorkerInfo, WorkerRecord,
+    Epoch, FaultKind, Job, JobError, JobId, JobOutput, JobSpec, JobState, Lease, LeaseStatus,
+    ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, StorageFault, Store, StoreConfig,
+    StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
 };
 use nexa_storage::RedbStore;
 use nexa_transport::{Fingerprint, Handler, Server, ServerConfig, Session};
@@ -38,6 +39,7 @@ use self::job_actor::JobMsg;
 use self::scheduler::{Scheduler, SchedulerMsg};
 use self::session::{SessionActor, SessionMsg};
 use crate::clock::now;
+use crate::metrics::Metrics;
 
 /// How long an actor call may take before the caller gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,6 +127,10 @@ pub(crate) async fn job_call<R: Send + 'static>(
     blocking(store, direct).await
 }
 
+fn unavailable(why: &str) -> StoreError {
+    StorageFault::new(FaultKind::Unavailable, why).into()
+}
+
 static PLANES: AtomicU64 = AtomicU64::new(1);
 
 /// A running control plane.
@@ -133,6 +139,8 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     scheduler: ActorRef<SchedulerMsg>,
     server: Server,
+    metrics: Arc<Metrics>,
+    long_poll: Duration,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -192,12 +200,14 @@ impl ControlPlane {
             heartbeat_ms: config.heartbeat.as_millis() as u64,
             long_poll_ms: config.long_poll.as_millis() as u64,
         };
+        let metrics = Arc::new(Metrics::default());
         let handler = Arc::new(PlaneHandler {
             plane,
             store: store.clone(),
             scheduler: scheduler.clone(),
             welcome,
             long_poll: config.long_poll,
+            metrics: metrics.clone(),
         });
         let server_config =
             ServerConfig::new(config.listen, &config.data_dir, config.join_token.clone());
@@ -214,6 +224,8 @@ impl ControlPlane {
             store,
             scheduler,
             server,
+            metrics,
+            long_poll: config.long_poll,
         })
     }
 
@@ -284,6 +296,178 @@ impl ControlPlane {
         Ok(state)
     }
 
+    /// Registers (or re-registers) a worker that speaks HTTP rather than QUIC; jobs that
+    /// waited for what it offers may now be leased to it.
+    pub async fn register_worker(&self, info: WorkerInfo) -> Result<WorkerRecord, StoreError> {
+        let record = blocking(&self.store, move |s| s.register_worker(info, now())).await?;
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(record)
+    }
+
+    /// Leases the next job that fits `free_gpus` to `worker`, waiting up to `wait` (at most
+    /// the long-poll limit) for one to be queued. The job's actor then watches the lease: a
+    /// worker that stops heartbeating loses it.
+    pub async fn next_job(
+        &self,
+        worker: WorkerId,
+        free_gpus: Vec<u64>,
+        wait: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let wait = wait.min(self.long_poll);
+        let asked = self
+            .scheduler
+            .call(
+                |reply| SchedulerMsg::AskForWork {
+                    worker,
+                    free_gpus,
+                    wait,
+                    session: None,
+                    reply,
+                },
+                Some(wait + CALL_TIMEOUT),
+            )
+            .await;
+        let lease = match asked {
+            Ok(CallResult::Success(result)) => result?,
+            _ => return Err(unavailable("the scheduler did not answer")),
+        };
+        if let Some(lease) = &lease {
+            self.metrics.record_dispatch(&lease.job);
+        }
+        Ok(lease)
+    }
+
+    /// The worker says the leased job's stage started.
+    pub async fn started(&self, job: JobId, epoch: Epoch) -> Result<(), StoreError> {
+        job_call(
+            self.plane,
+            &self.store,
+            job,
+            |reply| JobMsg::Started { epoch, reply },
+            move |s| s.start(job, epoch, now()),
+        )
+        .await
+    }
+
+    /// The worker reports the leased job succeeded.
+    pub async fn complete(
+        &self,
+        job: JobId,
+        epoch: Epoch,
+        output: JobOutput,
+    ) -> Result<(), StoreError> {
+        let direct = output.clone();
+        job_call(
+            self.plane,
+            &self.store,
+            job,
+            |reply| JobMsg::Complete {
+                epoch,
+                output,
+                reply,
+            },
+            move |s| s.complete(job, epoch, direct, now()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The worker reports the leased job's attempt failed.
+    pub async fn fail(&self, job: JobId, epoch: Epoch, error: JobError) -> Result<(), StoreError> {
+        let direct = error.clone();
+        job_call(
+            self.plane,
+            &self.store,
+            job,
+            |reply| JobMsg::Fail {
+                epoch,
+                error,
+                reply,
+            },
+            move |s| s.fail(job, epoch, direct, now()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Log lines of the leased job's attempt, numbered from `first_seq`.
+    pub async fn append_logs(
+        &self,
+        job: JobId,
+        epoch: Epoch,
+        first_seq: u64,
+        lines: Vec<String>,
+    ) -> Result<LogAck, StoreError> {
+        let direct = lines.clone();
+        job_call(
+            self.plane,
+            &self.store,
+            job,
+            |reply| JobMsg::Logs {
+                epoch,
+                first_seq,
+                lines,
+                reply,
+            },
+            move |s| s.append_logs(job, epoch, first_seq, direct, now()),
+        )
+        .await
+    }
+
+    /// Renews the lease of one job and records its progress.
+    pub async fn job_heartbeat(
+        &self,
+        job: JobId,
+        epoch: Epoch,
+        progress: Option<f64>,
+    ) -> Result<LeaseStatus, StoreError> {
+        job_call(
+            self.plane,
+            &self.store,
+            job,
+            |reply| JobMsg::Heartbeat {
+                epoch,
+                progress,
+                reply,
+            },
+            move |s| s.heartbeat(job, epoch, progress, now()),
+        )
+        .await
+    }
+
+    /// An HTTP worker's heartbeat: it is alive, and so are `jobs`. Says which to cancel and
+    /// which leases are gone.
+    pub async fn worker_heartbeat(
+        &self,
+        worker: WorkerId,
+        jobs: Vec<RunningJob>,
+    ) -> Result<HeartbeatAck, StoreError> {
+        blocking(&self.store, move |s| s.worker_heartbeat(&worker, now())).await?;
+        let mut ack = HeartbeatAck {
+            cancel: vec![],
+            lost: vec![],
+        };
+        for running in jobs {
+            match self
+                .job_heartbeat(running.job, running.epoch, running.progress)
+                .await
+            {
+                Ok(status) if status.cancel_requested => ack.cancel.push(running.job),
+                Ok(_) => {}
+                Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => {
+                    ack.lost.push(running.job)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ack)
+    }
+
+    /// How the control plane has been doing.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Closes worker connections and stops the actors. Jobs stay as stored.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
@@ -298,6 +482,7 @@ struct PlaneHandler {
     scheduler: ActorRef<SchedulerMsg>,
     welcome: Welcome,
     long_poll: Duration,
+    metrics: Arc<Metrics>,
 }
 
 fn refusal(e: &StoreError) -> Message {
@@ -373,14 +558,17 @@ impl Handler for PlaneHandler {
                     )
                     .await;
                 match asked {
-                    Ok(CallResult::Success(Ok(Some(lease)))) => Message::Assignment(Assignment {
-                        job: lease.job.id,
-                        spec: lease.job.spec,
-                        attempt: lease.attempt,
-                        epoch: lease.epoch,
-                        lease_expires_at: lease.lease_expires_at,
-                        deadline: lease.deadline,
-                    }),
+                    Ok(CallResult::Success(Ok(Some(lease)))) => {
+                        self.metrics.record_dispatch(&lease.job);
+                        Message::Assignment(Assignment {
+                            job: lease.job.id,
+                            spec: lease.job.spec,
+                            attempt: lease.attempt,
+                            epoch: lease.epoch,
+                            lease_expires_at: lease.lease_expires_at,
+                            deadline: lease.deadline,
+                        })
+                    }
                     Ok(CallResult::Success(Ok(None))) => Message::NoWork,
                     Ok(CallResult::Success(Err(e))) => refusal(&e),
                     _ => Message::Error {

@@ -34,6 +34,7 @@ mod audit_stage;
 mod clock;
 mod command_stage;
 mod control;
+mod metrics;
 mod stage;
 mod worker;
 
@@ -41,5 +42,6 @@ pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::CommandStage;
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
+pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
 pub use worker::{RestartPolicy, WorkerConfig, WorkerNode};

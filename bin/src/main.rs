@@ -5,6 +5,8 @@
 //! - `nexa server` — the control plane: the job store and the QUIC port workers join.
 //! - `nexa worker` — a worker that joins a control plane and runs jobs.
 
+mod cli;
+mod http;
 mod node;
 mod options;
 
@@ -29,28 +31,30 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let result = match cli.command {
+        Command::Token(cmd) => cli::token(cmd),
+        node @ (Command::Up(_) | Command::Server(_) | Command::Worker(_)) => run_node(node),
+        client => cli::run(client),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("nexa: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a node command (`up`, `server`, `worker`) on the async runtime.
+fn run_node(command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nexa: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        match command {
             Command::Server(args) => node::server(args).await,
             Command::Worker(args) => node::worker(args).await,
             Command::Up(args) => node::up(args).await,
+            _ => Err(anyhow::anyhow!("not a node command")),
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nexa: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +14,7 @@ use nexa_runtime::{JobType, WorkerId};
 use nexa_transport::Trust;
 use tracing::info;
 
+use crate::http::{HttpApi, HttpConfig};
 use crate::options::{OfferArgs, PlaneArgs, ServerArgs, UpArgs, WorkerArgs};
 
 /// The join token: given, or kept in the data folder (made on first start).
@@ -45,7 +47,50 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
-async fn start_plane(listen: SocketAddr, plane: &PlaneArgs) -> Result<(ControlPlane, String)> {
+/// A control plane with its HTTP API.
+struct Plane {
+    plane: Arc<ControlPlane>,
+    http: HttpApi,
+    token: String,
+}
+
+impl Plane {
+    async fn shutdown(self) {
+        self.http.stop().await;
+        match Arc::try_unwrap(self.plane) {
+            Ok(plane) => plane.shutdown().await,
+            Err(_) => {
+                info!("the HTTP API still holds the control plane; stopping without closing it")
+            }
+        }
+    }
+}
+
+async fn start_plane(listen: SocketAddr, args: &PlaneArgs) -> Result<Plane> {
+    let (plane, token) = start_control_plane(listen, args).await?;
+    let plane = Arc::new(plane);
+    let config = HttpConfig {
+        listen: args.http,
+        lease_ttl: Duration::from_secs_f64(args.lease_ttl),
+        heartbeat: ControlPlaneConfig::new(listen, &args.data, "").heartbeat,
+        worker_ttl: nexa_runtime::StoreConfig::default().worker_ttl,
+    };
+    let http = match HttpApi::start(plane.clone(), &args.data, config) {
+        Ok(http) => http,
+        Err(e) => {
+            if let Ok(plane) = Arc::try_unwrap(plane) {
+                plane.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
+    Ok(Plane { plane, http, token })
+}
+
+async fn start_control_plane(
+    listen: SocketAddr,
+    plane: &PlaneArgs,
+) -> Result<(ControlPlane, String)> {
     let token = join_token(plane)?;
     let mut config = ControlPlaneConfig::new(listen, &plane.data, token.clone());
     if !(plane.lease_ttl.is_finite() && (0.5..=3600.0).contains(&plane.lease_ttl)) {
@@ -134,10 +179,12 @@ async fn run_worker(node: WorkerNode) {
 }
 
 pub(crate) async fn server(args: ServerArgs) -> Result<()> {
-    let (plane, token) = start_plane(args.listen, &args.plane).await?;
+    let node = start_plane(args.listen, &args.plane).await?;
+    let (plane, token) = (&node.plane, &node.token);
     let addr = plane.addr();
+    let http = advertised(node.http.addr());
     say(&format!(
-        "nexa control plane listening on {addr} (QUIC/UDP)\n  data:        {}\n  fingerprint: {}\n\
+        "nexa control plane listening on {addr} (QUIC/UDP)\n  dashboard:   http://{http}/\n  API:         http://{http}/api (docs at http://{http}/docs)\n  data:        {}\n  fingerprint: {}\n\
          join a worker with:\n  nexa worker --server {} --fingerprint {} --token {token} --handler train='python3 train.py'\n",
         args.plane.data.display(),
         plane.fingerprint(),
@@ -146,7 +193,7 @@ pub(crate) async fn server(args: ServerArgs) -> Result<()> {
     ));
     shutdown_signal().await;
     info!("shutting down");
-    plane.shutdown().await;
+    node.shutdown().await;
     Ok(())
 }
 
@@ -198,7 +245,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
 }
 
 pub(crate) async fn up(args: UpArgs) -> Result<()> {
-    let (plane, token) = start_plane(args.listen, &args.plane).await?;
+    let node = start_plane(args.listen, &args.plane).await?;
+    let (plane, token) = (&node.plane, &node.token);
     let addr = plane.addr();
     let name = WorkerId::new("local").context("worker name")?;
     let work_dir = args.plane.data.join("worker");
@@ -210,11 +258,12 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         &args.offer,
         &work_dir,
     );
-    let node = WorkerNode::start(config)
+    let worker = WorkerNode::start(config)
         .await
         .context("cannot start the local worker")?;
+    let http = advertised(node.http.addr());
     let mut banner = format!(
-        "nexa is up: control plane on {addr}, data in {}\n",
+        "nexa is up: control plane on {addr}, data in {}\n  dashboard: http://{http}/\n  API:       http://{http}/api (docs at http://{http}/docs)\n",
         args.plane.data.display()
     );
     if args.offer.handlers.is_empty() {
@@ -228,7 +277,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         plane.fingerprint()
     ));
     say(&banner);
-    run_worker(node).await;
-    plane.shutdown().await;
+    run_worker(worker).await;
+    node.shutdown().await;
     Ok(())
 }

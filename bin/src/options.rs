@@ -39,6 +39,155 @@ pub(crate) enum Command {
     Server(ServerArgs),
     /// Join a control plane and run jobs.
     Worker(WorkerArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Submit a job: `nexa submit generate --param domain=physics --param num_samples=1000`.
+    Submit(SubmitArgs),
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// Show one job.
+    Job(JobArgs),
+    /// Print a job's log (`-f` to follow it until the job ends).
+    Logs(LogsArgs),
+    /// Cancel a job.
+    Cancel(CancelArgs),
+    /// List the workers.
+    Workers(ClientArgs),
+    /// Wait for a job to finish, showing its progress; exits non-zero unless it succeeded.
+    Wait(WaitArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make an API token and print it (only its hash is kept, in the data folder).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenCreateArgs {
+    /// The data folder of the server the token is for.
+    #[arg(long, default_value = "var", env = "NEXA_DATA")]
+    pub(crate) data: PathBuf,
+    /// A name to recognise the token by in the tokens file.
+    #[arg(long, default_value = "token")]
+    pub(crate) name: String,
+    /// The token may read but not submit, cancel or act as a worker.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+}
+
+/// Where the API is, for the client commands.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ClientArgs {
+    /// The API's address.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8000/api",
+        env = "NEXA_API_URL"
+    )]
+    pub(crate) api: String,
+    /// The API token, if the server requires one.
+    #[arg(long, env = "NEXA_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The job type: generate, audit, distill, train, evaluate or deploy.
+    pub(crate) job_type: Option<String>,
+    /// A parameter as KEY=VALUE (repeatable); VALUE is read as JSON when it parses, else as text.
+    /// For train, unknown keys become hyperparameters.
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub(crate) params: Vec<String>,
+    /// The whole request as a JSON file (as POST /api/jobs takes it); `-` reads stdin.
+    #[arg(long, conflicts_with_all = ["job_type", "params"])]
+    pub(crate) file: Option<PathBuf>,
+    /// Higher runs first (-1000 to 1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) priority: Option<i32>,
+    /// GPUs the job needs.
+    #[arg(long)]
+    pub(crate) gpus: Option<u32>,
+    /// Tries in all.
+    #[arg(long)]
+    pub(crate) max_attempts: Option<u32>,
+    /// Seconds one attempt may run.
+    #[arg(long)]
+    pub(crate) timeout: Option<u64>,
+    /// Submitting again with the same key makes no second job.
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
+    /// Wait for the job to finish.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    /// Only jobs in this state.
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Only jobs of this type.
+    #[arg(long = "type")]
+    pub(crate) job_type: Option<String>,
+    /// Only jobs that ran on this worker.
+    #[arg(long)]
+    pub(crate) worker: Option<String>,
+    /// How many.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: usize,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// The job, like job-7.
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The job, like job-7.
+    pub(crate) id: String,
+    /// Keep printing lines until the job ends.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    /// The attempt (default: the latest).
+    #[arg(long)]
+    pub(crate) attempt: Option<u32>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The job, like job-7.
+    pub(crate) id: String,
+    /// Why, for the job's record.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// The job, like job-7.
+    pub(crate) id: String,
+    /// Give up after this many seconds (exit code 2).
+    #[arg(long)]
+    pub(crate) timeout: Option<f64>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 /// Settings of the control plane.
@@ -54,6 +203,10 @@ pub(crate) struct PlaneArgs {
     /// silent this long is presumed lost and its job runs again elsewhere.
     #[arg(long, default_value_t = 2.5)]
     pub(crate) lease_ttl: f64,
+    /// Where the HTTP API and the dashboard listen (TCP). Beyond loopback, a token is
+    /// required (`nexa token create`).
+    #[arg(long, default_value = "127.0.0.1:8000", env = "NEXA_HTTP")]
+    pub(crate) http: SocketAddr,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,690 @@
+//! The client commands: `submit`, `jobs`, `job`, `logs`, `cancel`, `workers`, `wait`, and
+//! `token create`. They talk to the HTTP API (`--api`, or `NEXA_API_URL`), as any other client
+//! would.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value, json};
+
+use crate::http::auth::{self, Scope};
+use crate::options::{
+    CancelArgs, ClientArgs, Command, JobArgs, JobsArgs, LogsArgs, SubmitArgs, TokenCommand,
+};
+
+/// `nexa token create`.
+pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
+    let TokenCommand::Create(args) = cmd;
+    let scope = if args.read_only {
+        Scope::Read
+    } else {
+        Scope::Full
+    };
+    let token = auth::create(&args.data, scope, &args.name).with_context(|| {
+        format!(
+            "cannot add a token to {}",
+            args.data.join(auth::TOKENS_FILE).display()
+        )
+    })?;
+    eprintln!(
+        "made a {} token for the server with data in {} (shown once; only its hash is kept):",
+        if args.read_only { "read-only" } else { "full" },
+        args.data.display()
+    );
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a client command.
+pub(crate) fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Submit(args) => submit(args),
+        Command::Jobs(args) => jobs(args),
+        Command::Job(args) => job(args),
+        Command::Logs(args) => logs(args),
+        Command::Cancel(args) => cancel(args),
+        Command::Workers(args) => workers(&args),
+        Command::Wait(args) => wait(&args.client.clone(), &args.id, args.timeout),
+        Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
+            bail!("not a client command")
+        }
+    }
+}
+
+/// The API, as the client commands see it.
+struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    streaming: ureq::Agent,
+}
+
+impl Api {
+    fn new(args: &ClientArgs) -> Self {
+        let config = |global: Option<Duration>| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .timeout_global(global)
+                .build()
+                .new_agent()
+        };
+        Self {
+            base: args.api.trim_end_matches('/').to_owned(),
+            token: args.token.clone().filter(|t| !t.is_empty()),
+            agent: config(Some(Duration::from_secs(60))),
+            streaming: config(None),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach the Nexa Forge API at {}: {e}\n  is it running? start one with `nexa up`, or point --api (NEXA_API_URL) at it",
+            self.base
+        )
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", &format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    /// The answer's JSON, or the API's error as an error.
+    fn answer(mut res: ureq::http::Response<ureq::Body>) -> Result<(u16, Value)> {
+        let status = res.status().as_u16();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .context("cannot read the API's answer")?;
+        let value: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .with_context(|| format!("the API answered HTTP {status} with: {text}"))?
+        };
+        if status >= 400 {
+            let error = &value["error"];
+            let message = error["message"].as_str().unwrap_or(&text);
+            let code = error["code"].as_str().unwrap_or("error");
+            let hint = if status == 401 {
+                "\n  pass a token with --token or NEXA_TOKEN (make one with `nexa token create`)"
+            } else {
+                ""
+            };
+            bail!("{message} ({code}, HTTP {status}){hint}");
+        }
+        Ok((status, value))
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        let res = self
+            .auth(self.agent.get(&self.url(path)))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Self::answer(res)?.1)
+    }
+
+    fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let mut req = self.auth(self.agent.post(&self.url(path)));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send_json(body).map_err(|e| self.unreachable(e))?;
+        Self::answer(res)
+    }
+}
+
+/// `KEY=VALUE`, the value read as JSON when it is JSON (numbers, booleans, lists), else text.
+fn param(s: &str) -> Result<(String, Value)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--param {s:?} is not KEY=VALUE"))?;
+    let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+    Ok((k.trim().to_owned(), value))
+}
+
+/// Params of a train job that are not hyperparameters.
+const TRAIN_PARAMS: [&str; 4] = ["model_id", "dataset_uri", "epochs", "hyperparameters"];
+
+fn submit_body(args: &SubmitArgs) -> Result<Value> {
+    if let Some(path) = &args.file {
+        let text = if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+        };
+        return serde_json::from_str(&text).context("the job file is not JSON");
+    }
+    let job_type = args
+        .job_type
+        .clone()
+        .ok_or_else(|| anyhow!("say which job type to submit, or give --file"))?;
+    let mut params = Map::new();
+    let mut hyper = Map::new();
+    for p in &args.params {
+        let (k, v) = param(p)?;
+        if job_type == "train" && !TRAIN_PARAMS.contains(&k.as_str()) {
+            hyper.insert(k, v);
+        } else {
+            params.insert(k, v);
+        }
+    }
+    if !hyper.is_empty() {
+        params.insert("hyperparameters".into(), Value::Object(hyper));
+    }
+    let mut body = json!({"job_type": job_type, "params": params});
+    let fields = [
+        ("priority", args.priority.map(Value::from)),
+        ("max_attempts", args.max_attempts.map(Value::from)),
+        ("timeout_seconds", args.timeout.map(Value::from)),
+        ("resources", args.gpus.map(|g| json!({"gpus": g}))),
+    ];
+    for (k, v) in fields {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    Ok(body)
+}
+
+fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let body = submit_body(&args)?;
+    let key = args.idempotency_key.as_deref();
+    let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+    let (status, job) = api.post("/jobs", &body, &headers)?;
+    let id = job["job_id"].as_str().unwrap_or("?").to_owned();
+    if args.client.json {
+        println!("{job:#}");
+    } else {
+        let made = if status == 201 {
+            "submitted"
+        } else {
+            "already submitted (same idempotency key)"
+        };
+        println!("{made} {id} ({})", job["status"].as_str().unwrap_or("?"));
+        if let Some(reason) = job["pending_reason"].as_str() {
+            println!("  waiting: {reason}");
+        }
+    }
+    if args.wait {
+        return wait(&args.client, &id, None);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q.push(if q.is_empty() { '?' } else { '&' });
+            q.push_str(k);
+            q.push('=');
+            q.push_str(&encode(v));
+        }
+    }
+    q
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `2026-11-26T16:00:00.123Z` as `2026-11-26 16:00:00`.
+fn short_time(v: &Value) -> String {
+    v.as_str()
+        .map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn progress(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |p| format!("{:.0}%", p * 100.0))
+}
+
+/// Prints rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |out: &mut std::io::StdoutLock<'_>, cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        let _ = writeln!(out, "{}", s.trim_end());
+    };
+    line(&mut out, header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(&mut out, row.clone());
+    }
+}
+
+fn jobs(args: JobsArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let path = format!(
+        "/jobs{}",
+        query(&[
+            ("status", args.status.clone()),
+            ("type", args.job_type.clone()),
+            ("worker", args.worker.clone()),
+            ("limit", Some(args.limit.to_string())),
+        ])
+    );
+    let page = api.get(&path)?;
+    if args.client.json {
+        println!("{page:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = page["jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            let info = j["pending_reason"]
+                .as_str()
+                .or_else(|| j["error"]["message"].as_str())
+                .unwrap_or("")
+                .to_owned();
+            vec![
+                text(&j["job_id"]),
+                text(&j["job_type"]),
+                text(&j["status"]),
+                progress(&j["progress"]),
+                text(&j["worker_id"]),
+                short_time(&j["created_at"]),
+                info,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no jobs");
+    } else {
+        table(
+            &[
+                "JOB", "TYPE", "STATUS", "PROGRESS", "WORKER", "CREATED", "INFO",
+            ],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job(args: JobArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let job = api.get(&format!("/jobs/{}", encode(&args.id)))?;
+    if args.client.json {
+        println!("{job:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<15} {v}\n"));
+    field("job", text(&job["job_id"]));
+    field("type", text(&job["job_type"]));
+    field("status", text(&job["status"]));
+    field("params", job["params"].to_string());
+    field("resources", job["resources"].to_string());
+    field("priority", text(&job["priority"]));
+    field("created", short_time(&job["created_at"]));
+    field("started", short_time(&job["started_at"]));
+    field("finished", short_time(&job["finished_at"]));
+    field("progress", progress(&job["progress"]));
+    field("worker", text(&job["worker_id"]));
+    field(
+        "attempts",
+        format!(
+            "{} of {}",
+            text(&job["attempt"]),
+            text(&job["max_attempts"])
+        ),
+    );
+    if let Some(r) = job["pending_reason"].as_str() {
+        field("waiting", r.to_owned());
+    }
+    if !job["result"].is_null() {
+        field("result", job["result"].to_string());
+    }
+    if !job["error"].is_null() {
+        field(
+            "error",
+            format!(
+                "{}: {}",
+                text(&job["error"]["class"]),
+                text(&job["error"]["message"])
+            ),
+        );
+    }
+    print!("{out}");
+    if let Some(events) = job["events"].as_array() {
+        println!("events:");
+        for e in events {
+            println!(
+                "  {}  {:<10} {}",
+                short_time(&e["at"]),
+                text(&e["to"]),
+                text(&e["message"])
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(args: LogsArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let id = encode(&args.id);
+    if args.follow {
+        return follow(&api, &id, args.attempt);
+    }
+    let mut from = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let path = format!(
+            "/jobs/{id}/logs{}",
+            query(&[
+                ("attempt", args.attempt.map(|a| a.to_string())),
+                ("from_seq", Some(from.to_string())),
+                ("limit", Some("10000".into())),
+            ])
+        );
+        let page = api.get(&path)?;
+        let lines = page["lines"].as_array().cloned().unwrap_or_default();
+        if lines.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        for l in &lines {
+            let _ = writeln!(out, "{}", l["text"].as_str().unwrap_or(""));
+        }
+        from = page["next_seq"]
+            .as_u64()
+            .unwrap_or(from + lines.len() as u64);
+    }
+}
+
+/// Prints a job's log as it is written, from the server-sent events of `?follow=true`.
+fn follow(api: &Api, id: &str, attempt: Option<u32>) -> Result<ExitCode> {
+    let path = format!(
+        "/jobs/{id}/logs{}",
+        query(&[
+            ("follow", Some("true".into())),
+            ("attempt", attempt.map(|a| a.to_string())),
+        ])
+    );
+    let mut res = api
+        .auth(api.streaming.get(&api.url(&path)))
+        .call()
+        .map_err(|e| api.unreachable(e))?;
+    if res.status().as_u16() >= 400 {
+        Api::answer(res)?;
+        bail!("the API refused to stream the log");
+    }
+    let reader = BufReader::new(res.body_mut().as_reader());
+    let mut event = String::new();
+    let mut out = std::io::stdout().lock();
+    for line in reader.lines() {
+        let line = line.context("the log stream broke off")?;
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            match event.as_str() {
+                "log" => {
+                    let _ = writeln!(out, "{}", data["text"].as_str().unwrap_or(""));
+                    let _ = out.flush();
+                }
+                "attempt" => eprintln!("--- attempt {} ---", text(&data["attempt"])),
+                "end" => {
+                    let status = text(&data["status"]);
+                    eprintln!("--- the job ended: {status} ---");
+                    return Ok(exit_for(&status));
+                }
+                "error" => bail!("the log stream failed: {}", text(&data["message"])),
+                _ => {}
+            }
+        }
+    }
+    bail!("the log stream ended before the job did")
+}
+
+fn cancel(args: CancelArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let body = match &args.reason {
+        Some(r) => json!({"reason": r}),
+        None => json!({}),
+    };
+    let (_, job) = api.post(&format!("/jobs/{}/cancel", encode(&args.id)), &body, &[])?;
+    if args.client.json {
+        println!("{job:#}");
+    } else {
+        let status = text(&job["status"]);
+        let note = if status == "cancelling" {
+            " (its worker is stopping it)"
+        } else {
+            ""
+        };
+        println!("{}: {status}{note}", text(&job["job_id"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workers(args: &ClientArgs) -> Result<ExitCode> {
+    let api = Api::new(args);
+    let answer = api.get("/workers")?;
+    if args.json {
+        println!("{answer:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = answer["workers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|w| {
+            let gpus = w["gpus"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .map(|g| format!("{} ({} MiB)", text(&g["model"]), text(&g["memory_mb"])))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into());
+            let jobs = w["running_jobs"]
+                .as_array()
+                .map(|j| j.iter().map(text).collect::<Vec<_>>().join(","))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                text(&w["worker_id"]),
+                text(&w["status"]),
+                text(&w["cpus"]),
+                gpus,
+                jobs,
+                short_time(&w["last_heartbeat"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no workers");
+    } else {
+        table(
+            &["WORKER", "STATUS", "CPUS", "GPUS", "JOBS", "LAST HEARTBEAT"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exit_for(status: &str) -> ExitCode {
+    if status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+/// Polls the job until it ends, drawing a progress bar when stderr is a terminal.
+fn wait(client: &ClientArgs, id: &str, timeout: Option<f64>) -> Result<ExitCode> {
+    let api = Api::new(client);
+    let deadline = match timeout {
+        Some(t) if !(t.is_finite() && t >= 0.0) => bail!("--timeout must be a number of seconds"),
+        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let bar = std::io::stderr().is_terminal();
+    let mut last = String::new();
+    loop {
+        let job = api.get(&format!("/jobs/{}", encode(id)))?;
+        let status = text(&job["status"]);
+        let line = status_line(&job);
+        if bar {
+            eprint!("\r\x1b[2K{line}");
+        } else if line != last {
+            eprintln!("{line}");
+        }
+        last = line;
+        if FINISHED.contains(&status.as_str()) {
+            if bar {
+                eprintln!();
+            }
+            if client.json {
+                println!("{job:#}");
+            } else {
+                println!("{}: {status}", text(&job["job_id"]));
+                if !job["error"].is_null() {
+                    println!(
+                        "  {}: {}",
+                        text(&job["error"]["class"]),
+                        text(&job["error"]["message"])
+                    );
+                }
+            }
+            return Ok(exit_for(&status));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            if bar {
+                eprintln!();
+            }
+            eprintln!("{id} has not finished within the timeout (it is {status})");
+            return Ok(ExitCode::from(2));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn status_line(job: &Value) -> String {
+    let status = text(&job["status"]);
+    let mut line = format!("{} {status}", text(&job["job_id"]));
+    if let Some(p) = job["progress"].as_f64() {
+        let filled = (p.clamp(0.0, 1.0) * 30.0).round() as usize;
+        line.push_str(&format!(
+            " [{}{}] {:>3.0}%",
+            "#".repeat(filled),
+            "-".repeat(30 - filled),
+            p * 100.0
+        ));
+    }
+    if let Some(r) = job["pending_reason"].as_str() {
+        line.push_str(&format!(" ({r})"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_read_json_values_and_fall_back_to_text() {
+        assert_eq!(
+            param("num_samples=100").unwrap(),
+            ("num_samples".into(), json!(100))
+        );
+        assert_eq!(
+            param("domain=physics").unwrap(),
+            ("domain".into(), json!("physics"))
+        );
+        assert_eq!(param("metrics=[\"f1\"]").unwrap().1, json!(["f1"]));
+        assert_eq!(param("note=a=b").unwrap().1, json!("a=b"));
+        assert!(param("nothing").is_err());
+    }
+
+    #[test]
+    fn train_params_beyond_the_known_ones_are_hyperparameters() {
+        use clap::Parser;
+        let cli = crate::options::Cli::parse_from([
+            "nexa",
+            "submit",
+            "train",
+            "-p",
+            "model_id=m",
+            "-p",
+            "dataset_uri=d.csv",
+            "-p",
+            "learning_rate=0.001",
+            "--priority",
+            "-5",
+        ]);
+        let Command::Submit(args) = cli.command else {
+            panic!("not a submit");
+        };
+        let body = submit_body(&args).unwrap();
+        assert_eq!(body["params"]["model_id"], json!("m"));
+        assert_eq!(
+            body["params"]["hyperparameters"]["learning_rate"],
+            json!(0.001)
+        );
+        assert_eq!(body["priority"], json!(-5));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            query(&[
+                ("a", Some("x y&z".into())),
+                ("b", None),
+                ("c", Some("1".into()))
+            ]),
+            "?a=x%20y%26z&c=1"
+        );
+    }
+}

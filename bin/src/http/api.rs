@@ -1,0 +1,999 @@
+//! The API's JSON shapes, and how they map to and from the runtime's types.
+//!
+//! The runtime's types are made for storage and the wire (bincode); these are made for people
+//! and other languages: job ids as `job-7`, times as RFC 3339, timeouts in seconds, params as
+//! plain JSON objects. Every request field is checked here, and a bad one is named by its
+//! path (`params.num_samples`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use nexa_runtime::{
+    Attempt, AttemptOutcome, AuditParams, DeployParams, DistillParams, Epoch, EvaluateParams,
+    Event, FailureClass, GenerateParams, Gpu, Job, JobError, JobId, JobOutput, JobParams, JobSpec,
+    JobState, JobType, LogLine, ParamValue, Resources, Timestamp, TrainParams, WorkerRecord,
+    WorkerStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+
+/// A time as RFC 3339 in UTC with milliseconds.
+pub(crate) fn time(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.as_millis())).to_string()
+}
+
+/// A job id from a path or a field: `job-7` (or `7`).
+pub(crate) fn job_id(field: &str, s: &str) -> Result<JobId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::invalid(field, format!("{s:?} is not a job id (like job-7)")))
+}
+
+/// The job in a path: one that cannot exist is simply not found.
+pub(crate) fn path_job(s: &str) -> Result<JobId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("no job {s:?} (job ids look like job-7)")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submitting
+
+/// A job to run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitRequest {
+    /// `generate`, `audit`, `distill`, `train`, `evaluate` or `deploy`.
+    #[schema(example = "generate")]
+    pub(crate) job_type: String,
+    /// The job type's parameters (see the docs page for each type's).
+    #[serde(default)]
+    #[schema(value_type = Object, example = json!({"domain": "physics", "num_samples": 1000}))]
+    pub(crate) params: Map<String, Value>,
+    /// Higher runs first (-1000 to 1000); default 0.
+    pub(crate) priority: Option<i32>,
+    /// Tries in all, the first included (1 to 100); default 3.
+    pub(crate) max_attempts: Option<u32>,
+    /// How long one attempt may run, in seconds (1 to 2,592,000); default one day.
+    pub(crate) timeout_seconds: Option<u64>,
+    /// What the job needs from a worker.
+    pub(crate) resources: Option<ResourcesBody>,
+    /// Jobs that must succeed first.
+    pub(crate) depends_on: Option<Vec<String>>,
+    /// Submitting twice with the same key makes one job.
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// What a job needs from the worker that runs it.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourcesBody {
+    /// Whole GPUs (0 to 64).
+    #[serde(default)]
+    pub(crate) gpus: u32,
+    /// Memory each GPU must have, in MiB; 0 means any.
+    #[serde(default)]
+    pub(crate) gpu_memory_mb: u64,
+    /// Labels the worker must carry with these values.
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+impl SubmitRequest {
+    /// The spec this asks for, every field checked. `header_key` is the `Idempotency-Key`
+    /// header, which wins over the body's.
+    pub(crate) fn into_spec(self, header_key: Option<String>) -> Result<JobSpec, ApiError> {
+        let job_type: JobType = self.job_type.parse().map_err(|_| {
+            ApiError::invalid(
+                "job_type",
+                format!(
+                    "{:?} is not a job type (one of: generate, audit, distill, train, evaluate, deploy)",
+                    self.job_type
+                ),
+            )
+        })?;
+        let mut spec = JobSpec::new(params(job_type, self.params)?);
+        if let Some(p) = self.priority {
+            spec.priority = p;
+        }
+        if let Some(n) = self.max_attempts {
+            spec.max_attempts = n;
+        }
+        if let Some(s) = self.timeout_seconds {
+            spec.timeout = Duration::from_secs(s);
+        }
+        if let Some(r) = self.resources {
+            spec.resources = Resources {
+                gpus: r.gpus,
+                gpu_memory_mb: r.gpu_memory_mb,
+                labels: r.labels,
+            };
+        }
+        if let Some(deps) = self.depends_on {
+            spec.depends_on = deps
+                .iter()
+                .enumerate()
+                .map(|(i, d)| job_id(&format!("depends_on[{i}]"), d))
+                .collect::<Result<_, _>>()?;
+        }
+        spec.idempotency_key = header_key.or(self.idempotency_key);
+        spec.validate()
+            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        Ok(spec)
+    }
+}
+
+/// Reads a job type's params out of a JSON object, naming the field of any problem.
+struct Params {
+    job_type: JobType,
+    map: Map<String, Value>,
+}
+
+impl Params {
+    fn field(name: &str) -> String {
+        format!("params.{name}")
+    }
+
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ApiError::invalid(
+                Self::field(name),
+                format!("expected a string, got {}", kind(&other)),
+            )),
+        }
+    }
+
+    fn required_string(&mut self, name: &str) -> Result<String, ApiError> {
+        self.string(name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn unsigned(&mut self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(other) => Err(ApiError::invalid(
+                Self::field(name),
+                format!(
+                    "expected a whole number of at least 0, got {}",
+                    kind(&other)
+                ),
+            )),
+        }
+    }
+
+    fn u32(&mut self, name: &str) -> Result<Option<u32>, ApiError> {
+        self.unsigned(name)?
+            .map(|n| {
+                u32::try_from(n).map_err(|_| ApiError::invalid(Self::field(name), "is too large"))
+            })
+            .transpose()
+    }
+
+    fn number(&mut self, name: &str) -> Result<Option<f64>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => Err(ApiError::invalid(
+                Self::field(name),
+                format!("expected a number, got {}", kind(&other)),
+            )),
+        }
+    }
+
+    fn strings(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
+        match self.take(name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(ApiError::invalid(
+                        format!("params.{name}[{i}]"),
+                        format!("expected a string, got {}", kind(&other)),
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(ApiError::invalid(
+                Self::field(name),
+                format!("expected a list of strings, got {}", kind(&other)),
+            )),
+        }
+    }
+
+    fn hyperparameters(&mut self) -> Result<BTreeMap<String, ParamValue>, ApiError> {
+        let map = match self.take("hyperparameters") {
+            None => return Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "params.hyperparameters",
+                    format!("expected an object, got {}", kind(&other)),
+                ));
+            }
+        };
+        map.into_iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::Bool(b) => ParamValue::Bool(b),
+                    Value::Number(n) => match n.as_i64() {
+                        Some(i) => ParamValue::Int(i),
+                        None => ParamValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+                    },
+                    Value::String(s) => ParamValue::Text(s),
+                    other => {
+                        return Err(ApiError::invalid(
+                            format!("params.hyperparameters.{k}"),
+                            format!("expected a number, string or boolean, got {}", kind(&other)),
+                        ));
+                    }
+                };
+                Ok((k, value))
+            })
+            .collect()
+    }
+
+    fn missing(&self, name: &str) -> ApiError {
+        ApiError::invalid(
+            Self::field(name),
+            format!("is required for {} jobs", self.job_type),
+        )
+    }
+
+    /// Refuses names the job type does not take (a typo would otherwise be ignored).
+    fn finish(self, known: &[&str]) -> Result<(), ApiError> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(name) => Err(ApiError::invalid(
+                Self::field(name),
+                format!(
+                    "{} jobs take no parameter {name:?} (they take: {})",
+                    self.job_type,
+                    known.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_u64() || n.is_i64() => "a whole number",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The typed params of `job_type`, with the documented defaults.
+fn params(job_type: JobType, map: Map<String, Value>) -> Result<JobParams, ApiError> {
+    let mut p = Params { job_type, map };
+    let params = match job_type {
+        JobType::Generate => {
+            let params = GenerateParams {
+                domain: p.required_string("domain")?,
+                num_samples: p
+                    .unsigned("num_samples")?
+                    .ok_or_else(|| p.missing("num_samples"))?,
+                seed: p.unsigned("seed")?,
+            };
+            p.finish(&["domain", "num_samples", "seed"])?;
+            JobParams::Generate(params)
+        }
+        JobType::Audit => {
+            let params = AuditParams {
+                dataset_uri: p.required_string("dataset_uri")?,
+                label_column: p.string("label_column")?,
+                expected_sha256: p.string("expected_sha256")?,
+            };
+            p.finish(&["dataset_uri", "label_column", "expected_sha256"])?;
+            JobParams::Audit(params)
+        }
+        JobType::Distill => {
+            let params = DistillParams {
+                teacher_model: p.required_string("teacher_model")?,
+                student_model: p.required_string("student_model")?,
+                dataset_uri: p.required_string("dataset_uri")?,
+                temperature: p.number("temperature")?.unwrap_or(2.0),
+                epochs: p.u32("epochs")?.unwrap_or(3),
+            };
+            p.finish(&[
+                "teacher_model",
+                "student_model",
+                "dataset_uri",
+                "temperature",
+                "epochs",
+            ])?;
+            JobParams::Distill(params)
+        }
+        JobType::Train => {
+            let params = TrainParams {
+                model_id: p.required_string("model_id")?,
+                dataset_uri: p.required_string("dataset_uri")?,
+                epochs: p.u32("epochs")?.unwrap_or(1),
+                hyperparameters: p.hyperparameters()?,
+            };
+            p.finish(&["model_id", "dataset_uri", "epochs", "hyperparameters"])?;
+            JobParams::Train(params)
+        }
+        JobType::Evaluate => {
+            let params = EvaluateParams {
+                model_id: p.required_string("model_id")?,
+                dataset_uri: p.required_string("dataset_uri")?,
+                metrics: p.strings("metrics")?,
+            };
+            p.finish(&["model_id", "dataset_uri", "metrics"])?;
+            JobParams::Evaluate(params)
+        }
+        JobType::Deploy => {
+            let params = DeployParams {
+                model_id: p.required_string("model_id")?,
+                target: p.string("target")?.unwrap_or_else(|| "local".to_owned()),
+                replicas: p.u32("replicas")?.unwrap_or(1),
+            };
+            p.finish(&["model_id", "target", "replicas"])?;
+            JobParams::Deploy(params)
+        }
+    };
+    Ok(params)
+}
+
+/// Params as the API shows them.
+fn params_json(params: &JobParams) -> Value {
+    use serde_json::json;
+    match params {
+        JobParams::Generate(p) => {
+            json!({"domain": p.domain, "num_samples": p.num_samples, "seed": p.seed})
+        }
+        JobParams::Audit(p) => json!({
+            "dataset_uri": p.dataset_uri,
+            "label_column": p.label_column,
+            "expected_sha256": p.expected_sha256,
+        }),
+        JobParams::Distill(p) => json!({
+            "teacher_model": p.teacher_model,
+            "student_model": p.student_model,
+            "dataset_uri": p.dataset_uri,
+            "temperature": p.temperature,
+            "epochs": p.epochs,
+        }),
+        JobParams::Train(p) => {
+            let hyper: Map<String, Value> = p
+                .hyperparameters
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        ParamValue::Bool(b) => json!(b),
+                        ParamValue::Int(i) => json!(i),
+                        ParamValue::Float(f) => json!(f),
+                        ParamValue::Text(s) => json!(s),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            json!({
+                "model_id": p.model_id,
+                "dataset_uri": p.dataset_uri,
+                "epochs": p.epochs,
+                "hyperparameters": hyper,
+            })
+        }
+        JobParams::Evaluate(p) => json!({
+            "model_id": p.model_id,
+            "dataset_uri": p.dataset_uri,
+            "metrics": p.metrics,
+        }),
+        JobParams::Deploy(p) => json!({
+            "model_id": p.model_id,
+            "target": p.target,
+            "replicas": p.replicas,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs as shown
+
+/// A job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobBody {
+    /// Its id, like `job-7`.
+    pub(crate) job_id: String,
+    pub(crate) job_type: String,
+    /// `waiting`, `queued`, `assigned`, `running`, `cancelling`, `succeeded`, `failed` or
+    /// `cancelled`.
+    pub(crate) status: String,
+    #[schema(value_type = Object)]
+    pub(crate) params: Value,
+    pub(crate) resources: ResourcesBody,
+    pub(crate) priority: i32,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout_seconds: u64,
+    pub(crate) depends_on: Vec<String>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+    /// When the latest attempt's stage started.
+    pub(crate) started_at: Option<String>,
+    /// When the job reached its final state.
+    pub(crate) finished_at: Option<String>,
+    /// From 0.0 to 1.0, as the stage reports it.
+    pub(crate) progress: Option<f64>,
+    /// The worker of the latest attempt.
+    pub(crate) worker_id: Option<String>,
+    /// The number of the latest attempt (0 before the first).
+    pub(crate) attempt: u32,
+    /// Why a waiting or queued job has not started.
+    pub(crate) pending_reason: Option<String>,
+    /// A retry waits until then.
+    pub(crate) not_before: Option<String>,
+    pub(crate) result: Option<ResultBody>,
+    pub(crate) error: Option<ErrorInfo>,
+    pub(crate) attempts: Vec<AttemptBody>,
+    /// Every state change (only on `GET /api/jobs/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) events: Option<Vec<EventBody>>,
+}
+
+/// What a job produced.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResultBody {
+    #[serde(default)]
+    pub(crate) metrics: BTreeMap<String, f64>,
+    /// Named outputs: paths or URIs.
+    #[serde(default)]
+    pub(crate) artifacts: BTreeMap<String, String>,
+    /// The stage's whole result document.
+    #[serde(default)]
+    #[schema(value_type = Object, nullable = true)]
+    pub(crate) output: Value,
+}
+
+/// Why a job or attempt failed, and whose fault it was.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorInfo {
+    /// `invalid_input`, `stage_error`, `worker_lost`, `timeout`, `cancelled` or `platform`.
+    #[serde(default = "stage_error")]
+    pub(crate) class: String,
+    pub(crate) message: String,
+}
+
+fn stage_error() -> String {
+    FailureClass::StageError.as_str().to_owned()
+}
+
+/// One try at running a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AttemptBody {
+    pub(crate) number: u32,
+    pub(crate) worker_id: String,
+    /// The lease's fencing token.
+    pub(crate) epoch: u64,
+    pub(crate) leased_at: String,
+    pub(crate) started_at: Option<String>,
+    pub(crate) lease_expires_at: String,
+    pub(crate) deadline: String,
+    pub(crate) ended_at: Option<String>,
+    pub(crate) outcome: Option<OutcomeBody>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OutcomeBody {
+    /// `succeeded` or `failed`.
+    pub(crate) status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<ErrorInfo>,
+}
+
+/// A state change.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventBody {
+    pub(crate) at: String,
+    pub(crate) from: Option<String>,
+    pub(crate) to: String,
+    pub(crate) message: String,
+}
+
+impl From<&JobError> for ErrorInfo {
+    fn from(e: &JobError) -> Self {
+        Self {
+            class: e.class.as_str().to_owned(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl ErrorInfo {
+    pub(crate) fn into_job_error(self) -> Result<JobError, ApiError> {
+        let class = [
+            FailureClass::InvalidInput,
+            FailureClass::StageError,
+            FailureClass::WorkerLost,
+            FailureClass::Timeout,
+            FailureClass::Cancelled,
+            FailureClass::Platform,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == self.class)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "error.class",
+                format!(
+                    "{:?} is not a failure class (one of: invalid_input, stage_error, worker_lost, timeout, cancelled, platform)",
+                    self.class
+                ),
+            )
+        })?;
+        Ok(JobError::new(class, self.message))
+    }
+}
+
+impl ResultBody {
+    pub(crate) fn into_output(self) -> Result<JobOutput, ApiError> {
+        if let Some((k, _)) = self.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(ApiError::invalid(
+                format!("result.metrics.{k}"),
+                "must be a finite number",
+            ));
+        }
+        Ok(JobOutput {
+            metrics: self.metrics,
+            artifacts: self.artifacts,
+            result_json: (!self.output.is_null()).then(|| self.output.to_string()),
+        })
+    }
+}
+
+fn output_body(o: &JobOutput) -> ResultBody {
+    ResultBody {
+        metrics: o.metrics.clone(),
+        artifacts: o.artifacts.clone(),
+        output: o
+            .result_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(Value::Null),
+    }
+}
+
+fn attempt_body(a: &Attempt) -> AttemptBody {
+    AttemptBody {
+        number: a.number,
+        worker_id: a.worker.as_str().to_owned(),
+        epoch: a.epoch.0,
+        leased_at: time(a.leased_at),
+        started_at: a.started_at.map(time),
+        lease_expires_at: time(a.lease_expires_at),
+        deadline: time(a.deadline),
+        ended_at: a.ended_at.map(time),
+        outcome: a.outcome.as_ref().map(|o| match o {
+            AttemptOutcome::Succeeded => OutcomeBody {
+                status: "succeeded".into(),
+                error: None,
+            },
+            AttemptOutcome::Failed(e) => OutcomeBody {
+                status: "failed".into(),
+                error: Some(e.into()),
+            },
+        }),
+    }
+}
+
+pub(crate) fn event_body(e: &Event) -> EventBody {
+    EventBody {
+        at: time(e.at),
+        from: e.from.map(|s| s.as_str().to_owned()),
+        to: e.to.as_str().to_owned(),
+        message: e.message.clone(),
+    }
+}
+
+/// A job as the API shows it; `pending_reason` is looked up by the caller.
+pub(crate) fn job_body(job: &Job, pending_reason: Option<String>, with_events: bool) -> JobBody {
+    let spec = &job.spec;
+    let latest = job.attempts.last();
+    let finished_at = job
+        .state
+        .is_terminal()
+        .then(|| job.events.last().map_or(job.updated_at, |e| e.at))
+        .map(time);
+    JobBody {
+        job_id: job.id.to_string(),
+        job_type: spec.job_type().as_str().to_owned(),
+        status: job.state.as_str().to_owned(),
+        params: params_json(&spec.params),
+        resources: ResourcesBody {
+            gpus: spec.resources.gpus,
+            gpu_memory_mb: spec.resources.gpu_memory_mb,
+            labels: spec.resources.labels.clone(),
+        },
+        priority: spec.priority,
+        max_attempts: spec.max_attempts,
+        timeout_seconds: spec.timeout.as_secs(),
+        depends_on: spec.depends_on.iter().map(ToString::to_string).collect(),
+        idempotency_key: spec.idempotency_key.clone(),
+        created_at: time(job.submitted_at),
+        updated_at: time(job.updated_at),
+        started_at: latest.and_then(|a| a.started_at).map(time),
+        finished_at,
+        progress: job.progress,
+        worker_id: latest.map(|a| a.worker.as_str().to_owned()),
+        attempt: latest.map_or(0, |a| a.number),
+        pending_reason,
+        not_before: job.not_before.map(time),
+        result: job.output.as_ref().map(output_body),
+        error: job.error.as_ref().map(Into::into),
+        attempts: job.attempts.iter().map(attempt_body).collect(),
+        events: with_events.then(|| job.events.iter().map(event_body).collect()),
+    }
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobPage {
+    pub(crate) jobs: Vec<JobBody>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only jobs in this state.
+    pub(crate) status: Option<String>,
+    /// Only jobs of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub(crate) job_type: Option<String>,
+    /// Only jobs whose latest attempt ran on this worker.
+    pub(crate) worker: Option<String>,
+    /// Jobs per page (1 to 500, default 50).
+    pub(crate) limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub(crate) cursor: Option<String>,
+}
+
+/// The state-change history of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventsBody {
+    pub(crate) job_id: String,
+    pub(crate) events: Vec<EventBody>,
+}
+
+/// Why a job is cancelled.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelRequest {
+    pub(crate) reason: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+
+/// Which log lines to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogParams {
+    /// The attempt (default: the latest).
+    pub(crate) attempt: Option<u32>,
+    /// The first line number (default 0).
+    pub(crate) from_seq: Option<u64>,
+    /// Lines at most (1 to 10000, default 1000).
+    pub(crate) limit: Option<usize>,
+    /// Stream lines as server-sent events until the job ends.
+    pub(crate) follow: Option<bool>,
+}
+
+/// One line a job wrote.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LogLineBody {
+    /// Numbered per attempt from 0.
+    pub(crate) seq: u64,
+    pub(crate) at: String,
+    pub(crate) text: String,
+}
+
+pub(crate) fn line_body(l: &LogLine) -> LogLineBody {
+    LogLineBody {
+        seq: l.seq,
+        at: time(l.at),
+        text: l.text.clone(),
+    }
+}
+
+/// Log lines of one attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LogsBody {
+    pub(crate) job_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) lines: Vec<LogLineBody>,
+    /// The line to read from next.
+    pub(crate) next_seq: u64,
+    /// Lines dropped because the job wrote more than the limit.
+    pub(crate) dropped: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+
+/// A GPU.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GpuBody {
+    pub(crate) model: String,
+    pub(crate) memory_mb: u64,
+}
+
+/// A worker joining over HTTP.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterRequest {
+    pub(crate) worker_id: String,
+    #[serde(default)]
+    pub(crate) cpus: u32,
+    #[serde(default)]
+    pub(crate) memory_mb: u64,
+    #[serde(default)]
+    pub(crate) gpus: Vec<GpuBody>,
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    /// The job types it runs (default: all).
+    pub(crate) job_types: Option<Vec<String>>,
+}
+
+impl RegisterRequest {
+    pub(crate) fn into_info(self) -> Result<nexa_runtime::WorkerInfo, ApiError> {
+        let id = nexa_runtime::WorkerId::new(self.worker_id)
+            .map_err(|e| ApiError::invalid("worker_id", e))?;
+        let job_types = match self.job_types {
+            None => JobType::ALL.into_iter().collect(),
+            Some(types) => types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    t.parse::<JobType>().map_err(|_| {
+                        ApiError::invalid(
+                            format!("job_types[{i}]"),
+                            format!("{t:?} is not a job type"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        for (i, g) in self.gpus.iter().enumerate() {
+            if g.memory_mb == 0 {
+                return Err(ApiError::invalid(
+                    format!("gpus[{i}].memory_mb"),
+                    "a GPU needs some memory",
+                ));
+            }
+        }
+        Ok(nexa_runtime::WorkerInfo {
+            id,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            gpus: self
+                .gpus
+                .into_iter()
+                .map(|g| Gpu {
+                    model: g.model,
+                    memory_mb: g.memory_mb,
+                })
+                .collect(),
+            labels: self.labels,
+            job_types,
+        })
+    }
+}
+
+/// A registered worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkerBody {
+    pub(crate) worker_id: String,
+    /// `alive`, `draining` or `lost` (not heard from lately).
+    pub(crate) status: String,
+    pub(crate) cpus: u32,
+    pub(crate) memory_mb: u64,
+    pub(crate) gpus: Vec<GpuBody>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) job_types: Vec<String>,
+    pub(crate) registered_at: String,
+    pub(crate) last_heartbeat: String,
+    /// Jobs it holds leases on.
+    pub(crate) running_jobs: Vec<String>,
+}
+
+pub(crate) fn worker_body(w: &WorkerRecord, alive: bool, running_jobs: Vec<String>) -> WorkerBody {
+    let status = match (w.status, alive) {
+        (_, false) => "lost",
+        (WorkerStatus::Draining, true) => "draining",
+        (WorkerStatus::Active, true) => "alive",
+    };
+    WorkerBody {
+        worker_id: w.info.id.as_str().to_owned(),
+        status: status.to_owned(),
+        cpus: w.info.cpus,
+        memory_mb: w.info.memory_mb,
+        gpus: w
+            .info
+            .gpus
+            .iter()
+            .map(|g| GpuBody {
+                model: g.model.clone(),
+                memory_mb: g.memory_mb,
+            })
+            .collect(),
+        labels: w.info.labels.clone(),
+        job_types: w
+            .info
+            .job_types
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
+        registered_at: time(w.registered_at),
+        last_heartbeat: time(w.last_seen),
+        running_jobs,
+    }
+}
+
+/// A worker, with the settings it should keep to.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RegisteredBody {
+    #[serde(flatten)]
+    pub(crate) worker: WorkerBody,
+    /// A lease ends this long after the last heartbeat.
+    pub(crate) lease_ttl_seconds: f64,
+    /// Heartbeat this often.
+    pub(crate) heartbeat_interval_seconds: f64,
+}
+
+/// The workers.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkersBody {
+    pub(crate) workers: Vec<WorkerBody>,
+}
+
+/// A job a worker runs, as its heartbeat reports it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunningJobBody {
+    pub(crate) job_id: String,
+    pub(crate) epoch: u64,
+    pub(crate) progress: Option<f64>,
+}
+
+/// A worker's heartbeat.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeartbeatRequest {
+    #[serde(default)]
+    pub(crate) jobs: Vec<RunningJobBody>,
+}
+
+/// What a worker should do with its jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HeartbeatAnswer {
+    /// Stop these (then report them failed with class `cancelled`).
+    pub(crate) cancel: Vec<String>,
+    /// These leases are gone: drop the jobs without reporting.
+    pub(crate) lost: Vec<String>,
+}
+
+/// Who asks for work.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct NextJobParams {
+    pub(crate) worker_id: String,
+    /// Hold the request up to this many seconds for a job (0 to 30, default 0).
+    pub(crate) wait_seconds: Option<f64>,
+    /// The memory (MiB) of each GPU free now, comma-separated, e.g. `81559,81559`; empty
+    /// for none. Default: every GPU the worker registered.
+    pub(crate) free_gpus: Option<String>,
+}
+
+/// A job leased to a worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AssignmentBody {
+    pub(crate) job_id: String,
+    pub(crate) job: JobBody,
+    pub(crate) attempt: u32,
+    /// Quote it in every report about this job.
+    pub(crate) epoch: u64,
+    pub(crate) lease_expires_at: String,
+    pub(crate) deadline: String,
+}
+
+/// A report under a lease.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EpochRequest {
+    pub(crate) epoch: u64,
+}
+
+/// Log lines from a worker.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogBatchRequest {
+    pub(crate) epoch: u64,
+    /// The number of the first line; lines are numbered per attempt from 0.
+    #[serde(default)]
+    pub(crate) first_seq: u64,
+    pub(crate) lines: Vec<String>,
+}
+
+/// Lines stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LogAckBody {
+    /// Send from this line next.
+    pub(crate) next_seq: u64,
+}
+
+/// Progress of a leased job.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProgressRequest {
+    pub(crate) epoch: u64,
+    /// From 0.0 to 1.0.
+    pub(crate) progress: Option<f64>,
+}
+
+/// Whether to stop.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProgressAnswer {
+    pub(crate) cancel_requested: bool,
+}
+
+/// The stage started.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StartedAnswer {
+    pub(crate) status: String,
+}
+
+/// A leased job succeeded.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompleteRequest {
+    pub(crate) epoch: u64,
+    #[serde(default)]
+    pub(crate) result: Option<ResultBody>,
+}
+
+/// A leased job's attempt failed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FailRequest {
+    pub(crate) epoch: u64,
+    pub(crate) error: ErrorInfo,
+}
+
+pub(crate) fn epoch(e: u64) -> Epoch {
+    Epoch(e)
+}
+
+/// Whether the server is well.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    pub(crate) status: String,
+}
+
+/// A job state by its name.
+pub(crate) fn state(s: &str) -> Result<JobState, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a status (one of: waiting, queued, assigned, running, cancelling, succeeded, failed, cancelled)")
+    })
+}

@@ -1,0 +1,647 @@
+//! `/api/jobs`: submit, list, inspect, cancel, logs and events; and the reports an HTTP
+//! worker makes under its lease.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes, Json};
+use actix_web::{HttpRequest, HttpResponse};
+use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery};
+
+use super::api::{
+    self, CancelRequest, CompleteRequest, EpochRequest, EventsBody, FailRequest, JobBody, JobPage,
+    ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer, ProgressRequest,
+    StartedAnswer, SubmitRequest,
+};
+use super::auth::{Reader, Writer};
+use super::error::{ApiError, ErrorBody};
+use super::{State, read_json};
+
+/// The job as shown, with why it waits when it does.
+pub(crate) async fn show(state: &State, job: &Job, with_events: bool) -> JobBody {
+    let reason = if matches!(job.state, JobState::Waiting | JobState::Queued) {
+        state
+            .plane
+            .pending_reason(job.id)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.to_string())
+    } else {
+        None
+    };
+    api::job_body(job, reason, with_events)
+}
+
+async fn load(state: &State, id: JobId) -> Result<Job, ApiError> {
+    Ok(state.plane.get(id).await?)
+}
+
+/// Submit a job.
+#[utoipa::path(
+    post, path = "/api/jobs", tag = "jobs",
+    request_body = SubmitRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Submitting twice with the same key makes one job")),
+    responses(
+        (status = 201, description = "Created", body = JobBody),
+        (status = 200, description = "The job made earlier with the same idempotency key", body = JobBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 409, description = "Idempotency key used for another spec", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn submit(
+    _: Writer,
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: SubmitRequest = read_json(&body)?;
+    let key = match req.headers().get("Idempotency-Key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("the Idempotency-Key header must be text"))?
+                .to_owned(),
+        ),
+    };
+    let spec = request.into_spec(key)?;
+    let submitted = state.plane.submit(spec).await?;
+    let job = load(&state, submitted.id).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(show(&state, &job, false).await))
+}
+
+/// Jobs scanned at most for one page filtered by worker.
+const WORKER_SCAN: usize = 10_000;
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get, path = "/api/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    _: Reader,
+    state: web::Data<State>,
+    query: web::Query<ListParams>,
+) -> Result<Json<JobPage>, ApiError> {
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_param("limit", "must be between 1 and 500"));
+    }
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| api::state(s).map_err(|e| ApiError::bad_param("status", e)))
+        .transpose()?;
+    let job_type = q
+        .job_type
+        .as_deref()
+        .map(|t| {
+            t.parse::<JobType>().map_err(|_| {
+                ApiError::bad_param(
+                    "type",
+                    format!("{t:?} is not a job type (one of: generate, audit, distill, train, evaluate, deploy)"),
+                )
+            })
+        })
+        .transpose()?;
+    let mut before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<JobId>()
+                .map_err(|_| ApiError::bad_param("cursor", "is not a cursor from a previous page"))
+        })
+        .transpose()?;
+    let mut jobs = Vec::new();
+    let mut scanned = 0;
+    let next = loop {
+        let page = state
+            .plane
+            .list(ListQuery {
+                state: status,
+                job_type,
+                before,
+                limit: if q.worker.is_some() { 500 } else { limit },
+            })
+            .await?;
+        scanned += page.jobs.len();
+        let mut last = None;
+        for job in page.jobs {
+            last = Some(job.id);
+            let on_worker = q
+                .worker
+                .as_deref()
+                .is_none_or(|w| job.attempts.last().is_some_and(|a| a.worker.as_str() == w));
+            if on_worker {
+                jobs.push(job);
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+        }
+        if jobs.len() == limit {
+            // More may follow the last one taken.
+            break jobs.last().map(|j| j.id);
+        }
+        match page.next_before {
+            Some(b) if scanned < WORKER_SCAN => before = Some(b),
+            Some(_) => break last,
+            None => break None,
+        }
+    };
+    let mut shown = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        shown.push(show(&state, job, false).await);
+    }
+    Ok(Json(JobPage {
+        jobs: shown,
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
+
+/// One job, with its events.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    responses(
+        (status = 200, description = "The job", body = JobBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get(
+    _: Reader,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    let job = load(&state, api::path_job(&id)?).await?;
+    Ok(Json(show(&state, &job, true).await))
+}
+
+/// Cancel a job.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body(content = Option<CancelRequest>, description = "Optional reason"),
+    responses(
+        (status = 200, description = "The job, cancelled or cancelling", body = JobBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has already finished", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        read_json(&body)?
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "cancelled through the API".to_owned());
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason", "is longer than 1024 bytes"));
+    }
+    state.plane.cancel(id, reason).await?;
+    let job = load(&state, id).await?;
+    Ok(Json(show(&state, &job, false).await))
+}
+
+/// A job's state changes.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    responses(
+        (status = 200, description = "Its events, oldest first", body = EventsBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn events(
+    _: Reader,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> Result<Json<EventsBody>, ApiError> {
+    let job = load(&state, api::path_job(&id)?).await?;
+    Ok(Json(EventsBody {
+        job_id: job.id.to_string(),
+        events: job.events.iter().map(api::event_body).collect(),
+    }))
+}
+
+/// A job's log lines, or (`follow=true`) a stream of them as server-sent events.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/logs", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7"), LogParams),
+    responses(
+        (status = 200, description = "Lines of one attempt; with follow=true, a text/event-stream of `log`, `attempt` and `end` events", body = LogsBody),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn logs(
+    _: Reader,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    query: web::Query<LogParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = api::path_job(&id)?;
+    let q = query.into_inner();
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_param("limit", "must be between 1 and 10000"));
+    }
+    let job = load(&state, id).await?;
+    let tried = job.attempts.len() as u32;
+    if let Some(a) = q.attempt {
+        if a == 0 || a > tried {
+            return Err(ApiError::bad_param(
+                "attempt",
+                format!("{id} has {tried} attempts; there is no attempt {a}"),
+            ));
+        }
+    }
+    let from = q.from_seq.unwrap_or(0);
+    if q.follow.unwrap_or(false) {
+        let follow = Follow {
+            state: state.into_inner(),
+            job: id,
+            attempt: q.attempt,
+            next_seq: from,
+            out: VecDeque::new(),
+            done: false,
+            idle_polls: 0,
+        };
+        let stream = futures_util::stream::unfold(follow, |mut f| async move {
+            let chunk = f.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(chunk), f))
+        });
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(stream));
+    }
+    let page = state
+        .plane
+        .logs(
+            id,
+            LogQuery {
+                attempt: q.attempt,
+                from_seq: from,
+                limit,
+            },
+        )
+        .await?;
+    let next_seq = page
+        .next_seq
+        .or_else(|| page.lines.last().map(|l| l.seq + 1))
+        .unwrap_or(from);
+    Ok(HttpResponse::Ok().json(LogsBody {
+        job_id: id.to_string(),
+        attempt: page.attempt,
+        lines: page.lines.iter().map(api::line_body).collect(),
+        next_seq,
+        dropped: page.dropped,
+    }))
+}
+
+/// How often a followed job's logs are read while it is quiet.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// A comment is sent after this many quiet polls, so that proxies keep the stream open and a
+/// client that went away is noticed.
+const KEEP_ALIVE_POLLS: u32 = 75;
+
+/// A job's log, followed attempt by attempt until the job ends.
+struct Follow {
+    state: std::sync::Arc<State>,
+    job: JobId,
+    /// The attempt being read; `None` until the job has one.
+    attempt: Option<u32>,
+    next_seq: u64,
+    out: VecDeque<Bytes>,
+    done: bool,
+    idle_polls: u32,
+}
+
+fn sse(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+impl Follow {
+    /// The next piece of the stream; `None` once the `end` event went out.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.out.pop_front() {
+                return Some(chunk);
+            }
+            if self.done {
+                return None;
+            }
+            self.poll().await;
+            if self.out.is_empty() && !self.done {
+                self.idle_polls += 1;
+                if self.idle_polls >= KEEP_ALIVE_POLLS {
+                    self.idle_polls = 0;
+                    return Some(Bytes::from_static(b": keep-alive\n\n"));
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            } else {
+                self.idle_polls = 0;
+            }
+        }
+    }
+
+    /// Reads what is new; queues events for it.
+    async fn poll(&mut self) {
+        let plane = &self.state.plane;
+        if let Some(attempt) = self.attempt {
+            let query = LogQuery {
+                attempt: Some(attempt),
+                from_seq: self.next_seq,
+                limit: 1000,
+            };
+            match plane.logs(self.job, query).await {
+                Ok(page) if !page.lines.is_empty() => {
+                    for line in &page.lines {
+                        let data = serde_json::json!({
+                            "attempt": attempt,
+                            "seq": line.seq,
+                            "at": api::time(line.at),
+                            "text": line.text,
+                        });
+                        self.out.push_back(sse("log", &data));
+                        self.next_seq = line.seq + 1;
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => return self.fail(&e.to_string()),
+            }
+        }
+        // Nothing new in this attempt: has another begun, or has the job ended?
+        let job = match plane.get(self.job).await {
+            Ok(job) => job,
+            Err(e) => return self.fail(&e.to_string()),
+        };
+        let tried = job.attempts.len() as u32;
+        match self.attempt {
+            Some(a) if a < tried => self.begin(a + 1),
+            None if tried > 0 => self.begin(1),
+            _ if job.state.is_terminal() => {
+                // Lines are stored before the report that ends the job; one more read
+                // catches any that came in after the read above.
+                if let Some(attempt) = self.attempt {
+                    let query = LogQuery {
+                        attempt: Some(attempt),
+                        from_seq: self.next_seq,
+                        limit: 1,
+                    };
+                    if plane
+                        .logs(self.job, query)
+                        .await
+                        .is_ok_and(|p| !p.lines.is_empty())
+                    {
+                        return;
+                    }
+                }
+                let data = serde_json::json!({"status": job.state.as_str()});
+                self.out.push_back(sse("end", &data));
+                self.done = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn begin(&mut self, attempt: u32) {
+        self.attempt = Some(attempt);
+        self.next_seq = 0;
+        self.out
+            .push_back(sse("attempt", &serde_json::json!({"attempt": attempt})));
+    }
+
+    fn fail(&mut self, message: &str) {
+        self.out
+            .push_back(sse("error", &serde_json::json!({"message": message})));
+        self.done = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports under a lease
+
+/// The worker's stage started.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/started", tag = "worker reports",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body = EpochRequest,
+    responses(
+        (status = 200, description = "Recorded", body = StartedAnswer),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn started(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<StartedAnswer>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: EpochRequest = read_json(&body)?;
+    state.plane.started(id, api::epoch(request.epoch)).await?;
+    Ok(Json(StartedAnswer {
+        status: JobState::Running.as_str().to_owned(),
+    }))
+}
+
+/// Log lines of the worker's attempt.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/logs", tag = "worker reports",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body = LogBatchRequest,
+    responses(
+        (status = 200, description = "Stored", body = LogAckBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "Stale lease, or lines skipped (resend from the line named)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn append_logs(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<LogAckBody>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: LogBatchRequest = read_json(&body)?;
+    if request.lines.len() > 10_000 {
+        return Err(ApiError::invalid("lines", "at most 10000 lines a batch"));
+    }
+    let ack = state
+        .plane
+        .append_logs(
+            id,
+            api::epoch(request.epoch),
+            request.first_seq,
+            request.lines,
+        )
+        .await?;
+    Ok(Json(LogAckBody {
+        next_seq: ack.next_seq,
+    }))
+}
+
+/// Progress of the worker's attempt; renews its lease.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/progress", tag = "worker reports",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body = ProgressRequest,
+    responses(
+        (status = 200, description = "Recorded; says whether to stop", body = ProgressAnswer),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "Stale lease", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn progress(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<ProgressAnswer>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: ProgressRequest = read_json(&body)?;
+    if let Some(p) = request.progress {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid("progress", "must be between 0.0 and 1.0"));
+        }
+    }
+    let status = state
+        .plane
+        .job_heartbeat(id, api::epoch(request.epoch), request.progress)
+        .await?;
+    Ok(Json(ProgressAnswer {
+        cancel_requested: status.cancel_requested,
+    }))
+}
+
+/// The worker's attempt succeeded.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/complete", tag = "worker reports",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, description = "The job, succeeded", body = JobBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn complete(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: CompleteRequest = read_json(&body)?;
+    let output = match request.result {
+        Some(r) => r.into_output()?,
+        None => nexa_runtime::JobOutput::default(),
+    };
+    state
+        .plane
+        .complete(id, api::epoch(request.epoch), output)
+        .await?;
+    let job = load(&state, id).await?;
+    Ok(Json(show(&state, &job, false).await))
+}
+
+/// The worker's attempt failed.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/fail", tag = "worker reports",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    request_body = FailRequest,
+    responses(
+        (status = 200, description = "The job: queued again for a retry, or failed", body = JobBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn fail(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = api::path_job(&id)?;
+    let request: FailRequest = read_json(&body)?;
+    let error = request.error.into_job_error()?;
+    state
+        .plane
+        .fail(id, api::epoch(request.epoch), error)
+        .await?;
+    let job = load(&state, id).await?;
+    Ok(Json(show(&state, &job, false).await))
+}

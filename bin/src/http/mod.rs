@@ -1,0 +1,258 @@
+//! The HTTP bridge: the API users, the SDK, the CLI, the dashboard and HTTP workers talk to.
+//! See `docs/http-api.md` for the contract; `/openapi.json` is generated from the handlers
+//! here.
+//!
+//! Every handler answers JSON; every refusal is an [`ApiError`](error::ApiError) with a status,
+//! a code and a message (and the field, for a bad value). Bodies are read as bytes and parsed
+//! here, so that a malformed body, an unknown field or an oversized body gets the same clear
+//! answer everywhere.
+
+mod api;
+pub(crate) mod auth;
+mod error;
+mod jobs;
+mod ops;
+mod workers;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServerHandle, Service, ServiceResponse};
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError};
+use anyhow::{Context, Result, bail};
+use nexa_actors::ControlPlane;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use self::error::ApiError;
+
+/// The largest request body.
+pub(crate) const MAX_BODY: usize = 4 << 20;
+
+/// What every handler shares.
+pub(crate) struct State {
+    pub(crate) plane: Arc<ControlPlane>,
+    pub(crate) tokens: auth::Tokens,
+    pub(crate) requests: RequestCounts,
+    pub(crate) openapi: String,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) worker_ttl: Duration,
+}
+
+/// HTTP answers by status class.
+#[derive(Default)]
+pub(crate) struct RequestCounts([AtomicU64; 5]);
+
+impl RequestCounts {
+    fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<(String, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{}xx", i + 1), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Parses a JSON body, saying what is wrong with it.
+pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError {
+                status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                code: "validation_error",
+                message: e.to_string(),
+                field: None,
+            },
+            _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+        }
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Nexa Forge",
+        description = "Submit and watch ML lifecycle jobs (generate, audit, distill, train, evaluate, deploy); workers in any language can lease and run them over HTTP. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}. With tokens configured, send `Authorization: Bearer <token>`.",
+    ),
+    paths(
+        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::logs,
+        jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
+        workers::register, workers::list, workers::heartbeat, workers::next_job,
+        ops::healthz, ops::metrics,
+    ),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served.
+pub(crate) fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn not_found() -> HttpResponse {
+    ApiError::not_found("no such path; the API is described at /docs").error_response()
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    ApiError::method_not_allowed().error_response()
+}
+
+/// Answers that actix itself made (a body over the limit, a broken request) as the API's
+/// JSON errors, like every other.
+fn as_api_error<B: MessageBody + 'static>(res: ServiceResponse<B>) -> ServiceResponse<BoxBody> {
+    let foreign = res
+        .response()
+        .error()
+        .filter(|e| e.as_error::<ApiError>().is_none())
+        .map(|e| (res.status(), e.to_string()));
+    match foreign {
+        Some((status, message)) => {
+            res.into_response(ApiError::from_status(status, message).error_response())
+        }
+        None => res.map_into_boxed_body(),
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/").route(web::get().to(ops::dashboard)))
+        .service(resource("/docs").route(web::get().to(ops::docs)))
+        .service(resource("/openapi.json").route(web::get().to(ops::openapi)))
+        .service(resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(
+            resource("/api/jobs")
+                .route(web::get().to(jobs::list))
+                .route(web::post().to(jobs::submit)),
+        )
+        .service(resource("/api/jobs/{id}").route(web::get().to(jobs::get)))
+        .service(resource("/api/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+        .service(resource("/api/jobs/{id}/events").route(web::get().to(jobs::events)))
+        .service(
+            resource("/api/jobs/{id}/logs")
+                .route(web::get().to(jobs::logs))
+                .route(web::post().to(jobs::append_logs)),
+        )
+        .service(resource("/api/jobs/{id}/started").route(web::post().to(jobs::started)))
+        .service(resource("/api/jobs/{id}/progress").route(web::post().to(jobs::progress)))
+        .service(resource("/api/jobs/{id}/complete").route(web::post().to(jobs::complete)))
+        .service(resource("/api/jobs/{id}/fail").route(web::post().to(jobs::fail)))
+        .service(resource("/api/workers").route(web::get().to(workers::list)))
+        .service(resource("/api/workers/register").route(web::post().to(workers::register)))
+        .service(resource("/api/workers/next_job").route(web::get().to(workers::next_job)))
+        .service(resource("/api/workers/{id}/heartbeat").route(web::post().to(workers::heartbeat)));
+}
+
+/// Settings of the HTTP API.
+pub(crate) struct HttpConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) worker_ttl: Duration,
+}
+
+/// A running HTTP API.
+pub(crate) struct HttpApi {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpApi {
+    /// Binds and starts serving. Refuses to listen beyond loopback without a token.
+    pub(crate) fn start(plane: Arc<ControlPlane>, data: &Path, config: HttpConfig) -> Result<Self> {
+        let tokens = auth::Tokens::new(data);
+        if !config.listen.ip().is_loopback() && !tokens.required() {
+            bail!(
+                "the HTTP API would listen on {}, which is reachable from other machines, without a token; \
+                 make one first with `nexa token create --data {}`, or listen on 127.0.0.1",
+                config.listen,
+                data.display()
+            );
+        }
+        let state = web::Data::new(State {
+            plane,
+            tokens,
+            requests: RequestCounts::default(),
+            openapi: openapi_json(),
+            lease_ttl: config.lease_ttl,
+            heartbeat: config.heartbeat,
+            worker_ttl: config.worker_ttl,
+        });
+        let server = HttpServer::new(move || {
+            let counted = state.clone();
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::bad_request(format!("bad query string: {e}")).into()
+                }))
+                .wrap_fn(move |req, srv| {
+                    let counted = counted.clone();
+                    let answer = srv.call(req);
+                    async move {
+                        let res = as_api_error(answer.await?);
+                        counted.requests.count(res.status().as_u16());
+                        Ok(res)
+                    }
+                })
+                .configure(routes)
+                .default_service(web::to(not_found))
+        })
+        .workers(2)
+        .shutdown_timeout(5)
+        .disable_signals()
+        .bind(config.listen)
+        .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .context("the HTTP server has no address")?;
+        let server = server.run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Ok(Self { addr, handle, task })
+    }
+
+    /// The address it listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets answers in flight finish (briefly), and stops.
+    pub(crate) async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,249 @@
+//! `/api/workers`: workers that join over HTTP register, heartbeat and lease jobs here; anyone
+//! may list the workers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::web::{self, Bytes, Json};
+use nexa_runtime::wire::RunningJob;
+use nexa_runtime::{JobState, ListQuery, WorkerId};
+
+use super::api::{
+    self, AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,
+    RegisteredBody, WorkersBody,
+};
+use super::auth::{Reader, Writer};
+use super::error::{ApiError, ErrorBody};
+use super::jobs::show;
+use super::{State, read_json};
+
+/// The longest `next_job` holds a request.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+fn worker_id(field: &str, s: &str) -> Result<WorkerId, ApiError> {
+    WorkerId::new(s).map_err(|e| ApiError::invalid(field, e))
+}
+
+/// Register a worker that speaks HTTP.
+#[utoipa::path(
+    post, path = "/api/workers/register", tag = "workers",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered", body = RegisteredBody),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn register(
+    _: Writer,
+    state: web::Data<State>,
+    body: Bytes,
+) -> Result<Json<RegisteredBody>, ApiError> {
+    let request: RegisterRequest = read_json(&body)?;
+    let record = state.plane.register_worker(request.into_info()?).await?;
+    Ok(Json(RegisteredBody {
+        worker: api::worker_body(&record, true, Vec::new()),
+        lease_ttl_seconds: state.lease_ttl.as_secs_f64(),
+        heartbeat_interval_seconds: state.heartbeat.as_secs_f64(),
+    }))
+}
+
+/// The jobs each worker holds leases on.
+async fn leased_jobs(state: &State) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let mut by_worker: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for leased in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+        let mut before = None;
+        loop {
+            let page = state
+                .plane
+                .list(ListQuery {
+                    state: Some(leased),
+                    before,
+                    limit: 500,
+                    ..ListQuery::default()
+                })
+                .await?;
+            for job in &page.jobs {
+                if let Some(a) = job.live_attempt() {
+                    by_worker
+                        .entry(a.worker.as_str().to_owned())
+                        .or_default()
+                        .push(job.id.to_string());
+                }
+            }
+            match page.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+    }
+    Ok(by_worker)
+}
+
+/// List the workers.
+#[utoipa::path(
+    get, path = "/api/workers", tag = "workers",
+    responses(
+        (status = 200, description = "Every registered worker", body = WorkersBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    _: Reader,
+    state: web::Data<State>,
+) -> Result<Json<WorkersBody>, ApiError> {
+    let records = state.plane.workers().await?;
+    let mut leased = leased_jobs(&state).await?;
+    let now = nexa_actors::now();
+    let workers = records
+        .iter()
+        .map(|w| {
+            let alive = w.is_alive(now, state.worker_ttl);
+            let jobs = leased.remove(w.info.id.as_str()).unwrap_or_default();
+            api::worker_body(w, alive, jobs)
+        })
+        .collect();
+    Ok(Json(WorkersBody { workers }))
+}
+
+/// A worker is alive, and so are its jobs.
+#[utoipa::path(
+    post, path = "/api/workers/{id}/heartbeat", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    request_body(content = Option<HeartbeatRequest>, description = "The jobs it runs"),
+    responses(
+        (status = 200, description = "What to do with its jobs", body = HeartbeatAnswer),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "Worker not registered", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid value", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn heartbeat(
+    _: Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
+    let worker = WorkerId::new(id.as_str())
+        .map_err(|_| ApiError::not_found(format!("no worker {:?}", id.as_str())))?;
+    let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HeartbeatRequest::default()
+    } else {
+        read_json(&body)?
+    };
+    if request.jobs.len() > 1024 {
+        return Err(ApiError::invalid("jobs", "at most 1024 jobs a heartbeat"));
+    }
+    let mut jobs = Vec::with_capacity(request.jobs.len());
+    for (i, j) in request.jobs.into_iter().enumerate() {
+        if let Some(p) = j.progress.filter(|p| !(0.0..=1.0).contains(p)) {
+            return Err(ApiError::invalid(
+                format!("jobs[{i}].progress"),
+                format!("{p} is outside 0.0 to 1.0"),
+            ));
+        }
+        jobs.push(RunningJob {
+            job: api::job_id(&format!("jobs[{i}].job_id"), &j.job_id)?,
+            epoch: api::epoch(j.epoch),
+            progress: j.progress,
+        });
+    }
+    let ack = state.plane.worker_heartbeat(worker, jobs).await?;
+    Ok(Json(HeartbeatAnswer {
+        cancel: ack.cancel.iter().map(ToString::to_string).collect(),
+        lost: ack.lost.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+/// Lease the next job that fits the worker (a lease, not a pop: it comes back to the queue
+/// if the worker stops heartbeating).
+#[utoipa::path(
+    get, path = "/api/workers/next_job", tag = "workers",
+    params(NextJobParams),
+    responses(
+        (status = 200, description = "A job leased to the worker", body = AssignmentBody),
+        (status = 204, description = "No job fits within the wait"),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "Worker not registered", body = ErrorBody),
+        (status = 409, description = "The worker is draining", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn next_job(
+    _: Writer,
+    state: web::Data<State>,
+    query: web::Query<NextJobParams>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let worker = worker_id("worker_id", &q.worker_id)
+        .map_err(|e| ApiError::bad_param("worker_id", e.message))?;
+    let wait = q.wait_seconds.unwrap_or(0.0);
+    if !(wait.is_finite() && (0.0..=MAX_WAIT.as_secs_f64()).contains(&wait)) {
+        return Err(ApiError::bad_param(
+            "wait_seconds",
+            "must be between 0 and 30",
+        ));
+    }
+    // The worker's GPUs as registered; jobs it already holds keep theirs.
+    let record = state
+        .plane
+        .workers()
+        .await?
+        .into_iter()
+        .find(|w| w.info.id == worker)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "worker {worker} is not registered; POST /api/workers/register first"
+            ))
+        })?;
+    let free_gpus = match q.free_gpus.as_deref() {
+        None => record.info.gpus.iter().map(|g| g.memory_mb).collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.parse::<u64>().map_err(|_| {
+                    ApiError::bad_param("free_gpus", format!("{m:?} is not a memory size in MiB"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if free_gpus.len() > record.info.gpus.len() {
+        return Err(ApiError::bad_param(
+            "free_gpus",
+            format!(
+                "lists {} GPUs; the worker registered {}",
+                free_gpus.len(),
+                record.info.gpus.len()
+            ),
+        ));
+    }
+    let lease = state
+        .plane
+        .next_job(worker, free_gpus, Duration::from_secs_f64(wait))
+        .await?;
+    let Some(lease) = lease else {
+        return Ok(HttpResponse::NoContent().finish());
+    };
+    Ok(HttpResponse::Ok().json(AssignmentBody {
+        job_id: lease.job.id.to_string(),
+        job: show(&state, &lease.job, false).await,
+        attempt: lease.attempt,
+        epoch: lease.epoch.0,
+        lease_expires_at: api::time(lease.lease_expires_at),
+        deadline: api::time(lease.deadline),
+    }))
+}
