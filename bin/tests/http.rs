@@ -1,0 +1,652 @@
+//! The HTTP API of a real `nexa server` / `nexa up` process: HTTP workers, bad input, tokens,
+//! the operations endpoints, and the CLI client.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+
+/// A `nexa` node process, killed when the test ends.
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nexa <args>` and waits for its banner's HTTP address.
+fn start(args: &[&str], data: &Path) -> Node {
+    let mut child = Command::new(NEXA)
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the node exited before printing its address")
+            .unwrap();
+        if let Some(at) = line.find("http://") {
+            let url = line[at..].split_whitespace().next().unwrap();
+            break url.trim_end_matches('/').to_owned();
+        }
+    };
+    // Keep draining stdout so the node never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Node { child, base }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(40)))
+        .build()
+        .new_agent()
+}
+
+/// Status and JSON body (Null when empty or not JSON).
+fn call(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
+    let agent = agent();
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut res = match body {
+        Some(b) => agent
+            .run(
+                req.header("Content-Type", "application/json")
+                    .body(b.to_owned())
+                    .unwrap(),
+            )
+            .unwrap(),
+        None => agent.run(req.body(()).unwrap()).unwrap(),
+    };
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn get(node: &Node, path: &str) -> (u16, Value) {
+    call("GET", &format!("{}{path}", node.base), None, None)
+}
+
+fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
+    call(
+        "POST",
+        &format!("{}{path}", node.base),
+        Some(&body.to_string()),
+        None,
+    )
+}
+
+fn train_job() -> Value {
+    json!({"job_type": "train", "params": {"model_id": "m", "dataset_uri": "file:///d.csv"}})
+}
+
+fn register(node: &Node, name: &str) {
+    let (status, body) = post(
+        node,
+        "/api/workers/register",
+        json!({"worker_id": name, "cpus": 4, "job_types": ["train"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["worker_id"], json!(name));
+    assert!(body["lease_ttl_seconds"].as_f64().unwrap() > 0.0);
+}
+
+fn next_job(node: &Node, worker: &str, wait: u32) -> (u16, Value) {
+    get(
+        node,
+        &format!("/api/workers/next_job?worker_id={worker}&wait_seconds={wait}"),
+    )
+}
+
+#[test]
+fn an_http_worker_leases_reports_and_completes_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    register(&node, "py-1");
+    let (status, job) = post(&node, "/api/jobs", train_job());
+    assert_eq!(status, 201, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+
+    let (status, lease) = next_job(&node, "py-1", 5);
+    assert_eq!(status, 200, "{lease}");
+    assert_eq!(lease["job_id"], json!(id));
+    assert_eq!(lease["attempt"], json!(1));
+    let epoch = lease["epoch"].as_u64().unwrap();
+    // Nothing else is queued: the next ask finds nothing.
+    assert_eq!(next_job(&node, "py-1", 0).0, 204);
+
+    let (status, body) = post(
+        &node,
+        &format!("/api/jobs/{id}/started"),
+        json!({"epoch": epoch}),
+    );
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("running")),
+        "{body}"
+    );
+    let batch = json!({"epoch": epoch, "first_seq": 0, "lines": ["epoch 1", "epoch 2"]});
+    let (status, ack) = post(&node, &format!("/api/jobs/{id}/logs"), batch.clone());
+    assert_eq!((status, &ack["next_seq"]), (200, &json!(2)), "{ack}");
+    // Resending lines already stored is harmless: they are not doubled.
+    let (status, ack) = post(&node, &format!("/api/jobs/{id}/logs"), batch);
+    assert_eq!((status, &ack["next_seq"]), (200, &json!(2)), "{ack}");
+    // Skipping lines is refused with the line to resend from.
+    let gap = json!({"epoch": epoch, "first_seq": 5, "lines": ["x"]});
+    let (status, err) = post(&node, &format!("/api/jobs/{id}/logs"), gap);
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("line 2"),
+        "{err}"
+    );
+
+    let (status, answer) = post(
+        &node,
+        &format!("/api/jobs/{id}/progress"),
+        json!({"epoch": epoch, "progress": 0.5}),
+    );
+    assert_eq!((status, &answer["cancel_requested"]), (200, &json!(false)));
+    assert_eq!(
+        get(&node, &format!("/api/jobs/{id}")).1["progress"],
+        json!(0.5)
+    );
+
+    let result = json!({"metrics": {"loss": 0.25}, "artifacts": {"model": "file:///m"}, "output": {"note": "ok"}});
+    let (status, done) = post(
+        &node,
+        &format!("/api/jobs/{id}/complete"),
+        json!({"epoch": epoch, "result": result}),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], json!("succeeded"));
+    assert_eq!(done["result"], result);
+    assert_eq!(done["attempts"][0]["outcome"]["status"], json!("succeeded"));
+
+    let (_, logs) = get(&node, &format!("/api/jobs/{id}/logs"));
+    let texts: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["epoch 1", "epoch 2"]);
+    assert_eq!(logs["next_seq"], json!(2));
+    let (_, events) = get(&node, &format!("/api/jobs/{id}/events"));
+    let states: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "assigned", "running", "succeeded"]);
+    // A second report after the end changes nothing.
+    let (status, err) = post(
+        &node,
+        &format!("/api/jobs/{id}/fail"),
+        json!({"epoch": epoch, "error": {"class": "stage_error", "message": "late"}}),
+    );
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(
+        get(&node, &format!("/api/jobs/{id}")).1["status"],
+        json!("succeeded")
+    );
+    // The listing filtered by worker finds it.
+    let (_, page) = get(&node, "/api/jobs?worker=py-1&status=succeeded");
+    assert_eq!(page["jobs"][0]["job_id"], json!(id));
+    let (_, page) = get(&node, "/api/jobs?worker=someone-else");
+    assert_eq!(page["jobs"], json!([]));
+}
+
+#[test]
+fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server", "--lease-ttl", "0.5"], dir.path());
+    register(&node, "sleepy");
+    register(&node, "steady");
+    let (_, job) = post(&node, "/api/jobs", train_job());
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let (_, first) = next_job(&node, "sleepy", 5);
+    let stale = first["epoch"].as_u64().unwrap();
+
+    // "sleepy" never heartbeats: the job goes back to the queue and "steady" gets it.
+    let (status, second) = next_job(&node, "steady", 20);
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["job_id"], json!(id));
+    assert_eq!(second["attempt"], json!(2));
+    assert!(second["epoch"].as_u64().unwrap() > stale);
+    let (_, job) = get(&node, &format!("/api/jobs/{id}"));
+    assert_eq!(
+        job["attempts"][0]["outcome"]["error"]["class"],
+        json!("worker_lost")
+    );
+
+    let (status, err) = post(
+        &node,
+        &format!("/api/jobs/{id}/complete"),
+        json!({"epoch": stale}),
+    );
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (409, &json!("stale_lease")),
+        "{err}"
+    );
+    let (_, hb) = post(
+        &node,
+        "/api/workers/sleepy/heartbeat",
+        json!({"jobs": [{"job_id": id, "epoch": stale}]}),
+    );
+    assert_eq!(hb["lost"], json!([id]), "{hb}");
+
+    let epoch = second["epoch"].as_u64().unwrap();
+    let (status, _) = post(
+        &node,
+        &format!("/api/jobs/{id}/complete"),
+        json!({"epoch": epoch}),
+    );
+    assert_eq!(status, 200);
+    let (_, metrics) = (0, raw(&node, "/metrics"));
+    assert!(
+        metrics.contains("nexa_jobs{status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nexa_dispatch_latency_seconds_count 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn heartbeats_keep_a_lease_and_carry_the_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server", "--lease-ttl", "0.5"], dir.path());
+    register(&node, "w");
+    let (_, job) = post(&node, "/api/jobs", train_job());
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let (_, lease) = next_job(&node, "w", 5);
+    let epoch = lease["epoch"].as_u64().unwrap();
+    post(
+        &node,
+        &format!("/api/jobs/{id}/started"),
+        json!({"epoch": epoch}),
+    );
+    let beat = json!({"jobs": [{"job_id": id, "epoch": epoch, "progress": 0.1}]});
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let (status, ack) = post(&node, "/api/workers/w/heartbeat", beat.clone());
+        assert_eq!(status, 200, "{ack}");
+        assert_eq!(ack, json!({"cancel": [], "lost": []}));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Three lease times later the job is still the worker's.
+    let (_, job) = get(&node, &format!("/api/jobs/{id}"));
+    assert_eq!(job["status"], json!("running"));
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 1);
+
+    let (status, job) = post(
+        &node,
+        &format!("/api/jobs/{id}/cancel"),
+        json!({"reason": "not needed"}),
+    );
+    assert_eq!(
+        (status, &job["status"]),
+        (200, &json!("cancelling")),
+        "{job}"
+    );
+    let (_, ack) = post(&node, "/api/workers/w/heartbeat", beat);
+    assert_eq!(ack["cancel"], json!([id]));
+    let (status, job) = post(
+        &node,
+        &format!("/api/jobs/{id}/fail"),
+        json!({"epoch": epoch, "error": {"class": "cancelled", "message": "stopped"}}),
+    );
+    assert_eq!(
+        (status, &job["status"]),
+        (200, &json!("cancelled")),
+        "{job}"
+    );
+    let (_, workers) = get(&node, "/api/workers");
+    assert_eq!(workers["workers"][0]["worker_id"], json!("w"));
+    assert_eq!(workers["workers"][0]["running_jobs"], json!([]));
+}
+
+fn raw(node: &Node, path: &str) -> String {
+    let mut res = agent().get(format!("{}{path}", node.base)).call().unwrap();
+    res.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_never_a_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    register(&node, "w");
+    let (_, done) = post(&node, "/api/jobs", train_job());
+    let done_id = done["job_id"].as_str().unwrap().to_owned();
+    post(&node, &format!("/api/jobs/{done_id}/cancel"), json!({}));
+    let keyed = json!({"job_type": "generate", "params": {"domain": "a", "num_samples": 5}, "idempotency_key": "k1"});
+    assert_eq!(post(&node, "/api/jobs", keyed.clone()).0, 201);
+    assert_eq!(
+        post(&node, "/api/jobs", keyed).0,
+        200,
+        "same key, same spec: the same job"
+    );
+
+    let big = format!("{{\"job_type\": \"{}\"}}", "x".repeat(5 << 20));
+    let cases: Vec<(&str, String, Option<String>, u16, &str, Option<&str>)> = vec![
+        ("POST", "/api/jobs".into(), Some("{not json".into()), 400, "bad_request", None),
+        ("POST", "/api/jobs".into(), Some(String::new()), 400, "bad_request", None),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "train", "bogus": 1}"#.into()), 422, "validation_error", None),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "juggle"}"#.into()), 422, "validation_error", Some("job_type")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "a"}}"#.into()), 422, "validation_error", Some("params.num_samples")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "a", "num_samples": "many"}}"#.into()), 422, "validation_error", Some("params.num_samples")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "a", "num_samples": 0}}"#.into()), 422, "validation_error", Some("params.num_samples")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "a", "num_samples": 1, "colour": "red"}}"#.into()), 422, "validation_error", Some("params.colour")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "a", "num_samples": 1}, "depends_on": ["nope"]}"#.into()), 422, "validation_error", Some("depends_on[0]")),
+        ("POST", "/api/jobs".into(), Some(r#"{"job_type": "generate", "params": {"domain": "b", "num_samples": 9}, "idempotency_key": "k1"}"#.into()), 409, "conflict", None),
+        ("POST", "/api/jobs".into(), Some(big), 413, "payload_too_large", None),
+        ("GET", "/api/jobs/job-999999".into(), None, 404, "not_found", None),
+        ("GET", "/api/jobs/%00garbage".into(), None, 404, "not_found", None),
+        ("GET", "/api/jobs?limit=0".into(), None, 400, "bad_request", Some("limit")),
+        ("GET", "/api/jobs?limit=abc".into(), None, 400, "bad_request", None),
+        ("GET", "/api/jobs?status=sleeping".into(), None, 400, "bad_request", Some("status")),
+        ("GET", "/api/jobs?cursor=zzz".into(), None, 400, "bad_request", Some("cursor")),
+        ("GET", format!("/api/jobs/{done_id}/logs?attempt=7"), None, 400, "bad_request", Some("attempt")),
+        ("DELETE", "/api/jobs".into(), None, 405, "method_not_allowed", None),
+        ("GET", "/api/nothing-here".into(), None, 404, "not_found", None),
+        ("POST", format!("/api/jobs/{done_id}/cancel"), Some("{}".into()), 409, "conflict", None),
+        ("POST", format!("/api/jobs/{done_id}/cancel"), Some(r#"{"why": 1}"#.into()), 422, "validation_error", None),
+        ("POST", "/api/workers/register".into(), Some(r#"{"worker_id": "bad name!"}"#.into()), 422, "validation_error", Some("worker_id")),
+        ("POST", "/api/workers/register".into(), Some(r#"{"worker_id": "g", "gpus": [{"model": "x", "memory_mb": 0}]}"#.into()), 422, "validation_error", Some("gpus[0].memory_mb")),
+        ("GET", "/api/workers/next_job?worker_id=ghost".into(), None, 404, "not_found", None),
+        ("GET", "/api/workers/next_job".into(), None, 400, "bad_request", None),
+        ("GET", "/api/workers/next_job?worker_id=w&wait_seconds=999".into(), None, 400, "bad_request", Some("wait_seconds")),
+        ("POST", "/api/workers/ghost/heartbeat".into(), Some("{}".into()), 404, "not_found", None),
+        ("POST", "/api/workers/w/heartbeat".into(), Some(r#"{"jobs": [{"job_id": "job-1", "epoch": 1, "progress": 7}]}"#.into()), 422, "validation_error", Some("jobs[0].progress")),
+        ("POST", format!("/api/jobs/{done_id}/complete"), Some(r#"{"epoch": 1, "result": {"metrics": {"a": "b"}}}"#.into()), 422, "validation_error", None),
+        ("POST", format!("/api/jobs/{done_id}/fail"), Some(r#"{"epoch": 1, "error": {"class": "oops", "message": "m"}}"#.into()), 422, "validation_error", Some("error.class")),
+        ("POST", format!("/api/jobs/{done_id}/progress"), Some(r#"{"epoch": 1, "progress": -1}"#.into()), 422, "validation_error", Some("progress")),
+        ("POST", format!("/api/jobs/{done_id}/started"), Some(r#"{"epoch": 1}"#.into()), 409, "stale_lease", None),
+    ];
+    for (method, path, body, status, code, field) in cases {
+        let (got, answer) = call(
+            method,
+            &format!("{}{path}", node.base),
+            body.as_deref(),
+            None,
+        );
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"],
+            json!(code),
+            "{method} {path}: {answer}"
+        );
+        assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
+        if let Some(field) = field {
+            assert_eq!(
+                answer["error"]["field"],
+                json!(field),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    // The server is still well.
+    assert_eq!(get(&node, "/healthz").0, 200);
+}
+
+fn token(data: &Path, read_only: bool) -> String {
+    let mut cmd = Command::new(NEXA);
+    cmd.args(["token", "create", "--data"]).arg(data);
+    if read_only {
+        cmd.arg("--read-only");
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn tokens_guard_the_api_once_one_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    // Beyond loopback without a token, the server refuses to start and says why.
+    let out = Command::new(NEXA)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "0.0.0.0:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nexa token create"), "{err}");
+
+    let full = token(dir.path(), false);
+    let read = token(dir.path(), true);
+    let node = start(&["server"], dir.path());
+    let url = |p: &str| format!("{}{p}", node.base);
+    let body = train_job().to_string();
+    let (status, answer) = call("GET", &url("/api/jobs"), None, None);
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    assert_eq!(
+        call("GET", &url("/api/jobs"), None, Some("nxf_wrong")).0,
+        401
+    );
+    assert_eq!(call("GET", &url("/metrics"), None, None).0, 401);
+    assert_eq!(call("GET", &url("/api/jobs"), None, Some(&read)).0, 200);
+    let (status, answer) = call("POST", &url("/api/jobs"), Some(&body), Some(&read));
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (403, &json!("forbidden"))
+    );
+    assert_eq!(
+        call("POST", &url("/api/jobs"), Some(&body), Some(&full)).0,
+        201
+    );
+    assert_eq!(call("GET", &url("/healthz"), None, None).0, 200);
+    assert_eq!(call("GET", &url("/openapi.json"), None, None).0, 200);
+
+    // The CLI passes its token.
+    let out = Command::new(NEXA)
+        .args(["jobs", "--json", "--api", &url("/api"), "--token", &full])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    let out = Command::new(NEXA)
+        .args(["jobs", "--api", &url("/api")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NEXA_TOKEN"));
+}
+
+#[test]
+fn the_api_describes_itself_and_serves_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    let (status, doc) = get(&node, "/openapi.json");
+    assert_eq!(status, 200);
+    for path in [
+        "/api/jobs",
+        "/api/jobs/{id}",
+        "/api/jobs/{id}/cancel",
+        "/api/jobs/{id}/logs",
+        "/api/jobs/{id}/events",
+        "/api/workers",
+        "/api/workers/register",
+        "/api/workers/{id}/heartbeat",
+        "/api/workers/next_job",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not described");
+    }
+    assert!(doc["components"]["schemas"]["JobBody"].is_object());
+    assert!(raw(&node, "/docs").contains("openapi.json"));
+    assert!(raw(&node, "/").contains("<html"));
+    let metrics = raw(&node, "/metrics");
+    for name in [
+        "nexa_jobs{status=\"queued\"}",
+        "nexa_queue_depth",
+        "nexa_workers{status=\"alive\"}",
+        "nexa_dispatch_latency_seconds_bucket{le=\"+Inf\"}",
+        "nexa_leases_expired_total",
+        "nexa_http_requests_total{status=\"2xx\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
+
+#[test]
+fn following_a_log_streams_every_line_and_ends_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    register(&node, "w");
+    let (_, job) = post(&node, "/api/jobs", train_job());
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let url = format!("{}/api/jobs/{id}/logs?follow=true", node.base);
+    let reader = std::thread::spawn(move || {
+        let mut res = agent().get(&url).call().unwrap();
+        assert_eq!(
+            res.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        let mut text = String::new();
+        res.body_mut()
+            .as_reader()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    });
+    let (_, lease) = next_job(&node, "w", 5);
+    let epoch = lease["epoch"].as_u64().unwrap();
+    for i in 0..5u64 {
+        let batch = json!({"epoch": epoch, "first_seq": i * 2, "lines": [format!("line {}", 2 * i), format!("line {}", 2 * i + 1)]});
+        assert_eq!(post(&node, &format!("/api/jobs/{id}/logs"), batch).0, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    post(
+        &node,
+        &format!("/api/jobs/{id}/complete"),
+        json!({"epoch": epoch}),
+    );
+    let text = reader.join().unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|d| d["text"].as_str().map(str::to_owned))
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
+    assert!(
+        text.contains("event: end\ndata: {\"status\":\"succeeded\"}"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_cli_submits_waits_reads_logs_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let handler = dir.path().join("handler.sh");
+    std::fs::write(
+        &handler,
+        "echo started; echo NEXA_PROGRESS 0.5; echo done\necho '{\"metrics\": {\"loss\": 0.5}}' > \"$NEXA_OUTPUT_DIR/result.json\"\n",
+    )
+    .unwrap();
+    let node = start(
+        &[
+            "up",
+            "--handler",
+            &format!("train=sh {}", handler.display()),
+        ],
+        dir.path(),
+    );
+    let api = format!("{}/api", node.base);
+    let nexa = |args: &[&str]| {
+        Command::new(NEXA)
+            .args(args)
+            .args(["--api", &api])
+            .output()
+            .unwrap()
+    };
+    let out = nexa(&[
+        "submit",
+        "train",
+        "-p",
+        "model_id=m",
+        "-p",
+        "dataset_uri=d.csv",
+        "-p",
+        "lr=0.1",
+        "--wait",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("submitted job-1"), "{stdout}");
+    assert!(stdout.contains("job-1: succeeded"), "{stdout}");
+    let (_, job) = get(&node, "/api/jobs/job-1");
+    assert_eq!(job["params"]["hyperparameters"], json!({"lr": 0.1}));
+
+    let out = nexa(&["logs", "job-1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\ndone\n");
+    let out = nexa(&["logs", "job-1", "-f"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\ndone\n");
+    let out = nexa(&["jobs"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("JOB") && table.contains("succeeded"),
+        "{table}"
+    );
+    let out = nexa(&["workers"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local"));
+    let out = nexa(&["cancel", "job-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot cancel"));
+    let out = nexa(&["submit", "generate", "-p", "domain=x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("params.num_samples"));
+
+    // A job no worker runs: wait gives up at its timeout with exit code 2.
+    let out = nexa(&["submit", "deploy", "-p", "model_id=m"]);
+    assert!(out.status.success());
+    let out = nexa(&["wait", "job-2", "--timeout", "0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = nexa(&["cancel", "job-2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("job-2: cancelled"));
+}
