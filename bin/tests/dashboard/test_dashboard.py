@@ -1,0 +1,392 @@
+"""The dashboard in a real browser: headless Chromium against `nexa up`.
+
+Run with scripts/test-dashboard (it installs Chromium, chromedriver, selenium and pytest).
+The binary is NEXA_BIN or target/debug/nexa. Screenshots go to target/dashboard-screenshots
+(NEXA_SCREENSHOTS overrides) and are kept.
+
+Every wait is bounded; the assertions are about what the page shows, never about timings.
+"""
+
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+WAIT = 30  # seconds any one thing may take to show up
+TRAIN = {
+    "job_type": "train",
+    "params": {"model_id": "m", "dataset_uri": "file:///tmp/x.csv", "epochs": 1},
+}
+
+
+def _binary():
+    path = Path(os.environ.get("NEXA_BIN") or ROOT / "target" / "debug" / "nexa")
+    if not path.is_file():
+        pytest.fail(f"no nexa binary at {path}: run `cargo build -p nexa` or set NEXA_BIN")
+    return path
+
+
+def _shots_dir():
+    path = Path(os.environ.get("NEXA_SCREENSHOTS") or ROOT / "target" / "dashboard-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Nexa:
+    """`nexa up` with the test handler for train jobs, on free ports."""
+
+    def __init__(self):
+        self.data = tempfile.TemporaryDirectory(prefix="nexa-dashboard-")
+        self.stderr_path = Path(self.data.name) / "nexa.stderr"
+        self.stdout_lines = []
+        handler = f"train=python3 {shlex.quote(str(HERE / 'handler.py'))}"
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(_binary()), "up", "--data", str(Path(self.data.name) / "var"),
+             "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--handler", handler],
+            stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
+            env={**os.environ, "NEXA_LOG": os.environ.get("NEXA_LOG", "info")},
+        )
+        lines = queue.Queue()
+
+        def read():
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.stdout_lines.append(line)
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        self.base = None
+        deadline = time.monotonic() + WAIT
+        while self.base is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                pytest.fail("nexa up printed no http://127.0.0.1:PORT/ address:\n" + self.output())
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.stop()
+                pytest.fail(f"nexa up exited ({self.proc.poll()}) before printing its address:\n" + self.output())
+            m = re.search(r"http://127\.0\.0\.1:(\d+)/?", line)
+            if m:
+                self.base = f"http://127.0.0.1:{m.group(1)}/"
+        self._wait_healthy(deadline)
+
+    def _wait_healthy(self, deadline):
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"{self.base}healthz never answered 200 ({last}):\n" + self.output())
+
+    def request(self, method, path, body=None):
+        """(status, parsed JSON body) of an API call; HTTP errors are answers too."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path.lstrip("/"), data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw.decode(errors="replace")
+
+    def submit(self, spec):
+        status, job = self.request("POST", "api/jobs", spec)
+        assert status == 201, f"POST /api/jobs {json.dumps(spec)}: expected 201 with the job, got {status}: {job}"
+        assert isinstance(job, dict) and re.fullmatch(r"job-\d+", str(job.get("job_id"))), \
+            f"POST /api/jobs answered a job without a job_id like job-7: {job}"
+        return job["job_id"]
+
+    def output(self):
+        try:
+            err = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            err = ""
+        return ("--- stdout ---\n" + "\n".join(self.stdout_lines[-40:]) +
+                "\n--- stderr (tail) ---\n" + "\n".join(err.splitlines()[-60:]))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        self.data.cleanup()
+
+
+@pytest.fixture(scope="module")
+def nexa():
+    node = Nexa()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", "--disable-gpu", "--no-first-run"):
+        options.add_argument(arg)
+    chromium = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+    if os.path.exists(chromium):
+        options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture()
+def page(browser, nexa, request):
+    """The browser, with failure diagnostics: a screenshot, the console and nexa's output."""
+    browser.set_window_size(1280, 1000)
+    yield Page(browser, nexa, request.node.name)
+
+
+class Page:
+    def __init__(self, driver, nexa, name):
+        self.driver = driver
+        self.nexa = nexa
+        self.name = name
+
+    def open(self, hash_=""):
+        self.driver.get(self.nexa.base + hash_)
+
+    def go(self, hash_):
+        self.driver.execute_script("location.hash = arguments[0]", hash_)
+
+    def js(self, script, *args):
+        return self.driver.execute_script(script, *args)
+
+    def text(self, selector):
+        """textContent of the first match, or None; read in the page (no stale elements)."""
+        return self.js("var e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector)
+
+    def wait(self, what, condition, timeout=WAIT):
+        last = [None]
+
+        def check(_):
+            try:
+                last[0] = condition()
+            except WebDriverException as e:
+                last[0] = e
+                return False
+            return last[0]
+
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(check)
+        except TimeoutException:
+            shot = self.screenshot(f"failed-{self.name}")
+            raise AssertionError(
+                f"waited {timeout} s for {what}; last seen: {last[0]!r}\n"
+                f"screenshot: {shot}\nbrowser console:\n{self.console()}\n{self.nexa.output()}"
+            ) from None
+
+    def screenshot(self, name):
+        path = _shots_dir() / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        print(f"screenshot: {path}")
+        return path
+
+    def full_screenshot(self, name):
+        """The whole page: the window is made as tall as the document for the shot."""
+        height = self.js("return Math.max(document.documentElement.scrollHeight, 800)")
+        size = self.driver.get_window_size()
+        self.driver.set_window_size(size["width"], min(int(height) + 160, 6000))
+        try:
+            return self.screenshot(name)
+        finally:
+            self.driver.set_window_size(size["width"], size["height"])
+
+    def console(self):
+        try:
+            return "\n".join(f"  {e['level']}: {e['message']}" for e in self.driver.get_log("browser")) or "  (empty)"
+        except WebDriverException:
+            return "  (unavailable)"
+
+    def row_status(self, job_id):
+        return self.text(f'#jobs-table tr[data-job-id="{job_id}"] .status')
+
+
+def test_a_job_appears_and_reaches_succeeded_in_the_table(page, nexa):
+    page.open()
+    page.wait("the jobs table", lambda: page.driver.find_element(By.ID, "jobs-table"))
+    page.js("window.__sameDocument = true")
+    job_id = nexa.submit(TRAIN)
+    page.wait(f"the row of {job_id}", lambda: page.row_status(job_id) is not None)
+    status = page.wait(f"{job_id} to be succeeded in the table",
+                       lambda: (page.row_status(job_id) or "").strip() == "succeeded" and "succeeded")
+    assert status == "succeeded"
+    row = f'#jobs-table tr[data-job-id="{job_id}"]'
+    assert page.text(row + " td:nth-child(2)").strip() == "train"
+    assert page.text(row + " td:nth-child(5)").strip() == "local", "the worker column names the local worker"
+    assert page.js("return window.__sameDocument === true"), "the table updated without a reload"
+    page.screenshot("jobs")
+
+
+def test_filters_keep_only_matching_jobs_and_show_in_the_url(page, nexa):
+    job_id = nexa.submit(TRAIN)
+    page.open()
+    page.wait(f"{job_id} to succeed", lambda: (page.row_status(job_id) or "").strip() == "succeeded")
+    Select(page.driver.find_element(By.ID, "filter-status")).select_by_value("failed")
+    page.wait("the failed filter to hide the succeeded job", lambda: page.row_status(job_id) is None)
+    assert "status=failed" in page.js("return location.hash")
+    Select(page.driver.find_element(By.ID, "filter-status")).select_by_value("succeeded")
+    page.wait(f"{job_id} under the succeeded filter", lambda: page.row_status(job_id) is not None)
+    statuses = page.js("return [...document.querySelectorAll('#jobs-table tbody tr .status')].map(e => e.textContent.trim())")
+    assert statuses and set(statuses) == {"succeeded"}, statuses
+    # A reload keeps the filter (it lives in the URL).
+    page.driver.refresh()
+    page.wait(f"{job_id} after a reload with the filter", lambda: page.row_status(job_id) is not None)
+    assert page.driver.find_element(By.ID, "filter-status").get_attribute("value") == "succeeded"
+    page.go("#/jobs")
+
+
+def test_job_detail_shows_spec_result_attempts_events_and_logs(page, nexa):
+    job_id = nexa.submit(TRAIN)
+    page.open()
+    page.wait(f"the row of {job_id}", lambda: page.row_status(job_id) is not None)
+    page.driver.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"] td:nth-child(2)').click()
+    page.wait("the URL to name the job", lambda: page.js("return location.hash") == f"#/jobs/{job_id}")
+    page.wait("the job detail", lambda: page.driver.find_element(By.ID, "job-detail").is_displayed())
+    page.wait("the log lines", lambda: "training done" in (page.text("#job-logs") or ""))
+    logs = page.text("#job-logs")
+    for line in ("model m on file:///tmp/x.csv", "step 1/3", "step 3/3"):
+        assert line in logs, f"{line!r} missing from the logs:\n{logs}"
+    assert "NEXA_PROGRESS" not in logs, "progress lines are not log lines"
+    page.wait("the logs to say the job finished",
+              lambda: (page.text("#job-logs-status") or "").strip() == "finished: succeeded")
+    page.wait("the status badge to say succeeded", lambda: (page.text("#job-status") or "").strip() == "succeeded")
+    detail = page.text("#job-detail")
+    assert '"dataset_uri": "file:///tmp/x.csv"' in detail, "the params are shown"
+    assert "loss" in page.text("#job-outcome") and "0.1" in page.text("#job-outcome"), "the result's metrics are shown"
+    page.wait("an attempt row", lambda: page.js("return document.querySelectorAll('#job-attempts tbody tr').length") >= 1)
+    assert "local" in page.text("#job-attempts tbody tr")
+    page.wait("events in the timeline", lambda: "succeeded" in (page.text("#job-events") or ""))
+    assert page.driver.find_element(By.ID, "job-cancel").is_displayed() is False, "no cancel for a finished job"
+    page.full_screenshot("job-detail")
+
+    # The detail can be linked: loading the URL afresh shows the same job and its logs.
+    page.open(f"#/jobs/{job_id}")
+    page.driver.refresh()
+    page.wait("the job after a reload", lambda: (page.text("#job-title") or "").strip() == job_id)
+    page.wait("the logs after a reload", lambda: "training done" in (page.text("#job-logs") or ""))
+
+
+def test_strings_from_the_api_are_shown_as_text(page, nexa):
+    evil = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
+    params = {**TRAIN["params"], "hyperparameters": {"note": evil}}
+    job_id = nexa.submit({"job_type": "train", "params": params})
+    page.open(f"#/jobs/{job_id}")
+    page.wait("the log line with the note", lambda: evil in (page.text("#job-logs") or ""))
+    page.wait("the params", lambda: "onerror" in (page.text("#job-spec") or ""))
+    assert page.js("return document.querySelectorAll('#job-detail img, #job-detail b').length") == 0
+    assert page.js("return window.__pwned === undefined")
+
+
+def test_workers_view_lists_the_local_worker(page, nexa):
+    page.open()
+    page.driver.find_element(By.ID, "nav-workers").click()
+    page.wait("the workers URL", lambda: page.js("return location.hash") == "#/workers")
+    row = '#workers-table tr[data-worker-id="local"]'
+    page.wait("the local worker's row", lambda: page.text(row) is not None)
+    page.wait("the local worker to be alive", lambda: (page.text(row + " .status") or "").strip() == "alive")
+    text = page.text(row)
+    assert "train" in text, f"the local worker offers train jobs: {text}"
+    page.wait("a last heartbeat like '3 s ago'",
+              lambda: re.search(r"\d+ (s|min) ago", page.text(row + " .heartbeat") or ""))
+    page.screenshot("workers")
+
+
+def test_the_submit_form_creates_a_job_and_shows_validation_errors(page, nexa):
+    page.open()
+    panel = page.driver.find_element(By.ID, "submit-panel")
+    if not panel.get_attribute("open"):
+        panel.find_element(By.TAG_NAME, "summary").click()
+    form = page.wait("the submit form", lambda: page.driver.find_element(By.ID, "submit-form").is_displayed())
+    assert form
+    Select(page.driver.find_element(By.ID, "submit-type")).select_by_value("train")
+    params = page.driver.find_element(By.ID, "submit-params")
+    example = json.loads(params.get_attribute("value"))
+    assert {"model_id", "dataset_uri"} <= set(example), f"the train example has the required params: {example}"
+
+    # An invalid job (no dataset_uri): the API's message is shown next to the params.
+    params.clear()
+    params.send_keys(json.dumps({"model_id": "m", "epochs": 1}))
+    page.driver.find_element(By.ID, "submit-button").click()
+    message = page.wait("a validation error", lambda: page.js(
+        "var a = document.getElementById('submit-params-error'), b = document.getElementById('submit-error');"
+        "return (!a.hidden && a.textContent) || (!b.hidden && b.textContent) || null;"))
+    assert "dataset_uri" in message, f"the error names the field: {message!r}"
+    page.screenshot("submit-validation-error")
+
+    # A valid one.
+    params.clear()
+    params.send_keys(json.dumps(TRAIN["params"]))
+    page.driver.find_element(By.ID, "submit-button").click()
+    link = page.wait("the submitted job's link",
+                     lambda: page.driver.find_element(By.CSS_SELECTOR, "#submit-result a"))
+    job_id = link.text.strip()
+    assert re.fullmatch(r"job-\d+", job_id), job_id
+    page.wait(f"the row of {job_id}", lambda: page.row_status(job_id) is not None)
+    status, job = nexa.request("GET", f"api/jobs/{job_id}")
+    assert status == 200 and job["job_type"] == "train" and job["params"]["model_id"] == "m", job
+    page.wait(f"{job_id} to succeed", lambda: (page.row_status(job_id) or "").strip() == "succeeded")
+    page.screenshot("submit-form")
+
+
+def test_narrow_screen(page, nexa):
+    job_id = nexa.submit(TRAIN)
+    page.driver.set_window_size(420, 900)
+    page.open()
+    page.wait(f"the row of {job_id}", lambda: page.row_status(job_id) is not None)
+    overflow = page.js("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 1, f"the page scrolls sideways by {overflow}px at 420px"
+    page.screenshot("narrow-jobs")
+    page.go(f"#/jobs/{job_id}")
+    page.wait("the logs", lambda: "training done" in (page.text("#job-logs") or ""))
+    page.screenshot("narrow-job-detail")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
