@@ -382,11 +382,15 @@ class NexaForgeClient:
     ) -> Iterator[LogLine]:
         """The lines the job printed, in order.
 
-        Without ``follow``, the lines stored now (of ``attempt``, by default the latest),
-        fetched page by page. With ``follow``, the lines as they are printed, through the
-        event stream: it starts with the lines already stored, goes on across new attempts
-        (each line carries its ``attempt``), and ends when the job has finished and every
-        line was sent. A stream that drops is reopened where it stopped.
+        Without ``follow``, the lines stored now of ``attempt`` (by default the latest),
+        from ``from_seq`` on, fetched page by page.
+
+        With ``follow``, the lines as they are printed, through the event stream: it starts
+        with the lines already stored, goes on across new attempts (each line carries its
+        ``attempt``), and ends when the job has finished and every line was sent. It starts
+        at ``attempt``, by default the first, so every attempt of a retried job shows; given
+        ``from_seq`` without ``attempt``, at the latest. A stream that drops is reopened
+        where it stopped.
 
         The iterator is lazy: nothing is fetched until the first ``next()``. Close it (or
         ``break`` out of the loop) to stop following early.
@@ -423,49 +427,60 @@ class NexaForgeClient:
         self, job_id: str, attempt: Optional[int], from_seq: int
     ) -> Iterator[LogLine]:
         path = f"/jobs/{_quote(job_id)}/logs"
+        if attempt is None and from_seq > 0:
+            # `from_seq` counts within one attempt; without one, it means the latest.
+            attempt = self.get_job(job_id).attempt or None
         # The highest seq yielded per attempt: a reopened stream may repeat lines.
         last_seq: Dict[int, int] = {}
+        if attempt is not None:
+            last_seq[attempt] = from_seq - 1
         current = attempt
-        next_seq = from_seq
         while True:
             query: Dict[str, Any] = {"follow": True}
             if current is not None:
                 query["attempt"] = current
-                query["from_seq"] = max(next_seq, last_seq.get(current, -1) + 1)
-            elif next_seq:
-                query["from_seq"] = next_seq
-            received = False
+                query["from_seq"] = last_seq.get(current, -1) + 1
+            progressed = False
             try:
                 with self._transport.open_stream(path, query) as resp:
                     for ev in read_events(resp):
-                        received = True
+                        data = _json_or_none(ev.data)
                         if ev.event == "end":
                             return
-                        data = _json_or_none(ev.data)
                         if not isinstance(data, Mapping):
                             continue
+                        if ev.event == "error":
+                            raise NexaForgeError(
+                                f"following the logs of {job_id} failed: "
+                                f"{data.get('message') or 'the server gave no reason'}",
+                                code="stream_error",
+                            )
                         if ev.event == "attempt":
                             number = data.get("attempt")
-                            if isinstance(number, int):
-                                current, next_seq = number, 0
+                            if isinstance(number, int) and not isinstance(number, bool):
+                                current = number
                         elif ev.event == "log":
                             line = LogLine.from_dict(data, attempt=current)
                             key = line.attempt if line.attempt is not None else -1
                             if line.seq <= last_seq.get(key, -1):
                                 continue
                             last_seq[key] = line.seq
-                            current, next_seq = line.attempt, line.seq + 1
+                            current = line.attempt
+                            progressed = True
                             yield line
             except (OSError, http.client.HTTPException):
                 pass  # a read timed out or the connection dropped: look at the job, reopen
-            # The stream stopped without `end`. If the job has finished, the stored lines
-            # are complete: read what is left of them instead of following.
-            if self.get_job(job_id).is_finished:
-                start = last_seq.get(current, -1) + 1 if current is not None else next_seq
-                for line in self._stored_logs(job_id, current, start):
-                    yield line
+            # The stream stopped without `end`. If the job has finished, its stored lines
+            # are complete: read what is left of them, attempt by attempt, and stop.
+            job = self.get_job(job_id)
+            if job.is_finished:
+                first = current if current is not None else 1
+                for number in range(first, (job.attempt or 0) + 1):
+                    start = last_seq.get(number, -1) + 1
+                    for line in self._stored_logs(job_id, number, start):
+                        yield line
                 return
-            if not received:
+            if not progressed:
                 time.sleep(_RECONNECT_PAUSE)
 
     # ---------------------------------------------------------------- wait

@@ -295,7 +295,7 @@ class Job(_Raw):
     worker_id: Optional[str]
     """The worker of the latest attempt."""
     attempt: Optional[int]
-    """The number of the latest attempt (1 for the first), ``None`` before any."""
+    """The number of the latest attempt (1 for the first); 0 before any."""
     attempts: List[Attempt]
     pending_reason: Optional[str]
     """Why a queued or waiting job has not started, for people."""

@@ -71,3 +71,21 @@ def test_follow_can_be_left_early(client: NexaForgeClient) -> None:
     stream.close()  # type: ignore[attr-defined]
     client.cancel(job)
     assert client.wait(job, timeout=30).status == JobStatus.CANCELLED
+
+
+def test_follow_goes_on_across_attempts(client: NexaForgeClient) -> None:
+    job = client.train("m", "file:///d.csv", fail=True, lines=1, max_attempts=2)
+    lines = list(client.logs(job, follow=True))
+    done = client.get_job(job)
+    assert done.status == JobStatus.FAILED
+    assert [a.number for a in done.attempts] == [1, 2]
+    assert all(a.outcome_status == "failed" for a in done.attempts)
+    assert [line.attempt for line in lines] == sorted(line.attempt or 0 for line in lines)
+    for number in (1, 2):
+        followed = [line for line in lines if line.attempt == number]
+        assert [line.seq for line in followed] == list(range(len(followed)))
+        assert f"handler: train job {job.job_id} attempt {number}" in [l.text for l in followed]
+        # The stored logs of each attempt are what was followed.
+        stored = [line.text for line in client.logs(job, attempt=number)]
+        assert stored == [line.text for line in followed]
+    assert [line.text for line in client.logs(job)] == stored  # the latest by default

@@ -144,10 +144,10 @@ class Script:
     """What the scripted server answers: a list of event streams for successive follow
     requests, the job's status, and the stored lines."""
 
-    def __init__(self, streams: List[List[Tuple[str, Dict[str, Any]]]], status: str, stored: List[str]) -> None:
-        self.streams = streams
-        self.status = status
-        self.stored = stored
+    def __init__(self) -> None:
+        self.streams: List[List[Tuple[str, Dict[str, Any]]]] = []
+        self.status = "running"
+        self.stored: Dict[int, List[str]] = {}
         self.follow_queries: List[Dict[str, List[str]]] = []
         self.log_queries: List[Dict[str, List[str]]] = []
 
@@ -158,7 +158,7 @@ def line(seq: int, text: str, attempt: int = 1) -> Tuple[str, Dict[str, Any]]:
 
 @pytest.fixture
 def scripted() -> Iterator[Tuple[Script, str]]:
-    script = Script([], "running", [])
+    script = Script()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -176,7 +176,8 @@ def scripted() -> Iterator[Tuple[Script, str]]:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             if url.path == "/api/jobs/job-1":
-                self.send_json(200, {"job_id": "job-1", "job_type": "train", "status": script.status})
+                job = {"job_id": "job-1", "job_type": "train", "status": script.status}
+                self.send_json(200, dict(job, attempt=max(script.stored, default=0)))
             elif url.path == "/api/jobs/job-1/logs" and query.get("follow") == ["true"]:
                 script.follow_queries.append(query)
                 events = script.streams.pop(0) if script.streams else []
@@ -190,14 +191,14 @@ def scripted() -> Iterator[Tuple[Script, str]]:
             elif url.path == "/api/jobs/job-1/logs":
                 script.log_queries.append(query)
                 start = int(query.get("from_seq", ["0"])[0])
+                attempt = int(query.get("attempt", [str(max(script.stored, default=0))])[0])
+                stored = script.stored.get(attempt, [])
                 lines = [
                     {"seq": i, "at": "2026-11-26T16:00:00.000Z", "text": t}
-                    for i, t in enumerate(script.stored)
-                ][start:]
-                self.send_json(
-                    200,
-                    {"job_id": "job-1", "attempt": 1, "lines": lines, "next_seq": len(script.stored), "dropped": 0},
-                )
+                    for i, t in enumerate(stored)
+                ][start : start + 2]  # pages of two lines
+                body = {"job_id": "job-1", "attempt": attempt, "lines": lines, "dropped": 0}
+                self.send_json(200, dict(body, next_seq=start + len(lines)))
             else:
                 self.send_json(404, {"error": {"code": "not_found", "message": "no such path"}})
 
@@ -228,17 +229,37 @@ def test_follow_reads_the_stored_rest_when_the_job_ended_without_an_end_event(
     script, url = scripted
     script.streams = [[line(0, "a")]]
     script.status = "succeeded"
-    script.stored = ["a", "b", "c"]
+    script.stored = {1: ["a", "b", "c"], 2: ["again"]}
     client = NexaForgeClient(api_url=url)
-    assert [l.text for l in client.logs("job-1", follow=True)] == ["a", "b", "c"]
+    got = [(l.attempt, l.text) for l in client.logs("job-1", follow=True)]
+    assert got == [(1, "a"), (1, "b"), (1, "c"), (2, "again")]
     assert script.log_queries[0]["from_seq"] == ["1"]
+
+
+def test_follow_raises_the_error_event(scripted: Tuple[Script, str]) -> None:
+    script, url = scripted
+    script.streams = [[line(0, "a"), ("error", {"message": "the store failed"})]]
+    lines = NexaForgeClient(api_url=url).logs("job-1", follow=True)
+    assert next(lines).text == "a"
+    with pytest.raises(NexaForgeError, match="the store failed"):
+        next(lines)
+
+
+def test_follow_from_seq_without_attempt_starts_at_the_latest(scripted: Tuple[Script, str]) -> None:
+    script, url = scripted
+    script.stored = {1: ["x"], 2: ["a", "b", "c"]}
+    script.streams = [[line(2, "c", 2), ("end", {"status": "succeeded"})]]
+    got = [(l.attempt, l.seq) for l in NexaForgeClient(api_url=url).logs("job-1", True, from_seq=2)]
+    assert got == [(2, 2)]
+    assert script.follow_queries[0]["attempt"] == ["2"]
+    assert script.follow_queries[0]["from_seq"] == ["2"]
 
 
 def test_stored_logs_page_until_empty(scripted: Tuple[Script, str]) -> None:
     script, url = scripted
-    script.stored = [f"l{i}" for i in range(5)]
+    script.stored = {1: [f"l{i}" for i in range(5)]}
     client = NexaForgeClient(api_url=url)
-    assert [l.text for l in client.logs("job-1")] == script.stored
+    assert [l.text for l in client.logs("job-1")] == script.stored[1]
     assert [l.seq for l in client.logs("job-1", from_seq=3)] == [3, 4]
 
 

@@ -213,3 +213,13 @@ def test_a_failing_handler_fails_the_job(client: NexaForgeClient) -> None:
     assert done.error is not None and done.error.error_class == "stage_error"
     assert done.result is None
     assert done.attempts and done.attempts[-1].outcome_status == "failed"
+
+
+def test_a_handler_sees_hyperparameters_as_submitted(client: NexaForgeClient) -> None:
+    """The job file a handler reads should hold the parameters as the API shows them:
+    hyperparameters as plain JSON numbers, strings and booleans."""
+    hp = {"learning_rate": 0.001, "batch_size": 32, "use_amp": True, "optimizer": "adam"}
+    done = finished(client, client.train("m", "file:///d.csv", hyperparameters=hp))
+    assert done.params["hyperparameters"] == hp
+    assert done.result is not None
+    assert done.result.output["job"]["params"]["hyperparameters"] == hp
