@@ -16,8 +16,8 @@ Its methods come in four groups:
   ``logs(job, follow=True)`` streams its lines as they are printed and ends when it finishes.
 - **change**: :meth:`~NexaForgeClient.cancel`.
 
-Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass; nothing here retries on
-its own.
+Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass. No request is retried
+on its own; only a followed log stream that drops is reopened where it stopped.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ _JOB_OPTIONS = (
     "idempotency_key",
 )
 
-# A follow stream that ends without its `end` event is reopened after this pause.
+# A follow stream that ended without its `end` event, and brought no new line, is reopened
+# after this pause, so a server that keeps closing it is not asked in a tight loop.
 _RECONNECT_PAUSE = 0.5
 
 

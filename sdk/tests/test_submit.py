@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 import pytest
 
@@ -218,7 +218,12 @@ def test_a_failing_handler_fails_the_job(client: NexaForgeClient) -> None:
 def test_a_handler_sees_hyperparameters_as_submitted(client: NexaForgeClient) -> None:
     """The job file a handler reads should hold the parameters as the API shows them:
     hyperparameters as plain JSON numbers, strings and booleans."""
-    hp = {"learning_rate": 0.001, "batch_size": 32, "use_amp": True, "optimizer": "adam"}
+    hp: Dict[str, Union[bool, int, float, str]] = {
+        "learning_rate": 0.001,
+        "batch_size": 32,
+        "use_amp": True,
+        "optimizer": "adam",
+    }
     done = finished(client, client.train("m", "file:///d.csv", hyperparameters=hp))
     assert done.params["hyperparameters"] == hp
     assert done.result is not None
