@@ -1247,12 +1247,36 @@ async fn section_costs(root: &Path) -> BenchResult<Duration> {
             Some(_) => Err("a lease was found in an emptied queue".into()),
             None => Ok(()),
         })?;
+        // The scheduler's write when every worker asks at once: a lease for each.
+        let mut requests = Vec::with_capacity(TARGET_WORKERS);
+        for n in 0..TARGET_WORKERS {
+            let info = worker_info(&format!("cost-batch-{n}"))?;
+            requests.push(LeaseRequest {
+                worker: store.register_worker(info, now())?.info.id,
+                free_gpus: vec![],
+            });
+        }
+        for call in 0..SERIAL_CALLS {
+            let specs = (0..TARGET_WORKERS)
+                .map(|n| sample_spec(format!("cost-batch-{call}-{n}"), 0))
+                .collect();
+            store.submit_batch(specs, now())?;
+        }
+        let many = Phase::time(|_| {
+            let answers = store.lease_many(requests.clone(), now())?;
+            if answers.iter().all(|a| matches!(a, Ok(Some(_)))) {
+                Ok(())
+            } else {
+                Err("a batch of leases came back short".into())
+            }
+        })?;
         Ok(vec![
             ("submit", submit),
             ("lease_next, a job queued", lease),
             ("start", start),
             ("complete", complete),
             ("lease_next, queue empty", empty),
+            ("lease_many, 16 requests, 16 jobs queued", many),
         ])
     })
     .await??;
@@ -1266,16 +1290,23 @@ async fn section_costs(root: &Path) -> BenchResult<Duration> {
             fmt_duration(phase.committer),
         );
     }
-    let lease = phases
-        .iter()
-        .find(|(what, _)| what.starts_with("lease_next, a job"))
-        .map_or(Duration::ZERO, |(_, p)| p.wall.median());
+    let median = |name: &str| {
+        phases
+            .iter()
+            .find(|(what, _)| what.starts_with(name))
+            .map_or(Duration::ZERO, |(_, p)| p.wall.median())
+    };
+    let (lease, many) = (median("lease_next, a job"), median("lease_many"));
     println!(
-        "   the scheduler makes its leases one after another, each waiting for its commit: at the median"
+        "   the scheduler makes one lease write at a time, for every worker that asked meanwhile: at the"
     );
     println!(
-        "   above that is at most {} leases (jobs) per second, however many workers ask",
+        "   medians above that is at most {} leases (jobs) per second with one worker asking at a time,",
         fmt_rate(1.0 / lease.as_secs_f64().max(1e-9))
+    );
+    println!(
+        "   {} with {TARGET_WORKERS} asking at once",
+        fmt_rate(TARGET_WORKERS as f64 / many.as_secs_f64().max(1e-9))
     );
     Ok(lease)
 }
@@ -1327,6 +1358,10 @@ enum Op {
     LeaseFound,
     LeaseEmpty,
     LeaseFailed,
+    LeaseMany,
+    BatchFound,
+    BatchEmpty,
+    BatchFailed,
     Start,
     Heartbeat,
     Complete,
@@ -1343,7 +1378,7 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 21] = [
+    const ALL: [Op; 25] = [
         Op::Submit,
         Op::SubmitBatch,
         Op::Get,
@@ -1352,6 +1387,10 @@ impl Op {
         Op::LeaseFound,
         Op::LeaseEmpty,
         Op::LeaseFailed,
+        Op::LeaseMany,
+        Op::BatchFound,
+        Op::BatchEmpty,
+        Op::BatchFailed,
         Op::Start,
         Op::Heartbeat,
         Op::Complete,
@@ -1377,6 +1416,10 @@ impl Op {
             Op::LeaseFound => "lease_next → a job",
             Op::LeaseEmpty => "lease_next → none",
             Op::LeaseFailed => "lease_next → error",
+            Op::LeaseMany => "lease_many (writes)",
+            Op::BatchFound => "  a request → a job",
+            Op::BatchEmpty => "  a request → none",
+            Op::BatchFailed => "  a request → error",
             Op::Start => "start",
             Op::Heartbeat => "heartbeat (job)",
             Op::Complete => "complete",
@@ -1395,7 +1438,15 @@ impl Op {
 
     /// Whether only the scheduler makes this call, one at a time.
     fn serial(self) -> bool {
-        matches!(self, Op::LeaseFound | Op::LeaseEmpty | Op::LeaseFailed)
+        matches!(
+            self,
+            Op::LeaseFound | Op::LeaseEmpty | Op::LeaseFailed | Op::LeaseMany
+        )
+    }
+
+    /// Whether this counts the requests of `lease_many` calls (timed with their call).
+    fn per_request(self) -> bool {
+        matches!(self, Op::BatchFound | Op::BatchEmpty | Op::BatchFailed)
     }
 }
 
@@ -1565,6 +1616,27 @@ impl Store for Meter {
         r
     }
 
+    fn lease_many(
+        &self,
+        requests: Vec<LeaseRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
+        let (r, took) = timed(|| self.inner.lease_many(requests, now));
+        let at = Instant::now();
+        self.add(Op::LeaseMany, took);
+        for answer in r.iter().flatten() {
+            match answer {
+                Ok(Some(lease)) => {
+                    self.add(Op::BatchFound, Duration::ZERO);
+                    self.mark(lease.job.id, |m| m.leased = Some(at));
+                }
+                Ok(None) => self.add(Op::BatchEmpty, Duration::ZERO),
+                Err(_) => self.add(Op::BatchFailed, Duration::ZERO),
+            }
+        }
+        r
+    }
+
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
         let called = Instant::now();
         let r = self.measure(Op::Start, |s| s.start(id, epoch, now));
@@ -1665,36 +1737,67 @@ fn print_calls(title: &str, jobs: u64, elapsed: Duration, calls: &[Calls]) {
         "   {:<20} {:>8} {:>9} {:>11} {:>11} {:>15}",
         "store call", "calls", "per job", "mean", "longest", "time in calls"
     );
-    let (mut serial, mut leases) = (Duration::ZERO, 0);
+    let (mut serial, mut writes) = (Duration::ZERO, 0);
     for c in calls.iter().filter(|c| c.count > 0) {
+        let per_job = c.count as f64 / jobs.max(1) as f64;
+        if c.op.per_request() {
+            // Timed with their `lease_many` call, above.
+            println!(
+                "   {:<20} {:>8} {:>9.2} {:>11} {:>11} {:>15}",
+                c.op.name(),
+                fmt_count(c.count),
+                per_job,
+                "",
+                "",
+                ""
+            );
+            continue;
+        }
         let mean = c.total / u32::try_from(c.count).unwrap_or(u32::MAX);
         println!(
             "   {:<20} {:>8} {:>9.2} {:>11} {:>11} {:>14.0}%",
             c.op.name(),
             fmt_count(c.count),
-            c.count as f64 / jobs.max(1) as f64,
+            per_job,
             fmt_duration(mean),
             fmt_duration(c.max),
             100.0 * c.total.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
         );
         if c.op.serial() {
             serial += c.total;
-            leases += c.count;
+            writes += c.count;
         }
     }
     println!(
-        "   (time in calls: their summed duration as a share of the run's {}; lease_next is called only by",
+        "   (time in calls: their summed duration as a share of the run's {}; the scheduler makes its",
         fmt_duration(elapsed)
     );
     println!(
-        "   the scheduler actor, one call at a time: its {} calls kept the scheduler waiting {:.0}% of the run)",
-        fmt_count(leases),
+        "   lease writes one at a time: its {} writes were in flight {:.0}% of the run)",
+        fmt_count(writes),
         100.0 * serial.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
     );
-    if let Some(found) = calls.iter().find(|c| c.op == Op::LeaseFound && c.count > 0) {
-        let mean = found.total.as_secs_f64() / found.count as f64;
+    let count = |op: Op| calls.iter().find(|c| c.op == op).map_or(0, |c| c.count);
+    let total = |op: Op| {
+        calls
+            .iter()
+            .find(|c| c.op == op)
+            .map_or(Duration::ZERO, |c| c.total)
+    };
+    let (lease_writes, batched) = (count(Op::LeaseMany), count(Op::BatchFound));
+    if lease_writes > 0 && batched > 0 {
+        let mean = total(Op::LeaseMany).as_secs_f64() / lease_writes as f64;
+        let per_write = batched as f64 / lease_writes as f64;
         println!(
-            "   (one lease after another at their mean of {}: at most {} leases, so jobs)",
+            "   (lease writes at their mean of {} with {per_write:.1} leases each, one after another: at most {} leases, so jobs)",
+            fmt_duration(Duration::from_secs_f64(mean)),
+            fmt_rate(per_write / mean.max(1e-9))
+        );
+    }
+    if count(Op::LeaseFound) > 0 {
+        let mean = total(Op::LeaseFound).as_secs_f64() / count(Op::LeaseFound) as f64;
+        println!(
+            "   (one lease_next after another at their mean of {}: at most {} leases, so jobs)",
             fmt_duration(Duration::from_secs_f64(mean)),
             fmt_rate(1.0 / mean.max(1e-9))
         );

@@ -256,6 +256,17 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError>;
 
+    /// Leases for several workers in one write: the same as [`Store::lease_next`] for each
+    /// request in turn, in the order given, so the queue order (priority, then submission)
+    /// holds across the batch and no job goes to two requests. Each request gets its own
+    /// answer; one refused (an unknown or draining worker) leases nothing and does not stop the
+    /// others. `Err` only when the write itself failed: then nothing was leased.
+    fn lease_many(
+        &self,
+        requests: Vec<LeaseRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>;
+
     /// The worker started the job (`assigned → running`).
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError>;
 
@@ -386,6 +397,15 @@ impl<E: Engine> Store for E {
     ) -> Result<Option<Lease>, StoreError> {
         let cfg = self.config().clone();
         self.write(Box::new(move |t| ops::lease_next(t, &cfg, &request, now)))
+    }
+
+    fn lease_many(
+        &self,
+        requests: Vec<LeaseRequest>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)))
     }
 
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {

@@ -39,7 +39,7 @@
 //! its own stores, so the tests run in parallel.
 //!
 //! The suite functions cover submission (validation, idempotency, batches, dependencies),
-//! leasing and fencing by epoch, retries, timeouts and cancellation, queries (`list`,
+//! leasing (one request or a batch) and fencing by epoch, retries, timeouts and cancellation, queries (`list`,
 //! `pending_reason`), logs, the worker registry and restarts; [`random_histories`] is the
 //! property test that runs random operation sequences, restarts included, against a simple
 //! model and checks the job invariants after every step.
@@ -60,6 +60,7 @@ pub use lifecycle::{
     cancel_waiting_or_queued_job_is_immediate, every_state_change_appends_an_event,
     expired_lease_requeues_as_worker_lost, finished_jobs_never_change,
     heartbeat_renews_the_lease_and_records_progress, lease_epochs_grow,
+    lease_many_is_lease_next_in_turn, lease_many_leases_each_job_once_in_queue_order,
     lease_order_is_priority_then_fifo, lease_refuses_unknown_and_draining_workers,
     leases_only_jobs_that_fit, non_retryable_failures_fail_at_once, retry_waits_out_the_backoff,
     retryable_failures_retry_until_max_attempts, stale_epoch_reports_are_refused,
@@ -145,6 +146,8 @@ macro_rules! store_suite {
             leases_only_jobs_that_fit,
             lease_refuses_unknown_and_draining_workers,
             lease_epochs_grow,
+            lease_many_leases_each_job_once_in_queue_order,
+            lease_many_is_lease_next_in_turn,
             retry_waits_out_the_backoff,
             stale_epoch_reports_are_refused,
             stale_reports_on_finished_job_are_stale,

@@ -1,18 +1,36 @@
 //! The scheduler actor: hands queued jobs to workers that ask, and holds a worker's request
 //! open (long poll) until a job for it arrives or its wait runs out.
+//!
+//! Requests are leased in batches. Every request waiting for an answer goes into one
+//! [`Store::lease_many`] write, which leases for each request in turn: the queue order
+//! (priority, then submission) holds across the batch, a request gets only a job that fits
+//! it, and no job goes to two requests. The write runs in a task of its own, so the scheduler
+//! keeps taking requests and wakes while it commits; at most one write is in flight, so the
+//! batches are leased in the order they were formed, oldest request first, and the requests
+//! that arrive during a commit make up the next batch. Under load one durable commit leases
+//! for every worker that asked while the previous one was on its way to disk.
+//!
+//! A request that gets no job is parked until a wake (a submit, a requeue, a finished job, a
+//! worker joining) or the end of its wait. A wake that comes while a write is in flight is
+//! kept and applied when the write ends, so a job queued during the write is not missed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexa_runtime::{Lease, LeaseRequest, Store, StoreError, WorkerId};
+use nexa_runtime::{JobId, Lease, LeaseRequest, Store, StoreError, WorkerId};
 use nexa_transport::Session;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::blocking;
 use super::job_actor::{self, JobActor};
 use crate::clock::now;
+
+/// How long to wait before starting a job's actor again when its name was still taken (by the
+/// actor of the job's previous attempt, on its way out).
+const ADOPT_RETRY: Duration = Duration::from_millis(20);
 
 /// What the scheduler is asked.
 #[derive(Debug)]
@@ -30,15 +48,35 @@ pub(crate) enum SchedulerMsg {
     /// A held request's wait ran out.
     WaitOver(u64),
     /// A job actor for a job leased before a restart.
-    Adopt(nexa_runtime::JobId),
+    Adopt(JobId),
+    /// The lease write of a batch ended: one answer per request, in order, or why the write
+    /// failed as a whole.
+    Leased {
+        batch: Vec<Ask>,
+        answers: Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>,
+    },
 }
 
-struct Parked {
+/// A worker's request for work, from its arrival until it is answered.
+#[derive(Debug)]
+pub(crate) struct Ask {
     id: u64,
     worker: WorkerId,
     free_gpus: Vec<u64>,
+    /// When its wait runs out; `None` when it does not wait.
+    until: Option<Instant>,
+    /// Whether a `WaitOver` is on its way for it.
+    timed: bool,
     session: Option<Session>,
     reply: RpcReplyPort<Result<Option<Lease>, StoreError>>,
+}
+
+impl Ask {
+    /// Nobody is waiting for the answer any more, or the worker is gone (a lease now would
+    /// only wait out its expiry).
+    fn gone(&self) -> bool {
+        self.reply.is_closed() || self.session.as_ref().is_some_and(Session::is_closed)
+    }
 }
 
 pub(crate) struct Scheduler;
@@ -58,49 +96,138 @@ async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
 pub(crate) struct SchedulerState {
     plane: u64,
     store: Arc<dyn Store>,
-    parked: VecDeque<Parked>,
+    /// Requests for the next lease write, oldest first.
+    ready: VecDeque<Ask>,
+    /// Requests that found no job, waiting for a wake or the end of their wait, oldest first.
+    parked: VecDeque<Ask>,
+    /// A lease write is in flight.
+    leasing: bool,
+    /// A wake came while the write was in flight: the parked requests try again after it.
+    woken: bool,
     next_id: u64,
 }
 
-impl Scheduler {
-    /// Leases the next job for a worker and starts the job's actor.
-    async fn lease(
-        myself: &ActorRef<SchedulerMsg>,
-        plane: u64,
-        store: &Arc<dyn Store>,
-        worker: &WorkerId,
-        free_gpus: &[u64],
-        session: Option<Session>,
-    ) -> Result<Option<Lease>, StoreError> {
-        if session.as_ref().is_some_and(Session::is_closed) {
-            // The worker is gone: a lease now would only wait out its expiry.
-            return Ok(None);
+impl SchedulerState {
+    /// Starts the lease write of every ready request, unless one is in flight.
+    fn lease_ready(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        if self.leasing {
+            return;
         }
-        let request = LeaseRequest {
-            worker: worker.clone(),
-            free_gpus: free_gpus.to_vec(),
-        };
-        let lease = blocking(store, move |s| s.lease_next(request, now())).await?;
-        if let Some(lease) = &lease {
-            // Persisted: only now is the job the worker's. Its actor watches the lease.
-            let args = job_actor::Args {
-                job: lease.job.id,
-                store: store.clone(),
-                scheduler: myself.clone(),
-                session,
-            };
-            if let Err(e) = Actor::spawn_linked(
-                Some(job_actor::name(plane, lease.job.id)),
-                JobActor,
-                args,
-                myself.get_cell(),
-            )
-            .await
-            {
-                warn!(job = %lease.job.id, "cannot start the job's actor: {e}");
+        let mut batch = Vec::with_capacity(self.ready.len());
+        for ask in self.ready.drain(..) {
+            if ask.gone() {
+                let _ = ask.reply.send(Ok(None));
+            } else {
+                batch.push(ask);
             }
         }
-        Ok(lease)
+        if batch.is_empty() {
+            return;
+        }
+        self.leasing = true;
+        let requests: Vec<LeaseRequest> = batch
+            .iter()
+            .map(|ask| LeaseRequest {
+                worker: ask.worker.clone(),
+                free_gpus: ask.free_gpus.clone(),
+            })
+            .collect();
+        let (store, myself) = (self.store.clone(), myself.clone());
+        tokio::spawn(async move {
+            // A read first: with nothing queued, the write would be an empty (but still
+            // durable) commit.
+            let answers = if queue_has_jobs(&store).await {
+                blocking(&store, move |s| s.lease_many(requests, now())).await
+            } else {
+                Ok(vec![Ok(None); requests.len()])
+            };
+            // When the scheduler has stopped, the callers see their answers dropped, and any
+            // lease made runs out unrenewed.
+            let _ = myself.cast(SchedulerMsg::Leased { batch, answers });
+        });
+    }
+
+    /// Moves the parked requests back to the ready ones, oldest first.
+    fn wake_parked(&mut self) {
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.append(&mut self.ready);
+        self.ready = parked;
+    }
+
+    /// Parks a request that found no job, or answers `None` when it does not wait or its wait
+    /// is over.
+    fn park(&mut self, myself: &ActorRef<SchedulerMsg>, mut ask: Ask) {
+        let left = match ask.until {
+            Some(until) if !ask.gone() => until.saturating_duration_since(Instant::now()),
+            _ => Duration::ZERO,
+        };
+        if left.is_zero() {
+            let _ = ask.reply.send(Ok(None));
+            return;
+        }
+        if !ask.timed {
+            ask.timed = true;
+            let id = ask.id;
+            debug!(worker = %ask.worker, "no job fits; holding the request");
+            myself.send_after(left, move || SchedulerMsg::WaitOver(id));
+        }
+        self.parked.push_back(ask);
+    }
+
+    /// Starts the actor that watches a new lease.
+    async fn watch(&self, myself: &ActorRef<SchedulerMsg>, job: JobId, session: Option<Session>) {
+        let args = job_actor::Args {
+            job,
+            store: self.store.clone(),
+            scheduler: myself.clone(),
+            session,
+        };
+        if let Err(e) = Actor::spawn_linked(
+            Some(job_actor::name(self.plane, job)),
+            JobActor,
+            args,
+            myself.get_cell(),
+        )
+        .await
+        {
+            // Most likely the actor of the job's previous attempt has not yet left; adopting
+            // the job a moment later gives it one (without its worker's session, so a cancel
+            // reaches the worker at its next heartbeat).
+            debug!(%job, "cannot start the job's actor yet: {e}");
+            myself.send_after(ADOPT_RETRY, move || SchedulerMsg::Adopt(job));
+        }
+    }
+
+    /// Answers the requests of a batch whose lease write ended.
+    async fn answer(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        batch: Vec<Ask>,
+        answers: Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>,
+    ) {
+        let mut answers = match answers {
+            Ok(answers) => answers.into_iter(),
+            Err(e) => {
+                for ask in batch {
+                    let _ = ask.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        for ask in batch {
+            match answers.next().unwrap_or(Ok(None)) {
+                Ok(Some(lease)) => {
+                    // Persisted: only now is the job the worker's. Its actor watches the
+                    // lease before the worker hears of it.
+                    self.watch(myself, lease.job.id, ask.session.clone()).await;
+                    let _ = ask.reply.send(Ok(Some(lease)));
+                }
+                Ok(None) => self.park(myself, ask),
+                Err(e) => {
+                    let _ = ask.reply.send(Err(e));
+                }
+            }
+        }
     }
 }
 
@@ -117,7 +244,10 @@ impl Actor for Scheduler {
         Ok(SchedulerState {
             plane,
             store,
+            ready: VecDeque::new(),
             parked: VecDeque::new(),
+            leasing: false,
+            woken: false,
             next_id: 0,
         })
     }
@@ -136,69 +266,42 @@ impl Actor for Scheduler {
                 session,
                 reply,
             } => {
-                let leased = Self::lease(
-                    &myself,
-                    state.plane,
-                    &state.store,
-                    &worker,
-                    &free_gpus,
-                    session.clone(),
-                )
-                .await;
-                match leased {
-                    Ok(None) if !wait.is_zero() => {
-                        state.next_id += 1;
-                        let id = state.next_id;
-                        debug!(%worker, "no job fits; holding the request");
-                        state.parked.push_back(Parked {
-                            id,
-                            worker,
-                            free_gpus,
-                            session,
-                            reply,
-                        });
-                        myself.send_after(wait, move || SchedulerMsg::WaitOver(id));
-                    }
-                    other => {
-                        let _ = reply.send(other);
-                    }
-                }
+                state.next_id += 1;
+                state.ready.push_back(Ask {
+                    id: state.next_id,
+                    worker,
+                    free_gpus,
+                    until: (!wait.is_zero()).then(|| Instant::now() + wait),
+                    timed: false,
+                    session,
+                    reply,
+                });
+                state.lease_ready(&myself);
             }
             SchedulerMsg::Wake => {
-                // A read first: with nothing queued, a pass would make one empty (but still
-                // durable) write per waiting worker.
-                if state.parked.is_empty() || !queue_has_jobs(&state.store).await {
-                    return Ok(());
+                if state.leasing {
+                    state.woken = true;
+                } else if !state.parked.is_empty() {
+                    state.wake_parked();
+                    state.lease_ready(&myself);
                 }
-                let mut still = VecDeque::with_capacity(state.parked.len());
-                while let Some(p) = state.parked.pop_front() {
-                    if p.reply.is_closed() || p.session.as_ref().is_some_and(Session::is_closed) {
-                        continue;
-                    }
-                    match Self::lease(
-                        &myself,
-                        state.plane,
-                        &state.store,
-                        &p.worker,
-                        &p.free_gpus,
-                        p.session.clone(),
-                    )
-                    .await
-                    {
-                        Ok(None) => still.push_back(p),
-                        other => {
-                            let _ = p.reply.send(other);
-                        }
-                    }
-                }
-                state.parked = still;
             }
             SchedulerMsg::WaitOver(id) => {
+                // A request in a batch in flight is answered when the batch is, its wait
+                // being over by then.
                 if let Some(i) = state.parked.iter().position(|p| p.id == id) {
                     if let Some(p) = state.parked.remove(i) {
                         let _ = p.reply.send(Ok(None));
                     }
                 }
+            }
+            SchedulerMsg::Leased { batch, answers } => {
+                state.leasing = false;
+                state.answer(&myself, batch, answers).await;
+                if std::mem::take(&mut state.woken) {
+                    state.wake_parked();
+                }
+                state.lease_ready(&myself);
             }
             SchedulerMsg::Adopt(job) => {
                 if ractor::registry::where_is(job_actor::name(state.plane, job)).is_some() {
@@ -241,5 +344,225 @@ impl Actor for Scheduler {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+    use nexa_runtime::{
+        Engine, GenerateParams, JobParams, JobSpec, JobType, MemStore, ReadTables, StoreConfig,
+        WorkerInfo, WriteOp,
+    };
+    use ractor::concurrency::{OneshotReceiver, oneshot};
+
+    use super::*;
+
+    /// A `MemStore` whose next write, once armed, is made and then held, as if its commit
+    /// were on its way to disk, until the test lets it go.
+    struct Gated {
+        inner: Arc<MemStore>,
+        gate: Mutex<Option<(SyncSender<()>, Receiver<()>)>>,
+    }
+
+    impl Gated {
+        fn new(inner: Arc<MemStore>) -> Self {
+            Self {
+                inner,
+                gate: Mutex::new(None),
+            }
+        }
+
+        /// Holds the next write once made: the first receiver hears when it is made, and the
+        /// write returns when the sender sends or is dropped.
+        fn arm(&self) -> (Receiver<()>, SyncSender<()>) {
+            let (made, made_rx) = sync_channel(1);
+            let (open, wait) = sync_channel(0);
+            *self.gate.lock().unwrap() = Some((made, wait));
+            (made_rx, open)
+        }
+    }
+
+    impl Engine for Gated {
+        fn config(&self) -> &StoreConfig {
+            Engine::config(&*self.inner)
+        }
+
+        fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+            let gate = self.gate.lock().unwrap().take();
+            let result = Engine::write(&*self.inner, op);
+            if let Some((made, wait)) = gate {
+                let _ = made.send(());
+                let _ = wait.recv();
+            }
+            result
+        }
+
+        fn read<R>(
+            &self,
+            op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+        ) -> Result<R, StoreError> {
+            Engine::read(&*self.inner, op)
+        }
+    }
+
+    type Answer = OneshotReceiver<Result<Option<Lease>, StoreError>>;
+
+    /// Leases that outlast every test: no lease runs out and wakes the scheduler meanwhile.
+    fn store() -> Arc<MemStore> {
+        Arc::new(MemStore::new(StoreConfig {
+            lease_ttl: Duration::from_secs(3600),
+            ..StoreConfig::default()
+        }))
+    }
+
+    /// Each test's plane number, so that job actor names do not collide across tests.
+    async fn scheduler(plane: u64, store: Arc<dyn Store>) -> ActorRef<SchedulerMsg> {
+        Actor::spawn(None, Scheduler, (1_000_000 + plane, store))
+            .await
+            .expect("the scheduler starts")
+            .0
+    }
+
+    fn register(store: &MemStore, name: &str, types: &[JobType]) -> WorkerId {
+        let id = WorkerId::new(name).unwrap();
+        let info = WorkerInfo {
+            id: id.clone(),
+            cpus: 4,
+            memory_mb: 8_192,
+            gpus: vec![],
+            labels: Default::default(),
+            job_types: types.iter().copied().collect(),
+        };
+        store.register_worker(info, now()).expect("register");
+        id
+    }
+
+    fn spec(job_type: JobType, priority: i32) -> JobSpec {
+        let params = match job_type {
+            JobType::Audit => JobParams::Audit(nexa_runtime::AuditParams {
+                dataset_uri: "file:///data.csv".into(),
+                label_column: None,
+                expected_sha256: None,
+            }),
+            _ => JobParams::Generate(GenerateParams {
+                domain: "math".into(),
+                num_samples: 10,
+                seed: None,
+            }),
+        };
+        let mut spec = JobSpec::new(params);
+        spec.priority = priority;
+        spec
+    }
+
+    fn ask(scheduler: &ActorRef<SchedulerMsg>, worker: &WorkerId, wait: Duration) -> Answer {
+        let (reply, answer) = oneshot();
+        scheduler
+            .cast(SchedulerMsg::AskForWork {
+                worker: worker.clone(),
+                free_gpus: vec![],
+                wait,
+                session: None,
+                reply: reply.into(),
+            })
+            .expect("the scheduler takes the request");
+        answer
+    }
+
+    async fn leased(answer: Answer) -> Option<JobId> {
+        tokio::time::timeout(Duration::from_secs(20), answer)
+            .await
+            .expect("an answer before the request's wait is over")
+            .expect("the scheduler answers")
+            .expect("the lease write succeeds")
+            .map(|lease| lease.job.id)
+    }
+
+    #[tokio::test]
+    async fn workers_asking_at_once_get_distinct_jobs_in_queue_order() {
+        let store = store();
+        let workers: Vec<WorkerId> = (0..6)
+            .map(|n| register(&store, &format!("w{n}"), &JobType::ALL))
+            .collect();
+        let jobs: Vec<JobId> = [0, 2, 1, 2]
+            .into_iter()
+            .map(|p| store.submit(spec(JobType::Generate, p), now()).unwrap().id)
+            .collect();
+        let scheduler = scheduler(1, store.clone()).await;
+        let answers: Vec<Answer> = workers
+            .iter()
+            .map(|w| ask(&scheduler, w, Duration::ZERO))
+            .collect();
+        let mut got = Vec::new();
+        for answer in answers {
+            got.push(leased(answer).await);
+        }
+        // Priority first, then submission order; the requests in the order they came.
+        let best = [jobs[1], jobs[3], jobs[2], jobs[0]];
+        assert_eq!(
+            got,
+            [
+                Some(best[0]),
+                Some(best[1]),
+                Some(best[2]),
+                Some(best[3]),
+                None,
+                None
+            ]
+        );
+        for (job, worker) in best.iter().zip(&workers) {
+            let job = store.get(*job).unwrap();
+            assert_eq!(job.state, nexa_runtime::JobState::Assigned);
+            assert_eq!(job.attempts.len(), 1, "{} leased once", job.id);
+            assert_eq!(&job.attempts[0].worker, worker);
+        }
+        scheduler.stop(None);
+    }
+
+    /// A job queued while a lease write is in flight reaches a request parked by that write.
+    #[tokio::test]
+    async fn a_wake_during_a_lease_write_is_not_lost() {
+        let mem = store();
+        let gated = Arc::new(Gated::new(mem.clone()));
+        let auditor = register(&mem, "auditor", &[JobType::Audit]);
+        let generator = register(&mem, "generator", &[JobType::Generate]);
+        let audit = mem.submit(spec(JobType::Audit, 0), now()).unwrap().id;
+        let scheduler = scheduler(2, gated.clone()).await;
+
+        // The generator's request finds nothing that fits, in a write held in flight...
+        let (made, open) = gated.arm();
+        let generator_answer = ask(&scheduler, &generator, Duration::from_secs(60));
+        tokio::task::spawn_blocking(move || made.recv())
+            .await
+            .unwrap()
+            .expect("the lease write is made");
+        // ... while a job for it is queued and the scheduler woken.
+        let generate = mem.submit(spec(JobType::Generate, 0), now()).unwrap().id;
+        scheduler.cast(SchedulerMsg::Wake).unwrap();
+        let auditor_answer = ask(&scheduler, &auditor, Duration::ZERO);
+        drop(open);
+
+        assert_eq!(leased(generator_answer).await, Some(generate));
+        assert_eq!(leased(auditor_answer).await, Some(audit));
+        scheduler.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_nothing_waits_then_gets_none() {
+        let store = store();
+        let worker = register(&store, "idle", &JobType::ALL);
+        let scheduler = scheduler(3, store.clone()).await;
+        let answer = ask(&scheduler, &worker, Duration::from_millis(50));
+        assert_eq!(leased(answer).await, None);
+
+        // A job submitted while a request waits goes to it on the next wake.
+        let waiting = ask(&scheduler, &worker, Duration::from_secs(60));
+        let id = store.submit(spec(JobType::Generate, 0), now()).unwrap().id;
+        scheduler.cast(SchedulerMsg::Wake).unwrap();
+        assert_eq!(leased(waiting).await, Some(id));
+        scheduler.stop(None);
     }
 }

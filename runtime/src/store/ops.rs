@@ -354,6 +354,26 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
     }))
 }
 
+/// [`lease_next`] for each request in turn, in one write. A request refused on its own (an
+/// unknown or draining worker, a job record that does not take the lease) gets its error and
+/// leases nothing, as [`lease_next`] alone would; a storage fault fails the whole write, so
+/// the caller's engine discards every lease of it.
+pub(super) fn lease_many<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    requests: &[LeaseRequest],
+    now: Timestamp,
+) -> Result<Vec<Result<Option<super::Lease>, StoreError>>, StoreError> {
+    let mut answers = Vec::with_capacity(requests.len());
+    for req in requests {
+        match lease_next(t, cfg, req, now) {
+            Err(StoreError::Storage(fault)) => return Err(fault.into()),
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
+}
+
 /// Applies `transition` to job `id` and, when it ends the job, to the jobs waiting on it.
 pub(super) fn report<T: Tables + ?Sized>(
     t: &mut T,

@@ -1,8 +1,8 @@
 //! The property test: random histories of operations against a simple model.
 //!
 //! A history is a random sequence of store operations (submissions, worker registry changes,
-//! leases, reports under the live or a stale epoch, cancels, time passing, `expire` and
-//! restarts). The model keeps what the test has been told (acknowledged jobs and their specs,
+//! leases one at a time and in batches, reports under the live or a stale epoch, cancels,
+//! time passing, `expire` and restarts). The model keeps what the test has been told (acknowledged jobs and their specs,
 //! idempotency keys, every epoch granted, the workers, log lines) and predicts each answer
 //! from the jobs as they were just before the operation. After every operation the whole
 //! store is read back and checked against the model and the invariants of `Job::apply`.
@@ -136,6 +136,8 @@ enum Op {
         /// How many of the worker's GPUs are free.
         free: u8,
     },
+    /// Several requests in one write, each `(worker, free)` as for `Lease`.
+    LeaseMany(Vec<(u8, u8)>),
     Start(Target),
     Heartbeat(Target, u8),
     Complete(Target),
@@ -215,6 +217,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u8).prop_map(Op::Drain),
         1 => (0..3u8).prop_map(Op::RemoveWorker),
         8 => (any::<u8>(), any::<u8>()).prop_map(|(worker, free)| Op::Lease { worker, free }),
+        3 => prop::collection::vec((any::<u8>(), any::<u8>()), 0..5).prop_map(Op::LeaseMany),
         4 => target().prop_map(Op::Start),
         3 => (target(), 0..3u8).prop_map(|(t, p)| Op::Heartbeat(t, p)),
         3 => target().prop_map(Op::Complete),
@@ -699,15 +702,34 @@ impl Model {
                 }
                 self.unchanged = true;
             }
-            Op::Lease { worker: w, free } => {
-                // Mostly a registered worker, sometimes any name (maybe unknown).
-                let registered: Vec<&WorkerId> = self.workers.keys().collect();
-                let worker = if w % 4 != 3 && !registered.is_empty() {
-                    registered[(w / 4) as usize % registered.len()].clone()
-                } else {
-                    wid(*w)
-                };
-                self.lease(&store, worker, *free);
+            Op::Lease { worker, free } => {
+                let request = self.lease_request(*worker, *free);
+                let queued = self.queued(&store);
+                let result = store.lease_next(request.clone(), self.now);
+                self.unchanged = self
+                    .check_lease(&store, &request, &queued, result)
+                    .is_none();
+            }
+            Op::LeaseMany(asks) => {
+                let requests: Vec<LeaseRequest> = asks
+                    .iter()
+                    .map(|&(worker, free)| self.lease_request(worker, free))
+                    .collect();
+                let mut queued = self.queued(&store);
+                let answers = store
+                    .lease_many(requests.clone(), self.now)
+                    .expect("lease_many");
+                assert_eq!(answers.len(), requests.len(), "one answer per request");
+                // As if each request were a `lease_next` of its own, in turn: a job leased
+                // for one request is no longer queued for the next.
+                let mut leased = false;
+                for (request, answer) in requests.iter().zip(answers) {
+                    if let Some(id) = self.check_lease(&store, request, &queued, answer) {
+                        queued.retain(|j| j.id != id);
+                        leased = true;
+                    }
+                }
+                self.unchanged = !leased;
             }
             Op::Start(t) => self.report(&store, *t, Report::Start),
             Op::Heartbeat(t, p) => self.report(&store, *t, Report::Heartbeat(*p)),
@@ -805,53 +827,69 @@ impl Model {
         }
     }
 
-    fn lease(&mut self, store: &impl Store, worker: WorkerId, free: u8) {
-        let known = self.workers.get(&worker).cloned();
-        let free_gpus: Vec<u64> = match &known {
-            Some(w) => {
-                let n = free as usize % (w.info.gpus.len() + 1);
-                w.info.gpus[..n].iter().map(|g| g.memory_mb).collect()
+    /// A request for work: mostly from a registered worker, sometimes from any name (maybe
+    /// unknown), offering some of its GPUs.
+    fn lease_request(&self, w: u8, free: u8) -> LeaseRequest {
+        let registered: Vec<&WorkerId> = self.workers.keys().collect();
+        let worker = if w % 4 != 3 && !registered.is_empty() {
+            registered[(w / 4) as usize % registered.len()].clone()
+        } else {
+            wid(w)
+        };
+        let free_gpus: Vec<u64> = match self.workers.get(&worker) {
+            Some(known) => {
+                let n = free as usize % (known.info.gpus.len() + 1);
+                known.info.gpus[..n].iter().map(|g| g.memory_mb).collect()
             }
             None => vec![],
         };
-        // The queue as a reader sees it just before the lease.
-        let queued = list_all(
+        LeaseRequest { worker, free_gpus }
+    }
+
+    /// The queue as a reader sees it.
+    fn queued(&self, store: &impl Store) -> Vec<Job> {
+        list_all(
             store,
             ListQuery {
                 state: Some(JobState::Queued),
                 limit: 1000,
                 ..ListQuery::default()
             },
-        );
-        let request = LeaseRequest {
-            worker: worker.clone(),
-            free_gpus: free_gpus.clone(),
-        };
-        let result = store.lease_next(request, self.now);
-        let info = match known {
+        )
+    }
+
+    /// Checks the answer to `request` given the jobs `queued` just before it; returns the job
+    /// leased, if any.
+    fn check_lease(
+        &mut self,
+        store: &impl Store,
+        request: &LeaseRequest,
+        queued: &[Job],
+        result: Result<Option<crate::Lease>, StoreError>,
+    ) -> Option<JobId> {
+        let (worker, free_gpus) = (&request.worker, &request.free_gpus);
+        let info = match self.workers.get(worker) {
             None => {
                 assert!(
-                    matches!(&result, Err(StoreError::UnknownWorker(w)) if *w == worker),
+                    matches!(&result, Err(StoreError::UnknownWorker(w)) if w == worker),
                     "{result:?}"
                 );
-                self.unchanged = true;
-                return;
+                return None;
             }
             Some(w) if w.draining => {
                 assert!(
-                    matches!(&result, Err(StoreError::WorkerDraining(w)) if *w == worker),
+                    matches!(&result, Err(StoreError::WorkerDraining(w)) if w == worker),
                     "{result:?}"
                 );
-                self.unchanged = true;
-                return;
+                return None;
             }
-            Some(w) => w.info,
+            Some(w) => w.info.clone(),
         };
         let now = self.now;
         let expected = queued
             .iter()
             .filter(|j| j.not_before.is_none_or(|t| t <= now))
-            .filter(|j| fits(&j.spec, &info, &free_gpus))
+            .filter(|j| fits(&j.spec, &info, free_gpus))
             .min_by_key(|j| (Reverse(j.spec.priority), j.id))
             .map(|j| j.id);
         let lease = result.expect("lease_next");
@@ -860,11 +898,10 @@ impl Model {
                 expected, None,
                 "a ready job fits {worker} but none was leased"
             );
-            self.unchanged = true;
-            return;
+            return None;
         };
         // Being given a job counts as being heard from (an empty poll writes nothing).
-        if let Some(w) = self.workers.get_mut(&worker) {
+        if let Some(w) = self.workers.get_mut(worker) {
             w.last_seen = now;
         }
         let id = lease.job.id;
@@ -888,7 +925,7 @@ impl Model {
         let live = job.live_attempt().expect("a live attempt");
         assert_eq!(
             (&live.worker, live.epoch, live.leased_at),
-            (&worker, lease.epoch, now)
+            (worker, lease.epoch, now)
         );
         assert_eq!(live.lease_expires_at, now.saturating_add(LEASE_TTL));
         assert_eq!(live.deadline, now.saturating_add(job.spec.timeout));
@@ -898,6 +935,7 @@ impl Model {
         );
         self.max_epoch = lease.epoch;
         self.leases.entry(id).or_default().push(lease.epoch);
+        Some(id)
     }
 
     fn report(&mut self, store: &impl Store, t: Target, report: Report) {

@@ -5,11 +5,13 @@ use std::time::Duration;
 use super::Harness;
 use super::fixtures::{
     LEASE_TTL, assert_events_consistent, at, at_ms, config, error, event_states, generate, get,
-    lease, output, register_cpu_worker, spec, state, submit, try_lease, wid, with_priority, worker,
+    lease, list_all, output, register_cpu_worker, spec, state, submit, try_lease, wid,
+    with_priority, worker,
 };
 use crate::{
-    AttemptOutcome, Epoch, Expired, FailureClass, Job, JobId, JobState, JobType, LeaseRequest,
-    PendingReason, Store, StoreError, Timestamp, TransitionError, WorkerId,
+    AttemptOutcome, Epoch, Expired, FailureClass, Job, JobId, JobState, JobType, Lease,
+    LeaseRequest, ListQuery, PendingReason, Store, StoreError, Timestamp, TransitionError,
+    WorkerId,
 };
 
 /// Leases go to the highest priority first, and within a priority to the earliest submitted.
@@ -177,6 +179,190 @@ pub fn lease_epochs_grow<H: Harness>(h: &mut H) {
             last = again.epoch;
         }
     }
+}
+
+/// One `lease_many` hands out each queued job once, in queue order (priority, then
+/// submission), to the requests in the order given, with epochs growing in that order; the
+/// requests left over get `None`, an empty batch changes nothing, and the leases are durable.
+pub fn lease_many_leases_each_job_once_in_queue_order<H: Harness>(h: &mut H) {
+    let store = h.open(config());
+    let workers: Vec<WorkerId> = (0..5)
+        .map(|n| register_cpu_worker(&store, &format!("w{n}"), at(0)))
+        .collect();
+    let low = submit(&store, with_priority(generate(0), 0), at(1));
+    let high = submit(&store, with_priority(generate(1), 5), at(2));
+    let also_low = submit(&store, with_priority(generate(2), 0), at(3));
+    assert_eq!(
+        store.lease_many(Vec::new(), at(4)).expect("an empty batch"),
+        Vec::new()
+    );
+    assert_eq!(state(&store, high), JobState::Queued);
+
+    let requests = workers
+        .iter()
+        .map(|w| LeaseRequest {
+            worker: w.clone(),
+            free_gpus: vec![],
+        })
+        .collect();
+    let answers = store.lease_many(requests, at(5)).expect("lease_many");
+    let leased: Vec<Option<JobId>> = answers
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .expect("a registered worker")
+                .as_ref()
+                .map(|l| l.job.id)
+        })
+        .collect();
+    assert_eq!(
+        leased,
+        [Some(high), Some(low), Some(also_low), None, None],
+        "each job once, best first, to the requests in order"
+    );
+    let leases: Vec<&Lease> = answers.iter().flatten().flatten().collect();
+    for pair in leases.windows(2) {
+        assert!(
+            pair[0].epoch < pair[1].epoch,
+            "{} then {}",
+            pair[0].epoch,
+            pair[1].epoch
+        );
+    }
+    for (lease, worker) in leases.iter().zip(&workers) {
+        assert_eq!(lease.attempt, 1);
+        assert_eq!(lease.lease_expires_at, at(5).saturating_add(LEASE_TTL));
+        let job = get(&store, lease.job.id);
+        assert_eq!(&job, &lease.job, "the lease carries the job as stored");
+        let live = job.live_attempt().expect("a live attempt");
+        assert_eq!((&live.worker, live.epoch), (worker, lease.epoch));
+    }
+
+    // Nothing is left to lease, and the leases survive a restart.
+    let store = h.restart(store, config());
+    for lease in &leases {
+        assert_eq!(get(&store, lease.job.id), lease.job);
+    }
+    let again = store
+        .lease_many(
+            vec![LeaseRequest {
+                worker: workers[0].clone(),
+                free_gpus: vec![],
+            }],
+            at(6),
+        )
+        .expect("lease_many");
+    assert_eq!(again, vec![Ok(None)]);
+}
+
+/// A batch answers each request exactly as `lease_next` would, called for each in turn: the
+/// same jobs to the same workers under the same epochs, a job that fits no request left
+/// queued, an unknown or draining worker refused without stopping the others, and the same
+/// jobs and workers stored afterwards.
+pub fn lease_many_is_lease_next_in_turn<H: Harness>(h: &mut H) {
+    let now = at(10);
+    let setup = |store: &H::Store| {
+        let w = |name, gpus: &[u64], labels: &[(&str, &str)], types: &[JobType]| {
+            store
+                .register_worker(worker(name, gpus, labels, types), at(0))
+                .expect("register");
+        };
+        w(
+            "cpu",
+            &[],
+            &[("region", "us")],
+            &[JobType::Generate, JobType::Train],
+        );
+        w(
+            "gpu",
+            &[16_000, 16_000, 80_000],
+            &[("region", "eu")],
+            &[JobType::Generate, JobType::Train],
+        );
+        w("drained", &[], &[], &JobType::ALL);
+        store.drain_worker(&wid("drained"), at(0)).expect("drain");
+
+        let mut two_gpus = spec(JobType::Train);
+        two_gpus.resources.gpus = 2;
+        submit(store, two_gpus, at(1));
+        let mut big_gpu = spec(JobType::Train);
+        big_gpu.resources.gpus = 1;
+        big_gpu.resources.gpu_memory_mb = 40_000;
+        submit(store, with_priority(big_gpu, 3), at(1));
+        submit(store, spec(JobType::Audit), at(1));
+        let mut eu = generate(1);
+        eu.resources.labels.insert("region".into(), "eu".into());
+        submit(store, eu, at(1));
+        for n in 2..5 {
+            submit(store, with_priority(generate(n), n as i32 % 2), at(2));
+        }
+        // One in its retry backoff at `now`.
+        let backoff = submit(store, with_priority(generate(9), 10), at(3));
+        let l = lease(store, &wid("cpu"), backoff, at(3));
+        store
+            .fail(backoff, l.epoch, error(FailureClass::StageError), now)
+            .expect("fail");
+    };
+    let batched = h.open(config());
+    let serial = h.open(config());
+    setup(&batched);
+    setup(&serial);
+
+    let ask = |name: &str, free: &[u64]| LeaseRequest {
+        worker: wid(name),
+        free_gpus: free.to_vec(),
+    };
+    let requests = vec![
+        ask("gpu", &[16_000]),
+        ask("cpu", &[]),
+        ask("ghost", &[]),
+        ask("gpu", &[80_000, 16_000, 16_000]),
+        ask("drained", &[]),
+        ask("gpu", &[16_000, 16_000]),
+        ask("cpu", &[]),
+        ask("cpu", &[]),
+        ask("cpu", &[]),
+    ];
+    let got = batched
+        .lease_many(requests.clone(), now)
+        .expect("lease_many");
+    let want: Vec<_> = requests
+        .into_iter()
+        .map(|r| serial.lease_next(r, now))
+        .collect();
+    assert_eq!(got, want);
+
+    // The batch did lease, refuse and come up empty, so the comparison covered each case.
+    assert!(matches!(&got[2], Err(StoreError::UnknownWorker(w)) if *w == wid("ghost")));
+    assert!(matches!(&got[4], Err(StoreError::WorkerDraining(w)) if *w == wid("drained")));
+    assert!(got.iter().any(|a| matches!(a, Ok(None))));
+    let leased: Vec<JobId> = got.iter().flatten().flatten().map(|l| l.job.id).collect();
+    assert_eq!(leased.len(), 5);
+    let mut distinct = leased.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), leased.len(), "no job leased twice");
+    let queued = ListQuery {
+        state: Some(JobState::Queued),
+        limit: 1000,
+        ..ListQuery::default()
+    };
+    // The audit job (nobody runs audit), the eu job (the gpu worker took better ones) and the
+    // one in its backoff.
+    assert_eq!(list_all(&batched, queued).len(), 3);
+
+    let everything = ListQuery {
+        limit: 1000,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        list_all(&batched, everything),
+        list_all(&serial, everything)
+    );
+    assert_eq!(
+        batched.list_workers().expect("workers"),
+        serial.list_workers().expect("workers")
+    );
 }
 
 /// A failed attempt with a retryable class waits out its backoff (from the store's retry
