@@ -52,16 +52,19 @@ def _shots_dir():
 
 
 class Nexa:
-    """`nexa up` with the test handler for train jobs, on free ports."""
+    """`nexa up` with the test handler for train jobs, on free ports; with_token makes an
+    API token first, which the API then requires."""
 
-    def __init__(self):
+    def __init__(self, with_token=False):
         self.data = tempfile.TemporaryDirectory(prefix="nexa-dashboard-")
+        data = Path(self.data.name) / "var"
         self.stderr_path = Path(self.data.name) / "nexa.stderr"
         self.stdout_lines = []
+        self.token = self._create_token(data) if with_token else None
         handler = f"train=python3 {shlex.quote(str(HERE / 'handler.py'))}"
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            [str(_binary()), "up", "--data", str(Path(self.data.name) / "var"),
+            [str(_binary()), "up", "--data", str(data),
              "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--handler", handler],
             stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
             env={**os.environ, "NEXA_LOG": os.environ.get("NEXA_LOG", "info")},
@@ -95,6 +98,15 @@ class Nexa:
                 self.base = f"http://127.0.0.1:{m.group(1)}/"
         self._wait_healthy(deadline)
 
+    @staticmethod
+    def _create_token(data):
+        out = subprocess.run([str(_binary()), "token", "create", "--data", str(data), "--name", "dashboard-test"],
+                             capture_output=True, text=True, timeout=WAIT)
+        assert out.returncode == 0, f"nexa token create failed ({out.returncode}): {out.stdout}{out.stderr}"
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        assert lines, f"nexa token create printed no token: {out.stdout!r} {out.stderr!r}"
+        return lines[-1]
+
     def _wait_healthy(self, deadline):
         last = None
         while time.monotonic() < deadline:
@@ -108,10 +120,12 @@ class Nexa:
         self.stop()
         pytest.fail(f"{self.base}healthz never answered 200 ({last}):\n" + self.output())
 
-    def request(self, method, path, body=None):
+    def request(self, method, path, body=None, token=True):
         """(status, parsed JSON body) of an API call; HTTP errors are answers too."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path.lstrip("/"), data=data, method=method)
+        if token and self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -248,6 +262,16 @@ class Page:
         return self.text(f'#jobs-table tr[data-job-id="{job_id}"] .status')
 
 
+def test_the_binary_serves_this_dashboard(nexa):
+    """The page is embedded at build time: an older binary would test an older page."""
+    with urllib.request.urlopen(nexa.base, timeout=10) as r:
+        assert r.status == 200
+        assert r.headers.get_content_type() == "text/html"
+        served = r.read()
+    source = (ROOT / "bin" / "src" / "http" / "dashboard.html").read_bytes()
+    assert served == source, "the binary serves another dashboard.html than the source: rebuild (cargo build -p nexa)"
+
+
 def test_a_job_appears_and_reaches_succeeded_in_the_table(page, nexa):
     page.open()
     page.wait("the jobs table", lambda: page.driver.find_element(By.ID, "jobs-table"))
@@ -373,6 +397,65 @@ def test_the_submit_form_creates_a_job_and_shows_validation_errors(page, nexa):
     assert status == 200 and job["job_type"] == "train" and job["params"]["model_id"] == "m", job
     page.wait(f"{job_id} to succeed", lambda: (page.row_status(job_id) or "").strip() == "succeeded")
     page.screenshot("submit-form")
+
+
+def test_cancel_from_the_job_detail(page, nexa):
+    job_id = nexa.submit({"job_type": "train", "params": {**TRAIN["params"], "epochs": 100}})
+    page.open(f"#/jobs/{job_id}")
+    page.wait("the long job's ticks in the logs", lambda: "tick 2" in (page.text("#job-logs") or ""))
+    page.wait("the job to be running", lambda: (page.text("#job-status") or "").strip() == "running")
+    button = page.wait("the cancel button", lambda: page.driver.find_element(By.ID, "job-cancel").is_displayed()
+                       and page.driver.find_element(By.ID, "job-cancel"))
+    button.click()
+    page.wait("the confirmation", lambda: page.driver.switch_to.alert).accept()
+    page.wait("the job to be cancelled", lambda: (page.text("#job-status") or "").strip() == "cancelled")
+    page.wait("the logs to say the job finished",
+              lambda: (page.text("#job-logs-status") or "").strip() == "finished: cancelled")
+    assert not page.driver.find_element(By.ID, "job-cancel").is_displayed()
+    page.wait("the error class", lambda: "cancelled" in (page.text("#job-outcome") or ""))
+    page.screenshot("job-cancelled")
+
+
+def test_a_retried_job_shows_its_attempts_and_their_logs(page, nexa):
+    job_id = nexa.submit({"job_type": "train", "params": {**TRAIN["params"], "model_id": "flaky"}})
+    page.open(f"#/jobs/{job_id}")
+    page.wait("the second attempt to succeed", lambda: (page.text("#job-status") or "").strip() == "succeeded")
+    rows = page.wait("two attempt rows", lambda: (lambda r: len(r) == 2 and r)(page.js(
+        "return [...document.querySelectorAll('#job-attempts tbody tr')].map(e => e.textContent)")))
+    assert "failed" in rows[0] and "stage_error" in rows[0], rows[0]
+    assert "succeeded" in rows[1], rows[1]
+    page.wait("the live logs to finish", lambda: (page.text("#job-logs-status") or "").strip() == "finished: succeeded")
+    assert f"starting {job_id} attempt 2" in page.text("#job-logs")
+    page.wait("the attempt picker", lambda: page.driver.find_element(By.ID, "job-logs-attempt").is_displayed())
+    Select(page.driver.find_element(By.ID, "job-logs-attempt")).select_by_value("1")
+    page.wait("attempt 1's logs", lambda: "attempt 1 fails on purpose" in (page.text("#job-logs") or ""))
+    assert "training done" not in page.text("#job-logs")
+    page.full_screenshot("job-retried")
+
+
+def test_a_server_with_tokens_asks_for_one(browser):
+    secured = Nexa(with_token=True)
+    try:
+        status, body = secured.request("GET", "api/jobs", token=False)
+        assert status == 401, f"GET /api/jobs without a token: expected 401, got {status}: {body}"
+        page = Page(browser, secured, "token")
+        browser.set_window_size(1280, 1000)
+        page.open()
+        page.wait("the token field", lambda: page.driver.find_element(By.ID, "auth-token").is_displayed())
+        page.screenshot("token-prompt")
+        page.driver.find_element(By.ID, "auth-token").send_keys(secured.token)
+        page.driver.find_element(By.CSS_SELECTOR, "#auth-form button[type=submit]").click()
+        job_id = secured.submit(TRAIN)
+        page.wait(f"{job_id} to succeed", lambda: (page.row_status(job_id) or "").strip() == "succeeded")
+        assert not page.driver.find_element(By.ID, "auth-panel").is_displayed()
+        assert page.js("return localStorage.getItem('nexa-forge.api-token')") == secured.token
+        # EventSource cannot send the token: the logs are polled instead.
+        page.go(f"#/jobs/{job_id}")
+        page.wait("the logs, polled with the token", lambda: "training done" in (page.text("#job-logs") or ""))
+        page.wait("the logs to say the job finished",
+                  lambda: (page.text("#job-logs-status") or "").strip() == "finished: succeeded")
+    finally:
+        secured.stop()
 
 
 def test_narrow_screen(page, nexa):
