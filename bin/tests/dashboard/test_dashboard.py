@@ -306,6 +306,22 @@ def test_filters_keep_only_matching_jobs_and_show_in_the_url(page, nexa):
     page.go("#/jobs")
 
 
+def test_polling_pauses_while_the_tab_is_hidden(page, nexa):
+    page.open()
+    page.wait("the table to load", lambda: page.text("#live-status").startswith("Live"))
+    count = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/jobs')).length"
+    set_hidden = """
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => arguments[0]});
+        document.dispatchEvent(new Event('visibilitychange'));"""
+    page.js(set_hidden, True)
+    time.sleep(0.5)  # a request already on its way may still land
+    page.js("performance.clearResourceTimings()")
+    time.sleep(3.5)  # more than two polling periods
+    assert page.js(count) == 0, "the jobs list was fetched while the tab was hidden"
+    page.js(set_hidden, False)
+    page.wait("a fetch once the tab is visible again", lambda: page.js(count) > 0)
+
+
 def test_job_detail_shows_spec_result_attempts_events_and_logs(page, nexa):
     job_id = nexa.submit(TRAIN)
     page.open()
