@@ -20,6 +20,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 
+/// The largest whole number every JSON reader holds exactly (2^53 - 1); sizes above it are
+/// refused rather than silently rounded by some client.
+pub(crate) const MAX_SAFE: u64 = (1 << 53) - 1;
+
 /// A time as RFC 3339 in UTC with milliseconds.
 pub(crate) fn time(t: Timestamp) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.as_millis())).to_string()
@@ -38,6 +42,52 @@ pub(crate) fn path_job(s: &str) -> Result<JobId, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Names, for the OpenAPI document
+
+/// A job type.
+#[derive(ToSchema)]
+#[schema(as = JobTypeName)]
+#[allow(dead_code)]
+pub(crate) enum JobTypeName {
+    #[schema(rename = "generate")]
+    Generate,
+    #[schema(rename = "audit")]
+    Audit,
+    #[schema(rename = "distill")]
+    Distill,
+    #[schema(rename = "train")]
+    Train,
+    #[schema(rename = "evaluate")]
+    Evaluate,
+    #[schema(rename = "deploy")]
+    Deploy,
+}
+
+/// Whose fault a failure was.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum FailureClassName {
+    #[schema(rename = "invalid_input")]
+    InvalidInput,
+    #[schema(rename = "stage_error")]
+    StageError,
+    #[schema(rename = "worker_lost")]
+    WorkerLost,
+    #[schema(rename = "timeout")]
+    Timeout,
+    #[schema(rename = "cancelled")]
+    Cancelled,
+    #[schema(rename = "platform")]
+    Platform,
+}
+
+/// A job id, like `job-7`.
+#[derive(ToSchema)]
+#[schema(pattern = "^(job-)?[0-9]{1,19}$")]
+#[allow(dead_code)]
+pub(crate) struct JobIdText(String);
+
+// ---------------------------------------------------------------------------------------------
 // Submitting
 
 /// A job to run.
@@ -45,23 +95,28 @@ pub(crate) fn path_job(s: &str) -> Result<JobId, ApiError> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitRequest {
     /// `generate`, `audit`, `distill`, `train`, `evaluate` or `deploy`.
-    #[schema(example = "generate")]
+    #[schema(value_type = JobTypeName, example = "generate")]
     pub(crate) job_type: String,
     /// The job type's parameters (see the docs page for each type's).
     #[serde(default)]
     #[schema(value_type = Object, example = json!({"domain": "physics", "num_samples": 1000}))]
     pub(crate) params: Map<String, Value>,
     /// Higher runs first (-1000 to 1000); default 0.
+    #[schema(minimum = -1000, maximum = 1000)]
     pub(crate) priority: Option<i32>,
     /// Tries in all, the first included (1 to 100); default 3.
+    #[schema(minimum = 1, maximum = 100)]
     pub(crate) max_attempts: Option<u32>,
     /// How long one attempt may run, in seconds (1 to 2,592,000); default one day.
+    #[schema(minimum = 1, maximum = 2592000)]
     pub(crate) timeout_seconds: Option<u64>,
     /// What the job needs from a worker.
     pub(crate) resources: Option<ResourcesBody>,
-    /// Jobs that must succeed first.
+    /// Jobs that must succeed first (at most 256, each once).
+    #[schema(max_items = 256, value_type = Option<Vec<JobIdText>>)]
     pub(crate) depends_on: Option<Vec<String>>,
-    /// Submitting twice with the same key makes one job.
+    /// Submitting twice with the same key makes one job: 1 to 256 printable ASCII characters.
+    #[schema(pattern = "^[!-~]{1,256}$")]
     pub(crate) idempotency_key: Option<String>,
 }
 
@@ -71,9 +126,11 @@ pub(crate) struct SubmitRequest {
 pub(crate) struct ResourcesBody {
     /// Whole GPUs (0 to 64).
     #[serde(default)]
+    #[schema(maximum = 64)]
     pub(crate) gpus: u32,
     /// Memory each GPU must have, in MiB; 0 means any.
     #[serde(default)]
+    #[schema(maximum = 9007199254740991_u64)]
     pub(crate) gpu_memory_mb: u64,
     /// Labels the worker must carry with these values.
     #[serde(default)]
@@ -104,6 +161,12 @@ impl SubmitRequest {
             spec.timeout = Duration::from_secs(s);
         }
         if let Some(r) = self.resources {
+            if r.gpu_memory_mb > MAX_SAFE {
+                return Err(ApiError::invalid(
+                    "resources.gpu_memory_mb",
+                    "is larger than 2^53 - 1",
+                ));
+            }
             spec.resources = Resources {
                 gpus: r.gpus,
                 gpu_memory_mb: r.gpu_memory_mb,
@@ -118,8 +181,15 @@ impl SubmitRequest {
                 .collect::<Result<_, _>>()?;
         }
         spec.idempotency_key = header_key.or(self.idempotency_key);
-        spec.validate()
-            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        spec.validate().map_err(|e| {
+            // The API takes the timeout in seconds, under another name.
+            let field = if e.field == "timeout" {
+                "timeout_seconds".to_owned()
+            } else {
+                e.field
+            };
+            ApiError::invalid(field, e.reason)
+        })?;
         Ok(spec)
     }
 }
@@ -466,6 +536,7 @@ pub(crate) struct ResultBody {
 pub(crate) struct ErrorInfo {
     /// `invalid_input`, `stage_error`, `worker_lost`, `timeout`, `cancelled` or `platform`.
     #[serde(default = "stage_error")]
+    #[schema(value_type = FailureClassName)]
     pub(crate) class: String,
     pub(crate) message: String,
 }
@@ -654,16 +725,22 @@ pub(crate) struct JobPage {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Only jobs in this state.
+    #[param(pattern = "^(waiting|queued|assigned|running|cancelling|succeeded|failed|cancelled)$")]
     pub(crate) status: Option<String>,
     /// Only jobs of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^(generate|audit|distill|train|evaluate|deploy)$"
+    )]
     pub(crate) job_type: Option<String>,
     /// Only jobs whose latest attempt ran on this worker.
     pub(crate) worker: Option<String>,
     /// Jobs per page (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub(crate) limit: Option<usize>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^(job-)?[0-9]{1,19}$")]
     pub(crate) cursor: Option<String>,
 }
 
@@ -689,10 +766,13 @@ pub(crate) struct CancelRequest {
 #[into_params(parameter_in = Query)]
 pub(crate) struct LogParams {
     /// The attempt (default: the latest).
+    #[param(minimum = 1)]
     pub(crate) attempt: Option<u32>,
     /// The first line number (default 0).
+    #[param(maximum = 9007199254740991_u64)]
     pub(crate) from_seq: Option<u64>,
     /// Lines at most (1 to 10000, default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub(crate) limit: Option<usize>,
     /// Stream lines as server-sent events until the job ends.
     pub(crate) follow: Option<bool>,
@@ -735,6 +815,7 @@ pub(crate) struct LogsBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct GpuBody {
     pub(crate) model: String,
+    #[schema(minimum = 1, maximum = 9007199254740991_u64)]
     pub(crate) memory_mb: u64,
 }
 
@@ -742,16 +823,21 @@ pub(crate) struct GpuBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
+    /// 1 to 128 letters, digits, `.`, `_` or `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub(crate) worker_id: String,
     #[serde(default)]
+    #[schema(maximum = 1048576)]
     pub(crate) cpus: u32,
     #[serde(default)]
+    #[schema(maximum = 9007199254740991_u64)]
     pub(crate) memory_mb: u64,
     #[serde(default)]
     pub(crate) gpus: Vec<GpuBody>,
     #[serde(default)]
     pub(crate) labels: BTreeMap<String, String>,
     /// The job types it runs (default: all).
+    #[schema(value_type = Option<Vec<JobTypeName>>)]
     pub(crate) job_types: Option<Vec<String>>,
 }
 
@@ -774,7 +860,19 @@ impl RegisterRequest {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        if self.cpus > 1 << 20 {
+            return Err(ApiError::invalid("cpus", "is more than 1,048,576"));
+        }
+        if self.memory_mb > MAX_SAFE {
+            return Err(ApiError::invalid("memory_mb", "is larger than 2^53 - 1"));
+        }
         for (i, g) in self.gpus.iter().enumerate() {
+            if g.memory_mb > MAX_SAFE {
+                return Err(ApiError::invalid(
+                    format!("gpus[{i}].memory_mb"),
+                    "is larger than 2^53 - 1",
+                ));
+            }
             if g.memory_mb == 0 {
                 return Err(ApiError::invalid(
                     format!("gpus[{i}].memory_mb"),
@@ -871,8 +969,10 @@ pub(crate) struct WorkersBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunningJobBody {
+    #[schema(pattern = "^(job-)?[0-9]{1,19}$")]
     pub(crate) job_id: String,
     pub(crate) epoch: u64,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: Option<f64>,
 }
 
@@ -897,11 +997,15 @@ pub(crate) struct HeartbeatAnswer {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct NextJobParams {
+    /// The worker, as registered.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub(crate) worker_id: String,
     /// Hold the request up to this many seconds for a job (0 to 30, default 0).
+    #[param(minimum = 0, maximum = 30)]
     pub(crate) wait_seconds: Option<f64>,
     /// The memory (MiB) of each GPU free now, comma-separated, e.g. `81559,81559`; empty
     /// for none. Default: every GPU the worker registered.
+    #[param(pattern = "^([0-9]{1,12}(,[0-9]{1,12})*)?$")]
     pub(crate) free_gpus: Option<String>,
 }
 
@@ -948,6 +1052,7 @@ pub(crate) struct LogAckBody {
 pub(crate) struct ProgressRequest {
     pub(crate) epoch: u64,
     /// From 0.0 to 1.0.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: Option<f64>,
 }
 

@@ -295,6 +295,9 @@ pub(crate) async fn logs(
         }
     }
     let from = q.from_seq.unwrap_or(0);
+    if from > api::MAX_SAFE {
+        return Err(ApiError::bad_param("from_seq", "is larger than 2^53 - 1"));
+    }
     if q.follow.unwrap_or(false) {
         let follow = Follow {
             state: state.into_inner(),

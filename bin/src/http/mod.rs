@@ -64,23 +64,33 @@ impl RequestCounts {
     }
 }
 
-/// Parses a JSON body, saying what is wrong with it.
+/// Parses a JSON body, saying what is wrong with it and, for a bad value, where.
 pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request needs a JSON body"));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         use serde_json::error::Category;
-        match e.classify() {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = inner.to_string();
+        let reason = reason.split(" at line ").next().unwrap_or_default();
+        match inner.classify() {
+            Category::Data if path != "." => ApiError::invalid(path, reason),
             Category::Data => ApiError {
                 status: actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
                 code: "validation_error",
-                message: e.to_string(),
+                message: reason.to_owned(),
                 field: None,
             },
-            _ => ApiError::bad_request(format!("the body is not valid JSON: {e}")),
+            _ => ApiError::bad_request(format!("the body is not valid JSON: {inner}")),
         }
-    })
+    })?;
+    reader
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 #[derive(OpenApi)]
@@ -123,8 +133,16 @@ async fn not_found() -> HttpResponse {
     ApiError::not_found("no such path; the API is described at /docs").error_response()
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::method_not_allowed().error_response()
+/// A resource at `path` whose other methods are answered 405 with the `Allow` header.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut answer = ApiError::method_not_allowed().error_response();
+        answer.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        answer
+    }))
 }
 
 /// Answers that actix itself made (a body over the limit, a broken request) as the API's
@@ -144,33 +162,35 @@ fn as_api_error<B: MessageBody + 'static>(res: ServiceResponse<B>) -> ServiceRes
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
-    cfg.service(resource("/").route(web::get().to(ops::dashboard)))
-        .service(resource("/docs").route(web::get().to(ops::docs)))
-        .service(resource("/openapi.json").route(web::get().to(ops::openapi)))
-        .service(resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(resource("/metrics").route(web::get().to(ops::metrics)))
+    cfg.service(resource("/", "GET").route(web::get().to(ops::dashboard)))
+        .service(resource("/docs", "GET").route(web::get().to(ops::docs)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(ops::openapi)))
+        .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
+        .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
         .service(
-            resource("/api/jobs")
+            resource("/api/jobs", "GET, POST")
                 .route(web::get().to(jobs::list))
                 .route(web::post().to(jobs::submit)),
         )
-        .service(resource("/api/jobs/{id}").route(web::get().to(jobs::get)))
-        .service(resource("/api/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
-        .service(resource("/api/jobs/{id}/events").route(web::get().to(jobs::events)))
+        .service(resource("/api/jobs/{id}", "GET").route(web::get().to(jobs::get)))
+        .service(resource("/api/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
+        .service(resource("/api/jobs/{id}/events", "GET").route(web::get().to(jobs::events)))
         .service(
-            resource("/api/jobs/{id}/logs")
+            resource("/api/jobs/{id}/logs", "GET, POST")
                 .route(web::get().to(jobs::logs))
                 .route(web::post().to(jobs::append_logs)),
         )
-        .service(resource("/api/jobs/{id}/started").route(web::post().to(jobs::started)))
-        .service(resource("/api/jobs/{id}/progress").route(web::post().to(jobs::progress)))
-        .service(resource("/api/jobs/{id}/complete").route(web::post().to(jobs::complete)))
-        .service(resource("/api/jobs/{id}/fail").route(web::post().to(jobs::fail)))
-        .service(resource("/api/workers").route(web::get().to(workers::list)))
-        .service(resource("/api/workers/register").route(web::post().to(workers::register)))
-        .service(resource("/api/workers/next_job").route(web::get().to(workers::next_job)))
-        .service(resource("/api/workers/{id}/heartbeat").route(web::post().to(workers::heartbeat)));
+        .service(resource("/api/jobs/{id}/started", "POST").route(web::post().to(jobs::started)))
+        .service(resource("/api/jobs/{id}/progress", "POST").route(web::post().to(jobs::progress)))
+        .service(resource("/api/jobs/{id}/complete", "POST").route(web::post().to(jobs::complete)))
+        .service(resource("/api/jobs/{id}/fail", "POST").route(web::post().to(jobs::fail)))
+        .service(resource("/api/workers", "GET").route(web::get().to(workers::list)))
+        .service(resource("/api/workers/register", "POST").route(web::post().to(workers::register)))
+        .service(resource("/api/workers/next_job", "GET").route(web::get().to(workers::next_job)))
+        .service(
+            resource("/api/workers/{id}/heartbeat", "POST")
+                .route(web::post().to(workers::heartbeat)),
+        );
 }
 
 /// Settings of the HTTP API.
