@@ -40,7 +40,7 @@ mod worker;
 
 pub use audit_stage::AuditStage;
 pub use clock::now;
-pub use command_stage::CommandStage;
+pub use command_stage::{CommandStage, params_json};
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};

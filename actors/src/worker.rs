@@ -97,7 +97,7 @@ impl WorkerConfig {
             join_token: join_token.into(),
             id,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            memory_mb: 0,
+            memory_mb: total_memory_mb(),
             gpus: Vec::new(),
             labels: BTreeMap::new(),
             stages,
@@ -153,4 +153,16 @@ impl WorkerNode {
         self.agent.stop(None);
         let _ = self.handle.await;
     }
+}
+
+/// This machine's main memory in MiB, from `/proc/meminfo`; 0 where it cannot be read.
+fn total_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024)
+        })
+        .unwrap_or(0)
 }

@@ -418,59 +418,6 @@ fn params(job_type: JobType, map: Map<String, Value>) -> Result<JobParams, ApiEr
     Ok(params)
 }
 
-/// Params as the API shows them.
-fn params_json(params: &JobParams) -> Value {
-    use serde_json::json;
-    match params {
-        JobParams::Generate(p) => {
-            json!({"domain": p.domain, "num_samples": p.num_samples, "seed": p.seed})
-        }
-        JobParams::Audit(p) => json!({
-            "dataset_uri": p.dataset_uri,
-            "label_column": p.label_column,
-            "expected_sha256": p.expected_sha256,
-        }),
-        JobParams::Distill(p) => json!({
-            "teacher_model": p.teacher_model,
-            "student_model": p.student_model,
-            "dataset_uri": p.dataset_uri,
-            "temperature": p.temperature,
-            "epochs": p.epochs,
-        }),
-        JobParams::Train(p) => {
-            let hyper: Map<String, Value> = p
-                .hyperparameters
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        ParamValue::Bool(b) => json!(b),
-                        ParamValue::Int(i) => json!(i),
-                        ParamValue::Float(f) => json!(f),
-                        ParamValue::Text(s) => json!(s),
-                    };
-                    (k.clone(), v)
-                })
-                .collect();
-            json!({
-                "model_id": p.model_id,
-                "dataset_uri": p.dataset_uri,
-                "epochs": p.epochs,
-                "hyperparameters": hyper,
-            })
-        }
-        JobParams::Evaluate(p) => json!({
-            "model_id": p.model_id,
-            "dataset_uri": p.dataset_uri,
-            "metrics": p.metrics,
-        }),
-        JobParams::Deploy(p) => json!({
-            "model_id": p.model_id,
-            "target": p.target,
-            "replicas": p.replicas,
-        }),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Jobs as shown
 
@@ -685,7 +632,7 @@ pub(crate) fn job_body(job: &Job, pending_reason: Option<String>, with_events: b
         job_id: job.id.to_string(),
         job_type: spec.job_type().as_str().to_owned(),
         status: job.state.as_str().to_owned(),
-        params: params_json(&spec.params),
+        params: nexa_actors::params_json(&spec.params),
         resources: ResourcesBody {
             gpus: spec.resources.gpus,
             gpu_memory_mb: spec.resources.gpu_memory_mb,

@@ -302,7 +302,9 @@ pub(crate) async fn logs(
         let follow = Follow {
             state: state.into_inner(),
             job: id,
-            attempt: q.attempt,
+            attempt: None,
+            first: q.attempt.unwrap_or(1),
+            first_from: from,
             next_seq: from,
             out: VecDeque::new(),
             done: false,
@@ -352,8 +354,11 @@ const KEEP_ALIVE_POLLS: u32 = 75;
 struct Follow {
     state: std::sync::Arc<State>,
     job: JobId,
-    /// The attempt being read; `None` until the job has one.
+    /// The attempt being read; `None` until the first one has begun.
     attempt: Option<u32>,
+    /// The attempt to begin with, and the line to begin it from.
+    first: u32,
+    first_from: u64,
     next_seq: u64,
     out: VecDeque<Bytes>,
     done: bool,
@@ -423,7 +428,7 @@ impl Follow {
         let tried = job.attempts.len() as u32;
         match self.attempt {
             Some(a) if a < tried => self.begin(a + 1),
-            None if tried > 0 => self.begin(1),
+            None if tried >= self.first => self.begin(self.first),
             _ if job.state.is_terminal() => {
                 // Lines are stored before the report that ends the job; one more read
                 // catches any that came in after the read above.
@@ -450,8 +455,12 @@ impl Follow {
     }
 
     fn begin(&mut self, attempt: u32) {
+        self.next_seq = if self.attempt.is_none() {
+            self.first_from
+        } else {
+            0
+        };
         self.attempt = Some(attempt);
-        self.next_seq = 0;
         self.out
             .push_back(sse("attempt", &serde_json::json!({"attempt": attempt})));
     }
