@@ -261,6 +261,11 @@ impl ControlPlane {
         blocking(&self.store, move |s| s.list(query)).await
     }
 
+    /// How many jobs are in `state`.
+    pub async fn count(&self, state: JobState) -> Result<u64, StoreError> {
+        blocking(&self.store, move |s| s.count(state)).await
+    }
+
     /// A job's log lines.
     pub async fn logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
         blocking(&self.store, move |s| s.read_logs(id, query)).await

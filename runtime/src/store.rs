@@ -242,6 +242,25 @@ pub trait Store: Send + Sync {
     /// Jobs, newest first, filtered and paged.
     fn list(&self, query: ListQuery) -> Result<Page, StoreError>;
 
+    /// How many jobs are in `state`. Stores count from their state index; this default,
+    /// for wrappers, counts through `list` pages.
+    fn count(&self, state: JobState) -> Result<u64, StoreError> {
+        let mut query = ListQuery {
+            state: Some(state),
+            limit: 1000,
+            ..ListQuery::default()
+        };
+        let mut n = 0;
+        loop {
+            let page = self.list(query)?;
+            n += page.jobs.len() as u64;
+            match page.next_before {
+                Some(before) => query.before = Some(before),
+                None => return Ok(n),
+            }
+        }
+    }
+
     /// Why a job has not started: `None` unless it is waiting or queued.
     fn pending_reason(
         &self,
@@ -379,6 +398,10 @@ impl<E: Engine> Store for E {
 
     fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
         self.read(&mut |t| ops::list(t, &query))
+    }
+
+    fn count(&self, state: JobState) -> Result<u64, StoreError> {
+        self.read(&mut |t| ops::count(t, state))
     }
 
     fn pending_reason(

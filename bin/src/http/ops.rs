@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use actix_web::HttpResponse;
 use actix_web::web::{self, Json};
-use nexa_runtime::{JobState, ListQuery};
+use nexa_runtime::JobState;
 
 use super::State;
 use super::api::Health;
@@ -27,28 +27,6 @@ pub(crate) async fn healthz(state: web::Data<State>) -> Result<Json<Health>, Api
     }))
 }
 
-/// Jobs in `state`, counted page by page.
-async fn count(state: &State, job_state: JobState) -> Result<u64, ApiError> {
-    let mut before = None;
-    let mut n = 0;
-    loop {
-        let page = state
-            .plane
-            .list(ListQuery {
-                state: Some(job_state),
-                before,
-                limit: 1000,
-                ..ListQuery::default()
-            })
-            .await?;
-        n += page.jobs.len() as u64;
-        match page.next_before {
-            Some(b) => before = Some(b),
-            None => return Ok(n),
-        }
-    }
-}
-
 /// Prometheus metrics.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
@@ -63,7 +41,7 @@ pub(crate) async fn metrics(_: Reader, state: web::Data<State>) -> Result<HttpRe
     out.push_str("# HELP nexa_jobs Jobs by status.\n# TYPE nexa_jobs gauge\n");
     let mut queued = 0;
     for s in JobState::ALL {
-        let n = count(&state, s).await?;
+        let n = state.plane.count(s).await?;
         if s == JobState::Queued {
             queued = n;
         }

@@ -214,6 +214,15 @@ pub(super) fn get<T: ReadTables + ?Sized>(t: &T, id: JobId) -> Result<Job, Store
     load(t, id)
 }
 
+pub(super) fn count<T: ReadTables + ?Sized>(t: &T, state: JobState) -> Result<u64, StoreError> {
+    let mut n = 0;
+    t.state_desc(state, None, &mut |_| {
+        n += 1;
+        true
+    })?;
+    Ok(n)
+}
+
 pub(super) fn list<T: ReadTables + ?Sized>(t: &T, q: &ListQuery) -> Result<Page, StoreError> {
     if !(1..=1000).contains(&q.limit) {
         return Err(StoreError::InvalidQuery(format!(

@@ -58,6 +58,13 @@ pub fn list_filters_by_state_and_type<H: Harness>(h: &mut H) {
     for job in &everything.jobs {
         assert_eq!(job, &get(&store, job.id), "list returns whole jobs");
     }
+    // `count` agrees with the listing, state by state.
+    for state in JobState::ALL {
+        let listed = store.list(q(Some(state), None)).expect("list").jobs.len() as u64;
+        assert_eq!(store.count(state).expect("count"), listed, "{state}");
+    }
+    assert_eq!(store.count(JobState::Assigned).expect("count"), 3);
+    assert_eq!(store.count(JobState::Cancelled).expect("count"), 2);
 
     let assigned = store.list(q(Some(JobState::Assigned), None)).expect("list");
     assert_eq!(ids(&assigned.jobs), expect(&|n, _| n < 3));
