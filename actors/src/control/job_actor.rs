@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nexa_runtime::{
     Epoch, Job, JobError, JobId, JobOutput, JobState, LeaseStatus, LogAck, Store, StoreError,
+    Timestamp,
 };
 use nexa_transport::Session;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -72,6 +73,9 @@ pub(crate) enum JobMsg {
 
 pub(crate) struct Args {
     pub(crate) job: JobId,
+    /// The lease's next deadline (`Job::deadline`) when the caller has just leased the job;
+    /// `None` to read it from the store.
+    pub(crate) deadline: Option<Timestamp>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: ActorRef<SchedulerMsg>,
     pub(crate) session: Option<Session>,
@@ -84,6 +88,7 @@ type Timer = JoinHandle<Result<(), ractor::MessagingErr<JobMsg>>>;
 
 pub(crate) struct JobActorState {
     job: JobId,
+    deadline: Option<Timestamp>,
     store: Arc<dyn Store>,
     scheduler: ActorRef<SchedulerMsg>,
     session: Option<Session>,
@@ -93,21 +98,40 @@ pub(crate) struct JobActorState {
 impl JobActorState {
     /// Re-arms the timer for `job`'s next deadline; stops the actor when it is not leased.
     fn follow(&mut self, myself: &ActorRef<JobMsg>, job: &Job) {
+        match job.deadline() {
+            Some(at) => self.arm(myself, at),
+            None => self.release(myself, job.state),
+        }
+    }
+
+    /// Arms the timer for `at`, replacing the one armed.
+    fn arm(&mut self, myself: &ActorRef<JobMsg>, at: Timestamp) {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
-        match job.deadline() {
-            Some(at) => {
-                let wait = at.saturating_since(now()) + Duration::from_millis(1);
-                self.timer = Some(myself.send_after(wait, || JobMsg::Due));
-            }
-            None => {
-                debug!(job = %self.job, state = %job.state, "job no longer leased");
-                // Back in the queue, or finished (which may release dependents): let the
-                // scheduler look again.
-                let _ = self.scheduler.cast(SchedulerMsg::Wake);
-                myself.stop(None);
-            }
+        let wait = at.saturating_since(now()) + Duration::from_millis(1);
+        self.timer = Some(myself.send_after(wait, || JobMsg::Due));
+    }
+
+    /// The job is no longer leased (it went to `state`): stops the actor.
+    fn release(&mut self, myself: &ActorRef<JobMsg>, state: JobState) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        debug!(job = %self.job, %state, "job no longer leased");
+        // Back in the queue, or finished (which may release dependents): let the scheduler
+        // look again.
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        myself.stop(None);
+    }
+
+    /// Follows the job after an outcome report: one the store took (`Some` state after it)
+    /// ended the attempt, so the job is no longer leased; after one it refused, the store says
+    /// where the job is.
+    async fn after_outcome(&mut self, myself: &ActorRef<JobMsg>, state: Option<JobState>) {
+        match state {
+            Some(state) if !state.is_leased() => self.release(myself, state),
+            _ => self.refresh(myself).await,
         }
     }
 
@@ -135,6 +159,7 @@ impl Actor for JobActor {
     ) -> Result<JobActorState, ActorProcessingErr> {
         Ok(JobActorState {
             job: args.job,
+            deadline: args.deadline,
             store: args.store,
             scheduler: args.scheduler,
             session: args.session,
@@ -147,7 +172,10 @@ impl Actor for JobActor {
         myself: ActorRef<JobMsg>,
         state: &mut JobActorState,
     ) -> Result<(), ActorProcessingErr> {
-        state.refresh(&myself).await;
+        match state.deadline.take() {
+            Some(at) => state.arm(&myself, at),
+            None => state.refresh(&myself).await,
+        }
         Ok(())
     }
 
@@ -184,12 +212,7 @@ impl Actor for JobActor {
                 })
                 .await;
                 if let Ok(status) = &result {
-                    if let Some(t) = state.timer.take() {
-                        t.abort();
-                    }
-                    let wait =
-                        status.lease_expires_at.saturating_since(now()) + Duration::from_millis(1);
-                    state.timer = Some(myself.send_after(wait, || JobMsg::Due));
+                    state.arm(&myself, status.lease_expires_at);
                 }
                 let _ = reply.send(result);
             }
@@ -200,8 +223,9 @@ impl Actor for JobActor {
             } => {
                 let result =
                     blocking(&state.store, move |s| s.complete(id, epoch, output, now())).await;
+                let after = result.as_ref().ok().copied();
                 let _ = reply.send(result);
-                state.refresh(&myself).await;
+                state.after_outcome(&myself, after).await;
             }
             JobMsg::Fail {
                 epoch,
@@ -209,8 +233,9 @@ impl Actor for JobActor {
                 reply,
             } => {
                 let result = blocking(&state.store, move |s| s.fail(id, epoch, error, now())).await;
+                let after = result.as_ref().ok().copied();
                 let _ = reply.send(result);
-                state.refresh(&myself).await;
+                state.after_outcome(&myself, after).await;
             }
             JobMsg::Logs {
                 epoch,

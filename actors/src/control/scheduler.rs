@@ -175,9 +175,16 @@ impl SchedulerState {
     }
 
     /// Starts the actor that watches a new lease.
-    async fn watch(&self, myself: &ActorRef<SchedulerMsg>, job: JobId, session: Option<Session>) {
+    async fn watch(
+        &self,
+        myself: &ActorRef<SchedulerMsg>,
+        lease: &Lease,
+        session: Option<Session>,
+    ) {
+        let job = lease.job.id;
         let args = job_actor::Args {
             job,
+            deadline: lease.job.deadline(),
             store: self.store.clone(),
             scheduler: myself.clone(),
             session,
@@ -219,7 +226,7 @@ impl SchedulerState {
                 Ok(Some(lease)) => {
                     // Persisted: only now is the job the worker's. Its actor watches the
                     // lease before the worker hears of it.
-                    self.watch(myself, lease.job.id, ask.session.clone()).await;
+                    self.watch(myself, &lease, ask.session.clone()).await;
                     let _ = ask.reply.send(Ok(Some(lease)));
                 }
                 Ok(None) => self.park(myself, ask),
@@ -309,6 +316,7 @@ impl Actor for Scheduler {
                 }
                 let args = job_actor::Args {
                     job,
+                    deadline: None,
                     store: state.store.clone(),
                     scheduler: myself.clone(),
                     session: None,

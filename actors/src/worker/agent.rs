@@ -32,6 +32,9 @@ pub(crate) enum AgentMsg {
     Beat(Result<Message, RequestError>),
     /// Something from the connection.
     Event(ClientEvent),
+    /// A job's stage is gone (finished, failed for good, stopped or aborted): its slot and
+    /// GPUs are free, while its supervisor still reports the outcome.
+    StageDone(JobId),
     /// A job's supervisor is done with it.
     Finished(JobId),
     /// Stop taking work; leave once the running jobs are done.
@@ -45,9 +48,30 @@ pub(crate) struct AgentArgs {
     pub(crate) config: WorkerConfig,
 }
 
+/// Jobs a worker keeps per slot: the one whose stage runs, and up to two whose stages are gone
+/// but whose reports (start, then outcome) are still on their way. A short job's reports so
+/// ride behind the next job instead of holding up the request for it, and a control plane that
+/// stops acknowledging reports is not handed more work than the worker can report.
+const JOBS_PER_SLOT: usize = 3;
+
+/// Whether a worker with `slots` slots can take another job, given for each job it still
+/// supervises whether its stage is done: fewer stages run than there are slots, and the reports
+/// still on their way are within bounds.
+fn room(slots: usize, stages_done: impl Iterator<Item = bool>) -> bool {
+    let (mut jobs, mut stages) = (0, 0);
+    for done in stages_done {
+        jobs += 1;
+        stages += usize::from(!done);
+    }
+    stages < slots && jobs < slots * JOBS_PER_SLOT
+}
+
 struct Running {
     epoch: Epoch,
+    /// Taken at assignment, given back when the stage is gone.
     gpus: Vec<u32>,
+    /// The stage is gone; the outcome is being reported.
+    stage_done: bool,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
     progress: watch::Receiver<Option<f64>>,
@@ -65,7 +89,11 @@ pub(crate) struct AgentState {
 
 impl AgentState {
     fn has_room(&self) -> bool {
-        !self.draining && self.running.len() < self.config.slots
+        !self.draining
+            && room(
+                self.config.slots,
+                self.running.values().map(|r| r.stage_done),
+            )
     }
 
     /// Memory of each free GPU, as the control plane matches on it.
@@ -261,6 +289,13 @@ impl Actor for Agent {
                     let _ = myself.cast(AgentMsg::Poll);
                 }
             },
+            AgentMsg::StageDone(job) => {
+                if let Some(r) = state.running.get_mut(&job) {
+                    r.stage_done = true;
+                    state.free_gpus.extend(r.gpus.drain(..));
+                }
+                let _ = myself.cast(AgentMsg::Poll);
+            }
             AgentMsg::Finished(job) => {
                 if let Some(r) = state.running.remove(&job) {
                     state.free_gpus.extend(r.gpus);
@@ -354,6 +389,7 @@ impl Agent {
             Running {
                 epoch,
                 gpus,
+                stage_done: false,
                 cancel,
                 lost,
                 progress: progress_rx,
@@ -375,5 +411,191 @@ impl Agent {
             .await;
         info!("drained; leaving");
         myself.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use nexa_runtime::*;
+    use nexa_transport::Trust;
+
+    use super::room;
+    use crate::{
+        BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError,
+        StageRegistry, WorkerConfig, WorkerNode,
+    };
+
+    #[test]
+    fn a_slot_is_free_once_its_stage_is_gone_within_the_reports_bound() {
+        fn done(flags: &[bool]) -> impl Iterator<Item = bool> + '_ {
+            flags.iter().copied()
+        }
+        assert!(room(1, done(&[])));
+        assert!(!room(1, done(&[false])), "a stage runs");
+        assert!(
+            room(1, done(&[true])),
+            "its stage is gone; its report is on its way"
+        );
+        assert!(room(1, done(&[true, true])));
+        assert!(
+            !room(1, done(&[true, true, true])),
+            "three reports on their way"
+        );
+        assert!(!room(1, done(&[true, false])));
+        assert!(room(2, done(&[false, true, true, true, true])));
+        assert!(!room(2, done(&[false, false])));
+        assert!(!room(2, done(&[true; 6])));
+    }
+
+    /// A `MemStore` that holds every `complete` until released.
+    struct HeldCompletions {
+        inner: MemStore,
+        held: Mutex<bool>,
+        released: Condvar,
+    }
+
+    impl HeldCompletions {
+        fn release(&self) {
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            self.released.notify_all();
+        }
+    }
+
+    /// Releases the held completions when dropped, so that a failed assertion does not leave
+    /// a store call blocked (the test's runtime waits for it on shutdown).
+    struct Release(Arc<HeldCompletions>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    macro_rules! delegate {
+        ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret { self.inner.$name($($arg),*) })*
+        };
+    }
+
+    impl Store for HeldCompletions {
+        delegate! {
+            submit(spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError>;
+            submit_batch(specs: Vec<JobSpec>, now: Timestamp) -> Result<Vec<Submitted>, StoreError>;
+            get(id: JobId) -> Result<Job, StoreError>;
+            list(query: ListQuery) -> Result<Page, StoreError>;
+            pending_reason(id: JobId, now: Timestamp) -> Result<Option<PendingReason>, StoreError>;
+            lease_next(request: LeaseRequest, now: Timestamp) -> Result<Option<Lease>, StoreError>;
+            lease_many(requests: Vec<LeaseRequest>, now: Timestamp)
+                -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>;
+            start(id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError>;
+            heartbeat(id: JobId, epoch: Epoch, progress: Option<f64>, now: Timestamp)
+                -> Result<LeaseStatus, StoreError>;
+            fail(id: JobId, epoch: Epoch, error: JobError, now: Timestamp)
+                -> Result<JobState, StoreError>;
+            cancel(id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError>;
+            expire(now: Timestamp) -> Result<Vec<Expired>, StoreError>;
+            append_logs(id: JobId, epoch: Epoch, first_seq: u64, lines: Vec<String>, now: Timestamp)
+                -> Result<LogAck, StoreError>;
+            read_logs(id: JobId, query: LogQuery) -> Result<LogPage, StoreError>;
+            register_worker(info: WorkerInfo, now: Timestamp) -> Result<WorkerRecord, StoreError>;
+            worker_heartbeat(id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
+            drain_worker(id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
+            remove_worker(id: &WorkerId) -> Result<(), StoreError>;
+            list_workers() -> Result<Vec<WorkerRecord>, StoreError>;
+        }
+
+        fn complete(
+            &self,
+            id: JobId,
+            epoch: Epoch,
+            output: JobOutput,
+            now: Timestamp,
+        ) -> Result<JobState, StoreError> {
+            let held = self.held.lock().unwrap();
+            drop(self.released.wait_while(held, |held| *held).unwrap());
+            self.inner.complete(id, epoch, output, now)
+        }
+    }
+
+    /// Tells the test which job it ran.
+    #[derive(Clone)]
+    struct Noted(tokio::sync::mpsc::UnboundedSender<JobId>);
+
+    impl Stage for Noted {
+        fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+            let _ = self.0.send(ctx.job);
+            Box::pin(async { Ok(JobOutput::default()) })
+        }
+    }
+
+    fn spec(n: u64) -> JobSpec {
+        JobSpec::new(JobParams::Generate(GenerateParams {
+            domain: "math".into(),
+            num_samples: n + 1,
+            seed: None,
+        }))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_runs_its_next_job_while_the_last_ones_outcome_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControlPlaneConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("plane"),
+            "agent-test-token",
+        );
+        let store = Arc::new(HeldCompletions {
+            inner: MemStore::new(config.store.clone()),
+            held: Mutex::new(true),
+            released: Condvar::new(),
+        });
+        let release = Release(store.clone());
+        let plane = ControlPlane::start_with_store(config, store.clone())
+            .await
+            .unwrap();
+        let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
+        let mut stages = StageRegistry::new();
+        stages.register(JobType::Generate, Noted(ran));
+        let worker = WorkerNode::start(WorkerConfig::new(
+            plane.addr(),
+            Trust::Fingerprint(plane.fingerprint()),
+            "agent-test-token",
+            WorkerId::new("one-slot").unwrap(),
+            stages,
+            dir.path().join("worker"),
+        ))
+        .await
+        .unwrap();
+
+        let first = plane.submit(spec(1)).await.unwrap().id;
+        let second = plane.submit(spec(2)).await.unwrap().id;
+        let wait = Duration::from_secs(20);
+        let ran_first = tokio::time::timeout(wait, runs.recv()).await.unwrap();
+        assert_eq!(ran_first, Some(first));
+        // The one slot takes the second job while the first one's completion is held.
+        let ran_second = tokio::time::timeout(wait, runs.recv()).await;
+        assert_eq!(
+            ran_second.expect("the second job runs before the first is acknowledged"),
+            Some(second)
+        );
+        let state = plane.get(first).await.unwrap().state;
+        assert!(state.is_leased(), "the first job is still leased ({state})");
+
+        drop(release);
+        for id in [first, second] {
+            let deadline = tokio::time::Instant::now() + wait;
+            while plane.get(id).await.unwrap().state != JobState::Succeeded {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} did not succeed"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        worker.stop().await;
+        plane.shutdown().await;
     }
 }

@@ -1,7 +1,8 @@
 //! The stage supervisor: one actor per job on a worker. It runs the job's stage, ships its
 //! logs while it runs, restarts it after a failure or a panic within the restart budget, stops
 //! it on cancel (aborting it when it ignores the cancel past the grace period), and reports
-//! the outcome under the job's lease.
+//! the outcome under the job's lease. It tells the agent as soon as the stage is gone, so the
+//! job's slot and GPUs take the next job while the outcome is on its way.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -140,6 +141,9 @@ async fn supervise(args: Args) {
     while let Ok(line) = lines.try_recv() {
         logs.push(line);
     }
+    // The stage is gone: its slot and GPUs can take the next job while the outcome is
+    // reported.
+    let _ = args.agent.cast(AgentMsg::StageDone(job));
     let _ = started.await;
     if args.lost.load(Ordering::SeqCst) {
         info!(%job, "lease lost; not reporting");
@@ -201,6 +205,8 @@ async fn run_once(
             () = sleep_until(abort_at) => {
                 warn!(job = %args.assignment.job, "stage ignored the cancel for {:?}; aborting it", args.grace);
                 run.abort();
+                // Only once the task has ended is the stage gone (and its GPUs free).
+                let _ = (&mut run).await;
                 return Ended::Done(Err(StageError::Cancelled));
             }
         }
