@@ -1,4 +1,45 @@
-//! The algorithms behind Nexa Forge's built-in stages. For now: the dataset audit.
+//! The algorithms behind Nexa Forge's built-in stages: the dataset audit, synthetic
+//! datasets, multilayer perceptrons with their training loop and checkpoints,
+//! distillation, and evaluation. Everything runs on the CPU through [`CpuBackend`]; the
+//! [`Backend`] trait is what another device implements.
+//!
+//! ## Datasets, models, training
+//!
+//! [`generate`] makes a seeded dataset from a closed-form law ([`Problem`]: projectile,
+//! pendulum, damped oscillator, ideal gas, and the circuits domain), as regression or as
+//! classes by binning. A [`Dataset`] splits by seed and reads and writes JSON Lines and
+//! Parquet with its [`Schema`]. An [`Mlp`] (presets in [`Preset`]) trains with [`train`]:
+//! AdamW, warmup and cosine decay, gradient clipping, checkpoints in a [`CheckpointDir`]
+//! that a later call resumes from bit for bit, progress through a callback that can stop
+//! it. [`label_with_teacher`] and [`DistillConfig`] distil a teacher into a student;
+//! [`evaluate`] gives an [`EvaluationReport`].
+//!
+//! ```
+//! use nexa_compute::{
+//!     Control, CpuBackend, GenerateSpec, Head, Mlp, Preset, Problem, TrainConfig, evaluate,
+//!     generate, train,
+//! };
+//!
+//! let data = generate(&GenerateSpec::new(Problem::Pendulum, 600).seed(1).classes(3))?;
+//! let split = data.split(0.8, 0.0, 1)?;
+//! let backend = CpuBackend;
+//! let config = Preset::StudentSmall.config(3, 3, Head::Classification);
+//! let mut model = Mlp::new(&backend, config, 7)?;
+//! let settings = TrainConfig { epochs: 3, batch_size: 32, ..TrainConfig::default() };
+//! let outcome = train(&backend, &mut model, &split.train, None, &settings, None, &mut |_| {
+//!     Control::Continue
+//! })?;
+//! assert_eq!(outcome.steps, 3 * 15);
+//! let report = evaluate(&backend, &model, &split.test, None)?;
+//! assert!(report.headline() > 0.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! What it deliberately does not do: no threads of its own (the CPU backend is
+//! single-threaded and therefore bit-reproducible), no async, no downloads, no model
+//! architectures beyond the MLP, no mixed precision.
+//!
+//! ## The dataset audit
 //!
 //! [`audit`] reads one local dataset file — CSV, JSON Lines or Parquet, chosen by its
 //! extension — and returns an [`AuditReport`]: the file's size and SHA-256, its row count,
@@ -46,9 +87,38 @@
 //! ```
 
 mod audit;
+mod backend;
+mod checkpoint;
+mod dataset;
+mod distill;
+mod error;
+mod evaluate;
+mod generate;
+mod model;
+mod optim;
+mod rng;
+mod train;
 
 pub use audit::{
     AuditError, AuditLimits, AuditPhase, AuditProgress, AuditReport, AuditRequest, ColumnReport,
     ColumnType, DatasetFormat, LabelBalance, NumericSummary, Position, TypeCounts, audit,
     audit_with, report_metrics,
 };
+
+pub use backend::{Activation, AdamWStep, Backend, CpuBackend};
+pub use checkpoint::{Checkpoint, CheckpointDir};
+pub use dataset::{
+    Dataset, FileFormat, SCHEMA_METADATA_KEY, Schema, Split, Standardizer, Targets, Task,
+    read_dataset, write_dataset,
+};
+pub use distill::{label_with_teacher, predict_chunked};
+pub use error::ComputeError;
+pub use evaluate::{
+    ClassMetrics, ClassificationMetrics, EvaluationReport, Metrics, RegressionMetrics, argmax_rows,
+    classification_metrics, evaluate, regression_metrics,
+};
+pub use generate::{GenerateSpec, MAX_GENERATED_VALUES, Problem, TargetKind, generate};
+pub use model::{ForwardCache, Gradients, Head, Layer, Mlp, MlpConfig, Preset};
+pub use optim::{AdamW, AdamWConfig, LrSchedule, clip_gradients};
+pub use rng::Rng;
+pub use train::{Control, DistillConfig, Progress, TrainConfig, TrainOutcome, train};

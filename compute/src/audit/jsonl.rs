@@ -80,7 +80,7 @@ pub(crate) fn read(
             }
         }
         profiler.end_row(row);
-        if profiler.rows() % ROWS_PER_REPORT == 0 {
+        if profiler.rows().is_multiple_of(ROWS_PER_REPORT) {
             observer.report(AuditPhase::Reading, bytes_read, file_size)?;
         }
     }

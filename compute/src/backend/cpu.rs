@@ -1,0 +1,356 @@
+//! The ndarray backend: the reference implementation, deterministic and single-threaded
+//! (matrix products by `matrixmultiply`, no BLAS), so the same inputs give the same bits on
+//! every run.
+
+use ndarray::{Array2, Axis, Zip};
+
+use super::{Activation, AdamWStep, Backend, same_shape};
+use crate::ComputeError;
+
+/// The CPU backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+fn softmax_rows(logits: &Array2<f32>, temperature: f32) -> Array2<f32> {
+    let mut out = logits.mapv(|v| v / temperature);
+    for mut row in out.rows_mut() {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum: f32 = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+    out
+}
+
+/// Row-wise log-softmax of `logits / temperature`.
+fn log_softmax_rows(logits: &Array2<f32>, temperature: f32) -> Array2<f32> {
+    let mut out = logits.mapv(|v| v / temperature);
+    for mut row in out.rows_mut() {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let lse = max + row.fold(0.0f32, |s, &v| s + (v - max).exp()).ln();
+        row.mapv_inplace(|v| v - lse);
+    }
+    out
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Array2<f32>;
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn upload(&self, host: &Array2<f32>) -> Result<Array2<f32>, ComputeError> {
+        Ok(host.as_standard_layout().into_owned())
+    }
+
+    fn download(&self, tensor: &Array2<f32>) -> Result<Array2<f32>, ComputeError> {
+        Ok(tensor.clone())
+    }
+
+    fn shape(&self, tensor: &Array2<f32>) -> (usize, usize) {
+        tensor.dim()
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Array2<f32>, ComputeError> {
+        Ok(Array2::zeros((rows, cols)))
+    }
+
+    fn matmul(
+        &self,
+        a: &Array2<f32>,
+        transpose_a: bool,
+        b: &Array2<f32>,
+        transpose_b: bool,
+    ) -> Result<Array2<f32>, ComputeError> {
+        let a = if transpose_a { a.t() } else { a.view() };
+        let b = if transpose_b { b.t() } else { b.view() };
+        if a.ncols() != b.nrows() {
+            return Err(ComputeError::Shape {
+                op: "matmul",
+                detail: format!("{}x{} · {}x{}", a.nrows(), a.ncols(), b.nrows(), b.ncols()),
+            });
+        }
+        Ok(a.dot(&b))
+    }
+
+    fn bias_activation(
+        &self,
+        z: &mut Array2<f32>,
+        bias: &Array2<f32>,
+        activation: Activation,
+    ) -> Result<(), ComputeError> {
+        same_shape("bias_activation", (1, z.ncols()), bias.dim())?;
+        let bias = bias.row(0);
+        for mut row in z.rows_mut() {
+            Zip::from(&mut row)
+                .and(&bias)
+                .for_each(|v, &b| *v = activation.apply(*v + b));
+        }
+        Ok(())
+    }
+
+    fn activation_backward(
+        &self,
+        grad: &mut Array2<f32>,
+        output: &Array2<f32>,
+        activation: Activation,
+    ) -> Result<(), ComputeError> {
+        same_shape("activation_backward", grad.dim(), output.dim())?;
+        Zip::from(grad)
+            .and(output)
+            .for_each(|g, &y| *g *= activation.derivative_from_output(y));
+        Ok(())
+    }
+
+    fn sum_rows(&self, tensor: &Array2<f32>) -> Result<Array2<f32>, ComputeError> {
+        Ok(tensor.sum_axis(Axis(0)).insert_axis(Axis(0)))
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Array2<f32>,
+        labels: &[u32],
+    ) -> Result<(f32, Array2<f32>), ComputeError> {
+        let (rows, classes) = logits.dim();
+        if labels.len() != rows || rows == 0 {
+            return Err(ComputeError::Shape {
+                op: "softmax_cross_entropy",
+                detail: format!("{rows} rows of logits, {} labels", labels.len()),
+            });
+        }
+        if let Some(bad) = labels.iter().find(|&&c| c as usize >= classes) {
+            return Err(ComputeError::invalid(
+                "label",
+                format!("class {bad} with {classes} outputs"),
+            ));
+        }
+        let log_p = log_softmax_rows(logits, 1.0);
+        let mut loss = 0.0f64;
+        for (row, &label) in labels.iter().enumerate() {
+            loss -= f64::from(log_p[[row, label as usize]]);
+        }
+        let inv = 1.0 / rows as f32;
+        let mut grad = log_p.mapv(|v| v.exp() * inv);
+        for (row, &label) in labels.iter().enumerate() {
+            grad[[row, label as usize]] -= inv;
+        }
+        Ok(((loss / rows as f64) as f32, grad))
+    }
+
+    fn mse(
+        &self,
+        prediction: &Array2<f32>,
+        target: &Array2<f32>,
+    ) -> Result<(f32, Array2<f32>), ComputeError> {
+        same_shape("mse", prediction.dim(), target.dim())?;
+        let n = prediction.len().max(1) as f32;
+        let diff = prediction - target;
+        let loss = diff
+            .iter()
+            .map(|&d| f64::from(d) * f64::from(d))
+            .sum::<f64>()
+            / n as f64;
+        Ok((loss as f32, diff.mapv(|d| 2.0 * d / n)))
+    }
+
+    fn kl_divergence(
+        &self,
+        student_logits: &Array2<f32>,
+        teacher_logits: &Array2<f32>,
+        temperature: f32,
+    ) -> Result<(f32, Array2<f32>), ComputeError> {
+        same_shape("kl_divergence", student_logits.dim(), teacher_logits.dim())?;
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(ComputeError::invalid(
+                "temperature",
+                format!("{temperature}; must be positive"),
+            ));
+        }
+        let rows = student_logits.nrows().max(1) as f32;
+        let log_q = log_softmax_rows(student_logits, temperature);
+        let log_p = log_softmax_rows(teacher_logits, temperature);
+        let mut kl = 0.0f64;
+        Zip::from(&log_p).and(&log_q).for_each(|&lp, &lq| {
+            kl += f64::from(lp.exp() * (lp - lq));
+        });
+        let t2 = f64::from(temperature * temperature);
+        let loss = (kl * t2 / f64::from(rows)) as f32;
+        // d/ds of T²·KL(p‖softmax(s/T)) = T (q − p), then the mean over rows.
+        let scale = temperature / rows;
+        let mut grad = Array2::zeros(log_q.dim());
+        Zip::from(&mut grad)
+            .and(&log_q)
+            .and(&log_p)
+            .for_each(|g, &lq, &lp| *g = scale * (lq.exp() - lp.exp()));
+        Ok((loss, grad))
+    }
+
+    fn softmax(&self, logits: &Array2<f32>, temperature: f32) -> Result<Array2<f32>, ComputeError> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(ComputeError::invalid(
+                "temperature",
+                format!("{temperature}; must be positive"),
+            ));
+        }
+        Ok(softmax_rows(logits, temperature))
+    }
+
+    fn sum_squares(&self, tensor: &Array2<f32>) -> Result<f32, ComputeError> {
+        Ok(tensor
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>() as f32)
+    }
+
+    fn scale(&self, tensor: &mut Array2<f32>, s: f32) -> Result<(), ComputeError> {
+        tensor.mapv_inplace(|v| v * s);
+        Ok(())
+    }
+
+    fn add_scaled(&self, y: &mut Array2<f32>, a: f32, x: &Array2<f32>) -> Result<(), ComputeError> {
+        same_shape("add_scaled", y.dim(), x.dim())?;
+        y.scaled_add(a, x);
+        Ok(())
+    }
+
+    fn adamw_update(
+        &self,
+        param: &mut Array2<f32>,
+        grad: &Array2<f32>,
+        m: &mut Array2<f32>,
+        v: &mut Array2<f32>,
+        step: &AdamWStep,
+    ) -> Result<(), ComputeError> {
+        same_shape("adamw_update", param.dim(), grad.dim())?;
+        same_shape("adamw_update", param.dim(), m.dim())?;
+        same_shape("adamw_update", param.dim(), v.dim())?;
+        let t = i32::try_from(step.step.max(1)).unwrap_or(i32::MAX);
+        let c1 = 1.0 - step.beta1.powi(t);
+        let c2 = 1.0 - step.beta2.powi(t);
+        let decay = 1.0 - step.lr * step.weight_decay;
+        let AdamWStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            ..
+        } = *step;
+        Zip::from(param)
+            .and(grad)
+            .and(m)
+            .and(v)
+            .for_each(|p, &g, m, v| {
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                let m_hat = *m / c1;
+                let v_hat = *v / c2;
+                *p = *p * decay - lr * m_hat / (v_hat.sqrt() + eps);
+            });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::array;
+
+    use super::*;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    #[test]
+    fn matmul_transposes_and_checks_shapes() {
+        let b = CpuBackend;
+        let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let y = b.matmul(&x, true, &x, false).unwrap();
+        assert_eq!(y, array![[35.0, 44.0], [44.0, 56.0]]);
+        let e = b.matmul(&x, false, &x, false).unwrap_err();
+        assert!(matches!(e, ComputeError::Shape { op: "matmul", .. }), "{e}");
+    }
+
+    #[test]
+    fn losses_match_finite_differences() {
+        let b = CpuBackend;
+        let logits = array![[0.3f32, -1.2, 2.0], [1.0, 0.5, -0.5]];
+        let teacher = array![[1.0f32, 0.0, -1.0], [0.2, 0.1, 0.4]];
+        let labels = [2u32, 0];
+        let target = array![[0.1f32, 0.2, 0.3], [-1.0, 0.0, 1.0]];
+        type Loss<'a> = dyn Fn(&Array2<f32>) -> (f32, Array2<f32>) + 'a;
+        let losses: Vec<Box<Loss<'_>>> = vec![
+            Box::new(|x| b.softmax_cross_entropy(x, &labels).unwrap()),
+            Box::new(|x| b.mse(x, &target).unwrap()),
+            Box::new(|x| b.kl_divergence(x, &teacher, 2.5).unwrap()),
+        ];
+        for loss in &losses {
+            let (_, grad) = loss(&logits);
+            for i in 0..2 {
+                for j in 0..3 {
+                    let h = 1e-2;
+                    let mut plus = logits.clone();
+                    plus[[i, j]] += h;
+                    let mut minus = logits.clone();
+                    minus[[i, j]] -= h;
+                    let numeric = (loss(&plus).0 - loss(&minus).0) / (2.0 * h);
+                    assert!((numeric - grad[[i, j]]).abs() < 2e-3, "{numeric} vs {grad}");
+                }
+            }
+        }
+        // KL of a distribution with itself is zero.
+        let (kl, _) = b.kl_divergence(&teacher, &teacher, 3.0).unwrap();
+        assert!(kl.abs() < 1e-6);
+        assert!(b.kl_divergence(&teacher, &teacher, 0.0).is_err());
+        assert!(b.softmax_cross_entropy(&logits, &[0, 3]).is_err());
+        assert!(b.softmax_cross_entropy(&logits, &[0]).is_err());
+    }
+
+    #[test]
+    fn activations_and_reductions() {
+        let b = CpuBackend;
+        let mut z = array![[-1.0f32, 2.0], [0.5, -3.0]];
+        b.bias_activation(&mut z, &array![[1.0, -1.0]], Activation::Relu)
+            .unwrap();
+        assert_eq!(z, array![[0.0, 1.0], [1.5, 0.0]]);
+        let mut g = array![[1.0f32, 1.0], [1.0, 1.0]];
+        b.activation_backward(&mut g, &z, Activation::Relu).unwrap();
+        assert_eq!(g, array![[0.0, 1.0], [1.0, 0.0]]);
+        assert_eq!(b.sum_rows(&z).unwrap(), array![[1.5, 1.0]]);
+        assert!(close(b.sum_squares(&z).unwrap(), 3.25));
+        assert!(
+            b.bias_activation(&mut z, &array![[1.0]], Activation::Tanh)
+                .is_err()
+        );
+        let p = b.softmax(&array![[1.0f32, 1.0, 1.0]], 1.0).unwrap();
+        assert!(p.iter().all(|&v| close(v, 1.0 / 3.0)));
+    }
+
+    #[test]
+    fn adamw_first_step_moves_by_lr() {
+        let b = CpuBackend;
+        let mut p = array![[1.0f32, -1.0]];
+        let g = array![[0.5f32, -2.0]];
+        let (mut m, mut v) = (Array2::zeros((1, 2)), Array2::zeros((1, 2)));
+        let step = AdamWStep {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+        };
+        b.adamw_update(&mut p, &g, &mut m, &mut v, &step).unwrap();
+        // The first bias-corrected step is lr · sign(g).
+        assert!(close(p[[0, 0]], 0.9) && close(p[[0, 1]], -0.9), "{p}");
+        let mut p = array![[1.0f32]];
+        let (mut m, mut v) = (Array2::zeros((1, 1)), Array2::zeros((1, 1)));
+        let decay = AdamWStep {
+            weight_decay: 0.5,
+            ..step
+        };
+        b.adamw_update(&mut p, &array![[0.0]], &mut m, &mut v, &decay)
+            .unwrap();
+        assert!(close(p[[0, 0]], 0.95), "{p}");
+    }
+}
