@@ -3,7 +3,7 @@
 //! held-out test split.
 //!
 //! ```text
-//! cargo run --release -p nexa-compute --example distill [rows] [epochs] [seeds]
+//! cargo run --release -p nexa-compute --example distill [rows] [epochs] [seeds] [T] [alpha]
 //! ```
 
 use nexa_compute::{
@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows = args.next().transpose()?.unwrap_or(3000);
     let epochs = args.next().transpose()?.unwrap_or(30) as u32;
     let seeds = args.next().transpose()?.unwrap_or(5) as u64;
+    let mut floats = std::env::args().skip(4).map(|a| a.parse::<f32>());
+    let temperature = floats.next().transpose()?.unwrap_or(4.0);
+    let alpha = floats.next().transpose()?.unwrap_or(0.3);
     let classes = 5;
     let backend = CpuBackend;
     let problem = Problem::Projectile;
@@ -90,10 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         let mut distilled = Mlp::new(&backend, student.clone(), 100 + seed)?;
         let settings = TrainConfig {
-            distill: Some(DistillConfig {
-                temperature: 4.0,
-                alpha: 0.3,
-            }),
+            distill: Some(DistillConfig { temperature, alpha }),
             ..train_settings(seed)
         };
         train(

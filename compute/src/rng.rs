@@ -174,9 +174,7 @@ mod tests {
     fn stream_is_pinned() {
         // Changing the generator changes every dataset made from a seed; this must be a
         // deliberate decision.
-        let mut r = Rng::new(42);
-        let first = r.next_u64();
-        assert_eq!(first, Rng::new(42).next_u64());
-        assert_eq!(format!("{first:016x}").len(), 16);
+        // The value is xoshiro256**'s first output for SplitMix64(42), computed independently.
+        assert_eq!(Rng::new(42).next_u64(), 0x1578_0b2e_0c2e_c716);
     }
 }
