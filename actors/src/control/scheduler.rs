@@ -205,35 +205,42 @@ impl SchedulerState {
         }
     }
 
-    /// Answers the requests of a batch whose lease write ended.
-    async fn answer(
+    /// Settles the requests of a batch whose lease write ended: refusals are answered and
+    /// requests that found nothing parked; returns the requests that got a lease, with it.
+    fn settle(
         &mut self,
         myself: &ActorRef<SchedulerMsg>,
         batch: Vec<Ask>,
         answers: Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>,
-    ) {
+    ) -> Vec<(Ask, Lease)> {
         let mut answers = match answers {
             Ok(answers) => answers.into_iter(),
             Err(e) => {
                 for ask in batch {
                     let _ = ask.reply.send(Err(e.clone()));
                 }
-                return;
+                return Vec::new();
             }
         };
+        let mut leased = Vec::with_capacity(batch.len());
         for ask in batch {
             match answers.next().unwrap_or(Ok(None)) {
-                Ok(Some(lease)) => {
-                    // Persisted: only now is the job the worker's. Its actor watches the
-                    // lease before the worker hears of it.
-                    self.watch(myself, &lease, ask.session.clone()).await;
-                    let _ = ask.reply.send(Ok(Some(lease)));
-                }
+                Ok(Some(lease)) => leased.push((ask, lease)),
                 Ok(None) => self.park(myself, ask),
                 Err(e) => {
                     let _ = ask.reply.send(Err(e));
                 }
             }
+        }
+        leased
+    }
+
+    /// Hands out leases made: each job's actor starts watching its lease, then the worker
+    /// hears of it.
+    async fn hand_out(&self, myself: &ActorRef<SchedulerMsg>, leased: Vec<(Ask, Lease)>) {
+        for (ask, lease) in leased {
+            self.watch(myself, &lease, ask.session.clone()).await;
+            let _ = ask.reply.send(Ok(Some(lease)));
         }
     }
 }
@@ -304,11 +311,15 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::Leased { batch, answers } => {
                 state.leasing = false;
-                state.answer(&myself, batch, answers).await;
+                let leased = state.settle(&myself, batch, answers);
                 if std::mem::take(&mut state.woken) {
                     state.wake_parked();
                 }
+                // The next write first: the requests that came meanwhile need not wait for
+                // the job actors of this one to start.
                 state.lease_ready(&myself);
+                // Persisted: only now are the jobs the workers'.
+                state.hand_out(&myself, leased).await;
             }
             SchedulerMsg::Adopt(job) => {
                 if ractor::registry::where_is(job_actor::name(state.plane, job)).is_some() {
