@@ -131,6 +131,115 @@ fn unavailable(why: &str) -> StoreError {
     StorageFault::new(FaultKind::Unavailable, why).into()
 }
 
+/// A worker's reports about a leased job, through the job's actor (or the store when the job
+/// has none). The QUIC handler and the HTTP API both report through these.
+async fn report_started(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    epoch: Epoch,
+) -> Result<(), StoreError> {
+    job_call(
+        plane,
+        store,
+        job,
+        |reply| JobMsg::Started { epoch, reply },
+        move |s| s.start(job, epoch, now()),
+    )
+    .await
+}
+
+async fn report_complete(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    epoch: Epoch,
+    output: JobOutput,
+) -> Result<(), StoreError> {
+    let direct = output.clone();
+    job_call(
+        plane,
+        store,
+        job,
+        |reply| JobMsg::Complete {
+            epoch,
+            output,
+            reply,
+        },
+        move |s| s.complete(job, epoch, direct, now()),
+    )
+    .await
+    .map(drop)
+}
+
+async fn report_fail(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    epoch: Epoch,
+    error: JobError,
+) -> Result<(), StoreError> {
+    let direct = error.clone();
+    job_call(
+        plane,
+        store,
+        job,
+        |reply| JobMsg::Fail {
+            epoch,
+            error,
+            reply,
+        },
+        move |s| s.fail(job, epoch, direct, now()),
+    )
+    .await
+    .map(drop)
+}
+
+async fn report_logs(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    epoch: Epoch,
+    first_seq: u64,
+    lines: Vec<String>,
+) -> Result<LogAck, StoreError> {
+    let direct = lines.clone();
+    job_call(
+        plane,
+        store,
+        job,
+        |reply| JobMsg::Logs {
+            epoch,
+            first_seq,
+            lines,
+            reply,
+        },
+        move |s| s.append_logs(job, epoch, first_seq, direct, now()),
+    )
+    .await
+}
+
+async fn report_heartbeat(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    job: JobId,
+    epoch: Epoch,
+    progress: Option<f64>,
+) -> Result<LeaseStatus, StoreError> {
+    job_call(
+        plane,
+        store,
+        job,
+        |reply| JobMsg::Heartbeat {
+            epoch,
+            progress,
+            reply,
+        },
+        move |s| s.heartbeat(job, epoch, progress, now()),
+    )
+    .await
+}
+
 static PLANES: AtomicU64 = AtomicU64::new(1);
 
 /// A running control plane.
@@ -344,14 +453,7 @@ impl ControlPlane {
 
     /// The worker says the leased job's stage started.
     pub async fn started(&self, job: JobId, epoch: Epoch) -> Result<(), StoreError> {
-        job_call(
-            self.plane,
-            &self.store,
-            job,
-            |reply| JobMsg::Started { epoch, reply },
-            move |s| s.start(job, epoch, now()),
-        )
-        .await
+        report_started(self.plane, &self.store, job, epoch).await
     }
 
     /// The worker reports the leased job succeeded.
@@ -361,38 +463,12 @@ impl ControlPlane {
         epoch: Epoch,
         output: JobOutput,
     ) -> Result<(), StoreError> {
-        let direct = output.clone();
-        job_call(
-            self.plane,
-            &self.store,
-            job,
-            |reply| JobMsg::Complete {
-                epoch,
-                output,
-                reply,
-            },
-            move |s| s.complete(job, epoch, direct, now()),
-        )
-        .await
-        .map(drop)
+        report_complete(self.plane, &self.store, job, epoch, output).await
     }
 
     /// The worker reports the leased job's attempt failed.
     pub async fn fail(&self, job: JobId, epoch: Epoch, error: JobError) -> Result<(), StoreError> {
-        let direct = error.clone();
-        job_call(
-            self.plane,
-            &self.store,
-            job,
-            |reply| JobMsg::Fail {
-                epoch,
-                error,
-                reply,
-            },
-            move |s| s.fail(job, epoch, direct, now()),
-        )
-        .await
-        .map(drop)
+        report_fail(self.plane, &self.store, job, epoch, error).await
     }
 
     /// Log lines of the leased job's attempt, numbered from `first_seq`.
@@ -403,20 +479,7 @@ impl ControlPlane {
         first_seq: u64,
         lines: Vec<String>,
     ) -> Result<LogAck, StoreError> {
-        let direct = lines.clone();
-        job_call(
-            self.plane,
-            &self.store,
-            job,
-            |reply| JobMsg::Logs {
-                epoch,
-                first_seq,
-                lines,
-                reply,
-            },
-            move |s| s.append_logs(job, epoch, first_seq, direct, now()),
-        )
-        .await
+        report_logs(self.plane, &self.store, job, epoch, first_seq, lines).await
     }
 
     /// Renews the lease of one job and records its progress.
@@ -426,18 +489,7 @@ impl ControlPlane {
         epoch: Epoch,
         progress: Option<f64>,
     ) -> Result<LeaseStatus, StoreError> {
-        job_call(
-            self.plane,
-            &self.store,
-            job,
-            |reply| JobMsg::Heartbeat {
-                epoch,
-                progress,
-                reply,
-            },
-            move |s| s.heartbeat(job, epoch, progress, now()),
-        )
-        .await
+        report_heartbeat(self.plane, &self.store, job, epoch, progress).await
     }
 
     /// An HTTP worker's heartbeat: it is alive, and so are `jobs`. Says which to cancel and
@@ -582,62 +634,17 @@ impl Handler for PlaneHandler {
                     },
                 }
             }
-            Message::Started { job, epoch } => ack(job_call(
-                plane,
-                store,
-                job,
-                |reply| JobMsg::Started { epoch, reply },
-                move |s| s.start(job, epoch, now()),
-            )
-            .await),
+            Message::Started { job, epoch } => ack(report_started(plane, store, job, epoch).await),
             Message::Complete { job, epoch, output } => {
-                let direct = output.clone();
-                ack(job_call(
-                    plane,
-                    store,
-                    job,
-                    |reply| JobMsg::Complete {
-                        epoch,
-                        output,
-                        reply,
-                    },
-                    move |s| s.complete(job, epoch, direct, now()),
-                )
-                .await)
+                ack(report_complete(plane, store, job, epoch, output).await)
             }
             Message::Fail { job, epoch, error } => {
-                let direct = error.clone();
-                ack(job_call(
-                    plane,
-                    store,
-                    job,
-                    |reply| JobMsg::Fail {
-                        epoch,
-                        error,
-                        reply,
-                    },
-                    move |s| s.fail(job, epoch, direct, now()),
-                )
-                .await)
+                ack(report_fail(plane, store, job, epoch, error).await)
             }
             Message::LogBatch(batch) => {
-                let (epoch, first_seq) = (batch.epoch, batch.first_seq);
                 let job = batch.job;
-                let direct = batch.lines.clone();
-                let lines = batch.lines;
-                match job_call(
-                    plane,
-                    store,
-                    job,
-                    |reply| JobMsg::Logs {
-                        epoch,
-                        first_seq,
-                        lines,
-                        reply,
-                    },
-                    move |s| s.append_logs(job, epoch, first_seq, direct, now()),
-                )
-                .await
+                match report_logs(plane, store, job, batch.epoch, batch.first_seq, batch.lines)
+                    .await
                 {
                     Ok(ack) => Message::LogAck {
                         job,

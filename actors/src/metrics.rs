@@ -92,7 +92,8 @@ mod tests {
     use std::time::Duration;
 
     use nexa_runtime::{
-        Epoch, GenerateParams, JobId, JobParams, JobSpec, Timestamp, Transition, WorkerId,
+        Epoch, GenerateParams, JobId, JobParams, JobSpec, RetryPolicy, Timestamp, Transition,
+        WorkerId,
     };
 
     use super::*;
@@ -113,6 +114,7 @@ mod tests {
                 ttl: Duration::from_secs(5),
             },
             at,
+            &RetryPolicy::default(),
         )
         .unwrap();
         job
