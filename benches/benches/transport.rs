@@ -28,7 +28,7 @@
 //! For 3 the server and the clients get runtimes of their own with named threads, so that the
 //! CPU time can be split between the two sides as well as reported for the whole process.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -53,7 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Round trips timed of each kind, by default (`NEXA_BENCH_ROUND_TRIPS`).
@@ -141,8 +141,8 @@ struct Targets {
 
 fn run() -> BenchResult<()> {
     let config = Config::from_env()?;
-    let request_frame = wire::encode(&heartbeat(), DEFAULT_MAX_FRAME)?.len();
-    let answer_frame = wire::encode(&answer(heartbeat()), DEFAULT_MAX_FRAME)?.len();
+    let request_frame = wire::encode(2, &heartbeat(), DEFAULT_MAX_FRAME)?.len();
+    let answer_frame = wire::encode(2, &answer(heartbeat()), DEFAULT_MAX_FRAME)?.len();
     println!("Nexa Forge transport benchmark: nexa-transport (QUIC, TLS 1.3) against plain TCP");
     println!(
         "  over loopback, {} CPUs; client and server run in this one process",
@@ -369,9 +369,14 @@ async fn answer_tcp(stream: &mut TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         decoder.extend(&buf[..n]);
-        while let Some(request) = decoder.next_message().map_err(|e| invalid(&e))? {
-            wire::encode_into(&answer(request), &mut out, DEFAULT_MAX_FRAME)
-                .map_err(|e| invalid(&e))?;
+        while let Some(request) = decoder.next_envelope().map_err(|e| invalid(&e))? {
+            wire::encode_into(
+                request.id,
+                &answer(request.message),
+                &mut out,
+                DEFAULT_MAX_FRAME,
+            )
+            .map_err(|e| invalid(&e))?;
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -413,6 +418,7 @@ struct TcpDirect {
     stream: TcpStream,
     decoder: FrameDecoder,
     buf: Vec<u8>,
+    next_id: u64,
 }
 
 impl TcpDirect {
@@ -421,6 +427,7 @@ impl TcpDirect {
             stream,
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
             buf: vec![0; 16 * 1024],
+            next_id: 2,
         }
     }
 }
@@ -428,11 +435,16 @@ impl TcpDirect {
 impl RoundTrip for TcpDirect {
     async fn round_trip(&mut self, message: &Message) -> BenchResult<Message> {
         // Encoded afresh each time, as `Client::request` does.
-        let frame = wire::encode(message, DEFAULT_MAX_FRAME)?;
+        let id = self.next_id;
+        self.next_id += 2;
+        let frame = wire::encode(id, message, DEFAULT_MAX_FRAME)?;
         self.stream.write_all(&frame).await?;
         loop {
-            if let Some(answer) = self.decoder.next_message()? {
-                return Ok(answer);
+            if let Some(answer) = self.decoder.next_envelope()? {
+                if answer.id != id {
+                    return Err(format!("answer {} to request {id}", answer.id).into());
+                }
+                return Ok(answer.message);
             }
             let n = self.stream.read(&mut self.buf).await?;
             if n == 0 {
@@ -443,20 +455,25 @@ impl RoundTrip for TcpDirect {
     }
 }
 
-/// Answers awaited on a pipelined TCP connection, oldest first.
-type Waiting = Arc<Mutex<VecDeque<oneshot::Sender<Message>>>>;
+/// What a pipelined TCP connection's callers share: the answers awaited, by request id, and
+/// the frames waiting to be written.
+#[derive(Default)]
+struct MuxState {
+    waiting: Mutex<(u64, HashMap<u64, oneshot::Sender<Message>>)>,
+    outbox: Mutex<Vec<u8>>,
+    ready: Notify,
+}
 
 /// A TCP connection shared by many tasks, each with a request in flight: the fair TCP
-/// counterpart of many `Client::request` calls on one QUIC connection.
+/// counterpart of many `Client::request` calls on one QUIC connection, built the same way.
 ///
-/// Callers encode their frame and hand it to a writer task, which packs every frame queued
-/// meanwhile into one write, as quinn's connection driver packs the streams that are ready
-/// into one datagram. A reader task decodes the answers and hands each to the oldest waiting
-/// caller: the server answers in order, so the n-th answer is the n-th request's. Both tasks
-/// are the hops a QUIC request also makes (caller → connection driver → socket and back), so
-/// this is the same shape of work with TCP's byte stream underneath instead of QUIC streams.
+/// A caller registers its request id and encodes its frame straight into a shared outbox; a
+/// writer task writes whatever has gathered there in one write. A reader task decodes the
+/// answers and hands each to the caller waiting for its id. Both tasks are the hops a QUIC
+/// request also makes (caller → writer → connection driver → socket and back), so this is
+/// the same shape of work with TCP's byte stream underneath instead of a QUIC stream.
 struct TcpMux {
-    requests: mpsc::UnboundedSender<(Vec<u8>, oneshot::Sender<Message>)>,
+    state: Arc<MuxState>,
     writer: JoinHandle<()>,
     reader: JoinHandle<()>,
 }
@@ -464,12 +481,11 @@ struct TcpMux {
 impl TcpMux {
     fn new(stream: TcpStream) -> Self {
         let (read, write) = stream.into_split();
-        let waiting = Waiting::default();
-        let (requests, queued) = mpsc::unbounded_channel();
+        let state = Arc::new(MuxState::default());
         Self {
-            requests,
-            writer: tokio::spawn(write_frames(write, queued, waiting.clone())),
-            reader: tokio::spawn(read_answers(read, waiting)),
+            writer: tokio::spawn(write_frames(write, state.clone())),
+            reader: tokio::spawn(read_answers(read, state.clone())),
+            state,
         }
     }
 }
@@ -483,42 +499,52 @@ impl Drop for TcpMux {
 
 impl Shared for TcpMux {
     async fn exchange(&self, message: &Message) -> BenchResult<Message> {
-        let frame = wire::encode(message, DEFAULT_MAX_FRAME)?;
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send((frame, reply))
-            .map_err(|_| "the TCP connection is closed")?;
+        let id = {
+            let mut waiting = self.state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let id = waiting.0;
+            waiting.0 += 2;
+            waiting.1.insert(id, reply);
+            id
+        };
+        let was_empty = {
+            let mut outbox = self.state.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = outbox.is_empty();
+            wire::encode_into(id, message, &mut outbox, DEFAULT_MAX_FRAME)?;
+            was_empty
+        };
+        if was_empty {
+            self.state.ready.notify_one();
+        }
         Ok(answer
             .await
             .map_err(|_| "the TCP connection closed before the answer came")?)
     }
 }
 
-async fn write_frames(
-    mut write: OwnedWriteHalf,
-    mut queued: mpsc::UnboundedReceiver<(Vec<u8>, oneshot::Sender<Message>)>,
-    waiting: Waiting,
-) {
-    let mut batch = Vec::with_capacity(256);
-    let mut out = Vec::with_capacity(64 * 1024);
-    while queued.recv_many(&mut batch, 256).await > 0 {
-        {
-            // The answers come back in the order of the bytes: queue each reply before its
-            // frame can reach the server.
-            let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
-            for (frame, reply) in batch.drain(..) {
-                out.extend_from_slice(&frame);
-                waiting.push_back(reply);
+async fn write_frames(mut write: OwnedWriteHalf, state: Arc<MuxState>) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        let ready = {
+            let mut outbox = state.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = !outbox.is_empty();
+            if ready {
+                std::mem::swap(&mut *outbox, &mut batch);
             }
+            ready
+        };
+        if !ready {
+            state.ready.notified().await;
+            continue;
         }
-        if write.write_all(&out).await.is_err() {
+        if write.write_all(&batch).await.is_err() {
             return;
         }
-        out.clear();
+        batch.clear();
     }
 }
 
-async fn read_answers(mut read: OwnedReadHalf, waiting: Waiting) {
+async fn read_answers(mut read: OwnedReadHalf, state: Arc<MuxState>) {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let mut buf = vec![0_u8; 64 * 1024];
     'read: loop {
@@ -527,22 +553,32 @@ async fn read_answers(mut read: OwnedReadHalf, waiting: Waiting) {
             Ok(n) => n,
         };
         decoder.extend(&buf[..n]);
-        let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            match decoder.next_message() {
-                Ok(Some(answer)) => match waiting.pop_front() {
-                    Some(reply) => {
-                        let _ = reply.send(answer);
+            match decoder.next_envelope() {
+                Ok(Some(answer)) => {
+                    let reply = {
+                        let mut waiting = state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                        waiting.1.remove(&answer.id)
+                    };
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(answer.message);
+                        }
+                        None => break 'read,
                     }
-                    None => break 'read,
-                },
+                }
                 Ok(None) => break,
                 Err(_) => break 'read,
             }
         }
     }
     // Dropping the replies fails the requests still waiting.
-    waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    state
+        .waiting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .1
+        .clear();
 }
 
 // ---- the machine ----
@@ -760,7 +796,7 @@ async fn bench_round_trips(
         "", "p50", "p99", "min", "max"
     );
     print_samples(
-        "QUIC: Client::request (a new stream per request)",
+        "QUIC: Client::request (one shared stream, ids)",
         &quic_samples,
     );
     print_samples("TCP: write the frame, read the answer", &direct_samples);
@@ -889,10 +925,15 @@ async fn bench_throughput(
     tcp: &TcpServer,
 ) -> BenchResult<Rates> {
     println!("\n2. Requests answered per second (each a heartbeat answered with an ack)");
-    println!("   QUIC: every request a stream of its own, as Client::request makes it");
-    println!("   TCP: requests pipelined on the connection; a writer task packs the frames queued");
-    println!("   meanwhile into one write, a reader task hands the answers back in order, and the");
-    println!("   server answers all the frames of one read with one write");
+    println!(
+        "   QUIC: Client::request, requests tagged with ids on the connection's one long-lived stream"
+    );
+    println!("   TCP: the same client design on a TCP connection: callers encode into a shared");
+    println!(
+        "   outbox, a writer task writes what gathered in one write, a reader task hands each"
+    );
+    println!("   answer to the request with its id; the server answers all the frames of one read");
+    println!("   with one write");
     println!(
         "   {:<36} {:>30}  {:>30}  {:>9}",
         "", "QUIC", "TCP", "QUIC/TCP"

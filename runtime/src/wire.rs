@@ -3,17 +3,22 @@
 //! A frame is a length prefix and an envelope:
 //!
 //! ```text
-//! ┌──────────────┬─────────────┬──────────────────┬──────────────────────────┐
-//! │ length: u32  │ magic "NXFG"│ version: u16     │ message: bincode 2       │
-//! │ big-endian,  │             │ big-endian       │ (standard config, serde) │
-//! │ bytes after  │             │                  │                          │
-//! └──────────────┴─────────────┴──────────────────┴──────────────────────────┘
+//! ┌─────────────┬─────────────┬─────────────┬──────────────────┬──────────────────────────┐
+//! │ length: u32 │ magic "NXFG"│ version: u16│ request id: u64  │ message: bincode 2       │
+//! │ big-endian, │             │ big-endian  │ big-endian       │ (standard config, serde) │
+//! │ bytes after │             │             │                  │                          │
+//! └─────────────┴─────────────┴─────────────┴──────────────────┴──────────────────────────┘
+//!   4 bytes       4 bytes       2 bytes       8 bytes            the rest
 //! ```
 //!
-//! The magic and version come before the message, outside bincode, so a peer speaking another
-//! protocol version is recognised as such even when the message layout changed. Decoding never
-//! panics and allocates at most a fixed multiple of the frame's size: a frame too large, a
-//! wrong magic, an unknown version or bytes that do not decode give a [`DecodeError`].
+//! The magic and version come first, outside bincode, so a peer speaking another protocol
+//! version is recognised as such even when everything after them changed (version 1 had no
+//! request id). The request id pairs an answer with its request, so that many requests can
+//! share one stream and be answered in any order: an answer carries the id of the request it
+//! answers. Which ids a side may pick is the transport's business; this module only carries
+//! them. Decoding never panics and allocates at most a fixed multiple of the frame's size: a
+//! frame too large, a wrong magic, an unknown version or bytes that do not decode give a
+//! [`DecodeError`].
 //!
 //! This module is the only place messages are encoded; the codec can change here alone.
 //! Golden tests pin the bytes of every message.
@@ -34,7 +39,10 @@ use crate::worker::Gpu;
 pub const MAGIC: [u8; 4] = *b"NXFG";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: the envelope without a request id; one request per QUIC stream.
+/// - 2: a request id in every envelope; requests share a long-lived stream.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The default limit on a frame's length (the bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
@@ -42,8 +50,20 @@ pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 
-/// Bytes of the magic and version.
-const HEADER_BYTES: usize = MAGIC.len() + 2;
+/// Bytes of the magic and version: the part of the header every version shares.
+const VERSIONED_BYTES: usize = MAGIC.len() + 2;
+
+/// Bytes of the whole header: magic, version and request id.
+const HEADER_BYTES: usize = VERSIONED_BYTES + 8;
+
+/// A message and the request it belongs to: what one frame carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// Pairs an answer with its request: an answer carries its request's id.
+    pub id: u64,
+    /// The message.
+    pub message: Message,
+}
 
 /// A worker introduces itself: the first message on every connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -340,8 +360,10 @@ fn decode_limited(payload: &[u8]) -> Result<(Message, usize), bincode::error::De
 /// How much memory a decoded message may take per byte of its encoding.
 const MEMORY_PER_BYTE: usize = 64;
 
-/// Appends `message` as one frame (length prefix included) to `out`.
+/// Appends `message`, as request `id` or its answer, as one frame (length prefix included)
+/// to `out`. On an error `out` is left as it was.
 pub fn encode_into(
+    id: u64,
     message: &Message,
     out: &mut Vec<u8>,
     max_frame: usize,
@@ -350,6 +372,7 @@ pub fn encode_into(
     out.extend_from_slice(&[0; LENGTH_BYTES]);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
     if let Err(e) = bincode::serde::encode_into_std_write(message, out, config()) {
         out.truncate(start);
         return Err(EncodeError::Unencodable {
@@ -370,30 +393,47 @@ pub fn encode_into(
     Ok(())
 }
 
-/// `message` as one frame, length prefix included.
-pub fn encode(message: &Message, max_frame: usize) -> Result<Vec<u8>, EncodeError> {
+/// `message`, as request `id` or its answer, as one frame, length prefix included.
+pub fn encode(id: u64, message: &Message, max_frame: usize) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(64);
-    encode_into(message, &mut out, max_frame)?;
+    encode_into(id, message, &mut out, max_frame)?;
     Ok(out)
 }
 
+/// Checks the magic and the version at the start of an envelope, as far as `header` holds
+/// them: a stream that is not this protocol is refused as soon as that shows.
+fn check_versioned(header: &[u8]) -> Result<(), DecodeError> {
+    if let [a, b, c, d, ..] = *header
+        && [a, b, c, d] != MAGIC
+    {
+        return Err(DecodeError::BadMagic([a, b, c, d]));
+    }
+    if let [_, _, _, _, hi, lo, ..] = *header {
+        let version = u16::from_be_bytes([hi, lo]);
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                got: version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one envelope (the bytes after the length prefix).
-pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
-    if body.len() < HEADER_BYTES {
+pub fn decode_body(body: &[u8]) -> Result<Envelope, DecodeError> {
+    // The magic and version are judged before the length of the rest, so that a frame of
+    // another version is refused as such whatever its layout.
+    if body.len() < VERSIONED_BYTES {
         return Err(DecodeError::TooShort(body.len()));
     }
-    let magic: [u8; 4] = [body[0], body[1], body[2], body[3]];
-    if magic != MAGIC {
-        return Err(DecodeError::BadMagic(magic));
-    }
-    let version = u16::from_be_bytes([body[4], body[5]]);
-    if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            got: version,
-            supported: PROTOCOL_VERSION,
-        });
-    }
-    let payload = &body[HEADER_BYTES..];
+    check_versioned(body)?;
+    let Some((header, payload)) = body.split_first_chunk::<HEADER_BYTES>() else {
+        return Err(DecodeError::TooShort(body.len()));
+    };
+    let mut id = [0; 8];
+    id.copy_from_slice(&header[VERSIONED_BYTES..]);
+    let id = u64::from_be_bytes(id);
     let (message, used) =
         decode_limited(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != payload.len() {
@@ -402,11 +442,11 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             payload.len() - used
         )));
     }
-    Ok(message)
+    Ok(Envelope { id, message })
 }
 
 /// Reads frames out of a byte stream that arrives in pieces: feed it what was read with
-/// [`FrameDecoder::extend`], take whole messages out with [`FrameDecoder::next_message`].
+/// [`FrameDecoder::extend`], take whole envelopes out with [`FrameDecoder::next_envelope`].
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
@@ -438,9 +478,9 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
-    /// The next whole message, `Ok(None)` when more bytes are needed. After an error the
+    /// The next whole envelope, `Ok(None)` when more bytes are needed. After an error the
     /// stream is out of step and must be closed.
-    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+    pub fn next_envelope(&mut self) -> Result<Option<Envelope>, DecodeError> {
         let pending = &self.buf[self.start..];
         if pending.len() < LENGTH_BYTES {
             return Ok(None);
@@ -453,16 +493,13 @@ impl FrameDecoder {
             });
         }
         if pending.len() < LENGTH_BYTES + len {
-            // Refuse garbage as soon as its header shows, rather than waiting for a length
-            // of bytes that will never make sense.
-            if pending.len() >= LENGTH_BYTES + HEADER_BYTES && pending[4..8] != MAGIC {
-                let magic = [pending[4], pending[5], pending[6], pending[7]];
-                return Err(DecodeError::BadMagic(magic));
-            }
+            // Refuse garbage and other versions as soon as their header shows, rather than
+            // waiting for a length of bytes that will never make sense.
+            check_versioned(&pending[LENGTH_BYTES..])?;
             return Ok(None);
         }
         let body = &pending[LENGTH_BYTES..LENGTH_BYTES + len];
-        let message = decode_body(body)?;
+        let envelope = decode_body(body)?;
         self.start += LENGTH_BYTES + len;
         if self.start == self.buf.len() {
             self.buf.clear();
@@ -471,7 +508,7 @@ impl FrameDecoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        Ok(Some(message))
+        Ok(Some(envelope))
     }
 }
 

@@ -6,22 +6,30 @@
 //! [`ClientEvent::Disconnected`], the task reconnects with exponential backoff and jitter, and
 //! the application gets [`ClientEvent::Reconnected`]. Requests made meanwhile wait for the new
 //! connection, up to the request timeout.
+//!
+//! Every request of a connection goes over the stream its hello opened, tagged with an even
+//! request id (see the `link` module): [`Client::request`] writes its frame and waits for the
+//! answer with its id, reading the stream itself while it waits and handing on what else it
+//! finds there; a background task reads when no request does. Any number of requests are in
+//! flight at once and answered in any order. The server's pushes arrive on the same stream
+//! with odd ids and are answered there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nexa_runtime::wire::{DEFAULT_MAX_FRAME, Hello, Message, Welcome};
+use nexa_runtime::wire::{DEFAULT_MAX_FRAME, Envelope, ErrorCode, Hello, Message, Welcome};
 use nexa_runtime::{JobId, RetryPolicy};
-use quinn::{Connection, ConnectionError, Endpoint, VarInt};
-use tokio::sync::{mpsc, oneshot, watch};
+use quinn::{ConnectionError, Endpoint, SendStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::ALPN;
 use crate::error::{ConnectError, RequestError, close};
-use crate::frame_io::{read_frame, write_frame};
+use crate::frame_io::{FrameReader, write_frame};
 use crate::identity::{FingerprintVerifier, Trust, provider};
+use crate::link::{Flush, HELLO_ID, Inbound, Link, Side, read_loop, write_loop};
 
 /// Settings of a client.
 #[derive(Clone, Debug)]
@@ -84,18 +92,42 @@ pub enum ClientEvent {
     Pushed(Pushed),
 }
 
-/// A message the server pushed, waiting for its answer.
+/// A message the server pushed, waiting for its answer. Dropping it unanswered answers the
+/// server with an `Unavailable` error, so that its push does not wait out its timeout.
 #[derive(Debug)]
 pub struct Pushed {
     /// The message.
     pub message: Message,
-    reply: oneshot::Sender<Message>,
+    /// The connection it came on and its request id; taken by the answer.
+    origin: Option<(Arc<Link>, u64)>,
 }
 
 impl Pushed {
-    /// Answers the server.
-    pub fn reply(self, answer: Message) {
-        let _ = self.reply.send(answer);
+    pub(crate) fn new(message: Message, link: Arc<Link>, id: u64) -> Self {
+        Self {
+            message,
+            origin: Some((link, id)),
+        }
+    }
+
+    /// Answers the server, on the connection the push came on. If that connection is gone
+    /// meanwhile, the answer is lost with it, and the server's push fails.
+    pub fn reply(mut self, answer: Message) {
+        if let Some((link, id)) = self.origin.take() {
+            link.answer(id, &answer, Flush::Now);
+        }
+    }
+}
+
+impl Drop for Pushed {
+    fn drop(&mut self) {
+        if let Some((link, id)) = self.origin.take() {
+            let refusal = Message::Error {
+                code: ErrorCode::Unavailable,
+                message: format!("the worker dropped the {} unanswered", self.message.name()),
+            };
+            link.answer(id, &refusal, Flush::Now);
+        }
     }
 }
 
@@ -103,7 +135,7 @@ impl Pushed {
 #[derive(Debug)]
 pub struct Client {
     config: Arc<ClientConfig>,
-    connection: watch::Receiver<Option<Connection>>,
+    link: watch::Receiver<Option<Arc<Link>>>,
     supervisor: JoinHandle<()>,
     endpoint: Endpoint,
 }
@@ -158,6 +190,7 @@ fn quic_config(
     quic.transport_config(Arc::new(crate::transport_config(
         config.keep_alive,
         config.idle_timeout,
+        0,
     )));
     Ok((quic, verifier))
 }
@@ -176,11 +209,19 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, ConnectError> {
     })
 }
 
+/// A connection that has been welcomed, before its link starts.
+struct Welcomed {
+    connection: quinn::Connection,
+    send: SendStream,
+    reader: FrameReader,
+    welcome: Welcome,
+}
+
 /// Connects once and says hello.
 async fn connect_once(
     endpoint: &Endpoint,
     config: &ClientConfig,
-) -> Result<(Connection, Welcome), ConnectError> {
+) -> Result<Welcomed, ConnectError> {
     let failed = |reason: String| ConnectError::Failed {
         addr: config.server.to_string(),
         reason,
@@ -210,14 +251,14 @@ async fn connect_once(
         }
     };
     let handshake = async {
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         let hello = Message::Hello(config.hello.clone());
-        write_frame(&mut send, &hello, config.max_frame)
+        write_frame(&mut send, HELLO_ID, &hello, config.max_frame)
             .await
             .map_err(|e| e.to_string())?;
-        read_frame(&mut recv, config.max_frame)
-            .await
-            .map_err(|e| format!("{e:?}"))
+        let mut reader = FrameReader::new(recv, config.max_frame);
+        let answer = reader.next().await.map_err(|e| e.describe())?;
+        Ok::<_, String>((send, reader, answer))
     };
     let answer = tokio::time::timeout(config.request_timeout, handshake).await;
     // A refusal closes the connection with a code and a reason: report those.
@@ -228,8 +269,24 @@ async fn connect_once(
         });
     }
     match answer {
-        Ok(Ok(Message::Welcome(welcome))) => Ok((connection, welcome)),
-        Ok(Ok(other)) => Err(failed(format!("expected welcome, got {}", other.name()))),
+        Ok(Ok((
+            send,
+            reader,
+            Envelope {
+                id: HELLO_ID,
+                message: Message::Welcome(welcome),
+            },
+        ))) => Ok(Welcomed {
+            connection,
+            send,
+            reader,
+            welcome,
+        }),
+        Ok(Ok((_, _, other))) => Err(failed(format!(
+            "expected the welcome as the answer to the hello, got {} for request {}",
+            other.message.name(),
+            other.id
+        ))),
         Ok(Err(e)) => Err(failed(e)),
         Err(_) => Err(failed(format!(
             "no welcome within {:?}",
@@ -253,21 +310,23 @@ impl Client {
         endpoint: Endpoint,
         config: ClientConfig,
     ) -> Result<(Self, Welcome, mpsc::Receiver<ClientEvent>), ConnectError> {
-        let (connection, welcome) = connect_once(&endpoint, &config).await?;
+        let welcomed = connect_once(&endpoint, &config).await?;
+        let welcome = welcomed.welcome.clone();
         let config = Arc::new(config);
         let (events_tx, events) = mpsc::channel(256);
-        let (conn_tx, conn_rx) = watch::channel(Some(connection.clone()));
+        let (link, tasks) = LinkTasks::start(welcomed, config.max_frame, events_tx.clone());
+        let (link_tx, link_rx) = watch::channel(Some(link.clone()));
         let supervisor = tokio::spawn(supervise(
             endpoint.clone(),
             config.clone(),
-            connection,
-            conn_tx,
+            (link, tasks),
+            link_tx,
             events_tx,
         ));
         Ok((
             Self {
                 config,
-                connection: conn_rx,
+                link: link_rx,
                 supervisor,
                 endpoint,
             },
@@ -278,54 +337,59 @@ impl Client {
 
     /// Sends `message` and waits for the answer, waiting out a reconnect if need be, all
     /// within the request timeout.
+    ///
+    /// A request that times out takes nothing with it: its answer, if it comes later, is
+    /// dropped, and the connection carries on. Requests waiting when the connection is lost
+    /// fail at once with [`RequestError::Disconnected`].
     pub async fn request(&self, message: &Message) -> Result<Message, RequestError> {
         let timeout = self.config.request_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut watch = self.connection.clone();
-        let connection =
-            match tokio::time::timeout_at(deadline.into(), watch.wait_for(Option::is_some)).await {
-                Ok(Ok(c)) => c.clone().ok_or(RequestError::Closed)?,
-                Ok(Err(_)) => return Err(RequestError::Closed),
-                Err(_) => {
-                    return Err(RequestError::Disconnected(format!(
-                        "not reconnected within {timeout:?}"
-                    )));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let current = self.link.borrow().clone();
+        let link = match current {
+            Some(link) => link,
+            None => {
+                let mut watch = self.link.clone();
+                match tokio::time::timeout_at(deadline, watch.wait_for(Option::is_some)).await {
+                    Ok(Ok(link)) => link.clone().ok_or(RequestError::Closed)?,
+                    Ok(Err(_)) => return Err(RequestError::Closed),
+                    Err(_) => {
+                        return Err(RequestError::Disconnected(format!(
+                            "not reconnected within {timeout:?}"
+                        )));
+                    }
                 }
-            };
-        let max_frame = self.config.max_frame;
-        let exchange = async {
-            let (mut send, mut recv) = connection
-                .open_bi()
-                .await
-                .map_err(|e| RequestError::Disconnected(e.to_string()))?;
-            write_frame(&mut send, message, max_frame).await?;
-            Ok(read_frame(&mut recv, max_frame).await?)
+            }
         };
-        tokio::time::timeout_at(deadline.into(), exchange)
-            .await
-            .map_err(|_| RequestError::Timeout(timeout))?
+        link.call(message, deadline, timeout).await
     }
 
     /// Whether a connection is up now.
     pub fn is_connected(&self) -> bool {
-        self.connection.borrow().is_some()
+        self.link.borrow().is_some()
+    }
+
+    /// Requests of the current connection waiting for their answer now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.link
+            .borrow()
+            .as_ref()
+            .map_or(0, |link| link.in_flight())
     }
 
     /// Closes the connection now and stops reconnecting, even while requests are in flight
-    /// (they fail); the control plane sees the worker leave at once.
+    /// (they fail with [`RequestError::Closed`]); the control plane sees the worker leave at
+    /// once.
     pub fn shutdown(&self) {
         self.supervisor.abort();
-        if let Some(c) = self.connection.borrow().as_ref() {
-            c.close(VarInt::from_u32(close::NORMAL), b"client closed");
+        if let Some(link) = self.link.borrow().as_ref() {
+            link.close(close::NORMAL, "client closed");
+            link.fail_all(RequestError::Closed);
         }
     }
 
     /// Closes the connection and stops reconnecting.
     pub async fn close(self) {
-        self.supervisor.abort();
-        if let Some(c) = self.connection.borrow().as_ref() {
-            c.close(VarInt::from_u32(close::NORMAL), b"client closed");
-        }
+        self.shutdown();
         self.endpoint.wait_idle().await;
     }
 }
@@ -336,12 +400,48 @@ impl Drop for Client {
     }
 }
 
-/// Watches the connection, forwards pushes, and reconnects when it is lost.
+/// The background reader and the writer task of one connection, stopped when dropped (a new
+/// connection, or the client going away).
+struct LinkTasks {
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl LinkTasks {
+    fn start(
+        welcomed: Welcomed,
+        max_frame: usize,
+        events: mpsc::Sender<ClientEvent>,
+    ) -> (Arc<Link>, Self) {
+        let Welcomed {
+            connection,
+            send,
+            reader,
+            ..
+        } = welcomed;
+        let inbound = Inbound::new(reader, events);
+        let link = Link::new(connection, Side::Worker, max_frame, Some(inbound));
+        let tasks = Self {
+            reader: tokio::spawn(read_loop(link.clone())),
+            writer: tokio::spawn(write_loop(link.clone(), send)),
+        };
+        (link, tasks)
+    }
+}
+
+impl Drop for LinkTasks {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Watches the connection and reconnects when it is lost.
 async fn supervise(
     endpoint: Endpoint,
     config: Arc<ClientConfig>,
-    mut connection: Connection,
-    current: watch::Sender<Option<Connection>>,
+    mut started: (Arc<Link>, LinkTasks),
+    current: watch::Sender<Option<Arc<Link>>>,
     events: mpsc::Sender<ClientEvent>,
 ) {
     // A seed per client so that clients cut off together do not reconnect in step.
@@ -352,13 +452,11 @@ async fn supervise(
             ^ u64::from(endpoint.local_addr().map_or(0, |a| a.port())),
     );
     loop {
-        let pushes = tokio::spawn(forward_pushes(
-            connection.clone(),
-            config.max_frame,
-            events.clone(),
-        ));
-        let reason = connection.closed().await.to_string();
-        pushes.abort();
+        let (link, tasks) = started;
+        let reason = link.connection().closed().await.to_string();
+        // The reader fails the waiting requests when it sees the loss; it may not have yet.
+        link.fail_all(RequestError::Disconnected(reason.clone()));
+        drop(tasks);
         current.send_replace(None);
         info!(reason, "disconnected from the control plane");
         if events
@@ -369,17 +467,20 @@ async fn supervise(
             debug!("nobody listens for client events");
         }
         let mut attempt = 1;
-        connection = loop {
+        started = loop {
             tokio::time::sleep(config.reconnect.delay(seed, attempt)).await;
             match connect_once(&endpoint, &config).await {
-                Ok((c, welcome)) => {
+                Ok(welcomed) => {
+                    let welcome = welcomed.welcome.clone();
                     info!(
                         session = welcome.session,
                         "reconnected to the control plane"
                     );
-                    current.send_replace(Some(c.clone()));
+                    let (link, tasks) =
+                        LinkTasks::start(welcomed, config.max_frame, events.clone());
+                    current.send_replace(Some(link.clone()));
                     let _ = events.send(ClientEvent::Reconnected { welcome }).await;
-                    break c;
+                    break (link, tasks);
                 }
                 Err(e) => {
                     debug!(attempt, "reconnect failed: {e}");
@@ -387,32 +488,5 @@ async fn supervise(
                 }
             }
         };
-    }
-}
-
-/// Hands each message the server pushes to the application and sends back its answer.
-async fn forward_pushes(
-    connection: Connection,
-    max_frame: usize,
-    events: mpsc::Sender<ClientEvent>,
-) {
-    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let events = events.clone();
-        tokio::spawn(async move {
-            let Ok(message) = read_frame(&mut recv, max_frame).await else {
-                return;
-            };
-            let (reply, answer) = oneshot::channel();
-            if events
-                .send(ClientEvent::Pushed(Pushed { message, reply }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            if let Ok(answer) = answer.await {
-                let _ = write_frame(&mut send, &answer, max_frame).await;
-            }
-        });
     }
 }

@@ -4,9 +4,11 @@
 //!   its data folder ([`ServerIdentity`]); workers trust it by its SHA-256 [`Fingerprint`] or
 //!   by a CA file ([`Trust`]). Workers prove themselves with the cluster's join token in their
 //!   first message, compared in constant time.
-//! - **What is said.** The messages of [`nexa_runtime::wire`], one length-prefixed bincode
-//!   frame each way per QUIC stream, with a size limit. A request is a stream; a push from
-//!   the server is a stream the server opens.
+//! - **What is said.** The messages of [`nexa_runtime::wire`], length-prefixed bincode frames
+//!   with a size limit, each tagged with a request id. A connection has one QUIC stream, opened
+//!   by the worker's hello and kept for the connection's life: the worker's requests (even
+//!   ids) and the server's pushes (odd ids) share it, each answer carries its request's id, and
+//!   answers come back in whatever order they are ready, so a long poll holds up nothing else.
 //! - **When it breaks.** Bad bytes, oversized frames, wrong tokens and wrong versions close
 //!   that one connection with a [`close`] code and a reason; the server carries on. A
 //!   [`Client`] reconnects with backoff and jitter and tells the application; a [`LogStream`]
@@ -19,6 +21,7 @@ mod client;
 mod error;
 mod frame_io;
 mod identity;
+mod link;
 mod log_stream;
 mod server;
 
@@ -63,14 +66,22 @@ fn endpoint(
     )
 }
 
-/// QUIC settings shared by both ends.
-fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
+/// QUIC settings shared by both ends. `peer_streams` is how many bidirectional streams the
+/// peer may open: one for the server (the worker's stream), none for the worker.
+fn transport_config(
+    keep_alive: Duration,
+    idle_timeout: Duration,
+    peer_streams: u32,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keep_alive));
     // An idle timeout too large for QUIC's encoding falls back to the default.
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
-    t.max_concurrent_bidi_streams(1024u32.into());
+    // A peer that opens more streams than the protocol has breaks QUIC's stream limit, and
+    // quinn closes its connection.
+    t.max_concurrent_bidi_streams(peer_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
     t
 }

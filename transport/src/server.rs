@@ -1,34 +1,45 @@
 //! The control plane's end: accepts workers, checks who they are, serves their requests and
 //! pushes messages to them.
 //!
-//! A connection starts with the worker's hello on its first stream. The server checks the
-//! protocol version and the join token (in constant time) and asks the [`Handler`] whether to
-//! accept the worker; any refusal closes the connection with a [`close`] code and a reason the
-//! worker can print. A worker that says nothing within the handshake timeout is closed as
-//! well. After that, every request is one bidirectional stream (one frame each way), so
-//! requests never wait on each other; server pushes are streams the server opens.
+//! A connection starts with the worker's hello, request 0 on the one stream the worker opens.
+//! The server checks the protocol version and the join token (in constant time) and asks the
+//! [`Handler`] whether to accept the worker; any refusal closes the connection with a
+//! [`close`] code and a reason the worker can print. A worker that says nothing within the
+//! handshake timeout is closed as well. After the welcome, that stream carries everything
+//! (see the `link` module): the server reads frames in a loop and polls each request's handler
+//! once there; a handler that has to wait goes on on a task of its own (up to [`MAX_IN_FLIGHT`]
+//! per connection), so a long poll holds up nothing else. Answers go out as they are ready, in
+//! any order. A push is a request the
+//! server makes on the same stream, with an odd id.
 //!
-//! A misbehaving peer (garbage, an oversized frame, a wrong token) only ever loses its own
-//! connection; the server carries on.
+//! A misbehaving peer (garbage, an oversized frame, a wrong token, an answer to a push it was
+//! never sent) only ever loses its own connection; the server carries on.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use nexa_runtime::WorkerId;
-use nexa_runtime::wire::{DEFAULT_MAX_FRAME, DecodeError, Hello, Message, Welcome};
+use nexa_runtime::wire::{DEFAULT_MAX_FRAME, Envelope, Hello, Message, Welcome};
 use quinn::{Connection, Endpoint, VarInt};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::ALPN;
 use crate::error::{RequestError, ServerError, close};
-use crate::frame_io::{ReadFailure, read_frame, write_frame};
+use crate::frame_io::{FrameReader, ReadFailure, write_frame};
 use crate::identity::{Fingerprint, ServerIdentity, provider};
+use crate::link::{Flush, Link, Side, write_loop};
+
+/// Requests of one connection whose handlers run at once; beyond, the server stops reading
+/// the connection until one is answered, and QUIC's flow control holds the worker back.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// Settings of a server.
 #[derive(Clone, Debug)]
@@ -76,8 +87,7 @@ impl ServerConfig {
 pub struct Session {
     id: u64,
     worker: WorkerId,
-    connection: Connection,
-    max_frame: usize,
+    link: Arc<Link>,
     push_timeout: Duration,
 }
 
@@ -94,34 +104,25 @@ impl Session {
 
     /// The worker's address.
     pub fn remote_addr(&self) -> SocketAddr {
-        self.connection.remote_address()
+        self.link.connection().remote_address()
     }
 
-    /// Sends `message` to the worker (an assignment, a cancel) and waits for its answer.
+    /// Sends `message` to the worker (an assignment, a cancel) and waits for its answer, up
+    /// to the push timeout. A push made while the handler's `connected` runs goes out right
+    /// after the welcome.
     pub async fn push(&self, message: &Message) -> Result<Message, RequestError> {
-        let exchange = async {
-            let (mut send, mut recv) = self
-                .connection
-                .open_bi()
-                .await
-                .map_err(|e| RequestError::Disconnected(e.to_string()))?;
-            write_frame(&mut send, message, self.max_frame).await?;
-            Ok(read_frame(&mut recv, self.max_frame).await?)
-        };
-        tokio::time::timeout(self.push_timeout, exchange)
-            .await
-            .map_err(|_| RequestError::Timeout(self.push_timeout))?
+        let deadline = tokio::time::Instant::now() + self.push_timeout;
+        self.link.call(message, deadline, self.push_timeout).await
     }
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.connection.close_reason().is_some()
+        self.link.connection().close_reason().is_some()
     }
 
     /// Closes the connection with a [`close`] code and a reason.
     pub fn close(&self, code: u32, reason: &str) {
-        self.connection
-            .close(VarInt::from_u32(code), reason.as_bytes());
+        self.link.close(code, reason);
     }
 }
 
@@ -136,7 +137,10 @@ pub trait Handler: Send + Sync + 'static {
         hello: Hello,
     ) -> impl Future<Output = Result<Welcome, String>> + Send;
 
-    /// A request from a connected worker; the answer is sent back on the same stream.
+    /// A request from a connected worker; the answer goes back with the request's id. It is
+    /// polled first on the task that reads the connection and, if it has to wait, goes on on
+    /// a task of its own: it may take its time (a long poll) while the worker's other
+    /// requests are served, but should not block the thread.
     fn request(&self, session: &Session, message: Message) -> impl Future<Output = Message> + Send;
 
     /// The worker's connection ended (closed, timed out, or lost).
@@ -174,6 +178,7 @@ impl Server {
         quic.transport_config(Arc::new(crate::transport_config(
             config.keep_alive,
             config.idle_timeout,
+            1,
         )));
         let endpoint =
             crate::endpoint(config.listen, Some(quic)).map_err(|source| ServerError::Bind {
@@ -222,27 +227,27 @@ async fn accept_loop<H: Handler>(endpoint: Endpoint, config: Arc<ServerConfig>, 
     }
 }
 
-/// The close code and reason for a frame that could not be read during the handshake or a
-/// request; `None` when the stream just failed.
-fn refusal(failure: &ReadFailure) -> Option<(u32, String)> {
-    match failure {
-        ReadFailure::Decode(DecodeError::UnsupportedVersion { got, supported }) => Some((
-            close::VERSION_MISMATCH,
-            format!(
-                "protocol version {got} is not supported; this server speaks version {supported}"
-            ),
-        )),
-        ReadFailure::Decode(e @ DecodeError::TooLarge { .. }) => {
-            Some((close::FRAME_TOO_LARGE, e.to_string()))
-        }
-        ReadFailure::Decode(e) => Some((close::PROTOCOL_ERROR, e.to_string())),
-        ReadFailure::Stream(_) => None,
-    }
-}
-
 fn close_with(connection: &Connection, code: u32, reason: &str) {
     debug!(remote = %connection.remote_address(), code, reason, "closing connection");
     connection.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// Closes the connection for `failure` if the peer caused it; the reason the connection
+/// ended, either way.
+fn end_for(connection: &Connection, failure: &ReadFailure) -> String {
+    if let Some((code, reason)) = failure.refusal(Side::ControlPlane.name()) {
+        close_with(connection, code, &reason);
+        return reason;
+    }
+    match connection.close_reason() {
+        Some(e) => e.to_string(),
+        None => {
+            // The connection is up but its stream failed: the worker reset it.
+            let reason = format!("the connection's stream failed: {}", failure.describe());
+            close_with(connection, close::PROTOCOL_ERROR, &reason);
+            reason
+        }
+    }
 }
 
 async fn serve<H: Handler>(
@@ -252,40 +257,57 @@ async fn serve<H: Handler>(
     sessions: &AtomicU64,
 ) {
     let handshake = async {
-        let (send, mut recv) = connection
+        let (send, recv) = connection
             .accept_bi()
             .await
             .map_err(|e| ReadFailure::Stream(e.to_string()))?;
-        Ok::<_, ReadFailure>((send, read_frame(&mut recv, config.max_frame).await?))
+        let mut reader = FrameReader::new(recv, config.max_frame);
+        let hello = reader.next().await?;
+        Ok::<_, ReadFailure>((send, reader, hello))
     };
-    let (mut send, hello) = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Err(_) => {
-            let reason = format!("no hello within {:?}", config.handshake_timeout);
-            return close_with(&connection, close::HANDSHAKE_TIMEOUT, &reason);
-        }
-        Ok(Err(failure)) => {
-            if let Some((code, reason)) = refusal(&failure) {
-                close_with(&connection, code, &reason);
+    let (mut send, mut reader, hello_id, hello) =
+        match tokio::time::timeout(config.handshake_timeout, handshake).await {
+            Err(_) => {
+                let reason = format!("no hello within {:?}", config.handshake_timeout);
+                return close_with(&connection, close::HANDSHAKE_TIMEOUT, &reason);
             }
-            return;
-        }
-        Ok(Ok((send, Message::Hello(hello)))) => (send, hello),
-        Ok(Ok((_, other))) => {
-            let reason = format!("expected hello as the first message, got {}", other.name());
-            return close_with(&connection, close::PROTOCOL_ERROR, &reason);
-        }
-    };
+            Ok(Err(failure)) => {
+                end_for(&connection, &failure);
+                return;
+            }
+            Ok(Ok((
+                send,
+                reader,
+                Envelope {
+                    id,
+                    message: Message::Hello(hello),
+                },
+            ))) => (send, reader, id, hello),
+            Ok(Ok((_, _, other))) => {
+                let reason = format!(
+                    "expected hello as the first message, got {}",
+                    other.message.name()
+                );
+                return close_with(&connection, close::PROTOCOL_ERROR, &reason);
+            }
+        };
     if !bool::from(hello.token.as_bytes().ct_eq(config.join_token.as_bytes())) {
         warn!(remote = %connection.remote_address(), worker = %hello.worker, "wrong join token");
         return close_with(&connection, close::BAD_TOKEN, "wrong join token");
     }
-    let session = Session {
+    let link = Link::new(
+        connection.clone(),
+        Side::ControlPlane,
+        config.max_frame,
+        None,
+    );
+    // Shared by the request tasks without copying the worker's name for each.
+    let session = Arc::new(Session {
         id: sessions.fetch_add(1, Ordering::Relaxed),
         worker: hello.worker.clone(),
-        connection: connection.clone(),
-        max_frame: config.max_frame,
+        link: link.clone(),
         push_timeout: config.push_timeout,
-    };
+    });
     let welcome = match handler.connected(&session, hello).await {
         Ok(w) => Welcome {
             session: session.id,
@@ -293,45 +315,72 @@ async fn serve<H: Handler>(
         },
         Err(reason) => return close_with(&connection, close::REJECTED, &reason),
     };
-    if let Err(e) = write_frame(&mut send, &Message::Welcome(welcome), config.max_frame).await {
+    let welcome = Message::Welcome(welcome);
+    if let Err(e) = write_frame(&mut send, hello_id, &welcome, config.max_frame).await {
+        link.fail_all(RequestError::Disconnected(e.to_string()));
         handler.disconnected(&session, e.to_string()).await;
         return;
     }
+    // From here on frames go through the link; pushes queued by `connected` go out first.
+    let writer = tokio::spawn(write_loop(link.clone(), send));
     debug!(session = session.id, worker = %session.worker, "worker connected");
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let reason = loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                let (handler, session) = (handler.clone(), session.clone());
-                let max_frame = config.max_frame;
-                tokio::spawn(
-                    async move { answer(send, recv, &handler, &session, max_frame).await },
-                );
+        // The answers of the frames read so far go out together, as the reader runs dry.
+        let next = poll_fn(|cx| {
+            let next = reader.poll_next(cx);
+            if next.is_pending() {
+                link.flush_now();
             }
-            Err(e) => break e.to_string(),
+            next
+        });
+        let Envelope { id, message } = match next.await {
+            Ok(envelope) => envelope,
+            Err(failure) => {
+                if let ReadFailure::Decode(e) = &failure {
+                    warn!(session = session.id, worker = %session.worker, "bad frame: {e}");
+                }
+                break end_for(&connection, &failure);
+            }
+        };
+        if !link.is_request(id) {
+            match link.settle(id, message) {
+                Ok(()) => continue,
+                Err(reason) => {
+                    warn!(session = session.id, worker = %session.worker, reason, "protocol error");
+                    close_with(&connection, close::PROTOCOL_ERROR, &reason);
+                    break reason;
+                }
+            }
+        }
+        // The semaphore is never closed, so this waits only while the worker is at the limit.
+        if in_flight.available_permits() == 0 {
+            link.flush_now();
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break "request limit closed".to_owned();
+        };
+        let (handler, session) = (handler.clone(), session.clone());
+        let mut answer = Box::pin(async move { handler.request(&session, message).await });
+        // A handler that answers at once is done here, a task hop sooner, and its answer
+        // leaves with the others of this read; one that has to wait (a long poll, a store
+        // write) goes on on a task of its own and sends its answer when it has it.
+        match poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
+            Poll::Ready(message) => {
+                link.answer(id, &message, Flush::Later);
+                drop(permit);
+            }
+            Poll::Pending => {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let message = answer.await;
+                    link.answer(id, &message, Flush::Now);
+                    drop(permit);
+                });
+            }
         }
     };
+    writer.abort();
+    link.fail_all(RequestError::Disconnected(reason.clone()));
     handler.disconnected(&session, reason).await;
-}
-
-async fn answer<H: Handler>(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    handler: &Arc<H>,
-    session: &Session,
-    max_frame: usize,
-) {
-    let request = match read_frame(&mut recv, max_frame).await {
-        Ok(m) => m,
-        Err(failure) => {
-            if let Some((code, reason)) = refusal(&failure) {
-                warn!(session = session.id, worker = %session.worker, reason, "bad frame");
-                session.close(code, &reason);
-            }
-            return;
-        }
-    };
-    let response = handler.request(session, request).await;
-    if let Err(e) = write_frame(&mut send, &response, max_frame).await {
-        debug!(session = session.id, "answer not delivered: {e}");
-    }
 }

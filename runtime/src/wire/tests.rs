@@ -7,7 +7,8 @@
 //! with [`DecodeError::UnsupportedVersion`]. The version is in every frame, so a bump changes
 //! every constant: regenerate them all with
 //! `cargo test -p nexa-runtime --lib wire::tests::print_goldens -- --ignored --nocapture`,
-//! and check the envelope of each by hand (length prefix, `4e584647`, the new version).
+//! and check the envelope of each by hand (length prefix, `4e584647`, the new version, the
+//! request id `0102030405060708`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -28,28 +29,58 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd number of hex digits");
+    assert!(s.len().is_multiple_of(2), "odd number of hex digits");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
         .collect()
 }
 
+/// The request id of the golden frames: its bytes show their order.
+const GOLDEN_ID: u64 = 0x0102_0304_0506_0708;
+
+/// `message` as one frame with [`GOLDEN_ID`].
 fn frame(message: &Message) -> Vec<u8> {
-    encode(message, DEFAULT_MAX_FRAME).expect("fixtures fit in a frame")
+    encode(GOLDEN_ID, message, DEFAULT_MAX_FRAME).expect("fixtures fit in a frame")
 }
 
-/// A frame with a hand-made envelope around `payload`.
+/// What a frame made by [`frame`] decodes to.
+fn golden(message: &Message) -> Envelope {
+    Envelope {
+        id: GOLDEN_ID,
+        message: message.clone(),
+    }
+}
+
+/// A frame with a hand-made envelope, request id [`GOLDEN_ID`], around `payload`.
 fn raw_frame(magic: &[u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
     let len = (HEADER_BYTES + payload.len()) as u32;
     let mut out = len.to_be_bytes().to_vec();
     out.extend_from_slice(magic);
     out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&GOLDEN_ID.to_be_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-/// The bincode payload of `message`: its frame without prefix, magic and version.
+/// The request id of the `i`-th frame of a stream: different for each, all eight bytes used.
+fn stream_id(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// `messages` as the envelopes [`stream_of`] sends them in.
+fn numbered(messages: &[Message]) -> Vec<Envelope> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Envelope {
+            id: stream_id(i),
+            message: m.clone(),
+        })
+        .collect()
+}
+
+/// The bincode payload of `message`: its frame without prefix, magic, version and id.
 fn payload(message: &Message) -> Vec<u8> {
     frame(message)[LENGTH_BYTES + HEADER_BYTES..].to_vec()
 }
@@ -57,8 +88,8 @@ fn payload(message: &Message) -> Vec<u8> {
 /// Checks that `golden` (hex of a whole frame) is a well-formed envelope of this version,
 /// that `message` encodes to exactly those bytes, and that they decode back to `message`.
 #[track_caller]
-fn assert_golden(message: &Message, golden: &str) {
-    let bytes = unhex(golden);
+fn assert_golden(message: &Message, expected: &str) {
+    let bytes = unhex(expected);
     assert!(
         bytes.len() >= LENGTH_BYTES + HEADER_BYTES,
         "golden too short"
@@ -66,23 +97,28 @@ fn assert_golden(message: &Message, golden: &str) {
     let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
     assert_eq!(len, bytes.len() - LENGTH_BYTES, "golden's length prefix");
     assert_eq!(&bytes[4..8], b"NXFG", "golden's magic");
-    assert_eq!(&bytes[8..10], &[0, 1], "golden's version");
+    assert_eq!(&bytes[8..10], &[0, 2], "golden's version");
+    assert_eq!(
+        &bytes[10..18],
+        &GOLDEN_ID.to_be_bytes(),
+        "golden's request id"
+    );
 
     let encoded = frame(message);
     assert_eq!(
         hex(&encoded),
-        golden,
+        expected,
         "the bytes of a {} message changed: that is a protocol change. Bump PROTOCOL_VERSION \
          (and regenerate every golden) instead of editing this constant",
         message.name()
     );
-    assert_eq!(decode_body(&encoded[LENGTH_BYTES..]).as_ref(), Ok(message));
+    assert_eq!(decode_body(&encoded[LENGTH_BYTES..]), Ok(golden(message)));
 }
 
-/// Takes every message the decoder can give now; stops at the first error.
-fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Message>) -> Result<(), DecodeError> {
-    while let Some(message) = decoder.next_message()? {
-        out.push(message);
+/// Takes every envelope the decoder can give now; stops at the first error.
+fn drain(decoder: &mut FrameDecoder, out: &mut Vec<Envelope>) -> Result<(), DecodeError> {
+    while let Some(envelope) = decoder.next_envelope()? {
+        out.push(envelope);
     }
     Ok(())
 }
@@ -92,7 +128,7 @@ fn decode_chunked(
     stream: &[u8],
     sizes: &mut dyn FnMut() -> usize,
     max_frame: usize,
-) -> (Vec<Message>, Result<(), DecodeError>, usize) {
+) -> (Vec<Envelope>, Result<(), DecodeError>, usize) {
     let mut decoder = FrameDecoder::new(max_frame);
     let mut out = Vec::new();
     let mut rest = stream;
@@ -375,10 +411,10 @@ fn print_goldens() {
 #[test]
 fn golden_hello() {
     const GOLDEN: &str = concat!(
-        "0000006a4e5846470001000a6770752d6e6f64652d310b6a6f696e2d73336372",
-        "337420fc0000040002154e5649444941204831303020383047422048424d33fc",
-        "973e01000b4e56494449412041313047fbf4590206726567696f6e0765752d77",
-        "657374047a6f6e65016203030405",
+        "000000724e58464700020102030405060708000a6770752d6e6f64652d310b6a",
+        "6f696e2d73336372337420fc0000040002154e56494449412048313030203830",
+        "47422048424d33fc973e01000b4e56494449412041313047fbf4590206726567",
+        "696f6e0765752d77657374047a6f6e65016203030405",
     );
     assert_golden(&hello(), GOLDEN);
 }
@@ -387,7 +423,7 @@ fn golden_hello() {
 /// of editing the constant.
 #[test]
 fn golden_welcome() {
-    const GOLDEN: &str = "000000114e58464700010107fb3075fb1027fba861";
+    const GOLDEN: &str = "000000194e584647000201020304050607080107fb3075fb1027fba861";
     assert_golden(&welcome(), GOLDEN);
 }
 
@@ -395,7 +431,7 @@ fn golden_welcome() {
 /// of editing the constant.
 #[test]
 fn golden_ask_for_work() {
-    const GOLDEN: &str = "000000134e58464700010202fc973e0100fbf459fba861";
+    const GOLDEN: &str = "0000001b4e584647000201020304050607080202fc973e0100fbf459fba861";
     assert_golden(&ask_for_work(), GOLDEN);
 }
 
@@ -404,11 +440,12 @@ fn golden_ask_for_work() {
 #[test]
 fn golden_assignment() {
     const GOLDEN: &str = concat!(
-        "000000964e5846470001032a03086c6c616d612d31621573333a2f2f64617461",
-        "2f747261696e2e6a736f6e6c0304056261746368017f04667031360001026c72",
-        "02613255302aa9333f0573636865640306636f73696e6502fb00a00106726567",
-        "696f6e0765752d776573740905fb201cfc0065cd1d010c6e696768746c792d30",
-        "3630310228290209fd300919d18f010000fd007186d18f010000",
+        "0000009e4e58464700020102030405060708032a03086c6c616d612d31621573",
+        "333a2f2f646174612f747261696e2e6a736f6e6c0304056261746368017f0466",
+        "7031360001026c7202613255302aa9333f0573636865640306636f73696e6502",
+        "fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d010c6e",
+        "696768746c792d303630310228290209fd300919d18f010000fd007186d18f01",
+        "0000",
     );
     assert_golden(&assignment(), GOLDEN);
 }
@@ -417,7 +454,7 @@ fn golden_assignment() {
 /// of editing the constant.
 #[test]
 fn golden_no_work() {
-    const GOLDEN: &str = "000000074e584647000104";
+    const GOLDEN: &str = "0000000f4e5846470002010203040506070804";
     assert_golden(&Message::NoWork, GOLDEN);
 }
 
@@ -425,7 +462,7 @@ fn golden_no_work() {
 /// of editing the constant.
 #[test]
 fn golden_started() {
-    const GOLDEN: &str = "000000094e5846470001052a09";
+    const GOLDEN: &str = "000000114e58464700020102030405060708052a09";
     assert_golden(&started(), GOLDEN);
 }
 
@@ -433,7 +470,10 @@ fn golden_started() {
 /// of editing the constant.
 #[test]
 fn golden_heartbeat() {
-    const GOLDEN: &str = "000000184e584647000106022a0901000000000000d03ffb2c010a00";
+    const GOLDEN: &str = concat!(
+        "000000204e5846470002010203040506070806022a0901000000000000d03ffb",
+        "2c010a00",
+    );
     assert_golden(&heartbeat(), GOLDEN);
 }
 
@@ -441,7 +481,7 @@ fn golden_heartbeat() {
 /// of editing the constant.
 #[test]
 fn golden_heartbeat_ack() {
-    const GOLDEN: &str = "0000000c4e584647000107012b022c2d";
+    const GOLDEN: &str = "000000144e5846470002010203040506070807012b022c2d";
     assert_golden(&heartbeat_ack(), GOLDEN);
 }
 
@@ -450,8 +490,8 @@ fn golden_heartbeat_ack() {
 #[test]
 fn golden_log_batch() {
     const GOLDEN: &str = concat!(
-        "0000001d4e5846470001082a0978030965706f636820312f330006cebb3d302e",
-        "35",
+        "000000254e58464700020102030405060708082a0978030965706f636820312f",
+        "330006cebb3d302e35",
     );
     assert_golden(&log_batch(), GOLDEN);
 }
@@ -460,7 +500,7 @@ fn golden_log_batch() {
 /// of editing the constant.
 #[test]
 fn golden_log_ack() {
-    const GOLDEN: &str = "000000094e5846470001092a7b";
+    const GOLDEN: &str = "000000114e58464700020102030405060708092a7b";
     assert_golden(&log_ack(), GOLDEN);
 }
 
@@ -469,9 +509,10 @@ fn golden_log_ack() {
 #[test]
 fn golden_complete() {
     const GOLDEN: &str = concat!(
-        "000000564e58464700010a2a0902086163637572616379000000000000ee3f04",
-        "6c6f7373000000000000c03f01056d6f64656c1973333a2f2f6f75742f6a6f62",
-        "2d34322f6d6f64656c2e62696e010b7b226f6b223a747275657d",
+        "0000005e4e584647000201020304050607080a2a090208616363757261637900",
+        "0000000000ee3f046c6f7373000000000000c03f01056d6f64656c1973333a2f",
+        "2f6f75742f6a6f622d34322f6d6f64656c2e62696e010b7b226f6b223a747275",
+        "657d",
     );
     assert_golden(&complete(), GOLDEN);
 }
@@ -481,8 +522,8 @@ fn golden_complete() {
 #[test]
 fn golden_fail() {
     const GOLDEN: &str = concat!(
-        "0000001d4e58464700010b2a09011243554441206f7574206f66206d656d6f72",
-        "79",
+        "000000254e584647000201020304050607080b2a09011243554441206f757420",
+        "6f66206d656d6f7279",
     );
     assert_golden(&fail(), GOLDEN);
 }
@@ -491,7 +532,10 @@ fn golden_fail() {
 /// of editing the constant.
 #[test]
 fn golden_cancel() {
-    const GOLDEN: &str = "0000001b4e58464700010c2a091163616e63656c6c65642062792075736572";
+    const GOLDEN: &str = concat!(
+        "000000234e584647000201020304050607080c2a091163616e63656c6c656420",
+        "62792075736572",
+    );
     assert_golden(&cancel(), GOLDEN);
 }
 
@@ -499,7 +543,7 @@ fn golden_cancel() {
 /// of editing the constant.
 #[test]
 fn golden_goodbye() {
-    const GOLDEN: &str = "000000084e58464700010d01";
+    const GOLDEN: &str = "000000104e584647000201020304050607080d01";
     assert_golden(&goodbye(), GOLDEN);
 }
 
@@ -507,7 +551,7 @@ fn golden_goodbye() {
 /// of editing the constant.
 #[test]
 fn golden_ack() {
-    const GOLDEN: &str = "000000074e58464700010e";
+    const GOLDEN: &str = "0000000f4e584647000201020304050607080e";
     assert_golden(&Message::Ack, GOLDEN);
 }
 
@@ -515,7 +559,10 @@ fn golden_ack() {
 /// of editing the constant.
 #[test]
 fn golden_error() {
-    const GOLDEN: &str = "0000001c4e58464700010f011365706f63682039206973206e6f74206c697665";
+    const GOLDEN: &str = concat!(
+        "000000244e584647000201020304050607080f011365706f6368203920697320",
+        "6e6f74206c697665",
+    );
     assert_golden(&error(), GOLDEN);
 }
 
@@ -526,27 +573,29 @@ fn golden_error() {
 fn golden_assignment_params() {
     const GOLDEN: [&str; 5] = [
         concat!(
-            "000000374e5846470001032a000762696f6c6f6779fb102701070000000003fc",
-            "805101000000000209fd300919d18f010000fd007186d18f010000",
-        ),
-        concat!(
-            "0000003f4e5846470001032a010c67733a2f2f642f782e63737601056c616265",
-            "6c000000000003fc805101000000000209fd300919d18f010000fd007186d18f",
+            "0000003f4e58464700020102030405060708032a000762696f6c6f6779fb1027",
+            "01070000000003fc805101000000000209fd300919d18f010000fd007186d18f",
             "010000",
         ),
         concat!(
-            "0000004a4e5846470001032a020362696705736d616c6c0c646174612f642e6a",
-            "736f6e6c0000000000000040040000000003fc805101000000000209fd300919",
-            "d18f010000fd007186d18f010000",
+            "000000474e58464700020102030405060708032a010c67733a2f2f642f782e63",
+            "737601056c6162656c000000000003fc805101000000000209fd300919d18f01",
+            "0000fd007186d18f010000",
         ),
         concat!(
-            "000000414e5846470001032a0405736d616c6c0c646174612f652e6a736f6e6c",
-            "010266310000000003fc805101000000000209fd300919d18f010000fd007186",
-            "d18f010000",
+            "000000524e58464700020102030405060708032a020362696705736d616c6c0c",
+            "646174612f642e6a736f6e6c0000000000000040040000000003fc8051010000",
+            "00000209fd300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000374e5846470001032a0505736d616c6c056c6f63616c020000000003fc",
-            "805101000000000209fd300919d18f010000fd007186d18f010000",
+            "000000494e58464700020102030405060708032a0405736d616c6c0c64617461",
+            "2f652e6a736f6e6c010266310000000003fc805101000000000209fd300919d1",
+            "8f010000fd007186d18f010000",
+        ),
+        concat!(
+            "0000003f4e58464700020102030405060708032a0505736d616c6c056c6f6361",
+            "6c020000000003fc805101000000000209fd300919d18f010000fd007186d18f",
+            "010000",
         ),
     ];
     for (params, golden) in other_params().into_iter().zip(GOLDEN) {
@@ -571,7 +620,10 @@ fn golden_unit_enums() {
             message: String::new(),
         };
         assert_eq!(payload(&message), [0x0f, i as u8, 0x00], "{code:?}");
-        assert_eq!(decode_body(&frame(&message)[LENGTH_BYTES..]), Ok(message));
+        assert_eq!(
+            decode_body(&frame(&message)[LENGTH_BYTES..]),
+            Ok(golden(&message))
+        );
     }
 
     let classes = [
@@ -589,7 +641,10 @@ fn golden_unit_enums() {
             error: JobError::new(class, ""),
         };
         assert_eq!(payload(&message), [0x0b, 1, 2, i as u8, 0x00], "{class:?}");
-        assert_eq!(decode_body(&frame(&message)[LENGTH_BYTES..]), Ok(message));
+        assert_eq!(
+            decode_body(&frame(&message)[LENGTH_BYTES..]),
+            Ok(golden(&message))
+        );
     }
 
     let Message::Hello(mut hello) = hello() else {
@@ -599,14 +654,22 @@ fn golden_unit_enums() {
     let message = Message::Hello(hello);
     let bytes = payload(&message);
     assert_eq!(bytes[bytes.len() - 7..], [6, 0, 1, 2, 3, 4, 5]);
-    assert_eq!(decode_body(&frame(&message)[LENGTH_BYTES..]), Ok(message));
+    assert_eq!(
+        decode_body(&frame(&message)[LENGTH_BYTES..]),
+        Ok(golden(&message))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // The streaming codec
 
+/// `messages` back to back, the `i`-th as request [`stream_id`]`(i)`.
 fn stream_of(messages: &[Message]) -> Vec<u8> {
-    messages.iter().flat_map(frame).collect()
+    let mut out = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        encode_into(stream_id(i), message, &mut out, DEFAULT_MAX_FRAME).expect("fits");
+    }
+    out
 }
 
 /// Chunk sizes taken from `sizes` in turn, round and round.
@@ -643,7 +706,7 @@ fn frames_fed_one_byte_at_a_time_come_out_as_each_completes() {
         let last_end = if complete == 0 { 0 } else { ends[complete - 1] };
         assert_eq!(decoder.buffered(), fed - last_end, "after {fed} bytes");
     }
-    assert_eq!(out, messages);
+    assert_eq!(out, numbered(&messages));
     assert_eq!(decoder.buffered(), 0);
 }
 
@@ -660,7 +723,7 @@ fn frames_fed_in_random_chunks_come_out_in_order() {
         let (out, result, buffered) =
             decode_chunked(&stream, &mut || 1 + rng.below(max_chunk), DEFAULT_MAX_FRAME);
         assert_eq!(result, Ok(()), "seed {seed}");
-        assert_eq!(out, messages, "seed {seed}");
+        assert_eq!(out, numbered(&messages), "seed {seed}");
         assert_eq!(buffered, 0, "seed {seed}");
     }
 }
@@ -677,10 +740,10 @@ fn several_frames_in_one_chunk_all_come_out() {
     let mut out = Vec::new();
     drain(&mut decoder, &mut out).unwrap();
     assert_eq!(out.len(), 2 * messages.len());
-    assert_eq!(out[..messages.len()], messages[..]);
-    assert_eq!(out[messages.len()..], messages[..]);
+    assert_eq!(out[..messages.len()], numbered(&messages)[..]);
+    assert_eq!(out[messages.len()..], numbered(&messages)[..]);
     assert_eq!(decoder.buffered(), 0);
-    assert_eq!(decoder.next_message(), Ok(None));
+    assert_eq!(decoder.next_envelope(), Ok(None));
 }
 
 #[test]
@@ -702,17 +765,12 @@ fn a_frame_split_across_chunks_with_the_next_frames_start() {
                 // The rest of `a` and the beginning of `b` in one chunk.
                 decoder.extend(&[&fa[k..], &fb[..j]].concat());
                 drain(&mut decoder, &mut out).unwrap();
-                assert_eq!(
-                    out,
-                    std::slice::from_ref(a),
-                    "{} split at {k}, then {j}",
-                    a.name()
-                );
+                assert_eq!(out, [golden(a)], "{} split at {k}, then {j}", a.name());
                 assert_eq!(decoder.buffered(), j);
 
                 decoder.extend(&fb[j..]);
                 drain(&mut decoder, &mut out).unwrap();
-                assert_eq!(out, [a.clone(), b.clone()]);
+                assert_eq!(out, [golden(a), golden(b)]);
                 assert_eq!(decoder.buffered(), 0);
             }
         }
@@ -738,7 +796,7 @@ fn frames_larger_than_the_compaction_threshold_stream_through() {
         let (out, result, buffered) =
             decode_chunked(&stream, &mut cycle(&[chunk]), DEFAULT_MAX_FRAME);
         assert_eq!(result, Ok(()));
-        assert_eq!(out, messages, "chunks of {chunk}");
+        assert_eq!(out, numbered(&messages), "chunks of {chunk}");
         assert_eq!(buffered, 0);
     }
 }
@@ -746,12 +804,12 @@ fn frames_larger_than_the_compaction_threshold_stream_through() {
 #[test]
 fn an_empty_or_partial_prefix_waits_for_more() {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
-    assert_eq!(decoder.next_message(), Ok(None));
+    assert_eq!(decoder.next_envelope(), Ok(None));
     decoder.extend(&[]);
-    assert_eq!(decoder.next_message(), Ok(None));
+    assert_eq!(decoder.next_envelope(), Ok(None));
     // Three bytes of a prefix that will be far over the limit: not judged yet.
     decoder.extend(&[0xff, 0xff, 0xff]);
-    assert_eq!(decoder.next_message(), Ok(None));
+    assert_eq!(decoder.next_envelope(), Ok(None));
     assert_eq!(decoder.buffered(), 3);
 }
 
@@ -764,7 +822,7 @@ fn a_length_over_the_limit_is_refused_from_the_prefix_alone() {
     decoder.extend(&1025u32.to_be_bytes());
     assert_eq!(decoder.buffered(), LENGTH_BYTES);
     assert_eq!(
-        decoder.next_message(),
+        decoder.next_envelope(),
         Err(DecodeError::TooLarge {
             len: 1025,
             max: 1024
@@ -773,7 +831,7 @@ fn a_length_over_the_limit_is_refused_from_the_prefix_alone() {
 
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     decoder.extend(&u32::MAX.to_be_bytes());
-    let err = decoder.next_message().unwrap_err();
+    let err = decoder.next_envelope().unwrap_err();
     assert_eq!(
         err,
         DecodeError::TooLarge {
@@ -794,12 +852,12 @@ fn the_frame_limit_is_inclusive() {
 
     let mut decoder = FrameDecoder::new(len);
     decoder.extend(&f);
-    assert_eq!(decoder.next_message(), Ok(Some(hello())));
+    assert_eq!(decoder.next_envelope(), Ok(Some(golden(&hello()))));
 
     let mut decoder = FrameDecoder::new(len - 1);
     decoder.extend(&f);
     assert_eq!(
-        decoder.next_message(),
+        decoder.next_envelope(),
         Err(DecodeError::TooLarge { len, max: len - 1 })
     );
 }
@@ -810,7 +868,7 @@ fn an_http_request_is_refused_at_once() {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     decoder.extend(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
-        decoder.next_message(),
+        decoder.next_envelope(),
         Err(DecodeError::TooLarge {
             len: u32::from_be_bytes(*b"GET ") as usize,
             max: DEFAULT_MAX_FRAME
@@ -829,7 +887,7 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
     // Only the prefix and the header of a 106-byte frame have arrived.
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     decoder.extend(&f[..LENGTH_BYTES + HEADER_BYTES]);
-    let err = decoder.next_message().unwrap_err();
+    let err = decoder.next_envelope().unwrap_err();
     assert_eq!(err, DecodeError::BadMagic(*b"NXFH"));
     assert_eq!(
         err.to_string(),
@@ -840,7 +898,7 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
     let good = frame(&hello());
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     decoder.extend(&good[..LENGTH_BYTES + HEADER_BYTES]);
-    assert_eq!(decoder.next_message(), Ok(None));
+    assert_eq!(decoder.next_envelope(), Ok(None));
 
     // And a whole frame with a wrong magic.
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
@@ -849,12 +907,12 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
         PROTOCOL_VERSION,
         &payload(&hello()),
     ));
-    assert_eq!(decoder.next_message(), Err(DecodeError::BadMagic([0; 4])));
+    assert_eq!(decoder.next_envelope(), Err(DecodeError::BadMagic([0; 4])));
 }
 
 #[test]
 fn another_protocol_version_is_unsupported() {
-    for version in [0, 2, u16::MAX] {
+    for version in [0, 1, 3, u16::MAX] {
         let f = raw_frame(&MAGIC, version, &payload(&hello()));
         let expected = DecodeError::UnsupportedVersion {
             got: version,
@@ -864,13 +922,69 @@ fn another_protocol_version_is_unsupported() {
 
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
         decoder.extend(&f);
-        assert_eq!(decoder.next_message(), Err(expected));
+        assert_eq!(decoder.next_envelope(), Err(expected));
     }
-    let err = decode_body(&raw_frame(&MAGIC, 2, &[])[LENGTH_BYTES..]).unwrap_err();
+    let err = decode_body(&raw_frame(&MAGIC, 1, &[])[LENGTH_BYTES..]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 2 is not supported (this build speaks version 1)"
+        "protocol version 1 is not supported (this build speaks version 2)"
     );
+}
+
+/// Frames of version 1, which had no request id (these are its goldens of `Ack` and
+/// `Started`), are refused as another version, not misread as a short or malformed frame.
+#[test]
+fn a_version_1_frame_is_refused_as_another_version() {
+    let expected = DecodeError::UnsupportedVersion {
+        got: 1,
+        supported: PROTOCOL_VERSION,
+    };
+    for old in ["000000074e58464700010e", "000000094e5846470001052a09"] {
+        let old = unhex(old);
+        assert_eq!(decode_body(&old[LENGTH_BYTES..]), Err(expected.clone()));
+        let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        decoder.extend(&old);
+        assert_eq!(decoder.next_envelope(), Err(expected.clone()));
+    }
+}
+
+/// A frame of another version is refused as soon as its version has arrived, before the rest.
+#[test]
+fn another_version_is_refused_as_soon_as_it_is_buffered() {
+    let f = raw_frame(&MAGIC, 7, &payload(&hello()));
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    decoder.extend(&f[..LENGTH_BYTES + VERSIONED_BYTES - 1]);
+    assert_eq!(decoder.next_envelope(), Ok(None));
+    decoder.extend(&f[LENGTH_BYTES + VERSIONED_BYTES - 1..LENGTH_BYTES + VERSIONED_BYTES]);
+    assert_eq!(
+        decoder.next_envelope(),
+        Err(DecodeError::UnsupportedVersion {
+            got: 7,
+            supported: PROTOCOL_VERSION
+        })
+    );
+}
+
+/// The request id is eight bytes, big-endian, after the version; every value comes back.
+/// Changing these bytes changes the protocol: bump `PROTOCOL_VERSION` instead.
+#[test]
+fn golden_request_ids() {
+    for (id, golden) in [
+        (0, "0000000f4e584647000200000000000000000e"),
+        (1, "0000000f4e584647000200000000000000010e"),
+        (GOLDEN_ID, "0000000f4e584647000201020304050607080e"),
+        (u64::MAX, "0000000f4e5846470002ffffffffffffffff0e"),
+    ] {
+        let f = encode(id, &Message::Ack, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(hex(&f), golden, "request id {id:#x}");
+        assert_eq!(
+            decode_body(&f[LENGTH_BYTES..]),
+            Ok(Envelope {
+                id,
+                message: Message::Ack
+            })
+        );
+    }
 }
 
 #[test]
@@ -896,7 +1010,7 @@ fn a_truncated_payload_is_malformed() {
         &full[..full.len() / 2],
     ));
     assert!(matches!(
-        decoder.next_message(),
+        decoder.next_envelope(),
         Err(DecodeError::Malformed(_))
     ));
 }
@@ -987,24 +1101,22 @@ fn payloads_that_are_not_a_message_are_malformed() {
 
 #[test]
 fn a_body_shorter_than_the_header_is_too_short() {
-    let header = [b'N', b'X', b'F', b'G', 0, 1];
+    let header = &raw_frame(&MAGIC, PROTOCOL_VERSION, &[])[LENGTH_BYTES..];
+    assert_eq!(header.len(), HEADER_BYTES);
     for n in 0..HEADER_BYTES {
         assert_eq!(decode_body(&header[..n]), Err(DecodeError::TooShort(n)));
     }
     // A whole header and nothing after it is a header without a message.
     assert!(matches!(
-        decode_body(&header),
+        decode_body(header),
         Err(DecodeError::Malformed(_))
     ));
 
-    for len in [0u32, 5] {
+    for len in [0, 5, VERSIONED_BYTES, HEADER_BYTES - 1] {
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        decoder.extend(&len.to_be_bytes());
-        decoder.extend(&header[..len as usize]);
-        assert_eq!(
-            decoder.next_message(),
-            Err(DecodeError::TooShort(len as usize))
-        );
+        decoder.extend(&(len as u32).to_be_bytes());
+        decoder.extend(&header[..len]);
+        assert_eq!(decoder.next_envelope(), Err(DecodeError::TooShort(len)));
     }
 }
 
@@ -1018,7 +1130,7 @@ fn a_message_over_the_limit_is_not_encoded() {
     });
     let len = frame(&big).len() - LENGTH_BYTES;
 
-    let err = encode(&big, len - 1).unwrap_err();
+    let err = encode(GOLDEN_ID, &big, len - 1).unwrap_err();
     assert_eq!(
         err,
         EncodeError::TooLarge {
@@ -1039,7 +1151,7 @@ fn a_message_over_the_limit_is_not_encoded() {
     let before = frame(&Message::Ack);
     let mut out = before.clone();
     assert_eq!(
-        encode_into(&big, &mut out, 64),
+        encode_into(GOLDEN_ID, &big, &mut out, 64),
         Err(EncodeError::TooLarge {
             message: "log_batch",
             len,
@@ -1049,7 +1161,7 @@ fn a_message_over_the_limit_is_not_encoded() {
     assert_eq!(out, before);
 
     // Exactly at the limit it fits, after what was there.
-    encode_into(&big, &mut out, len).unwrap();
+    encode_into(GOLDEN_ID, &big, &mut out, len).unwrap();
     assert_eq!(out, [before, frame(&big)].concat());
 }
 
@@ -1109,11 +1221,12 @@ proptest! {
     ) {
         let f = raw_frame(&MAGIC, PROTOCOL_VERSION, &bytes);
         match decode_body(&f[LENGTH_BYTES..]) {
-            Ok(message) => {
-                let again = frame(&message);
+            Ok(envelope) => {
+                prop_assert_eq!(envelope.id, GOLDEN_ID);
+                let again = frame(&envelope.message);
                 let decoded = decode_body(&again[LENGTH_BYTES..]);
                 prop_assert!(decoded.is_ok(), "{decoded:?}");
-                prop_assert_eq!(frame(&decoded.unwrap()), again);
+                prop_assert_eq!(frame(&decoded.unwrap().message), again);
             }
             Err(DecodeError::Malformed(_)) => {}
             Err(e) => prop_assert!(false, "{e:?} for a payload behind a valid header"),
@@ -1131,7 +1244,7 @@ proptest! {
         let (out, result, buffered) =
             decode_chunked(&stream_of(&messages), &mut cycle(&chunks), DEFAULT_MAX_FRAME);
         prop_assert_eq!(result, Ok(()));
-        prop_assert_eq!(out, messages);
+        prop_assert_eq!(out, numbered(&messages));
         prop_assert_eq!(buffered, 0);
     }
 
@@ -1149,6 +1262,25 @@ proptest! {
         let stream = [stream_of(&messages), garbage].concat();
         let (out, _, _) = decode_chunked(&stream, &mut cycle(&chunks), max_frame);
         prop_assert!(out.len() >= messages.len(), "{} of {} came out", out.len(), messages.len());
-        prop_assert_eq!(&out[..messages.len()], &messages[..]);
+        prop_assert_eq!(&out[..messages.len()], &numbered(&messages)[..]);
+    }
+
+    /// Any request id on any message comes back as it went, through the streaming decoder.
+    #[test]
+    fn any_request_id_comes_back(
+        frames in proptest::collection::vec((any::<u64>(), 0usize..16), 1..24),
+        chunks in proptest::collection::vec(1usize..200, 1..16),
+    ) {
+        let all = all_messages();
+        let mut stream = Vec::new();
+        let mut sent = Vec::new();
+        for (id, pick) in frames {
+            encode_into(id, &all[pick], &mut stream, DEFAULT_MAX_FRAME).expect("fits");
+            sent.push(Envelope { id, message: all[pick].clone() });
+        }
+        let (out, result, buffered) = decode_chunked(&stream, &mut cycle(&chunks), DEFAULT_MAX_FRAME);
+        prop_assert_eq!(result, Ok(()));
+        prop_assert_eq!(out, sent);
+        prop_assert_eq!(buffered, 0);
     }
 }
