@@ -226,12 +226,11 @@ impl CommandStage {
             tokio::select! {
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => {
-                        if let Some(p) = line.strip_prefix("NEXA_PROGRESS ") {
-                            if let Ok(x) = p.trim().parse::<f64>() {
+                        if let Some(p) = line.strip_prefix("NEXA_PROGRESS ")
+                            && let Ok(x) = p.trim().parse::<f64>() {
                                 ctx.progress.set(x);
                                 continue;
                             }
-                        }
                         if tail.len() == TAIL_LINES {
                             tail.pop_front();
                         }

@@ -253,7 +253,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
     let config = worker_config(
         addr,
         Trust::Fingerprint(plane.fingerprint()),
-        &token,
+        token,
         name,
         &args.offer,
         &work_dir,

@@ -350,7 +350,16 @@ fn bad_input_gets_a_clear_error_and_never_a_500() {
     );
 
     let big = format!("{{\"job_type\": \"{}\"}}", "x".repeat(5 << 20));
-    let cases: Vec<(&str, String, Option<String>, u16, &str, Option<&str>)> = vec![
+    // (method, path, body, status, error code, offending field)
+    type Case = (
+        &'static str,
+        String,
+        Option<String>,
+        u16,
+        &'static str,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
         ("POST", "/api/jobs".into(), Some("{not json".into()), 400, "bad_request", None),
         ("POST", "/api/jobs".into(), Some(String::new()), 400, "bad_request", None),
         ("POST", "/api/jobs".into(), Some(r#"{"job_type": "train", "bogus": 1}"#.into()), 422, "validation_error", None),

@@ -169,13 +169,13 @@ pub fn audit_with(
         .transpose()?;
 
     let (sha256, file_size) = digest::sha256_file(&path, &mut observer)?;
-    if let Some(expected) = expected {
-        if expected != sha256 {
-            return Err(AuditError::IntegrityMismatch {
-                expected,
-                actual: sha256,
-            });
-        }
+    if let Some(expected) = expected
+        && expected != sha256
+    {
+        return Err(AuditError::IntegrityMismatch {
+            expected,
+            actual: sha256,
+        });
     }
 
     let file = open(&path)?;

@@ -61,10 +61,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ComputeError
 
 /// Makes a rename durable. Best effort: some filesystems cannot fsync a folder.
 fn sync_parent(path: &Path) {
-    if let Some(parent) = path.parent() {
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
+    if let Some(parent) = path.parent()
+        && let Ok(dir) = File::open(parent)
+    {
+        let _ = dir.sync_all();
     }
 }
 

@@ -462,12 +462,12 @@ impl Columns {
         }
         for name in &self.schema.labels {
             let v = value(name)?;
-            if let Task::Classification { classes } = self.schema.task {
-                if v.fract() != 0.0 || v < 0.0 || v >= classes as f64 {
-                    return Err(format!(
-                        "label {name:?} is {v}, not a class index in 0..{classes}"
-                    ));
-                }
+            if let Task::Classification { classes } = self.schema.task
+                && (v.fract() != 0.0 || v < 0.0 || v >= classes as f64)
+            {
+                return Err(format!(
+                    "label {name:?} is {v}, not a class index in 0..{classes}"
+                ));
             }
             self.labels.push(v as f32);
         }

@@ -221,16 +221,16 @@ pub fn generate(spec: &GenerateSpec) -> Result<Dataset, ComputeError> {
             format!("{} is outside [0, 0.5]", spec.noise),
         ));
     }
-    if let TargetKind::Classification { classes } = spec.target {
-        if !(2..=1000).contains(&classes) || classes > spec.rows {
-            return Err(ComputeError::invalid(
-                "classes",
-                format!(
-                    "{classes} classes for {} rows; use 2 to 1000, and no more than rows",
-                    spec.rows
-                ),
-            ));
-        }
+    if let TargetKind::Classification { classes } = spec.target
+        && (!(2..=1000).contains(&classes) || classes > spec.rows)
+    {
+        return Err(ComputeError::invalid(
+            "classes",
+            format!(
+                "{classes} classes for {} rows; use 2 to 1000, and no more than rows",
+                spec.rows
+            ),
+        ));
     }
 
     let mut rng = Rng::new(spec.seed);

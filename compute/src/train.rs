@@ -87,21 +87,21 @@ impl TrainConfig {
                 "warmup fraction and min lr ratio must be in [0, 1]",
             ));
         }
-        if let Some(c) = self.clip_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(ComputeError::invalid(
-                    "clip norm",
-                    format!("{c}; must be positive"),
-                ));
-            }
+        if let Some(c) = self.clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(ComputeError::invalid(
+                "clip norm",
+                format!("{c}; must be positive"),
+            ));
         }
-        if let Some(d) = self.distill {
-            if !(d.temperature.is_finite() && d.temperature > 0.0 && unit(d.alpha)) {
-                return Err(ComputeError::invalid(
-                    "distillation",
-                    "temperature must be positive and alpha in [0, 1]",
-                ));
-            }
+        if let Some(d) = self.distill
+            && !(d.temperature.is_finite() && d.temperature > 0.0 && unit(d.alpha))
+        {
+            return Err(ComputeError::invalid(
+                "distillation",
+                "temperature must be positive and alpha in [0, 1]",
+            ));
         }
         Ok(())
     }
@@ -346,14 +346,14 @@ pub fn train<B: Backend>(
     let mut epoch = 0u32;
     let mut batch_start = 0u64;
     let mut resumed_from = None;
-    if let Some(dir) = checkpoints {
-        if let Some(ckpt) = dir.latest()? {
-            let state = restore(backend, model, &mut optimizer, &ckpt, config)?;
-            epoch = state.epoch;
-            batch_start = state.batch;
-            rng = state.rng;
-            resumed_from = Some(ckpt.step);
-        }
+    if let Some(dir) = checkpoints
+        && let Some(ckpt) = dir.latest()?
+    {
+        let state = restore(backend, model, &mut optimizer, &ckpt, config)?;
+        epoch = state.epoch;
+        batch_start = state.batch;
+        rng = state.rng;
+        resumed_from = Some(ckpt.step);
     }
     let data = prepare(model, train)?;
     let validation = validation.map(|v| prepare(model, v)).transpose()?;
@@ -401,10 +401,8 @@ pub fn train<B: Backend>(
 
             let step = optimizer.steps();
             let epoch_done = index + 1 == batches.len();
-            if epoch_done {
-                if let Some(v) = &validation {
-                    validation_loss = Some(evaluate_loss(backend, model, v, config.distill)?);
-                }
+            if epoch_done && let Some(v) = &validation {
+                validation_loss = Some(evaluate_loss(backend, model, v, config.distill)?);
             }
             if let Some(dir) = checkpoints {
                 if epoch_done {

@@ -344,13 +344,13 @@ fn validate_params(params: &JobParams) -> Result<(), SpecError> {
             if let Some(col) = &p.label_column {
                 name("params.label_column", col)?;
             }
-            if let Some(sha) = &p.expected_sha256 {
-                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(SpecError::new(
-                        "params.expected_sha256",
-                        "must be 64 hexadecimal digits",
-                    ));
-                }
+            if let Some(sha) = &p.expected_sha256
+                && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(SpecError::new(
+                    "params.expected_sha256",
+                    "must be 64 hexadecimal digits",
+                ));
             }
             Ok(())
         }

@@ -239,13 +239,13 @@ async fn connect_once(
         }
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            if let Some(v) = &verifier {
-                if let Some(seen) = v.seen().filter(|s| *s != v.expected()) {
-                    return Err(ConnectError::FingerprintMismatch {
-                        expected: v.expected(),
-                        seen,
-                    });
-                }
+            if let Some(v) = &verifier
+                && let Some(seen) = v.seen().filter(|s| *s != v.expected())
+            {
+                return Err(ConnectError::FingerprintMismatch {
+                    expected: v.expected(),
+                    seen,
+                });
             }
             return Err(failed(e.to_string()));
         }

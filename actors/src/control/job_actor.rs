@@ -253,23 +253,23 @@ impl Actor for JobActor {
                 let result = blocking(&state.store, move |s| s.cancel(id, reason, now())).await;
                 if let (Ok(JobState::Cancelling), Some(session)) = (&result, &state.session) {
                     // Tell the worker now rather than at its next heartbeat.
-                    if let Ok(job) = blocking(&state.store, move |s| s.get(id)).await {
-                        if let Some(attempt) = job.live_attempt() {
-                            let cancel = nexa_runtime::wire::Message::Cancel {
-                                job: id,
-                                epoch: attempt.epoch,
-                                reason: job
-                                    .error
-                                    .as_ref()
-                                    .map_or_else(String::new, |e| e.message.clone()),
-                            };
-                            let session = session.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = session.push(&cancel).await {
-                                    debug!(job = %id, "cancel not pushed (the heartbeat will carry it): {e}");
-                                }
-                            });
-                        }
+                    if let Ok(job) = blocking(&state.store, move |s| s.get(id)).await
+                        && let Some(attempt) = job.live_attempt()
+                    {
+                        let cancel = nexa_runtime::wire::Message::Cancel {
+                            job: id,
+                            epoch: attempt.epoch,
+                            reason: job
+                                .error
+                                .as_ref()
+                                .map_or_else(String::new, |e| e.message.clone()),
+                        };
+                        let session = session.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = session.push(&cancel).await {
+                                debug!(job = %id, "cancel not pushed (the heartbeat will carry it): {e}");
+                            }
+                        });
                     }
                 }
                 let _ = reply.send(result);

@@ -303,10 +303,10 @@ impl Actor for Scheduler {
             SchedulerMsg::WaitOver(id) => {
                 // A request in a batch in flight is answered when the batch is, its wait
                 // being over by then.
-                if let Some(i) = state.parked.iter().position(|p| p.id == id) {
-                    if let Some(p) = state.parked.remove(i) {
-                        let _ = p.reply.send(Ok(None));
-                    }
+                if let Some(i) = state.parked.iter().position(|p| p.id == id)
+                    && let Some(p) = state.parked.remove(i)
+                {
+                    let _ = p.reply.send(Ok(None));
                 }
             }
             SchedulerMsg::Leased { batch, answers } => {

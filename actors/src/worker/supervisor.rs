@@ -193,11 +193,10 @@ async fn run_once(
             }
             Some(line) = lines.recv() => logs.push(line),
             _ = flush.tick() => {
-                if logs.pending() > 0 {
-                    if let Err(e) = logs.flush(&args.client).await {
+                if logs.pending() > 0
+                    && let Err(e) = logs.flush(&args.client).await {
                         debug!(job = %args.assignment.job, "log flush failed, will retry: {e}");
                     }
-                }
             }
             () = args.cancel.cancelled(), if abort_at.is_none() => {
                 abort_at = Some(Instant::now() + args.grace);

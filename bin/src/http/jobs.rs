@@ -286,13 +286,13 @@ pub(crate) async fn logs(
     }
     let job = load(&state, id).await?;
     let tried = job.attempts.len() as u32;
-    if let Some(a) = q.attempt {
-        if a == 0 || a > tried {
-            return Err(ApiError::bad_param(
-                "attempt",
-                format!("{id} has {tried} attempts; there is no attempt {a}"),
-            ));
-        }
+    if let Some(a) = q.attempt
+        && (a == 0 || a > tried)
+    {
+        return Err(ApiError::bad_param(
+            "attempt",
+            format!("{id} has {tried} attempts; there is no attempt {a}"),
+        ));
     }
     let from = q.from_seq.unwrap_or(0);
     if from > api::MAX_SAFE {
@@ -573,10 +573,10 @@ pub(crate) async fn progress(
 ) -> Result<Json<ProgressAnswer>, ApiError> {
     let id = api::path_job(&id)?;
     let request: ProgressRequest = read_json(&body)?;
-    if let Some(p) = request.progress {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::invalid("progress", "must be between 0.0 and 1.0"));
-        }
+    if let Some(p) = request.progress
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(ApiError::invalid("progress", "must be between 0.0 and 1.0"));
     }
     let status = state
         .plane

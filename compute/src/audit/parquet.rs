@@ -91,15 +91,14 @@ fn cell(field: &Field) -> Option<Cell<'_>> {
 fn error(path: &Path, at: Position, error: ParquetError) -> AuditError {
     // The file was read end to end for its digest just before, so an I/O error now is the
     // disk's fault, except running out of bytes, which is a truncated or damaged file.
-    if let ParquetError::External(source) = &error {
-        if let Some(io) = source.downcast_ref::<io::Error>() {
-            if io.kind() != io::ErrorKind::UnexpectedEof {
-                return AuditError::Read {
-                    path: path.to_path_buf(),
-                    source: io::Error::new(io.kind(), io.to_string()),
-                };
-            }
-        }
+    if let ParquetError::External(source) = &error
+        && let Some(io) = source.downcast_ref::<io::Error>()
+        && io.kind() != io::ErrorKind::UnexpectedEof
+    {
+        return AuditError::Read {
+            path: path.to_path_buf(),
+            source: io::Error::new(io.kind(), io.to_string()),
+        };
     }
     let mut reason = error.to_string();
     if reason.contains("Disabled feature at compile time") {

@@ -94,23 +94,23 @@ enum Plan {
 
 fn plan_submit<T: ReadTables + ?Sized>(t: &T, spec: JobSpec) -> Result<Plan, StoreError> {
     spec.validate()?;
-    if let Some(key) = &spec.idempotency_key {
-        if let Some(existing) = t.idempotent(key)? {
-            let job = t.job(existing)?.ok_or_else(|| {
-                corrupt(format!("idempotency key {key:?} names missing {existing}"))
-            })?;
-            if job.spec != spec {
-                return Err(StoreError::IdempotencyConflict {
-                    key: key.clone(),
-                    existing,
-                });
-            }
-            return Ok(Plan::Existing(Submitted {
-                id: existing,
-                state: job.state,
-                created: false,
-            }));
+    if let Some(key) = &spec.idempotency_key
+        && let Some(existing) = t.idempotent(key)?
+    {
+        let job = t
+            .job(existing)?
+            .ok_or_else(|| corrupt(format!("idempotency key {key:?} names missing {existing}")))?;
+        if job.spec != spec {
+            return Err(StoreError::IdempotencyConflict {
+                key: key.clone(),
+                existing,
+            });
         }
+        return Ok(Plan::Existing(Submitted {
+            id: existing,
+            state: job.state,
+            created: false,
+        }));
     }
     let mut pending = Vec::new();
     let mut doomed = None;
@@ -191,16 +191,16 @@ pub(super) fn submit_batch<T: Tables + ?Sized>(
             index,
             source: Box::new(source),
         };
-        if let Some(key) = &spec.idempotency_key {
-            if !keys.insert(key.clone()) {
-                return Err(batch(
-                    SpecError::new(
-                        "idempotency_key",
-                        format!("{key:?} appears twice in the batch"),
-                    )
-                    .into(),
-                ));
-            }
+        if let Some(key) = &spec.idempotency_key
+            && !keys.insert(key.clone())
+        {
+            return Err(batch(
+                SpecError::new(
+                    "idempotency_key",
+                    format!("{key:?} appears twice in the batch"),
+                )
+                .into(),
+            ));
         }
         plans.push(plan_submit(t, spec).map_err(batch)?);
     }

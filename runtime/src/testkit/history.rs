@@ -489,10 +489,10 @@ impl Model {
 
     fn build(&self, nj: &NewJob) -> JobSpec {
         let key = nj.key.map(|k| KEYS[k as usize % KEYS.len()].to_owned());
-        if let Some(existing) = key.as_ref().and_then(|k| self.keys.get(k)) {
-            if nj.reuse {
-                return self.specs[existing].clone();
-            }
+        if let Some(existing) = key.as_ref().and_then(|k| self.keys.get(k))
+            && nj.reuse
+        {
+            return self.specs[existing].clone();
         }
         let ty = JobType::ALL[nj.ty as usize % JobType::ALL.len()];
         let mut spec = JobSpec::new(params(ty, u64::from(nj.variant)));
