@@ -269,9 +269,17 @@ impl ControlPlane {
             .await
             .map_err(|e| StartError::Actor("store", e.to_string()))??;
         for e in store.recovered() {
-            info!(job = %e.job, state = %e.state, "lease ran out while the control plane was down");
+            let why = if e.timed_out {
+                "past its deadline"
+            } else {
+                "lease ran out"
+            };
+            info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {why}");
         }
-        Self::start_with_store(config, Arc::new(store)).await
+        let lost = store.recovered().iter().filter(|e| !e.timed_out).count();
+        let plane = Self::start_with_store(config, Arc::new(store)).await?;
+        plane.metrics.record_leases_expired(lost as u64);
+        Ok(plane)
     }
 
     /// Starts over a store of the caller's choice (an in-memory one, for example).
@@ -280,11 +288,24 @@ impl ControlPlane {
         store: Arc<dyn Store>,
     ) -> Result<Self, StartError> {
         let plane = PLANES.fetch_add(1, Ordering::Relaxed);
-        let (scheduler, _) = Actor::spawn(None, Scheduler, (plane, store.clone()))
+        let metrics = Arc::new(Metrics::default());
+        let args = scheduler::Args {
+            plane,
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        let (scheduler, _) = Actor::spawn(None, Scheduler, args)
             .await
             .map_err(|e| StartError::Actor("scheduler", e.to_string()))?;
-        // Jobs leased before a restart get their actors back.
-        for state in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+        // Jobs leased before a restart get their actors back, and the scheduler wakes when
+        // the backoff of a queued retry ends.
+        let states = [
+            JobState::Assigned,
+            JobState::Running,
+            JobState::Cancelling,
+            JobState::Queued,
+        ];
+        for state in states {
             let mut before = None;
             loop {
                 let q = ListQuery {
@@ -295,7 +316,12 @@ impl ControlPlane {
                 };
                 let page = blocking(&store, move |s| s.list(q)).await?;
                 for job in &page.jobs {
-                    let _ = scheduler.cast(SchedulerMsg::Adopt(job.id));
+                    let message = match (job.state, job.not_before) {
+                        (JobState::Queued, Some(at)) => SchedulerMsg::WakeAt(at),
+                        (JobState::Queued, None) => continue,
+                        _ => SchedulerMsg::Adopt(job.id),
+                    };
+                    let _ = scheduler.cast(message);
                 }
                 match page.next_before {
                     Some(b) => before = Some(b),
@@ -309,7 +335,6 @@ impl ControlPlane {
             heartbeat_ms: config.heartbeat.as_millis() as u64,
             long_poll_ms: config.long_poll.as_millis() as u64,
         };
-        let metrics = Arc::new(Metrics::default());
         let handler = Arc::new(PlaneHandler {
             plane,
             store: store.clone(),

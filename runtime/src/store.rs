@@ -145,6 +145,8 @@ pub struct Expired {
     pub job: JobId,
     /// Its state afterwards.
     pub state: JobState,
+    /// The attempt ran past its deadline; otherwise its lease ran out without a heartbeat.
+    pub timed_out: bool,
 }
 
 /// Why a store operation was refused.

@@ -88,7 +88,8 @@ fn leases_that_ran_out_while_closed_are_recovered_as_worker_loss() {
         store.recovered(),
         &[Expired {
             job,
-            state: JobState::Queued
+            state: JobState::Queued,
+            timed_out: false,
         }]
     );
     let j = store.get(job).unwrap();

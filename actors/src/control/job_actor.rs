@@ -21,6 +21,7 @@ use tracing::{debug, info};
 use super::blocking;
 use super::scheduler::SchedulerMsg;
 use crate::clock::now;
+use crate::metrics::Metrics;
 
 /// Job actors are registered as `nexa-<plane>-job-<id>`, so that several control planes can
 /// share a process (ractor's registry is per process).
@@ -79,6 +80,7 @@ pub(crate) struct Args {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: ActorRef<SchedulerMsg>,
     pub(crate) session: Option<Session>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 pub(crate) struct JobActor;
@@ -92,6 +94,7 @@ pub(crate) struct JobActorState {
     store: Arc<dyn Store>,
     scheduler: ActorRef<SchedulerMsg>,
     session: Option<Session>,
+    metrics: Arc<Metrics>,
     timer: Option<Timer>,
 }
 
@@ -100,7 +103,7 @@ impl JobActorState {
     fn follow(&mut self, myself: &ActorRef<JobMsg>, job: &Job) {
         match job.deadline() {
             Some(at) => self.arm(myself, at),
-            None => self.release(myself, job.state),
+            None => self.release(myself, job.state, job.not_before),
         }
     }
 
@@ -113,24 +116,37 @@ impl JobActorState {
         self.timer = Some(myself.send_after(wait, || JobMsg::Due));
     }
 
-    /// The job is no longer leased (it went to `state`): stops the actor.
-    fn release(&mut self, myself: &ActorRef<JobMsg>, state: JobState) {
+    /// The job is no longer leased (it went to `state`, to be leased again no earlier than
+    /// `not_before`): stops the actor.
+    fn release(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        state: JobState,
+        not_before: Option<Timestamp>,
+    ) {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
         debug!(job = %self.job, %state, "job no longer leased");
         // Back in the queue, or finished (which may release dependents): let the scheduler
-        // look again.
-        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        // look again, now or when the job's backoff ends.
+        let wake = match not_before {
+            Some(at) if state == JobState::Queued => SchedulerMsg::WakeAt(at),
+            _ => SchedulerMsg::Wake,
+        };
+        let _ = self.scheduler.cast(wake);
         myself.stop(None);
     }
 
     /// Follows the job after an outcome report: one the store took (`Some` state after it)
-    /// ended the attempt, so the job is no longer leased; after one it refused, the store says
-    /// where the job is.
+    /// ended the attempt, so the job is no longer leased; after one it refused, or one that
+    /// queued the job for a retry (which may wait out a backoff), the store says where the job
+    /// is.
     async fn after_outcome(&mut self, myself: &ActorRef<JobMsg>, state: Option<JobState>) {
         match state {
-            Some(state) if !state.is_leased() => self.release(myself, state),
+            Some(state) if !state.is_leased() && state != JobState::Queued => {
+                self.release(myself, state, None)
+            }
             _ => self.refresh(myself).await,
         }
     }
@@ -163,6 +179,7 @@ impl Actor for JobActor {
             store: args.store,
             scheduler: args.scheduler,
             session: args.session,
+            metrics: args.metrics,
             timer: None,
         })
     }
@@ -280,8 +297,15 @@ impl Actor for JobActor {
                 match expired {
                     Ok(list) => {
                         for e in &list {
-                            info!(job = %e.job, state = %e.state, "attempt ended by the control plane");
+                            let why = if e.timed_out {
+                                "past its deadline"
+                            } else {
+                                "lease ran out"
+                            };
+                            info!(job = %e.job, state = %e.state, "attempt ended by the control plane: {why}");
                         }
+                        let lost = list.iter().filter(|e| !e.timed_out).count();
+                        state.metrics.record_leases_expired(lost as u64);
                     }
                     Err(e) => debug!("expire failed: {e}"),
                 }

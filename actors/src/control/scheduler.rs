@@ -11,14 +11,16 @@
 //! for every worker that asked while the previous one was on its way to disk.
 //!
 //! A request that gets no job is parked until a wake (a submit, a requeue, a finished job, a
-//! worker joining) or the end of its wait. A wake that comes while a write is in flight is
-//! kept and applied when the write ends, so a job queued during the write is not missed.
+//! worker joining, the end of a retry's backoff) or the end of its wait. A wake that comes
+//! while a write is in flight is kept and applied when the write ends, so a job queued during
+//! the write is not missed. Wakes due later (backoffs) are kept in order, with one timer for
+//! the earliest.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexa_runtime::{JobId, Lease, LeaseRequest, Store, StoreError, WorkerId};
+use nexa_runtime::{JobId, Lease, LeaseRequest, Store, StoreError, Timestamp, WorkerId};
 use nexa_transport::Session;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
@@ -27,6 +29,7 @@ use tracing::{debug, warn};
 use super::blocking;
 use super::job_actor::{self, JobActor};
 use crate::clock::now;
+use crate::metrics::Metrics;
 
 /// How long to wait before starting a job's actor again when its name was still taken (by the
 /// actor of the job's previous attempt, on its way out).
@@ -45,6 +48,10 @@ pub(crate) enum SchedulerMsg {
     },
     /// Jobs may have become available (submitted, requeued, released, out of backoff).
     Wake,
+    /// A job becomes available at this time (its retry's backoff ends).
+    WakeAt(Timestamp),
+    /// The earliest wake asked for with `WakeAt` is due.
+    Alarm,
     /// A held request's wait ran out.
     WaitOver(u64),
     /// A job actor for a job leased before a restart.
@@ -93,9 +100,25 @@ async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
         .map_or(true, |page| !page.jobs.is_empty())
 }
 
+/// A pending `Alarm` message.
+type Timer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<SchedulerMsg>>>;
+
+/// What the scheduler starts with.
+pub(crate) struct Args {
+    /// The control plane's number, in its actors' names.
+    pub(crate) plane: u64,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
 pub(crate) struct SchedulerState {
     plane: u64,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// Times at which to wake, earliest first (`WakeAt`).
+    alarms: BTreeSet<Timestamp>,
+    /// The timer armed for the earliest of `alarms`, and its time.
+    alarm: Option<(Timestamp, Timer)>,
     /// Requests for the next lease write, oldest first.
     ready: VecDeque<Ask>,
     /// Requests that found no job, waiting for a wake or the end of their wait, oldest first.
@@ -147,6 +170,31 @@ impl SchedulerState {
         });
     }
 
+    /// Every parked request tries again, now or, while a write is in flight, when it ends.
+    fn wake(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        if self.leasing {
+            self.woken = true;
+        } else if !self.parked.is_empty() {
+            self.wake_parked();
+            self.lease_ready(myself);
+        }
+    }
+
+    /// Arms the timer for the earliest alarm, unless it is armed for it already.
+    fn arm(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        let Some(&first) = self.alarms.first() else {
+            return;
+        };
+        if self.alarm.as_ref().is_some_and(|(at, _)| *at == first) {
+            return;
+        }
+        if let Some((_, timer)) = self.alarm.take() {
+            timer.abort();
+        }
+        let wait = first.saturating_since(now()) + Duration::from_millis(1);
+        self.alarm = Some((first, myself.send_after(wait, || SchedulerMsg::Alarm)));
+    }
+
     /// Moves the parked requests back to the ready ones, oldest first.
     fn wake_parked(&mut self) {
         let mut parked = std::mem::take(&mut self.parked);
@@ -188,6 +236,7 @@ impl SchedulerState {
             store: self.store.clone(),
             scheduler: myself.clone(),
             session,
+            metrics: self.metrics.clone(),
         };
         if let Err(e) = Actor::spawn_linked(
             Some(job_actor::name(self.plane, job)),
@@ -248,16 +297,23 @@ impl SchedulerState {
 impl Actor for Scheduler {
     type Msg = SchedulerMsg;
     type State = SchedulerState;
-    type Arguments = (u64, Arc<dyn Store>);
+    type Arguments = Args;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (plane, store): (u64, Arc<dyn Store>),
+        Args {
+            plane,
+            store,
+            metrics,
+        }: Args,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SchedulerState {
             plane,
             store,
+            metrics,
+            alarms: BTreeSet::new(),
+            alarm: None,
             ready: VecDeque::new(),
             parked: VecDeque::new(),
             leasing: false,
@@ -292,13 +348,23 @@ impl Actor for Scheduler {
                 });
                 state.lease_ready(&myself);
             }
-            SchedulerMsg::Wake => {
-                if state.leasing {
-                    state.woken = true;
-                } else if !state.parked.is_empty() {
-                    state.wake_parked();
-                    state.lease_ready(&myself);
+            SchedulerMsg::Wake => state.wake(&myself),
+            SchedulerMsg::WakeAt(at) => {
+                if at <= now() {
+                    state.wake(&myself);
+                } else {
+                    state.alarms.insert(at);
+                    state.arm(&myself);
                 }
+            }
+            SchedulerMsg::Alarm => {
+                // Every alarm due, and any a fraction early (the timer has millisecond
+                // grain): waking a little early only costs a lease pass.
+                let due = now().saturating_add(Duration::from_millis(1));
+                state.alarms = state.alarms.split_off(&due);
+                state.alarm = None;
+                state.arm(&myself);
+                state.wake(&myself);
             }
             SchedulerMsg::WaitOver(id) => {
                 // A request in a batch in flight is answered when the batch is, its wait
@@ -331,6 +397,7 @@ impl Actor for Scheduler {
                     store: state.store.clone(),
                     scheduler: myself.clone(),
                     session: None,
+                    metrics: state.metrics.clone(),
                 };
                 if let Err(e) = Actor::spawn_linked(
                     Some(job_actor::name(state.plane, job)),
@@ -439,10 +506,30 @@ mod tests {
 
     /// Each test's plane number, so that job actor names do not collide across tests.
     async fn scheduler(plane: u64, store: Arc<dyn Store>) -> ActorRef<SchedulerMsg> {
-        Actor::spawn(None, Scheduler, (1_000_000 + plane, store))
+        scheduler_counting(plane, store, Arc::default()).await
+    }
+
+    async fn scheduler_counting(
+        plane: u64,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> ActorRef<SchedulerMsg> {
+        let args = Args {
+            plane: 1_000_000 + plane,
+            store,
+            metrics,
+        };
+        Actor::spawn(None, Scheduler, args)
             .await
             .expect("the scheduler starts")
             .0
+    }
+
+    /// The actor watching `job`'s lease, under the scheduler of test `plane`.
+    fn job_actor(plane: u64, job: JobId) -> ActorRef<job_actor::JobMsg> {
+        ractor::registry::where_is(job_actor::name(1_000_000 + plane, job))
+            .expect("the leased job has its actor")
+            .into()
     }
 
     fn register(store: &MemStore, name: &str, types: &[JobType]) -> WorkerId {
@@ -491,13 +578,16 @@ mod tests {
         answer
     }
 
-    async fn leased(answer: Answer) -> Option<JobId> {
+    async fn lease(answer: Answer) -> Option<Lease> {
         tokio::time::timeout(Duration::from_secs(20), answer)
             .await
             .expect("an answer before the request's wait is over")
             .expect("the scheduler answers")
             .expect("the lease write succeeds")
-            .map(|lease| lease.job.id)
+    }
+
+    async fn leased(answer: Answer) -> Option<JobId> {
+        lease(answer).await.map(|lease| lease.job.id)
     }
 
     #[tokio::test]
@@ -582,6 +672,83 @@ mod tests {
         let id = store.submit(spec(JobType::Generate, 0), now()).unwrap().id;
         scheduler.cast(SchedulerMsg::Wake).unwrap();
         assert_eq!(leased(waiting).await, Some(id));
+        scheduler.stop(None);
+    }
+
+    /// A retry that waits out a backoff goes to a request parked meanwhile as soon as the
+    /// backoff ends, not when the request's wait does.
+    #[tokio::test]
+    async fn a_retry_reaches_a_parked_request_when_its_backoff_ends() {
+        let store = Arc::new(MemStore::new(StoreConfig {
+            lease_ttl: Duration::from_secs(3600),
+            retry: nexa_runtime::RetryPolicy {
+                base: Duration::from_millis(300),
+                max: Duration::from_millis(300),
+                jitter: 0.0,
+            },
+            ..StoreConfig::default()
+        }));
+        let worker = register(&store, "retrier", &JobType::ALL);
+        let id = store.submit(spec(JobType::Generate, 0), now()).unwrap().id;
+        let scheduler = scheduler(4, store.clone()).await;
+        let first = lease(ask(&scheduler, &worker, Duration::ZERO))
+            .await
+            .expect("the job is leased");
+
+        // The attempt fails; the job goes back to the queue for a retry after its backoff.
+        let error = nexa_runtime::JobError::new(nexa_runtime::FailureClass::StageError, "boom");
+        let after = job_actor(4, id)
+            .call(
+                |reply| job_actor::JobMsg::Fail {
+                    epoch: first.epoch,
+                    error,
+                    reply,
+                },
+                None,
+            )
+            .await
+            .expect("the job's actor answers");
+        assert!(matches!(
+            after,
+            ractor::rpc::CallResult::Success(Ok(nexa_runtime::JobState::Queued))
+        ));
+        let until = store.get(id).unwrap().not_before.expect("a backoff");
+
+        // A request waiting far longer than the backoff gets the retry once it is due.
+        let waiting = ask(&scheduler, &worker, Duration::from_secs(60));
+        let second = lease(waiting).await.expect("the retry is leased");
+        assert_eq!(second.job.id, id);
+        assert!(second.epoch > first.epoch);
+        assert!(now() >= until, "leased before its backoff ended");
+        assert_eq!(store.get(id).unwrap().attempts.len(), 2);
+        scheduler.stop(None);
+    }
+
+    /// A lease that runs out without a heartbeat ends the attempt and is counted; the job goes
+    /// straight back to a waiting worker (a lost worker says nothing about the job).
+    #[tokio::test]
+    async fn a_lease_that_runs_out_is_counted_and_requeued() {
+        let store = Arc::new(MemStore::new(StoreConfig {
+            lease_ttl: Duration::from_millis(200),
+            ..StoreConfig::default()
+        }));
+        let silent = register(&store, "silent", &JobType::ALL);
+        let other = register(&store, "other", &JobType::ALL);
+        let id = store.submit(spec(JobType::Generate, 0), now()).unwrap().id;
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = scheduler_counting(5, store.clone(), metrics.clone()).await;
+        let first = lease(ask(&scheduler, &silent, Duration::ZERO))
+            .await
+            .expect("the job is leased");
+        assert_eq!(metrics.leases_expired(), 0);
+
+        let second = lease(ask(&scheduler, &other, Duration::from_secs(60)))
+            .await
+            .expect("the job is leased again once the first lease ran out");
+        assert_eq!(second.job.id, id);
+        assert!(second.epoch > first.epoch);
+        assert_eq!(&second.job.attempts[1].worker, &other);
+        assert_eq!(metrics.leases_expired(), 1);
         scheduler.stop(None);
     }
 }

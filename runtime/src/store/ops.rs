@@ -469,10 +469,12 @@ pub(super) fn expire<T: Tables + ?Sized>(
         } else {
             continue;
         };
+        let timed_out = transition == Transition::TimedOut;
         let job = report(t, cfg, id, transition, now)?;
         expired.push(Expired {
             job: id,
             state: job.state,
+            timed_out,
         });
     }
     Ok(expired)

@@ -529,7 +529,8 @@ pub fn expired_lease_requeues_as_worker_lost<H: Harness>(h: &mut H) {
         store.expire(expires).expect("expire"),
         vec![Expired {
             job: id,
-            state: JobState::Queued
+            state: JobState::Queued,
+            timed_out: false,
         }]
     );
     let job = get(&store, id);
@@ -749,7 +750,8 @@ pub fn timeout_fails_the_attempt<H: Harness>(h: &mut H) {
         store.expire(at(50)).expect("expire"),
         vec![Expired {
             job: id,
-            state: JobState::Failed
+            state: JobState::Failed,
+            timed_out: true,
         }]
     );
     let job = get(&store, id);
@@ -894,11 +896,13 @@ pub fn cancel_leased_job_waits_for_the_worker<H: Harness>(h: &mut H) {
         vec![
             Expired {
                 job: ids[2],
-                state: JobState::Cancelled
+                state: JobState::Cancelled,
+                timed_out: false,
             },
             Expired {
                 job: ids[3],
-                state: JobState::Cancelled
+                state: JobState::Cancelled,
+                timed_out: false,
             },
         ]
     );

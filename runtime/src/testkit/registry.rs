@@ -88,7 +88,8 @@ pub fn workers_register_heartbeat_drain_and_remove<H: Harness>(h: &mut H) {
         store.expire(l.lease_expires_at).expect("expire"),
         vec![Expired {
             job: id,
-            state: JobState::Queued
+            state: JobState::Queued,
+            timed_out: false,
         }]
     );
 }
@@ -373,19 +374,23 @@ pub fn restart_recovers_expired_leases<H: Harness>(h: &mut H) {
         vec![
             Expired {
                 job: running,
-                state: JobState::Queued
+                state: JobState::Queued,
+                timed_out: false,
             },
             Expired {
                 job: assigned,
-                state: JobState::Queued
+                state: JobState::Queued,
+                timed_out: false,
             },
             Expired {
                 job: cancelling,
-                state: JobState::Cancelled
+                state: JobState::Cancelled,
+                timed_out: false,
             },
             Expired {
                 job: timed_out,
-                state: JobState::Failed
+                state: JobState::Failed,
+                timed_out: true,
             },
         ]
     );
