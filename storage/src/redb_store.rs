@@ -408,30 +408,33 @@ fn run_committer(shared: &Shared, requests: &Receiver<Request>) {
         if shared.db().is_none() {
             reopen(shared);
         }
-        let failure = commit_group(shared, group);
-        if failure.is_some_and(|f| f.kind != FaultKind::Corrupt) {
+        let (replies, failure) = commit_group(shared, group);
+        // Reopened before the callers hear of the failure: what they do next (a read, a
+        // retry) finds the store usable again, rather than the handle redb has given up on.
+        if failure
+            .as_ref()
+            .is_some_and(|f| f.kind != FaultKind::Corrupt)
+        {
             reopen(shared);
+        }
+        let outcome = failure.map_or(Ok(()), Err);
+        for reply in replies {
+            reply(outcome.clone());
         }
     }
 }
 
-/// Runs `group` in one transaction and answers every request. Returns the group's failure.
-fn commit_group(shared: &Shared, group: Vec<Request>) -> Option<StorageFault> {
+/// Runs `group` in one transaction. Returns the answers to send and the group's failure.
+fn commit_group(shared: &Shared, group: Vec<Request>) -> (Vec<Reply>, Option<StorageFault>) {
     let guard = shared.db();
-    let (replies, failure) = match guard.as_ref().map(Database::begin_write) {
+    match guard.as_ref().map(Database::begin_write) {
         None => refuse(
             group,
             unavailable("the store is reopening after an I/O error"),
         ),
         Some(Err(e)) => refuse(group, fault(e)),
         Some(Ok(txn)) => run_group(txn, group),
-    };
-    drop(guard);
-    let outcome = failure.clone().map_or(Ok(()), Err);
-    for reply in replies {
-        reply(outcome.clone());
     }
-    failure
 }
 
 /// Answers every request of a group that cannot run with `failure`.
