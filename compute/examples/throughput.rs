@@ -1,33 +1,56 @@
 //! CPU training throughput (samples per second) of each preset, on a generated physics
-//! classification task, batch size 256, fp32, one thread.
+//! classification task, batch size 256, fp32, one thread; with `--torch PYTHON`, the same MLP
+//! trained the same way by PyTorch eager (`torch_mlp.py`, beside this file) in the same run,
+//! on the same data and thread count, and the ratio.
 //!
 //! ```text
-//! cargo run --release -p nexa-compute --example throughput [rows] [epochs]
+//! cargo run --release -p nexa-compute --example throughput -- [rows] [epochs] [--torch python3]
 //! ```
+
+use std::path::Path;
+use std::process::Command;
 
 use nexa_compute::{
     Control, CpuBackend, GenerateSpec, Head, Mlp, Preset, Problem, TrainConfig, generate, train,
+    write_dataset,
 };
 
+const BATCH: usize = 256;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let rows = args.next().transpose()?.unwrap_or(20_000);
-    let epochs = args.next().transpose()?.unwrap_or(2) as u32;
+    let mut numbers = Vec::new();
+    let mut python = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--torch" {
+            python = Some(args.next().ok_or("--torch needs the Python to run")?);
+        } else {
+            numbers.push(arg.parse::<usize>().map_err(|e| format!("{arg}: {e}"))?);
+        }
+    }
+    let rows = numbers.first().copied().unwrap_or(20_000);
+    let epochs = numbers.get(1).copied().unwrap_or(2) as u32;
     let classes = 8;
     let data = generate(
         &GenerateSpec::new(Problem::Projectile, rows)
             .seed(1)
             .classes(classes),
     )?;
+    let dir = tempfile::tempdir()?;
+    let exported = dir.path().join("throughput.jsonl");
+    if python.is_some() {
+        write_dataset(&data, &exported)?;
+    }
+
     let backend = CpuBackend;
-    println!("{rows} rows x {epochs} epochs, batch 256, fp32, CpuBackend (1 thread)");
+    println!("{rows} rows x {epochs} epochs, batch {BATCH}, fp32, one thread");
     for preset in Preset::ALL {
         let config = preset.config(3, classes, Head::Classification);
         let parameters = config.parameters();
         let mut model = Mlp::new(&backend, config, 0)?;
         let settings = TrainConfig {
             epochs,
-            batch_size: 256,
+            batch_size: BATCH,
             ..TrainConfig::default()
         };
         let outcome = train(
@@ -40,11 +63,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut |_| Control::Continue,
         )?;
         println!(
-            "{:>14} ({parameters:>7} parameters): {:>10.0} samples/s, final loss {:.4}",
+            "{:>14} ({parameters:>7} parameters): nexa {:>10.0} samples/s, final loss {:.4}",
             preset.name(),
             outcome.samples_per_sec,
             outcome.last_loss
         );
+        if let Some(python) = &python {
+            let torch = torch_baseline(python, &exported, preset, epochs)?;
+            println!(
+                "{:>14} {:>19} torch {torch:>10.0} samples/s; nexa / torch = {:.2}",
+                "",
+                "",
+                outcome.samples_per_sec / torch
+            );
+        }
     }
     Ok(())
+}
+
+/// Runs `torch_mlp.py` on the exported dataset and returns its samples per second.
+fn torch_baseline(
+    python: &str,
+    exported: &Path,
+    preset: Preset,
+    epochs: u32,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
+    let hidden: Vec<String> = preset.hidden().iter().map(usize::to_string).collect();
+    let out = Command::new(python)
+        .arg(script)
+        .arg(exported)
+        .args(["--hidden", &hidden.join(",")])
+        .args(["--epochs", &epochs.to_string()])
+        .args(["--batch", &BATCH.to_string()])
+        .args(["--threads", "1"])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "torch_mlp.py failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rate = report["samples_per_sec"]
+        .as_f64()
+        .ok_or("torch_mlp.py printed no samples_per_sec")?;
+    Ok(rate)
 }
