@@ -240,6 +240,33 @@ async fn report_heartbeat(
     .await
 }
 
+/// Renews the leases of the jobs a worker says it runs. The acknowledgement names the jobs to
+/// cancel and the leases that are gone; a job whose renewal failed otherwise is left out of
+/// it, and the first such failure is returned beside it.
+async fn report_running(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    jobs: Vec<RunningJob>,
+) -> (HeartbeatAck, Option<StoreError>) {
+    let mut ack = HeartbeatAck {
+        cancel: vec![],
+        lost: vec![],
+    };
+    let mut failure = None;
+    for running in jobs {
+        let job = running.job;
+        match report_heartbeat(plane, store, job, running.epoch, running.progress).await {
+            Ok(status) if status.cancel_requested => ack.cancel.push(job),
+            Ok(_) => {}
+            Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => ack.lost.push(job),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    (ack, failure)
+}
+
 static PLANES: AtomicU64 = AtomicU64::new(1);
 
 /// A running control plane.
@@ -525,24 +552,10 @@ impl ControlPlane {
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
         blocking(&self.store, move |s| s.worker_heartbeat(&worker, now())).await?;
-        let mut ack = HeartbeatAck {
-            cancel: vec![],
-            lost: vec![],
-        };
-        for running in jobs {
-            match self
-                .job_heartbeat(running.job, running.epoch, running.progress)
-                .await
-            {
-                Ok(status) if status.cancel_requested => ack.cancel.push(running.job),
-                Ok(_) => {}
-                Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => {
-                    ack.lost.push(running.job)
-                }
-                Err(e) => return Err(e),
-            }
+        match report_running(self.plane, &self.store, jobs).await {
+            (ack, None) => Ok(ack),
+            (_, Some(e)) => Err(e),
         }
-        Ok(ack)
     }
 
     /// How the control plane has been doing.

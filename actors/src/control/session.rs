@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use nexa_runtime::wire::{Heartbeat, HeartbeatAck};
-use nexa_runtime::{Store, StoreError, WorkerId};
+use nexa_runtime::{Store, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::debug;
 
-use super::job_actor::JobMsg;
-use super::{blocking, job_call};
+use super::{blocking, report_running};
 use crate::clock::now;
 
 #[derive(Debug)]
@@ -51,32 +51,10 @@ impl Actor for SessionActor {
         let worker = state.worker.clone();
         // An unknown worker (removed meanwhile) still gets answers about its jobs.
         let _ = blocking(&state.store, move |s| s.worker_heartbeat(&worker, now())).await;
-        let mut ack = HeartbeatAck {
-            cancel: vec![],
-            lost: vec![],
-        };
-        for running in hb.jobs {
-            let (job, epoch, progress) = (running.job, running.epoch, running.progress);
-            let status = job_call(
-                state.plane,
-                &state.store,
-                job,
-                |reply| JobMsg::Heartbeat {
-                    epoch,
-                    progress,
-                    reply,
-                },
-                move |s| s.heartbeat(job, epoch, progress, now()),
-            )
-            .await;
-            match status {
-                Ok(status) if status.cancel_requested => ack.cancel.push(job),
-                Ok(_) => {}
-                Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => {
-                    ack.lost.push(job)
-                }
-                Err(_) => {}
-            }
+        // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
+        let (ack, failure) = report_running(state.plane, &state.store, hb.jobs).await;
+        if let Some(e) = failure {
+            debug!(worker = %state.worker, "a lease not renewed: {e}");
         }
         let _ = reply.send(ack);
         Ok(())
