@@ -1,7 +1,8 @@
 //! CPU training throughput (samples per second) of each preset, on a generated physics
 //! classification task, batch size 256, fp32, one thread; with `--torch PYTHON`, the same MLP
 //! trained the same way by PyTorch eager (`torch_mlp.py`, beside this file) in the same run,
-//! on the same data and thread count, and the ratio.
+//! on the same data and thread count, and the ratio. Each figure is the median of three runs,
+//! nexa's and PyTorch's taken in turn, so a noisy neighbour affects both alike.
 //!
 //! ```text
 //! cargo run --release -p nexa-compute --example throughput -- [rows] [epochs] [--torch python3]
@@ -16,6 +17,7 @@ use nexa_compute::{
 };
 
 const BATCH: usize = 256;
+const RUNS: usize = 3;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut numbers = Vec::new();
@@ -47,38 +49,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for preset in Preset::ALL {
         let config = preset.config(3, classes, Head::Classification);
         let parameters = config.parameters();
-        let mut model = Mlp::new(&backend, config, 0)?;
         let settings = TrainConfig {
             epochs,
             batch_size: BATCH,
             ..TrainConfig::default()
         };
-        let outcome = train(
-            &backend,
-            &mut model,
-            &data,
-            None,
-            &settings,
-            None,
-            &mut |_| Control::Continue,
-        )?;
+        let (mut ours, mut theirs, mut last_loss) = (Vec::new(), Vec::new(), f32::NAN);
+        for _ in 0..RUNS {
+            let mut model = Mlp::new(&backend, config.clone(), 0)?;
+            let outcome = train(
+                &backend,
+                &mut model,
+                &data,
+                None,
+                &settings,
+                None,
+                &mut |_| Control::Continue,
+            )?;
+            ours.push(outcome.samples_per_sec);
+            last_loss = outcome.last_loss;
+            if let Some(python) = &python {
+                theirs.push(torch_baseline(python, &exported, preset, epochs)?);
+            }
+        }
+        let ours = median(ours);
         println!(
-            "{:>14} ({parameters:>7} parameters): nexa {:>10.0} samples/s, final loss {:.4}",
+            "{:>14} ({parameters:>7} parameters): nexa  {ours:>10.0} samples/s, final loss {last_loss:.4}",
             preset.name(),
-            outcome.samples_per_sec,
-            outcome.last_loss
         );
-        if let Some(python) = &python {
-            let torch = torch_baseline(python, &exported, preset, epochs)?;
+        if python.is_some() {
+            let torch = median(theirs);
             println!(
-                "{:>14} {:>19} torch {torch:>10.0} samples/s; nexa / torch = {:.2}",
+                "{:>36} torch {torch:>10.0} samples/s; nexa / torch = {:.2}",
                 "",
-                "",
-                outcome.samples_per_sec / torch
+                ours / torch
             );
         }
     }
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Runs `torch_mlp.py` on the exported dataset and returns its samples per second.
