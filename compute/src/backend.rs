@@ -1,12 +1,17 @@
 //! The operations models are built from, behind one trait, so that the same algorithms run
 //! on any device. [`CpuBackend`] (ndarray) is the reference every other backend is checked
-//! against.
+//! against; `CudaBackend` (feature `cuda`) runs them on an NVIDIA GPU.
 //!
 //! Matrices are row-major `f32`, one row per sample. Losses return their mean over the batch
 //! and the gradient of that mean with respect to their input, so a caller never scales by
 //! the batch size itself.
 
 mod cpu;
+// The one module where the crate allows `unsafe`: kernel launches and cuBLAS calls (see its
+// module doc). Everywhere else it stays denied.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+pub(crate) mod cuda;
 
 use std::fmt;
 
@@ -16,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::ComputeError;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaTensor};
 
 /// The nonlinearity after a hidden layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

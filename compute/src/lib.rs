@@ -1,7 +1,7 @@
 //! The algorithms behind Nexa Forge's built-in stages: the dataset audit, synthetic
 //! datasets, multilayer perceptrons with their training loop and checkpoints,
-//! distillation, and evaluation. Everything runs on the CPU through [`CpuBackend`]; the
-//! [`Backend`] trait is what another device implements.
+//! distillation, and evaluation. Everything runs through the [`Backend`] trait: on the CPU
+//! by [`CpuBackend`], and on an NVIDIA GPU by `CudaBackend` with the `cuda` feature.
 //!
 //! ## Datasets, models, training
 //!
@@ -38,6 +38,35 @@
 //! What it deliberately does not do: no threads of its own (the CPU backend is
 //! single-threaded and therefore bit-reproducible), no async, no downloads, no model
 //! architectures beyond the MLP, no mixed precision.
+//!
+//! ## Backends and devices
+//!
+//! The algorithms are generic over a [`Backend`]: the operations of an MLP's training and
+//! inference (matrix products, bias and activation, the losses with their gradients,
+//! AdamW), on matrices that live on the backend's device.
+//!
+//! - [`CpuBackend`] is always there: ndarray, one thread, bit-reproducible. It is the
+//!   reference every other backend is tested against.
+//! - `CudaBackend` and its `CudaTensor`, with the cargo feature **`cuda`** (off by default):
+//!   matrix products by cuBLAS, everything else by kernels compiled with NVRTC when the
+//!   backend is created, fp32 throughout (no TF32). The CUDA libraries are loaded at run
+//!   time, so the feature builds on a machine with no CUDA at all; there it finds no device
+//!   and `CudaBackend::new` returns an error. It needs an NVIDIA driver and a CUDA 13
+//!   toolkit's cuBLAS and NVRTC at run time. `tests/cuda_parity.rs` checks it against the
+//!   CPU on a GPU, and `scripts/gpu-check.sh` runs those tests and a throughput example.
+//!
+//! [`devices`] lists the CUDA devices (always empty without the feature) and
+//! [`best_device`] picks one, or [`Device::Cpu`] when there is none, so a caller can choose
+//! a backend at run time:
+//!
+//! ```
+//! use nexa_compute::{Device, best_device};
+//!
+//! match best_device() {
+//!     Device::Cpu => println!("training on the CPU"),
+//!     Device::Cuda(gpu) => println!("training on {} ({} bytes)", gpu.name, gpu.total_memory),
+//! }
+//! ```
 //!
 //! ## The dataset audit
 //!
@@ -86,10 +115,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Unsafe code is denied in the manifest and allowed in the CUDA module only; without the
+// `cuda` feature it is forbidden outright, as in the rest of the workspace.
+#![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
+
 mod audit;
 mod backend;
 mod checkpoint;
 mod dataset;
+mod device;
 mod distill;
 mod error;
 mod evaluate;
@@ -106,11 +140,14 @@ pub use audit::{
 };
 
 pub use backend::{Activation, AdamWStep, Backend, CpuBackend};
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, CudaTensor};
 pub use checkpoint::{Checkpoint, CheckpointDir};
 pub use dataset::{
     Dataset, FileFormat, SCHEMA_METADATA_KEY, Schema, Split, Standardizer, Targets, Task,
     read_dataset, write_dataset,
 };
+pub use device::{Device, DeviceInfo, best_device, devices};
 pub use distill::{label_with_teacher, predict_chunked};
 pub use error::ComputeError;
 pub use evaluate::{
