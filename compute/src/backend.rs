@@ -187,3 +187,25 @@ pub(crate) fn same_shape(
         })
     }
 }
+
+/// Checks that there is one label per row of logits, at least one row, and every label is
+/// one of the `classes` outputs.
+pub(crate) fn check_labels(
+    rows: usize,
+    classes: usize,
+    labels: &[u32],
+) -> Result<(), ComputeError> {
+    if labels.len() != rows || rows == 0 {
+        return Err(ComputeError::Shape {
+            op: "softmax_cross_entropy",
+            detail: format!("{rows} rows of logits, {} labels", labels.len()),
+        });
+    }
+    match labels.iter().find(|&&c| c as usize >= classes) {
+        Some(bad) => Err(ComputeError::invalid(
+            "label",
+            format!("class {bad} with {classes} outputs"),
+        )),
+        None => Ok(()),
+    }
+}

@@ -4,7 +4,7 @@
 
 use ndarray::{Array2, Axis, Zip};
 
-use super::{Activation, AdamWStep, Backend, same_shape};
+use super::{Activation, AdamWStep, Backend, check_labels, same_shape};
 use crate::ComputeError;
 
 /// The CPU backend.
@@ -113,18 +113,7 @@ impl Backend for CpuBackend {
         labels: &[u32],
     ) -> Result<(f32, Array2<f32>), ComputeError> {
         let (rows, classes) = logits.dim();
-        if labels.len() != rows || rows == 0 {
-            return Err(ComputeError::Shape {
-                op: "softmax_cross_entropy",
-                detail: format!("{rows} rows of logits, {} labels", labels.len()),
-            });
-        }
-        if let Some(bad) = labels.iter().find(|&&c| c as usize >= classes) {
-            return Err(ComputeError::invalid(
-                "label",
-                format!("class {bad} with {classes} outputs"),
-            ));
-        }
+        check_labels(rows, classes, labels)?;
         let log_p = log_softmax_rows(logits, 1.0);
         let mut loss = 0.0f64;
         for (row, &label) in labels.iter().enumerate() {

@@ -46,7 +46,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{self, CompileOptions};
 use ndarray::Array2;
 
-use super::{Activation, AdamWStep, Backend, same_shape};
+use super::{Activation, AdamWStep, Backend, check_labels, same_shape};
 use crate::{ComputeError, DeviceInfo};
 
 /// The kernels' source; see the rules at its top.
@@ -741,20 +741,9 @@ impl Backend for CudaBackend {
         labels: &[u32],
     ) -> Result<(f32, CudaTensor), ComputeError> {
         let (rows, classes) = (logits.rows, logits.cols);
-        if labels.len() != rows || rows == 0 {
-            return Err(ComputeError::Shape {
-                op: "softmax_cross_entropy",
-                detail: format!("{rows} rows of logits, {} labels", labels.len()),
-            });
-        }
         // Checked here, not on the device: an out-of-range label is the caller's error,
         // and in a kernel it would be an out-of-bounds read.
-        if let Some(bad) = labels.iter().find(|&&c| c as usize >= classes) {
-            return Err(ComputeError::invalid(
-                "label",
-                format!("class {bad} with {classes} outputs"),
-            ));
-        }
+        check_labels(rows, classes, labels)?;
         let input = self.slice(logits)?;
         let labels = self
             .stream
