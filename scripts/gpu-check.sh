@@ -3,7 +3,7 @@
 # toolkit (cuBLAS and NVRTC): the device, a release build with the `cuda` feature, the parity
 # tests against the CPU backend (which fail here, instead of skipping, when no GPU is found),
 # and the CUDA throughput example. Exits non-zero when any of it fails. About 2 to 4 minutes
-# from a cold build on 16 cores; the runs themselves take well under a minute.
+# from a cold build on 16 cores; the runs themselves take one to two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +30,17 @@ step "parity tests: every operation and short training runs, CUDA against CPU"
 NEXA_REQUIRE_GPU=1 timeout 150 \
   cargo test --release -p nexa-compute --features cuda --test cuda_parity -- --nocapture
 
-step "throughput: presets at batch 256 and 4096, CPU baseline in the same run"
-timeout 150 cargo run --release -p nexa-compute --features cuda --example cuda_throughput
+# PyTorch on the same GPU as the baseline, when there is one that sees it.
+torch_args=()
+python="${NEXA_TORCH_PYTHON:-python3}"
+if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  torch_args=(--torch "$python")
+else
+  echo "(no PyTorch with CUDA for $python: the PyTorch baseline is left out)"
+fi
+
+step "throughput: presets at batch 256 and 4096, CPU and PyTorch baselines in the same run"
+timeout 240 cargo run --release -p nexa-compute --features cuda --example cuda_throughput \
+  -- "${torch_args[@]}"
 
 step "gpu-check passed"

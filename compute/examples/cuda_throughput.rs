@@ -1,14 +1,19 @@
 //! CUDA training throughput (samples per second) of each preset, on a generated physics
 //! classification task, fp32, at batch sizes 256 and 4096, beside the CPU backend at batch
-//! 256 measured in the same run.
+//! 256 measured in the same run; with `--torch PYTHON`, PyTorch eager training the same MLP
+//! the same way on the same GPU and data (`torch_mlp.py --device cuda`), and the ratio.
 //!
 //! ```text
-//! cargo run --release -p nexa-compute --features cuda --example cuda_throughput [rows] [epochs]
+//! cargo run --release -p nexa-compute --features cuda --example cuda_throughput -- \
+//!     [rows] [epochs] [--torch python3]
 //! ```
 //!
 //! Fails when there is no CUDA device. The CPU baseline trains one epoch; each GPU figure
 //! comes after a one-epoch warm-up of the same model and batch size, so that cuBLAS's first
 //! calls and the memory pool's first allocations are not counted.
+
+#[path = "support/torch.rs"]
+mod torch;
 
 use nexa_compute::{
     Backend, Control, CpuBackend, CudaBackend, Dataset, Device, GenerateSpec, Head, Mlp, Preset,
@@ -44,9 +49,18 @@ fn run<B: Backend>(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let rows = args.next().transpose()?.unwrap_or(200_000);
-    let epochs = args.next().transpose()?.unwrap_or(2) as u32;
+    let mut numbers = Vec::new();
+    let mut python = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--torch" {
+            python = Some(args.next().ok_or("--torch needs the Python to run")?);
+        } else {
+            numbers.push(arg.parse::<usize>().map_err(|e| format!("{arg}: {e}"))?);
+        }
+    }
+    let rows = numbers.first().copied().unwrap_or(200_000);
+    let epochs = numbers.get(1).copied().unwrap_or(2) as u32;
     let Device::Cuda(device) = best_device() else {
         return Err("no CUDA device found (see nexa_compute::devices)".into());
     };
@@ -58,6 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .seed(1)
             .classes(classes),
     )?;
+    let dir = tempfile::tempdir()?;
+    let exported = python
+        .as_ref()
+        .map(|_| torch::export(&data, dir.path()))
+        .transpose()?;
     let warm_up = data.select(&(0..rows.min(20_000)).collect::<Vec<_>>())?;
     println!("{rows} rows x {epochs} epochs, fp32; CPU: CpuBackend, 1 thread, 1 epoch");
     for preset in Preset::ALL {
@@ -83,6 +102,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 outcome.samples_per_sec / cpu.samples_per_sec,
                 outcome.last_loss
             );
+            if let (Some(python), Some(exported)) = (&python, &exported) {
+                let torch =
+                    torch::samples_per_sec(python, exported, preset, epochs, batch, "cuda")?;
+                println!(
+                    "{:>14} {:>19} torch batch {batch:>4}: {torch:>10.0} samples/s; \
+                     nexa / torch = {:.2}",
+                    "",
+                    "",
+                    outcome.samples_per_sec / torch
+                );
+            }
         }
     }
     Ok(())

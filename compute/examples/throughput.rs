@@ -8,12 +8,11 @@
 //! cargo run --release -p nexa-compute --example throughput -- [rows] [epochs] [--torch python3]
 //! ```
 
-use std::path::Path;
-use std::process::Command;
+#[path = "support/torch.rs"]
+mod torch;
 
 use nexa_compute::{
     Control, CpuBackend, GenerateSpec, Head, Mlp, Preset, Problem, TrainConfig, generate, train,
-    write_dataset,
 };
 
 const BATCH: usize = 256;
@@ -39,10 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .classes(classes),
     )?;
     let dir = tempfile::tempdir()?;
-    let exported = dir.path().join("throughput.jsonl");
-    if python.is_some() {
-        write_dataset(&data, &exported)?;
-    }
+    let exported = python
+        .as_ref()
+        .map(|_| torch::export(&data, dir.path()))
+        .transpose()?;
 
     let backend = CpuBackend;
     println!("{rows} rows x {epochs} epochs, batch {BATCH}, fp32, one thread");
@@ -68,8 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
             ours.push(outcome.samples_per_sec);
             last_loss = outcome.last_loss;
-            if let Some(python) = &python {
-                theirs.push(torch_baseline(python, &exported, preset, epochs)?);
+            if let (Some(python), Some(exported)) = (&python, &exported) {
+                theirs.push(torch::samples_per_sec(
+                    python, exported, preset, epochs, BATCH, "cpu",
+                )?);
             }
         }
         let ours = median(ours);
@@ -92,37 +93,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// Runs `torch_mlp.py` on the exported dataset and returns its samples per second.
-fn torch_baseline(
-    python: &str,
-    exported: &Path,
-    preset: Preset,
-    epochs: u32,
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
-    let hidden: Vec<String> = preset.hidden().iter().map(usize::to_string).collect();
-    let out = Command::new(python)
-        .arg(script)
-        .arg(exported)
-        .args(["--hidden", &hidden.join(",")])
-        .args(["--epochs", &epochs.to_string()])
-        .args(["--batch", &BATCH.to_string()])
-        .args(["--threads", "1"])
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "torch_mlp.py failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let rate = report["samples_per_sec"]
-        .as_f64()
-        .ok_or("torch_mlp.py printed no samples_per_sec")?;
-    Ok(rate)
 }

@@ -1,0 +1,50 @@
+//! The PyTorch baseline of the throughput examples: runs `torch_mlp.py` (beside the
+//! examples) on a dataset exported for it and reads back its samples per second.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nexa_compute::{Dataset, Preset, write_dataset};
+
+/// Writes `data` into `dir` as JSON Lines with its schema, where `torch_mlp.py` reads it.
+pub(crate) fn export(data: &Dataset, dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let path = dir.join("throughput.jsonl");
+    write_dataset(data, &path)?;
+    Ok(path)
+}
+
+/// PyTorch eager's training samples per second for `preset` on the exported dataset, on
+/// `device` (`cpu`, one thread, or `cuda`).
+pub(crate) fn samples_per_sec(
+    python: &str,
+    exported: &Path,
+    preset: Preset,
+    epochs: u32,
+    batch: usize,
+    device: &str,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
+    let hidden: Vec<String> = preset.hidden().iter().map(usize::to_string).collect();
+    let out = Command::new(python)
+        .arg(script)
+        .arg(exported)
+        .args(["--hidden", &hidden.join(",")])
+        .args(["--epochs", &epochs.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(["--threads", "1"])
+        .args(["--device", device])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "torch_mlp.py failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    report["samples_per_sec"]
+        .as_f64()
+        .ok_or_else(|| "torch_mlp.py printed no samples_per_sec".into())
+}
