@@ -81,6 +81,20 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+impl AdamWStep {
+    /// The step's constants, computed once here so that every backend updates with the
+    /// same bits: the bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`, and the decoupled decay
+    /// factor `1 − lr · weight_decay`.
+    pub fn constants(&self) -> (f32, f32, f32) {
+        let t = i32::try_from(self.step.max(1)).unwrap_or(i32::MAX);
+        (
+            1.0 - self.beta1.powi(t),
+            1.0 - self.beta2.powi(t),
+            1.0 - self.lr * self.weight_decay,
+        )
+    }
+}
+
 /// A device that runs the operations of training and inference.
 ///
 /// Implementations check shapes and return [`ComputeError::Shape`] rather than panic.

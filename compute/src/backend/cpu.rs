@@ -214,10 +214,7 @@ impl Backend for CpuBackend {
         same_shape("adamw_update", param.dim(), grad.dim())?;
         same_shape("adamw_update", param.dim(), m.dim())?;
         same_shape("adamw_update", param.dim(), v.dim())?;
-        let t = i32::try_from(step.step.max(1)).unwrap_or(i32::MAX);
-        let c1 = 1.0 - step.beta1.powi(t);
-        let c2 = 1.0 - step.beta2.powi(t);
-        let decay = 1.0 - step.lr * step.weight_decay;
+        let (c1, c2, decay) = step.constants();
         let AdamWStep {
             lr,
             beta1,

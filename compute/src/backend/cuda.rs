@@ -944,11 +944,7 @@ impl Backend for CudaBackend {
         same_shape("adamw_update", shape, (grad.rows, grad.cols))?;
         same_shape("adamw_update", shape, (m.rows, m.cols))?;
         same_shape("adamw_update", shape, (v.rows, v.cols))?;
-        // The step's constants exactly as the CPU backend computes them.
-        let t = i32::try_from(step.step.max(1)).unwrap_or(i32::MAX);
-        let c1 = 1.0 - step.beta1.powi(t);
-        let c2 = 1.0 - step.beta2.powi(t);
-        let decay = 1.0 - step.lr * step.weight_decay;
+        let (c1, c2, decay) = step.constants();
         let AdamWStep {
             lr,
             beta1,
