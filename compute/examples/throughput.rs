@@ -19,16 +19,7 @@ const BATCH: usize = 256;
 const RUNS: usize = 3;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut numbers = Vec::new();
-    let mut python = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--torch" {
-            python = Some(args.next().ok_or("--torch needs the Python to run")?);
-        } else {
-            numbers.push(arg.parse::<usize>().map_err(|e| format!("{arg}: {e}"))?);
-        }
-    }
+    let (numbers, python) = torch::args()?;
     let rows = numbers.first().copied().unwrap_or(20_000);
     let epochs = numbers.get(1).copied().unwrap_or(2) as u32;
     let classes = 8;

@@ -1,10 +1,27 @@
-//! The PyTorch baseline of the throughput examples: runs `torch_mlp.py` (beside the
-//! examples) on a dataset exported for it and reads back its samples per second.
+//! The PyTorch baseline of the throughput examples: their command line, and a run of
+//! `torch_mlp.py` (beside the examples) on a dataset exported for it, read back as samples
+//! per second.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nexa_compute::{Dataset, Preset, write_dataset};
+
+/// The examples' command line, `[rows] [epochs] [--torch PYTHON]`: the numbers given, and
+/// the Python to run PyTorch with, if any.
+pub(crate) fn args() -> Result<(Vec<usize>, Option<String>), Box<dyn std::error::Error>> {
+    let mut numbers = Vec::new();
+    let mut python = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--torch" {
+            python = Some(args.next().ok_or("--torch needs the Python to run")?);
+        } else {
+            numbers.push(arg.parse::<usize>().map_err(|e| format!("{arg}: {e}"))?);
+        }
+    }
+    Ok((numbers, python))
+}
 
 /// Writes `data` into `dir` as JSON Lines with its schema, where `torch_mlp.py` reads it.
 pub(crate) fn export(data: &Dataset, dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
