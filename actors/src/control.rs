@@ -267,6 +267,29 @@ async fn report_running(
     (ack, failure)
 }
 
+/// Calls `f` with every job in `state`, a page at a time.
+async fn for_each_job(
+    store: &Arc<dyn Store>,
+    state: JobState,
+    mut f: impl FnMut(&Job),
+) -> Result<(), StoreError> {
+    let mut before = None;
+    loop {
+        let query = ListQuery {
+            state: Some(state),
+            before,
+            limit: 1000,
+            ..ListQuery::default()
+        };
+        let page = blocking(store, move |s| s.list(query)).await?;
+        page.jobs.iter().for_each(&mut f);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => return Ok(()),
+        }
+    }
+}
+
 static PLANES: AtomicU64 = AtomicU64::new(1);
 
 /// A running control plane.
@@ -296,12 +319,7 @@ impl ControlPlane {
             .await
             .map_err(|e| StartError::Actor("store", e.to_string()))??;
         for e in store.recovered() {
-            let why = if e.timed_out {
-                "past its deadline"
-            } else {
-                "lease ran out"
-            };
-            info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {why}");
+            info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {}", e.cause());
         }
         let lost = store.recovered().iter().filter(|e| !e.timed_out).count();
         let plane = Self::start_with_store(config, Arc::new(store)).await?;
@@ -324,38 +342,28 @@ impl ControlPlane {
         let (scheduler, _) = Actor::spawn(None, Scheduler, args)
             .await
             .map_err(|e| StartError::Actor("scheduler", e.to_string()))?;
-        // Jobs leased before a restart get their actors back, and the scheduler wakes when
-        // the backoff of a queued retry ends.
-        let states = [
-            JobState::Assigned,
-            JobState::Running,
-            JobState::Cancelling,
-            JobState::Queued,
-        ];
-        for state in states {
-            let mut before = None;
-            loop {
-                let q = ListQuery {
-                    state: Some(state),
-                    before,
-                    limit: 1000,
-                    ..ListQuery::default()
-                };
-                let page = blocking(&store, move |s| s.list(q)).await?;
-                for job in &page.jobs {
-                    let message = match (job.state, job.not_before) {
-                        (JobState::Queued, Some(at)) => SchedulerMsg::WakeAt(at),
-                        (JobState::Queued, None) => continue,
-                        _ => SchedulerMsg::Adopt(job.id),
-                    };
-                    let _ = scheduler.cast(message);
-                }
-                match page.next_before {
-                    Some(b) => before = Some(b),
-                    None => break,
-                }
-            }
+        // Jobs leased before a restart get their actors back before any worker is served.
+        for state in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+            for_each_job(&store, state, |job| {
+                let _ = scheduler.cast(SchedulerMsg::Adopt(job.id));
+            })
+            .await?;
         }
+        // Queued retries still in their backoff wake the scheduler when it ends. Off the way
+        // to serving: the queue may be long, and a request meanwhile finds the retries that
+        // are due by itself.
+        let (queue, waker) = (store.clone(), scheduler.clone());
+        tokio::spawn(async move {
+            let found = for_each_job(&queue, JobState::Queued, |job| {
+                if let Some(at) = job.not_before {
+                    let _ = waker.cast(SchedulerMsg::WakeAt(at));
+                }
+            })
+            .await;
+            if let Err(e) = found {
+                warn!("cannot read the queue for retries in backoff: {e}");
+            }
+        });
         let welcome = Welcome {
             session: 0,
             lease_ttl_ms: config.store.lease_ttl.as_millis() as u64,

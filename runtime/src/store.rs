@@ -149,6 +149,17 @@ pub struct Expired {
     pub timed_out: bool,
 }
 
+impl Expired {
+    /// Why the attempt ended, for people.
+    pub fn cause(&self) -> &'static str {
+        if self.timed_out {
+            "past its deadline"
+        } else {
+            "lease ran out"
+        }
+    }
+}
+
 /// Why a store operation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {

@@ -297,12 +297,7 @@ impl Actor for JobActor {
                 match expired {
                     Ok(list) => {
                         for e in &list {
-                            let why = if e.timed_out {
-                                "past its deadline"
-                            } else {
-                                "lease ran out"
-                            };
-                            info!(job = %e.job, state = %e.state, "attempt ended by the control plane: {why}");
+                            info!(job = %e.job, state = %e.state, "attempt ended by the control plane: {}", e.cause());
                         }
                         let lost = list.iter().filter(|e| !e.timed_out).count();
                         state.metrics.record_leases_expired(lost as u64);
