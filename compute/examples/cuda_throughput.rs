@@ -8,9 +8,10 @@
 //!     [rows] [epochs] [--torch python3]
 //! ```
 //!
-//! Fails when there is no CUDA device. The CPU baseline trains one epoch; each GPU figure
-//! comes after a one-epoch warm-up of the same model and batch size, so that cuBLAS's first
-//! calls and the memory pool's first allocations are not counted.
+//! Fails when there is no CUDA device. The CPU baseline trains one epoch; each GPU figure,
+//! ours and PyTorch's, comes after an untimed one-epoch warm-up of a throw-away model of the
+//! same preset and batch size on the first 20,000 rows, so that CUDA's and cuBLAS's first
+//! calls and the memory pools' first allocations are not counted on either side.
 
 #[path = "support/torch.rs"]
 mod torch;
@@ -94,8 +95,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 outcome.last_loss
             );
             if let (Some(python), Some(exported)) = (&python, &exported) {
-                let torch =
-                    torch::samples_per_sec(python, exported, preset, epochs, batch, "cuda")?;
+                let torch = torch::samples_per_sec(
+                    python,
+                    exported,
+                    preset,
+                    epochs,
+                    batch,
+                    "cuda",
+                    warm_up.len(),
+                )?;
                 println!(
                     "{:>14} {:>19} torch batch {batch:>4}: {torch:>10.0} samples/s; \
                      nexa / torch = {:.2}",

@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_loss = outcome.last_loss;
             if let (Some(python), Some(exported)) = (&python, &exported) {
                 theirs.push(torch::samples_per_sec(
-                    python, exported, preset, epochs, BATCH, "cpu",
+                    python, exported, preset, epochs, BATCH, "cpu", 0,
                 )?);
             }
         }

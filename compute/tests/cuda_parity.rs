@@ -69,9 +69,16 @@ fn error(gpu: &Array2<f32>, cpu: &Array2<f32>) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// One line per comparison, `parity <what>: <error>`, for `scripts/gpu-check.sh` to sum up as
+/// the worst error of each operation (run with `--nocapture`).
+fn report(what: &str, error: f32) {
+    eprintln!("parity {what}: {error:e}");
+}
+
 #[track_caller]
 fn assert_close(what: &str, gpu: &Array2<f32>, cpu: &Array2<f32>) {
     let e = error(gpu, cpu);
+    report(what, e);
     assert!(
         e < TOLERANCE,
         "{what}: error {e:e} (gpu {gpu:?}, cpu {cpu:?})"
@@ -81,6 +88,7 @@ fn assert_close(what: &str, gpu: &Array2<f32>, cpu: &Array2<f32>) {
 #[track_caller]
 fn assert_close_scalar(what: &str, gpu: f32, cpu: f32) {
     let e = (gpu - cpu).abs() / (1.0 + cpu.abs());
+    report(what, e);
     assert!(e < TOLERANCE, "{what}: gpu {gpu}, cpu {cpu}, error {e:e}");
 }
 

@@ -31,7 +31,8 @@ pub(crate) fn export(data: &Dataset, dir: &Path) -> Result<PathBuf, Box<dyn std:
 }
 
 /// PyTorch eager's training samples per second for `preset` on the exported dataset, on
-/// `device` (`cpu`, one thread, or `cuda`).
+/// `device` (`cpu`, one thread, or `cuda`), after an untimed epoch of a throw-away model on
+/// the first `warm_up_rows` rows (none when 0).
 pub(crate) fn samples_per_sec(
     python: &str,
     exported: &Path,
@@ -39,8 +40,16 @@ pub(crate) fn samples_per_sec(
     epochs: u32,
     batch: usize,
     device: &str,
+    warm_up_rows: usize,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
+    // Beside this source when run from the build tree; under the working folder when the
+    // example was built elsewhere and carried to the GPU machine (`scripts/gpu-check.sh`).
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
+    let script = if built.exists() {
+        built
+    } else {
+        PathBuf::from("compute/examples/torch_mlp.py")
+    };
     let hidden: Vec<String> = preset.hidden().iter().map(usize::to_string).collect();
     let out = Command::new(python)
         .arg(script)
@@ -50,6 +59,7 @@ pub(crate) fn samples_per_sec(
         .args(["--batch", &batch.to_string()])
         .args(["--threads", "1"])
         .args(["--device", device])
+        .args(["--warm-up-rows", &warm_up_rows.to_string()])
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !out.status.success() {
