@@ -48,6 +48,22 @@ pub struct Schema {
     /// Where the data came from, e.g. `physics/projectile seed=7 noise=0.01`.
     #[serde(default)]
     pub source: String,
+    /// The train/validation/test split this dataset was made with, if any: stages that train
+    /// on it use its train part, and evaluations its test part ([`Dataset::planned_split`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitPlan>,
+}
+
+/// How to cut a dataset into train, validation and test parts: the arguments of
+/// [`Dataset::split`], kept with a dataset so that every stage cuts it the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    /// The train part's share of the rows.
+    pub train: f64,
+    /// The validation part's share; the test part gets the rest.
+    pub validation: f64,
+    /// The seed of the shuffle.
+    pub seed: u64,
 }
 
 impl Schema {
@@ -306,8 +322,13 @@ impl Dataset {
                 format!("{bad} is past the last row ({})", self.len()),
             ));
         }
+        // A split plan speaks of the whole dataset's rows; a selection has other rows.
+        let schema = Schema {
+            split: None,
+            ..self.schema.clone()
+        };
         Ok(Self {
-            schema: self.schema.clone(),
+            schema,
             features: self.features.select(Axis(0), indices),
             targets: match &self.targets {
                 Targets::Classes(c) => Targets::Classes(indices.iter().map(|&i| c[i]).collect()),
@@ -318,6 +339,20 @@ impl Dataset {
                 .as_ref()
                 .map(|s| s.select(Axis(0), indices)),
         })
+    }
+
+    /// The split recorded in the schema ([`Schema::split`]), if there is one.
+    pub fn planned_split(&self) -> Option<Result<Split, ComputeError>> {
+        self.schema
+            .split
+            .map(|plan| self.split(plan.train, plan.validation, plan.seed))
+    }
+
+    /// The same rows with `plan` recorded as the way to split them.
+    pub fn with_split_plan(mut self, plan: SplitPlan) -> Result<Self, ComputeError> {
+        self.split(plan.train, plan.validation, plan.seed)?;
+        self.schema.split = Some(plan);
+        Ok(self)
     }
 
     /// Splits the rows at random (by `seed`) into train, validation and test parts of the

@@ -261,6 +261,7 @@ pub fn generate(spec: &GenerateSpec) -> Result<Dataset, ComputeError> {
                 class_names: Vec::new(),
                 soft_labels: Vec::new(),
                 source,
+                split: None,
             };
             Dataset::new(schema, features, Targets::Values(values), None)
         }
@@ -292,6 +293,7 @@ pub fn generate(spec: &GenerateSpec) -> Result<Dataset, ComputeError> {
                 class_names,
                 soft_labels: Vec::new(),
                 source,
+                split: None,
             };
             Dataset::new(schema, features, Targets::Classes(labels), None)
         }

@@ -144,8 +144,8 @@ pub use backend::{Activation, AdamWStep, Backend, CpuBackend};
 pub use backend::{CudaBackend, CudaTensor};
 pub use checkpoint::{Checkpoint, CheckpointDir};
 pub use dataset::{
-    Dataset, FileFormat, SCHEMA_METADATA_KEY, Schema, Split, Standardizer, Targets, Task,
-    read_dataset, write_dataset,
+    Dataset, FileFormat, SCHEMA_METADATA_KEY, Schema, Split, SplitPlan, Standardizer, Targets,
+    Task, read_dataset, write_dataset,
 };
 pub use device::{Device, DeviceInfo, best_device, devices};
 pub use distill::{label_with_teacher, predict_chunked};

@@ -61,6 +61,7 @@ fn datasets_round_trip_through_jsonl_and_parquet() {
         class_names: vec![],
         soft_labels: vec![],
         source: String::new(),
+        split: None,
     };
     let d = read_dataset(&path, Some(&schema)).unwrap();
     assert_eq!(d.classes().unwrap(), &[1, 0]);
@@ -77,6 +78,7 @@ fn bad_dataset_files_are_named_errors() {
         class_names: vec![],
         soft_labels: vec![],
         source: String::new(),
+        split: None,
     };
     let cases = [
         ("{\"a\": 1, \"y\": 1}\nnot json\n", "line 2"),

@@ -46,10 +46,12 @@
 //! assert!(store.heartbeat(job.id, lease.epoch, None, now).unwrap_err().is_stale());
 //! ```
 
+mod artifact;
 mod id;
 mod job;
 mod log;
 mod mem_store;
+mod registry;
 mod retry;
 mod scheduling;
 mod spec;
@@ -61,6 +63,10 @@ mod worker;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use artifact::{
+    ARTIFACT_URI_PREFIX, ArtifactKind, ArtifactMeta, Digest, ParseDigestError, artifact_uri,
+    check_artifact_name, parse_artifact_uri,
+};
 pub use id::{Epoch, InvalidWorkerId, JobId, ParseJobIdError, WorkerId};
 pub use job::{
     Attempt, AttemptOutcome, Event, FailureClass, Job, JobError, JobOutput, JobState, Transition,
@@ -68,6 +74,7 @@ pub use job::{
 };
 pub use log::{AttemptLog, LogAck, LogLine, LogMeta, LogPage, LogQuery, cap_marker};
 pub use mem_store::MemStore;
+pub use registry::{MODEL_ARTIFACT, ModelRef, ModelVersion, Registry};
 pub use retry::RetryPolicy;
 pub use scheduling::{
     Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,

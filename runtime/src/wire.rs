@@ -29,8 +29,10 @@ use std::fmt;
 use bincode::config::{Configuration, LittleEndian, Varint};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::{ArtifactKind, ArtifactMeta, Digest};
 use crate::id::{Epoch, JobId, WorkerId};
 use crate::job::{JobError, JobOutput};
+use crate::registry::ModelVersion;
 use crate::spec::{JobSpec, JobType};
 use crate::time::Timestamp;
 use crate::worker::Gpu;
@@ -42,7 +44,9 @@ pub const MAGIC: [u8; 4] = *b"NXFG";
 ///
 /// - 1: the envelope without a request id; one request per QUIC stream.
 /// - 2: a request id in every envelope; requests share a long-lived stream.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: artifacts (stat, upload in chunks, commit, read), training checkpoints and model
+///   lookups.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The default limit on a frame's length (the bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
@@ -251,7 +255,95 @@ pub enum Message {
         /// Why, for people.
         message: String,
     },
+    /// Worker → control plane: is this artifact stored? Answered with `ArtifactInfo`.
+    ArtifactStat {
+        /// The artifact.
+        digest: Digest,
+    },
+    /// Control plane → worker: what is known of an artifact; `None` when it is not stored.
+    ArtifactInfo(Option<ArtifactMeta>),
+    /// Worker → control plane: the bytes of upload `upload` of `digest` from `offset` (at most
+    /// [`ARTIFACT_CHUNK`] of them). Answered `Ack`, or an error that names the offset to
+    /// resend from.
+    ArtifactChunk {
+        /// What the whole upload will hash to.
+        digest: Digest,
+        /// The uploader's id for this upload, so two uploads of the same bytes keep apart.
+        upload: u64,
+        /// Where these bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Worker → control plane: the upload is whole; keep it as an artifact the job made.
+    /// Answered `ArtifactInfo(Some(..))`, or refused when the bytes hash to something else or
+    /// the lease is not live.
+    ArtifactCommit {
+        /// What the bytes must hash to.
+        digest: Digest,
+        /// The upload.
+        upload: u64,
+        /// The file name it goes by.
+        name: String,
+        /// What it holds.
+        kind: ArtifactKind,
+        /// The job that made it.
+        job: JobId,
+        /// That job's lease.
+        epoch: Epoch,
+    },
+    /// Worker → control plane: up to `len` bytes of an artifact from `offset`. Answered
+    /// `ArtifactData`.
+    ArtifactRead {
+        /// The artifact.
+        digest: Digest,
+        /// The first byte wanted.
+        offset: u64,
+        /// How many, at most [`ARTIFACT_CHUNK`].
+        len: u32,
+    },
+    /// Control plane → worker: bytes of an artifact (fewer than asked at its end).
+    ArtifactData {
+        /// The bytes.
+        data: Vec<u8>,
+        /// The artifact's whole size.
+        size: u64,
+    },
+    /// Worker → control plane: the job's latest complete checkpoint is the stored artifact
+    /// `digest`, after `step` steps. Answered `Ack`.
+    CheckpointSaved {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+        /// Optimizer steps done.
+        step: u64,
+        /// The checkpoint artifact.
+        digest: Digest,
+    },
+    /// Worker → control plane: where did earlier attempts of this job get to? Answered
+    /// `CheckpointAt`.
+    CheckpointQuery {
+        /// The job.
+        job: JobId,
+        /// Its lease.
+        epoch: Epoch,
+    },
+    /// Control plane → worker: the job's latest checkpoint (steps, artifact), if any.
+    CheckpointAt(Option<(u64, Digest)>),
+    /// Worker → control plane: which registered model version does `reference` (`name` or
+    /// `name:N`) name? Answered `ModelFound`, or `NotFound` with the registered names.
+    ResolveModel {
+        /// The reference as the job gave it.
+        reference: String,
+    },
+    /// Control plane → worker: the model version asked for.
+    ModelFound(ModelVersion),
 }
+
+/// The most bytes one `ArtifactChunk` or `ArtifactData` carries: well inside
+/// [`DEFAULT_MAX_FRAME`].
+pub const ARTIFACT_CHUNK: usize = 1 << 20;
 
 impl Message {
     /// The message's name, for logs and errors.
@@ -273,6 +365,17 @@ impl Message {
             Message::Goodbye { .. } => "goodbye",
             Message::Ack => "ack",
             Message::Error { .. } => "error",
+            Message::ArtifactStat { .. } => "artifact_stat",
+            Message::ArtifactInfo(_) => "artifact_info",
+            Message::ArtifactChunk { .. } => "artifact_chunk",
+            Message::ArtifactCommit { .. } => "artifact_commit",
+            Message::ArtifactRead { .. } => "artifact_read",
+            Message::ArtifactData { .. } => "artifact_data",
+            Message::CheckpointSaved { .. } => "checkpoint_saved",
+            Message::CheckpointQuery { .. } => "checkpoint_query",
+            Message::CheckpointAt(_) => "checkpoint_at",
+            Message::ResolveModel { .. } => "resolve_model",
+            Message::ModelFound(_) => "model_found",
         }
     }
 }

@@ -17,9 +17,11 @@
 //!
 //! It deliberately does not replicate: one control plane owns one file.
 
+mod artifacts;
 mod fault;
 mod record;
 mod redb_store;
 mod tables;
 
+pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    AuditParams, DeployParams, DistillParams, EvaluateParams, FailureClass, GenerateParams,
-    JobParams, ParamValue, Resources, TrainParams,
+    ArtifactKind, ArtifactMeta, AuditParams, DeployParams, Digest, DistillParams, EvaluateParams,
+    FailureClass, GenerateParams, JobParams, ModelVersion, ParamValue, Resources, TrainParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -97,7 +97,11 @@ fn assert_golden(message: &Message, expected: &str) {
     let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
     assert_eq!(len, bytes.len() - LENGTH_BYTES, "golden's length prefix");
     assert_eq!(&bytes[4..8], b"NXFG", "golden's magic");
-    assert_eq!(&bytes[8..10], &[0, 2], "golden's version");
+    assert_eq!(
+        &bytes[8..10],
+        &PROTOCOL_VERSION.to_be_bytes(),
+        "golden's version"
+    );
     assert_eq!(
         &bytes[10..18],
         &GOLDEN_ID.to_be_bytes(),
@@ -335,6 +339,77 @@ fn error() -> Message {
     }
 }
 
+fn digest() -> Digest {
+    Digest(std::array::from_fn(|i| i as u8))
+}
+
+fn artifact_meta() -> ArtifactMeta {
+    ArtifactMeta {
+        digest: digest(),
+        size: 1_048_577,
+        name: "physics.parquet".into(),
+        kind: ArtifactKind::Checkpoint { step: 300 },
+        job: Some(JobId(42)),
+        created_at: Timestamp(1_700_000_000_000),
+    }
+}
+
+fn artifact_messages() -> Vec<Message> {
+    vec![
+        Message::ArtifactStat { digest: digest() },
+        Message::ArtifactInfo(Some(artifact_meta())),
+        Message::ArtifactChunk {
+            digest: digest(),
+            upload: 0xfeed,
+            offset: 1 << 20,
+            data: b"PAR1".to_vec(),
+        },
+        Message::ArtifactCommit {
+            digest: digest(),
+            upload: 0xfeed,
+            name: "model.safetensors".into(),
+            kind: ArtifactKind::Model,
+            job: JobId(42),
+            epoch: Epoch(9),
+        },
+        Message::ArtifactRead {
+            digest: digest(),
+            offset: 4096,
+            len: 65_536,
+        },
+        Message::ArtifactData {
+            data: b"PAR1".to_vec(),
+            size: 1_048_577,
+        },
+        Message::CheckpointSaved {
+            job: JobId(42),
+            epoch: Epoch(9),
+            step: 300,
+            digest: digest(),
+        },
+        Message::CheckpointQuery {
+            job: JobId(42),
+            epoch: Epoch(9),
+        },
+        Message::CheckpointAt(Some((300, digest()))),
+        Message::ResolveModel {
+            reference: "teacher:2".into(),
+        },
+        Message::ModelFound(ModelVersion {
+            name: "teacher".into(),
+            version: 2,
+            job: JobId(41),
+            made_by: JobType::Train,
+            uri: "nexa://artifacts/00".into(),
+            dataset_uri: "nexa://artifacts/01".into(),
+            teacher: None,
+            metrics: BTreeMap::from([("accuracy".into(), 0.9375)]),
+            created_at: Timestamp(1_700_000_000_000),
+            evaluations: vec![JobId(43)],
+        }),
+    ]
+}
+
 /// One message of every variant, in declaration order.
 fn all_messages() -> Vec<Message> {
     vec![
@@ -355,6 +430,9 @@ fn all_messages() -> Vec<Message> {
         Message::Ack,
         error(),
     ]
+    .into_iter()
+    .chain(artifact_messages())
+    .collect()
 }
 
 /// The other five parameter types, each in an otherwise default spec.
@@ -411,7 +489,7 @@ fn print_goldens() {
 #[test]
 fn golden_hello() {
     const GOLDEN: &str = concat!(
-        "000000724e58464700020102030405060708000a6770752d6e6f64652d310b6a",
+        "000000724e58464700030102030405060708000a6770752d6e6f64652d310b6a",
         "6f696e2d73336372337420fc0000040002154e56494449412048313030203830",
         "47422048424d33fc973e01000b4e56494449412041313047fbf4590206726567",
         "696f6e0765752d77657374047a6f6e65016203030405",
@@ -423,7 +501,7 @@ fn golden_hello() {
 /// of editing the constant.
 #[test]
 fn golden_welcome() {
-    const GOLDEN: &str = "000000194e584647000201020304050607080107fb3075fb1027fba861";
+    const GOLDEN: &str = "000000194e584647000301020304050607080107fb3075fb1027fba861";
     assert_golden(&welcome(), GOLDEN);
 }
 
@@ -431,7 +509,7 @@ fn golden_welcome() {
 /// of editing the constant.
 #[test]
 fn golden_ask_for_work() {
-    const GOLDEN: &str = "0000001b4e584647000201020304050607080202fc973e0100fbf459fba861";
+    const GOLDEN: &str = "0000001b4e584647000301020304050607080202fc973e0100fbf459fba861";
     assert_golden(&ask_for_work(), GOLDEN);
 }
 
@@ -440,7 +518,7 @@ fn golden_ask_for_work() {
 #[test]
 fn golden_assignment() {
     const GOLDEN: &str = concat!(
-        "0000009e4e58464700020102030405060708032a03086c6c616d612d31621573",
+        "0000009e4e58464700030102030405060708032a03086c6c616d612d31621573",
         "333a2f2f646174612f747261696e2e6a736f6e6c0304056261746368017f0466",
         "7031360001026c7202613255302aa9333f0573636865640306636f73696e6502",
         "fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d010c6e",
@@ -454,7 +532,7 @@ fn golden_assignment() {
 /// of editing the constant.
 #[test]
 fn golden_no_work() {
-    const GOLDEN: &str = "0000000f4e5846470002010203040506070804";
+    const GOLDEN: &str = "0000000f4e5846470003010203040506070804";
     assert_golden(&Message::NoWork, GOLDEN);
 }
 
@@ -462,7 +540,7 @@ fn golden_no_work() {
 /// of editing the constant.
 #[test]
 fn golden_started() {
-    const GOLDEN: &str = "000000114e58464700020102030405060708052a09";
+    const GOLDEN: &str = "000000114e58464700030102030405060708052a09";
     assert_golden(&started(), GOLDEN);
 }
 
@@ -471,7 +549,7 @@ fn golden_started() {
 #[test]
 fn golden_heartbeat() {
     const GOLDEN: &str = concat!(
-        "000000204e5846470002010203040506070806022a0901000000000000d03ffb",
+        "000000204e5846470003010203040506070806022a0901000000000000d03ffb",
         "2c010a00",
     );
     assert_golden(&heartbeat(), GOLDEN);
@@ -481,7 +559,7 @@ fn golden_heartbeat() {
 /// of editing the constant.
 #[test]
 fn golden_heartbeat_ack() {
-    const GOLDEN: &str = "000000144e5846470002010203040506070807012b022c2d";
+    const GOLDEN: &str = "000000144e5846470003010203040506070807012b022c2d";
     assert_golden(&heartbeat_ack(), GOLDEN);
 }
 
@@ -490,7 +568,7 @@ fn golden_heartbeat_ack() {
 #[test]
 fn golden_log_batch() {
     const GOLDEN: &str = concat!(
-        "000000254e58464700020102030405060708082a0978030965706f636820312f",
+        "000000254e58464700030102030405060708082a0978030965706f636820312f",
         "330006cebb3d302e35",
     );
     assert_golden(&log_batch(), GOLDEN);
@@ -500,7 +578,7 @@ fn golden_log_batch() {
 /// of editing the constant.
 #[test]
 fn golden_log_ack() {
-    const GOLDEN: &str = "000000114e58464700020102030405060708092a7b";
+    const GOLDEN: &str = "000000114e58464700030102030405060708092a7b";
     assert_golden(&log_ack(), GOLDEN);
 }
 
@@ -509,7 +587,7 @@ fn golden_log_ack() {
 #[test]
 fn golden_complete() {
     const GOLDEN: &str = concat!(
-        "0000005e4e584647000201020304050607080a2a090208616363757261637900",
+        "0000005e4e584647000301020304050607080a2a090208616363757261637900",
         "0000000000ee3f046c6f7373000000000000c03f01056d6f64656c1973333a2f",
         "2f6f75742f6a6f622d34322f6d6f64656c2e62696e010b7b226f6b223a747275",
         "657d",
@@ -522,7 +600,7 @@ fn golden_complete() {
 #[test]
 fn golden_fail() {
     const GOLDEN: &str = concat!(
-        "000000254e584647000201020304050607080b2a09011243554441206f757420",
+        "000000254e584647000301020304050607080b2a09011243554441206f757420",
         "6f66206d656d6f7279",
     );
     assert_golden(&fail(), GOLDEN);
@@ -533,7 +611,7 @@ fn golden_fail() {
 #[test]
 fn golden_cancel() {
     const GOLDEN: &str = concat!(
-        "000000234e584647000201020304050607080c2a091163616e63656c6c656420",
+        "000000234e584647000301020304050607080c2a091163616e63656c6c656420",
         "62792075736572",
     );
     assert_golden(&cancel(), GOLDEN);
@@ -543,7 +621,7 @@ fn golden_cancel() {
 /// of editing the constant.
 #[test]
 fn golden_goodbye() {
-    const GOLDEN: &str = "000000104e584647000201020304050607080d01";
+    const GOLDEN: &str = "000000104e584647000301020304050607080d01";
     assert_golden(&goodbye(), GOLDEN);
 }
 
@@ -551,7 +629,7 @@ fn golden_goodbye() {
 /// of editing the constant.
 #[test]
 fn golden_ack() {
-    const GOLDEN: &str = "0000000f4e584647000201020304050607080e";
+    const GOLDEN: &str = "0000000f4e584647000301020304050607080e";
     assert_golden(&Message::Ack, GOLDEN);
 }
 
@@ -560,10 +638,126 @@ fn golden_ack() {
 #[test]
 fn golden_error() {
     const GOLDEN: &str = concat!(
-        "000000244e584647000201020304050607080f011365706f6368203920697320",
+        "000000244e584647000301020304050607080f011365706f6368203920697320",
         "6e6f74206c697665",
     );
     assert_golden(&error(), GOLDEN);
+}
+
+/// `Message::ArtifactStat`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_stat() {
+    const GOLDEN: &str = concat!(
+        "0000002f4e5846470003010203040506070810000102030405060708090a0b0c",
+        "0d0e0f101112131415161718191a1b1c1d1e1f",
+    );
+    assert_golden(&artifact_messages()[0], GOLDEN);
+}
+
+/// `Message::ArtifactInfo`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_info() {
+    const GOLDEN: &str = concat!(
+        "000000544e584647000301020304050607081101000102030405060708090a0b",
+        "0c0d0e0f101112131415161718191a1b1c1d1e1ffc010010000f706879736963",
+        "732e7061727175657402fb2c01012afd0068e5cf8b010000",
+    );
+    assert_golden(&artifact_messages()[1], GOLDEN);
+}
+
+/// `Message::ArtifactChunk`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_chunk() {
+    const GOLDEN: &str = concat!(
+        "0000003c4e5846470003010203040506070812000102030405060708090a0b0c",
+        "0d0e0f101112131415161718191a1b1c1d1e1ffbedfefc000010000450415231",
+    );
+    assert_golden(&artifact_messages()[2], GOLDEN);
+}
+
+/// `Message::ArtifactCommit`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_commit() {
+    const GOLDEN: &str = concat!(
+        "000000474e5846470003010203040506070813000102030405060708090a0b0c",
+        "0d0e0f101112131415161718191a1b1c1d1e1ffbedfe116d6f64656c2e736166",
+        "6574656e736f7273012a09",
+    );
+    assert_golden(&artifact_messages()[3], GOLDEN);
+}
+
+/// `Message::ArtifactRead`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_read() {
+    const GOLDEN: &str = concat!(
+        "000000374e5846470003010203040506070814000102030405060708090a0b0c",
+        "0d0e0f101112131415161718191a1b1c1d1e1ffb0010fc00000100",
+    );
+    assert_golden(&artifact_messages()[4], GOLDEN);
+}
+
+/// `Message::ArtifactData`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_artifact_data() {
+    const GOLDEN: &str = "000000194e58464700030102030405060708150450415231fc01001000";
+    assert_golden(&artifact_messages()[5], GOLDEN);
+}
+
+/// `Message::CheckpointSaved`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_checkpoint_saved() {
+    const GOLDEN: &str = concat!(
+        "000000344e58464700030102030405060708162a09fb2c010001020304050607",
+        "08090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    );
+    assert_golden(&artifact_messages()[6], GOLDEN);
+}
+
+/// `Message::CheckpointQuery`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_checkpoint_query() {
+    const GOLDEN: &str = "000000114e58464700030102030405060708172a09";
+    assert_golden(&artifact_messages()[7], GOLDEN);
+}
+
+/// `Message::CheckpointAt`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_checkpoint_at() {
+    const GOLDEN: &str = concat!(
+        "000000334e584647000301020304050607081801fb2c01000102030405060708",
+        "090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    );
+    assert_golden(&artifact_messages()[8], GOLDEN);
+}
+
+/// `Message::ResolveModel`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_resolve_model() {
+    const GOLDEN: &str = "000000194e584647000301020304050607081909746561636865723a32";
+    assert_golden(&artifact_messages()[9], GOLDEN);
+}
+
+/// `Message::ModelFound`. Changing these bytes changes the protocol: bump `PROTOCOL_VERSION`
+/// instead of editing the constant.
+#[test]
+fn golden_model_found() {
+    const GOLDEN: &str = concat!(
+        "000000604e584647000301020304050607081a0774656163686572022903136e",
+        "6578613a2f2f6172746966616374732f3030136e6578613a2f2f617274696661",
+        "6374732f30310001086163637572616379000000000000ee3ffd0068e5cf8b01",
+        "0000012b",
+    );
+    assert_golden(&artifact_messages()[10], GOLDEN);
 }
 
 /// `Message::Assignment` with each of the other five parameter types (the Train one is above),
@@ -573,27 +767,27 @@ fn golden_error() {
 fn golden_assignment_params() {
     const GOLDEN: [&str; 5] = [
         concat!(
-            "0000003f4e58464700020102030405060708032a000762696f6c6f6779fb1027",
+            "0000003f4e58464700030102030405060708032a000762696f6c6f6779fb1027",
             "01070000000003fc805101000000000209fd300919d18f010000fd007186d18f",
             "010000",
         ),
         concat!(
-            "000000474e58464700020102030405060708032a010c67733a2f2f642f782e63",
+            "000000474e58464700030102030405060708032a010c67733a2f2f642f782e63",
             "737601056c6162656c000000000003fc805101000000000209fd300919d18f01",
             "0000fd007186d18f010000",
         ),
         concat!(
-            "000000524e58464700020102030405060708032a020362696705736d616c6c0c",
+            "000000524e58464700030102030405060708032a020362696705736d616c6c0c",
             "646174612f642e6a736f6e6c0000000000000040040000000003fc8051010000",
             "00000209fd300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000494e58464700020102030405060708032a0405736d616c6c0c64617461",
+            "000000494e58464700030102030405060708032a0405736d616c6c0c64617461",
             "2f652e6a736f6e6c010266310000000003fc805101000000000209fd300919d1",
             "8f010000fd007186d18f010000",
         ),
         concat!(
-            "0000003f4e58464700020102030405060708032a0505736d616c6c056c6f6361",
+            "0000003f4e58464700030102030405060708032a0505736d616c6c056c6f6361",
             "6c020000000003fc805101000000000209fd300919d18f010000fd007186d18f",
             "010000",
         ),
@@ -912,7 +1106,7 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
 
 #[test]
 fn another_protocol_version_is_unsupported() {
-    for version in [0, 1, 3, u16::MAX] {
+    for version in [0, 1, 2, 4, u16::MAX] {
         let f = raw_frame(&MAGIC, version, &payload(&hello()));
         let expected = DecodeError::UnsupportedVersion {
             got: version,
@@ -927,7 +1121,7 @@ fn another_protocol_version_is_unsupported() {
     let err = decode_body(&raw_frame(&MAGIC, 1, &[])[LENGTH_BYTES..]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 1 is not supported (this build speaks version 2)"
+        "protocol version 1 is not supported (this build speaks version 3)"
     );
 }
 
@@ -970,10 +1164,10 @@ fn another_version_is_refused_as_soon_as_it_is_buffered() {
 #[test]
 fn golden_request_ids() {
     for (id, golden) in [
-        (0, "0000000f4e584647000200000000000000000e"),
-        (1, "0000000f4e584647000200000000000000010e"),
-        (GOLDEN_ID, "0000000f4e584647000201020304050607080e"),
-        (u64::MAX, "0000000f4e5846470002ffffffffffffffff0e"),
+        (0, "0000000f4e584647000300000000000000000e"),
+        (1, "0000000f4e584647000300000000000000010e"),
+        (GOLDEN_ID, "0000000f4e584647000301020304050607080e"),
+        (u64::MAX, "0000000f4e5846470003ffffffffffffffff0e"),
     ] {
         let f = encode(id, &Message::Ack, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(hex(&f), golden, "request id {id:#x}");
@@ -1054,7 +1248,7 @@ fn payloads_that_are_not_a_message_are_malformed() {
     let hello = payload(&hello());
     let default_assignment = payload(&assignment_of(JobSpec::new(other_params().remove(0))));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("unknown variant 16", vec![0x10]),
+        ("unknown variant 27", vec![0x1b]),
         ("unknown variant, wide", vec![0xfb, 0x00, 0x01]),
         ("invalid varint marker", vec![0xff]),
         ("bool that is 2", vec![0x0d, 0x02]),
