@@ -1,5 +1,6 @@
 //! [`AuditStage`]: the built-in `audit` stage, running [`nexa_compute::audit`] on a blocking
-//! thread with progress and cancellation.
+//! thread with progress and cancellation, on a dataset named by path or by URI (an artifact
+//! is fetched first).
 
 use std::ops::ControlFlow;
 
@@ -23,8 +24,11 @@ impl Stage for AuditStage {
                     ctx.spec.job_type()
                 )));
             };
-            let request = AuditRequest::from(params);
-            ctx.logs.line(format!("auditing {}", request.location));
+            // A nexa:// artifact is fetched first; a path or file:// URI is read where it is.
+            let path = ctx.artifacts.fetch(&params.dataset_uri).await?;
+            let mut request = AuditRequest::from(params);
+            request.location = path.display().to_string();
+            ctx.logs.line(format!("auditing {}", params.dataset_uri));
             let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
             let audited = tokio::task::spawn_blocking(move || {
                 audit_with(&request, |p| {

@@ -14,7 +14,10 @@
 //! `NEXA_PROGRESS <0..1>`, which reports progress. Exit status 0 is success: the result is the
 //! JSON in `$NEXA_OUTPUT_DIR/result.json` (optional); its `metrics` (name → number) and
 //! `artifacts` (name → URI) objects become the job's metrics and artifacts, and the whole
-//! document is kept. Any other exit is a stage failure whose message carries the last lines.
+//! document is kept. Artifacts that are files on the worker (paths relative to
+//! `NEXA_OUTPUT_DIR`, absolute paths, `file://` URIs) are uploaded to the control plane and
+//! listed by their `nexa://artifacts/…` URI. Any other exit is a stage failure whose message
+//! carries the last lines.
 //! On cancel the group gets SIGTERM, then SIGKILL after a grace period.
 
 use std::collections::VecDeque;
@@ -166,6 +169,36 @@ fn read_result(path: &Path) -> Result<JobOutput, StageError> {
     Ok(output)
 }
 
+/// The artifacts a program listed that are files on this machine — paths relative to the
+/// output folder, absolute paths, `file://` URIs — kept beyond the worker and renamed by
+/// their `nexa://` URI (with no control plane, by their absolute `file://` URI). Other URIs
+/// (`s3://` and the like) are the program's to keep and stay as they are.
+async fn keep_outputs(ctx: &StageContext, output: &mut JobOutput) -> Result<(), StageError> {
+    for (name, uri) in output.artifacts.iter_mut() {
+        if uri.contains("://") && !uri.starts_with("file://") {
+            continue;
+        }
+        let path = Path::new(uri.strip_prefix("file://").unwrap_or(uri));
+        let path = ctx.output_dir.join(path);
+        if !path.is_file() {
+            return Err(StageError::Failed(format!(
+                "result.json lists artifact {name} = {uri}, but {} is not a file",
+                path.display()
+            )));
+        }
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name.as_str())
+            .to_owned();
+        *uri = ctx
+            .artifacts
+            .publish(&path, &file_name, nexa_runtime::ArtifactKind::File)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Forwards each line of `stream` to `lines`.
 fn pump(stream: impl AsyncRead + Unpin + Send + 'static, lines: mpsc::UnboundedSender<String>) {
     tokio::spawn(async move {
@@ -267,7 +300,9 @@ impl CommandStage {
         let status =
             status.ok_or_else(|| StageError::Failed("the program's exit was lost".into()))?;
         if status.success() {
-            return read_result(&result_file);
+            let mut output = read_result(&result_file)?;
+            keep_outputs(&ctx, &mut output).await?;
+            return Ok(output);
         }
         let how = match status.code() {
             Some(code) => format!("exited with status {code}"),

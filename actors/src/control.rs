@@ -13,6 +13,7 @@
 //! rebuilds its view from the store: the store has already ended the leases that ran out while
 //! it was down, and every job still leased gets its actor back, so its worker can carry on.
 
+mod artifacts;
 mod job_actor;
 mod scheduler;
 mod session;
@@ -26,10 +27,10 @@ use std::time::Duration;
 use nexa_runtime::wire::{Assignment, ErrorCode, HeartbeatAck, Message, RunningJob, Welcome};
 use nexa_runtime::{
     Epoch, FaultKind, Job, JobError, JobId, JobOutput, JobSpec, JobState, Lease, LeaseStatus,
-    ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, StorageFault, Store, StoreConfig,
-    StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
+    ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault, Store,
+    StoreConfig, StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
 };
-use nexa_storage::RedbStore;
+use nexa_storage::{ArtifactError, ArtifactStore, RedbStore};
 use nexa_transport::{Fingerprint, Handler, Server, ServerConfig, Session};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
@@ -49,7 +50,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ControlPlaneConfig {
     /// Where workers connect (QUIC/UDP); port 0 picks a free one.
     pub listen: SocketAddr,
-    /// The data folder: the store (`nexa_forge.db`) and the certificate (`tls/`).
+    /// The data folder: the store (`nexa_forge.db`), the certificate (`tls/`) and the
+    /// artifacts (`artifacts/`).
     pub data_dir: PathBuf,
     /// The secret workers must present.
     pub join_token: String,
@@ -91,6 +93,9 @@ pub enum StartError {
     /// The QUIC server did not start.
     #[error(transparent)]
     Server(#[from] nexa_transport::ServerError),
+    /// The artifact folder cannot be made.
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
     /// An actor did not start.
     #[error("cannot start the {0} actor: {1}")]
     Actor(&'static str, String),
@@ -296,6 +301,7 @@ static PLANES: AtomicU64 = AtomicU64::new(1);
 pub struct ControlPlane {
     plane: u64,
     store: Arc<dyn Store>,
+    artifacts: ArtifactStore,
     scheduler: ActorRef<SchedulerMsg>,
     server: Server,
     metrics: Arc<Metrics>,
@@ -334,6 +340,10 @@ impl ControlPlane {
     ) -> Result<Self, StartError> {
         let plane = PLANES.fetch_add(1, Ordering::Relaxed);
         let metrics = Arc::new(Metrics::default());
+        let root = config.data_dir.join("artifacts");
+        let artifacts = tokio::task::spawn_blocking(move || ArtifactStore::open(root))
+            .await
+            .map_err(|e| StartError::Actor("artifact store", e.to_string()))??;
         let args = scheduler::Args {
             plane,
             store: store.clone(),
@@ -373,6 +383,7 @@ impl ControlPlane {
         let handler = Arc::new(PlaneHandler {
             plane,
             store: store.clone(),
+            artifacts: artifacts.clone(),
             scheduler: scheduler.clone(),
             welcome,
             long_poll: config.long_poll,
@@ -391,6 +402,7 @@ impl ControlPlane {
         Ok(Self {
             plane,
             store,
+            artifacts,
             scheduler,
             server,
             metrics,
@@ -411,6 +423,16 @@ impl ControlPlane {
     /// The store, for reads the methods below do not cover.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The artifacts jobs made, kept in the data folder.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    /// The model registry as it stands, read off the jobs (see [`Registry`]).
+    pub async fn registry(&self) -> Result<Registry, StoreError> {
+        artifacts::registry(&self.store).await
     }
 
     /// Accepts a job (durably), then lets the scheduler offer it.
@@ -582,6 +604,7 @@ impl ControlPlane {
 struct PlaneHandler {
     plane: u64,
     store: Arc<dyn Store>,
+    artifacts: ArtifactStore,
     scheduler: ActorRef<SchedulerMsg>,
     welcome: Welcome,
     long_poll: Duration,
@@ -730,10 +753,16 @@ impl Handler for PlaneHandler {
                 };
                 ack(result)
             }
-            other => Message::Error {
-                code: ErrorCode::BadRequest,
-                message: format!("a worker does not send {}", other.name()),
-            },
+            other => {
+                let name = other.name();
+                match artifacts::answer(store, &self.artifacts, other).await {
+                    Some(answer) => answer,
+                    None => Message::Error {
+                        code: ErrorCode::BadRequest,
+                        message: format!("a worker does not send {name}"),
+                    },
+                }
+            }
         }
     }
 

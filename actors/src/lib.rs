@@ -30,18 +30,25 @@
 //!
 //! It deliberately holds no HTTP and no CLI: those are the `nexa` binary's.
 
+mod artifacts;
 mod audit_stage;
 mod clock;
 mod command_stage;
 mod control;
+mod lifecycle;
 mod metrics;
 mod stage;
 mod worker;
 
+pub use artifacts::{Artifacts, ModelSource, is_location};
 pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::{CommandStage, params_json};
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
+pub use lifecycle::{
+    DEFAULT_BASE, DEFAULT_STUDENT, DISTILL_ALPHA, DistillStage, EVALUATION_METRICS, EvaluateStage,
+    GENERATED_CLASSES, GENERATED_SPLIT, GenerateStage, TrainStage, builtin_stages,
+};
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
-pub use worker::{RestartPolicy, WorkerConfig, WorkerNode};
+pub use worker::{RestartPolicy, WorkerConfig, WorkerNode, local_gpus};

@@ -11,6 +11,8 @@ use nexa_runtime::{FailureClass, JobError, JobId, JobOutput, JobSpec, JobType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::Artifacts;
+
 /// A boxed future, so stages can be kept as trait objects.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -72,6 +74,8 @@ pub struct StageContext {
     pub checkpoint_dir: PathBuf,
     /// This attempt's artifacts.
     pub output_dir: PathBuf,
+    /// Reads inputs by URI and keeps outputs beyond this worker.
+    pub artifacts: Artifacts,
 }
 
 /// Why a stage did not produce a result.

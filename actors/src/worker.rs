@@ -65,7 +65,8 @@ pub struct WorkerConfig {
     pub cpus: u32,
     /// Memory offered, MiB.
     pub memory_mb: u64,
-    /// GPUs offered (until a GPU backend detects them, declared by the operator).
+    /// GPUs offered, by index: the built-in stages run on CUDA device `index`
+    /// ([`local_gpus`] finds them; an operator may declare others).
     pub gpus: Vec<Gpu>,
     /// Labels jobs can ask for.
     pub labels: BTreeMap<String, String>,
@@ -153,6 +154,19 @@ impl WorkerNode {
         self.agent.stop(None);
         let _ = self.handle.await;
     }
+}
+
+/// The NVIDIA GPUs this machine has, as a worker offers them: each CUDA device in ordinal
+/// order (so a job's GPU index is the device's ordinal), with its name and memory. Empty
+/// without the `cuda` feature, a driver or a GPU.
+pub fn local_gpus() -> Vec<Gpu> {
+    nexa_compute::devices()
+        .into_iter()
+        .map(|d| Gpu {
+            model: d.name,
+            memory_mb: d.total_memory >> 20,
+        })
+        .collect()
 }
 
 /// This machine's main memory in MiB, from `/proc/meminfo`; 0 where it cannot be read.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nexa_actors::{CommandStage, LogSink, Progress, Stage, StageContext, StageError};
+use nexa_actors::{Artifacts, CommandStage, LogSink, Progress, Stage, StageContext, StageError};
 use nexa_runtime::{JobId, JobParams, JobSpec, TrainParams};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,7 @@ fn context(dir: &Path, gpus: Vec<u32>) -> Run {
         cancel: CancellationToken::new(),
         checkpoint_dir: dir.join("checkpoints"),
         output_dir: dir.join("attempt-2"),
+        artifacts: Artifacts::local(dir.join("cache")),
     };
     Run {
         ctx,
@@ -58,15 +59,23 @@ async fn a_program_gets_the_job_and_its_result_becomes_the_output() {
         echo "gpus=$CUDA_VISIBLE_DEVICES id=$NEXA_JOB_ID attempt=$NEXA_ATTEMPT"
         echo "checkpoints in $NEXA_CHECKPOINT_DIR" >&2
         echo "NEXA_PROGRESS 0.5"
-        printf '{"metrics": {"loss": 0.25, "epochs": 3}, "artifacts": {"model": "file:///m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json"
+        echo weights > "$NEXA_OUTPUT_DIR/m.bin"
+        printf '{"metrics": {"loss": 0.25, "epochs": 3}, "artifacts": {"model": "m.bin", "data": "s3://b/k.parquet"}}' > "$NEXA_OUTPUT_DIR/result.json"
     "#;
     let stage = CommandStage::new(script, Duration::from_secs(1));
     let output = stage.run(run.ctx.clone()).await.unwrap();
     assert_eq!(output.metrics.get("loss"), Some(&0.25));
     assert_eq!(output.metrics.get("epochs"), Some(&3.0));
+    // A file the program made is named by its absolute path (with no control plane to
+    // upload it to); a URI elsewhere stays the program's.
+    let model = dir.path().join("attempt-2/m.bin");
     assert_eq!(
-        output.artifacts.get("model").map(String::as_str),
-        Some("file:///m.bin")
+        output.artifacts.get("model"),
+        Some(&format!("file://{}", model.display()))
+    );
+    assert_eq!(
+        output.artifacts.get("data").map(String::as_str),
+        Some("s3://b/k.parquet")
     );
     assert!(output.result_json.unwrap().contains("\"loss\":0.25"));
     assert_eq!(*run.progress.borrow_and_update(), Some(0.5));

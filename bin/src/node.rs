@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nexa_actors::{
-    AuditStage, CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig,
-    WorkerNode,
+    CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
+    builtin_stages, local_gpus,
 };
-use nexa_runtime::{JobType, WorkerId};
+use nexa_runtime::WorkerId;
 use nexa_transport::Trust;
 use tracing::info;
 
@@ -105,8 +105,7 @@ async fn start_control_plane(
 
 /// The built-in stages, then the handlers given, which take precedence.
 fn stages(offer: &OfferArgs) -> StageRegistry {
-    let mut stages = StageRegistry::new();
-    stages.register(JobType::Audit, AuditStage);
+    let mut stages = builtin_stages();
     for (job_type, command) in &offer.handlers {
         stages.register(
             *job_type,
@@ -124,12 +123,34 @@ fn worker_config(
     offer: &OfferArgs,
     work_dir: &Path,
 ) -> WorkerConfig {
+    // Output paths a worker reports must mean the same thing from anywhere.
+    let work_dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
     let mut config = WorkerConfig::new(server, trust, token, name, stages(offer), work_dir);
-    config.gpus = offer.gpus.clone();
+    config.gpus = if offer.gpus.is_empty() {
+        local_gpus()
+    } else {
+        offer.gpus.clone()
+    };
     config.labels = offer.labels.iter().cloned().collect();
     config.slots = offer.slots.max(1);
     config.cancel_grace = Duration::from_secs(offer.cancel_grace);
     config
+}
+
+/// How the banner speaks of a worker's GPUs.
+fn gpus_note(gpus: &[nexa_runtime::Gpu]) -> String {
+    if gpus.is_empty() {
+        " on the CPU".to_owned()
+    } else {
+        let names: Vec<String> = gpus
+            .iter()
+            .map(|g| format!("{} ({} MiB)", g.model, g.memory_mb))
+            .collect();
+        format!(
+            " on the CPU, and on GPUs for jobs that ask for them: {}",
+            names.join(", ")
+        )
+    }
 }
 
 fn default_worker_name() -> String {
@@ -258,6 +279,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         &args.offer,
         &work_dir,
     );
+    let config_gpus = config.gpus.clone();
     let worker = WorkerNode::start(config)
         .await
         .context("cannot start the local worker")?;
@@ -266,11 +288,15 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         "nexa is up: control plane on {addr}, data in {}\n  dashboard: http://{http}/\n  API:       http://{http}/api (docs at http://{http}/docs)\n",
         args.plane.data.display()
     );
-    if args.offer.handlers.is_empty() {
-        banner.push_str(
-            "  the local worker runs the built-in audit stage; add --handler TYPE=COMMAND for more\n",
-        );
-    }
+    banner.push_str(&format!(
+        "  the local worker runs the built-in generate, audit, train, distill and evaluate stages{}{}\n",
+        gpus_note(&config_gpus),
+        if args.offer.handlers.is_empty() {
+            "; --handler TYPE=COMMAND runs your own program instead"
+        } else {
+            ""
+        }
+    ));
     banner.push_str(&format!(
         "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...\n",
         advertised(addr),

@@ -227,6 +227,24 @@ impl CheckpointDir {
         Ok(folder)
     }
 
+    /// The state file of the checkpoint of `step` (whether or not it exists): what a caller
+    /// copies elsewhere to resume from on another machine.
+    pub fn state_file(&self, step: u64) -> PathBuf {
+        self.folder(step).join(STATE_FILE)
+    }
+
+    /// Makes the state file at `state` (a copy of another machine's [`CheckpointDir::state_file`])
+    /// the complete checkpoint of `step` here, unless a complete one of that step is here
+    /// already. The state is read and parsed first, so a damaged file is refused.
+    pub fn import(&self, step: u64, state: &Path) -> Result<(), ComputeError> {
+        if self.complete_steps()?.contains(&step) {
+            return Ok(());
+        }
+        let bytes = fs::read(state).map_err(|e| ComputeError::io("cannot read", state, e))?;
+        let (tensors, metadata) = deserialize(&bytes, state)?;
+        self.save(step, &tensors, metadata).map(drop)
+    }
+
     /// The steps of the complete checkpoints, ascending.
     pub fn complete_steps(&self) -> Result<Vec<u64>, ComputeError> {
         let entries =

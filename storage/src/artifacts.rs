@@ -185,7 +185,8 @@ impl ArtifactStore {
 
     /// Ends upload `upload` of `digest`: checks the bytes hash to `digest`, keeps them and
     /// records `name`, `kind` and `job` (the first metadata of an artifact stays; a later
-    /// job that makes the same bytes is linked to them too).
+    /// job that makes the same bytes is linked to them too). When the bytes are held already
+    /// nothing need have been uploaded: the job is linked to them.
     pub fn commit(
         &self,
         digest: Digest,
@@ -197,6 +198,18 @@ impl ArtifactStore {
     ) -> Result<ArtifactMeta, ArtifactError> {
         check_artifact_name(name).map_err(ArtifactError::Invalid)?;
         let part = self.upload_path(digest, upload);
+        let blob = self.blob_path(digest);
+        if let Ok(existing) = fs::metadata(&blob) {
+            // Held already (the uploader asked first and sent nothing, or two uploads raced):
+            // whatever was uploaded is not needed.
+            let _ = fs::remove_file(&part);
+            return self.record(digest, existing.len(), name, kind, job, now);
+        }
+        if !part.exists() {
+            return Err(ArtifactError::Invalid(format!(
+                "nothing was uploaded for {digest} (upload {upload:x}): send its bytes first"
+            )));
+        }
         let (actual, size) = hash_file(&part)?;
         if actual != digest {
             let _ = fs::remove_file(&part);
@@ -208,15 +221,10 @@ impl ArtifactStore {
         File::open(&part)
             .and_then(|f| f.sync_all())
             .map_err(io_at(&part))?;
-        let blob = self.blob_path(digest);
-        if blob.exists() {
-            let _ = fs::remove_file(&part);
-        } else {
-            let dir = blob.parent().expect("blobs have a folder");
-            fs::create_dir_all(dir).map_err(io_at(dir))?;
-            fs::rename(&part, &blob).map_err(io_at(&blob))?;
-            sync_dir(dir)?;
-        }
+        let dir = blob.parent().expect("blobs have a folder");
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        fs::rename(&part, &blob).map_err(io_at(&blob))?;
+        sync_dir(dir)?;
         self.record(digest, size, name, kind, job, now)
     }
 
@@ -452,7 +460,32 @@ mod tests {
             .commit_bytes_for_test(&data, 8, "y.bin", Some(JobId(4)))
             .unwrap();
         assert_eq!(again, meta);
-        assert_eq!(store.job_artifacts(JobId(4)).unwrap(), [meta]);
+        assert_eq!(store.job_artifacts(JobId(4)).unwrap(), [meta.clone()]);
+        // Held bytes need no upload to be linked to another job.
+        let linked = store
+            .commit(
+                d,
+                99,
+                "z.bin",
+                ArtifactKind::File,
+                Some(JobId(5)),
+                Timestamp(6),
+            )
+            .unwrap();
+        assert_eq!(linked, meta);
+        assert_eq!(store.job_artifacts(JobId(5)).unwrap(), [meta]);
+        // Bytes never held and never uploaded cannot be committed.
+        let e = store
+            .commit(
+                digest_of(b"other"),
+                1,
+                "o",
+                ArtifactKind::File,
+                None,
+                Timestamp(0),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("nothing was uploaded"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{AgentMsg, RestartPolicy};
+use crate::artifacts::Artifacts;
 use crate::stage::{LogSink, Progress, Stage, StageContext, StageError};
 
 /// What a supervisor is started with.
@@ -98,6 +99,12 @@ async fn supervise(args: Args) {
             cancel: args.cancel.clone(),
             checkpoint_dir: job_dir.join("checkpoints"),
             output_dir: job_dir.join(format!("attempt-{}", a.attempt)),
+            artifacts: Artifacts::new(
+                Some(args.client.clone()),
+                job,
+                epoch,
+                args.work_dir.join("cache"),
+            ),
         };
         let ended = run_once(&args, ctx, &mut lines, &mut logs).await;
         let message = match ended {

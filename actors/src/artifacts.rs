@@ -1,0 +1,386 @@
+//! [`Artifacts`]: what a stage reads and what it keeps, as seen from a worker.
+//!
+//! Inputs are named by URI. `nexa://artifacts/<sha256>` is read from the control plane over
+//! the worker's connection and cached in the worker's folder by its digest (checked after
+//! the download), so a second job on the same input reads the cached file. A path or
+//! `file://` URI is a file on this machine. Outputs are uploaded to the control plane in
+//! chunks (nothing is sent when it already holds the same bytes) and named by their
+//! `nexa://` URI from then on, so they outlive the worker. A worker with no control plane
+//! (a stage run on its own, in tests) keeps outputs where they are and names them by an
+//! absolute `file://` URI.
+//!
+//! Training checkpoints go the same way, and the control plane remembers each job's latest,
+//! so that a later attempt on another worker resumes from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nexa_runtime::wire::{ARTIFACT_CHUNK, ErrorCode, Message};
+use nexa_runtime::{
+    ArtifactKind, ArtifactMeta, Digest, Epoch, JobId, ModelVersion, artifact_uri,
+    parse_artifact_uri,
+};
+use nexa_storage::hash_file;
+use nexa_transport::Client;
+
+use crate::stage::StageError;
+
+/// A model a stage was pointed at: a registered version, or a file given by URI.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSource {
+    /// The registered version, when the reference named one.
+    pub version: Option<ModelVersion>,
+    /// Where its weights are.
+    pub uri: String,
+}
+
+impl ModelSource {
+    /// How to name it in logs and results: `name:N`, or the URI.
+    pub fn label(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}:{}", v.name, v.version),
+            None => self.uri.clone(),
+        }
+    }
+}
+
+/// One attempt's access to artifacts; see the module doc.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    client: Option<Arc<Client>>,
+    job: JobId,
+    epoch: Epoch,
+    cache: PathBuf,
+}
+
+/// Whether `reference` is a location (a URI or a path) rather than a registered name.
+pub fn is_location(reference: &str) -> bool {
+    reference.contains("://")
+        || reference.starts_with('/')
+        || reference.starts_with("./")
+        || reference.starts_with("../")
+}
+
+fn failed(what: impl std::fmt::Display) -> StageError {
+    StageError::Failed(what.to_string())
+}
+
+impl Artifacts {
+    /// Artifacts of `job` under lease `epoch`, through `client` (or, with none, on this
+    /// machine only), with downloads cached in `cache`.
+    pub fn new(client: Option<Arc<Client>>, job: JobId, epoch: Epoch, cache: PathBuf) -> Self {
+        Self {
+            client,
+            job,
+            epoch,
+            cache,
+        }
+    }
+
+    /// Artifacts with no control plane: inputs are local files, outputs stay where they are.
+    pub fn local(cache: PathBuf) -> Self {
+        Self::new(None, JobId(0), Epoch(0), cache)
+    }
+
+    async fn ask(&self, message: Message) -> Result<Message, StageError> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| failed("this worker has no control plane to ask"))?;
+        client
+            .request(&message)
+            .await
+            .map_err(|e| failed(format!("{} not answered: {e}", message.name())))
+    }
+
+    /// A local file holding what `uri` names: the file itself for a path or `file://` URI,
+    /// a verified cached copy for a `nexa://` artifact. A URI that names nothing readable is
+    /// invalid input, named in the error.
+    pub async fn fetch(&self, uri: &str) -> Result<PathBuf, StageError> {
+        if let Some(digest) = parse_artifact_uri(uri) {
+            let digest = digest.map_err(|e| StageError::InvalidInput(e.to_string()))?;
+            return self.download(uri, digest).await;
+        }
+        if let Some((scheme, _)) = uri.split_once("://")
+            && scheme != "file"
+        {
+            return Err(StageError::InvalidInput(format!(
+                "cannot read {uri}: this worker reads nexa://artifacts/…, file:// and local \
+                 paths; {scheme}:// object storage is not configured"
+            )));
+        }
+        let path = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+        let path = std::path::absolute(&path).unwrap_or(path);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(path),
+            Ok(_) => Err(StageError::InvalidInput(format!(
+                "{uri} is a folder, not a file"
+            ))),
+            Err(e) => Err(StageError::InvalidInput(format!(
+                "cannot read {uri} on worker (as {}): {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    async fn stat(&self, digest: Digest) -> Result<Option<ArtifactMeta>, StageError> {
+        match self.ask(Message::ArtifactStat { digest }).await? {
+            Message::ArtifactInfo(meta) => Ok(meta),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn download(&self, uri: &str, digest: Digest) -> Result<PathBuf, StageError> {
+        if self.client.is_none() {
+            return Err(StageError::InvalidInput(format!(
+                "cannot read {uri}: no control plane to read artifacts from"
+            )));
+        }
+        let meta = self.stat(digest).await?.ok_or_else(|| {
+            StageError::InvalidInput(format!("{uri}: the control plane holds no such artifact"))
+        })?;
+        let dir = self.cache.join(digest.to_string());
+        let path = dir.join(&meta.name);
+        if tokio::fs::metadata(&path)
+            .await
+            .is_ok_and(|m| m.len() == meta.size)
+        {
+            return Ok(path);
+        }
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| failed(format!("cannot make {}: {e}", dir.display())))?;
+        let part = dir.join(format!(".{}.part", meta.name));
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
+        let mut offset = 0u64;
+        while offset < meta.size {
+            let answer = self
+                .ask(Message::ArtifactRead {
+                    digest,
+                    offset,
+                    len: ARTIFACT_CHUNK as u32,
+                })
+                .await?;
+            let Message::ArtifactData { data, .. } = answer else {
+                return Err(unexpected(&answer));
+            };
+            if data.is_empty() {
+                return Err(failed(format!(
+                    "{uri} ended at byte {offset} of {}",
+                    meta.size
+                )));
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &data)
+                .await
+                .map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
+            offset += data.len() as u64;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
+        drop(file);
+        let check = part.clone();
+        let (actual, _) = tokio::task::spawn_blocking(move || hash_file(&check))
+            .await
+            .map_err(failed)?
+            .map_err(failed)?;
+        if actual != digest {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(failed(format!(
+                "{uri} arrived with digest {actual}: damaged in transit"
+            )));
+        }
+        tokio::fs::rename(&part, &path)
+            .await
+            .map_err(|e| failed(format!("cannot keep {}: {e}", path.display())))?;
+        Ok(path)
+    }
+
+    /// Keeps the file at `path` beyond this worker as an artifact of this job named `name`
+    /// and returns its URI (or, with no control plane, its absolute `file://` URI).
+    pub async fn publish(
+        &self,
+        path: &Path,
+        name: &str,
+        kind: ArtifactKind,
+    ) -> Result<String, StageError> {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.client.is_none() {
+            return Ok(format!("file://{}", absolute.display()));
+        }
+        let source = absolute.clone();
+        let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&source))
+            .await
+            .map_err(failed)?
+            .map_err(|e| failed(format!("cannot read the output {}: {e}", path.display())))?;
+        let upload = upload_id();
+        if self.stat(digest).await?.is_none() {
+            let mut file = tokio::fs::File::open(&absolute)
+                .await
+                .map_err(|e| failed(format!("cannot read {}: {e}", absolute.display())))?;
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; ARTIFACT_CHUNK];
+            loop {
+                let n = read_full(&mut file, &mut buf)
+                    .await
+                    .map_err(|e| failed(format!("cannot read {}: {e}", absolute.display())))?;
+                if n == 0 && offset > 0 {
+                    break;
+                }
+                let answer = self
+                    .ask(Message::ArtifactChunk {
+                        digest,
+                        upload,
+                        offset,
+                        data: buf[..n].to_vec(),
+                    })
+                    .await?;
+                if answer != Message::Ack {
+                    return Err(unexpected(&answer));
+                }
+                offset += n as u64;
+                if n == 0 || offset >= size {
+                    break;
+                }
+            }
+        }
+        let answer = self
+            .ask(Message::ArtifactCommit {
+                digest,
+                upload,
+                name: name.to_owned(),
+                kind,
+                job: self.job,
+                epoch: self.epoch,
+            })
+            .await?;
+        match answer {
+            Message::ArtifactInfo(Some(meta)) => Ok(artifact_uri(meta.digest)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Records the checkpoint file at `path`, after `step` steps, as this job's latest.
+    pub async fn save_checkpoint(&self, step: u64, path: &Path) -> Result<(), StageError> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        let uri = self
+            .publish(
+                path,
+                &format!("checkpoint-{step}.safetensors"),
+                ArtifactKind::Checkpoint { step },
+            )
+            .await?;
+        let digest = parse_artifact_uri(&uri)
+            .and_then(Result::ok)
+            .ok_or_else(|| failed("a published checkpoint has no artifact URI"))?;
+        let answer = self
+            .ask(Message::CheckpointSaved {
+                job: self.job,
+                epoch: self.epoch,
+                step,
+                digest,
+            })
+            .await?;
+        if answer == Message::Ack {
+            Ok(())
+        } else {
+            Err(unexpected(&answer))
+        }
+    }
+
+    /// This job's latest checkpoint kept by the control plane, downloaded: its step and
+    /// file. `None` when no earlier attempt saved one (or there is no control plane).
+    pub async fn latest_checkpoint(&self) -> Result<Option<(u64, PathBuf)>, StageError> {
+        if self.client.is_none() {
+            return Ok(None);
+        }
+        let answer = self
+            .ask(Message::CheckpointQuery {
+                job: self.job,
+                epoch: self.epoch,
+            })
+            .await?;
+        match answer {
+            Message::CheckpointAt(None) => Ok(None),
+            Message::CheckpointAt(Some((step, digest))) => {
+                let path = self.download(&artifact_uri(digest), digest).await?;
+                Ok(Some((step, path)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The model `reference` names: a registered `name` or `name:N`, or a model file given
+    /// by URI or path. A name the registry does not know is invalid input, and the message
+    /// lists the registered models.
+    pub async fn resolve_model(&self, reference: &str) -> Result<ModelSource, StageError> {
+        if is_location(reference) {
+            return Ok(ModelSource {
+                version: None,
+                uri: reference.to_owned(),
+            });
+        }
+        if self.client.is_none() {
+            return Err(StageError::InvalidInput(format!(
+                "model {reference:?}: no registry to look it up in (give a model file's URI)"
+            )));
+        }
+        let answer = self
+            .ask(Message::ResolveModel {
+                reference: reference.to_owned(),
+            })
+            .await?;
+        match answer {
+            Message::ModelFound(version) => Ok(ModelSource {
+                uri: version.uri.clone(),
+                version: Some(version),
+            }),
+            Message::Error {
+                code: ErrorCode::NotFound,
+                message,
+            } => Err(StageError::InvalidInput(message)),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(answer: &Message) -> StageError {
+    match answer {
+        Message::Error { message, .. } => failed(format!("the control plane refused: {message}")),
+        other => failed(format!("unexpected answer {}", other.name())),
+    }
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// An upload id unlikely to meet another worker's: time, process and a counter, mixed.
+fn upload_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos
+        ^ (u64::from(std::process::id()) << 40)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,201 @@
+//! Artifacts, checkpoints and model lookups as workers ask for them: the answers of the
+//! control plane to the artifact messages of the protocol.
+//!
+//! A commit or a checkpoint must come under the job's live lease, so a worker presumed dead
+//! cannot attach files to a job or move its checkpoint. Reads need only a connected worker.
+//! File work runs off the async threads.
+
+use std::sync::Arc;
+
+use nexa_runtime::wire::{ARTIFACT_CHUNK, ErrorCode, Message};
+use nexa_runtime::{
+    Epoch, JobId, JobParams, JobState, JobType, ListQuery, ModelRef, Registry, Store, StoreError,
+};
+use nexa_storage::{ArtifactError, ArtifactStore, CheckpointPointer};
+
+use super::blocking;
+use crate::clock::now;
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn refused(e: &ArtifactError) -> Message {
+    let code = match e {
+        ArtifactError::NotFound(_) => ErrorCode::NotFound,
+        ArtifactError::Io { .. } => ErrorCode::Unavailable,
+        ArtifactError::Offset { .. }
+        | ArtifactError::Mismatch { .. }
+        | ArtifactError::Invalid(_) => ErrorCode::BadRequest,
+    };
+    error(code, e.to_string())
+}
+
+/// Runs `op` on the artifact store off the async threads.
+async fn on_files<R: Send + 'static>(
+    artifacts: &ArtifactStore,
+    op: impl FnOnce(&ArtifactStore) -> Result<R, ArtifactError> + Send + 'static,
+) -> Result<R, ArtifactError> {
+    let artifacts = artifacts.clone();
+    tokio::task::spawn_blocking(move || op(&artifacts))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ArtifactError::Invalid(format!(
+                "the artifact task failed: {e}"
+            )))
+        })
+}
+
+/// `Ok` when `epoch` is the live lease of `job`; otherwise the refusal to answer with.
+async fn check_lease(store: &Arc<dyn Store>, job: JobId, epoch: Epoch) -> Result<(), Message> {
+    let found = blocking(store, move |s| s.get(job)).await;
+    match found {
+        Ok(j) if j.live_attempt().is_some_and(|a| a.epoch == epoch) => Ok(()),
+        Ok(_) => Err(error(
+            ErrorCode::Stale,
+            format!("{job} has no live lease with epoch {epoch}"),
+        )),
+        Err(StoreError::NotFound(_)) => Err(error(ErrorCode::NotFound, format!("no {job}"))),
+        Err(e) => Err(error(ErrorCode::Unavailable, e.to_string())),
+    }
+}
+
+/// The answer to an artifact, checkpoint or model message; `None` for any other message.
+pub(crate) async fn answer(
+    store: &Arc<dyn Store>,
+    artifacts: &ArtifactStore,
+    message: Message,
+) -> Option<Message> {
+    let answer = match message {
+        Message::ArtifactStat { digest } => {
+            match on_files(artifacts, move |a| a.stat(digest)).await {
+                Ok(meta) => Message::ArtifactInfo(meta),
+                Err(e) => refused(&e),
+            }
+        }
+        Message::ArtifactChunk {
+            digest,
+            upload,
+            offset,
+            data,
+        } => {
+            if data.len() > ARTIFACT_CHUNK {
+                return Some(error(
+                    ErrorCode::BadRequest,
+                    format!("a chunk carries at most {ARTIFACT_CHUNK} bytes"),
+                ));
+            }
+            match on_files(artifacts, move |a| a.append(digest, upload, offset, &data)).await {
+                Ok(_) => Message::Ack,
+                Err(e) => refused(&e),
+            }
+        }
+        Message::ArtifactCommit {
+            digest,
+            upload,
+            name,
+            kind,
+            job,
+            epoch,
+        } => {
+            if let Err(refusal) = check_lease(store, job, epoch).await {
+                return Some(refusal);
+            }
+            let committed = on_files(artifacts, move |a| {
+                a.commit(digest, upload, &name, kind, Some(job), now())
+            })
+            .await;
+            match committed {
+                Ok(meta) => Message::ArtifactInfo(Some(meta)),
+                Err(e) => refused(&e),
+            }
+        }
+        Message::ArtifactRead {
+            digest,
+            offset,
+            len,
+        } => match on_files(artifacts, move |a| a.read(digest, offset, len as usize)).await {
+            Ok((data, size)) => Message::ArtifactData { data, size },
+            Err(e) => refused(&e),
+        },
+        Message::CheckpointSaved {
+            job,
+            epoch,
+            step,
+            digest,
+        } => {
+            if let Err(refusal) = check_lease(store, job, epoch).await {
+                return Some(refusal);
+            }
+            let pointer = CheckpointPointer { step, digest };
+            match on_files(artifacts, move |a| a.set_checkpoint(job, pointer)).await {
+                Ok(()) => Message::Ack,
+                Err(e) => refused(&e),
+            }
+        }
+        Message::CheckpointQuery { job, epoch } => {
+            if let Err(refusal) = check_lease(store, job, epoch).await {
+                return Some(refusal);
+            }
+            match on_files(artifacts, move |a| a.checkpoint(job)).await {
+                Ok(p) => Message::CheckpointAt(p.map(|p| (p.step, p.digest))),
+                Err(e) => refused(&e),
+            }
+        }
+        Message::ResolveModel { reference } => {
+            let reference: ModelRef = match reference.parse() {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            match registry(store).await {
+                Ok(registry) => match registry.resolve(&reference) {
+                    Ok(version) => Message::ModelFound(version.clone()),
+                    Err(why) => error(ErrorCode::NotFound, why),
+                },
+                Err(e) => error(ErrorCode::Unavailable, e.to_string()),
+            }
+        }
+        _ => return None,
+    };
+    Some(answer)
+}
+
+/// The model registry as it stands: read off the succeeded train, distill and evaluate jobs.
+pub(crate) async fn registry(store: &Arc<dyn Store>) -> Result<Registry, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut jobs = Vec::new();
+        for job_type in [JobType::Train, JobType::Distill, JobType::Evaluate] {
+            let mut before = None;
+            loop {
+                let page = store.list(ListQuery {
+                    state: Some(JobState::Succeeded),
+                    job_type: Some(job_type),
+                    before,
+                    limit: 1000,
+                })?;
+                jobs.extend(page.jobs);
+                match page.next_before {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+            }
+        }
+        debug_assert!(jobs.iter().all(|j| matches!(
+            j.spec.params,
+            JobParams::Train(_) | JobParams::Distill(_) | JobParams::Evaluate(_)
+        )));
+        Ok(Registry::from_jobs(&jobs))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(nexa_runtime::StorageFault::new(
+            nexa_runtime::FaultKind::Unavailable,
+            format!("registry task failed: {e}"),
+        )
+        .into())
+    })
+}

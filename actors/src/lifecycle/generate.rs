@@ -1,0 +1,117 @@
+//! [`GenerateStage`]: a seeded synthetic dataset as a Parquet artifact.
+
+use nexa_compute::{GenerateSpec, Problem, SplitPlan, generate, write_dataset};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams};
+use serde_json::json;
+
+use super::{compute_error, file_name, keep};
+use crate::stage::{BoxFuture, Stage, StageContext, StageError};
+
+/// Classes of a generated dataset: the target binned into this many equally populated
+/// intervals.
+pub const GENERATED_CLASSES: usize = 4;
+
+/// Shares of a generated dataset's rows in its train and validation parts (the test part
+/// gets the rest).
+pub const GENERATED_SPLIT: (f64, f64) = (0.8, 0.1);
+
+/// Makes the dataset of a `generate` job: `domain` is `physics`, `circuits`, a problem
+/// (`pendulum`) or `domain/problem` (`physics/pendulum`); `num_samples` rows; `seed` (the
+/// job's number when absent, so a retry makes the same data). The target is binned into
+/// [`GENERATED_CLASSES`] classes with 1% measurement noise. The Parquet file carries its
+/// schema and the train/validation/test split (80/10/10, by the same seed) that the train,
+/// distill and evaluate stages use; it is the job's `dataset` artifact.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenerateStage;
+
+impl Stage for GenerateStage {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        Box::pin(async move {
+            let JobParams::Generate(params) = &ctx.spec.params else {
+                return Err(StageError::InvalidInput(format!(
+                    "the generate stage runs generate jobs, not {} jobs",
+                    ctx.spec.job_type()
+                )));
+            };
+            let problem: Problem = params
+                .domain
+                .parse()
+                .map_err(|e| compute_error("params.domain", e))?;
+            let seed = params.seed.unwrap_or(ctx.job.0);
+            let rows = usize::try_from(params.num_samples)
+                .map_err(|_| StageError::InvalidInput("params.num_samples is too large".into()))?;
+            let spec = GenerateSpec::new(problem, rows)
+                .seed(seed)
+                .classes(GENERATED_CLASSES);
+            let plan = SplitPlan {
+                train: GENERATED_SPLIT.0,
+                validation: GENERATED_SPLIT.1,
+                seed,
+            };
+            ctx.logs.line(format!(
+                "generating {rows} rows of {problem} (seed {seed}, {GENERATED_CLASSES} classes, \
+                 noise {})",
+                spec.noise
+            ));
+            ctx.progress.set(0.05);
+            tokio::fs::create_dir_all(&ctx.output_dir)
+                .await
+                .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))?;
+            let name = file_name(
+                &format!("{}_{}", problem.domain(), problem.name()),
+                "parquet",
+            );
+            let path = ctx.output_dir.join(&name);
+            let target = path.clone();
+            let made = tokio::task::spawn_blocking(move || {
+                let data = generate(&spec)?.with_split_plan(plan)?;
+                let split = data.planned_split().expect("the plan was just set")?;
+                write_dataset(&data, &target)?;
+                Ok::<_, nexa_compute::ComputeError>((
+                    data.schema().clone(),
+                    [split.train.len(), split.validation.len(), split.test.len()],
+                ))
+            })
+            .await
+            .map_err(|e| StageError::Failed(format!("generation stopped: {e}")))?
+            .map_err(|e| compute_error("generate", e))?;
+            let (schema, sizes) = made;
+            ctx.progress.set(0.7);
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let uri = keep(&ctx, &path, &name, ArtifactKind::Dataset).await?;
+            ctx.logs.line(format!(
+                "{rows} rows: {} train, {} validation, {} test",
+                sizes[0], sizes[1], sizes[2]
+            ));
+            let mut output = JobOutput::default();
+            output.metrics.insert("rows".into(), rows as f64);
+            output
+                .metrics
+                .insert("features".into(), schema.features.len() as f64);
+            output
+                .metrics
+                .insert("classes".into(), GENERATED_CLASSES as f64);
+            output.artifacts.insert("dataset".into(), uri.clone());
+            output.result_json = Some(
+                json!({
+                    "dataset": uri,
+                    "format": "parquet",
+                    "problem": problem.to_string(),
+                    "seed": seed,
+                    "rows": rows,
+                    "noise": spec.noise,
+                    "task": {"kind": "classification", "classes": GENERATED_CLASSES},
+                    "schema": schema,
+                    "split": {
+                        "train": sizes[0], "validation": sizes[1], "test": sizes[2],
+                        "seed": seed,
+                    },
+                })
+                .to_string(),
+            );
+            Ok(output)
+        })
+    }
+}

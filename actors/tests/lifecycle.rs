@@ -1,0 +1,366 @@
+//! The built-in lifecycle stages through a real control plane and workers in one process:
+//! generate → audit → train a teacher → distill a student → evaluate both, each job reading
+//! the previous one's artifact by its `nexa://` URI; the registry's lineage; a training job
+//! whose worker is lost resuming on another from the last checkpoint kept with the control
+//! plane; and the clear failures users meet first.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nexa_actors::*;
+use nexa_compute::{CpuBackend, Mlp};
+use nexa_runtime::*;
+use nexa_transport::Trust;
+
+const TOKEN: &str = "lifecycle-test-token";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    plane: ControlPlane,
+}
+
+async fn cluster(lease_ttl: Duration) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ControlPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("plane"),
+        TOKEN,
+    );
+    config.store.lease_ttl = lease_ttl;
+    config.store.retry.base = Duration::from_millis(50);
+    config.heartbeat = Duration::from_millis(200);
+    config.long_poll = Duration::from_secs(2);
+    let plane = ControlPlane::start(config).await.unwrap();
+    Cluster { dir, plane }
+}
+
+impl Cluster {
+    async fn worker(&self, name: &str) -> WorkerNode {
+        let trust = Trust::Fingerprint(self.plane.fingerprint());
+        let mut config = WorkerConfig::new(
+            self.plane.addr(),
+            trust,
+            TOKEN,
+            WorkerId::new(name).unwrap(),
+            builtin_stages(),
+            self.dir.path().join(name),
+        );
+        config.restart.backoff = Duration::from_millis(20);
+        WorkerNode::start(config).await.unwrap()
+    }
+
+    async fn submit(&self, params: JobParams) -> JobId {
+        self.plane.submit(JobSpec::new(params)).await.unwrap().id
+    }
+
+    /// Waits until the job is final; returns it.
+    async fn finished(&self, id: JobId) -> Job {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = self.plane.get(id).await.unwrap();
+            if job.state.is_terminal() {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is {} after 120 s: {:#?}",
+                job.state,
+                job.events
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn succeeded(&self, id: JobId) -> JobOutput {
+        let job = self.finished(id).await;
+        assert_eq!(
+            job.state,
+            JobState::Succeeded,
+            "{id}: {:?}\nlogs: {:#?}",
+            job.error,
+            self.logs(id).await
+        );
+        job.output.unwrap()
+    }
+
+    async fn logs(&self, id: JobId) -> Vec<String> {
+        self.plane
+            .logs(id, LogQuery::default())
+            .await
+            .unwrap()
+            .lines
+            .into_iter()
+            .map(|l| l.text)
+            .collect()
+    }
+
+    /// The bytes of an artifact, read back from the control plane's store.
+    fn artifact(&self, uri: &str) -> Vec<u8> {
+        let digest = parse_artifact_uri(uri)
+            .unwrap_or_else(|| panic!("{uri} is not an artifact URI"))
+            .unwrap();
+        std::fs::read(self.plane.artifacts().blob_path(digest)).unwrap()
+    }
+}
+
+fn generate(samples: u64) -> JobParams {
+    JobParams::Generate(GenerateParams {
+        domain: "physics".into(),
+        num_samples: samples,
+        seed: Some(7),
+    })
+}
+
+fn train(model: &str, dataset: &str, epochs: u32, hyper: &[(&str, ParamValue)]) -> JobParams {
+    JobParams::Train(TrainParams {
+        model_id: model.into(),
+        dataset_uri: dataset.into(),
+        epochs,
+        hyperparameters: hyper
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    })
+}
+
+fn evaluate(model: &str, dataset: &str) -> JobParams {
+    JobParams::Evaluate(EvaluateParams {
+        model_id: model.into(),
+        dataset_uri: dataset.into(),
+        metrics: vec![],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1").await;
+
+    let generated = c.submit(generate(4000)).await;
+    let out = c.succeeded(generated).await;
+    let dataset = out.artifacts["dataset"].clone();
+    assert!(dataset.starts_with(ARTIFACT_URI_PREFIX), "{dataset}");
+    assert_eq!(out.metrics["rows"], 4000.0);
+    // The dataset is kept by the control plane, as Parquet, named after its job.
+    let bytes = c.artifact(&dataset);
+    assert_eq!(&bytes[..4], b"PAR1");
+    let digest = parse_artifact_uri(&dataset).unwrap().unwrap();
+    let meta = c.plane.artifacts().stat(digest).unwrap().unwrap();
+    assert_eq!(meta.job, Some(generated));
+    assert_eq!(meta.kind, ArtifactKind::Dataset);
+
+    // The audit reads it by URI too.
+    let audited = c
+        .submit(JobParams::Audit(AuditParams {
+            dataset_uri: dataset.clone(),
+            label_column: Some("range_m_class".into()),
+            expected_sha256: Some(digest.to_string()),
+        }))
+        .await;
+    let audit = c.succeeded(audited).await;
+    assert_eq!(audit.metrics["rows"], 4000.0);
+
+    let teacher = c
+        .submit(train(
+            "teacher",
+            &dataset,
+            6,
+            &[
+                ("base", ParamValue::Text("teacher_large".into())),
+                ("batch_size", ParamValue::Int(64)),
+                ("learning_rate", ParamValue::Float(2e-3)),
+            ],
+        ))
+        .await;
+    let teacher_out = c.succeeded(teacher).await;
+    let teacher_model = teacher_out.artifacts[MODEL_ARTIFACT].clone();
+    assert!(teacher_out.metrics["steps"] > 0.0);
+    let logs = c.logs(teacher).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("samples/s") && l.contains("eta")),
+        "{logs:#?}"
+    );
+
+    let distilled = c
+        .submit(JobParams::Distill(DistillParams {
+            teacher_model: "teacher".into(),
+            student_model: "student".into(),
+            dataset_uri: dataset.clone(),
+            temperature: 2.0,
+            epochs: 6,
+        }))
+        .await;
+    let student_out = c.succeeded(distilled).await;
+    let labelled = &student_out.artifacts["teacher_labelled"];
+    assert!(student_out.metrics["teacher_agreement"] > 0.5);
+
+    let eval_teacher = c.submit(evaluate("teacher", &dataset)).await;
+    let eval_student = c.submit(evaluate("student:1", &dataset)).await;
+    let teacher_eval = c.succeeded(eval_teacher).await;
+    let student_eval = c.succeeded(eval_student).await;
+    // Four balanced classes: chance is 0.25. The teacher learns the law well beyond it.
+    let accuracy = teacher_eval.metrics["accuracy"];
+    assert!(
+        accuracy > 0.7,
+        "teacher accuracy on the test split: {accuracy}"
+    );
+    assert!(student_eval.metrics.contains_key("teacher_agreement"));
+    assert!(student_eval.metrics["accuracy"] > 0.4);
+
+    // The registry: both models, the student's teacher, and both evaluations on the
+    // versions they scored; the teacher-labelled dataset is the distill job's.
+    let registry = c.plane.registry().await.unwrap();
+    let t = &registry.versions("teacher")[0];
+    assert_eq!(
+        (t.version, t.job, t.uri.as_str()),
+        (1, teacher, teacher_model.as_str())
+    );
+    assert_eq!(t.dataset_uri, dataset);
+    assert_eq!(t.evaluations, [eval_teacher]);
+    let s = &registry.versions("student")[0];
+    assert_eq!(s.made_by, JobType::Distill);
+    assert_eq!(s.teacher.as_deref(), Some("teacher"));
+    assert_eq!(s.evaluations, [eval_student]);
+    let labelled = c
+        .plane
+        .artifacts()
+        .stat(parse_artifact_uri(labelled).unwrap().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(labelled.job, Some(distilled));
+    // Follow the student back to the generate job whose data it learned from.
+    let source = parse_artifact_uri(&s.dataset_uri).unwrap().unwrap();
+    assert_eq!(
+        c.plane.artifacts().stat(source).unwrap().unwrap().job,
+        Some(generated)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_s_training_resumes_elsewhere_from_its_last_kept_checkpoint() {
+    let c = cluster(Duration::from_millis(1500)).await;
+    let generated = {
+        let w = c.worker("gen").await;
+        let id = c.submit(generate(6000)).await;
+        let uri = c.succeeded(id).await.artifacts["dataset"].clone();
+        w.drain().await;
+        uri
+    };
+    let hyper = [
+        ("base", ParamValue::Text("medium".into())),
+        ("batch_size", ParamValue::Int(16)),
+        ("checkpoint_every", ParamValue::Int(25)),
+    ];
+    // The same training, uninterrupted, for the weights to compare with.
+    let straight = {
+        let w = c.worker("straight").await;
+        let id = c.submit(train("straight", &generated, 3, &hyper)).await;
+        let uri = c.succeeded(id).await.artifacts[MODEL_ARTIFACT].clone();
+        w.drain().await;
+        uri
+    };
+
+    let a = c.worker("a").await;
+    let id = c.submit(train("resumed", &generated, 3, &hyper)).await;
+    // Let worker a get well into training (a checkpoint kept), then lose it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let logs = c.logs(id).await;
+        if logs
+            .iter()
+            .any(|l| l.contains("checkpoint at step") && l.contains("kept"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint kept: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.stop().await;
+    let _b = c.worker("b").await;
+    let out = c.succeeded(id).await;
+    let job = c.plane.get(id).await.unwrap();
+    assert_eq!(job.attempts.len(), 2, "{:#?}", job.attempts);
+    assert_eq!(job.attempts[1].worker.as_str(), "b");
+    let resumed_from = out.metrics["resumed_from_step"];
+    assert!(resumed_from > 0.0, "resumed from step {resumed_from}");
+
+    // On the CPU the resumed run ends with exactly the weights of the uninterrupted one.
+    let load = |uri: &str| {
+        let file = c.dir.path().join(format!("{}.safetensors", uri.len()));
+        std::fs::write(&file, c.artifact(uri)).unwrap();
+        Mlp::load(&CpuBackend, &file).unwrap()
+    };
+    let (x, y) = (load(&straight), load(&out.artifacts[MODEL_ARTIFACT]));
+    for (lx, ly) in x.layers().iter().zip(y.layers()) {
+        assert_eq!(lx.weight, ly.weight);
+        assert_eq!(lx.bias, ly.bias);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_cannot_work_fail_at_once_and_say_why() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1").await;
+    let generated = c.submit(generate(500)).await;
+    let dataset = c.succeeded(generated).await.artifacts["dataset"].clone();
+
+    let cases = [
+        (
+            JobParams::Distill(DistillParams {
+                teacher_model: "gpt-4o".into(),
+                student_model: "llama-3-8b".into(),
+                dataset_uri: dataset.clone(),
+                temperature: 2.0,
+                epochs: 1,
+            }),
+            "\"gpt-4o\" is not in the registry",
+        ),
+        (
+            train("m", "s3://nexa-data/distilled_physics.parquet", 1, &[]),
+            "cannot read s3://nexa-data/distilled_physics.parquet",
+        ),
+        (
+            train("m", "/no/such/file.parquet", 1, &[]),
+            "/no/such/file.parquet",
+        ),
+        (
+            train(
+                "m",
+                &dataset,
+                1,
+                &[("prompt_template", ParamValue::Text("Q: {q}".into()))],
+            ),
+            "unknown hyperparameter \"prompt_template\"",
+        ),
+        (
+            generate_domain("chemistry"),
+            "\"chemistry\" is not a known problem",
+        ),
+        (
+            evaluate("nobody", &dataset),
+            "\"nobody\" is not in the registry",
+        ),
+    ];
+    for (params, expected) in cases {
+        let id = c.submit(params).await;
+        let job = c.finished(id).await;
+        assert_eq!(job.state, JobState::Failed, "{id}");
+        let error = job.error.unwrap();
+        assert_eq!(error.class, FailureClass::InvalidInput, "{}", error.message);
+        assert!(
+            error.message.contains(expected),
+            "{id}: {:?} does not say {expected:?}",
+            error.message
+        );
+        assert_eq!(job.attempts.len(), 1, "invalid input is not retried");
+    }
+}
+
+fn generate_domain(domain: &str) -> JobParams {
+    JobParams::Generate(GenerateParams {
+        domain: domain.into(),
+        num_samples: 10,
+        seed: None,
+    })
+}
