@@ -1,5 +1,5 @@
-//! The client commands: `submit`, `jobs`, `job`, `logs`, `cancel`, `workers`, `wait`, and
-//! `token create`. They talk to the HTTP API (`--api`, or `NEXA_API_URL`), as any other client
+//! The client commands: `submit`, `jobs`, `job`, `logs`, `cancel`, `workers`, `wait`,
+//! `artifacts list|get`, `models`, and `token create`. They talk to the HTTP API (`--api`, or `NEXA_API_URL`), as any other client
 //! would.
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 
 use crate::http::auth::{self, Scope};
 use crate::options::{
-    CancelArgs, ClientArgs, Command, JobArgs, JobsArgs, LogsArgs, SubmitArgs, TokenCommand,
+    ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
+    LogsArgs, ModelsArgs, SubmitArgs, TokenCommand,
 };
 
 /// `nexa token create`.
@@ -47,6 +48,9 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Cancel(args) => cancel(args),
         Command::Workers(args) => workers(&args),
         Command::Wait(args) => wait(&args.client.clone(), &args.id, args.timeout),
+        Command::Artifacts(ArtifactsCommand::List(args)) => artifacts(&args),
+        Command::Artifacts(ArtifactsCommand::Get(args)) => download(&args),
+        Command::Models(args) => models(&args),
         Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
             bail!("not a client command")
         }
@@ -235,6 +239,190 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
         }
     }
     q
+}
+
+fn size(v: &Value) -> String {
+    let Some(n) = v.as_u64() else {
+        return "-".into();
+    };
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / f64::from(1 << 30)),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / f64::from(1 << 10)),
+        n => format!("{n} B"),
+    }
+}
+
+fn artifacts(args: &JobArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let list = api.get(&format!("/jobs/{}/artifacts", encode(&args.id)))?;
+    if args.client.json {
+        println!("{list:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list["artifacts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                text(&a["name"]),
+                text(&a["kind"]),
+                size(&a["size"]),
+                text(&a["uri"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("{} made no artifacts", args.id);
+    } else {
+        table(&["NAME", "KIND", "SIZE", "URI"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The SHA-256 an artifact argument names: a `nexa://artifacts/` URI or the bare digest.
+fn artifact_digest(arg: &str) -> Result<String> {
+    let hex = arg
+        .strip_prefix(nexa_runtime::ARTIFACT_URI_PREFIX)
+        .unwrap_or(arg);
+    hex.parse::<nexa_runtime::Digest>()
+        .map(|d| d.to_string())
+        .map_err(|_| {
+            anyhow!("{arg:?} is not an artifact: give its URI (nexa://artifacts/<sha256>) or its SHA-256")
+        })
+}
+
+fn download(args: &ArtifactGetArgs) -> Result<ExitCode> {
+    use sha2::Digest as _;
+    let api = Api::new(&args.client);
+    let digest = artifact_digest(&args.artifact)?;
+    let meta = api.get(&format!("/artifacts/{digest}"))?;
+    let name = meta["name"].as_str().unwrap_or(&digest).to_owned();
+    let target = match &args.output {
+        Some(p) if p.is_dir() => p.join(&name),
+        Some(p) => p.clone(),
+        None => std::path::PathBuf::from(&name),
+    };
+    let res = api
+        .auth(
+            api.streaming
+                .get(&api.url(&format!("/artifacts/{digest}/content"))),
+        )
+        .call()
+        .map_err(|e| api.unreachable(e))?;
+    if res.status().as_u16() >= 400 {
+        Api::answer(res)?;
+        bail!("the download failed");
+    }
+    let part = target.with_extension("part");
+    let mut file =
+        std::fs::File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
+    let mut body = res.into_body();
+    let mut reader = body.as_reader();
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).context("the download broke off")?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", part.display()))?;
+        total += n as u64;
+    }
+    file.sync_all().ok();
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got != digest {
+        let _ = std::fs::remove_file(&part);
+        bail!("the download of {digest} hashes to {got}: damaged in transit, try again");
+    }
+    std::fs::rename(&part, &target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    println!(
+        "{} ({}, {total} bytes, sha256 checked)",
+        target.display(),
+        text(&meta["kind"])
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models(args: &ModelsArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let answer = match &args.name {
+        Some(name) => api.get(&format!("/models/{}", encode(name)))?,
+        None => api.get("/models")?,
+    };
+    if args.client.json {
+        println!("{answer:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let metrics = |v: &Value| -> String {
+        v.as_object()
+            .map(|m| {
+                ["accuracy", "test_score", "final_loss", "teacher_agreement"]
+                    .iter()
+                    .filter_map(|k| {
+                        m.get(*k)
+                            .and_then(Value::as_f64)
+                            .map(|x| format!("{k} {x:.4}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let version_row = |v: &Value| {
+        vec![
+            format!("{}:{}", text(&v["name"]), text(&v["version"])),
+            text(&v["made_by"]),
+            text(&v["job_id"]),
+            text(&v["generated_by"]),
+            v["evaluations"]
+                .as_array()
+                .map(|e| e.iter().map(text).collect::<Vec<_>>().join(" "))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into()),
+            metrics(&v["metrics"]),
+        ]
+    };
+    let header = [
+        "MODEL",
+        "MADE BY",
+        "JOB",
+        "DATA FROM",
+        "EVALUATED BY",
+        "METRICS",
+    ];
+    let rows: Vec<Vec<String>> = match &args.name {
+        Some(_) => answer["versions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(version_row)
+            .collect(),
+        None => answer["models"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| version_row(&m["latest"]))
+            .collect(),
+    };
+    if rows.is_empty() {
+        println!("no models are registered yet: a succeeded train job registers its model_id");
+    } else {
+        table(&header, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Percent-encodes a query value.

@@ -56,6 +56,39 @@ pub(crate) enum Command {
     Workers(ClientArgs),
     /// Wait for a job to finish, showing its progress; exits non-zero unless it succeeded.
     Wait(WaitArgs),
+    /// List a job's artifacts, or download one.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+    /// List the registered models, or show one with its versions and lineage.
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArtifactsCommand {
+    /// The artifacts a job made.
+    List(JobArgs),
+    /// Download an artifact (checked against its SHA-256).
+    Get(ArtifactGetArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArtifactGetArgs {
+    /// The artifact: its URI (nexa://artifacts/<sha256>) or its SHA-256.
+    pub(crate) artifact: String,
+    /// Where to write it: a file, or a folder to put it in under its own name (default: the
+    /// current folder).
+    #[arg(short, long)]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelsArgs {
+    /// A model's name, to show its versions.
+    pub(crate) name: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@
 //! answer everywhere.
 
 mod api;
+mod artifacts;
 pub(crate) mod auth;
 mod error;
 mod jobs;
@@ -103,6 +104,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::logs,
         jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
         workers::register, workers::list, workers::heartbeat, workers::next_job,
+        artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
         ops::healthz, ops::metrics,
     ),
     modifiers(&BearerAuth),
@@ -184,6 +186,16 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/jobs/{id}/progress", "POST").route(web::post().to(jobs::progress)))
         .service(resource("/api/jobs/{id}/complete", "POST").route(web::post().to(jobs::complete)))
         .service(resource("/api/jobs/{id}/fail", "POST").route(web::post().to(jobs::fail)))
+        .service(
+            resource("/api/jobs/{id}/artifacts", "GET").route(web::get().to(artifacts::of_job)),
+        )
+        .service(resource("/api/artifacts/{sha256}", "GET").route(web::get().to(artifacts::get)))
+        .service(
+            resource("/api/artifacts/{sha256}/content", "GET")
+                .route(web::get().to(artifacts::content)),
+        )
+        .service(resource("/api/models", "GET").route(web::get().to(artifacts::models)))
+        .service(resource("/api/models/{name:.+}", "GET").route(web::get().to(artifacts::model)))
         .service(resource("/api/workers", "GET").route(web::get().to(workers::list)))
         .service(resource("/api/workers/register", "POST").route(web::post().to(workers::register)))
         .service(resource("/api/workers/next_job", "GET").route(web::get().to(workers::next_job)))
