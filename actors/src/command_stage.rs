@@ -4,7 +4,7 @@
 //!
 //! | variable               | value                                                        |
 //! |------------------------|--------------------------------------------------------------|
-//! | `NEXA_JOB_FILE`        | a JSON file: `id`, `attempt`, `job_type`, `params`, `resources`, `gpus` |
+//! | `NEXA_JOB_FILE`        | a JSON file with the API's field names: `job_id`, `attempt`, `job_type`, `params`, `resources`, `priority`, `max_attempts`, `timeout_seconds`, `gpus` |
 //! | `NEXA_OUTPUT_DIR`      | this attempt's folder for artifacts and `result.json`        |
 //! | `NEXA_CHECKPOINT_DIR`  | kept across attempts: resume from here                       |
 //! | `CUDA_VISIBLE_DEVICES` | the assigned GPUs, comma-separated (empty for none)          |
@@ -72,13 +72,14 @@ fn job_document(ctx: &StageContext) -> Result<Value, serde_json::Error> {
     let params = params_json(&ctx.spec.params);
     let spec: &JobSpec = &ctx.spec;
     Ok(json!({
-        "id": ctx.job.to_string(),
+        "job_id": ctx.job.to_string(),
         "attempt": ctx.attempt,
         "job_type": spec.job_type().as_str(),
         "params": params,
         "resources": serde_json::to_value(&spec.resources)?,
         "priority": spec.priority,
-        "timeout_secs": spec.timeout.as_secs(),
+        "max_attempts": spec.max_attempts,
+        "timeout_seconds": spec.timeout.as_secs(),
         "gpus": ctx.gpus,
     }))
 }

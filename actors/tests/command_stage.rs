@@ -85,7 +85,8 @@ async fn a_program_gets_the_job_and_its_result_becomes_the_output() {
         .find(|l| l.starts_with("job file: "))
         .expect("job file line");
     let doc: serde_json::Value = serde_json::from_str(&job_line["job file: ".len()..]).unwrap();
-    assert_eq!(doc["id"], "job-42");
+    assert_eq!(doc["job_id"], "job-42");
+    assert_eq!(doc["timeout_seconds"], 86_400);
     assert_eq!(doc["job_type"], "train");
     assert_eq!(doc["params"]["model_id"], "tiny-mlp");
     assert_eq!(doc["params"]["epochs"], 3);

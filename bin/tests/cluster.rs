@@ -90,6 +90,23 @@ fn worker(
     Proc(child)
 }
 
+/// A worker process with the built-in stages only.
+fn builtin_worker(plane: &ControlPlane, dir: &Path, name: &str) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(NEXA)
+        .args(["worker", "--server", &plane.addr().to_string()])
+        .args(["--fingerprint", &plane.fingerprint().to_string()])
+        .args(["--token", TOKEN, "--name", name])
+        .arg("--work-dir")
+        .arg(dir.join(name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
 fn plane_worker(
     plane: &ControlPlane,
     dir: &Path,
@@ -152,13 +169,19 @@ async fn wait_worker(plane: &ControlPlane, name: &str) {
 async fn a_job_runs_on_a_worker_process_with_its_logs_and_result_stored() {
     let dir = tempfile::tempdir().unwrap();
     let plane = plane(dir.path(), Duration::from_secs(10)).await;
-    let handler = r#"echo "epoch 1 loss 0.5"; echo "warning: slow disk" >&2; echo NEXA_PROGRESS 1; printf '{"metrics":{"loss":0.5},"artifacts":{"model":"file:///m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json""#;
+    let handler = r#"echo "epoch 1 loss 0.5"; echo "warning: slow disk" >&2; echo NEXA_PROGRESS 1; echo weights > "$NEXA_OUTPUT_DIR/m.bin"; printf '{"metrics":{"loss":0.5},"artifacts":{"model":"m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json""#;
     let _w = plane_worker(&plane, dir.path(), "w1", handler, &[]);
     let id = plane.submit(train("tiny", 0)).await.unwrap().id;
     let job = wait_state(&plane, id, JobState::Succeeded).await;
     let output = job.output.unwrap();
     assert_eq!(output.metrics["loss"], 0.5);
-    assert_eq!(output.artifacts["model"], "file:///m.bin");
+    // The file the program listed was uploaded: it outlives the worker, named by content.
+    let uri = &output.artifacts["model"];
+    let digest = parse_artifact_uri(uri).expect("a nexa:// URI").unwrap();
+    let kept = std::fs::read(plane.artifacts().blob_path(digest)).unwrap();
+    assert_eq!(kept, b"weights\n");
+    let meta = plane.artifacts().stat(digest).unwrap().unwrap();
+    assert_eq!((meta.name.as_str(), meta.job), ("m.bin", Some(id)));
     let logs = plane.logs(id, LogQuery::default()).await.unwrap();
     let text: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
     assert!(
@@ -466,4 +489,69 @@ async fn a_worker_told_to_stop_finishes_its_job_before_it_leaves() {
         workers.is_empty().then_some(())
     })
     .await;
+}
+
+/// A worker killed with SIGKILL in the middle of a built-in `train` job: the job's next
+/// attempt, on another worker process, resumes from the last checkpoint the first kept with
+/// the control plane (not from step 0), and ends with the very model an uninterrupted run
+/// makes: the same bytes, so the same artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_train_job_killed_with_its_worker_resumes_on_another_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_millis(1500)).await;
+    let mut a = builtin_worker(&plane, dir.path(), "a");
+    wait_worker(&plane, "a").await;
+    let generated = plane
+        .submit(JobSpec::new(JobParams::Generate(GenerateParams {
+            domain: "physics".into(),
+            num_samples: 6000,
+            seed: Some(3),
+        })))
+        .await
+        .unwrap()
+        .id;
+    let dataset = wait_state(&plane, generated, JobState::Succeeded)
+        .await
+        .output
+        .unwrap()
+        .artifacts["dataset"]
+        .clone();
+    let spec = |model: &str| {
+        JobSpec::new(JobParams::Train(TrainParams {
+            model_id: model.into(),
+            dataset_uri: dataset.clone(),
+            epochs: 3,
+            hyperparameters: BTreeMap::from([
+                ("batch_size".into(), ParamValue::Int(16)),
+                ("checkpoint_every".into(), ParamValue::Int(25)),
+            ]),
+        }))
+    };
+    let straight = plane.submit(spec("straight")).await.unwrap().id;
+    let straight = wait_state(&plane, straight, JobState::Succeeded)
+        .await
+        .output
+        .unwrap()
+        .artifacts[MODEL_ARTIFACT]
+        .clone();
+
+    let id = plane.submit(spec("resumed")).await.unwrap().id;
+    eventually("a checkpoint kept by worker a", async || {
+        let logs = plane.logs(id, LogQuery::default()).await.ok()?;
+        logs.lines
+            .iter()
+            .any(|l| l.text.starts_with("checkpoint at step") && l.text.ends_with("kept"))
+            .then_some(())
+    })
+    .await;
+    a.sigkill();
+    let _b = builtin_worker(&plane, dir.path(), "b");
+    let job = wait_state(&plane, id, JobState::Succeeded).await;
+    assert_eq!(job.attempts.len(), 2, "{:#?}", job.attempts);
+    assert_eq!(job.attempts[0].worker.as_str(), "a");
+    assert_eq!(job.attempts[1].worker.as_str(), "b");
+    let output = job.output.unwrap();
+    let resumed_from = output.metrics["resumed_from_step"];
+    assert!(resumed_from > 0.0, "resumed from step {resumed_from}");
+    assert_eq!(output.artifacts[MODEL_ARTIFACT], straight);
 }
