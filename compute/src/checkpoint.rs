@@ -86,8 +86,45 @@ fn serialize(
             .map_err(|e| ComputeError::invalid("tensor", format!("{name}: {e}")))?;
         views.push((name.clone(), view));
     }
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| ComputeError::invalid("tensors", e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| ComputeError::invalid("tensors", e.to_string()))?;
+    canonical(bytes)
+}
+
+/// The same safetensors file with its header's keys in sorted order. safetensors writes the
+/// metadata map in hash order, which differs from one process to the next; sorted, equal
+/// models and checkpoints are equal bytes, so they get one content address as artifacts.
+fn canonical(bytes: Vec<u8>) -> Result<Vec<u8>, ComputeError> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Tensor {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [u64; 2],
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Tensor(Tensor),
+        Metadata(std::collections::BTreeMap<String, String>),
+    }
+    let bad = |why: String| ComputeError::invalid("tensors", why);
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("no header".into()))?;
+    let header = bytes
+        .get(8..8 + len)
+        .ok_or_else(|| bad("a header longer than the file".into()))?;
+    let entries: std::collections::BTreeMap<String, Entry> =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
+    let mut header = serde_json::to_vec(&entries).map_err(|e| bad(format!("header: {e}")))?;
+    // Padded with spaces so the data starts 8-byte aligned, as safetensors writes it.
+    header.resize((8 + header.len()).next_multiple_of(8) - 8, b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - len);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + len..]);
+    Ok(out)
 }
 
 fn deserialize(
@@ -324,6 +361,29 @@ mod tests {
         let mut map = TensorMap::new();
         map.insert("w".into(), Array2::from_elem((2, 3), v));
         map
+    }
+
+    /// Regression: safetensors wrote the metadata map in hash order, so the same model saved
+    /// by two processes was two different files (and two artifacts).
+    #[test]
+    fn equal_tensors_and_metadata_are_equal_bytes() {
+        let serialized = || {
+            let metadata: HashMap<String, String> = (0..8)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect();
+            let mut map = tensors(1.5);
+            map.insert("b".into(), Array2::from_elem((1, 3), -2.0));
+            serialize(&map, metadata).unwrap()
+        };
+        let first = serialized();
+        for _ in 0..20 {
+            assert_eq!(serialized(), first);
+        }
+        assert_eq!(u64::from_le_bytes(first[..8].try_into().unwrap()) % 8, 0);
+        let (back, metadata) = deserialize(&first, Path::new("x")).unwrap();
+        assert_eq!(back["w"], Array2::from_elem((2, 3), 1.5));
+        assert_eq!(back["b"], Array2::from_elem((1, 3), -2.0));
+        assert_eq!(metadata["key7"], "value7");
     }
 
     #[test]
