@@ -1,5 +1,6 @@
 """Python client for Nexa Forge: submit ML lifecycle jobs (generate, audit, distill, train,
-evaluate, deploy), follow their logs, and wait for their results over the HTTP API.
+evaluate, deploy), follow their logs, wait for their results, download the artifacts they
+made and read the model registry, over the HTTP API.
 
 Example::
 
@@ -11,14 +12,25 @@ Example::
         print(line.text)
     job = client.wait(job)
     print(job.status, job.result.metrics if job.result else job.error)
+    client.download(job.result.artifacts["dataset"])   # the generated Parquet file
 
 The package has no dependencies beyond the standard library.
 """
 
-from .client import DEFAULT_API_URL, JobRef, NexaForgeClient, __version__
+from .artifacts import (
+    ARTIFACT_URI_PREFIX,
+    Artifact,
+    ArtifactKind,
+    Model,
+    ModelSummary,
+    ModelVersion,
+    artifact_digest,
+)
+from .client import DEFAULT_API_URL, ArtifactRef, JobRef, NexaForgeClient, __version__
 from .errors import (
     AuthenticationError,
     ConflictError,
+    IntegrityError,
     NexaForgeError,
     NotFoundError,
     ServerUnavailableError,
@@ -42,6 +54,14 @@ __all__ = [
     "Event",
     "LogLine",
     "Worker",
+    "ArtifactRef",
+    "Artifact",
+    "ArtifactKind",
+    "ARTIFACT_URI_PREFIX",
+    "artifact_digest",
+    "Model",
+    "ModelSummary",
+    "ModelVersion",
     "NexaForgeError",
     "ValidationError",
     "AuthenticationError",
@@ -49,5 +69,6 @@ __all__ = [
     "ConflictError",
     "ServerUnavailableError",
     "WaitTimeoutError",
+    "IntegrityError",
     "__version__",
 ]

@@ -15,6 +15,10 @@ Its methods come in four groups:
 - **wait**: :meth:`~NexaForgeClient.wait` polls until a job finishes;
   ``logs(job, follow=True)`` streams its lines as they are printed and ends when it finishes.
 - **change**: :meth:`~NexaForgeClient.cancel`.
+- **artifacts and models**: :meth:`~NexaForgeClient.artifact`,
+  :meth:`~NexaForgeClient.artifacts` (what a job made), :meth:`~NexaForgeClient.download`
+  (checked against its SHA-256), :meth:`~NexaForgeClient.models` and
+  :meth:`~NexaForgeClient.model` (the model registry).
 
 Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass. No request is retried
 on its own; only a followed log stream that drops is reopened where it stopped.
@@ -22,20 +26,24 @@ on its own; only a followed log stream that drops is reopened where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
+import tempfile
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
-from .errors import NexaForgeError, WaitTimeoutError
+from .artifacts import Artifact, Model, ModelSummary, ModelVersion, artifact_digest
+from .errors import IntegrityError, NexaForgeError, WaitTimeoutError
 from .jobs import Event, Job, JobPage, JobStatus, JobType, LogLine
 from .sse import read_events
 from .transport import Transport
 from .workers import Worker
 
-__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef"]
+__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef", "ArtifactRef"]
 
 __version__ = "0.1.0"
 
@@ -45,7 +53,13 @@ DEFAULT_API_URL = "http://localhost:8000/api"
 JobRef = Union[str, Job]
 """A job, or its id (``"job-42"``)."""
 
+ArtifactRef = Union[str, Artifact, ModelVersion]
+"""An artifact: its URI (``nexa://artifacts/<sha256>``), the SHA-256 alone, an
+:class:`Artifact`, or a :class:`ModelVersion` (its weights)."""
+
 HyperparameterValue = Union[bool, int, float, str]
+
+_DOWNLOAD_CHUNK = 1 << 20
 
 _JOB_OPTIONS = (
     "priority",
@@ -538,6 +552,131 @@ class NexaForgeClient:
         _, data = self._transport.request("POST", path, body=body)
         return Job.from_dict(_object(data, f"POST {path}"))
 
+    # ---------------------------------------------------------------- artifacts and models
+
+    def artifact(self, ref: ArtifactRef) -> Artifact:
+        """What the control plane knows of an artifact: name, kind, size, the job that made
+        it.
+
+        Args:
+            ref: ``nexa://artifacts/<sha256>``, the 64 hex digits alone, an
+                :class:`Artifact` or a :class:`ModelVersion`.
+
+        Raises:
+            NotFoundError: the control plane keeps no artifact with that digest.
+            ValueError: ``ref`` does not name an artifact (a ``file://`` or ``s3://`` URI,
+                say).
+        """
+        path = f"/artifacts/{_artifact_digest(ref)}"
+        _, data = self._transport.request("GET", path)
+        return Artifact.from_dict(_object(data, f"GET {path}"))
+
+    def artifacts(self, job_id: JobRef) -> List[Artifact]:
+        """The artifacts a job made (its dataset, model, checkpoints, reports), by name.
+
+        Raises:
+            NotFoundError: there is no such job.
+        """
+        path = f"/jobs/{_quote(_job_id(job_id))}/artifacts"
+        _, data = self._transport.request("GET", path)
+        items = _object(data, f"GET {path}").get("artifacts")
+        if not isinstance(items, list):
+            return []
+        return [Artifact.from_dict(a) for a in items if isinstance(a, Mapping)]
+
+    def download(
+        self, ref: ArtifactRef, path: Optional[Union[str, "os.PathLike[str]"]] = None
+    ) -> Path:
+        """Downloads an artifact's content and answers where it was written.
+
+        The bytes are streamed to a temporary file beside the destination, their SHA-256 is
+        checked against the digest that names the artifact, and only then is the file moved
+        into place (replacing a file that is there).
+
+        Args:
+            ref: ``nexa://artifacts/<sha256>``, the 64 hex digits alone, an
+                :class:`Artifact` or a :class:`ModelVersion`.
+            path: where to write it. ``None``: a file named by the artifact's name in the
+                current folder; an existing folder: that name inside it; anything else:
+                that file.
+
+        Raises:
+            NotFoundError: the control plane keeps no artifact with that digest.
+            IntegrityError: what arrived does not have that SHA-256 (nothing is written).
+            ServerUnavailableError: the server could not be reached, or the transfer
+                stopped part way.
+            ValueError: ``ref`` does not name an artifact.
+        """
+        digest = _artifact_digest(ref)
+        dest = Path(path) if path is not None else None
+        if dest is None or dest.is_dir():
+            name = ref.name if isinstance(ref, Artifact) and ref.name else ""
+            if not name:
+                name = self.artifact(digest).name
+            folder = dest if dest is not None else Path.cwd()
+            dest = folder / _safe_file_name(name, digest)
+        url_path = f"/artifacts/{digest}/content"
+        folder = dest.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
+        tmp = Path(tmp_name)
+        try:
+            hasher = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                with self._transport.open_binary(url_path) as resp:
+                    while True:
+                        try:
+                            chunk = resp.read(_DOWNLOAD_CHUNK)
+                        except (OSError, http.client.HTTPException) as e:
+                            raise self._transport.interrupted(
+                                f"downloading {digest}", e
+                            ) from None
+                        if not chunk:
+                            break
+                        hasher.update(chunk)
+                        out.write(chunk)
+            actual = hasher.hexdigest()
+            if actual != digest:
+                raise IntegrityError(
+                    f"the content downloaded for nexa://artifacts/{digest} has SHA-256 "
+                    f"{actual}; it is not the artifact asked for (nothing was written to "
+                    f"{dest})",
+                    expected=digest,
+                    actual=actual,
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        return dest
+
+    def models(self) -> List[ModelSummary]:
+        """The registered models, by name, each with its version count and latest version."""
+        _, data = self._transport.request("GET", "/models")
+        items = _object(data, "GET /models").get("models")
+        if not isinstance(items, list):
+            return []
+        return [ModelSummary.from_dict(m) for m in items if isinstance(m, Mapping)]
+
+    def model(self, name: str) -> Model:
+        """A registered model with all its versions, oldest first.
+
+        Args:
+            name: the model's name: a train job's ``model_id`` or a distill job's
+                ``student_model``.
+
+        Raises:
+            NotFoundError: no model has that name; the message lists those that exist.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"expected a model name such as 'teacher', not {name!r}")
+        path = f"/models/{_quote(name)}"
+        _, data = self._transport.request("GET", path)
+        return Model.from_dict(_object(data, f"GET {path}"))
+
     # ---------------------------------------------------------------- cluster
 
     def workers(self) -> List[Worker]:
@@ -564,6 +703,22 @@ def _job_id(job: JobRef) -> str:
     if isinstance(job, str) and job:
         return job
     raise TypeError(f"expected a Job or a job id such as 'job-42', not {job!r}")
+
+
+def _artifact_digest(ref: ArtifactRef) -> str:
+    if isinstance(ref, Artifact):
+        return artifact_digest(ref.sha256 or ref.uri)
+    if isinstance(ref, ModelVersion):
+        return artifact_digest(ref.uri)
+    return artifact_digest(ref)
+
+
+def _safe_file_name(name: str, digest: str) -> str:
+    """The last part of ``name``, so a name from the server never leaves the folder."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in ("", ".", "..") or "\x00" in base:
+        return digest
+    return base
 
 
 def _quote(segment: str) -> str:

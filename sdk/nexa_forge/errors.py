@@ -18,6 +18,7 @@ __all__ = [
     "ConflictError",
     "ServerUnavailableError",
     "WaitTimeoutError",
+    "IntegrityError",
     "error_from_response",
 ]
 
@@ -93,6 +94,19 @@ class WaitTimeoutError(NexaForgeError, TimeoutError):
         super().__init__(message)
         self.job_id = job_id
         self.job = job
+
+
+class IntegrityError(NexaForgeError):
+    """A downloaded artifact's content does not have the SHA-256 that names it (code
+    ``digest_mismatch``). Nothing is left at the destination.
+
+    ``expected`` is the digest asked for, ``actual`` the digest of what arrived.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message, code="digest_mismatch")
+        self.expected = expected
+        self.actual = actual
 
 
 _BY_STATUS = {

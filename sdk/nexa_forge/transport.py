@@ -109,6 +109,32 @@ class Transport:
             )
         return resp
 
+    def open_binary(self, path: str) -> http.client.HTTPResponse:
+        """Opens a GET of raw bytes (a download); the caller reads and closes the response.
+        An error answer raises the matching :class:`NexaForgeError`, as :meth:`request` does."""
+        url = self.url(path)
+        headers = self._headers(None)
+        headers["Accept"] = "application/octet-stream, application/json;q=0.5"
+        req = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            resp: http.client.HTTPResponse = self._opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            raise self._error_answer(e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise self._no_answer(e) from None
+        return resp
+
+    def interrupted(self, what: str, e: BaseException) -> ServerUnavailableError:
+        """The error for a transfer that stopped part way (a read timed out, or the
+        connection dropped)."""
+        if isinstance(e, (socket.timeout, TimeoutError)):
+            detail = f"no data for {self.timeout:g} s"
+        else:
+            detail = _describe(e)
+        return ServerUnavailableError(
+            f"{what} from {self.api_url} stopped part way ({detail})", code="interrupted"
+        )
+
     def _headers(self, data: Optional[bytes]) -> Dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if data is not None:

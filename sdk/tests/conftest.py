@@ -1,5 +1,8 @@
 """Fixtures: a real `nexa up` (control plane, HTTP API and one local worker) in a temporary
-data folder, with tests/handler.py handling every job type but the built-in audit.
+data folder, with tests/handler.py handling every job type but the built-in audit (`server`,
+`api_url`, `client`); and a second one whose worker runs the built-in stages for every type
+it has one for — generate, audit, train, distill, evaluate — with no handlers
+(`builtin_server`, `builtin_api_url`, `builtin_client`).
 
 The binary is $NEXA_BIN, else <repo>/target/debug/nexa (build it with `cargo build -p nexa`).
 """
@@ -40,9 +43,16 @@ def nexa_bin() -> Path:
 
 
 class NexaServer:
-    """One `nexa up` process; `api_url` is its HTTP API."""
+    """One `nexa up` process; `api_url` is its HTTP API. With `handlers`, tests/handler.py
+    handles the types in HANDLED_TYPES; without, the worker runs its built-in stages."""
 
-    def __init__(self, data: Path, extra_args: Optional[List[str]] = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        extra_args: Optional[List[str]] = None,
+        handlers: bool = True,
+        slots: int = 4,
+    ) -> None:
         self.data = data
         self.stdout_lines: List[str] = []
         self._found = threading.Event()
@@ -58,12 +68,13 @@ class NexaServer:
             "--http",
             "127.0.0.1:0",
             "--slots",
-            "4",
+            str(slots),
             "--cancel-grace",
             "2",
         ]
-        for job_type in HANDLED_TYPES:
-            args += ["--handler", f"{job_type}={handler}"]
+        if handlers:
+            for job_type in HANDLED_TYPES:
+                args += ["--handler", f"{job_type}={handler}"]
         args += extra_args or []
         self.stderr_path = data.parent / f"{data.name}.stderr.log"
         self._stderr = open(self.stderr_path, "wb")
@@ -130,8 +141,10 @@ class NexaServer:
         self._stderr.close()
 
 
-def start_server(data: Path, extra_args: Optional[List[str]] = None) -> NexaServer:
-    server = NexaServer(data, extra_args)
+def start_server(
+    data: Path, extra_args: Optional[List[str]] = None, handlers: bool = True, slots: int = 4
+) -> NexaServer:
+    server = NexaServer(data, extra_args, handlers, slots)
     server.wait_ready()
     return server
 
@@ -152,6 +165,27 @@ def api_url(server: NexaServer) -> str:
 def client(api_url: str, monkeypatch: pytest.MonkeyPatch) -> NexaForgeClient:
     monkeypatch.delenv("NEXA_TOKEN", raising=False)
     return NexaForgeClient(api_url=api_url, timeout=10.0)
+
+
+@pytest.fixture(scope="session")
+def builtin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NexaServer]:
+    """`nexa up` with no handlers: generate, audit, train, distill and evaluate jobs run the
+    worker's built-in stages, and what they make is kept as nexa:// artifacts. Two slots, so
+    two trainings never share this machine's cores with two more."""
+    srv = start_server(tmp_path_factory.mktemp("nexa-builtin") / "data", handlers=False, slots=2)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def builtin_api_url(builtin_server: NexaServer) -> str:
+    return builtin_server.api_url
+
+
+@pytest.fixture
+def builtin_client(builtin_api_url: str, monkeypatch: pytest.MonkeyPatch) -> NexaForgeClient:
+    monkeypatch.delenv("NEXA_TOKEN", raising=False)
+    return NexaForgeClient(api_url=builtin_api_url, timeout=30.0)
 
 
 def make_token(data: Path, *extra: str) -> str:

@@ -31,7 +31,7 @@ def main() -> int:
     sleep_seconds = float(hyper.get("sleep_seconds", 0))
     lines = int(hyper.get("lines", 3))
 
-    print(f"handler: {job.get('job_type')} job {job.get('id')} attempt {job.get('attempt')}", flush=True)
+    print(f"handler: {job.get('job_type')} job {job.get('job_id')} attempt {job.get('attempt')}", flush=True)
     for i in range(lines):
         print(f"line {i}", flush=True)
     print("NEXA_PROGRESS 0.5", flush=True)

@@ -123,7 +123,12 @@ def test_train_keeps_hyperparameters_apart_from_job_options(client: NexaForgeCli
     done = finished(client, job)
     assert done.result is not None
     assert done.result.metrics == {"loss": 0.125, "lines": 3.0}
-    assert done.result.artifacts["report"].startswith("file://")
+    # The file the handler listed in its result is kept by the control plane, by digest (the
+    # first job that kept these bytes is the one the artifact names).
+    report = client.artifact(done.result.artifacts["report"])
+    assert report.uri == done.result.artifacts["report"]
+    assert report.name == "report.txt" and report.size == 3 and report.job_id is not None
+    assert [a.uri for a in client.artifacts(job)] == [report.uri]
 
 
 def test_train_defaults(client: NexaForgeClient) -> None:
