@@ -14,7 +14,7 @@ with open(os.environ["NEXA_JOB_FILE"]) as f:
 params = job.get("params") or {}
 epochs = int(params.get("epochs") or 1)
 
-print(f"starting {job.get('id')} attempt {job.get('attempt')}", flush=True)
+print(f"starting {job.get('job_id')} attempt {job.get('attempt')}", flush=True)
 print(f"model {params.get('model_id')} on {params.get('dataset_uri')}", flush=True)
 note = (params.get("hyperparameters") or {}).get("note")
 if note is not None:

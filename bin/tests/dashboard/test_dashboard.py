@@ -7,6 +7,7 @@ The binary is NEXA_BIN or target/debug/nexa. Screenshots go to target/dashboard-
 Every wait is bounded; the assertions are about what the page shows, never about timings.
 """
 
+import hashlib
 import json
 import os
 import queue
@@ -53,19 +54,20 @@ def _shots_dir():
 
 class Nexa:
     """`nexa up` with the test handler for train jobs, on free ports; with_token makes an
-    API token first, which the API then requires."""
+    API token first, which the API then requires; handlers=False leaves every job type to the
+    worker's built-in stages (real datasets and models)."""
 
-    def __init__(self, with_token=False):
+    def __init__(self, with_token=False, handlers=True):
         self.data = tempfile.TemporaryDirectory(prefix="nexa-dashboard-")
         data = Path(self.data.name) / "var"
         self.stderr_path = Path(self.data.name) / "nexa.stderr"
         self.stdout_lines = []
         self.token = self._create_token(data) if with_token else None
-        handler = f"train=python3 {shlex.quote(str(HERE / 'handler.py'))}"
+        handler = ["--handler", f"train=python3 {shlex.quote(str(HERE / 'handler.py'))}"] if handlers else []
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [str(_binary()), "up", "--data", str(data),
-             "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--handler", handler],
+             "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", *handler],
             stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
             env={**os.environ, "NEXA_LOG": os.environ.get("NEXA_LOG", "info")},
         )
@@ -145,6 +147,23 @@ class Nexa:
         assert isinstance(job, dict) and re.fullmatch(r"job-\d+", str(job.get("job_id"))), \
             f"POST /api/jobs answered a job without a job_id like job-7: {job}"
         return job["job_id"]
+
+    def finished(self, job_id, timeout=120):
+        """The job once it has finished, polled through the API."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, job = self.request("GET", f"api/jobs/{job_id}")
+            assert status == 200, f"GET /api/jobs/{job_id}: {status} {job}"
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                pytest.fail(f"{job_id} is still {job['status']} after {timeout} s:\n" + self.output())
+            time.sleep(0.2)
+
+    def succeeded(self, spec, timeout=120):
+        job = self.finished(self.submit(spec), timeout)
+        assert job["status"] == "succeeded", f"{job['job_id']} ({spec['job_type']}): {job.get('error')}"
+        return job
 
     def output(self):
         try:
@@ -485,6 +504,118 @@ def test_narrow_screen(page, nexa):
     page.go(f"#/jobs/{job_id}")
     page.wait("the logs", lambda: "training done" in (page.text("#job-logs") or ""))
     page.screenshot("narrow-job-detail")
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """A second `nexa up` with no handlers: train jobs run the built-in stage and register
+    real models."""
+    node = Nexa(handlers=False)
+    yield node
+    node.stop()
+
+
+def _download(url):
+    """(bytes, Content-Disposition) of a download link, fetched as the browser would."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200, f"GET {url}: {r.status}"
+        return r.read(), r.headers.get("Content-Disposition") or ""
+
+
+def test_models_page_lists_a_trained_model_and_the_job_page_its_artifacts(browser, builtin):
+    page = Page(browser, builtin, "models")
+    browser.set_window_size(1280, 1000)
+    generated = builtin.succeeded({"job_type": "generate", "params": {"domain": "physics", "num_samples": 400, "seed": 3}})
+    dataset = generated["result"]["artifacts"]["dataset"]
+    trained = builtin.succeeded({"job_type": "train", "params": {
+        "model_id": "dash-model", "dataset_uri": dataset, "epochs": 2,
+        "hyperparameters": {"base": "student_small", "batch_size": 32}}})
+    model_sha = trained["result"]["artifacts"]["model"].rsplit("/", 1)[1]
+    evaluated = builtin.succeeded({"job_type": "evaluate", "params": {"model_id": "dash-model", "dataset_uri": dataset}})
+    gen_id, train_id, eval_id = generated["job_id"], trained["job_id"], evaluated["job_id"]
+
+    # The models list: the model, its version count, who made the latest, its metrics.
+    page.open("#/models")
+    row = '#models-table tr[data-model-name="dash-model"]'
+    page.wait("the model's row", lambda: page.text(row) is not None)
+    assert page.js("return document.getElementById('nav-models').getAttribute('aria-current')") == "page"
+    assert page.text(row + " .versions").strip() == "1"
+    made_by = page.text(row + " .made-by")
+    assert "train" in made_by and train_id in made_by, made_by
+    assert "test_score" in page.text(row + " .metrics-cell"), page.text(row)
+    page.wait("the evaluation in the list", lambda: eval_id in (page.text(row + " .evaluations") or ""))
+    page.screenshot("models")
+
+    # A click on the row opens the model: its version, what made it, its data and lineage.
+    page.driver.find_element(By.CSS_SELECTOR, row + " td.versions").click()
+    page.wait("the model's URL", lambda: page.js("return location.hash") == "#/models/dash-model")
+    version = '#model-versions tr[data-version="1"]'
+    page.wait("version 1", lambda: page.text(version) is not None)
+    assert "dash-model:1" in page.text(version)
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   version + f' .made-by a[href="#/jobs/{train_id}"]') == f"#/jobs/{train_id}"
+    dataset_cell = page.text(version + " .dataset")
+    assert ".parquet" in dataset_cell and gen_id in dataset_cell, f"the dataset and the job that made it: {dataset_cell}"
+    page.wait("the evaluation with its accuracy",
+              lambda: "accuracy" in (page.text(version + f' .evaluations [data-evaluation="{eval_id}"]') or ""))
+    assert (page.text(version + " .teacher") or "").strip() == "—", "a trained model has no teacher"
+    dataset_link = page.driver.find_element(By.CSS_SELECTOR, version + " .dataset a.download")
+    data, _ = _download(dataset_link.get_attribute("href"))
+    assert data[:4] == b"PAR1" and hashlib.sha256(data).hexdigest() == dataset.rsplit("/", 1)[1]
+    page.full_screenshot("model-detail")
+
+    # The train job's page: what it kept, each with a download link, and the version it made.
+    page.driver.find_element(By.CSS_SELECTOR, version + f' .made-by a[href="#/jobs/{train_id}"]').click()
+    page.wait("the train job's URL", lambda: page.js("return location.hash") == f"#/jobs/{train_id}")
+    model_row = f'#job-artifacts-table tr[data-sha256="{model_sha}"]'
+    page.wait("the model among the job's artifacts", lambda: page.text(model_row) is not None)
+    assert "model" in page.text(model_row + ' td[data-label="Kind"]')
+    assert "dash-model.safetensors" in page.text(model_row)
+    assert re.search(r"\d+(\.\d+)? (B|KiB|MiB)", page.text(model_row + ' td[data-label="Size"]'))
+    kinds = page.js("return [...document.querySelectorAll('#job-artifacts-table tbody tr')].map(r => r.dataset.kind)")
+    assert kinds[0] == "model" and "checkpoint" in kinds, f"the model, then the latest checkpoints: {kinds}"
+    status, listed = builtin.request("GET", f"api/jobs/{train_id}/artifacts")
+    assert status == 200, listed
+    steps = sorted((a["step"] for a in listed["artifacts"] if a["kind"] == "checkpoint"), reverse=True)
+    assert len(steps) > 3, f"enough checkpoints to fold some away: {steps}"
+    shown = "return [...document.querySelectorAll('#job-artifacts-table tr[data-kind=checkpoint] td[data-label=Kind]')].map(e => e.textContent)"
+    assert page.js(shown) == [f"checkpoint step {s}" for s in steps[:3]], "the latest three, the latest first"
+    page.driver.find_element(By.ID, "job-artifacts-more").click()
+    page.wait("every checkpoint", lambda: len(page.js(shown)) == len(steps))
+    link = page.driver.find_element(By.CSS_SELECTOR, model_row + " a.download")
+    href = link.get_attribute("href")
+    assert href == builtin.base + f"api/artifacts/{model_sha}/content", href
+    data, disposition = _download(href)
+    assert hashlib.sha256(data).hexdigest() == model_sha, "the link downloads the very file"
+    assert "dash-model.safetensors" in disposition, disposition
+    page.wait("the link to the version it registered",
+              lambda: (page.text("#job-model-link") or "").strip() == "dash-model:1")
+    page.full_screenshot("job-artifacts")
+    page.driver.find_element(By.ID, "job-model-link").click()
+    page.wait("the version, marked", lambda: page.js(
+        "var r = document.querySelector('#model-versions tr[data-version=\"1\"]'); return !!r && r.classList.contains('current')"))
+    assert page.js("return location.hash") == "#/models/dash-model?version=1"
+
+    # The evaluate job's page names the version it scored; the generate job's lists its dataset.
+    page.go(f"#/jobs/{eval_id}")
+    page.wait("the scored version", lambda: (page.text("#job-model-link") or "").strip() == "dash-model:1")
+    page.go(f"#/jobs/{gen_id}")
+    page.wait("the dataset among the generate job's artifacts",
+              lambda: page.js("return [...document.querySelectorAll('#job-artifacts-table tbody tr')].map(r => r.dataset.kind)") == ["dataset"])
+
+    # An unknown model says so, naming those that exist.
+    page.go("#/models/nobody")
+    page.wait("the not-found message", lambda: "dash-model" in (page.text("#model-error") or ""))
+
+    # Narrow screens: the tables fold into cards; nothing scrolls sideways.
+    page.driver.set_window_size(420, 900)
+    overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    for hash_, ready in (("#/models", row), (f"#/models/dash-model", version),
+                         (f"#/jobs/{train_id}", model_row)):
+        page.go(hash_)
+        page.wait(f"{hash_} at 420px", lambda: page.text(ready) is not None)
+        assert page.js(overflow) <= 1, f"{hash_} scrolls sideways by {page.js(overflow)}px at 420px"
+    page.screenshot("narrow-model")
 
 
 if __name__ == "__main__":
