@@ -618,5 +618,36 @@ def test_models_page_lists_a_trained_model_and_the_job_page_its_artifacts(browse
     page.screenshot("narrow-model")
 
 
+def test_a_download_link_sends_the_token(browser, tmp_path):
+    """A plain link cannot carry the API token: with one in use the page fetches the bytes
+    itself and hands them to the browser, under the artifact's name."""
+    secured = Nexa(with_token=True, handlers=False)
+    page = None
+    try:
+        job = secured.succeeded({"job_type": "generate", "params": {"domain": "physics", "num_samples": 200}})
+        sha = job["result"]["artifacts"]["dataset"].rsplit("/", 1)[1]
+        status, _ = secured.request("GET", f"api/artifacts/{sha}/content", token=False)
+        assert status == 401, "the bytes need the token too"
+        browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+        page = Page(browser, secured, "token-download")
+        browser.set_window_size(1280, 1000)
+        page.open()
+        page.js("localStorage.setItem('nexa-forge.api-token', arguments[0])", secured.token)
+        page.open(f"#/jobs/{job['job_id']}")
+        page.driver.refresh()
+        row = f'#job-artifacts-table tr[data-sha256="{sha}"]'
+        page.wait("the dataset's row", lambda: page.text(row) is not None)
+        page.driver.find_element(By.CSS_SELECTOR, row + " a.download").click()
+        done = page.wait("the downloaded file", lambda: [p for p in tmp_path.iterdir() if p.suffix != ".crdownload"])
+        assert [p.name for p in done] == ["physics_projectile.parquet"]
+        assert hashlib.sha256(done[0].read_bytes()).hexdigest() == sha
+        assert page.js("return document.getElementById('notice').hidden"), page.text("#notice")
+    finally:
+        browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "default"})
+        if page is not None:
+            page.js("localStorage.removeItem('nexa-forge.api-token')")
+        secured.stop()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
