@@ -102,12 +102,23 @@ impl Artifacts {
             let digest = digest.map_err(|e| StageError::InvalidInput(e.to_string()))?;
             return self.download(uri, digest).await;
         }
+        if nexa_storage::is_remote(uri) {
+            return nexa_storage::fetch_remote(uri, &self.cache)
+                .await
+                .map_err(|e| {
+                    if e.is_invalid_input() {
+                        StageError::InvalidInput(e.to_string())
+                    } else {
+                        failed(e)
+                    }
+                });
+        }
         if let Some((scheme, _)) = uri.split_once("://")
             && scheme != "file"
         {
             return Err(StageError::InvalidInput(format!(
-                "cannot read {uri}: this worker reads nexa://artifacts/…, file:// and local \
-                 paths; {scheme}:// object storage is not configured"
+                "cannot read {uri}: this worker reads nexa://artifacts/…, s3://, gs://, az://, \
+                 http(s)://, file:// and local paths, not {scheme}://"
             )));
         }
         let path = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
@@ -151,7 +162,9 @@ impl Artifacts {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| failed(format!("cannot make {}: {e}", dir.display())))?;
-        let part = dir.join(format!(".{}.part", meta.name));
+        // A name of its own: two jobs fetching the same artifact at once must not write into
+        // one file (the second create would empty what the first wrote).
+        let part = dir.join(format!(".{}.{:016x}.part", meta.name, upload_id()));
         let mut file = tokio::fs::File::create(&part)
             .await
             .map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;

@@ -237,6 +237,43 @@ async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
     );
 }
 
+/// Regression: jobs on one worker fetching the same new artifact at once shared one
+/// temporary file, and one of them could read it emptied by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_fetching_one_artifact_at_once_each_read_it_whole() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let trust = Trust::Fingerprint(c.plane.fingerprint());
+    let mut config = WorkerConfig::new(
+        c.plane.addr(),
+        trust,
+        TOKEN,
+        WorkerId::new("wide").unwrap(),
+        builtin_stages(),
+        c.dir.path().join("wide"),
+    );
+    config.slots = 6;
+    let _w = WorkerNode::start(config).await.unwrap();
+    for round in 0..3 {
+        let generated = c.submit(generate(20_000 + round)).await;
+        let dataset = c.succeeded(generated).await.artifacts["dataset"].clone();
+        let digest = parse_artifact_uri(&dataset).unwrap().unwrap();
+        let mut audits = Vec::new();
+        for _ in 0..6 {
+            audits.push(
+                c.submit(JobParams::Audit(AuditParams {
+                    dataset_uri: dataset.clone(),
+                    label_column: None,
+                    expected_sha256: Some(digest.to_string()),
+                }))
+                .await,
+            );
+        }
+        for id in audits {
+            c.succeeded(id).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_worker_s_training_resumes_elsewhere_from_its_last_kept_checkpoint() {
     let c = cluster(Duration::from_millis(1500)).await;

@@ -484,7 +484,7 @@ fn identifier(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
 }
 
 /// Schemes a dataset or artifact URI may use; anything without `://` is a local path.
-pub const URI_SCHEMES: [&str; 6] = ["nexa", "file", "s3", "gs", "http", "https"];
+pub const URI_SCHEMES: [&str; 7] = ["nexa", "file", "s3", "gs", "az", "http", "https"];
 
 fn uri(field: &str, value: &str) -> Result<(), SpecError> {
     name(field, value)?;
@@ -493,7 +493,7 @@ fn uri(field: &str, value: &str) -> Result<(), SpecError> {
             return Err(SpecError::new(
                 field,
                 format!(
-                    "unsupported scheme {scheme:?}; use nexa://, file://, s3://, gs://, http(s):// or a path"
+                    "unsupported scheme {scheme:?}; use nexa://, file://, s3://, gs://, az://, http(s):// or a path"
                 ),
             ));
         }

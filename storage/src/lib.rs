@@ -21,7 +21,9 @@ mod artifacts;
 mod fault;
 mod record;
 mod redb_store;
+mod remote;
 mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
+pub use remote::{REMOTE_SCHEMES, RemoteError, fetch_remote, is_remote};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
