@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -52,6 +52,7 @@ class NexaServer:
         extra_args: Optional[List[str]] = None,
         handlers: bool = True,
         slots: int = 4,
+        env: Optional[Dict[str, str]] = None,
     ) -> None:
         self.data = data
         self.stdout_lines: List[str] = []
@@ -78,14 +79,15 @@ class NexaServer:
         args += extra_args or []
         self.stderr_path = data.parent / f"{data.name}.stderr.log"
         self._stderr = open(self.stderr_path, "wb")
-        env = dict(os.environ)
-        env.setdefault("NEXA_LOG", "warn")
+        environment = dict(os.environ)
+        environment.setdefault("NEXA_LOG", "warn")
+        environment.update(env or {})
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=env,
+            env=environment,
             start_new_session=True,
         )
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -142,9 +144,13 @@ class NexaServer:
 
 
 def start_server(
-    data: Path, extra_args: Optional[List[str]] = None, handlers: bool = True, slots: int = 4
+    data: Path,
+    extra_args: Optional[List[str]] = None,
+    handlers: bool = True,
+    slots: int = 4,
+    env: Optional[Dict[str, str]] = None,
 ) -> NexaServer:
-    server = NexaServer(data, extra_args, handlers, slots)
+    server = NexaServer(data, extra_args, handlers, slots, env)
     server.wait_ready()
     return server
 
