@@ -85,7 +85,7 @@ def test_the_original_quick_start_on_the_built_in_stages(
     for job, needles in (
         (distilled, ["gpt-4o", "not in the registry"]),
         (trained, ["s3://nexa-data/distilled_physics.parquet", "cannot read",
-                   "object storage is not configured"]),
+                   "no S3 credentials are configured"]),
     ):
         assert job.status == JobStatus.FAILED, job
         assert job.error is not None
