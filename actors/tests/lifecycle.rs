@@ -4,7 +4,6 @@
 //! whose worker is lost resuming on another from the last checkpoint kept with the control
 //! plane; and the clear failures users meet first.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nexa_actors::*;

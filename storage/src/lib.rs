@@ -25,5 +25,5 @@ mod remote;
 mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
-pub use remote::{REMOTE_SCHEMES, RemoteError, fetch_remote, is_remote};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
+pub use remote::{REMOTE_SCHEMES, RemoteError, fetch_remote, is_remote};

@@ -81,9 +81,17 @@ fn classify(uri: &str, e: object_store::Error) -> RemoteError {
         // A bucket that does not exist, credentials that are missing or refused: the server
         // says so in the message of a generic error.
         let text = e.to_string().to_ascii_lowercase();
-        ["nosuchbucket", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "credential", "404 not found", "403 forbidden"]
-            .iter()
-            .any(|needle| text.contains(needle))
+        [
+            "nosuchbucket",
+            "accessdenied",
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "credential",
+            "404 not found",
+            "403 forbidden",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
     };
     let reason = match &e {
         E::NotFound { .. } => "no such object (check the bucket and key)".to_owned(),
@@ -100,9 +108,14 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
     match scheme {
         "s3" | "s3a" => {
             let keys = set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY");
-            let other = ["AWS_SKIP_SIGNATURE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_IMDSV1_FALLBACK"]
-                .iter()
-                .any(|v| set(v));
+            let other = [
+                "AWS_SKIP_SIGNATURE",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_IMDSV1_FALLBACK",
+            ]
+            .iter()
+            .any(|v| set(v));
             (!keys && !other).then_some(
                 "no S3 credentials are configured on this worker: set AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible server, \
@@ -110,16 +123,29 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
                  bucket",
             )
         }
-        "gs" => (!["GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH", "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SKIP_SIGNATURE"]
-            .iter()
-            .any(|v| set(v)))
+        "gs" => (![
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SKIP_SIGNATURE",
+        ]
+        .iter()
+        .any(|v| set(v)))
         .then_some(
             "no Google Cloud credentials are configured on this worker: set \
              GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT_KEY)",
         ),
-        "az" => (!["AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_KEY", "AZURE_CLIENT_SECRET", "AZURE_STORAGE_TOKEN", "AZURE_SKIP_SIGNATURE", "AZURE_STORAGE_USE_EMULATOR"]
-            .iter()
-            .any(|v| set(v)))
+        "az" => (![
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_STORAGE_TOKEN",
+            "AZURE_SKIP_SIGNATURE",
+            "AZURE_STORAGE_USE_EMULATOR",
+        ]
+        .iter()
+        .any(|v| set(v)))
         .then_some(
             "no Azure credentials are configured on this worker: set AZURE_STORAGE_ACCOUNT_NAME \
              and AZURE_STORAGE_ACCOUNT_KEY (or a SAS key)",
@@ -136,8 +162,8 @@ pub async fn fetch_remote(uri: &str, cache: &Path) -> Result<PathBuf, RemoteErro
     if let Some(why) = missing_credentials(url.scheme()) {
         return Err(RemoteError::new(uri, why, true));
     }
-    let (store, path): (Box<dyn ObjectStore>, ObjectPath) = parse_url_opts(&url, options_from_env())
-        .map_err(|e| {
+    let (store, path): (Box<dyn ObjectStore>, ObjectPath) =
+        parse_url_opts(&url, options_from_env()).map_err(|e| {
             RemoteError::new(
                 uri,
                 format!("no object store for it is configured: {e}"),
@@ -194,7 +220,10 @@ pub async fn fetch_remote(uri: &str, cache: &Path) -> Result<PathBuf, RemoteErro
         let _ = tokio::fs::remove_file(&part).await;
         return Err(RemoteError::new(
             uri,
-            format!("got {size} bytes of {}; it changed while being read", head.size),
+            format!(
+                "got {size} bytes of {}; it changed while being read",
+                head.size
+            ),
             false,
         ));
     }

@@ -136,15 +136,14 @@ impl Stage for EvaluateStage {
                     output.metrics.insert(name.into(), value);
                 }
             }
-            ctx.logs.line(format!(
-                "{}",
+            ctx.logs.line(
                 output
                     .metrics
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.4}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            );
             let document = json!({
                 "model": {
                     "reference": params.model_id,
