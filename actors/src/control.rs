@@ -30,7 +30,7 @@ use nexa_runtime::{
     ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault, Store,
     StoreConfig, StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
 };
-use nexa_storage::{ArtifactError, ArtifactStore, RedbStore};
+use nexa_storage::{ArtifactError, ArtifactStore, ByteStream, RedbStore, RemoteBlobs, RemoteError};
 use nexa_transport::{Fingerprint, Handler, Server, ServerConfig, Session};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
@@ -61,6 +61,9 @@ pub struct ControlPlaneConfig {
     pub heartbeat: Duration,
     /// The longest a worker's request for work is held open.
     pub long_poll: Duration,
+    /// Where artifacts' bytes go, e.g. `s3://bucket/prefix` (credentials and endpoint from the
+    /// usual variables); `None` keeps them in the data folder. Their metadata stays there.
+    pub artifacts_remote: Option<String>,
 }
 
 impl ControlPlaneConfig {
@@ -77,6 +80,7 @@ impl ControlPlaneConfig {
             store: StoreConfig::default(),
             heartbeat: Duration::from_millis(500),
             long_poll: Duration::from_secs(10),
+            artifacts_remote: None,
         }
     }
 }
@@ -96,6 +100,9 @@ pub enum StartError {
     /// The artifact folder cannot be made.
     #[error(transparent)]
     Artifacts(#[from] ArtifactError),
+    /// The object storage for artifacts cannot be used.
+    #[error(transparent)]
+    RemoteArtifacts(#[from] RemoteError),
     /// An actor did not start.
     #[error("cannot start the {0} actor: {1}")]
     Actor(&'static str, String),
@@ -302,6 +309,7 @@ pub struct ControlPlane {
     plane: u64,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
+    remote: Option<RemoteBlobs>,
     scheduler: ActorRef<SchedulerMsg>,
     server: Server,
     metrics: Arc<Metrics>,
@@ -344,6 +352,22 @@ impl ControlPlane {
         let artifacts = tokio::task::spawn_blocking(move || ArtifactStore::open(root))
             .await
             .map_err(|e| StartError::Actor("artifact store", e.to_string()))??;
+        let remote = match &config.artifacts_remote {
+            Some(uri) => {
+                let remote = RemoteBlobs::open(uri).await?;
+                info!(uri, "artifacts' bytes go to object storage");
+                // Bytes kept here before a crash (or before object storage was configured)
+                // move there, off the way to serving.
+                let (local, to) = (artifacts.clone(), remote.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = artifacts::offload_all(&local, &to).await {
+                        warn!("cannot move artifacts to {}: {e}", to.uri());
+                    }
+                });
+                Some(remote)
+            }
+            None => None,
+        };
         let args = scheduler::Args {
             plane,
             store: store.clone(),
@@ -384,6 +408,7 @@ impl ControlPlane {
             plane,
             store: store.clone(),
             artifacts: artifacts.clone(),
+            remote: remote.clone(),
             scheduler: scheduler.clone(),
             welcome,
             long_poll: config.long_poll,
@@ -403,6 +428,7 @@ impl ControlPlane {
             plane,
             store,
             artifacts,
+            remote,
             scheduler,
             server,
             metrics,
@@ -428,6 +454,15 @@ impl ControlPlane {
     /// The artifacts jobs made, kept in the data folder.
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
+    }
+
+    /// The bytes of an artifact, from the data folder or object storage; `Ok(None)` when no
+    /// artifact has that digest.
+    pub async fn artifact_bytes(
+        &self,
+        digest: nexa_runtime::Digest,
+    ) -> Result<Option<(nexa_runtime::ArtifactMeta, ByteStream)>, ArtifactError> {
+        artifacts::open(&self.artifacts, self.remote.as_ref(), digest).await
     }
 
     /// The model registry as it stands, read off the jobs (see [`Registry`]).
@@ -605,6 +640,7 @@ struct PlaneHandler {
     plane: u64,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
+    remote: Option<RemoteBlobs>,
     scheduler: ActorRef<SchedulerMsg>,
     welcome: Welcome,
     long_poll: Duration,
@@ -755,7 +791,7 @@ impl Handler for PlaneHandler {
             }
             other => {
                 let name = other.name();
-                match artifacts::answer(store, &self.artifacts, other).await {
+                match artifacts::answer(store, &self.artifacts, self.remote.as_ref(), other).await {
                     Some(answer) => answer,
                     None => Message::Error {
                         code: ErrorCode::BadRequest,

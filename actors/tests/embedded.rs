@@ -117,7 +117,7 @@ async fn a_job_runs_on_an_external_command_and_its_logs_and_result_are_kept() {
     let logs = c.log_text(id, 1).await;
     assert!(
         logs.iter()
-            .any(|l| l.starts_with("training {") && l.contains("\"id\":\"job-")),
+            .any(|l| l.starts_with("training {") && l.contains("\"job_id\":\"job-")),
         "{logs:?}"
     );
     assert!(logs.contains(&"done".to_owned()), "{logs:?}");

@@ -97,6 +97,7 @@ async fn start_control_plane(
         bail!("--lease-ttl must be between 0.5 and 3600 seconds");
     }
     config.store.lease_ttl = Duration::from_secs_f64(plane.lease_ttl);
+    config.artifacts_remote = plane.artifacts.clone();
     let plane = ControlPlane::start(config)
         .await
         .context("cannot start the control plane")?;

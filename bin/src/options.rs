@@ -240,6 +240,11 @@ pub(crate) struct PlaneArgs {
     /// required (`nexa token create`).
     #[arg(long, default_value = "127.0.0.1:8000", env = "NEXA_HTTP")]
     pub(crate) http: SocketAddr,
+    /// Keep artifacts' bytes in object storage, e.g. s3://bucket/prefix (credentials and
+    /// endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL;
+    /// gs:// and az:// likewise). Default: the data folder.
+    #[arg(long, value_name = "URI", env = "NEXA_ARTIFACTS")]
+    pub(crate) artifacts: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -146,3 +146,59 @@ def test_s3_inputs_that_cannot_be_read_fail_at_once_naming_them(
         assert done.error.error_class == "invalid_input", (uri, done.error)
         assert expected in done.error.message, (uri, done.error.message)
         assert len(done.attempts) == 1, "invalid input is not retried"
+
+
+def test_artifacts_kept_in_s3_outlive_the_control_plane_s_disk(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """`nexa up --artifacts s3://…`: what jobs make goes to the bucket (not the data folder),
+    and downloads, later jobs and the registry read it from there."""
+    s3 = s3_client(s3_endpoint)
+    s3.create_bucket(Bucket="nexa-artifacts")
+    data = tmp_path / "data"
+    srv = start_server(
+        data,
+        extra_args=["--artifacts", "s3://nexa-artifacts/runs"],
+        handlers=False,
+        slots=2,
+        env=aws_env(s3_endpoint),
+    )
+    try:
+        client = NexaForgeClient(api_url=srv.api_url, timeout=30.0)
+        generated = client.wait(client.generate(domain="physics", num_samples=2000, seed=3).job_id, timeout=120)
+        assert generated.status == "succeeded", generated.error
+        uri = generated.result.artifacts["dataset"]
+        digest = uri.rsplit("/", 1)[1]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="nexa-artifacts").get("Contents", [])]
+        assert f"runs/{digest}" in keys, keys
+        assert not any(p.name == digest for p in (data / "artifacts" / "blobs").rglob("*")), \
+            "the bytes left the data folder"
+        local = client.download(uri, tmp_path / "physics.parquet")
+        assert local.read_bytes()[:4] == b"PAR1"
+
+        trained = client.wait(client.train(model_id="m", dataset_uri=uri, epochs=2).job_id, timeout=120)
+        assert trained.status == "succeeded", trained.error
+        model = client.model("m").latest
+        assert model.dataset is not None and model.dataset.job_id == generated.job_id
+        model_digest = model.uri.rsplit("/", 1)[1]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="nexa-artifacts").get("Contents", [])]
+        assert f"runs/{model_digest}" in keys
+    finally:
+        srv.stop()
+
+
+def test_a_bucket_that_cannot_be_used_stops_nexa_up_with_the_reason(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    srv = NexaServer(
+        tmp_path / "data",
+        extra_args=["--artifacts", "s3://no-such-bucket/x"],
+        handlers=False,
+        env=aws_env(s3_endpoint),
+    )
+    try:
+        assert srv.proc.wait(timeout=60) != 0
+    finally:
+        srv.stop()
+    stderr = srv.stderr_path.read_text(errors="replace")
+    assert "s3://no-such-bucket/x" in stderr, stderr

@@ -199,9 +199,14 @@ impl ArtifactStore {
         check_artifact_name(name).map_err(ArtifactError::Invalid)?;
         let part = self.upload_path(digest, upload);
         let blob = self.blob_path(digest);
+        // Held already (the uploader asked first and sent nothing, or two uploads raced):
+        // whatever was uploaded is not needed. The metadata is written only once the bytes
+        // are kept, here or in object storage.
+        if let Some(existing) = self.stat(digest)? {
+            let _ = fs::remove_file(&part);
+            return self.record(digest, existing.size, name, kind, job, now);
+        }
         if let Ok(existing) = fs::metadata(&blob) {
-            // Held already (the uploader asked first and sent nothing, or two uploads raced):
-            // whatever was uploaded is not needed.
             let _ = fs::remove_file(&part);
             return self.record(digest, existing.len(), name, kind, job, now);
         }
@@ -280,6 +285,40 @@ impl ArtifactStore {
             File::create(&link).map_err(io_at(&link))?;
         }
         Ok(meta)
+    }
+
+    /// Whether the bytes of `digest` are in this folder (rather than nowhere, or moved to
+    /// object storage).
+    pub fn has_local_bytes(&self, digest: Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Removes the local bytes of `digest`, once they are kept elsewhere.
+    pub fn remove_local_bytes(&self, digest: Digest) -> Result<(), ArtifactError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArtifactError::Io { path, source: e }),
+        }
+    }
+
+    /// The artifacts whose bytes are in this folder.
+    pub fn local_digests(&self) -> Result<Vec<Digest>, ArtifactError> {
+        let blobs = self.root.join("blobs");
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&blobs).map_err(io_at(&blobs))? {
+            let shard = shard.map_err(io_at(&blobs))?.path();
+            let Ok(entries) = fs::read_dir(&shard) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Some(d) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `len` bytes of `digest` from `offset` (fewer at the end; none past it), and the

@@ -26,4 +26,4 @@ mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
-pub use remote::{REMOTE_SCHEMES, RemoteError, fetch_remote, is_remote};
+pub use remote::{ByteStream, REMOTE_SCHEMES, RemoteBlobs, RemoteError, fetch_remote, is_remote};

@@ -1,5 +1,6 @@
-//! Reading inputs from object storage: `s3://`, `gs://`, `az://` and `http(s)://` URIs, through
-//! the `object_store` crate, into a local cache.
+//! Object storage through the `object_store` crate: workers read inputs from `s3://`, `gs://`,
+//! `az://` and `http(s)://` URIs into a local cache ([`fetch_remote`]), and a control plane can
+//! keep its artifacts' bytes in a bucket ([`RemoteBlobs`]).
 //!
 //! Credentials, endpoints and regions come from the usual environment of each service (for
 //! S3: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL` for an
@@ -13,8 +14,13 @@
 //! not, and a retry may succeed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use nexa_runtime::Digest;
+use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, parse_url_opts};
 use sha2::{Digest as _, Sha256};
@@ -38,6 +44,11 @@ impl RemoteError {
             reason: reason.into(),
             invalid_input,
         }
+    }
+
+    /// A failure of this machine's files while moving bytes.
+    pub fn local(reason: impl Into<String>) -> Self {
+        Self::new("(local file)", reason, false)
     }
 
     /// Whether the URI itself cannot work here (retrying will not help).
@@ -117,7 +128,7 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
             .iter()
             .any(|v| set(v));
             (!keys && !other).then_some(
-                "no S3 credentials are configured on this worker: set AWS_ACCESS_KEY_ID and \
+                "no S3 credentials are configured on this machine: set AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible server, \
                  AWS_REGION for the bucket's region), or AWS_SKIP_SIGNATURE=true for a public \
                  bucket",
@@ -133,7 +144,7 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
         .iter()
         .any(|v| set(v)))
         .then_some(
-            "no Google Cloud credentials are configured on this worker: set \
+            "no Google Cloud credentials are configured on this machine: set \
              GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT_KEY)",
         ),
         "az" => (![
@@ -147,7 +158,7 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
         .iter()
         .any(|v| set(v)))
         .then_some(
-            "no Azure credentials are configured on this worker: set AZURE_STORAGE_ACCOUNT_NAME \
+            "no Azure credentials are configured on this machine: set AZURE_STORAGE_ACCOUNT_NAME \
              and AZURE_STORAGE_ACCOUNT_KEY (or a SAS key)",
         ),
         _ => None,
@@ -157,19 +168,7 @@ fn missing_credentials(scheme: &str) -> Option<&'static str> {
 /// Downloads the object `uri` names into `cache` (unless the same version is there already)
 /// and returns the local file, named like the object.
 pub async fn fetch_remote(uri: &str, cache: &Path) -> Result<PathBuf, RemoteError> {
-    let url = url::Url::parse(uri)
-        .map_err(|e| RemoteError::new(uri, format!("not a valid URL: {e}"), true))?;
-    if let Some(why) = missing_credentials(url.scheme()) {
-        return Err(RemoteError::new(uri, why, true));
-    }
-    let (store, path): (Box<dyn ObjectStore>, ObjectPath) =
-        parse_url_opts(&url, options_from_env()).map_err(|e| {
-            RemoteError::new(
-                uri,
-                format!("no object store for it is configured: {e}"),
-                true,
-            )
-        })?;
+    let (store, path) = open_store(uri)?;
     let name = path
         .filename()
         .filter(|n| !n.is_empty())
@@ -229,4 +228,119 @@ pub async fn fetch_remote(uri: &str, cache: &Path) -> Result<PathBuf, RemoteErro
     }
     tokio::fs::rename(&part, &target).await.map_err(local)?;
     Ok(target)
+}
+
+/// Opens the object store `uri` names (its scheme, bucket and prefix), with the service's
+/// settings from the environment; refused when no credentials are configured for it.
+fn open_store(uri: &str) -> Result<(Box<dyn ObjectStore>, ObjectPath), RemoteError> {
+    let url = url::Url::parse(uri)
+        .map_err(|e| RemoteError::new(uri, format!("not a valid URL: {e}"), true))?;
+    if let Some(why) = missing_credentials(url.scheme()) {
+        return Err(RemoteError::new(uri, why, true));
+    }
+    parse_url_opts(&url, options_from_env()).map_err(|e| {
+        RemoteError::new(
+            uri,
+            format!("no object store for it is configured: {e}"),
+            true,
+        )
+    })
+}
+
+/// A control plane's artifact bytes in object storage, `<prefix>/<sha256>` in a bucket (their
+/// metadata stays in the data folder). Bytes are uploaded only once whole and checked against
+/// their digest, so an object under a digest's name always holds exactly those bytes.
+#[derive(Clone)]
+pub struct RemoteBlobs {
+    uri: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for RemoteBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBlobs")
+            .field("uri", &self.uri)
+            .finish()
+    }
+}
+
+/// A stream of an artifact's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, RemoteError>>;
+
+impl RemoteBlobs {
+    /// The bucket and prefix `uri` names, e.g. `s3://bucket/nexa/artifacts`. Lists the
+    /// prefix once, so a wrong bucket or refused credentials show at start.
+    pub async fn open(uri: &str) -> Result<Self, RemoteError> {
+        let (store, prefix) = open_store(uri)?;
+        let store: Arc<dyn ObjectStore> = store.into();
+        if let Some(Err(e)) = store.list(Some(&prefix)).next().await {
+            return Err(classify(uri, e));
+        }
+        Ok(Self {
+            uri: uri.trim_end_matches('/').to_owned(),
+            store,
+            prefix,
+        })
+    }
+
+    /// Where the bytes go, as a URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn path(&self, digest: Digest) -> ObjectPath {
+        self.prefix.child(digest.to_string())
+    }
+
+    fn failed(&self, digest: Digest, e: impl std::fmt::Display) -> RemoteError {
+        RemoteError::new(&format!("{}/{digest}", self.uri), e.to_string(), false)
+    }
+
+    /// Uploads the file at `file` as the bytes of `digest` (in parts when it is large).
+    pub async fn put_file(&self, digest: Digest, file: &Path) -> Result<(), RemoteError> {
+        let mut reader = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| self.failed(digest, format!("{}: {e}", file.display())))?;
+        let mut writer = BufWriter::new(self.store.clone(), self.path(digest));
+        if let Err(e) = tokio::io::copy(&mut reader, &mut writer).await {
+            let _ = writer.abort().await;
+            return Err(self.failed(digest, e));
+        }
+        writer.shutdown().await.map_err(|e| self.failed(digest, e))
+    }
+
+    /// Up to `len` bytes of `digest` (whose size is `size`) from `offset`.
+    pub async fn read(
+        &self,
+        digest: Digest,
+        offset: u64,
+        len: usize,
+        size: u64,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .store
+            .get_range(&self.path(digest), offset..end)
+            .await
+            .map_err(|e| classify(&format!("{}/{digest}", self.uri), e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The bytes of `digest`, as they arrive.
+    pub async fn stream(&self, digest: Digest) -> Result<ByteStream, RemoteError> {
+        let uri = format!("{}/{digest}", self.uri);
+        let got = self
+            .store
+            .get(&self.path(digest))
+            .await
+            .map_err(|e| classify(&uri, e))?;
+        Ok(got
+            .into_stream()
+            .map(move |chunk| chunk.map_err(|e| classify(&uri, e)))
+            .boxed())
+    }
 }

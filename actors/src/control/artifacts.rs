@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use nexa_runtime::wire::{ARTIFACT_CHUNK, ErrorCode, Message};
 use nexa_runtime::{
-    Epoch, JobId, JobParams, JobState, JobType, ListQuery, ModelRef, Registry, Store, StoreError,
+    ArtifactMeta, Digest, Epoch, JobId, JobParams, JobState, JobType, ListQuery, ModelRef,
+    Registry, Store, StoreError,
 };
-use nexa_storage::{ArtifactError, ArtifactStore, CheckpointPointer};
+use nexa_storage::{
+    ArtifactError, ArtifactStore, ByteStream, CheckpointPointer, RemoteBlobs, RemoteError,
+};
 
 use super::blocking;
 use crate::clock::now;
@@ -63,10 +66,92 @@ async fn check_lease(store: &Arc<dyn Store>, job: JobId, epoch: Epoch) -> Result
     }
 }
 
+/// Moves the bytes of `digest` to object storage, then drops them here.
+async fn offload(
+    artifacts: &ArtifactStore,
+    remote: &RemoteBlobs,
+    digest: Digest,
+) -> Result<(), String> {
+    if !artifacts.has_local_bytes(digest) {
+        return Ok(());
+    }
+    remote
+        .put_file(digest, &artifacts.blob_path(digest))
+        .await
+        .map_err(|e| e.to_string())?;
+    on_files(artifacts, move |a| a.remove_local_bytes(digest))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Moves every artifact's bytes still in the data folder to object storage.
+pub(crate) async fn offload_all(
+    artifacts: &ArtifactStore,
+    remote: &RemoteBlobs,
+) -> Result<(), String> {
+    let local = on_files(artifacts, |a| a.local_digests())
+        .await
+        .map_err(|e| e.to_string())?;
+    for digest in local {
+        // Bytes without metadata are a commit a crash cut short: not an artifact yet.
+        if on_files(artifacts, move |a| a.stat(digest))
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            offload(artifacts, remote, digest).await?;
+        }
+    }
+    Ok(())
+}
+
+/// An artifact's metadata and bytes, wherever they are kept; `None` when it is unknown.
+pub(crate) async fn open(
+    artifacts: &ArtifactStore,
+    remote: Option<&RemoteBlobs>,
+    digest: Digest,
+) -> Result<Option<(ArtifactMeta, ByteStream)>, ArtifactError> {
+    let Some(meta) = on_files(artifacts, move |a| a.stat(digest)).await? else {
+        return Ok(None);
+    };
+    let path = artifacts.blob_path(digest);
+    match (tokio::fs::File::open(&path).await, remote) {
+        (Ok(file), _) => {
+            let stream = futures_util::stream::unfold(file, move |mut file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 64 << 10];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(bytes::Bytes::from(buf)), file))
+                    }
+                    Err(e) => Some((
+                        Err(RemoteError::local(format!(
+                            "reading artifact {digest}: {e}"
+                        ))),
+                        file,
+                    )),
+                }
+            });
+            Ok(Some((meta, Box::pin(stream))))
+        }
+        (Err(_), Some(remote)) => {
+            let stream = remote
+                .stream(digest)
+                .await
+                .map_err(|e| ArtifactError::Invalid(e.to_string()))?;
+            Ok(Some((meta, stream)))
+        }
+        (Err(e), None) => Err(ArtifactError::Io { path, source: e }),
+    }
+}
+
 /// The answer to an artifact, checkpoint or model message; `None` for any other message.
 pub(crate) async fn answer(
     store: &Arc<dyn Store>,
     artifacts: &ArtifactStore,
+    remote: Option<&RemoteBlobs>,
     message: Message,
 ) -> Option<Message> {
     let answer = match message {
@@ -109,7 +194,14 @@ pub(crate) async fn answer(
             })
             .await;
             match committed {
-                Ok(meta) => Message::ArtifactInfo(Some(meta)),
+                Ok(meta) => match remote {
+                    // Answered once the bytes are where they are kept.
+                    Some(remote) => match offload(artifacts, remote, digest).await {
+                        Ok(()) => Message::ArtifactInfo(Some(meta)),
+                        Err(e) => error(ErrorCode::Unavailable, e),
+                    },
+                    None => Message::ArtifactInfo(Some(meta)),
+                },
                 Err(e) => refused(&e),
             }
         }
@@ -119,6 +211,9 @@ pub(crate) async fn answer(
             len,
         } => match on_files(artifacts, move |a| a.read(digest, offset, len as usize)).await {
             Ok((data, size)) => Message::ArtifactData { data, size },
+            Err(ArtifactError::NotFound(_)) if remote.is_some() => {
+                read_remote(artifacts, remote, digest, offset, len).await
+            }
             Err(e) => refused(&e),
         },
         Message::CheckpointSaved {
@@ -161,6 +256,32 @@ pub(crate) async fn answer(
         _ => return None,
     };
     Some(answer)
+}
+
+/// Bytes of an artifact kept in object storage.
+async fn read_remote(
+    artifacts: &ArtifactStore,
+    remote: Option<&RemoteBlobs>,
+    digest: Digest,
+    offset: u64,
+    len: u32,
+) -> Message {
+    let meta = match on_files(artifacts, move |a| a.stat(digest)).await {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return refused(&ArtifactError::NotFound(digest)),
+        Err(e) => return refused(&e),
+    };
+    let Some(remote) = remote else {
+        return refused(&ArtifactError::NotFound(digest));
+    };
+    let len = (len as usize).min(ARTIFACT_CHUNK);
+    match remote.read(digest, offset, len, meta.size).await {
+        Ok(data) => Message::ArtifactData {
+            data,
+            size: meta.size,
+        },
+        Err(e) => error(ErrorCode::Unavailable, e.to_string()),
+    }
 }
 
 /// The model registry as it stands: read off the succeeded train, distill and evaluate jobs.

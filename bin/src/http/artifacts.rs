@@ -120,23 +120,13 @@ pub(crate) async fn content(
     state: web::Data<State>,
     digest: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let meta = stat(&state, path_digest(&digest)?).await?;
-    let path = state.plane.artifacts().blob_path(meta.digest);
-    let file = tokio::fs::File::open(&path)
+    let digest = path_digest(&digest)?;
+    let (meta, stream) = state
+        .plane
+        .artifact_bytes(digest)
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot read artifact {}: {e}", meta.digest)))?;
-    let stream = futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 << 10];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(web::Bytes::from(buf)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    });
+        .map_err(|e| ApiError::unavailable(format!("cannot read artifact {digest}: {e}")))?
+        .ok_or_else(|| ApiError::not_found(format!("no artifact {digest}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(ContentDisposition {
