@@ -172,6 +172,13 @@ pub(crate) fn file_name(name: &str, extension: &str) -> String {
     format!("{stem}.{extension}")
 }
 
+/// Makes the attempt's output folder.
+pub(crate) async fn make_output_dir(ctx: &StageContext) -> Result<(), StageError> {
+    tokio::fs::create_dir_all(&ctx.output_dir)
+        .await
+        .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))
+}
+
 /// Keeps `path` as an artifact and logs where it went.
 pub(crate) async fn keep(
     ctx: &StageContext,

@@ -129,19 +129,7 @@ impl ArtifactStore {
 
     /// What is known of `digest`, if it is stored.
     pub fn stat(&self, digest: Digest) -> Result<Option<ArtifactMeta>, ArtifactError> {
-        let path = self.meta_path(digest);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                record::decode(&bytes, "artifact")
-                    .map(Some)
-                    .map_err(|e| ArtifactError::Io {
-                        path,
-                        source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                    })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ArtifactError::Io { path, source: e }),
-        }
+        read_record(&self.meta_path(digest), "artifact")
     }
 
     /// Appends `data` at `offset` to upload `upload` of `digest`; returns the bytes uploaded
@@ -403,17 +391,7 @@ impl ArtifactStore {
 
     /// `job`'s latest checkpoint, if one was recorded.
     pub fn checkpoint(&self, job: JobId) -> Result<Option<CheckpointPointer>, ArtifactError> {
-        let path = self.job_dir(job).join("checkpoint");
-        match fs::read(&path) {
-            Ok(bytes) => record::decode(&bytes, "checkpoint pointer")
-                .map(Some)
-                .map_err(|e| ArtifactError::Io {
-                    path,
-                    source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ArtifactError::Io { path, source: e }),
-        }
+        read_record(&self.job_dir(job).join("checkpoint"), "checkpoint pointer")
     }
 }
 
@@ -432,6 +410,26 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64), ArtifactError> {
         size += n as u64;
     }
     Ok((Digest(hasher.finalize().into()), size))
+}
+
+/// The record in the file at `path` (`what` it is, for errors); `None` when there is no file.
+fn read_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>, ArtifactError> {
+    match fs::read(path) {
+        Ok(bytes) => record::decode(&bytes, what)
+            .map(Some)
+            .map_err(|e| ArtifactError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArtifactError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {

@@ -4,7 +4,7 @@ use nexa_compute::{DistillConfig, Preset};
 use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
 use serde_json::json;
 
-use super::train::{Start, Teacher, Training, checkpoints, metrics, run_training};
+use super::train::{Start, Teacher, Training, metrics, prepare, run_training};
 use super::{Device, Hyper, Reporter, architecture, fetch_model, file_name, keep, load_dataset};
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
@@ -75,14 +75,7 @@ impl Stage for DistillStage {
                 data.len(),
                 params.temperature
             ));
-            let (dir, resume) = checkpoints(&ctx).await?;
-            if let Some(step) = resume {
-                ctx.logs
-                    .line(format!("resuming from the checkpoint at step {step}"));
-            }
-            tokio::fs::create_dir_all(&ctx.output_dir)
-                .await
-                .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))?;
+            let dir = prepare(&ctx).await?;
             let name = file_name(&params.student_model, "safetensors");
             let model_file = ctx.output_dir.join(&name);
             let labelled_name = file_name(

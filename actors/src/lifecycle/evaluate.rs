@@ -4,7 +4,10 @@ use nexa_compute::{Backend, Dataset, EvaluationReport, Metrics, evaluate};
 use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
 use serde_json::json;
 
-use super::{Device, Work, compute_error, fetch_model, keep, load_dataset, load_model, on_device};
+use super::{
+    Device, Work, compute_error, fetch_model, keep, load_dataset, load_model, make_output_dir,
+    on_device,
+};
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
 /// The metric names an evaluate job may ask for in `metrics`.
@@ -155,9 +158,7 @@ impl Stage for EvaluateStage {
                 "dataset": {"uri": params.dataset_uri, "part": part},
                 "report": report,
             });
-            tokio::fs::create_dir_all(&ctx.output_dir)
-                .await
-                .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))?;
+            make_output_dir(&ctx).await?;
             let report_file = ctx.output_dir.join("evaluation.json");
             tokio::fs::write(&report_file, document.to_string())
                 .await

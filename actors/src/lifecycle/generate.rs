@@ -4,7 +4,7 @@ use nexa_compute::{GenerateSpec, Problem, SplitPlan, generate, write_dataset};
 use nexa_runtime::{ArtifactKind, JobOutput, JobParams};
 use serde_json::json;
 
-use super::{compute_error, file_name, keep};
+use super::{compute_error, file_name, keep, make_output_dir};
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
 /// Classes of a generated dataset: the target binned into this many equally populated
@@ -54,9 +54,7 @@ impl Stage for GenerateStage {
                 spec.noise
             ));
             ctx.progress.set(0.05);
-            tokio::fs::create_dir_all(&ctx.output_dir)
-                .await
-                .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))?;
+            make_output_dir(&ctx).await?;
             let name = file_name(
                 &format!("{}_{}", problem.domain(), problem.name()),
                 "parquet",

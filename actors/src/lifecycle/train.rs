@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Device, Hyper, Reporter, Work, architecture, compute_error, fetch_model, file_name, keep,
-    keep_checkpoints, load_dataset, load_model, on_device, restore_checkpoint,
+    keep_checkpoints, load_dataset, load_model, make_output_dir, on_device, restore_checkpoint,
 };
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
@@ -167,11 +167,11 @@ pub(crate) async fn run_training(
     trained
 }
 
-/// The job's checkpoint folder, with the latest checkpoint any earlier attempt kept brought
-/// in; and the step it resumes from, if any.
-pub(crate) async fn checkpoints(
-    ctx: &StageContext,
-) -> Result<(CheckpointDir, Option<u64>), StageError> {
+/// Gets a training stage ready to run: the output folder made, and the job's checkpoint
+/// folder with the latest checkpoint any earlier attempt kept brought in (the step it resumes
+/// from is logged).
+pub(crate) async fn prepare(ctx: &StageContext) -> Result<CheckpointDir, StageError> {
+    make_output_dir(ctx).await?;
     let dir = CheckpointDir::new(ctx.checkpoint_dir.join("train"), LOCAL_CHECKPOINTS)
         .map_err(|e| StageError::Failed(format!("checkpoints: {e}")))?;
     restore_checkpoint(ctx, &dir).await?;
@@ -180,7 +180,11 @@ pub(crate) async fn checkpoints(
         .map_err(|e| StageError::Failed(format!("checkpoints: {e}")))?
         .last()
         .copied();
-    Ok((dir, resume))
+    if let Some(step) = resume {
+        ctx.logs
+            .line(format!("resuming from the checkpoint at step {step}"));
+    }
+    Ok(dir)
 }
 
 /// The metrics of a training run, for the job.
@@ -243,14 +247,7 @@ impl Stage for TrainStage {
                 data.len(),
                 params.epochs
             ));
-            let (dir, resume) = checkpoints(&ctx).await?;
-            if let Some(step) = resume {
-                ctx.logs
-                    .line(format!("resuming from the checkpoint at step {step}"));
-            }
-            tokio::fs::create_dir_all(&ctx.output_dir)
-                .await
-                .map_err(|e| StageError::Failed(format!("cannot make the output folder: {e}")))?;
+            let dir = prepare(&ctx).await?;
             let name = file_name(&params.model_id, "safetensors");
             let model_file = ctx.output_dir.join(&name);
             let training = Training {
