@@ -268,16 +268,42 @@ impl Reporter {
     }
 }
 
+/// The least time between two checkpoints kept with the control plane: a resume loses at
+/// most this much more work, and a fast run does not store a checkpoint a step.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Keeps the checkpoints the training loop reports (their steps arrive on `steps`) as
-/// artifacts of the job, the newest first when several wait; returns when `steps` closes.
-/// A failed upload is logged and training goes on: the worst it costs is a resume from an
-/// older checkpoint.
+/// artifacts of the job: the newest one at most every [`CHECKPOINT_INTERVAL`], and the last
+/// one always; returns when `steps` closes. A failed upload is logged and training goes on:
+/// the worst it costs is a resume from an older checkpoint.
 pub(crate) async fn keep_checkpoints(
     ctx: &StageContext,
     dir: &nexa_compute::CheckpointDir,
     mut steps: mpsc::UnboundedReceiver<u64>,
 ) {
-    while let Some(mut step) = steps.recv().await {
+    let mut last_kept: Option<tokio::time::Instant> = None;
+    let mut open = true;
+    while open {
+        let Some(mut step) = steps.recv().await else {
+            break;
+        };
+        if let Some(kept) = last_kept {
+            // Wait out the interval, taking newer checkpoints as they come; the run's end
+            // (the channel closing) ends the wait.
+            let due = kept + CHECKPOINT_INTERVAL;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => break,
+                    next = steps.recv() => match next {
+                        Some(later) => step = later,
+                        None => {
+                            open = false;
+                            break;
+                        }
+                    },
+                }
+            }
+        }
         while let Ok(later) = steps.try_recv() {
             step = later;
         }
@@ -285,6 +311,7 @@ pub(crate) async fn keep_checkpoints(
         if !state.exists() {
             continue;
         }
+        last_kept = Some(tokio::time::Instant::now());
         match ctx.artifacts.save_checkpoint(step, &state).await {
             Ok(()) => ctx.logs.line(format!("checkpoint at step {step} kept")),
             Err(e) => ctx
