@@ -93,14 +93,14 @@ pub enum StageError {
 }
 
 impl StageError {
-    /// As the job error recorded for the attempt.
+    /// As the job error recorded for the attempt: the class says whose fault it is, so the
+    /// message is the reason alone.
     pub fn to_job_error(&self) -> JobError {
-        let class = match self {
-            StageError::InvalidInput(_) => FailureClass::InvalidInput,
-            StageError::Failed(_) => FailureClass::StageError,
-            StageError::Cancelled => FailureClass::Cancelled,
-        };
-        JobError::new(class, self.to_string())
+        match self {
+            StageError::InvalidInput(m) => JobError::new(FailureClass::InvalidInput, m.clone()),
+            StageError::Failed(m) => JobError::new(FailureClass::StageError, m.clone()),
+            StageError::Cancelled => JobError::new(FailureClass::Cancelled, "cancelled"),
+        }
     }
 }
 
