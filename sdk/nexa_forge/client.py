@@ -644,6 +644,10 @@ class NexaForgeClient:
                     expected=digest,
                     actual=actual,
                 )
+            # mkstemp makes the file private (0600); a download gets the usual permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, dest)
         except BaseException:
             try:
