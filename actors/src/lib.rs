@@ -46,8 +46,9 @@ pub use clock::now;
 pub use command_stage::{CommandStage, params_json};
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
 pub use lifecycle::{
-    DEFAULT_BASE, DEFAULT_STUDENT, DISTILL_ALPHA, DistillStage, EVALUATION_METRICS, EvaluateStage,
-    GENERATED_CLASSES, GENERATED_SPLIT, GenerateStage, TrainStage, builtin_stages,
+    CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DISTILL_ALPHA, DistillStage,
+    EVALUATION_METRICS, EvaluateStage, GENERATED_CLASSES, GENERATED_SPLIT, GenerateStage,
+    TrainStage, builtin_stages, builtin_stages_with,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};

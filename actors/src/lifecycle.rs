@@ -35,14 +35,21 @@ use crate::artifacts::{Artifacts, ModelSource};
 use crate::audit_stage::AuditStage;
 use crate::stage::{LogSink, Progress, StageContext, StageError, StageRegistry};
 
-/// The stages every worker runs out of the box: generate, audit, train, distill, evaluate.
+/// The stages every worker runs out of the box: generate, audit, train, distill, evaluate,
+/// with the default [`CHECKPOINT_INTERVAL`].
 pub fn builtin_stages() -> StageRegistry {
+    builtin_stages_with(CHECKPOINT_INTERVAL)
+}
+
+/// The built-in stages, training ones keeping a checkpoint with the control plane at most
+/// every `checkpoint_interval` (zero: every checkpoint written).
+pub fn builtin_stages_with(checkpoint_interval: Duration) -> StageRegistry {
     let mut stages = StageRegistry::new();
     stages
         .register(JobType::Generate, GenerateStage)
         .register(JobType::Audit, AuditStage)
-        .register(JobType::Train, TrainStage)
-        .register(JobType::Distill, DistillStage)
+        .register(JobType::Train, TrainStage::new(checkpoint_interval))
+        .register(JobType::Distill, DistillStage::new(checkpoint_interval))
         .register(JobType::Evaluate, EvaluateStage);
     stages
 }
@@ -268,18 +275,20 @@ impl Reporter {
     }
 }
 
-/// The least time between two checkpoints kept with the control plane: a resume loses at
-/// most this much more work, and a fast run does not store a checkpoint a step.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// The least time between two checkpoints a training stage keeps with the control plane, by
+/// default: a resume loses at most this much more work, and a fast run does not store a
+/// checkpoint a step.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Keeps the checkpoints the training loop reports (their steps arrive on `steps`) as
-/// artifacts of the job: the newest one at most every [`CHECKPOINT_INTERVAL`], and the last
-/// one always; returns when `steps` closes. A failed upload is logged and training goes on:
+/// artifacts of the job: the newest one at most every `interval`, and the last one always;
+/// returns when `steps` closes. A failed upload is logged and training goes on:
 /// the worst it costs is a resume from an older checkpoint.
 pub(crate) async fn keep_checkpoints(
     ctx: &StageContext,
     dir: &nexa_compute::CheckpointDir,
     mut steps: mpsc::UnboundedReceiver<u64>,
+    interval: Duration,
 ) {
     let mut last_kept: Option<tokio::time::Instant> = None;
     let mut open = true;
@@ -290,7 +299,7 @@ pub(crate) async fn keep_checkpoints(
         if let Some(kept) = last_kept {
             // Wait out the interval, taking newer checkpoints as they come; the run's end
             // (the channel closing) ends the wait.
-            let due = kept + CHECKPOINT_INTERVAL;
+            let due = kept + interval;
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(due) => break,

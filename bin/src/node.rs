@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nexa_actors::{
     CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
-    builtin_stages, local_gpus,
+    builtin_stages_with, local_gpus,
 };
 use nexa_runtime::WorkerId;
 use nexa_transport::Trust;
@@ -106,7 +106,9 @@ async fn start_control_plane(
 
 /// The built-in stages, then the handlers given, which take precedence.
 fn stages(offer: &OfferArgs) -> StageRegistry {
-    let mut stages = builtin_stages();
+    let interval = Duration::try_from_secs_f64(offer.checkpoint_interval)
+        .unwrap_or(nexa_actors::CHECKPOINT_INTERVAL);
+    let mut stages = builtin_stages_with(interval);
     for (job_type, command) in &offer.handlers {
         stages.register(
             *job_type,

@@ -275,6 +275,10 @@ pub(crate) struct OfferArgs {
     /// Seconds a cancelled job's program gets to stop before it is killed.
     #[arg(long, default_value_t = 10)]
     pub(crate) cancel_grace: u64,
+    /// The least seconds between two training checkpoints a built-in train or distill job
+    /// keeps with the control plane (0: every checkpoint it writes).
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) checkpoint_interval: f64,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,7 @@
 //! [`DistillStage`]: a teacher's knowledge into a student.
 
+use std::time::Duration;
+
 use nexa_compute::{DistillConfig, Preset};
 use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
 use serde_json::json;
@@ -31,11 +33,29 @@ pub const DEFAULT_STUDENT: Preset = Preset::StudentSmall;
 ///
 /// A teacher that is not registered fails at once as invalid input, naming the registered
 /// models.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DistillStage;
+#[derive(Clone, Copy, Debug)]
+pub struct DistillStage {
+    checkpoint_interval: Duration,
+}
+
+impl DistillStage {
+    /// Keeping a checkpoint with the control plane at most every `checkpoint_interval`.
+    pub fn new(checkpoint_interval: Duration) -> Self {
+        Self {
+            checkpoint_interval,
+        }
+    }
+}
+
+impl Default for DistillStage {
+    fn default() -> Self {
+        Self::new(super::CHECKPOINT_INTERVAL)
+    }
+}
 
 impl Stage for DistillStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        let keep_every = self.checkpoint_interval;
         Box::pin(async move {
             let JobParams::Distill(params) = &ctx.spec.params else {
                 return Err(StageError::InvalidInput(format!(
@@ -98,6 +118,7 @@ impl Stage for DistillStage {
                     },
                     labelled: labelled.clone(),
                 }),
+                keep_every,
             };
             let trained = run_training(&ctx, training).await?;
             let labelled_uri = keep(&ctx, &labelled, &labelled_name, ArtifactKind::Dataset).await?;

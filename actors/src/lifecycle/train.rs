@@ -1,6 +1,7 @@
 //! [`TrainStage`], and the training run it shares with the distill stage.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use nexa_compute::{
     Backend, CheckpointDir, Dataset, DistillConfig, EvaluationReport, Head, Mlp, MlpConfig, Preset,
@@ -51,6 +52,8 @@ pub(crate) struct Training {
     pub(crate) reporter: Reporter,
     pub(crate) model_file: PathBuf,
     pub(crate) teacher: Option<Teacher>,
+    /// The least time between two checkpoints kept with the control plane.
+    pub(crate) keep_every: Duration,
 }
 
 /// What a training run made.
@@ -73,6 +76,7 @@ impl Work for Training {
             mut reporter,
             model_file,
             teacher,
+            keep_every: _,
         } = self;
         let mut config = hyper.config;
         let teacher = match teacher {
@@ -157,13 +161,16 @@ pub(crate) async fn run_training(
     let device = Device::for_job(&ctx.gpus);
     ctx.logs
         .line(format!("training on {}", device.describe(&ctx.gpus)));
-    let dir = training.checkpoints.clone();
+    let (dir, keep_every) = (training.checkpoints.clone(), training.keep_every);
     let (tx, rx) = mpsc::unbounded_channel();
     let training = Training {
         reporter: training.reporter.with_checkpoints(tx),
         ..training
     };
-    let (trained, ()) = tokio::join!(on_device(device, training), keep_checkpoints(ctx, &dir, rx));
+    let (trained, ()) = tokio::join!(
+        on_device(device, training),
+        keep_checkpoints(ctx, &dir, rx, keep_every)
+    );
     trained
 }
 
@@ -218,11 +225,29 @@ pub(crate) fn metrics(trained: &Trained, output: &mut JobOutput) {
 /// Checkpoints are kept as artifacts as they are written; a retried attempt on any worker
 /// resumes from the latest, and the run then ends with the same weights as one that was
 /// never interrupted (on the CPU, bit for bit). The model is the job's `model` artifact.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TrainStage;
+#[derive(Clone, Copy, Debug)]
+pub struct TrainStage {
+    checkpoint_interval: Duration,
+}
+
+impl TrainStage {
+    /// Keeping a checkpoint with the control plane at most every `checkpoint_interval`.
+    pub fn new(checkpoint_interval: Duration) -> Self {
+        Self {
+            checkpoint_interval,
+        }
+    }
+}
+
+impl Default for TrainStage {
+    fn default() -> Self {
+        Self::new(super::CHECKPOINT_INTERVAL)
+    }
+}
 
 impl Stage for TrainStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        let keep_every = self.checkpoint_interval;
         Box::pin(async move {
             let JobParams::Train(params) = &ctx.spec.params else {
                 return Err(StageError::InvalidInput(format!(
@@ -258,6 +283,7 @@ impl Stage for TrainStage {
                 reporter: Reporter::new(&ctx, (0.02, 0.95), 0),
                 model_file: model_file.clone(),
                 teacher: None,
+                keep_every,
             };
             let trained = run_training(&ctx, training).await?;
             let uri = keep(&ctx, &model_file, &name, ArtifactKind::Model).await?;

@@ -64,6 +64,8 @@ class Nexa:
         self.stdout_lines = []
         self.token = self._create_token(data) if with_token else None
         handler = ["--handler", f"train=python3 {shlex.quote(str(HERE / 'handler.py'))}"] if handlers else []
+        # Every checkpoint kept, so a short training run has several for the page to fold.
+        handler += [] if handlers else ["--checkpoint-interval", "0"]
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [str(_binary()), "up", "--data", str(data),
