@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use nexa_compute::{AuditPhase, AuditRequest, audit_with, report_metrics};
-use nexa_runtime::{JobOutput, JobParams};
+use nexa_runtime::{JobOutput, JobParams, JobType};
 
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
@@ -19,10 +19,7 @@ impl Stage for AuditStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
         Box::pin(async move {
             let JobParams::Audit(params) = &ctx.spec.params else {
-                return Err(StageError::InvalidInput(format!(
-                    "the audit stage runs audit jobs, not {} jobs",
-                    ctx.spec.job_type()
-                )));
+                return Err(ctx.wrong_job_type(JobType::Audit));
             };
             // A nexa:// artifact is fetched first; a path or file:// URI is read where it is.
             let path = ctx.artifacts.fetch(&params.dataset_uri).await?;

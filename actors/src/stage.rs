@@ -78,6 +78,16 @@ pub struct StageContext {
     pub artifacts: Artifacts,
 }
 
+impl StageContext {
+    /// The refusal of a stage made for `expected` jobs, given a job of another type.
+    pub(crate) fn wrong_job_type(&self, expected: JobType) -> StageError {
+        StageError::InvalidInput(format!(
+            "the {expected} stage runs {expected} jobs, not {} jobs",
+            self.spec.job_type()
+        ))
+    }
+}
+
 /// Why a stage did not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StageError {

@@ -5,29 +5,10 @@ use std::time::{Duration, Instant};
 
 use nexa_actors::*;
 use nexa_runtime::*;
-use nexa_transport::Trust;
 
-const TOKEN: &str = "embedded-test-token";
+mod support;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    plane: ControlPlane,
-}
-
-async fn cluster(lease_ttl: Duration) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ControlPlaneConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("plane"),
-        TOKEN,
-    );
-    config.store.lease_ttl = lease_ttl;
-    config.store.retry.base = Duration::from_millis(50);
-    config.heartbeat = Duration::from_millis(200);
-    config.long_poll = Duration::from_secs(2);
-    let plane = ControlPlane::start(config).await.unwrap();
-    Cluster { dir, plane }
-}
+use support::{Cluster, cluster};
 
 impl Cluster {
     async fn worker(&self, name: &str, command: &str, gpus: usize) -> WorkerNode {
@@ -36,22 +17,13 @@ impl Cluster {
             JobType::Train,
             CommandStage::new(command, Duration::from_millis(500)),
         );
-        let trust = Trust::Fingerprint(self.plane.fingerprint());
-        let mut config = WorkerConfig::new(
-            self.plane.addr(),
-            trust,
-            TOKEN,
-            WorkerId::new(name).unwrap(),
-            stages,
-            self.dir.path().join(name),
-        );
+        let mut config = self.worker_config(name, stages);
         config.gpus = (0..gpus)
             .map(|_| Gpu {
                 model: "Test GPU".into(),
                 memory_mb: 16_384,
             })
             .collect();
-        config.restart.backoff = Duration::from_millis(20);
         WorkerNode::start(config).await.unwrap()
     }
 
@@ -245,16 +217,9 @@ async fn the_built_in_audit_stage_audits_a_dataset() {
     let c = cluster(Duration::from_secs(10)).await;
     let mut stages = StageRegistry::new();
     stages.register(JobType::Audit, AuditStage);
-    let trust = Trust::Fingerprint(c.plane.fingerprint());
-    let config = WorkerConfig::new(
-        c.plane.addr(),
-        trust,
-        TOKEN,
-        WorkerId::new("auditor").unwrap(),
-        stages,
-        c.dir.path().join("auditor"),
-    );
-    let _w = WorkerNode::start(config).await.unwrap();
+    let _w = WorkerNode::start(c.worker_config("auditor", stages))
+        .await
+        .unwrap();
     let data = c.dir.path().join("iris.csv");
     std::fs::write(
         &data,
@@ -322,16 +287,7 @@ impl Cluster {
     async fn worker_with(&self, name: &str, stage: impl Stage, grace: Duration) -> WorkerNode {
         let mut stages = StageRegistry::new();
         stages.register(JobType::Train, stage);
-        let trust = Trust::Fingerprint(self.plane.fingerprint());
-        let mut config = WorkerConfig::new(
-            self.plane.addr(),
-            trust,
-            TOKEN,
-            WorkerId::new(name).unwrap(),
-            stages,
-            self.dir.path().join(name),
-        );
-        config.restart.backoff = Duration::from_millis(20);
+        let mut config = self.worker_config(name, stages);
         config.cancel_grace = grace;
         WorkerNode::start(config).await.unwrap()
     }

@@ -9,42 +9,19 @@ use std::time::{Duration, Instant};
 use nexa_actors::*;
 use nexa_compute::{CpuBackend, Mlp};
 use nexa_runtime::*;
-use nexa_transport::Trust;
 
-const TOKEN: &str = "lifecycle-test-token";
+mod support;
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    plane: ControlPlane,
-}
-
-async fn cluster(lease_ttl: Duration) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ControlPlaneConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("plane"),
-        TOKEN,
-    );
-    config.store.lease_ttl = lease_ttl;
-    config.store.retry.base = Duration::from_millis(50);
-    config.heartbeat = Duration::from_millis(200);
-    config.long_poll = Duration::from_secs(2);
-    let plane = ControlPlane::start(config).await.unwrap();
-    Cluster { dir, plane }
-}
+use support::{Cluster, cluster};
 
 impl Cluster {
     async fn worker(&self, name: &str) -> WorkerNode {
-        let trust = Trust::Fingerprint(self.plane.fingerprint());
-        let mut config = WorkerConfig::new(
-            self.plane.addr(),
-            trust,
-            TOKEN,
-            WorkerId::new(name).unwrap(),
-            builtin_stages(),
-            self.dir.path().join(name),
-        );
-        config.restart.backoff = Duration::from_millis(20);
+        self.worker_with_slots(name, 1).await
+    }
+
+    async fn worker_with_slots(&self, name: &str, slots: usize) -> WorkerNode {
+        let mut config = self.worker_config(name, builtin_stages());
+        config.slots = slots;
         WorkerNode::start(config).await.unwrap()
     }
 
@@ -241,17 +218,7 @@ async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_fetching_one_artifact_at_once_each_read_it_whole() {
     let c = cluster(Duration::from_secs(10)).await;
-    let trust = Trust::Fingerprint(c.plane.fingerprint());
-    let mut config = WorkerConfig::new(
-        c.plane.addr(),
-        trust,
-        TOKEN,
-        WorkerId::new("wide").unwrap(),
-        builtin_stages(),
-        c.dir.path().join("wide"),
-    );
-    config.slots = 6;
-    let _w = WorkerNode::start(config).await.unwrap();
+    let _w = c.worker_with_slots("wide", 6).await;
     for round in 0..3 {
         let generated = c.submit(generate(20_000 + round)).await;
         let dataset = c.succeeded(generated).await.artifacts["dataset"].clone();

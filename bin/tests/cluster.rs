@@ -59,15 +59,18 @@ async fn plane(dir: &Path, lease_ttl: Duration) -> ControlPlane {
     ControlPlane::start(config).await.unwrap()
 }
 
+/// A `nexa worker` process; with `handler`, train jobs go to that program, else every job
+/// type runs the built-in stages.
 fn worker(
     server: SocketAddr,
     fingerprint: &str,
     dir: &Path,
     name: &str,
-    handler: &str,
+    handler: Option<&str>,
     extra: &[&str],
 ) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let handler = handler.map(|h| ["--handler".to_owned(), format!("train={h}")]);
     let child = Command::new(NEXA)
         .args([
             "worker",
@@ -79,8 +82,7 @@ fn worker(
         .args(["--token", TOKEN, "--name", name, "--cancel-grace", "1"])
         .arg("--work-dir")
         .arg(dir.join(name))
-        .arg("--handler")
-        .arg(format!("train={handler}"))
+        .args(handler.iter().flatten())
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -92,19 +94,8 @@ fn worker(
 
 /// A worker process with the built-in stages only.
 fn builtin_worker(plane: &ControlPlane, dir: &Path, name: &str) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(NEXA)
-        .args(["worker", "--server", &plane.addr().to_string()])
-        .args(["--fingerprint", &plane.fingerprint().to_string()])
-        .args(["--token", TOKEN, "--name", name])
-        .arg("--work-dir")
-        .arg(dir.join(name))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(child)
+    let fingerprint = plane.fingerprint().to_string();
+    worker(plane.addr(), &fingerprint, dir, name, None, &[])
 }
 
 fn plane_worker(
@@ -119,7 +110,7 @@ fn plane_worker(
         &plane.fingerprint().to_string(),
         dir,
         name,
-        handler,
+        Some(handler),
         extra,
     )
 }
@@ -398,7 +389,7 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
         &server.fingerprint.clone(),
         dir.path(),
         "w1",
-        &handler,
+        Some(&handler),
         &[],
     );
     let started = |ran: &Path| {

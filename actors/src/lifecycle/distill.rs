@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nexa_compute::{DistillConfig, Preset};
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, MODEL_ARTIFACT};
 use serde_json::json;
 
 use super::train::{Start, Teacher, Training, metrics, prepare, run_training};
@@ -58,10 +58,7 @@ impl Stage for DistillStage {
         let keep_every = self.checkpoint_interval;
         Box::pin(async move {
             let JobParams::Distill(params) = &ctx.spec.params else {
-                return Err(StageError::InvalidInput(format!(
-                    "the distill stage runs distill jobs, not {} jobs",
-                    ctx.spec.job_type()
-                )));
+                return Err(ctx.wrong_job_type(JobType::Distill));
             };
             let (teacher, teacher_path) = fetch_model(&ctx.artifacts, &params.teacher_model)
                 .await

@@ -1,7 +1,7 @@
 //! [`EvaluateStage`]: a model scored on a dataset.
 
 use nexa_compute::{Backend, Dataset, EvaluationReport, Metrics, evaluate};
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, MODEL_ARTIFACT};
 use serde_json::json;
 
 use super::{
@@ -84,10 +84,7 @@ impl Stage for EvaluateStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
         Box::pin(async move {
             let JobParams::Evaluate(params) = &ctx.spec.params else {
-                return Err(StageError::InvalidInput(format!(
-                    "the evaluate stage runs evaluate jobs, not {} jobs",
-                    ctx.spec.job_type()
-                )));
+                return Err(ctx.wrong_job_type(JobType::Evaluate));
             };
             if let Some(unknown) = params
                 .metrics

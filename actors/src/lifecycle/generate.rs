@@ -1,7 +1,7 @@
 //! [`GenerateStage`]: a seeded synthetic dataset as a Parquet artifact.
 
 use nexa_compute::{GenerateSpec, Problem, SplitPlan, generate, write_dataset};
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType};
 use serde_json::json;
 
 use super::{compute_error, file_name, keep, make_output_dir};
@@ -28,10 +28,7 @@ impl Stage for GenerateStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
         Box::pin(async move {
             let JobParams::Generate(params) = &ctx.spec.params else {
-                return Err(StageError::InvalidInput(format!(
-                    "the generate stage runs generate jobs, not {} jobs",
-                    ctx.spec.job_type()
-                )));
+                return Err(ctx.wrong_job_type(JobType::Generate));
             };
             let problem: Problem = params
                 .domain

@@ -7,7 +7,7 @@ use nexa_compute::{
     Backend, CheckpointDir, Dataset, DistillConfig, EvaluationReport, Head, Mlp, MlpConfig, Preset,
     Task, TrainOutcome, evaluate, label_with_teacher, train, write_dataset,
 };
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams, MODEL_ARTIFACT};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, MODEL_ARTIFACT};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -250,10 +250,7 @@ impl Stage for TrainStage {
         let keep_every = self.checkpoint_interval;
         Box::pin(async move {
             let JobParams::Train(params) = &ctx.spec.params else {
-                return Err(StageError::InvalidInput(format!(
-                    "the train stage runs train jobs, not {} jobs",
-                    ctx.spec.job_type()
-                )));
+                return Err(ctx.wrong_job_type(JobType::Train));
             };
             let hyper = Hyper::parse(&params.hyperparameters, params.epochs)?;
             let base = hyper
