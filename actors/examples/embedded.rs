@@ -66,9 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let job = plane
         .submit(JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "astronomy".into(),
-            num_samples: 5,
             seed: Some(7),
+            ..GenerateParams::new("astronomy", 5)
         })))
         .await?;
     println!("submitted {}", job.id);

@@ -25,10 +25,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexa_runtime::{JobOutput, JobParams, JobSpec, ParamValue};
+use nexa_runtime::{JobOutput, JobSpec};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -69,7 +69,7 @@ impl Stage for CommandStage {
 
 /// The job as the program sees it in `NEXA_JOB_FILE`.
 fn job_document(ctx: &StageContext) -> Result<Value, serde_json::Error> {
-    let params = params_json(&ctx.spec.params);
+    let params = ctx.spec.params.to_json();
     let spec: &JobSpec = &ctx.spec;
     Ok(json!({
         "job_id": ctx.job.to_string(),
@@ -82,59 +82,6 @@ fn job_document(ctx: &StageContext) -> Result<Value, serde_json::Error> {
         "timeout_seconds": spec.timeout.as_secs(),
         "gpus": ctx.gpus,
     }))
-}
-
-/// A job's params as plain JSON, as people and other languages expect them: hyperparameters
-/// as bare numbers, strings and booleans. What the HTTP API shows and a command handler reads.
-pub fn params_json(params: &JobParams) -> Value {
-    match params {
-        JobParams::Generate(p) => {
-            json!({"domain": p.domain, "num_samples": p.num_samples, "seed": p.seed})
-        }
-        JobParams::Audit(p) => json!({
-            "dataset_uri": p.dataset_uri,
-            "label_column": p.label_column,
-            "expected_sha256": p.expected_sha256,
-        }),
-        JobParams::Distill(p) => json!({
-            "teacher_model": p.teacher_model,
-            "student_model": p.student_model,
-            "dataset_uri": p.dataset_uri,
-            "temperature": p.temperature,
-            "epochs": p.epochs,
-        }),
-        JobParams::Train(p) => {
-            let hyper: Map<String, Value> = p
-                .hyperparameters
-                .iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        ParamValue::Bool(b) => json!(b),
-                        ParamValue::Int(i) => json!(i),
-                        ParamValue::Float(f) => json!(f),
-                        ParamValue::Text(s) => json!(s),
-                    };
-                    (k.clone(), v)
-                })
-                .collect();
-            json!({
-                "model_id": p.model_id,
-                "dataset_uri": p.dataset_uri,
-                "epochs": p.epochs,
-                "hyperparameters": hyper,
-            })
-        }
-        JobParams::Evaluate(p) => json!({
-            "model_id": p.model_id,
-            "dataset_uri": p.dataset_uri,
-            "metrics": p.metrics,
-        }),
-        JobParams::Deploy(p) => json!({
-            "model_id": p.model_id,
-            "target": p.target,
-            "replicas": p.replicas,
-        }),
-    }
 }
 
 /// The job output described by `result.json`, if the program wrote one.

@@ -18,9 +18,8 @@
 //! let plane = ControlPlane::start(config).await?;
 //! let job = plane
 //!     .submit(JobSpec::new(JobParams::Audit(AuditParams {
-//!         dataset_uri: "data/train.csv".into(),
 //!         label_column: Some("label".into()),
-//!         expected_sha256: None,
+//!         ..AuditParams::new("data/train.csv")
 //!     })))
 //!     .await?;
 //! println!("{} is {}", job.id, job.state);
@@ -43,12 +42,11 @@ mod worker;
 pub use artifacts::{Artifacts, ModelSource, is_location};
 pub use audit_stage::AuditStage;
 pub use clock::now;
-pub use command_stage::{CommandStage, params_json};
+pub use command_stage::CommandStage;
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
 pub use lifecycle::{
-    CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DISTILL_ALPHA, DistillStage,
-    EVALUATION_METRICS, EvaluateStage, GENERATED_CLASSES, GENERATED_SPLIT, GenerateStage,
-    TrainStage, builtin_stages, builtin_stages_with,
+    CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DistillStage, EVALUATION_METRICS,
+    EvaluateStage, GENERATED_SPLIT, GenerateStage, TrainStage, builtin_stages, builtin_stages_with,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};

@@ -22,18 +22,18 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nexa_compute::{Backend, ComputeError, Control, CpuBackend, Dataset, Mlp, read_dataset};
-use nexa_runtime::{ArtifactKind, JobType};
+use nexa_runtime::{ArtifactKind, JobOutput, JobType};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use self::distill::{DEFAULT_STUDENT, DISTILL_ALPHA, DistillStage};
+pub use self::distill::{DEFAULT_STUDENT, DistillStage};
 pub use self::evaluate::{EVALUATION_METRICS, EvaluateStage};
-pub use self::generate::{GENERATED_CLASSES, GENERATED_SPLIT, GenerateStage};
+pub use self::generate::{GENERATED_SPLIT, GenerateStage};
 pub use self::train::{DEFAULT_BASE, TrainStage};
 use crate::artifacts::{Artifacts, ModelSource};
 use crate::audit_stage::AuditStage;
-use crate::stage::{LogSink, Progress, StageContext, StageError, StageRegistry};
+use crate::stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
 
 /// The stages every worker runs out of the box: generate, audit, train, distill, evaluate,
 /// with the default [`CHECKPOINT_INTERVAL`].
@@ -46,12 +46,38 @@ pub fn builtin_stages() -> StageRegistry {
 pub fn builtin_stages_with(checkpoint_interval: Duration) -> StageRegistry {
     let mut stages = StageRegistry::new();
     stages
-        .register(JobType::Generate, GenerateStage)
-        .register(JobType::Audit, AuditStage)
-        .register(JobType::Train, TrainStage::new(checkpoint_interval))
-        .register(JobType::Distill, DistillStage::new(checkpoint_interval))
-        .register(JobType::Evaluate, EvaluateStage);
+        .register(JobType::Generate, Builtin(GenerateStage))
+        .register(JobType::Audit, Builtin(AuditStage))
+        .register(
+            JobType::Train,
+            Builtin(TrainStage::new(checkpoint_interval)),
+        )
+        .register(
+            JobType::Distill,
+            Builtin(DistillStage::new(checkpoint_interval)),
+        )
+        .register(JobType::Evaluate, Builtin(EvaluateStage));
     stages
+}
+
+/// A built-in stage: refuses a job with `options`, which only a `--handler` program reads.
+struct Builtin<S>(S);
+
+impl<S: Stage> Stage for Builtin<S> {
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        let options = ctx.spec.params.options();
+        if !options.is_empty() {
+            let names: Vec<&str> = options.names().collect();
+            return Box::pin(std::future::ready(Err(StageError::InvalidInput(format!(
+                "params.options ({}): the built-in {} stage takes no options; they are for a \
+                 program given with --handler {}=COMMAND",
+                names.join(", "),
+                ctx.spec.job_type(),
+                ctx.spec.job_type()
+            )))));
+        }
+        self.0.run(ctx)
+    }
 }
 
 /// Where a stage runs its kernels.

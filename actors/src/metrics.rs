@@ -99,11 +99,7 @@ mod tests {
     use super::*;
 
     fn leased_after(wait: Duration) -> Job {
-        let spec = JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "physics".into(),
-            num_samples: 10,
-            seed: None,
-        }));
+        let spec = JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
         let t0 = Timestamp::from_millis(1_000_000);
         let mut job = Job::new(JobId(1), spec, true, t0);
         let at = t0.saturating_add(wait);

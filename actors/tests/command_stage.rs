@@ -1,6 +1,5 @@
 //! The external command stage, with real programs.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,10 +17,8 @@ fn context(dir: &Path, gpus: Vec<u32>) -> Run {
     let (logs_tx, logs) = LogSink::channel();
     let (progress_tx, progress) = Progress::channel();
     let spec = JobSpec::new(JobParams::Train(TrainParams {
-        model_id: "tiny-mlp".into(),
-        dataset_uri: "file:///data/iris.csv".into(),
         epochs: 3,
-        hyperparameters: BTreeMap::new(),
+        ..TrainParams::new("tiny-mlp", "file:///data/iris.csv")
     }));
     let ctx = StageContext {
         job: JobId(42),

@@ -1,6 +1,5 @@
 //! A control plane and workers in one process, running real jobs end to end.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nexa_actors::*;
@@ -28,12 +27,10 @@ impl Cluster {
     }
 
     async fn submit(&self, model: &str, gpus: u32) -> JobId {
-        let mut spec = JobSpec::new(JobParams::Train(TrainParams {
-            model_id: model.into(),
-            dataset_uri: "file:///data/train.csv".into(),
-            epochs: 1,
-            hyperparameters: BTreeMap::new(),
-        }));
+        let mut spec = JobSpec::new(JobParams::Train(TrainParams::new(
+            model,
+            "file:///data/train.csv",
+        )));
         spec.resources.gpus = gpus;
         spec.max_attempts = 3;
         self.plane.submit(spec).await.unwrap().id
@@ -109,12 +106,7 @@ async fn a_job_runs_on_an_external_command_and_its_logs_and_result_are_kept() {
 async fn a_failing_stage_is_restarted_within_its_budget_then_the_attempt_fails() {
     let c = cluster(Duration::from_secs(10)).await;
     let _w = c.worker("w1", "echo trying; exit 7", 0).await;
-    let mut spec = JobSpec::new(JobParams::Train(TrainParams {
-        model_id: "flaky".into(),
-        dataset_uri: "data.csv".into(),
-        epochs: 1,
-        hyperparameters: BTreeMap::new(),
-    }));
+    let mut spec = JobSpec::new(JobParams::Train(TrainParams::new("flaky", "data.csv")));
     spec.max_attempts = 1;
     let id = c.plane.submit(spec).await.unwrap().id;
     let job = c.wait_for(id, JobState::Failed).await;
@@ -228,9 +220,9 @@ async fn the_built_in_audit_stage_audits_a_dataset() {
     .unwrap();
     let audit = |expected_sha256: Option<String>| {
         JobSpec::new(JobParams::Audit(AuditParams {
-            dataset_uri: format!("file://{}", data.display()),
             label_column: Some("species".into()),
             expected_sha256,
+            ..AuditParams::new(format!("file://{}", data.display()))
         }))
     };
     let ok = c.plane.submit(audit(None)).await.unwrap().id;

@@ -4,6 +4,7 @@
 //! whose worker is lost resuming on another from the last checkpoint kept with the control
 //! plane; and the clear failures users meet first.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nexa_actors::*;
@@ -81,30 +82,24 @@ impl Cluster {
 
 fn generate(samples: u64) -> JobParams {
     JobParams::Generate(GenerateParams {
-        domain: "physics".into(),
-        num_samples: samples,
         seed: Some(7),
+        ..GenerateParams::new("physics", samples)
     })
 }
 
 fn train(model: &str, dataset: &str, epochs: u32, hyper: &[(&str, ParamValue)]) -> JobParams {
     JobParams::Train(TrainParams {
-        model_id: model.into(),
-        dataset_uri: dataset.into(),
         epochs,
         hyperparameters: hyper
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect(),
+        ..TrainParams::new(model, dataset)
     })
 }
 
 fn evaluate(model: &str, dataset: &str) -> JobParams {
-    JobParams::Evaluate(EvaluateParams {
-        model_id: model.into(),
-        dataset_uri: dataset.into(),
-        metrics: vec![],
-    })
+    JobParams::Evaluate(EvaluateParams::new(model, dataset))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,9 +123,9 @@ async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
     // The audit reads it by URI too.
     let audited = c
         .submit(JobParams::Audit(AuditParams {
-            dataset_uri: dataset.clone(),
             label_column: Some("range_m_class".into()),
             expected_sha256: Some(digest.to_string()),
+            ..AuditParams::new(dataset.clone())
         }))
         .await;
     let audit = c.succeeded(audited).await;
@@ -160,21 +155,34 @@ async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
 
     let distilled = c
         .submit(JobParams::Distill(DistillParams {
-            teacher_model: "teacher".into(),
-            student_model: "student".into(),
-            dataset_uri: dataset.clone(),
-            temperature: 2.0,
             epochs: 6,
+            alpha: 0.3,
+            hyperparameters: BTreeMap::from([("batch_size".into(), ParamValue::Int(32))]),
+            ..DistillParams::new("teacher", "student", dataset.clone())
         }))
         .await;
     let student_out = c.succeeded(distilled).await;
     let labelled = &student_out.artifacts["teacher_labelled"];
     assert!(student_out.metrics["teacher_agreement"] > 0.5);
+    let result: serde_json::Value =
+        serde_json::from_str(student_out.result_json.as_deref().unwrap()).unwrap();
+    assert_eq!(result["distillation"]["alpha"], 0.3);
 
     let eval_teacher = c.submit(evaluate("teacher", &dataset)).await;
     let eval_student = c.submit(evaluate("student:1", &dataset)).await;
+    let on_validation = c
+        .submit(JobParams::Evaluate(EvaluateParams {
+            split: Some(Split::Validation),
+            ..EvaluateParams::new("teacher:1", dataset.clone())
+        }))
+        .await;
     let teacher_eval = c.succeeded(eval_teacher).await;
     let student_eval = c.succeeded(eval_student).await;
+    let validation_eval = c.succeeded(on_validation).await;
+    let result: serde_json::Value =
+        serde_json::from_str(validation_eval.result_json.as_deref().unwrap()).unwrap();
+    assert_eq!(result["dataset"]["part"], "its validation split");
+    assert_eq!(result["report"]["rows"], 400, "{result}");
     // Four balanced classes: chance is 0.25. The teacher learns the law well beyond it.
     let accuracy = teacher_eval.metrics["accuracy"];
     assert!(
@@ -193,7 +201,7 @@ async fn the_lifecycle_chain_runs_on_built_in_stages_with_lineage() {
         (1, teacher, teacher_model.as_str())
     );
     assert_eq!(t.dataset_uri, dataset);
-    assert_eq!(t.evaluations, [eval_teacher]);
+    assert_eq!(t.evaluations, [eval_teacher, on_validation]);
     let s = &registry.versions("student")[0];
     assert_eq!(s.made_by, JobType::Distill);
     assert_eq!(s.teacher.as_deref(), Some("teacher"));
@@ -227,9 +235,8 @@ async fn jobs_fetching_one_artifact_at_once_each_read_it_whole() {
         for _ in 0..6 {
             audits.push(
                 c.submit(JobParams::Audit(AuditParams {
-                    dataset_uri: dataset.clone(),
-                    label_column: None,
                     expected_sha256: Some(digest.to_string()),
+                    ..AuditParams::new(dataset.clone())
                 }))
                 .await,
             );
@@ -311,11 +318,8 @@ async fn inputs_that_cannot_work_fail_at_once_and_say_why() {
     let cases = [
         (
             JobParams::Distill(DistillParams {
-                teacher_model: "gpt-4o".into(),
-                student_model: "llama-3-8b".into(),
-                dataset_uri: dataset.clone(),
-                temperature: 2.0,
                 epochs: 1,
+                ..DistillParams::new("gpt-4o", "llama-3-8b", dataset.clone())
             }),
             "\"gpt-4o\" is not in the registry",
         ),
@@ -341,6 +345,30 @@ async fn inputs_that_cannot_work_fail_at_once_and_say_why() {
             "\"chemistry\" is not a known problem",
         ),
         (
+            JobParams::Distill(DistillParams {
+                prompt_template: Some("Q: {question}".into()),
+                ..DistillParams::new("teacher", "student", dataset.clone())
+            }),
+            "params.prompt_template: the built-in distill stage",
+        ),
+        (
+            JobParams::Train(TrainParams {
+                options: Options(serde_json::Map::from_iter([(
+                    "lora_rank".to_owned(),
+                    serde_json::json!(8),
+                )])),
+                ..TrainParams::new("m", dataset.clone())
+            }),
+            "params.options (lora_rank): the built-in train stage takes no options",
+        ),
+        (
+            JobParams::Evaluate(EvaluateParams {
+                suite: Some("mmlu".into()),
+                ..EvaluateParams::new("m", dataset.clone())
+            }),
+            "params.suite: the built-in evaluate stage has no benchmark suites",
+        ),
+        (
             evaluate("nobody", &dataset),
             "\"nobody\" is not in the registry",
         ),
@@ -361,9 +389,35 @@ async fn inputs_that_cannot_work_fail_at_once_and_say_why() {
 }
 
 fn generate_domain(domain: &str) -> JobParams {
-    JobParams::Generate(GenerateParams {
-        domain: domain.into(),
-        num_samples: 10,
-        seed: None,
-    })
+    JobParams::Generate(GenerateParams::new(domain, 10))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regression_dataset_trains_and_scores_as_regression() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1").await;
+    let generated = c
+        .submit(JobParams::Generate(GenerateParams {
+            task: Task::Regression,
+            classes: None,
+            noise: 0.0,
+            seed: Some(3),
+            ..GenerateParams::new("physics/pendulum", 2000)
+        }))
+        .await;
+    let out = c.succeeded(generated).await;
+    assert!(!out.metrics.contains_key("classes"));
+    let result: serde_json::Value =
+        serde_json::from_str(out.result_json.as_deref().unwrap()).unwrap();
+    assert_eq!(result["task"]["kind"], "regression");
+    assert_eq!(result["noise"], 0.0);
+    let dataset = out.artifacts["dataset"].clone();
+    let trained = c.submit(train("pendulum", &dataset, 3, &[])).await;
+    c.succeeded(trained).await;
+    let scored = c.submit(evaluate("pendulum", &dataset)).await;
+    let metrics = c.succeeded(scored).await.metrics;
+    assert!(
+        metrics.contains_key("r2") && !metrics.contains_key("accuracy"),
+        "{metrics:?}"
+    );
 }

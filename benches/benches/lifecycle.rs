@@ -95,9 +95,8 @@ async fn platform(dir: &Path, s: &Settings) -> Result<Vec<f64>, String> {
     };
     let out = run(
         JobParams::Generate(GenerateParams {
-            domain: "physics".into(),
-            num_samples: s.samples,
             seed: Some(1),
+            ..GenerateParams::new("physics", s.samples)
         }),
         &mut times,
     )
@@ -105,41 +104,32 @@ async fn platform(dir: &Path, s: &Settings) -> Result<Vec<f64>, String> {
     let data = out.artifacts["dataset"].clone();
     run(
         JobParams::Audit(AuditParams {
-            dataset_uri: data.clone(),
             label_column: Some("range_m_class".into()),
-            expected_sha256: None,
+            ..AuditParams::new(data.clone())
         }),
         &mut times,
     )
     .await?;
     run(
         JobParams::Train(TrainParams {
-            model_id: "teacher".into(),
-            dataset_uri: data.clone(),
             epochs: s.epochs,
             hyperparameters: hyper(),
+            ..TrainParams::new("teacher", data.clone())
         }),
         &mut times,
     )
     .await?;
     run(
         JobParams::Distill(DistillParams {
-            teacher_model: "teacher".into(),
-            student_model: "student_small".into(),
-            dataset_uri: data.clone(),
-            temperature: 2.0,
             epochs: s.epochs,
+            ..DistillParams::new("teacher", "student_small", data.clone())
         }),
         &mut times,
     )
     .await?;
     for model in ["teacher", "student_small"] {
         run(
-            JobParams::Evaluate(EvaluateParams {
-                model_id: model.into(),
-                dataset_uri: data.clone(),
-                metrics: vec![],
-            }),
+            JobParams::Evaluate(EvaluateParams::new(model, data.clone())),
             &mut times,
         )
         .await?;
@@ -224,7 +214,7 @@ fn direct(dir: &Path, s: &Settings) -> Result<Vec<f64>, Box<dyn std::error::Erro
     let student_config = TrainConfig {
         distill: Some(DistillConfig {
             temperature: 2.0,
-            alpha: nexa_actors::DISTILL_ALPHA,
+            alpha: nexa_runtime::DistillParams::DEFAULT_ALPHA as f32,
         }),
         epochs: s.epochs,
         ..TrainConfig::default()

@@ -659,23 +659,26 @@ mod workload {
     pub fn sample_spec(key: String, n: u64) -> JobSpec {
         let params = match n % 3 {
             0 => JobParams::Train(TrainParams {
-                model_id: format!("llama-1b-ft-{}", n % 97),
-                dataset_uri: format!("s3://nexa-datasets/support/shard-{:05}.parquet", n % 4096),
                 epochs: 3,
                 hyperparameters: BTreeMap::from([
                     ("learning_rate".to_owned(), ParamValue::Float(3e-4)),
                     ("batch_size".to_owned(), ParamValue::Int(32)),
                 ]),
+                ..TrainParams::new(
+                    format!("llama-1b-ft-{}", n % 97),
+                    format!("s3://nexa-datasets/support/shard-{:05}.parquet", n % 4096),
+                )
             }),
             1 => JobParams::Evaluate(EvaluateParams {
-                model_id: format!("llama-1b-ft-{}", n % 97),
-                dataset_uri: "s3://nexa-datasets/support/holdout.parquet".to_owned(),
                 metrics: vec!["accuracy".to_owned(), "f1".to_owned()],
+                ..EvaluateParams::new(
+                    format!("llama-1b-ft-{}", n % 97),
+                    "s3://nexa-datasets/support/holdout.parquet".to_owned(),
+                )
             }),
             _ => JobParams::Generate(GenerateParams {
-                domain: "customer-support".to_owned(),
-                num_samples: 10_000 + n % 1000,
                 seed: Some(n),
+                ..GenerateParams::new("customer-support".to_owned(), 10_000 + n % 1000)
             }),
         };
         let mut spec = JobSpec::new(params);

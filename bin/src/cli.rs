@@ -10,9 +10,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value, json};
 
 use crate::http::auth::{self, Scope};
+use nexa_runtime::JobType;
+
 use crate::options::{
     ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
-    LogsArgs, ModelsArgs, SubmitArgs, TokenCommand,
+    LogsArgs, ModelsArgs, ParamsArgs, SubmitArgs, TokenCommand,
 };
 
 /// `nexa token create`.
@@ -51,10 +53,41 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Artifacts(ArtifactsCommand::List(args)) => artifacts(&args),
         Command::Artifacts(ArtifactsCommand::Get(args)) => download(&args),
         Command::Models(args) => models(&args),
+        Command::Params(args) => params(&args),
         Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
             bail!("not a client command")
         }
     }
+}
+
+/// `nexa params [TYPE]`: each job type's params from the definition the server applies.
+fn params(args: &ParamsArgs) -> Result<ExitCode> {
+    let types = match &args.job_type {
+        Some(name) => vec![name.parse::<JobType>()?],
+        None => JobType::ALL.to_vec(),
+    };
+    print!("{}", params_text(&types));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn params_text(types: &[JobType]) -> String {
+    let mut out = String::new();
+    for (i, t) in types.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{t}\n"));
+        let width = t.params().iter().map(|f| f.name.len()).max().unwrap_or(0);
+        for field in t.params() {
+            let need = if field.required {
+                "required"
+            } else {
+                "        "
+            };
+            out.push_str(&format!("  {:width$}  {need}  {}\n", field.name, field.doc));
+        }
+    }
+    out
 }
 
 /// The API, as the client commands see it.
@@ -155,9 +188,6 @@ fn param(s: &str) -> Result<(String, Value)> {
     Ok((k.trim().to_owned(), value))
 }
 
-/// Params of a train job that are not hyperparameters.
-const TRAIN_PARAMS: [&str; 4] = ["model_id", "dataset_uri", "epochs", "hyperparameters"];
-
 fn submit_body(args: &SubmitArgs) -> Result<Value> {
     if let Some(path) = &args.file {
         let text = if path.as_os_str() == "-" {
@@ -174,11 +204,19 @@ fn submit_body(args: &SubmitArgs) -> Result<Value> {
         .job_type
         .clone()
         .ok_or_else(|| anyhow!("say which job type to submit, or give --file"))?;
+    // For job types with hyperparameters, a name that is not one of the type's params is
+    // one (`--param learning_rate=3e-4`); anything else goes to the server as given, which
+    // names what it refuses.
+    let fields = job_type
+        .parse::<JobType>()
+        .map(|t| t.params())
+        .unwrap_or_default();
+    let takes_hyper = fields.iter().any(|f| f.name == "hyperparameters");
     let mut params = Map::new();
     let mut hyper = Map::new();
     for p in &args.params {
         let (k, v) = param(p)?;
-        if job_type == "train" && !TRAIN_PARAMS.contains(&k.as_str()) {
+        if takes_hyper && !fields.iter().any(|f| f.name == k) {
             hyper.insert(k, v);
         } else {
             params.insert(k, v);
@@ -874,5 +912,23 @@ mod tests {
             ]),
             "?a=x%20y%26z&c=1"
         );
+    }
+
+    #[test]
+    fn params_lists_every_field_of_a_type() {
+        let text = params_text(&[JobType::Distill]);
+        assert!(text.starts_with("distill\n"), "{text}");
+        for field in JobType::Distill.params() {
+            assert!(text.contains(field.name), "{text}");
+        }
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("teacher_model").contains("required"), "{text}");
+        assert!(!line("alpha").contains("required"), "{text}");
+        assert!(text.contains("(default 0.5)"), "{text}");
     }
 }

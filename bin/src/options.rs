@@ -61,6 +61,14 @@ pub(crate) enum Command {
     Artifacts(ArtifactsCommand),
     /// List the registered models, or show one with its versions and lineage.
     Models(ModelsArgs),
+    /// Show each job type's params, with their defaults (no server needed).
+    Params(ParamsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ParamsArgs {
+    /// One job type (default: all of them).
+    pub(crate) job_type: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +141,7 @@ pub(crate) struct SubmitArgs {
     /// The job type: generate, audit, distill, train, evaluate or deploy.
     pub(crate) job_type: Option<String>,
     /// A parameter as KEY=VALUE (repeatable); VALUE is read as JSON when it parses, else as text.
-    /// For train, unknown keys become hyperparameters.
+    /// For train and distill, names that are not params become hyperparameters.
     #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
     pub(crate) params: Vec<String>,
     /// The whole request as a JSON file (as POST /api/jobs takes it); `-` reads stdin.

@@ -116,12 +116,10 @@ fn plane_worker(
 }
 
 fn train(model: &str, gpus: u32) -> JobSpec {
-    let mut spec = JobSpec::new(JobParams::Train(TrainParams {
-        model_id: model.into(),
-        dataset_uri: "file:///data/train.csv".into(),
-        epochs: 1,
-        hyperparameters: BTreeMap::new(),
-    }));
+    let mut spec = JobSpec::new(JobParams::Train(TrainParams::new(
+        model,
+        "file:///data/train.csv",
+    )));
     spec.resources.gpus = gpus;
     spec
 }
@@ -494,9 +492,8 @@ async fn a_train_job_killed_with_its_worker_resumes_on_another_from_its_checkpoi
     wait_worker(&plane, "a").await;
     let generated = plane
         .submit(JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "physics".into(),
-            num_samples: 6000,
             seed: Some(3),
+            ..GenerateParams::new("physics", 6000)
         })))
         .await
         .unwrap()
@@ -509,13 +506,12 @@ async fn a_train_job_killed_with_its_worker_resumes_on_another_from_its_checkpoi
         .clone();
     let spec = |model: &str| {
         JobSpec::new(JobParams::Train(TrainParams {
-            model_id: model.into(),
-            dataset_uri: dataset.clone(),
             epochs: 3,
             hyperparameters: BTreeMap::from([
                 ("batch_size".into(), ParamValue::Int(16)),
                 ("checkpoint_every".into(), ParamValue::Int(25)),
             ]),
+            ..TrainParams::new(model, dataset.clone())
         }))
     };
     let straight = plane.submit(spec("straight")).await.unwrap().id;

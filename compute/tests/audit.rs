@@ -609,9 +609,8 @@ fn metrics_and_json() {
 #[test]
 fn request_from_job_params() {
     let params = nexa_runtime::AuditParams {
-        dataset_uri: "file:///data/train.parquet".into(),
         label_column: Some("label".into()),
-        expected_sha256: None,
+        ..nexa_runtime::AuditParams::new("file:///data/train.parquet")
     };
     let request = AuditRequest::from(&params);
     assert_eq!(request.location, params.dataset_uri);

@@ -657,16 +657,12 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{GenerateParams, JobParams};
+    use crate::params::{GenerateParams, JobParams};
 
     const TTL: Duration = Duration::from_secs(30);
 
     fn job(max_attempts: u32) -> Job {
-        let mut spec = JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "math".into(),
-            num_samples: 10,
-            seed: None,
-        }));
+        let mut spec = JobSpec::new(JobParams::Generate(GenerateParams::new("math", 10)));
         spec.max_attempts = max_attempts;
         Job::new(JobId(1), spec, true, Timestamp(0))
     }

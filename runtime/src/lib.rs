@@ -16,11 +16,7 @@
 //! let store = MemStore::default();
 //! let now = Timestamp(1_000);
 //! let job = store
-//!     .submit(JobSpec::new(JobParams::Deploy(DeployParams {
-//!         model_id: "llama-1b-distilled".into(),
-//!         target: "local".into(),
-//!         replicas: 1,
-//!     })), now)
+//!     .submit(JobSpec::new(JobParams::Deploy(DeployParams::new("llama-1b-distilled"))), now)
 //!     .unwrap();
 //!
 //! let worker = WorkerId::new("gpu-1").unwrap();
@@ -51,6 +47,7 @@ mod id;
 mod job;
 mod log;
 mod mem_store;
+mod params;
 mod registry;
 mod retry;
 mod scheduling;
@@ -74,15 +71,16 @@ pub use job::{
 };
 pub use log::{AttemptLog, LogAck, LogLine, LogMeta, LogPage, LogQuery, cap_marker};
 pub use mem_store::MemStore;
+pub use params::{
+    AuditParams, DeployParams, DistillParams, EvaluateParams, GenerateParams, JobParams, Options,
+    ParamField, ParamValue, Split, Task, TrainParams,
+};
 pub use registry::{MODEL_ARTIFACT, ModelRef, ModelVersion, Registry};
 pub use retry::RetryPolicy;
 pub use scheduling::{
     Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,
 };
-pub use spec::{
-    AuditParams, DeployParams, DistillParams, EvaluateParams, GenerateParams, JobParams, JobSpec,
-    JobType, ParamValue, Resources, SpecError, TrainParams, URI_SCHEMES, UnknownJobType,
-};
+pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType};
 pub use store::{
     Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery, Page,
     ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit, WriteOp,

@@ -36,11 +36,7 @@ struct MemTables {
 /// use nexa_runtime::{GenerateParams, JobParams, JobSpec, JobState, MemStore, Store, Timestamp};
 ///
 /// let store = MemStore::default();
-/// let spec = JobSpec::new(JobParams::Generate(GenerateParams {
-///     domain: "biology".into(),
-///     num_samples: 100,
-///     seed: None,
-/// }));
+/// let spec = JobSpec::new(JobParams::Generate(GenerateParams::new("biology", 100)));
 /// let submitted = store.submit(spec, Timestamp(0)).unwrap();
 /// assert_eq!(store.get(submitted.id).unwrap().state, JobState::Queued);
 /// ```

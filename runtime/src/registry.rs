@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::JobId;
 use crate::job::{Job, JobState};
-use crate::spec::{JobParams, JobType};
+use crate::params::JobParams;
+use crate::spec::JobType;
 use crate::time::Timestamp;
 
 /// The artifact name under which train, distill and evaluate jobs name the model file they
@@ -196,7 +197,8 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::job::JobOutput;
-    use crate::spec::{DistillParams, EvaluateParams, GenerateParams, JobSpec, TrainParams};
+    use crate::params::{DistillParams, EvaluateParams, GenerateParams, TrainParams};
+    use crate::spec::JobSpec;
 
     fn job(id: u64, params: JobParams, finished: u64, model: Option<&str>) -> Job {
         let mut job = Job::new(JobId(id), JobSpec::new(params), true, Timestamp(0));
@@ -212,12 +214,7 @@ mod tests {
     }
 
     fn train(model: &str) -> JobParams {
-        JobParams::Train(TrainParams {
-            model_id: model.into(),
-            dataset_uri: "nexa://artifacts/x".into(),
-            epochs: 1,
-            hyperparameters: BTreeMap::new(),
-        })
+        JobParams::Train(TrainParams::new(model, "nexa://artifacts/x"))
     }
 
     #[test]
@@ -231,11 +228,7 @@ mod tests {
             job(5, train("a"), 40, None),
             job(
                 6,
-                JobParams::Generate(GenerateParams {
-                    domain: "physics".into(),
-                    num_samples: 10,
-                    seed: None,
-                }),
+                JobParams::Generate(GenerateParams::new("physics", 10)),
                 5,
                 None,
             ),
@@ -261,11 +254,8 @@ mod tests {
         let distill = job(
             2,
             JobParams::Distill(DistillParams {
-                teacher_model: "teacher".into(),
-                student_model: "student".into(),
-                dataset_uri: "d".into(),
-                temperature: 2.0,
                 epochs: 1,
+                ..DistillParams::new("teacher", "student", "d")
             }),
             20,
             Some("s1"),
@@ -273,11 +263,7 @@ mod tests {
         let eval = |id, uri| {
             job(
                 id,
-                JobParams::Evaluate(EvaluateParams {
-                    model_id: "student".into(),
-                    dataset_uri: "d".into(),
-                    metrics: vec![],
-                }),
+                JobParams::Evaluate(EvaluateParams::new("student", "d")),
                 30 + id,
                 Some(uri),
             )

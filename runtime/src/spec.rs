@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::id::JobId;
+use crate::params::{JobParams, Options, ParamValue, Task};
 
 /// The six kinds of work Nexa Forge runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -75,122 +76,6 @@ impl FromStr for JobType {
             .into_iter()
             .find(|t| t.as_str() == s)
             .ok_or_else(|| UnknownJobType(s.to_owned()))
-    }
-}
-
-/// `generate`: synthesise `num_samples` examples for `domain`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GenerateParams {
-    /// The subject of the data, e.g. `biology` or `customer-support`.
-    pub domain: String,
-    /// How many examples to produce (1 to 10,000,000).
-    pub num_samples: u64,
-    /// Seed for reproducible output; a stage picks one when absent.
-    pub seed: Option<u64>,
-}
-
-/// `audit`: check a dataset and report its shape and quality.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AuditParams {
-    /// Where the dataset is: a path or a `file://`, `s3://`, `gs://`, `http(s)://` URI.
-    pub dataset_uri: String,
-    /// The column whose class balance to report.
-    pub label_column: Option<String>,
-    /// The file's expected SHA-256 (64 hex digits); the audit fails when it differs.
-    pub expected_sha256: Option<String>,
-}
-
-/// `distill`: train `student_model` to imitate `teacher_model` on a dataset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DistillParams {
-    /// The model whose outputs are imitated.
-    pub teacher_model: String,
-    /// The model being trained; must differ from the teacher.
-    pub student_model: String,
-    /// The inputs both models see.
-    pub dataset_uri: String,
-    /// Softmax temperature for the teacher's outputs (greater than 0, at most 100).
-    pub temperature: f64,
-    /// Passes over the dataset (1 to 10,000).
-    pub epochs: u32,
-}
-
-/// `train`: train or fine-tune `model_id` on a dataset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainParams {
-    /// The model to train.
-    pub model_id: String,
-    /// The training data.
-    pub dataset_uri: String,
-    /// Passes over the dataset (1 to 10,000).
-    pub epochs: u32,
-    /// Free-form settings for the trainer, e.g. `learning_rate = 3e-4`.
-    pub hyperparameters: BTreeMap<String, ParamValue>,
-}
-
-/// `evaluate`: score `model_id` on a dataset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvaluateParams {
-    /// The model to score.
-    pub model_id: String,
-    /// The evaluation data.
-    pub dataset_uri: String,
-    /// Metric names, e.g. `accuracy`, `f1`; empty means the stage's default set.
-    pub metrics: Vec<String>,
-}
-
-/// `deploy`: publish `model_id` to a serving target.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeployParams {
-    /// The model to publish.
-    pub model_id: String,
-    /// Where to serve it, e.g. `local` or an endpoint name.
-    pub target: String,
-    /// How many serving replicas (1 to 64).
-    pub replicas: u32,
-}
-
-/// One hyperparameter value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum ParamValue {
-    /// `true` or `false`.
-    Bool(bool),
-    /// A whole number.
-    Int(i64),
-    /// A finite real number.
-    Float(f64),
-    /// Text, at most 1,024 bytes.
-    Text(String),
-}
-
-/// A job's type together with its parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum JobParams {
-    /// See [`GenerateParams`].
-    Generate(GenerateParams),
-    /// See [`AuditParams`].
-    Audit(AuditParams),
-    /// See [`DistillParams`].
-    Distill(DistillParams),
-    /// See [`TrainParams`].
-    Train(TrainParams),
-    /// See [`EvaluateParams`].
-    Evaluate(EvaluateParams),
-    /// See [`DeployParams`].
-    Deploy(DeployParams),
-}
-
-impl JobParams {
-    /// The job type these parameters belong to.
-    pub fn job_type(&self) -> JobType {
-        match self {
-            JobParams::Generate(_) => JobType::Generate,
-            JobParams::Audit(_) => JobType::Audit,
-            JobParams::Distill(_) => JobType::Distill,
-            JobParams::Train(_) => JobType::Train,
-            JobParams::Evaluate(_) => JobType::Evaluate,
-            JobParams::Deploy(_) => JobType::Deploy,
-        }
     }
 }
 
@@ -334,10 +219,31 @@ impl SpecError {
 }
 
 fn validate_params(params: &JobParams) -> Result<(), SpecError> {
+    options(params.options())?;
     match params {
         JobParams::Generate(p) => {
             name("params.domain", &p.domain)?;
-            range_u64("params.num_samples", p.num_samples, 1, 10_000_000)
+            range_u64("params.num_samples", p.num_samples, 1, 10_000_000)?;
+            match (p.task, p.classes) {
+                (Task::Classification, Some(classes)) => {
+                    range_u64("params.classes", u64::from(classes), 2, 64)?;
+                }
+                (Task::Classification, None) => {}
+                (Task::Regression, Some(_)) => {
+                    return Err(SpecError::new(
+                        "params.classes",
+                        "only a classification task has classes",
+                    ));
+                }
+                (Task::Regression, None) => {}
+            }
+            if !(p.noise.is_finite() && (0.0..=0.5).contains(&p.noise)) {
+                return Err(SpecError::new(
+                    "params.noise",
+                    format!("{} is not a number in [0, 0.5]", p.noise),
+                ));
+            }
+            Ok(())
         }
         JobParams::Audit(p) => {
             uri("params.dataset_uri", &p.dataset_uri)?;
@@ -370,36 +276,51 @@ fn validate_params(params: &JobParams) -> Result<(), SpecError> {
                     format!("{} is not a number in (0, 100]", p.temperature),
                 ));
             }
-            range_u64("params.epochs", u64::from(p.epochs), 1, 10_000)
+            if !(p.alpha.is_finite() && (0.0..=1.0).contains(&p.alpha)) {
+                return Err(SpecError::new(
+                    "params.alpha",
+                    format!("{} is not a number in [0, 1]", p.alpha),
+                ));
+            }
+            range_u64("params.epochs", u64::from(p.epochs), 1, 10_000)?;
+            hyperparameters(&p.hyperparameters)?;
+            if let Some(template) = &p.prompt_template
+                && (template.is_empty() || template.len() > 64 * 1024)
+            {
+                return Err(SpecError::new(
+                    "params.prompt_template",
+                    "must be 1 byte to 64 KiB long",
+                ));
+            }
+            Ok(())
         }
         JobParams::Train(p) => {
             name("params.model_id", &p.model_id)?;
             uri("params.dataset_uri", &p.dataset_uri)?;
             range_u64("params.epochs", u64::from(p.epochs), 1, 10_000)?;
-            if p.hyperparameters.len() > 64 {
-                return Err(SpecError::new(
-                    "params.hyperparameters",
-                    "at most 64 hyperparameters are allowed",
-                ));
-            }
-            for (key, value) in &p.hyperparameters {
-                let field = format!("params.hyperparameters.{key}");
-                identifier("params.hyperparameters", key, 64)?;
-                match value {
-                    ParamValue::Float(x) if !x.is_finite() => {
-                        return Err(SpecError::new(field, "must be a finite number"));
-                    }
-                    ParamValue::Text(t) if t.len() > 1024 => {
-                        return Err(SpecError::new(field, "text is longer than 1024 bytes"));
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
+            hyperparameters(&p.hyperparameters)
         }
         JobParams::Evaluate(p) => {
             name("params.model_id", &p.model_id)?;
-            uri("params.dataset_uri", &p.dataset_uri)?;
+            match (&p.dataset_uri, &p.suite) {
+                (None, None) => {
+                    return Err(SpecError::new(
+                        "params.dataset_uri",
+                        "is required for evaluate jobs unless a suite is named",
+                    ));
+                }
+                (Some(uri_), _) => uri("params.dataset_uri", uri_)?,
+                (None, Some(_)) => {}
+            }
+            if let Some(suite) = &p.suite {
+                identifier("params.suite", suite, 128)?;
+            }
+            if p.split.is_some() && p.dataset_uri.is_none() {
+                return Err(SpecError::new(
+                    "params.split",
+                    "names a part of a dataset, and no dataset_uri is given",
+                ));
+            }
             if p.metrics.len() > 32 {
                 return Err(SpecError::new(
                     "params.metrics",
@@ -413,9 +334,46 @@ fn validate_params(params: &JobParams) -> Result<(), SpecError> {
         JobParams::Deploy(p) => {
             name("params.model_id", &p.model_id)?;
             name("params.target", &p.target)?;
+            if let Some(region) = &p.region {
+                identifier("params.region", region, 63)?;
+            }
             range_u64("params.replicas", u64::from(p.replicas), 1, 64)
         }
     }
+}
+
+fn hyperparameters(values: &BTreeMap<String, ParamValue>) -> Result<(), SpecError> {
+    if values.len() > 64 {
+        return Err(SpecError::new(
+            "params.hyperparameters",
+            "at most 64 hyperparameters are allowed",
+        ));
+    }
+    for (key, value) in values {
+        let field = format!("params.hyperparameters.{key}");
+        identifier("params.hyperparameters", key, 64)?;
+        match value {
+            ParamValue::Float(x) if !x.is_finite() => {
+                return Err(SpecError::new(field, "must be a finite number"));
+            }
+            ParamValue::Text(t) if t.len() > 1024 => {
+                return Err(SpecError::new(field, "text is longer than 1024 bytes"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn options(options: &Options) -> Result<(), SpecError> {
+    let bytes = options.to_json_text().len();
+    if bytes > Options::MAX_BYTES {
+        return Err(SpecError::new(
+            "params.options",
+            format!("is {bytes} bytes as JSON; at most 65536 are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_resources(r: &Resources) -> Result<(), SpecError> {
@@ -521,13 +479,10 @@ fn range_u64(field: &str, value: u64, min: u64, max: u64) -> Result<(), SpecErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::{DistillParams, EvaluateParams, GenerateParams, TrainParams};
 
     fn generate(n: u64) -> JobSpec {
-        JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "biology".into(),
-            num_samples: n,
-            seed: None,
-        }))
+        JobSpec::new(JobParams::Generate(GenerateParams::new("biology", n)))
     }
 
     fn field_of(spec: &JobSpec) -> String {
@@ -542,38 +497,32 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         assert_eq!(field_of(&generate(0)), "params.num_samples");
-        let mut s = generate(1);
+        let mut s = generate(10);
         s.priority = 5000;
         assert_eq!(field_of(&s), "priority");
-        s = generate(1);
+        s = generate(10);
         s.max_attempts = 0;
         assert_eq!(field_of(&s), "max_attempts");
-        s = generate(1);
+        s = generate(10);
         s.timeout = Duration::from_millis(10);
         assert_eq!(field_of(&s), "timeout");
-        s = generate(1);
+        s = generate(10);
         s.idempotency_key = Some("has space".into());
         assert_eq!(field_of(&s), "idempotency_key");
-        s = generate(1);
+        s = generate(10);
         s.depends_on = vec![JobId(1), JobId(1)];
         assert_eq!(field_of(&s), "depends_on");
-        s = generate(1);
+        s = generate(10);
         s.resources.gpu_memory_mb = 1024;
         assert_eq!(field_of(&s), "resources.gpu_memory_mb");
-        s = generate(1);
+        s = generate(10);
         s.resources.labels.insert("bad key".into(), "x".into());
         assert_eq!(field_of(&s), "resources.labels");
     }
 
     #[test]
     fn distill_rejects_same_teacher_and_student_and_bad_uris() {
-        let mut p = DistillParams {
-            teacher_model: "llama-70b".into(),
-            student_model: "llama-70b".into(),
-            dataset_uri: "s3://bucket/data.jsonl".into(),
-            temperature: 2.0,
-            epochs: 1,
-        };
+        let mut p = DistillParams::new("llama-70b", "llama-70b", "s3://bucket/data.jsonl");
         let err = JobSpec::new(JobParams::Distill(p.clone()))
             .validate()
             .unwrap_err();
@@ -603,12 +552,9 @@ mod tests {
     fn train_checks_hyperparameters() {
         let mut hp = BTreeMap::new();
         hp.insert("learning_rate".to_owned(), ParamValue::Float(f64::INFINITY));
-        let spec = JobSpec::new(JobParams::Train(TrainParams {
-            model_id: "resnet".into(),
-            dataset_uri: "file:///data/x.parquet".into(),
-            epochs: 3,
-            hyperparameters: hp,
-        }));
+        let mut params = TrainParams::new("resnet", "file:///data/x.parquet");
+        params.hyperparameters = hp;
+        let spec = JobSpec::new(JobParams::Train(params));
         assert_eq!(field_of(&spec), "params.hyperparameters.learning_rate");
     }
 
@@ -618,5 +564,60 @@ mod tests {
             assert_eq!(t.as_str().parse::<JobType>(), Ok(t));
         }
         assert!("training".parse::<JobType>().is_err());
+    }
+
+    #[test]
+    fn new_fields_are_checked() {
+        let mut g = GenerateParams::new("physics", 10);
+        g.classes = Some(1);
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Generate(g.clone()))),
+            "params.classes"
+        );
+        g.classes = Some(65);
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Generate(g.clone()))),
+            "params.classes"
+        );
+        g.classes = Some(4);
+        g.task = Task::Regression;
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Generate(g.clone()))),
+            "params.classes"
+        );
+        g.classes = None;
+        g.noise = 0.9;
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Generate(g))),
+            "params.noise"
+        );
+        let mut d = DistillParams::new("t", "s", "d");
+        d.alpha = 1.5;
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Distill(d))),
+            "params.alpha"
+        );
+        let mut e = EvaluateParams::new("m", "d");
+        e.dataset_uri = None;
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Evaluate(e.clone()))),
+            "params.dataset_uri"
+        );
+        e.suite = Some("mmlu".into());
+        assert_eq!(
+            JobSpec::new(JobParams::Evaluate(e.clone())).validate(),
+            Ok(())
+        );
+        e.split = Some(crate::params::Split::Test);
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Evaluate(e))),
+            "params.split"
+        );
+        let mut t = TrainParams::new("m", "d");
+        t.options.0.insert("blob".into(), "x".repeat(70_000).into());
+        assert_eq!(
+            field_of(&JobSpec::new(JobParams::Train(t))),
+            "params.options"
+        );
     }
 }

@@ -46,7 +46,10 @@ pub const MAGIC: [u8; 4] = *b"NXFG";
 /// - 2: a request id in every envelope; requests share a long-lived stream.
 /// - 3: artifacts (stat, upload in chunks, commit, read), training checkpoints and model
 ///   lookups.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: job params with the new fields of every type (generate task, classes and noise;
+///   distill alpha, hyperparameters and prompt template; evaluate split and suite; deploy
+///   region; options for handlers).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The default limit on a frame's length (the bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;

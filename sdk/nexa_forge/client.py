@@ -185,61 +185,101 @@ class NexaForgeClient:
         _, data = self._transport.request("POST", "/jobs", body=body)
         return Job.from_dict(_object(data, "POST /jobs"))
 
+    # The helpers send only what they are given: the server applies every default, so a
+    # default is defined once, there (see each parameter's ``default`` in the docs).
+
     def generate(
-        self, domain: str, num_samples: int, seed: Optional[int] = None, **options: Any
+        self,
+        domain: str,
+        num_samples: int,
+        seed: Optional[int] = None,
+        *,
+        task: Optional[str] = None,
+        classes: Optional[int] = None,
+        noise: Optional[float] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        **job_options: Any,
     ) -> Job:
         """Submits a ``generate`` job: ``num_samples`` (1 to 10,000,000) synthetic examples
-        for ``domain``. ``options`` are :meth:`submit`'s job options."""
-        params: Dict[str, Any] = {"domain": domain, "num_samples": num_samples}
-        if seed is not None:
-            params["seed"] = seed
-        return self._submit_with("generate", params, options)
+        for ``domain`` (``physics``, ``circuits``, a problem such as ``pendulum``, or
+        ``domain/problem``). ``task`` is ``"classification"`` (default; ``classes``, 2 to
+        64, default 4) or ``"regression"``; ``noise`` the relative measurement noise (0 to
+        0.5, default 0.01); ``options`` go to a ``--handler`` program untouched.
+        ``job_options`` are :meth:`submit`'s job options."""
+        params = _given(
+            domain=domain,
+            num_samples=num_samples,
+            seed=seed,
+            task=task,
+            classes=classes,
+            noise=noise,
+            options=options,
+        )
+        return self._submit_with("generate", params, job_options)
 
     def audit(
         self,
         dataset_uri: str,
         label_column: Optional[str] = None,
         expected_sha256: Optional[str] = None,
-        **options: Any,
+        *,
+        options: Optional[Mapping[str, Any]] = None,
+        **job_options: Any,
     ) -> Job:
         """Submits an ``audit`` job: rows, columns, duplicates, missing values and outliers of
-        a CSV, JSON Lines or Parquet file (a path or a ``file://``, ``s3://``, ``gs://``,
-        ``http(s)://`` URI), the class balance of ``label_column``, and a check of the file
-        against ``expected_sha256``. ``options`` are :meth:`submit`'s job options."""
-        params: Dict[str, Any] = {"dataset_uri": dataset_uri}
-        if label_column is not None:
-            params["label_column"] = label_column
-        if expected_sha256 is not None:
-            params["expected_sha256"] = expected_sha256
-        return self._submit_with("audit", params, options)
+        a CSV, JSON Lines or Parquet file (a path or a ``nexa://``, ``file://``, ``s3://``,
+        ``gs://``, ``http(s)://`` URI), the class balance of ``label_column``, and a check of
+        the file against ``expected_sha256``. ``job_options`` are :meth:`submit`'s job
+        options."""
+        params = _given(
+            dataset_uri=dataset_uri,
+            label_column=label_column,
+            expected_sha256=expected_sha256,
+            options=options,
+        )
+        return self._submit_with("audit", params, job_options)
 
     def distill(
         self,
         teacher_model: str,
         student_model: str,
         dataset_uri: str,
-        temperature: float = 2.0,
-        epochs: int = 3,
-        **options: Any,
+        temperature: Optional[float] = None,
+        epochs: Optional[int] = None,
+        *,
+        alpha: Optional[float] = None,
+        hyperparameters: Optional[Mapping[str, HyperparameterValue]] = None,
+        prompt_template: Optional[str] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        **job_options: Any,
     ) -> Job:
-        """Submits a ``distill`` job: trains ``student_model`` to imitate ``teacher_model``.
-        ``options`` are :meth:`submit`'s job options."""
-        params = {
-            "teacher_model": teacher_model,
-            "student_model": student_model,
-            "dataset_uri": dataset_uri,
-            "temperature": temperature,
-            "epochs": epochs,
-        }
-        return self._submit_with("distill", params, options)
+        """Submits a ``distill`` job: trains ``student_model`` to imitate ``teacher_model``
+        (a registered model) on ``dataset_uri``, at ``temperature`` (default 2) with
+        ``alpha`` the weight of the hard labels (default 0.5), for ``epochs`` (default 3),
+        with the trainer's ``hyperparameters``. ``prompt_template`` and ``options`` are for
+        a ``--handler`` program (the built-in stage refuses them). ``job_options`` are
+        :meth:`submit`'s job options."""
+        params = _given(
+            teacher_model=teacher_model,
+            student_model=student_model,
+            dataset_uri=dataset_uri,
+            temperature=temperature,
+            alpha=alpha,
+            epochs=epochs,
+            hyperparameters=dict(hyperparameters) if hyperparameters is not None else None,
+            prompt_template=prompt_template,
+            options=options,
+        )
+        return self._submit_with("distill", params, job_options)
 
     def train(
         self,
         model_id: str,
         dataset_uri: str,
-        epochs: int = 1,
+        epochs: Optional[int] = None,
         *,
         hyperparameters: Optional[Mapping[str, HyperparameterValue]] = None,
+        options: Optional[Mapping[str, Any]] = None,
         priority: Optional[int] = None,
         max_attempts: Optional[int] = None,
         timeout_seconds: Optional[float] = None,
@@ -248,22 +288,25 @@ class NexaForgeClient:
         idempotency_key: Optional[str] = None,
         **more_hyperparameters: HyperparameterValue,
     ) -> Job:
-        """Submits a ``train`` job.
+        """Submits a ``train`` job: ``model_id`` is the name the model is registered under,
+        ``epochs`` passes over ``dataset_uri`` (default 1).
 
         Extra keywords are hyperparameters (numbers, strings or booleans), sent as
         ``params.hyperparameters``: ``client.train("mlp", "data.csv", learning_rate=3e-4)``.
         Names that are not Python identifiers (``"optimizer/beta1"``) go in
-        ``hyperparameters={...}``; both are merged, the keywords winning. The job options are
-        named keywords here, so they never become hyperparameters.
+        ``hyperparameters={...}``; both are merged, the keywords winning. ``options`` go to a
+        ``--handler`` program untouched. The job options are named keywords here, so they
+        never become hyperparameters.
         """
         hp: Dict[str, Any] = dict(hyperparameters or {})
         hp.update(more_hyperparameters)
-        params = {
-            "model_id": model_id,
-            "dataset_uri": dataset_uri,
-            "epochs": epochs,
-            "hyperparameters": hp,
-        }
+        params = _given(
+            model_id=model_id,
+            dataset_uri=dataset_uri,
+            epochs=epochs,
+            hyperparameters=hp or None,
+            options=options,
+        )
         return self.submit(
             "train",
             params,
@@ -278,36 +321,58 @@ class NexaForgeClient:
     def evaluate(
         self,
         model_id: str,
-        dataset_uri: str,
+        dataset_uri: Optional[str] = None,
         metrics: Optional[Sequence[str]] = None,
-        **options: Any,
+        *,
+        split: Optional[str] = None,
+        suite: Optional[str] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        **job_options: Any,
     ) -> Job:
-        """Submits an ``evaluate`` job scoring ``model_id`` on a dataset with ``metrics``
-        (e.g. ``["accuracy", "f1"]``; none means the stage's default set).
-        ``options`` are :meth:`submit`'s job options."""
-        params: Dict[str, Any] = {"model_id": model_id, "dataset_uri": dataset_uri}
-        if metrics is not None:
-            if isinstance(metrics, str):
-                metrics = [metrics]
-            params["metrics"] = list(metrics)
-        return self._submit_with("evaluate", params, options)
+        """Submits an ``evaluate`` job scoring ``model_id`` (``name`` or ``name:version``) on
+        ``dataset_uri``: on its ``split`` (``train``, ``validation``, ``test`` or ``all``;
+        by default the test part of a dataset that records a split), reporting ``metrics``
+        (e.g. ``["accuracy", "macro_f1"]``; none means all). ``suite`` names a benchmark
+        suite for a ``--handler`` program. ``job_options`` are :meth:`submit`'s job
+        options."""
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        params = _given(
+            model_id=model_id,
+            dataset_uri=dataset_uri,
+            split=split,
+            suite=suite,
+            metrics=list(metrics) if metrics is not None else None,
+            options=options,
+        )
+        return self._submit_with("evaluate", params, job_options)
 
     def deploy(
-        self, model_id: str, target: str = "local", replicas: int = 1, **options: Any
+        self,
+        model_id: str,
+        target: Optional[str] = None,
+        replicas: Optional[int] = None,
+        *,
+        region: Optional[str] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        **job_options: Any,
     ) -> Job:
-        """Submits a ``deploy`` job publishing ``model_id`` to ``target`` with ``replicas``
-        (1 to 64) serving replicas. ``options`` are :meth:`submit`'s job options."""
-        params = {"model_id": model_id, "target": target, "replicas": replicas}
-        return self._submit_with("deploy", params, options)
+        """Submits a ``deploy`` job publishing ``model_id`` to ``target`` (default
+        ``local``) in ``region`` with ``replicas`` (1 to 64, default 1) serving replicas.
+        ``job_options`` are :meth:`submit`'s job options."""
+        params = _given(
+            model_id=model_id, target=target, region=region, replicas=replicas, options=options
+        )
+        return self._submit_with("deploy", params, job_options)
 
-    def _submit_with(self, job_type: str, params: Dict[str, Any], options: Dict[str, Any]) -> Job:
-        unknown = sorted(set(options) - set(_JOB_OPTIONS))
+    def _submit_with(self, job_type: str, params: Dict[str, Any], job_options: Dict[str, Any]) -> Job:
+        unknown = sorted(set(job_options) - set(_JOB_OPTIONS))
         if unknown:
             raise TypeError(
                 f"{job_type}() got unexpected keyword argument(s) {', '.join(unknown)}; "
                 f"the job options are {', '.join(_JOB_OPTIONS)}"
             )
-        return self.submit(job_type, params, **options)
+        return self.submit(job_type, params, **job_options)
 
     # ---------------------------------------------------------------- read
 
@@ -740,6 +805,11 @@ def _json_or_none(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def _given(**params: Any) -> Dict[str, Any]:
+    """The params that were given: ``None`` means "the server's default"."""
+    return {k: (dict(v) if k == "options" else v) for k, v in params.items() if v is not None}
 
 
 def _whole_if_integral(x: float) -> Union[int, float]:

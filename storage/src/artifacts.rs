@@ -82,6 +82,8 @@ pub struct CheckpointPointer {
     pub digest: Digest,
 }
 
+impl record::Record for CheckpointPointer {}
+
 /// Artifacts in a folder; see the module doc.
 #[derive(Clone, Debug)]
 pub struct ArtifactStore {
@@ -413,10 +415,7 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64), ArtifactError> {
 }
 
 /// The record in the file at `path` (`what` it is, for errors); `None` when there is no file.
-fn read_record<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    what: &str,
-) -> Result<Option<T>, ArtifactError> {
+fn read_record<T: record::Record>(path: &Path, what: &str) -> Result<Option<T>, ArtifactError> {
     match fs::read(path) {
         Ok(bytes) => record::decode(&bytes, what)
             .map(Some)

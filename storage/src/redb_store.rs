@@ -136,9 +136,8 @@ impl Shared {
 /// let path = dir.path().join("nexa_forge.db");
 /// let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
 /// let spec = JobSpec::new(JobParams::Audit(AuditParams {
-///     dataset_uri: "file:///data/train.csv".into(),
 ///     label_column: Some("label".into()),
-///     expected_sha256: None,
+///     ..AuditParams::new("file:///data/train.csv")
 /// }));
 /// let job = store.submit(spec, Timestamp(0)).unwrap(); // on disk once this returns
 /// drop(store);

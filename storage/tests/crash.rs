@@ -24,10 +24,8 @@ fn now() -> Timestamp {
 
 fn spec(n: u64) -> JobSpec {
     let mut spec = JobSpec::new(JobParams::Train(TrainParams {
-        model_id: format!("model-{n}"),
-        dataset_uri: format!("file:///data/{n}.csv"),
         epochs: 1 + (n % 7) as u32,
-        hyperparameters: BTreeMap::new(),
+        ..TrainParams::new(format!("model-{n}"), format!("file:///data/{n}.csv"))
     }));
     spec.priority = (n % 3) as i32;
     spec.idempotency_key = Some(format!("crash-{n}"));

@@ -87,9 +87,11 @@ impl StorageBackend for LimitedDisk {
 
 fn spec(n: u64) -> JobSpec {
     let mut spec = JobSpec::new(JobParams::Generate(GenerateParams {
-        domain: "a domain long enough to make each record take some room ".repeat(4),
-        num_samples: n + 1,
         seed: Some(n),
+        ..GenerateParams::new(
+            "a domain long enough to make each record take some room ".repeat(4),
+            n + 1,
+        )
     }));
     spec.idempotency_key = Some(format!("submit-{n}"));
     spec

@@ -11,11 +11,7 @@ use redb::{Database, TableDefinition};
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 fn spec(n: u64) -> JobSpec {
-    JobSpec::new(JobParams::Generate(GenerateParams {
-        domain: "chemistry".into(),
-        num_samples: n,
-        seed: None,
-    }))
+    JobSpec::new(JobParams::Generate(GenerateParams::new("chemistry", n)))
 }
 
 fn worker(store: &RedbStore, name: &str, now: Timestamp) -> WorkerId {

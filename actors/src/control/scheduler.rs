@@ -548,16 +548,8 @@ mod tests {
 
     fn spec(job_type: JobType, priority: i32) -> JobSpec {
         let params = match job_type {
-            JobType::Audit => JobParams::Audit(nexa_runtime::AuditParams {
-                dataset_uri: "file:///data.csv".into(),
-                label_column: None,
-                expected_sha256: None,
-            }),
-            _ => JobParams::Generate(GenerateParams {
-                domain: "math".into(),
-                num_samples: 10,
-                seed: None,
-            }),
+            JobType::Audit => JobParams::Audit(nexa_runtime::AuditParams::new("file:///data.csv")),
+            _ => JobParams::Generate(GenerateParams::new("math", 10)),
         };
         let mut spec = JobSpec::new(params);
         spec.priority = priority;

@@ -10,10 +10,6 @@ use super::train::{Start, Teacher, Training, metrics, prepare, run_training};
 use super::{Device, Hyper, Reporter, architecture, fetch_model, file_name, keep, load_dataset};
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
 
-/// The weight of the hard-label loss in a distillation (the rest is the teacher's soft
-/// targets at the job's temperature).
-pub const DISTILL_ALPHA: f32 = 0.5;
-
 /// The preset a student starts from when `student_model` names neither a preset nor a
 /// registered model.
 pub const DEFAULT_STUDENT: Preset = Preset::StudentSmall;
@@ -26,13 +22,15 @@ pub const DEFAULT_STUDENT: Preset = Preset::StudentSmall;
 ///    `teacher_labelled` artifact;
 /// 2. the student — a fresh model of the preset `student_model` names, a registered model of
 ///    that name to go on from, or else a fresh `student_small` — trains for `epochs` on
-///    `alpha · CE + (1 − alpha) · T² · KL` at the job's `temperature` (alpha
-///    [`DISTILL_ALPHA`]), checkpointed and resumable like a train job;
+///    `alpha · CE + (1 − alpha) · T² · KL` at the job's `temperature` and `alpha`, with the
+///    job's `hyperparameters` (those of a train job but `base`: the student is
+///    `student_model`), checkpointed and resumable like a train job;
 /// 3. it is scored on the test split, agreement with the teacher included, and registered
 ///    under `student_model` (the job's `model` artifact).
 ///
 /// A teacher that is not registered fails at once as invalid input, naming the registered
-/// models.
+/// models; so does a `prompt_template`, which only a `--handler` program for LLM
+/// distillation can use.
 #[derive(Clone, Copy, Debug)]
 pub struct DistillStage {
     checkpoint_interval: Duration,
@@ -60,6 +58,22 @@ impl Stage for DistillStage {
             let JobParams::Distill(params) = &ctx.spec.params else {
                 return Err(ctx.wrong_job_type(JobType::Distill));
             };
+            if params.prompt_template.is_some() {
+                return Err(StageError::InvalidInput(
+                    "params.prompt_template: the built-in distill stage labels tabular rows \
+                     with the teacher's outputs and has no prompts; a prompt template is for \
+                     a program given with --handler distill=COMMAND"
+                        .into(),
+                ));
+            }
+            let hyper = Hyper::parse(&params.hyperparameters, params.epochs)?;
+            if hyper.base.is_some() {
+                return Err(StageError::InvalidInput(
+                    "params.hyperparameters.base: a distillation starts from student_model \
+                     (a preset, a registered model or a new name); it takes no base"
+                        .into(),
+                ));
+            }
             let (teacher, teacher_path) = fetch_model(&ctx.artifacts, &params.teacher_model)
                 .await
                 .map_err(|e| match e {
@@ -85,12 +99,13 @@ impl Stage for DistillStage {
             };
             let data = load_dataset(&ctx.artifacts, &params.dataset_uri).await?;
             ctx.logs.line(format!(
-                "distilling {} into {} on {} ({} rows), temperature {}, alpha {DISTILL_ALPHA}",
+                "distilling {} into {} on {} ({} rows), temperature {}, alpha {}",
                 teacher.label(),
                 params.student_model,
                 params.dataset_uri,
                 data.len(),
-                params.temperature
+                params.temperature,
+                params.alpha
             ));
             let dir = prepare(&ctx).await?;
             let name = file_name(&params.student_model, "safetensors");
@@ -103,7 +118,7 @@ impl Stage for DistillStage {
             let training = Training {
                 start,
                 data,
-                hyper: Hyper::parse(&Default::default(), params.epochs)?,
+                hyper,
                 checkpoints: dir,
                 reporter: Reporter::new(&ctx, (0.05, 0.95), 0),
                 model_file: model_file.clone(),
@@ -111,7 +126,7 @@ impl Stage for DistillStage {
                     path: teacher_path,
                     config: DistillConfig {
                         temperature: params.temperature as f32,
-                        alpha: DISTILL_ALPHA,
+                        alpha: params.alpha as f32,
                     },
                     labelled: labelled.clone(),
                 }),
@@ -142,7 +157,7 @@ impl Stage for DistillStage {
                     "teacher": {"reference": params.teacher_model, "resolved": teacher.label(),
                                 "uri": teacher.uri},
                     "teacher_labelled": labelled_uri,
-                    "distillation": {"temperature": params.temperature, "alpha": DISTILL_ALPHA},
+                    "distillation": {"temperature": params.temperature, "alpha": params.alpha},
                     "dataset": {
                         "uri": params.dataset_uri,
                         "rows": {"train": trained.rows[0], "validation": trained.rows[1],

@@ -1,7 +1,7 @@
 //! [`EvaluateStage`]: a model scored on a dataset.
 
 use nexa_compute::{Backend, Dataset, EvaluationReport, Metrics, evaluate};
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, MODEL_ARTIFACT};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, MODEL_ARTIFACT, Split};
 use serde_json::json;
 
 use super::{
@@ -24,8 +24,9 @@ pub const EVALUATION_METRICS: [&str; 9] = [
 ];
 
 /// Scores an `evaluate` job's `model_id` (a registered model `name[:N]`, or a model file's
-/// URI) on `dataset_uri`: on its test part when the dataset records a split (a generated
-/// dataset does), else on all of it. Classification: accuracy, macro-F1, per-class precision
+/// URI) on `dataset_uri`: on the part `split` names of a dataset that records a split (a
+/// generated dataset does; its test part by default), else on all of it. A named `suite` is
+/// for a `--handler` program and is refused here. Classification: accuracy, macro-F1, per-class precision
 /// and recall, the confusion matrix, log loss and expected calibration error; regression:
 /// MSE, MAE and R². A distilled model is also compared with its teacher (agreement, or the
 /// MSE between the two). `metrics` picks which become the job's metrics (default: all);
@@ -96,26 +97,51 @@ impl Stage for EvaluateStage {
                     EVALUATION_METRICS.join(", ")
                 )));
             }
+            if let Some(suite) = &params.suite {
+                return Err(StageError::InvalidInput(format!(
+                    "params.suite: the built-in evaluate stage has no benchmark suites \
+                     ({suite:?}); give it a dataset_uri (and a split), or run suites with \
+                     --handler evaluate=COMMAND"
+                )));
+            }
+            let Some(dataset_uri) = params.dataset_uri.as_deref() else {
+                return Err(StageError::InvalidInput(
+                    "params.dataset_uri: the built-in evaluate stage scores on a dataset".into(),
+                ));
+            };
             let (model, model_path) = fetch_model(&ctx.artifacts, &params.model_id).await?;
             let teacher = match model.version.as_ref().and_then(|v| v.teacher.clone()) {
                 Some(t) => Some(fetch_model(&ctx.artifacts, &t).await?.1),
                 None => None,
             };
-            let data = load_dataset(&ctx.artifacts, &params.dataset_uri).await?;
-            let (data, part) = match data.planned_split() {
-                Some(split) => (
-                    split
-                        .map_err(|e| compute_error("the dataset's split", e))?
-                        .test,
-                    "its test split",
-                ),
-                None => (data, "all of it"),
+            let data = load_dataset(&ctx.artifacts, dataset_uri).await?;
+            let (data, part) = match (data.planned_split(), params.split) {
+                (_, Some(Split::All)) => (data, "all of it".to_owned()),
+                (Some(split), wanted) => {
+                    let split = split.map_err(|e| compute_error("the dataset's split", e))?;
+                    let wanted = wanted.unwrap_or(Split::Test);
+                    let part = match wanted {
+                        Split::Train => split.train,
+                        Split::Validation => split.validation,
+                        Split::Test | Split::All => split.test,
+                    };
+                    (part, format!("its {} split", wanted.as_str()))
+                }
+                (None, None) => (data, "all of it".to_owned()),
+                (None, Some(wanted)) => {
+                    return Err(StageError::InvalidInput(format!(
+                        "params.split: {dataset_uri} records no train/validation/test split, \
+                         so it has no {} part; leave split out (or say all) to score on all \
+                         of it",
+                        wanted.as_str()
+                    )));
+                }
             };
             let device = Device::for_job(&ctx.gpus);
             ctx.logs.line(format!(
                 "evaluating {} on {} ({part}, {} rows) on {}",
                 model.label(),
-                params.dataset_uri,
+                dataset_uri,
                 data.len(),
                 device.describe(&ctx.gpus)
             ));
@@ -152,7 +178,7 @@ impl Stage for EvaluateStage {
                     "job": model.version.as_ref().map(|v| v.job.to_string()),
                     "uri": model.uri,
                 },
-                "dataset": {"uri": params.dataset_uri, "part": part},
+                "dataset": {"uri": dataset_uri, "part": part},
                 "report": report,
             });
             make_output_dir(&ctx).await?;

@@ -1,15 +1,11 @@
 //! [`GenerateStage`]: a seeded synthetic dataset as a Parquet artifact.
 
 use nexa_compute::{GenerateSpec, Problem, SplitPlan, generate, write_dataset};
-use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType};
+use nexa_runtime::{ArtifactKind, JobOutput, JobParams, JobType, Task};
 use serde_json::json;
 
 use super::{compute_error, file_name, keep, make_output_dir};
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
-
-/// Classes of a generated dataset: the target binned into this many equally populated
-/// intervals.
-pub const GENERATED_CLASSES: usize = 4;
 
 /// Shares of a generated dataset's rows in its train and validation parts (the test part
 /// gets the rest).
@@ -17,10 +13,11 @@ pub const GENERATED_SPLIT: (f64, f64) = (0.8, 0.1);
 
 /// Makes the dataset of a `generate` job: `domain` is `physics`, `circuits`, a problem
 /// (`pendulum`) or `domain/problem` (`physics/pendulum`); `num_samples` rows; `seed` (the
-/// job's number when absent, so a retry makes the same data). The target is binned into
-/// [`GENERATED_CLASSES`] classes with 1% measurement noise. The Parquet file carries its
-/// schema and the train/validation/test split (80/10/10, by the same seed) that the train,
-/// distill and evaluate stages use; it is the job's `dataset` artifact.
+/// job's number when absent, so a retry makes the same data); `task`: `classification` (the
+/// target binned into `classes` equally populated intervals) or `regression`; `noise`, the
+/// relative measurement noise. The Parquet file carries its schema and the
+/// train/validation/test split (80/10/10, by the same seed) that the train, distill and
+/// evaluate stages use; it is the job's `dataset` artifact.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GenerateStage;
 
@@ -37,17 +34,27 @@ impl Stage for GenerateStage {
             let seed = params.seed.unwrap_or(ctx.job.0);
             let rows = usize::try_from(params.num_samples)
                 .map_err(|_| StageError::InvalidInput("params.num_samples is too large".into()))?;
-            let spec = GenerateSpec::new(problem, rows)
-                .seed(seed)
-                .classes(GENERATED_CLASSES);
+            let mut spec = GenerateSpec::new(problem, rows).seed(seed);
+            spec.noise = params.noise;
+            let classes = match (params.task, params.classes) {
+                (Task::Classification, classes) => {
+                    let n = classes.unwrap_or(nexa_runtime::GenerateParams::DEFAULT_CLASSES);
+                    spec = spec.classes(n as usize);
+                    Some(n)
+                }
+                (Task::Regression, _) => None,
+            };
+            let task = match classes {
+                Some(n) => format!("{n} classes"),
+                None => "regression".to_owned(),
+            };
             let plan = SplitPlan {
                 train: GENERATED_SPLIT.0,
                 validation: GENERATED_SPLIT.1,
                 seed,
             };
             ctx.logs.line(format!(
-                "generating {rows} rows of {problem} (seed {seed}, {GENERATED_CLASSES} classes, \
-                 noise {})",
+                "generating {rows} rows of {problem} (seed {seed}, {task}, noise {})",
                 spec.noise
             ));
             ctx.progress.set(0.05);
@@ -85,9 +92,9 @@ impl Stage for GenerateStage {
             output
                 .metrics
                 .insert("features".into(), schema.features.len() as f64);
-            output
-                .metrics
-                .insert("classes".into(), GENERATED_CLASSES as f64);
+            if let Some(n) = classes {
+                output.metrics.insert("classes".into(), f64::from(n));
+            }
             output.artifacts.insert("dataset".into(), uri.clone());
             output.result_json = Some(
                 json!({
@@ -97,7 +104,10 @@ impl Stage for GenerateStage {
                     "seed": seed,
                     "rows": rows,
                     "noise": spec.noise,
-                    "task": {"kind": "classification", "classes": GENERATED_CLASSES},
+                    "task": match classes {
+                        Some(n) => json!({"kind": "classification", "classes": n}),
+                        None => json!({"kind": "regression"}),
+                    },
                     "schema": schema,
                     "split": {
                         "train": sizes[0], "validation": sizes[1], "test": sizes[2],

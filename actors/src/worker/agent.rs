@@ -532,11 +532,7 @@ mod tests {
     }
 
     fn spec(n: u64) -> JobSpec {
-        JobSpec::new(JobParams::Generate(GenerateParams {
-            domain: "math".into(),
-            num_samples: n + 1,
-            seed: None,
-        }))
+        JobSpec::new(JobParams::Generate(GenerateParams::new("math", n + 1)))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

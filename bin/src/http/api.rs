@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use nexa_runtime::{
-    Attempt, AttemptOutcome, AuditParams, DeployParams, DistillParams, Epoch, EvaluateParams,
-    Event, FailureClass, GenerateParams, Gpu, Job, JobError, JobId, JobOutput, JobParams, JobSpec,
-    JobState, JobType, LogLine, ParamValue, Resources, Timestamp, TrainParams, WorkerRecord,
+    Attempt, AttemptOutcome, Epoch, Event, FailureClass, Gpu, Job, JobError, JobId, JobOutput,
+    JobParams, JobSpec, JobState, JobType, LogLine, Resources, Timestamp, WorkerRecord,
     WorkerStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -150,7 +149,9 @@ impl SubmitRequest {
                 ),
             )
         })?;
-        let mut spec = JobSpec::new(params(job_type, self.params)?);
+        let params = JobParams::from_json(job_type, self.params)
+            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        let mut spec = JobSpec::new(params);
         if let Some(p) = self.priority {
             spec.priority = p;
         }
@@ -192,230 +193,6 @@ impl SubmitRequest {
         })?;
         Ok(spec)
     }
-}
-
-/// Reads a job type's params out of a JSON object, naming the field of any problem.
-struct Params {
-    job_type: JobType,
-    map: Map<String, Value>,
-}
-
-impl Params {
-    fn field(name: &str) -> String {
-        format!("params.{name}")
-    }
-
-    fn take(&mut self, name: &str) -> Option<Value> {
-        self.map.remove(name).filter(|v| !v.is_null())
-    }
-
-    fn string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ApiError::invalid(
-                Self::field(name),
-                format!("expected a string, got {}", kind(&other)),
-            )),
-        }
-    }
-
-    fn required_string(&mut self, name: &str) -> Result<String, ApiError> {
-        self.string(name)?.ok_or_else(|| self.missing(name))
-    }
-
-    fn unsigned(&mut self, name: &str) -> Result<Option<u64>, ApiError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
-            Some(other) => Err(ApiError::invalid(
-                Self::field(name),
-                format!(
-                    "expected a whole number of at least 0, got {}",
-                    kind(&other)
-                ),
-            )),
-        }
-    }
-
-    fn u32(&mut self, name: &str) -> Result<Option<u32>, ApiError> {
-        self.unsigned(name)?
-            .map(|n| {
-                u32::try_from(n).map_err(|_| ApiError::invalid(Self::field(name), "is too large"))
-            })
-            .transpose()
-    }
-
-    fn number(&mut self, name: &str) -> Result<Option<f64>, ApiError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => Err(ApiError::invalid(
-                Self::field(name),
-                format!("expected a number, got {}", kind(&other)),
-            )),
-        }
-    }
-
-    fn strings(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
-        match self.take(name) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(ApiError::invalid(
-                        format!("params.{name}[{i}]"),
-                        format!("expected a string, got {}", kind(&other)),
-                    )),
-                })
-                .collect(),
-            Some(other) => Err(ApiError::invalid(
-                Self::field(name),
-                format!("expected a list of strings, got {}", kind(&other)),
-            )),
-        }
-    }
-
-    fn hyperparameters(&mut self) -> Result<BTreeMap<String, ParamValue>, ApiError> {
-        let map = match self.take("hyperparameters") {
-            None => return Ok(BTreeMap::new()),
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "params.hyperparameters",
-                    format!("expected an object, got {}", kind(&other)),
-                ));
-            }
-        };
-        map.into_iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    Value::Bool(b) => ParamValue::Bool(b),
-                    Value::Number(n) => match n.as_i64() {
-                        Some(i) => ParamValue::Int(i),
-                        None => ParamValue::Float(n.as_f64().unwrap_or(f64::NAN)),
-                    },
-                    Value::String(s) => ParamValue::Text(s),
-                    other => {
-                        return Err(ApiError::invalid(
-                            format!("params.hyperparameters.{k}"),
-                            format!("expected a number, string or boolean, got {}", kind(&other)),
-                        ));
-                    }
-                };
-                Ok((k, value))
-            })
-            .collect()
-    }
-
-    fn missing(&self, name: &str) -> ApiError {
-        ApiError::invalid(
-            Self::field(name),
-            format!("is required for {} jobs", self.job_type),
-        )
-    }
-
-    /// Refuses names the job type does not take (a typo would otherwise be ignored).
-    fn finish(self, known: &[&str]) -> Result<(), ApiError> {
-        match self.map.keys().next() {
-            None => Ok(()),
-            Some(name) => Err(ApiError::invalid(
-                Self::field(name),
-                format!(
-                    "{} jobs take no parameter {name:?} (they take: {})",
-                    self.job_type,
-                    known.join(", ")
-                ),
-            )),
-        }
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_u64() || n.is_i64() => "a whole number",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The typed params of `job_type`, with the documented defaults.
-fn params(job_type: JobType, map: Map<String, Value>) -> Result<JobParams, ApiError> {
-    let mut p = Params { job_type, map };
-    let params = match job_type {
-        JobType::Generate => {
-            let params = GenerateParams {
-                domain: p.required_string("domain")?,
-                num_samples: p
-                    .unsigned("num_samples")?
-                    .ok_or_else(|| p.missing("num_samples"))?,
-                seed: p.unsigned("seed")?,
-            };
-            p.finish(&["domain", "num_samples", "seed"])?;
-            JobParams::Generate(params)
-        }
-        JobType::Audit => {
-            let params = AuditParams {
-                dataset_uri: p.required_string("dataset_uri")?,
-                label_column: p.string("label_column")?,
-                expected_sha256: p.string("expected_sha256")?,
-            };
-            p.finish(&["dataset_uri", "label_column", "expected_sha256"])?;
-            JobParams::Audit(params)
-        }
-        JobType::Distill => {
-            let params = DistillParams {
-                teacher_model: p.required_string("teacher_model")?,
-                student_model: p.required_string("student_model")?,
-                dataset_uri: p.required_string("dataset_uri")?,
-                temperature: p.number("temperature")?.unwrap_or(2.0),
-                epochs: p.u32("epochs")?.unwrap_or(3),
-            };
-            p.finish(&[
-                "teacher_model",
-                "student_model",
-                "dataset_uri",
-                "temperature",
-                "epochs",
-            ])?;
-            JobParams::Distill(params)
-        }
-        JobType::Train => {
-            let params = TrainParams {
-                model_id: p.required_string("model_id")?,
-                dataset_uri: p.required_string("dataset_uri")?,
-                epochs: p.u32("epochs")?.unwrap_or(1),
-                hyperparameters: p.hyperparameters()?,
-            };
-            p.finish(&["model_id", "dataset_uri", "epochs", "hyperparameters"])?;
-            JobParams::Train(params)
-        }
-        JobType::Evaluate => {
-            let params = EvaluateParams {
-                model_id: p.required_string("model_id")?,
-                dataset_uri: p.required_string("dataset_uri")?,
-                metrics: p.strings("metrics")?,
-            };
-            p.finish(&["model_id", "dataset_uri", "metrics"])?;
-            JobParams::Evaluate(params)
-        }
-        JobType::Deploy => {
-            let params = DeployParams {
-                model_id: p.required_string("model_id")?,
-                target: p.string("target")?.unwrap_or_else(|| "local".to_owned()),
-                replicas: p.u32("replicas")?.unwrap_or(1),
-            };
-            p.finish(&["model_id", "target", "replicas"])?;
-            JobParams::Deploy(params)
-        }
-    };
-    Ok(params)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +409,7 @@ pub(crate) fn job_body(job: &Job, pending_reason: Option<String>, with_events: b
         job_id: job.id.to_string(),
         job_type: spec.job_type().as_str().to_owned(),
         status: job.state.as_str().to_owned(),
-        params: nexa_actors::params_json(&spec.params),
+        params: spec.params.to_json(),
         resources: ResourcesBody {
             gpus: spec.resources.gpus,
             gpu_memory_mb: spec.resources.gpu_memory_mb,

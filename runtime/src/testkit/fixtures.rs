@@ -1,6 +1,5 @@
 //! Specs, workers, times and small steps the suite functions share.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::{
@@ -48,46 +47,50 @@ pub(crate) fn spec(ty: JobType) -> JobSpec {
 /// Valid parameters of `ty`; `n` varies them, so two different `n` give different specs.
 pub(crate) fn params(ty: JobType, n: u64) -> JobParams {
     match ty {
-        JobType::Generate => JobParams::Generate(GenerateParams {
-            domain: "biology".into(),
-            num_samples: 100 + n,
-            seed: Some(7),
-        }),
-        JobType::Audit => JobParams::Audit(AuditParams {
-            dataset_uri: format!("s3://bucket/data-{n}.jsonl"),
-            label_column: Some("label".into()),
-            expected_sha256: Some("ab".repeat(32)),
-        }),
-        JobType::Distill => JobParams::Distill(DistillParams {
-            teacher_model: "llama-70b".into(),
-            student_model: format!("llama-1b-{n}"),
-            dataset_uri: "file:///data/prompts.jsonl".into(),
-            temperature: 2.0,
-            epochs: 3,
-        }),
-        JobType::Train => {
-            let mut hyperparameters = BTreeMap::new();
-            hyperparameters.insert("learning_rate".to_owned(), ParamValue::Float(3e-4));
-            hyperparameters.insert("warmup".to_owned(), ParamValue::Bool(true));
-            hyperparameters.insert("batch_size".to_owned(), ParamValue::Int(32));
-            hyperparameters.insert("optimizer".to_owned(), ParamValue::Text("adamw".into()));
-            JobParams::Train(TrainParams {
-                model_id: format!("resnet-{n}"),
-                dataset_uri: "data/train.parquet".into(),
-                epochs: 2,
-                hyperparameters,
-            })
+        JobType::Generate => {
+            let mut p = GenerateParams::new("biology", 100 + n);
+            p.seed = Some(7);
+            JobParams::Generate(p)
         }
-        JobType::Evaluate => JobParams::Evaluate(EvaluateParams {
-            model_id: format!("resnet-{n}"),
-            dataset_uri: "gs://bucket/eval.parquet".into(),
-            metrics: vec!["accuracy".into(), "f1".into()],
-        }),
-        JobType::Deploy => JobParams::Deploy(DeployParams {
-            model_id: format!("llama-1b-{n}"),
-            target: "local".into(),
-            replicas: 2,
-        }),
+        JobType::Audit => {
+            let mut p = AuditParams::new(format!("s3://bucket/data-{n}.jsonl"));
+            p.label_column = Some("label".into());
+            p.expected_sha256 = Some("ab".repeat(32));
+            JobParams::Audit(p)
+        }
+        JobType::Distill => {
+            let mut p = DistillParams::new(
+                "llama-70b",
+                format!("llama-1b-{n}"),
+                "file:///data/prompts.jsonl",
+            );
+            p.prompt_template = Some("Q: {question}".into());
+            p.options
+                .0
+                .insert("lora_rank".into(), serde_json::json!({"r": 8}));
+            JobParams::Distill(p)
+        }
+        JobType::Train => {
+            let mut p = TrainParams::new(format!("resnet-{n}"), "data/train.parquet");
+            p.epochs = 2;
+            let hp = &mut p.hyperparameters;
+            hp.insert("learning_rate".to_owned(), ParamValue::Float(3e-4));
+            hp.insert("warmup".to_owned(), ParamValue::Bool(true));
+            hp.insert("batch_size".to_owned(), ParamValue::Int(32));
+            hp.insert("optimizer".to_owned(), ParamValue::Text("adamw".into()));
+            JobParams::Train(p)
+        }
+        JobType::Evaluate => {
+            let mut p = EvaluateParams::new(format!("resnet-{n}"), "gs://bucket/eval.parquet");
+            p.metrics = vec!["accuracy".into(), "f1".into()];
+            JobParams::Evaluate(p)
+        }
+        JobType::Deploy => {
+            let mut p = DeployParams::new(format!("llama-1b-{n}"));
+            p.replicas = 2;
+            p.region = Some("eu-west".into());
+            JobParams::Deploy(p)
+        }
     }
 }
 

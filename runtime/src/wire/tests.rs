@@ -18,7 +18,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     ArtifactKind, ArtifactMeta, AuditParams, DeployParams, Digest, DistillParams, EvaluateParams,
-    FailureClass, GenerateParams, JobParams, ModelVersion, ParamValue, Resources, TrainParams,
+    FailureClass, GenerateParams, JobParams, ModelVersion, Options, ParamValue, Resources, Split,
+    Task, TrainParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -215,8 +216,6 @@ fn ask_for_work() -> Message {
 fn train_spec() -> JobSpec {
     JobSpec {
         params: JobParams::Train(TrainParams {
-            model_id: "llama-1b".into(),
-            dataset_uri: "s3://data/train.jsonl".into(),
             epochs: 3,
             hyperparameters: BTreeMap::from([
                 ("lr".into(), ParamValue::Float(0.0003)),
@@ -224,6 +223,7 @@ fn train_spec() -> JobSpec {
                 ("fp16".into(), ParamValue::Bool(true)),
                 ("sched".into(), ParamValue::Text("cosine".into())),
             ]),
+            ..TrainParams::new("llama-1b", "s3://data/train.jsonl")
         }),
         resources: Resources {
             gpus: 2,
@@ -439,31 +439,36 @@ fn all_messages() -> Vec<Message> {
 fn other_params() -> Vec<JobParams> {
     vec![
         JobParams::Generate(GenerateParams {
-            domain: "biology".into(),
-            num_samples: 10_000,
             seed: Some(7),
+            task: Task::Regression,
+            classes: None,
+            noise: 0.05,
+            ..GenerateParams::new("biology", 10_000)
         }),
         JobParams::Audit(AuditParams {
-            dataset_uri: "gs://d/x.csv".into(),
             label_column: Some("label".into()),
-            expected_sha256: None,
+            ..AuditParams::new("gs://d/x.csv")
         }),
         JobParams::Distill(DistillParams {
-            teacher_model: "big".into(),
-            student_model: "small".into(),
-            dataset_uri: "data/d.jsonl".into(),
-            temperature: 2.0,
             epochs: 4,
+            alpha: 0.25,
+            prompt_template: Some("Q: {q}\nA:".into()),
+            options: Options(serde_json::Map::from_iter([(
+                "lora".to_owned(),
+                serde_json::json!({"rank": 8, "layers": ["q", "v"]}),
+            )])),
+            ..DistillParams::new("big", "small", "data/d.jsonl")
         }),
         JobParams::Evaluate(EvaluateParams {
-            model_id: "small".into(),
-            dataset_uri: "data/e.jsonl".into(),
             metrics: vec!["f1".into()],
+            split: Some(Split::Validation),
+            suite: Some("mmlu".into()),
+            ..EvaluateParams::new("small", "data/e.jsonl")
         }),
         JobParams::Deploy(DeployParams {
-            model_id: "small".into(),
-            target: "local".into(),
             replicas: 2,
+            region: Some("eu-west".into()),
+            ..DeployParams::new("small")
         }),
     ]
 }
@@ -489,7 +494,7 @@ fn print_goldens() {
 #[test]
 fn golden_hello() {
     const GOLDEN: &str = concat!(
-        "000000724e58464700030102030405060708000a6770752d6e6f64652d310b6a",
+        "000000724e58464700040102030405060708000a6770752d6e6f64652d310b6a",
         "6f696e2d73336372337420fc0000040002154e56494449412048313030203830",
         "47422048424d33fc973e01000b4e56494449412041313047fbf4590206726567",
         "696f6e0765752d77657374047a6f6e65016203030405",
@@ -501,7 +506,7 @@ fn golden_hello() {
 /// of editing the constant.
 #[test]
 fn golden_welcome() {
-    const GOLDEN: &str = "000000194e584647000301020304050607080107fb3075fb1027fba861";
+    const GOLDEN: &str = "000000194e584647000401020304050607080107fb3075fb1027fba861";
     assert_golden(&welcome(), GOLDEN);
 }
 
@@ -509,7 +514,7 @@ fn golden_welcome() {
 /// of editing the constant.
 #[test]
 fn golden_ask_for_work() {
-    const GOLDEN: &str = "0000001b4e584647000301020304050607080202fc973e0100fbf459fba861";
+    const GOLDEN: &str = "0000001b4e584647000401020304050607080202fc973e0100fbf459fba861";
     assert_golden(&ask_for_work(), GOLDEN);
 }
 
@@ -518,12 +523,12 @@ fn golden_ask_for_work() {
 #[test]
 fn golden_assignment() {
     const GOLDEN: &str = concat!(
-        "0000009e4e58464700030102030405060708032a03086c6c616d612d31621573",
+        "000000a14e58464700040102030405060708032a03086c6c616d612d31621573",
         "333a2f2f646174612f747261696e2e6a736f6e6c0304056261746368017f0466",
         "7031360001026c7202613255302aa9333f0573636865640306636f73696e6502",
-        "fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d010c6e",
-        "696768746c792d303630310228290209fd300919d18f010000fd007186d18f01",
-        "0000",
+        "7b7d02fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d",
+        "010c6e696768746c792d303630310228290209fd300919d18f010000fd007186",
+        "d18f010000",
     );
     assert_golden(&assignment(), GOLDEN);
 }
@@ -532,7 +537,7 @@ fn golden_assignment() {
 /// of editing the constant.
 #[test]
 fn golden_no_work() {
-    const GOLDEN: &str = "0000000f4e5846470003010203040506070804";
+    const GOLDEN: &str = "0000000f4e5846470004010203040506070804";
     assert_golden(&Message::NoWork, GOLDEN);
 }
 
@@ -540,7 +545,7 @@ fn golden_no_work() {
 /// of editing the constant.
 #[test]
 fn golden_started() {
-    const GOLDEN: &str = "000000114e58464700030102030405060708052a09";
+    const GOLDEN: &str = "000000114e58464700040102030405060708052a09";
     assert_golden(&started(), GOLDEN);
 }
 
@@ -549,7 +554,7 @@ fn golden_started() {
 #[test]
 fn golden_heartbeat() {
     const GOLDEN: &str = concat!(
-        "000000204e5846470003010203040506070806022a0901000000000000d03ffb",
+        "000000204e5846470004010203040506070806022a0901000000000000d03ffb",
         "2c010a00",
     );
     assert_golden(&heartbeat(), GOLDEN);
@@ -559,7 +564,7 @@ fn golden_heartbeat() {
 /// of editing the constant.
 #[test]
 fn golden_heartbeat_ack() {
-    const GOLDEN: &str = "000000144e5846470003010203040506070807012b022c2d";
+    const GOLDEN: &str = "000000144e5846470004010203040506070807012b022c2d";
     assert_golden(&heartbeat_ack(), GOLDEN);
 }
 
@@ -568,7 +573,7 @@ fn golden_heartbeat_ack() {
 #[test]
 fn golden_log_batch() {
     const GOLDEN: &str = concat!(
-        "000000254e58464700030102030405060708082a0978030965706f636820312f",
+        "000000254e58464700040102030405060708082a0978030965706f636820312f",
         "330006cebb3d302e35",
     );
     assert_golden(&log_batch(), GOLDEN);
@@ -578,7 +583,7 @@ fn golden_log_batch() {
 /// of editing the constant.
 #[test]
 fn golden_log_ack() {
-    const GOLDEN: &str = "000000114e58464700030102030405060708092a7b";
+    const GOLDEN: &str = "000000114e58464700040102030405060708092a7b";
     assert_golden(&log_ack(), GOLDEN);
 }
 
@@ -587,7 +592,7 @@ fn golden_log_ack() {
 #[test]
 fn golden_complete() {
     const GOLDEN: &str = concat!(
-        "0000005e4e584647000301020304050607080a2a090208616363757261637900",
+        "0000005e4e584647000401020304050607080a2a090208616363757261637900",
         "0000000000ee3f046c6f7373000000000000c03f01056d6f64656c1973333a2f",
         "2f6f75742f6a6f622d34322f6d6f64656c2e62696e010b7b226f6b223a747275",
         "657d",
@@ -600,7 +605,7 @@ fn golden_complete() {
 #[test]
 fn golden_fail() {
     const GOLDEN: &str = concat!(
-        "000000254e584647000301020304050607080b2a09011243554441206f757420",
+        "000000254e584647000401020304050607080b2a09011243554441206f757420",
         "6f66206d656d6f7279",
     );
     assert_golden(&fail(), GOLDEN);
@@ -611,7 +616,7 @@ fn golden_fail() {
 #[test]
 fn golden_cancel() {
     const GOLDEN: &str = concat!(
-        "000000234e584647000301020304050607080c2a091163616e63656c6c656420",
+        "000000234e584647000401020304050607080c2a091163616e63656c6c656420",
         "62792075736572",
     );
     assert_golden(&cancel(), GOLDEN);
@@ -621,7 +626,7 @@ fn golden_cancel() {
 /// of editing the constant.
 #[test]
 fn golden_goodbye() {
-    const GOLDEN: &str = "000000104e584647000301020304050607080d01";
+    const GOLDEN: &str = "000000104e584647000401020304050607080d01";
     assert_golden(&goodbye(), GOLDEN);
 }
 
@@ -629,7 +634,7 @@ fn golden_goodbye() {
 /// of editing the constant.
 #[test]
 fn golden_ack() {
-    const GOLDEN: &str = "0000000f4e584647000301020304050607080e";
+    const GOLDEN: &str = "0000000f4e584647000401020304050607080e";
     assert_golden(&Message::Ack, GOLDEN);
 }
 
@@ -638,7 +643,7 @@ fn golden_ack() {
 #[test]
 fn golden_error() {
     const GOLDEN: &str = concat!(
-        "000000244e584647000301020304050607080f011365706f6368203920697320",
+        "000000244e584647000401020304050607080f011365706f6368203920697320",
         "6e6f74206c697665",
     );
     assert_golden(&error(), GOLDEN);
@@ -649,7 +654,7 @@ fn golden_error() {
 #[test]
 fn golden_artifact_stat() {
     const GOLDEN: &str = concat!(
-        "0000002f4e5846470003010203040506070810000102030405060708090a0b0c",
+        "0000002f4e5846470004010203040506070810000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[0], GOLDEN);
@@ -660,7 +665,7 @@ fn golden_artifact_stat() {
 #[test]
 fn golden_artifact_info() {
     const GOLDEN: &str = concat!(
-        "000000544e584647000301020304050607081101000102030405060708090a0b",
+        "000000544e584647000401020304050607081101000102030405060708090a0b",
         "0c0d0e0f101112131415161718191a1b1c1d1e1ffc010010000f706879736963",
         "732e7061727175657402fb2c01012afd0068e5cf8b010000",
     );
@@ -672,7 +677,7 @@ fn golden_artifact_info() {
 #[test]
 fn golden_artifact_chunk() {
     const GOLDEN: &str = concat!(
-        "0000003c4e5846470003010203040506070812000102030405060708090a0b0c",
+        "0000003c4e5846470004010203040506070812000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffbedfefc000010000450415231",
     );
     assert_golden(&artifact_messages()[2], GOLDEN);
@@ -683,7 +688,7 @@ fn golden_artifact_chunk() {
 #[test]
 fn golden_artifact_commit() {
     const GOLDEN: &str = concat!(
-        "000000474e5846470003010203040506070813000102030405060708090a0b0c",
+        "000000474e5846470004010203040506070813000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffbedfe116d6f64656c2e736166",
         "6574656e736f7273012a09",
     );
@@ -695,7 +700,7 @@ fn golden_artifact_commit() {
 #[test]
 fn golden_artifact_read() {
     const GOLDEN: &str = concat!(
-        "000000374e5846470003010203040506070814000102030405060708090a0b0c",
+        "000000374e5846470004010203040506070814000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffb0010fc00000100",
     );
     assert_golden(&artifact_messages()[4], GOLDEN);
@@ -705,7 +710,7 @@ fn golden_artifact_read() {
 /// instead of editing the constant.
 #[test]
 fn golden_artifact_data() {
-    const GOLDEN: &str = "000000194e58464700030102030405060708150450415231fc01001000";
+    const GOLDEN: &str = "000000194e58464700040102030405060708150450415231fc01001000";
     assert_golden(&artifact_messages()[5], GOLDEN);
 }
 
@@ -714,7 +719,7 @@ fn golden_artifact_data() {
 #[test]
 fn golden_checkpoint_saved() {
     const GOLDEN: &str = concat!(
-        "000000344e58464700030102030405060708162a09fb2c010001020304050607",
+        "000000344e58464700040102030405060708162a09fb2c010001020304050607",
         "08090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[6], GOLDEN);
@@ -724,7 +729,7 @@ fn golden_checkpoint_saved() {
 /// instead of editing the constant.
 #[test]
 fn golden_checkpoint_query() {
-    const GOLDEN: &str = "000000114e58464700030102030405060708172a09";
+    const GOLDEN: &str = "000000114e58464700040102030405060708172a09";
     assert_golden(&artifact_messages()[7], GOLDEN);
 }
 
@@ -733,7 +738,7 @@ fn golden_checkpoint_query() {
 #[test]
 fn golden_checkpoint_at() {
     const GOLDEN: &str = concat!(
-        "000000334e584647000301020304050607081801fb2c01000102030405060708",
+        "000000334e584647000401020304050607081801fb2c01000102030405060708",
         "090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[8], GOLDEN);
@@ -743,7 +748,7 @@ fn golden_checkpoint_at() {
 /// instead of editing the constant.
 #[test]
 fn golden_resolve_model() {
-    const GOLDEN: &str = "000000194e584647000301020304050607081909746561636865723a32";
+    const GOLDEN: &str = "000000194e584647000401020304050607081909746561636865723a32";
     assert_golden(&artifact_messages()[9], GOLDEN);
 }
 
@@ -752,7 +757,7 @@ fn golden_resolve_model() {
 #[test]
 fn golden_model_found() {
     const GOLDEN: &str = concat!(
-        "000000604e584647000301020304050607081a0774656163686572022903136e",
+        "000000604e584647000401020304050607081a0774656163686572022903136e",
         "6578613a2f2f6172746966616374732f3030136e6578613a2f2f617274696661",
         "6374732f30310001086163637572616379000000000000ee3ffd0068e5cf8b01",
         "0000012b",
@@ -767,29 +772,31 @@ fn golden_model_found() {
 fn golden_assignment_params() {
     const GOLDEN: [&str; 5] = [
         concat!(
-            "0000003f4e58464700030102030405060708032a000762696f6c6f6779fb1027",
-            "01070000000003fc805101000000000209fd300919d18f010000fd007186d18f",
-            "010000",
+            "0000004c4e58464700040102030405060708032a000762696f6c6f6779fb1027",
+            "010701009a9999999999a93f027b7d0000000003fc805101000000000209fd30",
+            "0919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000474e58464700030102030405060708032a010c67733a2f2f642f782e63",
-            "737601056c6162656c000000000003fc805101000000000209fd300919d18f01",
-            "0000fd007186d18f010000",
+            "0000004a4e58464700040102030405060708032a010c67733a2f2f642f782e63",
+            "737601056c6162656c00027b7d0000000003fc805101000000000209fd300919",
+            "d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000524e58464700030102030405060708032a020362696705736d616c6c0c",
-            "646174612f642e6a736f6e6c0000000000000040040000000003fc8051010000",
-            "00000209fd300919d18f010000fd007186d18f010000",
+            "0000008d4e58464700040102030405060708032a020362696705736d616c6c0c",
+            "646174612f642e6a736f6e6c0000000000000040000000000000d03f04000109",
+            "513a207b717d0a413a267b226c6f7261223a7b226c6179657273223a5b227122",
+            "2c2276225d2c2272616e6b223a387d7d0000000003fc805101000000000209fd",
+            "300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000494e58464700030102030405060708032a0405736d616c6c0c64617461",
-            "2f652e6a736f6e6c010266310000000003fc805101000000000209fd300919d1",
-            "8f010000fd007186d18f010000",
+            "000000554e58464700040102030405060708032a0405736d616c6c010c646174",
+            "612f652e6a736f6e6c010101046d6d6c7501026631027b7d0000000003fc8051",
+            "01000000000209fd300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000003f4e58464700030102030405060708032a0505736d616c6c056c6f6361",
-            "6c020000000003fc805101000000000209fd300919d18f010000fd007186d18f",
-            "010000",
+            "0000004b4e58464700040102030405060708032a0505736d616c6c056c6f6361",
+            "6c010765752d7765737402027b7d0000000003fc805101000000000209fd3009",
+            "19d18f010000fd007186d18f010000",
         ),
     ];
     for (params, golden) in other_params().into_iter().zip(GOLDEN) {
@@ -1106,7 +1113,7 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
 
 #[test]
 fn another_protocol_version_is_unsupported() {
-    for version in [0, 1, 2, 4, u16::MAX] {
+    for version in [0, 1, 2, 3, 5, u16::MAX] {
         let f = raw_frame(&MAGIC, version, &payload(&hello()));
         let expected = DecodeError::UnsupportedVersion {
             got: version,
@@ -1121,7 +1128,7 @@ fn another_protocol_version_is_unsupported() {
     let err = decode_body(&raw_frame(&MAGIC, 1, &[])[LENGTH_BYTES..]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 1 is not supported (this build speaks version 3)"
+        "protocol version 1 is not supported (this build speaks version 4)"
     );
 }
 
@@ -1164,10 +1171,10 @@ fn another_version_is_refused_as_soon_as_it_is_buffered() {
 #[test]
 fn golden_request_ids() {
     for (id, golden) in [
-        (0, "0000000f4e584647000300000000000000000e"),
-        (1, "0000000f4e584647000300000000000000010e"),
-        (GOLDEN_ID, "0000000f4e584647000301020304050607080e"),
-        (u64::MAX, "0000000f4e5846470003ffffffffffffffff0e"),
+        (0, "0000000f4e584647000400000000000000000e"),
+        (1, "0000000f4e584647000400000000000000010e"),
+        (GOLDEN_ID, "0000000f4e584647000401020304050607080e"),
+        (u64::MAX, "0000000f4e5846470004ffffffffffffffff0e"),
     ] {
         let f = encode(id, &Message::Ack, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(hex(&f), golden, "request id {id:#x}");
