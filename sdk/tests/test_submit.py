@@ -59,7 +59,11 @@ def test_audit_distill_evaluate_deploy_send_their_params(client: NexaForgeClient
         "student_model": "small",
         "dataset_uri": "file:///tmp/d.csv",
         "temperature": 2.0,
+        "alpha": 0.5,
         "epochs": 3,
+        "hyperparameters": {},
+        "prompt_template": None,
+        "options": {},
     }
     hot = client.distill("big", "small", "file:///tmp/d.csv", temperature=4.5, epochs=1)
     assert hot.params["temperature"] == 4.5 and hot.params["epochs"] == 1
@@ -68,14 +72,21 @@ def test_audit_distill_evaluate_deploy_send_their_params(client: NexaForgeClient
     assert evaluate.params == {
         "model_id": "mlp",
         "dataset_uri": "file:///tmp/d.csv",
+        "split": None,
+        "suite": None,
         "metrics": ["accuracy", "f1"],
+        "options": {},
     }
     assert client.evaluate("mlp", "file:///tmp/d.csv").params.get("metrics") in (None, [])
 
     deploy = client.deploy("mlp")
-    assert deploy.params == {"model_id": "mlp", "target": "local", "replicas": 1}
-    deploy2 = client.deploy("mlp", target="edge-1", replicas=3)
-    assert deploy2.params == {"model_id": "mlp", "target": "edge-1", "replicas": 3}
+    assert deploy.params == {
+        "model_id": "mlp", "target": "local", "region": None, "replicas": 1, "options": {}
+    }
+    deploy2 = client.deploy("mlp", target="edge-1", replicas=3, region="eu-west")
+    assert deploy2.params == {
+        "model_id": "mlp", "target": "edge-1", "region": "eu-west", "replicas": 3, "options": {}
+    }
 
     for job in (audit, distill, hot, evaluate, deploy, deploy2):
         finished(client, job)
@@ -111,6 +122,7 @@ def test_train_keeps_hyperparameters_apart_from_job_options(client: NexaForgeCli
             "optimizer": "adam",
             "optimizer/beta1": 0.9,
         },
+        "options": {},
     }
     hp = job.params["hyperparameters"]
     assert type(hp["batch_size"]) is int and type(hp["use_amp"]) is bool
@@ -233,3 +245,48 @@ def test_a_handler_sees_hyperparameters_as_submitted(client: NexaForgeClient) ->
     assert done.params["hyperparameters"] == hp
     assert done.result is not None
     assert done.result.output["job"]["params"]["hyperparameters"] == hp
+
+
+def test_a_handler_gets_the_inputs_the_built_in_stages_refuse(client: NexaForgeClient) -> None:
+    """options, a prompt template and a benchmark suite are for the user's own programs:
+    the job file carries them as submitted, every default applied next to them."""
+    options = {"lora": {"rank": 8, "targets": ["q", "v"]}, "bf16": True}
+    distill = client.distill(
+        "gpt-4o", "llama-3-8b", "s3://nexa-data/physics_v1.parquet",
+        prompt_template="Question: {question}\nAnswer:", options=options,
+    )
+    suite = client.evaluate("llama-3-8b", suite="mmlu", options={"shots": 5})
+    assert suite.params["dataset_uri"] is None and suite.params["suite"] == "mmlu"
+    regression = client.generate("physics", 50, task="regression", noise=0.05)
+    assert regression.params["classes"] is None and regression.params["noise"] == 0.05
+    classified = client.generate("physics", 50, classes=3)
+    assert classified.params["task"] == "classification" and classified.params["classes"] == 3
+
+    seen = finished(client, distill).result
+    assert seen is not None
+    params = seen.output["job"]["params"]
+    assert params["options"] == options
+    assert params["prompt_template"] == "Question: {question}\nAnswer:"
+    assert params["alpha"] == 0.5 and params["temperature"] == 2.0 and params["epochs"] == 3
+    seen = finished(client, suite).result
+    assert seen is not None and seen.output["job"]["params"]["options"] == {"shots": 5}
+    for job in (regression, classified):
+        finished(client, job)
+
+
+@pytest.mark.parametrize(
+    "submit, field",
+    [
+        (lambda c: c.evaluate("m"), "params.dataset_uri"),
+        (lambda c: c.evaluate("m", split="holdout", dataset_uri="d.csv"), "params.split"),
+        (lambda c: c.generate("physics", 10, task="regression", classes=3), "params.classes"),
+        (lambda c: c.generate("physics", 10, task="ranking"), "params.task"),
+        (lambda c: c.distill("t", "s", "d.csv", alpha=1.5), "params.alpha"),
+        (lambda c: c.submit("train", {"model_id": "m", "dataset_uri": "d", "lr": 1}), "params.lr"),
+        (lambda c: c.submit("deploy", {"model_id": "m", "options": [1, 2]}), "params.options"),
+    ],
+)
+def test_new_params_are_checked_at_submit(client: NexaForgeClient, submit: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        submit(client)
+    assert raised.value.field == field, raised.value
