@@ -520,6 +520,116 @@ fn tokens_guard_the_api_once_one_exists() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NEXA_TOKEN"));
 }
 
+/// A request with extra headers: status and JSON body.
+fn call_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut res = agent()
+        .run(req.body(body.unwrap_or_default().to_owned()).unwrap())
+        .unwrap();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    (
+        res.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn without_tokens_web_pages_and_foreign_hosts_cannot_drive_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    let url = format!("{}/api/jobs", node.base);
+    let body = train_job().to_string();
+    let json = ("Content-Type", "application/json");
+    // A page on another site posting a "simple" request, as a browser sends it.
+    let (status, answer) = call_with(
+        "POST",
+        &url,
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "text/plain"),
+        ],
+        Some(&body),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("origin \"http://evil.example\""),
+        "{answer}"
+    );
+    // The same request with JSON is still a cross-origin one.
+    let (status, _) = call_with(
+        "POST",
+        &url,
+        &[("Origin", "http://evil.example"), json],
+        Some(&body),
+    );
+    assert_eq!(status, 403);
+    // A name rebound to 127.0.0.1 arrives with its own Host: refused, reads included.
+    let (status, answer) = call_with("GET", &url, &[("Host", "attacker.example:18001")], None);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("attacker.example"),
+        "{answer}"
+    );
+    // A body that is not JSON cannot change anything.
+    let (status, answer) = call_with("POST", &url, &[("Content-Type", "text/plain")], Some(&body));
+    assert_eq!(status, 415, "{answer}");
+    let (_, jobs) = call("GET", &url, None, None);
+    assert_eq!(jobs["jobs"], json!([]), "nothing was submitted");
+    // This machine's programs, and the dashboard from its own origin, are answered.
+    let own = node.base.clone();
+    let (status, _) = call_with("POST", &url, &[("Origin", &own), json], Some(&body));
+    assert_eq!(status, 201);
+    let (status, _) = call_with("GET", &url, &[("Host", "localhost")], None);
+    assert_eq!(status, 200);
+    // The dashboard runs only its own script and is never framed.
+    let res = agent().get(format!("{}/", node.base)).call().unwrap();
+    let policy = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'sha256-"));
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+}
+
+#[test]
+fn a_server_whose_token_file_goes_missing_refuses_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = token(dir.path(), false);
+    let node = start(&["server"], dir.path());
+    let url = format!("{}/api/jobs", node.base);
+    assert_eq!(call("GET", &url, None, Some(&full)).0, 200);
+    let file = dir.path().join("api_tokens");
+    let kept = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    for token in [None, Some(full.as_str())] {
+        let (status, answer) = call("GET", &url, None, token);
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("was removed"),
+            "{answer}"
+        );
+    }
+    std::fs::write(&file, "not a token line\n").unwrap();
+    assert_eq!(call("GET", &url, None, None).0, 503);
+    std::fs::write(&file, &kept).unwrap();
+    assert_eq!(call("GET", &url, None, Some(&full)).0, 200);
+    assert_eq!(call("GET", &url, None, None).0, 401);
+}
+
 #[test]
 fn the_api_describes_itself_and_serves_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,7 +143,7 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_params(&self.params)?;
         validate_resources(&self.resources)?;
-        if self.priority.abs() > Self::MAX_PRIORITY {
+        if !(-Self::MAX_PRIORITY..=Self::MAX_PRIORITY).contains(&self.priority) {
             return Err(SpecError::new(
                 "priority",
                 format!("{} is outside -1000..=1000", self.priority),
@@ -499,6 +499,8 @@ mod tests {
         assert_eq!(field_of(&generate(0)), "params.num_samples");
         let mut s = generate(10);
         s.priority = 5000;
+        assert_eq!(field_of(&s), "priority");
+        s.priority = i32::MIN;
         assert_eq!(field_of(&s), "priority");
         s = generate(10);
         s.max_attempts = 0;

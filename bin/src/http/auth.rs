@@ -39,13 +39,37 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct Tokens {
     path: PathBuf,
-    loaded: Mutex<(Option<SystemTime>, Vec<Entry>)>,
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    /// The file as last read (when it changed, its length and inode); `None` when there
+    /// was no file.
+    stamp: Option<(Option<SystemTime>, u64, u64)>,
+    entries: Vec<Entry>,
+    /// Set once the server has seen a token: from then on it never answers without one.
+    armed: bool,
+    /// Why the tokens cannot be read now, when they cannot.
+    problem: Option<String>,
+}
+
+/// How the API is guarded now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mode {
+    /// No token was ever made: only this machine's requests are answered.
+    Open,
+    /// Requests must present one of the tokens.
+    Tokens,
+    /// Tokens were in use and cannot be read now: every request is refused until fixed.
+    Broken(String),
 }
 
 fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The token lines of the file; damaged lines are skipped.
 fn parse(text: &str) -> Vec<Entry> {
     text.lines()
         .filter_map(|line| {
@@ -69,44 +93,96 @@ fn parse(text: &str) -> Vec<Entry> {
 }
 
 impl Tokens {
-    /// The tokens of the data folder `data` (none yet is fine).
+    /// The tokens of the data folder `data`. A tokens file that exists at start arms them,
+    /// even if it cannot be read.
     pub(crate) fn new(data: &Path) -> Self {
+        let path = data.join(TOKENS_FILE);
+        let armed = path.exists();
         let tokens = Self {
-            path: data.join(TOKENS_FILE),
-            loaded: Mutex::new((None, Vec::new())),
+            path,
+            loaded: Mutex::new(Loaded {
+                armed,
+                ..Loaded::default()
+            }),
         };
-        tokens.refresh();
+        tokens.mode();
         tokens
     }
 
-    /// Reads the file again if it changed; returns whether any token exists.
-    fn refresh(&self) -> bool {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+    /// Reads the file again if it changed, and says how the API is guarded.
+    fn mode(&self) -> Mode {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if loaded.0 != modified {
-            let entries = std::fs::read_to_string(&self.path)
-                .map(|t| parse(&t))
-                .unwrap_or_default();
-            *loaded = (modified, entries);
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                loaded.stamp = None;
+                loaded.entries.clear();
+                loaded.problem = loaded.armed.then(|| {
+                    format!(
+                        "the token file {} was removed; requests are refused until it is back \
+                         (nexa token create makes a new one)",
+                        self.path.display()
+                    )
+                });
+            }
+            Err(e) => {
+                loaded.armed = true;
+                loaded.stamp = None;
+                loaded.entries.clear();
+                loaded.problem = Some(format!(
+                    "the token file {} cannot be read: {e}",
+                    self.path.display()
+                ));
+            }
+            Ok(meta) => {
+                let stamp = (
+                    meta.modified().ok(),
+                    meta.len(),
+                    std::os::unix::fs::MetadataExt::ino(&meta),
+                );
+                if loaded.stamp != Some(stamp) || stamp.0.is_none() {
+                    loaded.armed = true;
+                    loaded.stamp = Some(stamp);
+                    match std::fs::read_to_string(&self.path) {
+                        Ok(text) => {
+                            loaded.entries = parse(&text);
+                            loaded.problem = loaded.entries.is_empty().then(|| {
+                                format!(
+                                    "the token file {} holds no valid token; requests are \
+                                     refused until it does (nexa token create adds one)",
+                                    self.path.display()
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            loaded.entries.clear();
+                            loaded.problem = Some(format!(
+                                "the token file {} cannot be read: {e}",
+                                self.path.display()
+                            ));
+                        }
+                    }
+                }
+            }
         }
-        !loaded.1.is_empty()
+        match (&loaded.problem, loaded.armed) {
+            (Some(problem), _) => Mode::Broken(problem.clone()),
+            (None, true) => Mode::Tokens,
+            (None, false) => Mode::Open,
+        }
     }
 
-    /// Whether the API requires a token: it does once one exists.
+    /// Whether requests must present a token (or are refused because the tokens cannot be
+    /// read): false only while no token was ever made.
     pub(crate) fn required(&self) -> bool {
-        self.refresh()
+        self.mode() != Mode::Open
     }
 
-    /// The scope of `token`, if it is one of ours.
     fn scope_of(&self, token: &str) -> Option<Scope> {
-        self.refresh();
         let presented = hash(token);
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        // Compare against every entry in constant time; no early exit on a match.
+        // Every entry is compared, so the time taken does not tell which one matched.
         let mut found = None;
-        for entry in &loaded.1 {
+        for entry in &loaded.entries {
             if bool::from(entry.hash.ct_eq(&presented)) {
                 found = Some(entry.scope);
             }
@@ -114,10 +190,12 @@ impl Tokens {
         found
     }
 
-    /// Checks a request's token against what it needs.
+    /// Lets the request through if it may do what `need` allows.
     pub(crate) fn check(&self, req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
-        if !self.required() {
-            return Ok(());
+        match self.mode() {
+            Mode::Open => return from_this_machine(req, need),
+            Mode::Broken(problem) => return Err(ApiError::unavailable(problem)),
+            Mode::Tokens => {}
         }
         let header = req
             .headers()
@@ -143,6 +221,73 @@ impl Tokens {
             (Some(_), _) => Ok(()),
         }
     }
+}
+
+/// Without tokens the API trusts this machine's programs, and only them: the request must
+/// name a loopback host (so a web page whose name was rebound to 127.0.0.1 is refused), come
+/// from no other origin (a web page the user visits cannot drive it), and, to change
+/// anything, send its body as JSON (which a plain HTML form cannot).
+fn from_this_machine(req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let no_token = "requests without a token are taken only from programs on this machine";
+    if let Some(host) = text(actix_web::http::header::HOST)
+        && !is_loopback_host(host)
+    {
+        return Err(ApiError::forbidden(format!(
+            "{no_token}: Host {host:?} is not a loopback name (use localhost or 127.0.0.1, \
+             or make a token with nexa token create)"
+        )));
+    }
+    if let Some(origin) = text(actix_web::http::header::ORIGIN) {
+        let host = text(actix_web::http::header::HOST).unwrap_or_default();
+        let same = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host));
+        if !same {
+            return Err(ApiError::forbidden(format!(
+                "{no_token}: a request from the web page origin {origin:?} is refused"
+            )));
+        }
+    }
+    if need == Scope::Full {
+        let has_body = text(actix_web::http::header::CONTENT_LENGTH).is_some_and(|n| n != "0")
+            || headers.contains_key(actix_web::http::header::TRANSFER_ENCODING);
+        let json = text(actix_web::http::header::CONTENT_TYPE).is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if has_body && !json {
+            return Err(ApiError::from_status(
+                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON, with `Content-Type: application/json`".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host` (a Host header: a name or address, with or without a port) names this
+/// machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:8000
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Makes a token, keeps its hash in `data`, and returns it.
@@ -227,6 +372,52 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_other_names() {
+        for host in [
+            "localhost",
+            "localhost:8000",
+            "127.0.0.1:18001",
+            "127.1.2.3",
+            "[::1]:8000",
+            "app.localhost:80",
+            "LOCALHOST.",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "attacker.example:18001",
+            "localhost.attacker.example",
+            "10.0.0.1:8000",
+            "[::2]:80",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn tokens_fail_closed_once_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::new(dir.path());
+        assert_eq!(tokens.mode(), Mode::Open);
+        let full = create(dir.path(), Scope::Full, "ci").unwrap();
+        assert_eq!(tokens.mode(), Mode::Tokens);
+        let file = dir.path().join(TOKENS_FILE);
+        let kept = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(tokens.mode(), Mode::Broken(why) if why.contains("was removed")));
+        std::fs::write(&file, "garbage\n").unwrap();
+        assert!(matches!(tokens.mode(), Mode::Broken(why) if why.contains("no valid token")));
+        std::fs::write(&file, &kept).unwrap();
+        assert_eq!(tokens.mode(), Mode::Tokens);
+        assert_eq!(tokens.scope_of(&full), Some(Scope::Full));
+        // A server started on a damaged file is armed as well.
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(Tokens::new(dir.path()).mode(), Mode::Broken(_)));
     }
 
     #[test]
