@@ -46,7 +46,8 @@ pub use command_stage::CommandStage;
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DistillStage, EVALUATION_METRICS,
-    EvaluateStage, GENERATED_SPLIT, GenerateStage, TrainStage, builtin_stages, builtin_stages_with,
+    EvaluateStage, GENERATED_SPLIT, GenerateStage, KNOWN_HYPERPARAMETERS, TrainStage,
+    builtin_stages, builtin_stages_with,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};

@@ -391,8 +391,9 @@ pub(crate) struct Hyper {
     pub(crate) checkpoint_every: Option<u64>,
 }
 
-/// The hyperparameters a training stage understands, with what each means.
-pub(crate) const KNOWN_HYPERPARAMETERS: [(&str, &str); 9] = [
+/// The hyperparameters the built-in train and distill stages understand, with what each means
+/// (distill takes all but `base`).
+pub const KNOWN_HYPERPARAMETERS: [(&str, &str); 9] = [
     (
         "base",
         "a preset (teacher_large, medium, student_small) or a registered model to fine-tune",

@@ -600,6 +600,33 @@ fn without_tokens_web_pages_and_foreign_hosts_cannot_drive_the_api() {
     let policy = res.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'sha256-"));
     assert_eq!(res.headers()["x-frame-options"], "DENY");
+    // Each type's params, as the server defines them.
+    let (status, types) = call("GET", &format!("{}/api/job_types", node.base), None, None);
+    assert_eq!(status, 200);
+    let distill = types["job_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["job_type"] == "distill")
+        .unwrap();
+    let names: Vec<&str> = distill["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"alpha") && names.contains(&"options"),
+        "{names:?}"
+    );
+    assert!(
+        distill["builtin_hyperparameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["name"] != "base"),
+        "{distill}"
+    );
 }
 
 #[test]

@@ -108,6 +108,7 @@ impl ApiError {
             404 => "not_found",
             405 => "method_not_allowed",
             413 => return Self::too_large(super::MAX_BODY),
+            415 => "unsupported_media_type",
             422 => "validation_error",
             503 => "unavailable",
             s if s < 500 => "bad_request",

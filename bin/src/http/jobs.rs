@@ -11,8 +11,8 @@ use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery};
 
 use super::api::{
     self, CancelRequest, CompleteRequest, EpochRequest, EventsBody, FailRequest, JobBody, JobPage,
-    ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer, ProgressRequest,
-    StartedAnswer, SubmitRequest,
+    JobTypesBody, ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer,
+    ProgressRequest, StartedAnswer, SubmitRequest, job_types_body,
 };
 use super::auth::{Reader, Writer};
 use super::error::{ApiError, ErrorBody};
@@ -39,6 +39,18 @@ async fn load(state: &State, id: JobId) -> Result<Job, ApiError> {
 }
 
 /// Submit a job.
+/// Every job type with the params it takes: names, which are required, limits and defaults.
+#[utoipa::path(
+    get, path = "/api/job_types", tag = "jobs",
+    responses(
+        (status = 200, description = "The job types", body = JobTypesBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+    )
+)]
+pub(crate) async fn job_types(_: Reader) -> Json<JobTypesBody> {
+    Json(job_types_body())
+}
+
 #[utoipa::path(
     post, path = "/api/jobs", tag = "jobs",
     request_body = SubmitRequest,

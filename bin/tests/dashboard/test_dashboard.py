@@ -410,6 +410,13 @@ def test_the_submit_form_creates_a_job_and_shows_validation_errors(page, nexa):
     params = page.driver.find_element(By.ID, "submit-params")
     example = json.loads(params.get_attribute("value"))
     assert {"model_id", "dataset_uri"} <= set(example), f"the train example has the required params: {example}"
+    # The hint is the server's own definition of the params (GET /api/job_types).
+    hint = page.wait("the params hint", lambda: page.text("#submit-params-hint") or None)
+    assert hint.startswith("Required: model_id") and "epochs (" in hint and "learning_rate" in hint, hint
+    Select(page.driver.find_element(By.ID, "submit-type")).select_by_value("distill")
+    hint = page.text("#submit-params-hint")
+    assert "alpha (" in hint and "prompt_template" in hint, hint
+    Select(page.driver.find_element(By.ID, "submit-type")).select_by_value("train")
 
     # An invalid job (no dataset_uri): the API's message is shown next to the params.
     params.clear()
