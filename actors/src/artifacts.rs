@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nexa_runtime::wire::{ARTIFACT_CHUNK, ErrorCode, Message};
 use nexa_runtime::{
-    ArtifactKind, ArtifactMeta, Digest, Epoch, JobId, ModelVersion, artifact_uri,
+    ArtifactKind, ArtifactMeta, Digest, Epoch, JobId, LeaseToken, ModelVersion, artifact_uri,
     parse_artifact_uri,
 };
 use nexa_storage::hash_file;
@@ -51,6 +51,7 @@ pub struct Artifacts {
     client: Option<Arc<Client>>,
     job: JobId,
     epoch: Epoch,
+    lease_token: LeaseToken,
     cache: PathBuf,
 }
 
@@ -67,20 +68,27 @@ fn failed(what: impl std::fmt::Display) -> StageError {
 }
 
 impl Artifacts {
-    /// Artifacts of `job` under lease `epoch`, through `client` (or, with none, on this
-    /// machine only), with downloads cached in `cache`.
-    pub fn new(client: Option<Arc<Client>>, job: JobId, epoch: Epoch, cache: PathBuf) -> Self {
+    /// Artifacts of `job` under lease `epoch` (whose token is `lease_token`), through
+    /// `client` (or, with none, on this machine only), with downloads cached in `cache`.
+    pub fn new(
+        client: Option<Arc<Client>>,
+        job: JobId,
+        epoch: Epoch,
+        lease_token: LeaseToken,
+        cache: PathBuf,
+    ) -> Self {
         Self {
             client,
             job,
             epoch,
+            lease_token,
             cache,
         }
     }
 
     /// Artifacts with no control plane: inputs are local files, outputs stay where they are.
     pub fn local(cache: PathBuf) -> Self {
-        Self::new(None, JobId(0), Epoch(0), cache)
+        Self::new(None, JobId(0), Epoch(0), LeaseToken::default(), cache)
     }
 
     async fn ask(&self, message: Message) -> Result<Message, StageError> {
@@ -268,6 +276,7 @@ impl Artifacts {
                 kind,
                 job: self.job,
                 epoch: self.epoch,
+                lease_token: self.lease_token,
             })
             .await?;
         match answer {
@@ -295,6 +304,7 @@ impl Artifacts {
             .ask(Message::CheckpointSaved {
                 job: self.job,
                 epoch: self.epoch,
+                lease_token: self.lease_token,
                 step,
                 digest,
             })
@@ -316,6 +326,7 @@ impl Artifacts {
             .ask(Message::CheckpointQuery {
                 job: self.job,
                 epoch: self.epoch,
+                lease_token: self.lease_token,
             })
             .await?;
         match answer {

@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod job_actor;
+mod lease;
 mod scheduler;
 mod session;
 
@@ -27,8 +28,8 @@ use std::time::Duration;
 use nexa_runtime::wire::{Assignment, ErrorCode, HeartbeatAck, Message, RunningJob, Welcome};
 use nexa_runtime::{
     Epoch, FaultKind, Job, JobError, JobId, JobOutput, JobSpec, JobState, Lease, LeaseStatus,
-    ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault, Store,
-    StoreConfig, StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
+    LeaseToken, ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault,
+    Store, StoreConfig, StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
 };
 use nexa_storage::{ArtifactError, ArtifactStore, ByteStream, RedbStore, RemoteBlobs, RemoteError};
 use nexa_transport::{Fingerprint, Handler, Server, ServerConfig, Session};
@@ -37,6 +38,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use self::job_actor::JobMsg;
+use self::lease::LeaseKey;
 use self::scheduler::{Scheduler, SchedulerMsg};
 use self::session::{SessionActor, SessionMsg};
 use crate::clock::now;
@@ -106,6 +108,9 @@ pub enum StartError {
     /// An actor did not start.
     #[error("cannot start the {0} actor: {1}")]
     Actor(&'static str, String),
+    /// The key of lease tokens cannot be read or made.
+    #[error("the lease key: {0}")]
+    LeaseKey(std::io::Error),
 }
 
 /// Runs a store operation off the async threads.
@@ -314,6 +319,7 @@ pub struct ControlPlane {
     server: Server,
     metrics: Arc<Metrics>,
     long_poll: Duration,
+    lease_key: Arc<LeaseKey>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -348,6 +354,12 @@ impl ControlPlane {
     ) -> Result<Self, StartError> {
         let plane = PLANES.fetch_add(1, Ordering::Relaxed);
         let metrics = Arc::new(Metrics::default());
+        let dir = config.data_dir.clone();
+        let lease_key = tokio::task::spawn_blocking(move || LeaseKey::load_or_create(&dir))
+            .await
+            .map_err(|e| StartError::Actor("lease key", e.to_string()))?
+            .map_err(StartError::LeaseKey)?;
+        let lease_key = Arc::new(lease_key);
         let root = config.data_dir.join("artifacts");
         let artifacts = tokio::task::spawn_blocking(move || ArtifactStore::open(root))
             .await
@@ -413,6 +425,7 @@ impl ControlPlane {
             welcome,
             long_poll: config.long_poll,
             metrics: metrics.clone(),
+            lease_key: lease_key.clone(),
         });
         let server_config =
             ServerConfig::new(config.listen, &config.data_dir, config.join_token.clone());
@@ -433,6 +446,7 @@ impl ControlPlane {
             server,
             metrics,
             long_poll: config.long_poll,
+            lease_key,
         })
     }
 
@@ -568,8 +582,20 @@ impl ControlPlane {
         Ok(lease)
     }
 
+    /// The token that proves holding `lease`: give it to the worker that leased the job, and
+    /// to no one else. Every report below must quote it.
+    pub fn lease_token(&self, lease: &Lease) -> LeaseToken {
+        self.lease_key.token(lease.job.id, lease.epoch)
+    }
+
     /// The worker says the leased job's stage started.
-    pub async fn started(&self, job: JobId, epoch: Epoch) -> Result<(), StoreError> {
+    pub async fn started(
+        &self,
+        job: JobId,
+        epoch: Epoch,
+        token: &LeaseToken,
+    ) -> Result<(), StoreError> {
+        self.lease_key.check(job, epoch, token)?;
         report_started(self.plane, &self.store, job, epoch).await
     }
 
@@ -578,13 +604,22 @@ impl ControlPlane {
         &self,
         job: JobId,
         epoch: Epoch,
+        token: &LeaseToken,
         output: JobOutput,
     ) -> Result<(), StoreError> {
+        self.lease_key.check(job, epoch, token)?;
         report_complete(self.plane, &self.store, job, epoch, output).await
     }
 
     /// The worker reports the leased job's attempt failed.
-    pub async fn fail(&self, job: JobId, epoch: Epoch, error: JobError) -> Result<(), StoreError> {
+    pub async fn fail(
+        &self,
+        job: JobId,
+        epoch: Epoch,
+        token: &LeaseToken,
+        error: JobError,
+    ) -> Result<(), StoreError> {
+        self.lease_key.check(job, epoch, token)?;
         report_fail(self.plane, &self.store, job, epoch, error).await
     }
 
@@ -593,9 +628,11 @@ impl ControlPlane {
         &self,
         job: JobId,
         epoch: Epoch,
+        token: &LeaseToken,
         first_seq: u64,
         lines: Vec<String>,
     ) -> Result<LogAck, StoreError> {
+        self.lease_key.check(job, epoch, token)?;
         report_logs(self.plane, &self.store, job, epoch, first_seq, lines).await
     }
 
@@ -604,21 +641,27 @@ impl ControlPlane {
         &self,
         job: JobId,
         epoch: Epoch,
+        token: &LeaseToken,
         progress: Option<f64>,
     ) -> Result<LeaseStatus, StoreError> {
+        self.lease_key.check(job, epoch, token)?;
         report_heartbeat(self.plane, &self.store, job, epoch, progress).await
     }
 
     /// An HTTP worker's heartbeat: it is alive, and so are `jobs`. Says which to cancel and
-    /// which leases are gone.
+    /// which leases are gone (a job quoted without its lease token is one).
     pub async fn worker_heartbeat(
         &self,
         worker: WorkerId,
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
         blocking(&self.store, move |s| s.worker_heartbeat(&worker, now())).await?;
-        match report_running(self.plane, &self.store, jobs).await {
-            (ack, None) => Ok(ack),
+        let (held, foreign) = held_leases(&self.lease_key, jobs);
+        match report_running(self.plane, &self.store, held).await {
+            (mut ack, None) => {
+                ack.lost.extend(foreign);
+                Ok(ack)
+            }
             (_, Some(e)) => Err(e),
         }
     }
@@ -645,6 +688,57 @@ struct PlaneHandler {
     welcome: Welcome,
     long_poll: Duration,
     metrics: Arc<Metrics>,
+    lease_key: Arc<LeaseKey>,
+}
+
+/// The jobs of a heartbeat whose lease tokens hold, and those of the others (to be told lost).
+fn held_leases(key: &LeaseKey, jobs: Vec<RunningJob>) -> (Vec<RunningJob>, Vec<JobId>) {
+    let (held, foreign): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|j| key.check(j.job, j.epoch, &j.lease_token).is_ok());
+    (held, foreign.into_iter().map(|j| j.job).collect())
+}
+
+/// The lease a message reports under, for the messages that report on a job.
+fn lease_of(message: &Message) -> Option<(JobId, Epoch, &LeaseToken)> {
+    match message {
+        Message::Started {
+            job,
+            epoch,
+            lease_token,
+        }
+        | Message::Complete {
+            job,
+            epoch,
+            lease_token,
+            ..
+        }
+        | Message::Fail {
+            job,
+            epoch,
+            lease_token,
+            ..
+        }
+        | Message::ArtifactCommit {
+            job,
+            epoch,
+            lease_token,
+            ..
+        }
+        | Message::CheckpointSaved {
+            job,
+            epoch,
+            lease_token,
+            ..
+        }
+        | Message::CheckpointQuery {
+            job,
+            epoch,
+            lease_token,
+        } => Some((*job, *epoch, lease_token)),
+        Message::LogBatch(b) => Some((b.job, b.epoch, &b.lease_token)),
+        _ => None,
+    }
 }
 
 fn refusal(e: &StoreError) -> Message {
@@ -702,6 +796,12 @@ impl Handler for PlaneHandler {
 
     async fn request(&self, session: &Session, message: Message) -> Message {
         let (plane, store) = (self.plane, &self.store);
+        if let Some((job, epoch, token)) = lease_of(&message)
+            && let Err(e) = self.lease_key.check(job, epoch, token)
+        {
+            warn!(%job, %epoch, worker = %session.worker(), "a report without its lease token was refused");
+            return refusal(&e);
+        }
         match message {
             Message::AskForWork(ask) => {
                 let wait = Duration::from_millis(ask.wait_ms).min(self.long_poll);
@@ -727,6 +827,7 @@ impl Handler for PlaneHandler {
                             spec: lease.job.spec,
                             attempt: lease.attempt,
                             epoch: lease.epoch,
+                            lease_token: self.lease_key.token(lease.job.id, lease.epoch),
                             lease_expires_at: lease.lease_expires_at,
                             deadline: lease.deadline,
                         })
@@ -739,13 +840,15 @@ impl Handler for PlaneHandler {
                     },
                 }
             }
-            Message::Started { job, epoch } => ack(report_started(plane, store, job, epoch).await),
-            Message::Complete { job, epoch, output } => {
-                ack(report_complete(plane, store, job, epoch, output).await)
+            Message::Started { job, epoch, .. } => {
+                ack(report_started(plane, store, job, epoch).await)
             }
-            Message::Fail { job, epoch, error } => {
-                ack(report_fail(plane, store, job, epoch, error).await)
-            }
+            Message::Complete {
+                job, epoch, output, ..
+            } => ack(report_complete(plane, store, job, epoch, output).await),
+            Message::Fail {
+                job, epoch, error, ..
+            } => ack(report_fail(plane, store, job, epoch, error).await),
             Message::LogBatch(batch) => {
                 let job = batch.job;
                 match report_logs(plane, store, job, batch.epoch, batch.first_seq, batch.lines)
@@ -758,7 +861,9 @@ impl Handler for PlaneHandler {
                     Err(e) => refusal(&e),
                 }
             }
-            Message::Heartbeat(hb) => {
+            Message::Heartbeat(mut hb) => {
+                let (held, foreign) = held_leases(&self.lease_key, hb.jobs);
+                hb.jobs = held;
                 let Some(cell) = ractor::registry::where_is(session_name(plane, session.id()))
                 else {
                     return Message::Error {
@@ -771,7 +876,10 @@ impl Handler for PlaneHandler {
                     .call(|reply| SessionMsg::Heartbeat(hb, reply), Some(CALL_TIMEOUT))
                     .await
                 {
-                    Ok(CallResult::Success(ack)) => Message::HeartbeatAck(ack),
+                    Ok(CallResult::Success(mut ack)) => {
+                        ack.lost.extend(foreign);
+                        Message::HeartbeatAck(ack)
+                    }
                     _ => Message::Error {
                         code: ErrorCode::Unavailable,
                         message: "the session did not answer".into(),

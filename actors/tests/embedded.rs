@@ -325,3 +325,67 @@ async fn a_stage_that_ignores_cancel_is_aborted_after_the_grace_period() {
     let next = c.submit("next", 0).await;
     c.wait_for(next, JobState::Running).await;
 }
+
+/// A worker that joined the cluster (it holds the join token) still cannot report on a job
+/// leased to another: without that lease's token, its reports are refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_worker_cannot_report_on_a_job_it_does_not_hold() {
+    use nexa_runtime::wire::{ErrorCode, Hello, LogBatch, Message};
+    use nexa_transport::{Client, ClientConfig, Trust};
+
+    let c = cluster(Duration::from_secs(10)).await;
+    let _holder = c
+        .worker_with("holder", Stubborn, Duration::from_millis(100))
+        .await;
+    let id = c.submit("held", 0).await;
+    let job = c.wait_for(id, JobState::Running).await;
+    let epoch = job.live_attempt().unwrap().epoch;
+
+    let hello = Hello {
+        worker: WorkerId::new("intruder").unwrap(),
+        token: support::TOKEN.into(),
+        cpus: 1,
+        memory_mb: 1024,
+        gpus: vec![],
+        labels: Default::default(),
+        job_types: [JobType::Train].into(),
+    };
+    let config = ClientConfig::new(
+        c.plane.addr(),
+        Trust::Fingerprint(c.plane.fingerprint()),
+        hello,
+    );
+    let (intruder, _, _events) = Client::connect(config).await.unwrap();
+    let forged = [
+        Message::Complete {
+            job: id,
+            epoch,
+            lease_token: LeaseToken::default(),
+            output: JobOutput::default(),
+        },
+        Message::LogBatch(LogBatch {
+            job: id,
+            epoch,
+            lease_token: LeaseToken([1; 32]),
+            first_seq: 0,
+            lines: vec!["forged".into()],
+        }),
+        Message::CheckpointQuery {
+            job: id,
+            epoch,
+            lease_token: LeaseToken::default(),
+        },
+    ];
+    for message in forged {
+        match intruder.request(&message).await.unwrap() {
+            Message::Error {
+                code: ErrorCode::Stale,
+                message,
+            } => assert!(message.contains("lease's token"), "{message}"),
+            other => panic!("{} was answered {other:?}", message.name()),
+        }
+    }
+    let job = c.plane.get(id).await.unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert!(!c.log_text(id, 1).await.iter().any(|l| l == "forged"));
+}

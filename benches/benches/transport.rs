@@ -45,7 +45,7 @@ use nexa_runtime::wire::{
     self, DEFAULT_MAX_FRAME, FrameDecoder, Heartbeat, HeartbeatAck, Hello, Message, RunningJob,
     Welcome,
 };
-use nexa_runtime::{Epoch, JobId, JobType, WorkerId};
+use nexa_runtime::{Epoch, JobId, JobType, LeaseToken, WorkerId};
 use nexa_transport::{
     Client, ClientConfig, Handler, Server, ServerConfig, Session, Trust, client_endpoint,
 };
@@ -216,6 +216,7 @@ fn heartbeat() -> Message {
         jobs: vec![RunningJob {
             job: JobId(4_242),
             epoch: Epoch(7),
+            lease_token: LeaseToken::default(),
             progress: Some(0.25),
         }],
     })

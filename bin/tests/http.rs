@@ -131,27 +131,28 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     assert_eq!(lease["job_id"], json!(id));
     assert_eq!(lease["attempt"], json!(1));
     let epoch = lease["epoch"].as_u64().unwrap();
+    let token = lease["lease_token"].as_str().unwrap().to_owned();
     // Nothing else is queued: the next ask finds nothing.
     assert_eq!(next_job(&node, "py-1", 0).0, 204);
 
     let (status, body) = post(
         &node,
         &format!("/api/jobs/{id}/started"),
-        json!({"epoch": epoch}),
+        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
     );
     assert_eq!(
         (status, &body["status"]),
         (200, &json!("running")),
         "{body}"
     );
-    let batch = json!({"epoch": epoch, "first_seq": 0, "lines": ["epoch 1", "epoch 2"]});
+    let batch = json!({"epoch": epoch, "lease_token": token, "first_seq": 0, "lines": ["epoch 1", "epoch 2"]});
     let (status, ack) = post(&node, &format!("/api/jobs/{id}/logs"), batch.clone());
     assert_eq!((status, &ack["next_seq"]), (200, &json!(2)), "{ack}");
     // Resending lines already stored is harmless: they are not doubled.
     let (status, ack) = post(&node, &format!("/api/jobs/{id}/logs"), batch);
     assert_eq!((status, &ack["next_seq"]), (200, &json!(2)), "{ack}");
     // Skipping lines is refused with the line to resend from.
-    let gap = json!({"epoch": epoch, "first_seq": 5, "lines": ["x"]});
+    let gap = json!({"epoch": epoch, "lease_token": token, "first_seq": 5, "lines": ["x"]});
     let (status, err) = post(&node, &format!("/api/jobs/{id}/logs"), gap);
     assert_eq!(status, 409, "{err}");
     assert!(
@@ -162,7 +163,7 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     let (status, answer) = post(
         &node,
         &format!("/api/jobs/{id}/progress"),
-        json!({"epoch": epoch, "progress": 0.5}),
+        json!({"epoch": epoch, "lease_token": token, "progress": 0.5}),
     );
     assert_eq!((status, &answer["cancel_requested"]), (200, &json!(false)));
     assert_eq!(
@@ -174,7 +175,7 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     let (status, done) = post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": epoch, "result": result}),
+        json!({"epoch": epoch, "lease_token": token, "result": result}),
     );
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["status"], json!("succeeded"));
@@ -202,7 +203,7 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     let (status, err) = post(
         &node,
         &format!("/api/jobs/{id}/fail"),
-        json!({"epoch": epoch, "error": {"class": "stage_error", "message": "late"}}),
+        json!({"epoch": epoch, "lease_token": token, "error": {"class": "stage_error", "message": "late"}}),
     );
     assert_eq!(status, 409, "{err}");
     assert_eq!(
@@ -226,6 +227,7 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     let id = job["job_id"].as_str().unwrap().to_owned();
     let (_, first) = next_job(&node, "sleepy", 5);
     let stale = first["epoch"].as_u64().unwrap();
+    let stale_token = first["lease_token"].as_str().unwrap().to_owned();
 
     // "sleepy" never heartbeats: the job goes back to the queue and "steady" gets it.
     let (status, second) = next_job(&node, "steady", 20);
@@ -242,7 +244,7 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     let (status, err) = post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": stale}),
+        json!({"epoch": stale, "lease_token": stale_token}),
     );
     assert_eq!(
         (status, &err["error"]["code"]),
@@ -252,15 +254,16 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     let (_, hb) = post(
         &node,
         "/api/workers/sleepy/heartbeat",
-        json!({"jobs": [{"job_id": id, "epoch": stale}]}),
+        json!({"jobs": [{"job_id": id, "epoch": stale, "lease_token": stale_token}]}),
     );
     assert_eq!(hb["lost"], json!([id]), "{hb}");
 
     let epoch = second["epoch"].as_u64().unwrap();
+    let token = second["lease_token"].as_str().unwrap().to_owned();
     let (status, _) = post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": epoch}),
+        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
     );
     assert_eq!(status, 200);
     let (_, metrics) = (0, raw(&node, "/metrics"));
@@ -283,12 +286,14 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
     let id = job["job_id"].as_str().unwrap().to_owned();
     let (_, lease) = next_job(&node, "w", 5);
     let epoch = lease["epoch"].as_u64().unwrap();
+    let token = lease["lease_token"].as_str().unwrap().to_owned();
     post(
         &node,
         &format!("/api/jobs/{id}/started"),
-        json!({"epoch": epoch}),
+        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
     );
-    let beat = json!({"jobs": [{"job_id": id, "epoch": epoch, "progress": 0.1}]});
+    let beat =
+        json!({"jobs": [{"job_id": id, "epoch": epoch, "lease_token": token, "progress": 0.1}]});
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
         let (status, ack) = post(&node, "/api/workers/w/heartbeat", beat.clone());
@@ -316,7 +321,7 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
     let (status, job) = post(
         &node,
         &format!("/api/jobs/{id}/fail"),
-        json!({"epoch": epoch, "error": {"class": "cancelled", "message": "stopped"}}),
+        json!({"epoch": epoch, "lease_token": token, "error": {"class": "cancelled", "message": "stopped"}}),
     );
     assert_eq!(
         (status, &job["status"]),
@@ -326,6 +331,76 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
     let (_, workers) = get(&node, "/api/workers");
     assert_eq!(workers["workers"][0]["worker_id"], json!("w"));
     assert_eq!(workers["workers"][0]["running_jobs"], json!([]));
+}
+
+/// A lease token no lease has.
+const NO_TOKEN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn only_the_worker_a_job_was_leased_to_can_report_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    register(&node, "holder");
+    let (_, job) = post(&node, "/api/jobs", train_job());
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let (_, lease) = next_job(&node, "holder", 5);
+    let epoch = lease["epoch"].as_u64().unwrap();
+    let token = lease["lease_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64);
+
+    // Anyone can read the job and its epoch; the token is nowhere in what the API shows.
+    let (_, shown) = get(&node, &format!("/api/jobs/{id}"));
+    assert_eq!(shown["attempts"][0]["epoch"], json!(epoch));
+    let (_, page) = get(&node, "/api/jobs");
+    for answer in [shown.to_string(), page.to_string(), raw(&node, "/metrics")] {
+        assert!(!answer.contains(&token), "the lease token leaked: {answer}");
+    }
+
+    // A forged outcome with the right epoch, without the token (or with another lease's), is
+    // refused, the same way as a stale lease, and changes nothing.
+    let forged = json!({"epoch": epoch, "lease_token": NO_TOKEN,
+                        "result": {"artifacts": {"model": "https://evil.example/backdoored.pt"}}});
+    let (status, err) = post(&node, &format!("/api/jobs/{id}/complete"), forged);
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (409, &json!("stale_lease")),
+        "{err}"
+    );
+    let (status, _) = post(
+        &node,
+        &format!("/api/jobs/{id}/fail"),
+        json!({"epoch": epoch, "lease_token": NO_TOKEN, "error": {"class": "stage_error", "message": "x"}}),
+    );
+    assert_eq!(status, 409);
+    let (status, _) = post(
+        &node,
+        &format!("/api/jobs/{id}/logs"),
+        json!({"epoch": epoch, "lease_token": NO_TOKEN, "first_seq": 0, "lines": ["fake"]}),
+    );
+    assert_eq!(status, 409);
+    // A heartbeat quoting the job without its token is told the lease is not its own.
+    register(&node, "intruder");
+    let (_, hb) = post(
+        &node,
+        "/api/workers/intruder/heartbeat",
+        json!({"jobs": [{"job_id": id, "epoch": epoch, "lease_token": NO_TOKEN}]}),
+    );
+    assert_eq!(hb["lost"], json!([id]), "{hb}");
+    let (_, now) = get(&node, &format!("/api/jobs/{id}"));
+    assert_eq!(now["status"], json!("assigned"), "{now}");
+    let (_, logs) = get(&node, &format!("/api/jobs/{id}/logs"));
+    assert_eq!(logs["lines"], json!([]), "{logs}");
+
+    // The holder reports with its token.
+    let (status, body) = post(
+        &node,
+        &format!("/api/jobs/{id}/complete"),
+        json!({"epoch": epoch, "lease_token": token, "result": {"metrics": {"loss": 0.5}}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, done) = get(&node, &format!("/api/jobs/{id}"));
+    assert_eq!(done["status"], json!("succeeded"));
+    assert_eq!(done["result"]["artifacts"], json!({}));
 }
 
 fn raw(node: &Node, path: &str) -> String {
@@ -388,11 +463,13 @@ fn bad_input_gets_a_clear_error_and_never_a_500() {
         ("GET", "/api/workers/next_job".into(), None, 400, "bad_request", None),
         ("GET", "/api/workers/next_job?worker_id=w&wait_seconds=999".into(), None, 400, "bad_request", Some("wait_seconds")),
         ("POST", "/api/workers/ghost/heartbeat".into(), Some("{}".into()), 404, "not_found", None),
-        ("POST", "/api/workers/w/heartbeat".into(), Some(r#"{"jobs": [{"job_id": "job-1", "epoch": 1, "progress": 7}]}"#.into()), 422, "validation_error", Some("jobs[0].progress")),
-        ("POST", format!("/api/jobs/{done_id}/complete"), Some(r#"{"epoch": 1, "result": {"metrics": {"a": "b"}}}"#.into()), 422, "validation_error", None),
-        ("POST", format!("/api/jobs/{done_id}/fail"), Some(r#"{"epoch": 1, "error": {"class": "oops", "message": "m"}}"#.into()), 422, "validation_error", Some("error.class")),
-        ("POST", format!("/api/jobs/{done_id}/progress"), Some(r#"{"epoch": 1, "progress": -1}"#.into()), 422, "validation_error", Some("progress")),
-        ("POST", format!("/api/jobs/{done_id}/started"), Some(r#"{"epoch": 1}"#.into()), 409, "stale_lease", None),
+        ("POST", "/api/workers/w/heartbeat".into(), Some(format!(r#"{{"jobs": [{{"job_id": "job-1", "epoch": 1, "lease_token": "{NO_TOKEN}", "progress": 7}}]}}"#)), 422, "validation_error", Some("jobs[0].progress")),
+        ("POST", format!("/api/jobs/{done_id}/complete"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "result": {{"metrics": {{"a": "b"}}}}}}"#)), 422, "validation_error", None),
+        ("POST", format!("/api/jobs/{done_id}/fail"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "error": {{"class": "oops", "message": "m"}}}}"#)), 422, "validation_error", Some("error.class")),
+        ("POST", format!("/api/jobs/{done_id}/progress"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "progress": -1}}"#)), 422, "validation_error", Some("progress")),
+        ("POST", format!("/api/jobs/{done_id}/started"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}"}}"#)), 409, "stale_lease", None),
+        ("POST", format!("/api/jobs/{done_id}/started"), Some(r#"{"epoch": 1, "lease_token": "xyz"}"#.into()), 422, "validation_error", Some("lease_token")),
+        ("POST", format!("/api/jobs/{done_id}/started"), Some(r#"{"epoch": 1}"#.into()), 422, "validation_error", None),
         ("GET", format!("/api/artifacts/{}", "ab".repeat(32)), None, 404, "not_found", None),
         ("GET", format!("/api/artifacts/{}/content", "ab".repeat(32)), None, 404, "not_found", None),
         ("GET", "/api/artifacts/not-a-digest".into(), None, 404, "not_found", None),
@@ -717,15 +794,16 @@ fn following_a_log_streams_every_line_and_ends_with_the_job() {
     });
     let (_, lease) = next_job(&node, "w", 5);
     let epoch = lease["epoch"].as_u64().unwrap();
+    let token = lease["lease_token"].as_str().unwrap().to_owned();
     for i in 0..5u64 {
-        let batch = json!({"epoch": epoch, "first_seq": i * 2, "lines": [format!("line {}", 2 * i), format!("line {}", 2 * i + 1)]});
+        let batch = json!({"epoch": epoch, "lease_token": token, "first_seq": i * 2, "lines": [format!("line {}", 2 * i), format!("line {}", 2 * i + 1)]});
         assert_eq!(post(&node, &format!("/api/jobs/{id}/logs"), batch).0, 200);
         std::thread::sleep(Duration::from_millis(50));
     }
     post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": epoch}),
+        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
     );
     let text = reader.join().unwrap();
     let lines: Vec<String> = text

@@ -122,9 +122,51 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// Proof that a report comes from the worker its lease was granted to. The control plane
+/// derives it from the lease (a keyed hash of the job and epoch, under a key only the control
+/// plane holds), hands it to the leasing worker with the job, and refuses any report about
+/// the job that does not quote it. The API never shows it, and its `Debug` form hides it.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseToken(pub [u8; 32]);
+
+impl LeaseToken {
+    /// The token as 64 lower-case hex digits, as the HTTP worker protocol carries it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A token from its 64 hex digits; `None` when the text is not one.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeaseToken(..)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_tokens_read_back_from_hex_and_hide_in_debug() {
+        let token = LeaseToken([0xab; 32]);
+        assert_eq!(LeaseToken::from_hex(&token.to_hex()), Some(token));
+        assert_eq!(format!("{token:?}"), "LeaseToken(..)");
+        for bad in ["", "ab", &"g".repeat(64), &"é".repeat(32)] {
+            assert_eq!(LeaseToken::from_hex(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn job_ids_round_trip() {

@@ -378,6 +378,16 @@ pub enum TransitionError {
         /// The live lease's epoch, if there is one.
         live: Option<Epoch>,
     },
+    /// The report does not carry the lease token of the lease it names: it does not come
+    /// from the worker the lease was granted to. Refused the same way whether or not that
+    /// lease is live.
+    #[error("{job}: the report under {epoch} does not carry that lease's token; it is refused")]
+    NotLeaseHolder {
+        /// The job.
+        job: JobId,
+        /// The epoch the report carried.
+        epoch: Epoch,
+    },
     /// The stored job contradicts itself (a leased state without a live attempt, or the
     /// reverse). Records written through [`Job::apply`] never do.
     #[error("{job} is {state} but its attempts disagree; the record is inconsistent")]

@@ -64,7 +64,7 @@ pub use artifact::{
     ARTIFACT_URI_PREFIX, ArtifactKind, ArtifactMeta, Digest, ParseDigestError, artifact_uri,
     check_artifact_name, parse_artifact_uri,
 };
-pub use id::{Epoch, InvalidWorkerId, JobId, ParseJobIdError, WorkerId};
+pub use id::{Epoch, InvalidWorkerId, JobId, LeaseToken, ParseJobIdError, WorkerId};
 pub use job::{
     Attempt, AttemptOutcome, Event, FailureClass, Job, JobError, JobOutput, JobState, Transition,
     TransitionError, UnknownJobState,

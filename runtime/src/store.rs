@@ -222,11 +222,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The report came from a lease that is no longer live: the worker should drop the job.
+    /// The report came from a lease that is no longer live, or is not the reporter's: the
+    /// worker should drop the job.
     pub fn is_stale(&self) -> bool {
         matches!(
             self,
-            StoreError::Transition(TransitionError::StaleEpoch { .. })
+            StoreError::Transition(
+                TransitionError::StaleEpoch { .. } | TransitionError::NotLeaseHolder { .. }
+            )
         )
     }
 }

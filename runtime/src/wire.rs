@@ -30,7 +30,7 @@ use bincode::config::{Configuration, LittleEndian, Varint};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{ArtifactKind, ArtifactMeta, Digest};
-use crate::id::{Epoch, JobId, WorkerId};
+use crate::id::{Epoch, JobId, LeaseToken, WorkerId};
 use crate::job::{JobError, JobOutput};
 use crate::registry::ModelVersion;
 use crate::spec::{JobSpec, JobType};
@@ -48,7 +48,7 @@ pub const MAGIC: [u8; 4] = *b"NXFG";
 ///   lookups.
 /// - 4: job params with the new fields of every type (generate task, classes and noise;
 ///   distill alpha, hyperparameters and prompt template; evaluate split and suite; deploy
-///   region; options for handlers).
+///   region; options for handlers), and a lease token in every assignment and report.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The default limit on a frame's length (the bytes after the length prefix).
@@ -124,6 +124,8 @@ pub struct Assignment {
     pub attempt: u32,
     /// The fencing token to quote in every report.
     pub epoch: Epoch,
+    /// The proof of holding the lease, to quote in every report with the epoch.
+    pub lease_token: LeaseToken,
     /// Renew before this.
     pub lease_expires_at: Timestamp,
     /// The attempt times out here.
@@ -137,6 +139,8 @@ pub struct RunningJob {
     pub job: JobId,
     /// Its lease.
     pub epoch: Epoch,
+    /// The lease's token.
+    pub lease_token: LeaseToken,
     /// Progress from 0.0 to 1.0.
     pub progress: Option<f64>,
 }
@@ -164,6 +168,8 @@ pub struct LogBatch {
     pub job: JobId,
     /// Its lease.
     pub epoch: Epoch,
+    /// The lease's token.
+    pub lease_token: LeaseToken,
     /// The number of the first line; lines are numbered per attempt from 0.
     pub first_seq: u64,
     /// The lines, without line endings.
@@ -202,6 +208,8 @@ pub enum Message {
         job: JobId,
         /// Its lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
     },
     /// Worker → control plane: alive, with its jobs.
     Heartbeat(Heartbeat),
@@ -222,6 +230,8 @@ pub enum Message {
         job: JobId,
         /// Its lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
         /// What it produced.
         output: JobOutput,
     },
@@ -231,6 +241,8 @@ pub enum Message {
         job: JobId,
         /// Its lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
         /// What went wrong, and whose fault it was.
         error: JobError,
     },
@@ -294,6 +306,8 @@ pub enum Message {
         job: JobId,
         /// That job's lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
     },
     /// Worker → control plane: up to `len` bytes of an artifact from `offset`. Answered
     /// `ArtifactData`.
@@ -319,6 +333,8 @@ pub enum Message {
         job: JobId,
         /// Its lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
         /// Optimizer steps done.
         step: u64,
         /// The checkpoint artifact.
@@ -331,6 +347,8 @@ pub enum Message {
         job: JobId,
         /// Its lease.
         epoch: Epoch,
+        /// The lease's token.
+        lease_token: LeaseToken,
     },
     /// Control plane → worker: the job's latest checkpoint (steps, artifact), if any.
     CheckpointAt(Option<(u64, Digest)>),

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use nexa_runtime::wire::{ErrorCode, LogBatch, Message};
-use nexa_runtime::{Epoch, JobId};
+use nexa_runtime::{Epoch, JobId, LeaseToken};
 
 use crate::client::Client;
 use crate::error::RequestError;
@@ -34,6 +34,7 @@ pub enum FlushError {
 pub struct LogStream {
     job: JobId,
     epoch: Epoch,
+    lease_token: LeaseToken,
     /// Lines from `acked` on.
     pending: VecDeque<String>,
     /// Every line before this one is stored by the control plane.
@@ -43,11 +44,12 @@ pub struct LogStream {
 }
 
 impl LogStream {
-    /// An empty stream for the attempt holding `epoch`.
-    pub fn new(job: JobId, epoch: Epoch) -> Self {
+    /// An empty stream for the attempt holding `epoch`, whose lease token is `lease_token`.
+    pub fn new(job: JobId, epoch: Epoch, lease_token: LeaseToken) -> Self {
         Self {
             job,
             epoch,
+            lease_token,
             pending: VecDeque::new(),
             acked: 0,
             max_batch: 1000,
@@ -76,6 +78,7 @@ impl LogStream {
             let batch = Message::LogBatch(LogBatch {
                 job: self.job,
                 epoch: self.epoch,
+                lease_token: self.lease_token,
                 first_seq: self.acked,
                 lines,
             });

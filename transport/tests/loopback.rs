@@ -11,7 +11,7 @@ use nexa_runtime::wire::{
     self, AskForWork, Envelope, ErrorCode, FrameDecoder, Heartbeat, HeartbeatAck, Hello, Message,
     Welcome,
 };
-use nexa_runtime::{Epoch, JobId, JobType, WorkerId};
+use nexa_runtime::{Epoch, JobId, JobType, LeaseToken, WorkerId};
 use nexa_transport::*;
 use quinn::ConnectionError;
 
@@ -256,6 +256,7 @@ async fn a_worker_with_the_right_token_is_welcomed_and_served() {
         jobs: vec![wire::RunningJob {
             job: JobId(7),
             epoch: Epoch(3),
+            lease_token: LeaseToken::default(),
             progress: Some(0.5),
         }],
     });
@@ -470,7 +471,7 @@ async fn logs_resume_after_a_server_restart_without_loss_or_duplicates() {
             .await
             .unwrap();
         tasks.push(tokio::spawn(async move {
-            let mut stream = LogStream::new(JobId(j + 1), Epoch(j + 1));
+            let mut stream = LogStream::new(JobId(j + 1), Epoch(j + 1), LeaseToken::default());
             let (mut disconnected, mut reconnected) = (false, false);
             for i in 0..LINES {
                 stream.push(format!("job {j} line {i}"));

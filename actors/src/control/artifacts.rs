@@ -185,6 +185,7 @@ pub(crate) async fn answer(
             kind,
             job,
             epoch,
+            ..
         } => {
             if let Err(refusal) = check_lease(store, job, epoch).await {
                 return Some(refusal);
@@ -221,6 +222,7 @@ pub(crate) async fn answer(
             epoch,
             step,
             digest,
+            ..
         } => {
             if let Err(refusal) = check_lease(store, job, epoch).await {
                 return Some(refusal);
@@ -231,7 +233,7 @@ pub(crate) async fn answer(
                 Err(e) => refused(&e),
             }
         }
-        Message::CheckpointQuery { job, epoch } => {
+        Message::CheckpointQuery { job, epoch, .. } => {
             if let Err(refusal) = check_lease(store, job, epoch).await {
                 return Some(refusal);
             }

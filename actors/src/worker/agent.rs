@@ -8,7 +8,7 @@ use std::time::Duration;
 use nexa_runtime::wire::{
     AskForWork, Assignment, ErrorCode, Heartbeat, Message, RunningJob, Welcome,
 };
-use nexa_runtime::{Epoch, FailureClass, JobError, JobId};
+use nexa_runtime::{Epoch, FailureClass, JobError, JobId, LeaseToken};
 use nexa_transport::{Client, ClientEvent, RequestError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, watch};
@@ -68,6 +68,7 @@ fn room(slots: usize, stages_done: impl Iterator<Item = bool>) -> bool {
 
 struct Running {
     epoch: Epoch,
+    lease_token: LeaseToken,
     /// Taken at assignment, given back when the stage is gone.
     gpus: Vec<u32>,
     /// The stage is gone; the outcome is being reported.
@@ -228,6 +229,7 @@ impl Actor for Agent {
                     .map(|(&job, r)| RunningJob {
                         job,
                         epoch: r.epoch,
+                        lease_token: r.lease_token,
                         progress: *r.progress.borrow(),
                     })
                     .collect();
@@ -341,13 +343,19 @@ impl Actor for Agent {
 
 impl Agent {
     async fn accept(&self, myself: &ActorRef<AgentMsg>, state: &mut AgentState, a: Assignment) {
-        let (job, epoch) = (a.job, a.epoch);
+        let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
         let client = state.client.clone();
         let refuse = |message: String| {
             let client = client.clone();
             async move {
                 let error = JobError::new(FailureClass::Platform, message);
-                let _ = client.request(&Message::Fail { job, epoch, error }).await;
+                let fail = Message::Fail {
+                    job,
+                    epoch,
+                    lease_token,
+                    error,
+                };
+                let _ = client.request(&fail).await;
             }
         };
         let Some(stage) = state.config.stages.get(a.spec.job_type()) else {
@@ -388,6 +396,7 @@ impl Agent {
             job,
             Running {
                 epoch,
+                lease_token,
                 gpus,
                 stage_done: false,
                 cancel,

@@ -63,14 +63,19 @@ enum Ended {
 
 async fn supervise(args: Args) {
     let a = &args.assignment;
-    let (job, epoch) = (a.job, a.epoch);
+    let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
     let client = &args.client;
     // Report the start without holding up the stage (the outcome waits for it, so the job's
     // history stays in order); a stale answer means the lease is gone.
     let started = {
         let (client, lost, cancel) = (client.clone(), args.lost.clone(), args.cancel.clone());
         tokio::spawn(async move {
-            match client.request(&Message::Started { job, epoch }).await {
+            let started = Message::Started {
+                job,
+                epoch,
+                lease_token,
+            };
+            match client.request(&started).await {
                 Ok(Message::Error {
                     code: ErrorCode::Stale,
                     message,
@@ -86,7 +91,7 @@ async fn supervise(args: Args) {
     };
     let job_dir = args.work_dir.join("jobs").join(job.to_string());
     let (sink, mut lines) = LogSink::channel();
-    let mut logs = LogStream::new(job, epoch);
+    let mut logs = LogStream::new(job, epoch, lease_token);
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     let outcome = loop {
         let ctx = StageContext {
@@ -103,6 +108,7 @@ async fn supervise(args: Args) {
                 Some(args.client.clone()),
                 job,
                 epoch,
+                lease_token,
                 args.work_dir.join("cache"),
             ),
         };
@@ -160,10 +166,16 @@ async fn supervise(args: Args) {
         return;
     }
     let report = match outcome {
-        Ok(output) => Message::Complete { job, epoch, output },
+        Ok(output) => Message::Complete {
+            job,
+            epoch,
+            lease_token,
+            output,
+        },
         Err(e) => Message::Fail {
             job,
             epoch,
+            lease_token,
             error: e.to_job_error(),
         },
     };

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use nexa_runtime::{
     Attempt, AttemptOutcome, Epoch, Event, FailureClass, Gpu, Job, JobError, JobId, JobOutput,
-    JobParams, JobSpec, JobState, JobType, LogLine, Resources, Timestamp, WorkerRecord,
+    JobParams, JobSpec, JobState, JobType, LeaseToken, LogLine, Resources, Timestamp, WorkerRecord,
     WorkerStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -758,6 +758,9 @@ pub(crate) struct RunningJobBody {
     #[schema(pattern = "^(job-)?[0-9]{1,19}$")]
     pub(crate) job_id: String,
     pub(crate) epoch: u64,
+    /// The lease's token, from the job's assignment.
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: Option<f64>,
 }
@@ -803,6 +806,10 @@ pub(crate) struct AssignmentBody {
     pub(crate) attempt: u32,
     /// Quote it in every report about this job.
     pub(crate) epoch: u64,
+    /// Quote it with the epoch in every report about this job: it proves the report comes
+    /// from the worker the job was leased to. Keep it to yourself; the API never shows it.
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     pub(crate) lease_expires_at: String,
     pub(crate) deadline: String,
 }
@@ -812,6 +819,23 @@ pub(crate) struct AssignmentBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct EpochRequest {
     pub(crate) epoch: u64,
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
+}
+
+/// A lease token: 64 hex digits, as the job's assignment gave it.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9a-f]{64}$")]
+pub(crate) struct LeaseTokenText(#[allow(dead_code)] String);
+
+/// The lease token of a report, read from its hex text.
+pub(crate) fn lease_token(field: &str, text: &str) -> Result<LeaseToken, ApiError> {
+    LeaseToken::from_hex(text).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            "must be the 64 hex digits of the job's assignment's lease_token",
+        )
+    })
 }
 
 /// Log lines from a worker.
@@ -819,6 +843,8 @@ pub(crate) struct EpochRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogBatchRequest {
     pub(crate) epoch: u64,
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     /// The number of the first line; lines are numbered per attempt from 0.
     #[serde(default)]
     pub(crate) first_seq: u64,
@@ -837,6 +863,8 @@ pub(crate) struct LogAckBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProgressRequest {
     pub(crate) epoch: u64,
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     /// From 0.0 to 1.0.
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: Option<f64>,
@@ -859,6 +887,8 @@ pub(crate) struct StartedAnswer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CompleteRequest {
     pub(crate) epoch: u64,
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     #[serde(default)]
     pub(crate) result: Option<ResultBody>,
 }
@@ -868,6 +898,8 @@ pub(crate) struct CompleteRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FailRequest {
     pub(crate) epoch: u64,
+    #[schema(value_type = LeaseTokenText)]
+    pub(crate) lease_token: String,
     pub(crate) error: ErrorInfo,
 }
 

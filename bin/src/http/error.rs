@@ -157,9 +157,9 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyConflict { .. }
             | StoreError::WorkerDraining(_)
             | StoreError::LogGap { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
-            StoreError::Transition(TransitionError::StaleEpoch { .. }) => {
-                Self::new(StatusCode::CONFLICT, "stale_lease", message)
-            }
+            StoreError::Transition(
+                TransitionError::StaleEpoch { .. } | TransitionError::NotLeaseHolder { .. },
+            ) => Self::new(StatusCode::CONFLICT, "stale_lease", message),
             StoreError::Transition(TransitionError::Illegal { .. }) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }

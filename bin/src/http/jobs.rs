@@ -512,7 +512,11 @@ pub(crate) async fn started(
 ) -> Result<Json<StartedAnswer>, ApiError> {
     let id = api::path_job(&id)?;
     let request: EpochRequest = read_json(&body)?;
-    state.plane.started(id, api::epoch(request.epoch)).await?;
+    let token = api::lease_token("lease_token", &request.lease_token)?;
+    state
+        .plane
+        .started(id, api::epoch(request.epoch), &token)
+        .await?;
     Ok(Json(StartedAnswer {
         status: JobState::Running.as_str().to_owned(),
     }))
@@ -546,11 +550,13 @@ pub(crate) async fn append_logs(
     if request.lines.len() > 10_000 {
         return Err(ApiError::invalid("lines", "at most 10000 lines a batch"));
     }
+    let token = api::lease_token("lease_token", &request.lease_token)?;
     let ack = state
         .plane
         .append_logs(
             id,
             api::epoch(request.epoch),
+            &token,
             request.first_seq,
             request.lines,
         )
@@ -585,6 +591,13 @@ pub(crate) async fn progress(
 ) -> Result<Json<ProgressAnswer>, ApiError> {
     let id = api::path_job(&id)?;
     let request: ProgressRequest = read_json(&body)?;
+    if let Some(p) = request.progress.filter(|p| !(0.0..=1.0).contains(p)) {
+        return Err(ApiError::invalid(
+            "progress",
+            format!("{p} is outside 0.0 to 1.0"),
+        ));
+    }
+    let token = api::lease_token("lease_token", &request.lease_token)?;
     if let Some(p) = request.progress
         && !(0.0..=1.0).contains(&p)
     {
@@ -592,7 +605,7 @@ pub(crate) async fn progress(
     }
     let status = state
         .plane
-        .job_heartbeat(id, api::epoch(request.epoch), request.progress)
+        .job_heartbeat(id, api::epoch(request.epoch), &token, request.progress)
         .await?;
     Ok(Json(ProgressAnswer {
         cancel_requested: status.cancel_requested,
@@ -624,13 +637,14 @@ pub(crate) async fn complete(
 ) -> Result<Json<JobBody>, ApiError> {
     let id = api::path_job(&id)?;
     let request: CompleteRequest = read_json(&body)?;
+    let token = api::lease_token("lease_token", &request.lease_token)?;
     let output = match request.result {
         Some(r) => r.into_output()?,
         None => nexa_runtime::JobOutput::default(),
     };
     state
         .plane
-        .complete(id, api::epoch(request.epoch), output)
+        .complete(id, api::epoch(request.epoch), &token, output)
         .await?;
     let job = load(&state, id).await?;
     Ok(Json(show(&state, &job, false).await))
@@ -661,10 +675,11 @@ pub(crate) async fn fail(
 ) -> Result<Json<JobBody>, ApiError> {
     let id = api::path_job(&id)?;
     let request: FailRequest = read_json(&body)?;
+    let token = api::lease_token("lease_token", &request.lease_token)?;
     let error = request.error.into_job_error()?;
     state
         .plane
-        .fail(id, api::epoch(request.epoch), error)
+        .fail(id, api::epoch(request.epoch), &token, error)
         .await?;
     let job = load(&state, id).await?;
     Ok(Json(show(&state, &job, false).await))

@@ -155,6 +155,7 @@ pub(crate) async fn heartbeat(
         jobs.push(RunningJob {
             job: api::job_id(&format!("jobs[{i}].job_id"), &j.job_id)?,
             epoch: api::epoch(j.epoch),
+            lease_token: api::lease_token(&format!("jobs[{i}].lease_token"), &j.lease_token)?,
             progress: j.progress,
         });
     }
@@ -243,6 +244,7 @@ pub(crate) async fn next_job(
         job: show(&state, &lease.job, false).await,
         attempt: lease.attempt,
         epoch: lease.epoch.0,
+        lease_token: state.plane.lease_token(&lease).to_hex(),
         lease_expires_at: api::time(lease.lease_expires_at),
         deadline: api::time(lease.deadline),
     }))

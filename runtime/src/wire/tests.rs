@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     ArtifactKind, ArtifactMeta, AuditParams, DeployParams, Digest, DistillParams, EvaluateParams,
-    FailureClass, GenerateParams, JobParams, ModelVersion, Options, ParamValue, Resources, Split,
-    Task, TrainParams,
+    FailureClass, GenerateParams, JobParams, LeaseToken, ModelVersion, Options, ParamValue,
+    Resources, Split, Task, TrainParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -39,6 +39,9 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// The request id of the golden frames: its bytes show their order.
 const GOLDEN_ID: u64 = 0x0102_0304_0506_0708;
+
+/// The lease token of the fixtures.
+const TOKEN: LeaseToken = LeaseToken([0x5a; 32]);
 
 /// `message` as one frame with [`GOLDEN_ID`].
 fn frame(message: &Message) -> Vec<u8> {
@@ -244,6 +247,7 @@ fn assignment_of(spec: JobSpec) -> Message {
         spec,
         attempt: 2,
         epoch: Epoch(9),
+        lease_token: TOKEN,
         lease_expires_at: Timestamp(1_717_200_030_000),
         deadline: Timestamp(1_717_207_200_000),
     })
@@ -257,6 +261,7 @@ fn started() -> Message {
     Message::Started {
         job: JobId(42),
         epoch: Epoch(9),
+        lease_token: TOKEN,
     }
 }
 
@@ -266,11 +271,13 @@ fn heartbeat() -> Message {
             RunningJob {
                 job: JobId(42),
                 epoch: Epoch(9),
+                lease_token: TOKEN,
                 progress: Some(0.25),
             },
             RunningJob {
                 job: JobId(300),
                 epoch: Epoch(10),
+                lease_token: TOKEN,
                 progress: None,
             },
         ],
@@ -288,6 +295,7 @@ fn log_batch() -> Message {
     Message::LogBatch(LogBatch {
         job: JobId(42),
         epoch: Epoch(9),
+        lease_token: TOKEN,
         first_seq: 120,
         lines: vec!["epoch 1/3".into(), String::new(), "λ=0.5".into()],
     })
@@ -304,6 +312,7 @@ fn complete() -> Message {
     Message::Complete {
         job: JobId(42),
         epoch: Epoch(9),
+        lease_token: TOKEN,
         output: JobOutput {
             metrics: BTreeMap::from([("accuracy".into(), 0.9375), ("loss".into(), 0.125)]),
             artifacts: BTreeMap::from([("model".into(), "s3://out/job-42/model.bin".into())]),
@@ -316,6 +325,7 @@ fn fail() -> Message {
     Message::Fail {
         job: JobId(42),
         epoch: Epoch(9),
+        lease_token: TOKEN,
         error: JobError::new(FailureClass::StageError, "CUDA out of memory"),
     }
 }
@@ -371,6 +381,7 @@ fn artifact_messages() -> Vec<Message> {
             kind: ArtifactKind::Model,
             job: JobId(42),
             epoch: Epoch(9),
+            lease_token: TOKEN,
         },
         Message::ArtifactRead {
             digest: digest(),
@@ -384,12 +395,14 @@ fn artifact_messages() -> Vec<Message> {
         Message::CheckpointSaved {
             job: JobId(42),
             epoch: Epoch(9),
+            lease_token: TOKEN,
             step: 300,
             digest: digest(),
         },
         Message::CheckpointQuery {
             job: JobId(42),
             epoch: Epoch(9),
+            lease_token: TOKEN,
         },
         Message::CheckpointAt(Some((300, digest()))),
         Message::ResolveModel {
@@ -523,11 +536,12 @@ fn golden_ask_for_work() {
 #[test]
 fn golden_assignment() {
     const GOLDEN: &str = concat!(
-        "000000a14e58464700040102030405060708032a03086c6c616d612d31621573",
+        "000000c14e58464700040102030405060708032a03086c6c616d612d31621573",
         "333a2f2f646174612f747261696e2e6a736f6e6c0304056261746368017f0466",
         "7031360001026c7202613255302aa9333f0573636865640306636f73696e6502",
         "7b7d02fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d",
-        "010c6e696768746c792d303630310228290209fd300919d18f010000fd007186",
+        "010c6e696768746c792d3036303102282902095a5a5a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd300919d18f010000fd007186",
         "d18f010000",
     );
     assert_golden(&assignment(), GOLDEN);
@@ -545,7 +559,10 @@ fn golden_no_work() {
 /// of editing the constant.
 #[test]
 fn golden_started() {
-    const GOLDEN: &str = "000000114e58464700040102030405060708052a09";
+    const GOLDEN: &str = concat!(
+        "000000314e58464700040102030405060708052a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    );
     assert_golden(&started(), GOLDEN);
 }
 
@@ -554,8 +571,10 @@ fn golden_started() {
 #[test]
 fn golden_heartbeat() {
     const GOLDEN: &str = concat!(
-        "000000204e5846470004010203040506070806022a0901000000000000d03ffb",
-        "2c010a00",
+        "000000604e5846470004010203040506070806022a095a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a01000000000000d03ffb",
+        "2c010a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a00",
     );
     assert_golden(&heartbeat(), GOLDEN);
 }
@@ -573,7 +592,8 @@ fn golden_heartbeat_ack() {
 #[test]
 fn golden_log_batch() {
     const GOLDEN: &str = concat!(
-        "000000254e58464700040102030405060708082a0978030965706f636820312f",
+        "000000454e58464700040102030405060708082a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a78030965706f636820312f",
         "330006cebb3d302e35",
     );
     assert_golden(&log_batch(), GOLDEN);
@@ -592,7 +612,8 @@ fn golden_log_ack() {
 #[test]
 fn golden_complete() {
     const GOLDEN: &str = concat!(
-        "0000005e4e584647000401020304050607080a2a090208616363757261637900",
+        "0000007e4e584647000401020304050607080a2a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0208616363757261637900",
         "0000000000ee3f046c6f7373000000000000c03f01056d6f64656c1973333a2f",
         "2f6f75742f6a6f622d34322f6d6f64656c2e62696e010b7b226f6b223a747275",
         "657d",
@@ -605,7 +626,8 @@ fn golden_complete() {
 #[test]
 fn golden_fail() {
     const GOLDEN: &str = concat!(
-        "000000254e584647000401020304050607080b2a09011243554441206f757420",
+        "000000454e584647000401020304050607080b2a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a011243554441206f757420",
         "6f66206d656d6f7279",
     );
     assert_golden(&fail(), GOLDEN);
@@ -688,9 +710,10 @@ fn golden_artifact_chunk() {
 #[test]
 fn golden_artifact_commit() {
     const GOLDEN: &str = concat!(
-        "000000474e5846470004010203040506070813000102030405060708090a0b0c",
+        "000000674e5846470004010203040506070813000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffbedfe116d6f64656c2e736166",
-        "6574656e736f7273012a09",
+        "6574656e736f7273012a095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a",
     );
     assert_golden(&artifact_messages()[3], GOLDEN);
 }
@@ -719,7 +742,8 @@ fn golden_artifact_data() {
 #[test]
 fn golden_checkpoint_saved() {
     const GOLDEN: &str = concat!(
-        "000000344e58464700040102030405060708162a09fb2c010001020304050607",
+        "000000544e58464700040102030405060708162a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afb2c010001020304050607",
         "08090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[6], GOLDEN);
@@ -729,7 +753,10 @@ fn golden_checkpoint_saved() {
 /// instead of editing the constant.
 #[test]
 fn golden_checkpoint_query() {
-    const GOLDEN: &str = "000000114e58464700040102030405060708172a09";
+    const GOLDEN: &str = concat!(
+        "000000314e58464700040102030405060708172a095a5a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    );
     assert_golden(&artifact_messages()[7], GOLDEN);
 }
 
@@ -772,30 +799,35 @@ fn golden_model_found() {
 fn golden_assignment_params() {
     const GOLDEN: [&str; 5] = [
         concat!(
-            "0000004c4e58464700040102030405060708032a000762696f6c6f6779fb1027",
-            "010701009a9999999999a93f027b7d0000000003fc805101000000000209fd30",
+            "0000006c4e58464700040102030405060708032a000762696f6c6f6779fb1027",
+            "010701009a9999999999a93f027b7d0000000003fc8051010000000002095a5a",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd30",
             "0919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000004a4e58464700040102030405060708032a010c67733a2f2f642f782e63",
-            "737601056c6162656c00027b7d0000000003fc805101000000000209fd300919",
+            "0000006a4e58464700040102030405060708032a010c67733a2f2f642f782e63",
+            "737601056c6162656c00027b7d0000000003fc8051010000000002095a5a5a5a",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd300919",
             "d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000008d4e58464700040102030405060708032a020362696705736d616c6c0c",
+            "000000ad4e58464700040102030405060708032a020362696705736d616c6c0c",
             "646174612f642e6a736f6e6c0000000000000040000000000000d03f04000109",
             "513a207b717d0a413a267b226c6f7261223a7b226c6179657273223a5b227122",
-            "2c2276225d2c2272616e6b223a387d7d0000000003fc805101000000000209fd",
+            "2c2276225d2c2272616e6b223a387d7d0000000003fc8051010000000002095a",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd",
             "300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000554e58464700040102030405060708032a0405736d616c6c010c646174",
+            "000000754e58464700040102030405060708032a0405736d616c6c010c646174",
             "612f652e6a736f6e6c010101046d6d6c7501026631027b7d0000000003fc8051",
-            "01000000000209fd300919d18f010000fd007186d18f010000",
+            "010000000002095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+            "5a5a5a5a5a5a5afd300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000004b4e58464700040102030405060708032a0505736d616c6c056c6f6361",
-            "6c010765752d7765737402027b7d0000000003fc805101000000000209fd3009",
+            "0000006b4e58464700040102030405060708032a0505736d616c6c056c6f6361",
+            "6c010765752d7765737402027b7d0000000003fc8051010000000002095a5a5a",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd3009",
             "19d18f010000fd007186d18f010000",
         ),
     ];
@@ -839,9 +871,13 @@ fn golden_unit_enums() {
         let message = Message::Fail {
             job: JobId(1),
             epoch: Epoch(2),
+            lease_token: TOKEN,
             error: JobError::new(class, ""),
         };
-        assert_eq!(payload(&message), [0x0b, 1, 2, i as u8, 0x00], "{class:?}");
+        let mut expected = vec![0x0b, 1, 2];
+        expected.extend(TOKEN.0);
+        expected.extend([i as u8, 0x00]);
+        assert_eq!(payload(&message), expected, "{class:?}");
         assert_eq!(
             decode_body(&frame(&message)[LENGTH_BYTES..]),
             Ok(golden(&message))
@@ -987,6 +1023,7 @@ fn frames_larger_than_the_compaction_threshold_stream_through() {
             Message::LogBatch(LogBatch {
                 job: JobId(7),
                 epoch: Epoch(1),
+                lease_token: TOKEN,
                 first_seq: i,
                 lines: vec![format!("{i}").repeat(50_000 + i as usize)],
             })
@@ -1326,6 +1363,7 @@ fn a_message_over_the_limit_is_not_encoded() {
     let big = Message::LogBatch(LogBatch {
         job: JobId(42),
         epoch: Epoch(9),
+        lease_token: TOKEN,
         first_seq: 0,
         lines: vec!["x".repeat(100)],
     });
