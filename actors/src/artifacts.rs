@@ -53,6 +53,8 @@ pub struct Artifacts {
     epoch: Epoch,
     lease_token: LeaseToken,
     cache: PathBuf,
+    /// The folders local paths must be in (symlinks resolved); `None` lets any path be read.
+    roots: Option<Arc<[PathBuf]>>,
 }
 
 /// Whether `reference` is a location (a URI or a path) rather than a registered name.
@@ -83,7 +85,18 @@ impl Artifacts {
             epoch,
             lease_token,
             cache,
+            roots: None,
         }
+    }
+
+    /// The same, reading local files only inside `roots` (and the download cache): a path
+    /// that leaves them, through `..` or a symlink, is invalid input, refused before any byte
+    /// of it is read.
+    pub fn confined_to(mut self, roots: impl IntoIterator<Item = PathBuf>) -> Self {
+        let mut roots: Vec<PathBuf> = roots.into_iter().collect();
+        roots.push(self.cache.clone());
+        self.roots = Some(roots.into());
+        self
     }
 
     /// Artifacts with no control plane: inputs are local files, outputs stay where they are.
@@ -131,6 +144,10 @@ impl Artifacts {
         }
         let path = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
         let path = std::path::absolute(&path).unwrap_or(path);
+        let path = match &self.roots {
+            Some(roots) => self.inside(uri, &path, roots).await?,
+            None => path,
+        };
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => Ok(path),
             Ok(_) => Err(StageError::InvalidInput(format!(
@@ -141,6 +158,43 @@ impl Artifacts {
                 path.display()
             ))),
         }
+    }
+
+    /// `path` with every symlink resolved, when that is inside one of `roots`.
+    async fn inside(
+        &self,
+        uri: &str,
+        path: &Path,
+        roots: &[PathBuf],
+    ) -> Result<PathBuf, StageError> {
+        let real = tokio::fs::canonicalize(path).await.map_err(|e| {
+            StageError::InvalidInput(format!(
+                "cannot read {uri} on worker (as {}): {e}",
+                path.display()
+            ))
+        })?;
+        for root in roots {
+            if let Ok(root) = tokio::fs::canonicalize(root).await
+                && real.starts_with(&root)
+            {
+                return Ok(real);
+            }
+        }
+        let allowed: Vec<String> = roots
+            .iter()
+            .filter(|r| **r != self.cache)
+            .map(|r| r.display().to_string())
+            .collect();
+        Err(StageError::InvalidInput(format!(
+            "{uri} is outside the folders this worker reads local files from ({}); start \
+             the worker with --data-root DIR to allow another, or give a nexa:// or \
+             object-store URI",
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        )))
     }
 
     async fn stat(&self, digest: Digest) -> Result<Option<ArtifactMeta>, StageError> {

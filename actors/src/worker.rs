@@ -74,6 +74,10 @@ pub struct WorkerConfig {
     pub stages: StageRegistry,
     /// Where jobs' checkpoints and outputs go.
     pub work_dir: PathBuf,
+    /// The folders built-in stages may read local files from (a path or `file://` input),
+    /// besides the worker's own downloads; a path outside them, through `..` or a symlink,
+    /// is refused. Empty: no local files (inputs come by `nexa://` or object-store URIs).
+    pub data_roots: Vec<PathBuf>,
     /// Jobs run at once.
     pub slots: usize,
     /// Restarts of a failing stage.
@@ -103,6 +107,7 @@ impl WorkerConfig {
             labels: BTreeMap::new(),
             stages,
             work_dir: work_dir.into(),
+            data_roots: Vec::new(),
             slots: 1,
             restart: RestartPolicy::default(),
             cancel_grace: Duration::from_secs(10),

@@ -209,10 +209,12 @@ async fn the_built_in_audit_stage_audits_a_dataset() {
     let c = cluster(Duration::from_secs(10)).await;
     let mut stages = StageRegistry::new();
     stages.register(JobType::Audit, AuditStage);
-    let _w = WorkerNode::start(c.worker_config("auditor", stages))
-        .await
-        .unwrap();
-    let data = c.dir.path().join("iris.csv");
+    let root = c.dir.path().join("datasets");
+    std::fs::create_dir(&root).unwrap();
+    let mut config = c.worker_config("auditor", stages);
+    config.data_roots = vec![root.clone()];
+    let _w = WorkerNode::start(config).await.unwrap();
+    let data = root.join("iris.csv");
     std::fs::write(
         &data,
         "petal,species\n1.4,setosa\n4.7,versicolor\n1.4,setosa\n,virginica\n",
@@ -245,6 +247,35 @@ async fn the_built_in_audit_stage_audits_a_dataset() {
     assert_eq!(error.class, FailureClass::InvalidInput);
     assert!(error.message.contains(&"0".repeat(64)), "{}", error.message);
     assert_eq!(job.attempts.len(), 1, "invalid input is not retried");
+
+    // Files outside the worker's data roots are refused before a byte is read: directly,
+    // through `..`, and through a symlink inside the root that points out of it.
+    let secret = c.dir.path().join("secret.csv");
+    std::fs::write(&secret, "password,owner\nhunter2,root\n").unwrap();
+    let link = root.join("leak.csv");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    for path in [
+        secret.display().to_string(),
+        format!("file://{}/../secret.csv", root.display()),
+        link.display().to_string(),
+    ] {
+        let spec = JobSpec::new(JobParams::Audit(AuditParams {
+            label_column: Some("owner".into()),
+            ..AuditParams::new(path.clone())
+        }));
+        let id = c.plane.submit(spec).await.unwrap().id;
+        let job = c.wait_for(id, JobState::Failed).await;
+        let error = job.error.unwrap();
+        assert_eq!(error.class, FailureClass::InvalidInput, "{path}");
+        assert!(
+            error
+                .message
+                .contains("outside the folders this worker reads"),
+            "{path}: {}",
+            error.message
+        );
+        assert!(!error.message.contains("hunter2") && !error.message.contains("password"));
+    }
 }
 
 /// A stage that panics on its first two runs and succeeds on the third.

@@ -137,6 +137,11 @@ fn worker_config(
     config.labels = offer.labels.iter().cloned().collect();
     config.slots = offer.slots.max(1);
     config.cancel_grace = Duration::from_secs(offer.cancel_grace);
+    config.data_roots = offer
+        .data_roots
+        .iter()
+        .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+        .collect();
     config
 }
 
@@ -274,7 +279,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
     let addr = plane.addr();
     let name = WorkerId::new("local").context("worker name")?;
     let work_dir = args.plane.data.join("worker");
-    let config = worker_config(
+    let mut config = worker_config(
         addr,
         Trust::Fingerprint(plane.fingerprint()),
         token,
@@ -282,7 +287,16 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         &args.offer,
         &work_dir,
     );
+    // The local worker reads the files of the folder nexa up runs in and of its data folder.
+    let here = std::env::current_dir().context("cannot tell the current folder")?;
+    let data = std::path::absolute(&args.plane.data).unwrap_or_else(|_| args.plane.data.clone());
+    config.data_roots.extend([here, data]);
     let config_gpus = config.gpus.clone();
+    let roots: Vec<String> = config
+        .data_roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
     let worker = WorkerNode::start(config)
         .await
         .context("cannot start the local worker")?;
@@ -299,6 +313,10 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         } else {
             ""
         }
+    ));
+    banner.push_str(&format!(
+        "  it reads local files (paths, file://) under {} only; --data-root DIR adds a folder\n",
+        roots.join(", ")
     ));
     banner.push_str(&format!(
         "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...\n",

@@ -287,6 +287,11 @@ pub(crate) struct OfferArgs {
     /// keeps with the control plane (0: every checkpoint it writes).
     #[arg(long, default_value_t = 5.0)]
     pub(crate) checkpoint_interval: f64,
+    /// A folder whose files built-in stages may read by path or file:// URI (repeatable).
+    /// Paths outside every root, through `..` or a symlink, are refused. `nexa up` adds the
+    /// folder it runs in and its data folder.
+    #[arg(long = "data-root", value_name = "DIR")]
+    pub(crate) data_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

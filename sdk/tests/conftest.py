@@ -76,6 +76,8 @@ class NexaServer:
         if handlers:
             for job_type in HANDLED_TYPES:
                 args += ["--handler", f"{job_type}={handler}"]
+        # Tests write their datasets in pytest's temporary folders, beside `data`.
+        args += ["--data-root", str(data.parent.parent)]
         args += extra_args or []
         self.stderr_path = data.parent / f"{data.name}.stderr.log"
         self._stderr = open(self.stderr_path, "wb")

@@ -385,6 +385,7 @@ impl Agent {
             stage,
             gpus: gpus.clone(),
             work_dir: state.config.work_dir.clone(),
+            data_roots: state.config.data_roots.clone(),
             restart: state.config.restart,
             grace: state.config.cancel_grace,
             cancel: cancel.clone(),

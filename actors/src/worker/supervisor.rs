@@ -28,6 +28,7 @@ pub(crate) struct Args {
     pub(crate) stage: Arc<dyn Stage>,
     pub(crate) gpus: Vec<u32>,
     pub(crate) work_dir: std::path::PathBuf,
+    pub(crate) data_roots: Vec<std::path::PathBuf>,
     pub(crate) restart: RestartPolicy,
     pub(crate) grace: Duration,
     pub(crate) cancel: CancellationToken,
@@ -110,7 +111,8 @@ async fn supervise(args: Args) {
                 epoch,
                 lease_token,
                 args.work_dir.join("cache"),
-            ),
+            )
+            .confined_to(args.data_roots.iter().cloned()),
         };
         let ended = run_once(&args, ctx, &mut lines, &mut logs).await;
         let message = match ended {
