@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nexa_runtime::{JobOutput, JobSpec};
+use nexa_runtime::{JobOutput, JobSpec, LINE_CUT, MAX_LOG_LINE_BYTES};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -82,6 +82,18 @@ fn job_document(ctx: &StageContext) -> Result<Value, serde_json::Error> {
         "timeout_seconds": spec.timeout.as_secs(),
         "gpus": ctx.gpus,
     }))
+}
+
+/// Writes `bytes` to `path`, readable and writable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // A file left by an earlier attempt keeps its mode: set it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)
 }
 
 /// The job output described by `result.json`, if the program wrote one.
@@ -147,12 +159,44 @@ async fn keep_outputs(ctx: &StageContext, output: &mut JobOutput) -> Result<(), 
     Ok(())
 }
 
-/// Forwards each line of `stream` to `lines`.
+/// Forwards each line of `stream` to `lines`. Bytes that are not UTF-8 are replaced, and a
+/// line longer than [`MAX_LOG_LINE_BYTES`] is cut: the rest of it is read and dropped, never
+/// held, so a program printing without newlines cannot exhaust the worker's memory.
 fn pump(stream: impl AsyncRead + Unpin + Send + 'static, lines: mpsc::UnboundedSender<String>) {
     tokio::spawn(async move {
-        let mut reader = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            if lines.send(line).is_err() {
+        let mut reader = BufReader::new(stream);
+        let mut line: Vec<u8> = Vec::new();
+        let mut cut = false;
+        let emit = |line: &mut Vec<u8>, cut: &mut bool| {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let mut text = String::from_utf8_lossy(line).into_owned();
+            if std::mem::take(cut) {
+                text.push_str(LINE_CUT);
+            }
+            line.clear();
+            lines.send(text).is_ok()
+        };
+        while let Ok(buf) = reader.fill_buf().await {
+            if buf.is_empty() {
+                if !line.is_empty() || cut {
+                    emit(&mut line, &mut cut);
+                }
+                break;
+            }
+            let newline = buf.iter().position(|&b| b == b'\n');
+            let chunk = &buf[..newline.unwrap_or(buf.len())];
+            let room = MAX_LOG_LINE_BYTES - line.len();
+            if chunk.len() > room {
+                line.extend_from_slice(&chunk[..room]);
+                cut = true;
+            } else {
+                line.extend_from_slice(chunk);
+            }
+            let used = newline.map_or(buf.len(), |i| i + 1);
+            reader.consume(used);
+            if newline.is_some() && !emit(&mut line, &mut cut) {
                 break;
             }
         }
@@ -168,7 +212,8 @@ impl CommandStage {
             .map_err(|e| io("cannot create the checkpoint folder", &e))?;
         let job_file = ctx.output_dir.join("job.json");
         let doc = job_document(&ctx).map_err(|e| io("cannot describe the job as JSON", &e))?;
-        std::fs::write(&job_file, doc.to_string())
+        // Params may carry secrets: the job file is for the worker's user only.
+        write_private(&job_file, doc.to_string().as_bytes())
             .map_err(|e| io("cannot write the job file", &e))?;
         let result_file = ctx.output_dir.join("result.json");
         let _ = std::fs::remove_file(&result_file);
@@ -177,6 +222,9 @@ impl CommandStage {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
+            // The worker's credentials are not the job's: a handler runs the user's code.
+            .env_remove("NEXA_JOIN_TOKEN")
+            .env_remove("NEXA_TOKEN")
             .env("NEXA_JOB_FILE", &job_file)
             .env("NEXA_OUTPUT_DIR", &ctx.output_dir)
             .env("NEXA_CHECKPOINT_DIR", &ctx.checkpoint_dir)

@@ -335,9 +335,22 @@ impl ControlPlane {
     pub async fn start(config: ControlPlaneConfig) -> Result<Self, StartError> {
         let path = config.data_dir.join("nexa_forge.db");
         let store_config = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(path, store_config))
-            .await
-            .map_err(|e| StartError::Actor("store", e.to_string()))??;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            // Jobs' params, logs and results are the users': the folders this makes and the
+            // database are for this user only. A folder that exists keeps its mode.
+            let folder = |source| nexa_storage::OpenError::Folder {
+                path: dir.clone(),
+                source,
+            };
+            crate::private_dir(&dir).map_err(folder)?;
+            let store = RedbStore::open(&path, store_config)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(folder)?;
+            Ok::<_, nexa_storage::OpenError>(store)
+        })
+        .await
+        .map_err(|e| StartError::Actor("store", e.to_string()))??;
         for e in store.recovered() {
             info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {}", e.cause());
         }

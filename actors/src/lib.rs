@@ -52,3 +52,13 @@ pub use lifecycle::{
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
 pub use worker::{RestartPolicy, WorkerConfig, WorkerNode, local_gpus};
+
+/// Makes `dir` and the folders above it that are missing, readable by this user only. A
+/// folder that exists keeps its mode.
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}

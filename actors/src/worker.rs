@@ -125,6 +125,10 @@ pub struct WorkerNode {
 impl WorkerNode {
     /// Connects to the control plane and starts taking work.
     pub async fn start(config: WorkerConfig) -> Result<Self, ConnectError> {
+        // Jobs' files (their params, outputs, downloads) are for this user only.
+        if let Err(e) = crate::private_dir(&config.work_dir) {
+            tracing::warn!(dir = %config.work_dir.display(), "cannot make the work folder: {e}");
+        }
         let hello = Hello {
             worker: config.id.clone(),
             token: config.join_token.clone(),

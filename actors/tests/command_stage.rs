@@ -172,3 +172,30 @@ async fn a_program_that_cannot_start_is_reported() {
         .unwrap_err();
     assert!(err.to_string().contains("exited with status 127"), "{err}");
 }
+
+#[tokio::test]
+async fn a_program_printing_without_newlines_still_reports_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = context(dir.path(), vec![]);
+    // 100 MB on one line, bytes that are not UTF-8, then a last line and a result.
+    let script = r#"head -c 100000000 /dev/zero | tr '\0' x; printf '\n\377\376 bad\n'; echo done; echo '{"metrics": {"loss": 0.25}}' > "$NEXA_OUTPUT_DIR/result.json""#;
+    let output = CommandStage::new(script, Duration::from_secs(1))
+        .run(run.ctx)
+        .await
+        .unwrap();
+    assert_eq!(output.metrics["loss"], 0.25);
+    let lines = drain(&mut run.logs);
+    assert_eq!(
+        lines.len(),
+        3,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert!(lines[0].starts_with("xxxx") && lines[0].ends_with(nexa_runtime::LINE_CUT));
+    assert_eq!(
+        lines[0].len(),
+        nexa_runtime::MAX_LOG_LINE_BYTES + nexa_runtime::LINE_CUT.len()
+    );
+    assert_eq!(lines[1], "\u{fffd}\u{fffd} bad");
+    assert_eq!(lines[2], "done");
+}

@@ -420,3 +420,16 @@ async fn another_worker_cannot_report_on_a_job_it_does_not_hold() {
     assert_eq!(job.state, JobState::Running);
     assert!(!c.log_text(id, 1).await.iter().any(|l| l == "forged"));
 }
+
+/// The control plane's data folder (when it makes it), its database and its lease key are
+/// for its user only: they hold jobs' params, logs and results, and the lease secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_folder_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster(Duration::from_secs(10)).await;
+    let data = c.dir.path().join("plane");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("nexa_forge.db")), 0o600);
+    assert_eq!(mode(&data.join("lease_key")), 0o600);
+}

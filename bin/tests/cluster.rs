@@ -79,7 +79,11 @@ fn worker(
             "--fingerprint",
             fingerprint,
         ])
-        .args(["--token", TOKEN, "--name", name, "--cancel-grace", "1"])
+        .args(["--name", name, "--cancel-grace", "1"])
+        // As an operator would: the join token, and an API token for the CLI, in the
+        // environment. Neither may reach a job's program.
+        .env("NEXA_JOIN_TOKEN", TOKEN)
+        .env("NEXA_TOKEN", "nxf_an_api_token")
         .arg("--work-dir")
         .arg(dir.join(name))
         .args(handler.iter().flatten())
@@ -158,7 +162,7 @@ async fn wait_worker(plane: &ControlPlane, name: &str) {
 async fn a_job_runs_on_a_worker_process_with_its_logs_and_result_stored() {
     let dir = tempfile::tempdir().unwrap();
     let plane = plane(dir.path(), Duration::from_secs(10)).await;
-    let handler = r#"echo "epoch 1 loss 0.5"; echo "warning: slow disk" >&2; echo NEXA_PROGRESS 1; echo weights > "$NEXA_OUTPUT_DIR/m.bin"; printf '{"metrics":{"loss":0.5},"artifacts":{"model":"m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json""#;
+    let handler = r#"echo "join=${NEXA_JOIN_TOKEN:-none} api=${NEXA_TOKEN:-none} job_file=$(stat -c %a "$NEXA_JOB_FILE")"; echo "epoch 1 loss 0.5"; echo "warning: slow disk" >&2; echo NEXA_PROGRESS 1; echo weights > "$NEXA_OUTPUT_DIR/m.bin"; printf '{"metrics":{"loss":0.5},"artifacts":{"model":"m.bin"}}' > "$NEXA_OUTPUT_DIR/result.json""#;
     let _w = plane_worker(&plane, dir.path(), "w1", handler, &[]);
     let id = plane.submit(train("tiny", 0)).await.unwrap().id;
     let job = wait_state(&plane, id, JobState::Succeeded).await;
@@ -175,6 +179,12 @@ async fn a_job_runs_on_a_worker_process_with_its_logs_and_result_stored() {
     let text: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
     assert!(
         text.contains(&"epoch 1 loss 0.5") && text.contains(&"warning: slow disk"),
+        "{text:?}"
+    );
+    // The program got neither the worker's join token nor its API token, and the job file
+    // (params may hold secrets) is the worker user's only.
+    assert!(
+        text.contains(&"join=none api=none job_file=600"),
         "{text:?}"
     );
     assert_eq!(job.attempts[0].worker.as_str(), "w1");

@@ -69,7 +69,10 @@ pub use job::{
     Attempt, AttemptOutcome, Event, FailureClass, Job, JobError, JobOutput, JobState, Transition,
     TransitionError, UnknownJobState,
 };
-pub use log::{AttemptLog, LogAck, LogLine, LogMeta, LogPage, LogQuery, cap_marker};
+pub use log::{
+    AttemptLog, LINE_CUT, LogAck, LogLine, LogMeta, LogPage, LogQuery, MAX_LOG_LINE_BYTES,
+    cap_marker, clip_line,
+};
 pub use mem_store::MemStore;
 pub use params::{
     AuditParams, DeployParams, DistillParams, EvaluateParams, GenerateParams, JobParams, Options,

@@ -85,6 +85,26 @@ pub struct LogPage {
     pub dropped: u64,
 }
 
+/// The longest log line kept by default, in bytes; a longer one is cut, and ends with
+/// [`LINE_CUT`].
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// What a cut line ends with.
+pub const LINE_CUT: &str = " [line cut]";
+
+/// `text` cut to at most `max` bytes, at a character boundary, and marked when cut.
+pub fn clip_line(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(LINE_CUT);
+    }
+    text
+}
+
 /// The text of the marker line stored in place of the first line dropped in an attempt.
 pub fn cap_marker(cap: u64) -> String {
     format!(

@@ -55,7 +55,7 @@ impl Default for StoreConfig {
             worker_ttl: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_log_lines_per_job: 100_000,
-            max_log_line_bytes: 16 * 1024,
+            max_log_line_bytes: crate::log::MAX_LOG_LINE_BYTES,
         }
     }
 }

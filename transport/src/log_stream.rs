@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use nexa_runtime::wire::{ErrorCode, LogBatch, Message};
-use nexa_runtime::{Epoch, JobId, LeaseToken};
+use nexa_runtime::{Epoch, JobId, LeaseToken, MAX_LOG_LINE_BYTES, clip_line};
 
 use crate::client::Client;
 use crate::error::RequestError;
@@ -43,6 +43,9 @@ pub struct LogStream {
     max_batch: usize,
 }
 
+/// Most bytes of lines in one batch: far below the frame limit, so a batch always fits.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
 impl LogStream {
     /// An empty stream for the attempt holding `epoch`, whose lease token is `lease_token`.
     pub fn new(job: JobId, epoch: Epoch, lease_token: LeaseToken) -> Self {
@@ -56,9 +59,10 @@ impl LogStream {
         }
     }
 
-    /// Queues a line.
+    /// Queues a line, cut to [`MAX_LOG_LINE_BYTES`] (the control plane keeps no more).
     pub fn push(&mut self, line: impl Into<String>) {
-        self.pending.push_back(line.into());
+        self.pending
+            .push_back(clip_line(line.into(), MAX_LOG_LINE_BYTES));
     }
 
     /// Lines not yet acknowledged.
@@ -74,7 +78,7 @@ impl LogStream {
     /// Sends every pending line, in batches, until all are acknowledged.
     pub async fn flush(&mut self, client: &Client) -> Result<(), FlushError> {
         while !self.pending.is_empty() {
-            let lines: Vec<String> = self.pending.iter().take(self.max_batch).cloned().collect();
+            let lines = self.next_batch();
             let batch = Message::LogBatch(LogBatch {
                 job: self.job,
                 epoch: self.epoch,
@@ -98,6 +102,22 @@ impl LogStream {
         Ok(())
     }
 
+    /// The pending lines the next batch carries: at most `max_batch` of them and
+    /// [`MAX_BATCH_BYTES`] in all, but at least one.
+    fn next_batch(&self) -> Vec<String> {
+        let mut bytes = 0;
+        self.pending
+            .iter()
+            .take(self.max_batch)
+            .enumerate()
+            .take_while(|(i, l)| {
+                bytes += l.len() + 8;
+                *i == 0 || bytes <= MAX_BATCH_BYTES
+            })
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
     /// Drops the lines before `next_seq`.
     fn acknowledge(&mut self, next_seq: u64) {
         let done = next_seq
@@ -105,5 +125,40 @@ impl LogStream {
             .min(self.pending.len() as u64);
         self.pending.drain(..done as usize);
         self.acked += done;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_and_batches_stay_far_below_the_frame_limit() {
+        let mut stream = LogStream::new(JobId(1), Epoch(1), LeaseToken::default());
+        stream.push("x".repeat(100 * 1024 * 1024));
+        assert_eq!(
+            stream.pending[0].len(),
+            MAX_LOG_LINE_BYTES + " [line cut]".len()
+        );
+        for _ in 0..500 {
+            stream.push("y".repeat(MAX_LOG_LINE_BYTES));
+        }
+        let batch = stream.next_batch();
+        let bytes: usize = batch.iter().map(String::len).sum();
+        assert!(bytes <= MAX_BATCH_BYTES, "{bytes}");
+        assert!(batch.len() > 1 && batch.len() < 501, "{}", batch.len());
+        // A batch of them encodes within the frame limit.
+        let message = Message::LogBatch(LogBatch {
+            job: JobId(1),
+            epoch: Epoch(1),
+            lease_token: LeaseToken::default(),
+            first_seq: 0,
+            lines: batch,
+        });
+        assert!(
+            nexa_runtime::wire::encode(1, &message, nexa_runtime::wire::DEFAULT_MAX_FRAME).is_ok()
+        );
+        stream.acknowledge(stream.next_batch().len() as u64);
+        assert!(!stream.next_batch().is_empty());
     }
 }

@@ -489,18 +489,6 @@ fn stale(job: &Job, epoch: Epoch) -> StoreError {
     .into()
 }
 
-fn clip(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str(" [line cut]");
-    }
-    text
-}
-
 pub(super) fn append_logs<T: Tables + ?Sized>(
     t: &mut T,
     cfg: &StoreConfig,
@@ -539,7 +527,7 @@ pub(super) fn append_logs<T: Tables + ?Sized>(
             let line = LogLine {
                 seq,
                 at: now,
-                text: clip(text, cfg.max_log_line_bytes),
+                text: crate::log::clip_line(text, cfg.max_log_line_bytes),
             };
             t.put_log_line(id, attempt, &line)?;
             stored += 1;
