@@ -433,3 +433,58 @@ async fn the_data_folder_is_private() {
     assert_eq!(mode(&data.join("nexa_forge.db")), 0o600);
     assert_eq!(mode(&data.join("lease_key")), 0o600);
 }
+
+/// A QUIC hello is checked as an HTTP registration is: an oversized or garbled one is refused
+/// with the field at fault, and nothing is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_hello_is_refused_and_registers_nothing() {
+    use nexa_runtime::wire::Hello;
+    use nexa_transport::{Client, ClientConfig, ConnectError, Trust};
+
+    let c = cluster(Duration::from_secs(10)).await;
+    let gpu = Gpu {
+        model: "H100".into(),
+        memory_mb: 81_559,
+    };
+    let cases: [(&str, Box<dyn Fn(&mut Hello)>); 3] = [
+        (
+            "gpus",
+            Box::new(|h: &mut Hello| h.gpus = vec![gpu.clone(); 1000]),
+        ),
+        ("cpus", Box::new(|h: &mut Hello| h.cpus = 4_000_000_000)),
+        (
+            "gpus[0].model",
+            Box::new(|h: &mut Hello| {
+                h.gpus = vec![Gpu {
+                    model: "\u{1b}]0;owned\u{7}".into(),
+                    memory_mb: 1,
+                }]
+            }),
+        ),
+    ];
+    for (field, garble) in cases {
+        let mut hello = Hello {
+            worker: WorkerId::new("greedy").unwrap(),
+            token: support::TOKEN.into(),
+            cpus: 4,
+            memory_mb: 1024,
+            gpus: vec![],
+            labels: Default::default(),
+            job_types: [JobType::Train].into(),
+        };
+        garble(&mut hello);
+        let config = ClientConfig::new(
+            c.plane.addr(),
+            Trust::Fingerprint(c.plane.fingerprint()),
+            hello,
+        );
+        match Client::connect(config).await {
+            Err(ConnectError::Refused { reason, .. }) => {
+                assert!(reason.contains(&format!("invalid {field}")), "{reason}")
+            }
+            Err(other) => panic!("{field}: refused the wrong way: {other}"),
+            Ok(_) => panic!("{field}: a bad hello was welcomed"),
+        }
+    }
+    assert!(c.plane.workers().await.unwrap().is_empty());
+}

@@ -390,22 +390,51 @@ fn validate_resources(r: &Resources) -> Result<(), SpecError> {
         0,
         16 * 1024 * 1024,
     )?;
-    if r.labels.len() > 32 {
-        return Err(SpecError::new(
-            "resources.labels",
-            "at most 32 labels are allowed",
-        ));
+    labels("resources.labels", &r.labels)
+}
+
+/// Labels (of a job's resources or a worker): at most 32, keys of `a-z A-Z 0-9 . _ - /`,
+/// values of at most 256 bytes without control characters.
+pub(crate) fn labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if labels.len() > 32 {
+        return Err(SpecError::new(field, "at most 32 labels are allowed"));
     }
-    for (key, value) in &r.labels {
-        identifier("resources.labels", key, 63)?;
+    for (key, value) in labels {
+        identifier(field, key, 63)?;
         if value.len() > 256 || value.chars().any(char::is_control) {
             return Err(SpecError::new(
-                format!("resources.labels.{key}"),
+                format!("{field}.{key}"),
                 "value must be at most 256 bytes without control characters",
             ));
         }
     }
     Ok(())
+}
+
+/// A worker's description, as it registers (over QUIC or HTTP alike).
+pub(crate) fn validate_worker(w: &crate::worker::WorkerInfo) -> Result<(), SpecError> {
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    range_u64("cpus", u64::from(w.cpus), 0, 1 << 20)?;
+    range_u64("memory_mb", w.memory_mb, 0, MAX_SAFE)?;
+    if w.gpus.len() > 64 {
+        return Err(SpecError::new(
+            "gpus",
+            format!("{} GPUs listed; at most 64 are allowed", w.gpus.len()),
+        ));
+    }
+    for (i, gpu) in w.gpus.iter().enumerate() {
+        range_u64(&format!("gpus[{i}].memory_mb"), gpu.memory_mb, 1, MAX_SAFE)?;
+        if gpu.model.trim().is_empty()
+            || gpu.model.len() > 128
+            || gpu.model.chars().any(char::is_control)
+        {
+            return Err(SpecError::new(
+                format!("gpus[{i}].model"),
+                "must be 1 to 128 bytes without control characters",
+            ));
+        }
+    }
+    labels("labels", &w.labels)
 }
 
 /// A model, domain or target name: 1 to 512 bytes, no control characters, not blank.
@@ -620,6 +649,40 @@ mod tests {
         assert_eq!(
             field_of(&JobSpec::new(JobParams::Train(t))),
             "params.options"
+        );
+    }
+
+    #[test]
+    fn worker_registrations_are_bounded() {
+        use crate::worker::{Gpu, WorkerInfo};
+        let ok = WorkerInfo {
+            id: crate::WorkerId::new("w").unwrap(),
+            cpus: 8,
+            memory_mb: 1024,
+            gpus: vec![Gpu {
+                model: "H100".into(),
+                memory_mb: 81_559,
+            }],
+            labels: BTreeMap::from([("region".into(), "eu".into())]),
+            job_types: JobType::ALL.into_iter().collect(),
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let field = |f: &dyn Fn(&mut WorkerInfo)| {
+            let mut w = ok.clone();
+            f(&mut w);
+            w.validate().unwrap_err().field
+        };
+        assert_eq!(field(&|w| w.cpus = 4_000_000_000), "cpus");
+        assert_eq!(field(&|w| w.memory_mb = u64::MAX), "memory_mb");
+        assert_eq!(field(&|w| w.gpus = vec![w.gpus[0].clone(); 1000]), "gpus");
+        assert_eq!(
+            field(&|w| w.gpus[0].model = "\u{1b}[2J".into()),
+            "gpus[0].model"
+        );
+        assert_eq!(field(&|w| w.gpus[0].memory_mb = 0), "gpus[0].memory_mb");
+        assert_eq!(
+            field(&|w| { w.labels = (0..20_000).map(|i| (format!("k{i}"), "v".into())).collect() }),
+            "labels"
         );
     }
 }

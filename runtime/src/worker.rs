@@ -35,6 +35,19 @@ pub struct WorkerInfo {
     pub job_types: BTreeSet<JobType>,
 }
 
+impl WorkerInfo {
+    /// Most workers a control plane keeps registered.
+    pub const MAX_REGISTERED: usize = 4096;
+
+    /// Checks every field, as any registration does (QUIC or HTTP): CPUs (at most 2^20),
+    /// memory, at most 64 GPUs with memory and a printable model name of at most 128
+    /// bytes, and labels as a job's resources take them. The first problem found is
+    /// returned, naming the field.
+    pub fn validate(&self) -> Result<(), crate::SpecError> {
+        crate::spec::validate_worker(self)
+    }
+}
+
 /// Whether a worker takes new work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerStatus {

@@ -646,27 +646,8 @@ impl RegisterRequest {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        if self.cpus > 1 << 20 {
-            return Err(ApiError::invalid("cpus", "is more than 1,048,576"));
-        }
-        if self.memory_mb > MAX_SAFE {
-            return Err(ApiError::invalid("memory_mb", "is larger than 2^53 - 1"));
-        }
-        for (i, g) in self.gpus.iter().enumerate() {
-            if g.memory_mb > MAX_SAFE {
-                return Err(ApiError::invalid(
-                    format!("gpus[{i}].memory_mb"),
-                    "is larger than 2^53 - 1",
-                ));
-            }
-            if g.memory_mb == 0 {
-                return Err(ApiError::invalid(
-                    format!("gpus[{i}].memory_mb"),
-                    "a GPU needs some memory",
-                ));
-            }
-        }
-        Ok(nexa_runtime::WorkerInfo {
+        // Limits are checked as for every registration (nexa_runtime::WorkerInfo::validate).
+        let info = nexa_runtime::WorkerInfo {
             id,
             cpus: self.cpus,
             memory_mb: self.memory_mb,
@@ -680,7 +661,10 @@ impl RegisterRequest {
                 .collect(),
             labels: self.labels,
             job_types,
-        })
+        };
+        info.validate()
+            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+        Ok(info)
     }
 }
 

@@ -606,6 +606,17 @@ pub(super) fn register_worker<T: Tables + ?Sized>(
 ) -> Result<WorkerRecord, StoreError> {
     // Deserialised ids bypass `WorkerId::new` only if a caller built one by hand; check again.
     WorkerId::new(info.id.as_str())?;
+    info.validate()?;
+    if t.worker(&info.id)?.is_none() && t.workers()?.len() >= WorkerInfo::MAX_REGISTERED {
+        return Err(SpecError::new(
+            "worker_id",
+            format!(
+                "{} workers are registered, the most one control plane keeps",
+                WorkerInfo::MAX_REGISTERED
+            ),
+        )
+        .into());
+    }
     let record = WorkerRecord {
         info,
         status: WorkerStatus::Active,
