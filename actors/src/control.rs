@@ -66,6 +66,8 @@ pub struct ControlPlaneConfig {
     /// Where artifacts' bytes go, e.g. `s3://bucket/prefix` (credentials and endpoint from the
     /// usual variables); `None` keeps them in the data folder. Their metadata stays there.
     pub artifacts_remote: Option<String>,
+    /// A worker not heard from for this long is forgotten (it can register again).
+    pub worker_retention: Duration,
 }
 
 impl ControlPlaneConfig {
@@ -83,6 +85,7 @@ impl ControlPlaneConfig {
             heartbeat: Duration::from_millis(500),
             long_poll: Duration::from_secs(10),
             artifacts_remote: None,
+            worker_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -423,6 +426,10 @@ impl ControlPlane {
                 warn!("cannot read the queue for retries in backoff: {e}");
             }
         });
+        tokio::spawn(prune_workers(
+            Arc::downgrade(&store),
+            config.worker_retention,
+        ));
         let welcome = Welcome {
             session: 0,
             lease_ttl_ms: config.store.lease_ttl.as_millis() as u64,
@@ -688,6 +695,38 @@ impl ControlPlane {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
         self.scheduler.stop(None);
+    }
+}
+
+/// Forgets the workers not heard from for `retention`, now and then, for as long as the store
+/// is in use.
+async fn prune_workers(store: std::sync::Weak<dyn Store>, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let now = now();
+        let pruned = blocking(&store, move |s| {
+            let mut pruned = Vec::new();
+            for w in s.list_workers()? {
+                if now.saturating_since(w.last_seen) >= retention {
+                    s.remove_worker(&w.info.id)?;
+                    pruned.push(w.info.id);
+                }
+            }
+            Ok(pruned)
+        })
+        .await;
+        match pruned {
+            Ok(pruned) => {
+                for id in pruned {
+                    info!(worker = %id, "forgot a worker not heard from for {retention:?}");
+                }
+            }
+            Err(e) => warn!("cannot prune lost workers: {e}"),
+        }
     }
 }
 

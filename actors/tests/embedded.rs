@@ -488,3 +488,35 @@ async fn an_oversized_hello_is_refused_and_registers_nothing() {
     }
     assert!(c.plane.workers().await.unwrap().is_empty());
 }
+
+/// A worker not heard from for the retention time is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_gone_for_the_retention_time_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ControlPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("plane"),
+        support::TOKEN,
+    );
+    config.worker_retention = Duration::from_millis(300);
+    let plane = ControlPlane::start(config).await.unwrap();
+    let info = WorkerInfo {
+        id: WorkerId::new("once").unwrap(),
+        cpus: 1,
+        memory_mb: 1024,
+        gpus: vec![],
+        labels: Default::default(),
+        job_types: [JobType::Train].into(),
+    };
+    plane.register_worker(info).await.unwrap();
+    assert_eq!(plane.workers().await.unwrap().len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !plane.workers().await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the silent worker was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    plane.shutdown().await;
+}

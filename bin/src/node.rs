@@ -97,6 +97,12 @@ async fn start_control_plane(
         bail!("--lease-ttl must be between 0.5 and 3600 seconds");
     }
     config.store.lease_ttl = Duration::from_secs_f64(plane.lease_ttl);
+    if !(plane.worker_retention_hours.is_finite()
+        && (0.01..=24.0 * 365.0).contains(&plane.worker_retention_hours))
+    {
+        bail!("--worker-retention-hours must be between 0.01 and 8760");
+    }
+    config.worker_retention = Duration::from_secs_f64(plane.worker_retention_hours * 3600.0);
     config.artifacts_remote = plane.artifacts.clone();
     let plane = ControlPlane::start(config)
         .await

@@ -244,6 +244,9 @@ pub(crate) struct PlaneArgs {
     /// silent this long is presumed lost and its job runs again elsewhere.
     #[arg(long, default_value_t = 2.5)]
     pub(crate) lease_ttl: f64,
+    /// Hours after which a worker not heard from is forgotten (it can register again).
+    #[arg(long, default_value_t = 24.0)]
+    pub(crate) worker_retention_hours: f64,
     /// Where the HTTP API and the dashboard listen (TCP). Beyond loopback, a token is
     /// required (`nexa token create`).
     #[arg(long, default_value = "127.0.0.1:8000", env = "NEXA_HTTP")]
