@@ -12,6 +12,7 @@ mod csv;
 mod digest;
 mod error;
 mod format;
+mod guard;
 mod jsonl;
 mod location;
 mod numeric;
@@ -101,6 +102,10 @@ pub struct AuditLimits {
     /// Distinct classes counted for the label column; rows of further classes are counted
     /// together in [`LabelBalance::other`].
     pub max_label_classes: usize,
+    /// The longest line of a CSV or JSON Lines file, in bytes: a longer one stops the audit
+    /// as malformed input before it is held whole, so memory stays bounded whatever the
+    /// file.
+    pub max_line_bytes: u64,
 }
 
 impl Default for AuditLimits {
@@ -109,6 +114,7 @@ impl Default for AuditLimits {
             max_rows: 10_000_000,
             quantile_sample: 100_000,
             max_label_classes: 10_000,
+            max_line_bytes: 16 << 20,
         }
     }
 }
@@ -178,14 +184,16 @@ pub fn audit_with(
         });
     }
 
-    let file = open(&path)?;
+    let file = guard::LineGuard::new(open(&path)?, request.limits.max_line_bytes);
     let mut profiler = Profiler::new(request.limits, request.label_column.clone());
     let truncated = match format {
         DatasetFormat::Csv => csv::read(file, &path, file_size, &mut profiler, &mut observer)?,
         DatasetFormat::JsonLines => {
             jsonl::read(file, &path, file_size, &mut profiler, &mut observer)?
         }
-        DatasetFormat::Parquet => parquet::read(file, &path, &mut profiler, &mut observer)?,
+        DatasetFormat::Parquet => {
+            parquet::read(file.into_inner(), &path, &mut profiler, &mut observer)?
+        }
     };
     let profile = profiler.finish()?;
 

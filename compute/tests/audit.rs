@@ -523,6 +523,36 @@ fn max_rows_truncates_but_the_digest_covers_the_file() {
 }
 
 #[test]
+fn a_line_longer_than_the_limit_is_malformed_input_not_a_memory_hog() {
+    let dir = TempDir::new().unwrap();
+    let limits = AuditLimits {
+        max_line_bytes: 1 << 20,
+        ..AuditLimits::default()
+    };
+    // A header and one row, then a "row" of 8 MiB without a newline.
+    let mut text = String::from("a,b\n1,2\n");
+    text.push_str(&"x".repeat(8 << 20));
+    for name in ["long.csv", "long.jsonl"] {
+        let content = if name.ends_with(".jsonl") {
+            text.replacen("a,b\n1,2\n", "{\"a\": 1}\n", 1)
+        } else {
+            text.clone()
+        };
+        let path = write(&dir, name, &content);
+        let err = audit(&request(&path).limits(limits)).unwrap_err();
+        assert!(err.is_invalid_input(), "{name}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("runs past 1048576 bytes") && message.contains("line"),
+            "{name}: {message}"
+        );
+    }
+    // Under the limit, the same kind of file audits.
+    let path = write(&dir, "ok.csv", &format!("a\n{}\n", "y".repeat(1000)));
+    assert_eq!(audit(&request(&path).limits(limits)).unwrap().rows, 1);
+}
+
+#[test]
 fn label_classes_past_the_limit_are_counted_as_other() {
     let dir = TempDir::new().unwrap();
     let path = write(&dir, "l.csv", "y\na\nb\nc\na\nd\n");

@@ -2,18 +2,18 @@
 //! as many fields as the header. Empty lines are skipped; a leading UTF-8 byte order mark is
 //! ignored.
 
-use std::fs::File;
 use std::path::Path;
 
 use ::csv::{ErrorKind, ReaderBuilder, StringRecord};
 
+use super::guard::LineTooLong;
 use super::profile::{Cell, Profiler};
 use super::{AuditError, AuditPhase, DatasetFormat, Observer, Position, ROWS_PER_REPORT};
 
 /// Feeds every row of the CSV file to `profiler`. Returns whether rows were left unread
 /// because of `limits.max_rows`.
 pub(crate) fn read(
-    file: File,
+    file: impl std::io::Read,
     path: &Path,
     file_size: u64,
     profiler: &mut Profiler,
@@ -62,9 +62,12 @@ fn error(path: &Path, error: ::csv::Error) -> AuditError {
     let line =
         |pos: Option<&::csv::Position>| pos.map_or(Position::File, |p| Position::Line(p.line()));
     match error.into_kind() {
-        ErrorKind::Io(source) => AuditError::Read {
-            path: path.to_path_buf(),
-            source,
+        ErrorKind::Io(source) => match LineTooLong::within(&source) {
+            Some(too_long) => malformed(Position::Line(too_long.line), too_long.to_string()),
+            None => AuditError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
         },
         ErrorKind::UnequalLengths {
             pos,

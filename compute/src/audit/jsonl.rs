@@ -3,20 +3,20 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+use super::guard::LineTooLong;
 use super::profile::{Cell, Profiler};
 use super::{AuditError, AuditPhase, DatasetFormat, Observer, Position, ROWS_PER_REPORT};
 
 /// Feeds every line of the JSON Lines file to `profiler`. Returns whether lines were left
 /// unread because of `limits.max_rows`.
 pub(crate) fn read(
-    file: File,
+    file: impl std::io::Read,
     path: &Path,
     file_size: u64,
     profiler: &mut Profiler,
@@ -33,6 +33,15 @@ pub(crate) fn read(
         let n = match reader.read_until(b'\n', &mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if LineTooLong::within(&e).is_some() => {
+                let too_long = LineTooLong::within(&e).expect("just checked");
+                return Err(AuditError::Malformed {
+                    path: path.to_path_buf(),
+                    format: DatasetFormat::JsonLines,
+                    at: Position::Line(too_long.line),
+                    reason: too_long.to_string(),
+                });
+            }
             Err(source) => {
                 return Err(AuditError::Read {
                     path: path.to_path_buf(),
