@@ -482,12 +482,29 @@ fn short_time(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A value of the API as the terminal shows it: strings bare, control characters escaped.
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
+}
+
+/// `s` with control characters (but tabs) shown as escapes, so that what a job or a worker
+/// wrote (a log line, an error, a GPU's name) cannot move the cursor, retitle or clear the
+/// terminal that shows it.
+fn printable(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\t') {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| match c {
+            '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn progress(v: &Value) -> String {
@@ -544,11 +561,12 @@ fn jobs(args: JobsArgs) -> Result<ExitCode> {
         .unwrap_or_default()
         .iter()
         .map(|j| {
-            let info = j["pending_reason"]
-                .as_str()
-                .or_else(|| j["error"]["message"].as_str())
-                .unwrap_or("")
-                .to_owned();
+            let info = printable(
+                j["pending_reason"]
+                    .as_str()
+                    .or_else(|| j["error"]["message"].as_str())
+                    .unwrap_or(""),
+            );
             vec![
                 text(&j["job_id"]),
                 text(&j["job_type"]),
@@ -655,7 +673,7 @@ fn logs(args: LogsArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         for l in &lines {
-            let _ = writeln!(out, "{}", l["text"].as_str().unwrap_or(""));
+            let _ = writeln!(out, "{}", printable(l["text"].as_str().unwrap_or("")));
         }
         from = page["next_seq"]
             .as_u64()
@@ -691,7 +709,7 @@ fn follow(api: &Api, id: &str, attempt: Option<u32>) -> Result<ExitCode> {
             let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
             match event.as_str() {
                 "log" => {
-                    let _ = writeln!(out, "{}", data["text"].as_str().unwrap_or(""));
+                    let _ = writeln!(out, "{}", printable(data["text"].as_str().unwrap_or("")));
                     let _ = out.flush();
                 }
                 "attempt" => eprintln!("--- attempt {} ---", text(&data["attempt"])),
@@ -930,5 +948,17 @@ mod tests {
         assert!(line("teacher_model").contains("required"), "{text}");
         assert!(!line("alpha").contains("required"), "{text}");
         assert!(text.contains("(default 0.5)"), "{text}");
+    }
+
+    #[test]
+    fn what_jobs_and_workers_wrote_cannot_drive_the_terminal() {
+        assert_eq!(printable("epoch 1\tloss 0.5"), "epoch 1\tloss 0.5");
+        let shown = printable("\u{1b}]0;owned\u{7}\u{1b}[2Jdone\r");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}") && shown.ends_with("done\\u{d}"),
+            "{shown:?}"
+        );
+        assert_eq!(text(&json!("H100\u{1b}[31m")), "H100\\u{1b}[31m");
     }
 }
