@@ -446,8 +446,8 @@ async fn an_oversized_hello_is_refused_and_registers_nothing() {
         model: "H100".into(),
         memory_mb: 81_559,
     };
-    type Garble = Box<dyn Fn(&mut Hello)>;
-    let cases: [(&str, Garble); 3] = [
+    type Garble<'a> = Box<dyn Fn(&mut Hello) + 'a>;
+    let cases: [(&str, Garble<'_>); 3] = [
         (
             "gpus",
             Box::new(|h: &mut Hello| h.gpus = vec![gpu.clone(); 1000]),
