@@ -20,10 +20,10 @@ use crate::options::{
 /// `nexa token create`.
 pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
     let TokenCommand::Create(args) = cmd;
-    let scope = if args.read_only {
-        Scope::Read
-    } else {
-        Scope::Full
+    let scope = match (args.read_only, args.worker) {
+        (true, _) => Scope::Read,
+        (_, true) => Scope::Worker,
+        _ => Scope::Full,
     };
     let token = auth::create(&args.data, scope, &args.name).with_context(|| {
         format!(
@@ -33,7 +33,11 @@ pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
     })?;
     eprintln!(
         "made a {} token for the server with data in {} (shown once; only its hash is kept):",
-        if args.read_only { "read-only" } else { "full" },
+        match scope {
+            Scope::Read => "read-only",
+            Scope::Worker => "worker",
+            Scope::Full => "full",
+        },
         args.data.display()
     );
     println!("{token}");

@@ -39,6 +39,15 @@ fn join_token(plane: &PlaneArgs) -> Result<String> {
     Ok(token)
 }
 
+/// How the banner tells a worker the join token, without printing it (a terminal's scrollback
+/// and logs are not secret): the file it is kept in, or the variable to set.
+fn join_hint(plane: &PlaneArgs) -> String {
+    match &plane.token {
+        Some(_) => "(NEXA_JOIN_TOKEN set to the join token given)".to_owned(),
+        None => format!("--token-file {}", plane.data.join("join_token").display()),
+    }
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -215,16 +224,17 @@ async fn run_worker(node: WorkerNode) {
 
 pub(crate) async fn server(args: ServerArgs) -> Result<()> {
     let node = start_plane(args.listen, &args.plane).await?;
-    let (plane, token) = (&node.plane, &node.token);
+    let plane = &node.plane;
     let addr = plane.addr();
     let http = advertised(node.http.addr());
     say(&format!(
         "nexa control plane listening on {addr} (QUIC/UDP)\n  dashboard:   http://{http}/\n  API:         http://{http}/api (docs at http://{http}/docs)\n  data:        {}\n  fingerprint: {}\n\
-         join a worker with:\n  nexa worker --server {} --fingerprint {} --token {token} --handler train='python3 train.py'\n",
+         join a worker with:\n  nexa worker --server {} --fingerprint {} {} --handler train='python3 train.py'\n",
         args.plane.data.display(),
         plane.fingerprint(),
         advertised(addr),
-        plane.fingerprint()
+        plane.fingerprint(),
+        join_hint(&args.plane)
     ));
     shutdown_signal().await;
     info!("shutting down");
@@ -249,6 +259,14 @@ fn advertised(addr: SocketAddr) -> SocketAddr {
 }
 
 pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the join token from {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, Some(token)) => token.clone(),
+        (None, None) => bail!("give the join token: --token-file FILE or NEXA_JOIN_TOKEN"),
+    };
     let server = args
         .server
         .to_socket_addrs()
@@ -264,14 +282,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
     };
     let name = args.name.clone().unwrap_or_else(default_worker_name);
     let name = WorkerId::new(name).context("invalid --name")?;
-    let config = worker_config(
-        server,
-        trust,
-        &args.token,
-        name,
-        &args.offer,
-        &args.work_dir,
-    );
+    let config = worker_config(server, trust, &token, name, &args.offer, &args.work_dir);
     let node = WorkerNode::start(config)
         .await
         .with_context(|| format!("cannot join the control plane at {server}"))?;
@@ -325,9 +336,10 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         roots.join(", ")
     ));
     banner.push_str(&format!(
-        "  more workers can join: nexa worker --server {} --fingerprint {} --token {token} --handler ...\n",
+        "  more workers can join: nexa worker --server {} --fingerprint {} {} --handler ...\n",
         advertised(addr),
-        plane.fingerprint()
+        plane.fingerprint(),
+        join_hint(&args.plane)
     ));
     say(&banner);
     run_worker(worker).await;

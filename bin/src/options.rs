@@ -114,8 +114,12 @@ pub(crate) struct TokenCreateArgs {
     #[arg(long, default_value = "token")]
     pub(crate) name: String,
     /// The token may read but not submit, cancel or act as a worker.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "worker")]
     pub(crate) read_only: bool,
+    /// A worker credential: it registers workers over HTTP and reports on their jobs (and
+    /// reads), but cannot submit or cancel jobs. User tokens cannot act as workers.
+    #[arg(long)]
+    pub(crate) worker: bool,
 }
 
 /// Where the API is, for the client commands.
@@ -308,9 +312,19 @@ pub(crate) struct WorkerArgs {
     /// Trust the control plane's certificate through this CA file (PEM).
     #[arg(long)]
     pub(crate) ca: Option<PathBuf>,
-    /// The cluster's join token.
-    #[arg(long, env = "NEXA_JOIN_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
+    /// The cluster's join token. Prefer --token-file or NEXA_JOIN_TOKEN: a command line is
+    /// visible to every local user.
+    #[arg(
+        long,
+        env = "NEXA_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    pub(crate) token: Option<String>,
+    /// A file holding the cluster's join token (the control plane keeps it in
+    /// `<data>/join_token`); it wins over --token and NEXA_JOIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// This worker's name (default: host name and process id).
     #[arg(long)]
     pub(crate) name: Option<String>,

@@ -70,6 +70,8 @@ fn worker(
     extra: &[&str],
 ) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let token_file = dir.join(format!("{name}.join_token"));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let handler = handler.map(|h| ["--handler".to_owned(), format!("train={h}")]);
     let child = Command::new(NEXA)
         .args([
@@ -80,9 +82,11 @@ fn worker(
             fingerprint,
         ])
         .args(["--name", name, "--cancel-grace", "1"])
-        // As an operator would: the join token, and an API token for the CLI, in the
-        // environment. Neither may reach a job's program.
-        .env("NEXA_JOIN_TOKEN", TOKEN)
+        // The join token from a file, which wins over the environment's; a join token and
+        // an API token in the environment (neither may reach a job's program).
+        .arg("--token-file")
+        .arg(&token_file)
+        .env("NEXA_JOIN_TOKEN", "a-stale-token-in-the-environment")
         .env("NEXA_TOKEN", "nxf_an_api_token")
         .arg("--work-dir")
         .arg(dir.join(name))
@@ -350,8 +354,15 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
     let mut fingerprint = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
+        // The banner says where the join token is, never the token itself.
+        assert!(
+            !line.contains(TOKEN),
+            "the banner shows the join token: {line}"
+        );
         if let Some(fp) = line.trim().strip_prefix("fingerprint: ") {
             fingerprint = Some(fp.trim().to_owned());
+        }
+        if line.contains("nexa worker --server") {
             break;
         }
     }

@@ -1,6 +1,7 @@
 //! The HTTP API of a real `nexa server` / `nexa up` process: HTTP workers, bad input, tokens,
 //! the operations endpoints, and the CLI client.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -99,6 +100,17 @@ fn train_job() -> Value {
     json!({"job_type": "train", "params": {"model_id": "m", "dataset_uri": "file:///d.csv"}})
 }
 
+/// The header an HTTP worker's calls carry after it registered.
+const SESSION: &str = "X-Nexa-Worker-Session";
+
+/// The sessions the workers of these tests registered, by node and worker.
+static SESSIONS: std::sync::Mutex<BTreeMap<String, String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn session_of(node: &Node, worker: &str) -> String {
+    SESSIONS.lock().unwrap()[&format!("{}/{worker}", node.base)].clone()
+}
+
 fn register(node: &Node, name: &str) {
     let (status, body) = post(
         node,
@@ -108,12 +120,34 @@ fn register(node: &Node, name: &str) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["worker_id"], json!(name));
     assert!(body["lease_ttl_seconds"].as_f64().unwrap() > 0.0);
+    let session = body["session"].as_str().unwrap().to_owned();
+    SESSIONS
+        .lock()
+        .unwrap()
+        .insert(format!("{}/{name}", node.base), session);
 }
 
 fn next_job(node: &Node, worker: &str, wait: u32) -> (u16, Value) {
-    get(
-        node,
-        &format!("/api/workers/next_job?worker_id={worker}&wait_seconds={wait}"),
+    let session = session_of(node, worker);
+    call_with(
+        "GET",
+        &format!(
+            "{}/api/workers/next_job?worker_id={worker}&wait_seconds={wait}",
+            node.base
+        ),
+        &[(SESSION, &session)],
+        None,
+    )
+}
+
+/// A heartbeat of `worker`, in its session.
+fn beat(node: &Node, worker: &str, body: Value) -> (u16, Value) {
+    let session = session_of(node, worker);
+    call_with(
+        "POST",
+        &format!("{}/api/workers/{worker}/heartbeat", node.base),
+        &[(SESSION, &session), ("Content-Type", "application/json")],
+        Some(&body.to_string()),
     )
 }
 
@@ -138,7 +172,7 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     let (status, body) = post(
         &node,
         &format!("/api/jobs/{id}/started"),
-        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
+        json!({"epoch": epoch, "lease_token": token}),
     );
     assert_eq!(
         (status, &body["status"]),
@@ -251,9 +285,9 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
         (409, &json!("stale_lease")),
         "{err}"
     );
-    let (_, hb) = post(
+    let (_, hb) = beat(
         &node,
-        "/api/workers/sleepy/heartbeat",
+        "sleepy",
         json!({"jobs": [{"job_id": id, "epoch": stale, "lease_token": stale_token}]}),
     );
     assert_eq!(hb["lost"], json!([id]), "{hb}");
@@ -263,7 +297,7 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     let (status, _) = post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
+        json!({"epoch": epoch, "lease_token": token}),
     );
     assert_eq!(status, 200);
     let (_, metrics) = (0, raw(&node, "/metrics"));
@@ -290,13 +324,22 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
     post(
         &node,
         &format!("/api/jobs/{id}/started"),
-        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
+        json!({"epoch": epoch, "lease_token": token}),
     );
-    let beat =
+    let heartbeat =
         json!({"jobs": [{"job_id": id, "epoch": epoch, "lease_token": token, "progress": 0.1}]});
+    let (status, err) = beat(
+        &node,
+        "w",
+        json!({"jobs": [{"job_id": id, "epoch": epoch, "lease_token": token, "progress": 7}]}),
+    );
+    assert_eq!(
+        (status, &err["error"]["field"]),
+        (422, &json!("jobs[0].progress"))
+    );
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
-        let (status, ack) = post(&node, "/api/workers/w/heartbeat", beat.clone());
+        let (status, ack) = beat(&node, "w", heartbeat.clone());
         assert_eq!(status, 200, "{ack}");
         assert_eq!(ack, json!({"cancel": [], "lost": []}));
         std::thread::sleep(Duration::from_millis(150));
@@ -316,7 +359,7 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
         (200, &json!("cancelling")),
         "{job}"
     );
-    let (_, ack) = post(&node, "/api/workers/w/heartbeat", beat);
+    let (_, ack) = beat(&node, "w", heartbeat);
     assert_eq!(ack["cancel"], json!([id]));
     let (status, job) = post(
         &node,
@@ -380,9 +423,9 @@ fn only_the_worker_a_job_was_leased_to_can_report_on_it() {
     assert_eq!(status, 409);
     // A heartbeat quoting the job without its token is told the lease is not its own.
     register(&node, "intruder");
-    let (_, hb) = post(
+    let (_, hb) = beat(
         &node,
-        "/api/workers/intruder/heartbeat",
+        "intruder",
         json!({"jobs": [{"job_id": id, "epoch": epoch, "lease_token": NO_TOKEN}]}),
     );
     assert_eq!(hb["lost"], json!([id]), "{hb}");
@@ -459,11 +502,11 @@ fn bad_input_gets_a_clear_error_and_never_a_500() {
         ("POST", format!("/api/jobs/{done_id}/cancel"), Some(r#"{"why": 1}"#.into()), 422, "validation_error", None),
         ("POST", "/api/workers/register".into(), Some(r#"{"worker_id": "bad name!"}"#.into()), 422, "validation_error", Some("worker_id")),
         ("POST", "/api/workers/register".into(), Some(r#"{"worker_id": "g", "gpus": [{"model": "x", "memory_mb": 0}]}"#.into()), 422, "validation_error", Some("gpus[0].memory_mb")),
-        ("GET", "/api/workers/next_job?worker_id=ghost".into(), None, 404, "not_found", None),
+        ("GET", "/api/workers/next_job?worker_id=ghost".into(), None, 403, "forbidden", None),
         ("GET", "/api/workers/next_job".into(), None, 400, "bad_request", None),
         ("GET", "/api/workers/next_job?worker_id=w&wait_seconds=999".into(), None, 400, "bad_request", Some("wait_seconds")),
-        ("POST", "/api/workers/ghost/heartbeat".into(), Some("{}".into()), 404, "not_found", None),
-        ("POST", "/api/workers/w/heartbeat".into(), Some(format!(r#"{{"jobs": [{{"job_id": "job-1", "epoch": 1, "lease_token": "{NO_TOKEN}", "progress": 7}}]}}"#)), 422, "validation_error", Some("jobs[0].progress")),
+        ("POST", "/api/workers/ghost/heartbeat".into(), Some("{}".into()), 403, "forbidden", None),
+        ("POST", "/api/workers/w/heartbeat".into(), Some("{}".into()), 403, "forbidden", None),
         ("POST", format!("/api/jobs/{done_id}/complete"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "result": {{"metrics": {{"a": "b"}}}}}}"#)), 422, "validation_error", None),
         ("POST", format!("/api/jobs/{done_id}/fail"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "error": {{"class": "oops", "message": "m"}}}}"#)), 422, "validation_error", Some("error.class")),
         ("POST", format!("/api/jobs/{done_id}/progress"), Some(format!(r#"{{"epoch": 1, "lease_token": "{NO_TOKEN}", "progress": -1}}"#)), 422, "validation_error", Some("progress")),
@@ -519,11 +562,20 @@ fn bad_input_gets_a_clear_error_and_never_a_500() {
 }
 
 fn token(data: &Path, read_only: bool) -> String {
+    token_with(
+        data,
+        if read_only {
+            "--read-only"
+        } else {
+            "--name=user"
+        },
+    )
+}
+
+/// A token made with `flag` (`--read-only`, `--worker`, or a name).
+fn token_with(data: &Path, flag: &str) -> String {
     let mut cmd = Command::new(NEXA);
-    cmd.args(["token", "create", "--data"]).arg(data);
-    if read_only {
-        cmd.arg("--read-only");
-    }
+    cmd.args(["token", "create", "--data"]).arg(data).arg(flag);
     let out = cmd.output().unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
@@ -735,6 +787,102 @@ fn a_server_whose_token_file_goes_missing_refuses_every_request() {
 }
 
 #[test]
+fn workers_hold_their_own_credentials_and_cannot_take_another_s_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = token(dir.path(), false);
+    let worker = token_with(dir.path(), "--worker");
+    let other_worker = token_with(dir.path(), "--worker");
+    // `nexa up`: its local worker, "local", is connected over QUIC.
+    let node = start(&["up"], dir.path());
+    let url = |p: &str| format!("{}{p}", node.base);
+    let json_type = ("Content-Type", "application/json");
+    let registration = |name: &str| json!({"worker_id": name, "job_types": ["train"]}).to_string();
+    let register_as = |token: &str, name: &str| {
+        call_with(
+            "POST",
+            &url("/api/workers/register"),
+            &[("Authorization", &format!("Bearer {token}")), json_type],
+            Some(&registration(name)),
+        )
+    };
+
+    // A user's token cannot act as a worker; a worker credential cannot submit.
+    let (status, err) = register_as(&user, "w1");
+    assert_eq!(status, 403, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--worker"),
+        "{err}"
+    );
+    let (status, _) = call(
+        "POST",
+        &url("/api/jobs"),
+        Some(&train_job().to_string()),
+        Some(&worker),
+    );
+    assert_eq!(status, 403);
+    // A worker credential reads.
+    assert_eq!(call("GET", &url("/api/jobs"), None, Some(&worker)).0, 200);
+
+    let (status, first) = register_as(&worker, "w1");
+    assert_eq!(status, 200, "{first}");
+    let session = first["session"].as_str().unwrap().to_owned();
+    // Another credential cannot take w1 over, nor anyone the QUIC worker's id.
+    let (status, err) = register_as(&other_worker, "w1");
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (409, &json!("conflict")),
+        "{err}"
+    );
+    let (status, err) = register_as(&worker, "local");
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not registered here over HTTP")
+    );
+
+    // Asking for work needs w1's session with w1's credential.
+    let ask = url("/api/workers/next_job?worker_id=w1");
+    let bearer = |t: &str| format!("Bearer {t}");
+    for headers in [
+        vec![("Authorization", bearer(&worker))],
+        vec![
+            ("Authorization", bearer(&other_worker)),
+            (SESSION, session.clone()),
+        ],
+        vec![
+            ("Authorization", bearer(&worker)),
+            (SESSION, "0".repeat(32)),
+        ],
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, err) = call_with("GET", &ask, &headers, None);
+        assert_eq!(status, 403, "{headers:?}: {err}");
+    }
+    let (status, _) = call_with(
+        "GET",
+        &ask,
+        &[("Authorization", &bearer(&worker)), (SESSION, &session)],
+        None,
+    );
+    assert_eq!(status, 204);
+    // Registering again (a restarted worker) makes a new session; the old one is gone.
+    let (_, again) = register_as(&worker, "w1");
+    assert_ne!(again["session"], first["session"]);
+    let (status, _) = call_with(
+        "GET",
+        &ask,
+        &[("Authorization", &bearer(&worker)), (SESSION, &session)],
+        None,
+    );
+    assert_eq!(status, 403);
+}
+
+#[test]
 fn the_api_describes_itself_and_serves_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&["server"], dir.path());
@@ -803,7 +951,7 @@ fn following_a_log_streams_every_line_and_ends_with_the_job() {
     post(
         &node,
         &format!("/api/jobs/{id}/complete"),
-        json!({"epoch": epoch, "lease_token": token, "lease_token": token}),
+        json!({"epoch": epoch, "lease_token": token}),
     );
     let text = reader.join().unwrap();
     let lines: Vec<String> = text

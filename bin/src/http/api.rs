@@ -721,6 +721,9 @@ pub(crate) fn worker_body(w: &WorkerRecord, alive: bool, running_jobs: Vec<Strin
 /// A worker, with the settings it should keep to.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RegisteredBody {
+    /// Send it in the `X-Nexa-Worker-Session` header of every later call for this worker
+    /// (heartbeats, next_job); registering again makes a new one.
+    pub(crate) session: String,
     #[serde(flatten)]
     pub(crate) worker: WorkerBody,
     /// A lease ends this long after the last heartbeat.

@@ -23,10 +23,24 @@ pub(crate) const TOKENS_FILE: &str = "api_tokens";
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scope {
-    /// Read and change.
+    /// A user's: read, submit and cancel.
     Full,
-    /// Read only.
+    /// A user's: read only.
     Read,
+    /// A worker's credential: register workers over HTTP, lease jobs and report on them, and
+    /// read; not submit or cancel.
+    Worker,
+}
+
+/// What a request needs to be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Any token.
+    Read,
+    /// A user's full token.
+    Write,
+    /// A worker credential.
+    Work,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +92,7 @@ fn parse(text: &str) -> Vec<Entry> {
             let scope = match parts.next()? {
                 "full" => Scope::Full,
                 "read" => Scope::Read,
+                "worker" => Scope::Worker,
                 _ => return None,
             };
             let mut hash = [0u8; 32];
@@ -190,10 +205,15 @@ impl Tokens {
         found
     }
 
-    /// Lets the request through if it may do what `need` allows.
-    pub(crate) fn check(&self, req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
+    /// Lets the request through if it may do what `need` asks; answers the hash of the token
+    /// it presented (`None` while the server has no tokens).
+    pub(crate) fn check(
+        &self,
+        req: &HttpRequest,
+        need: Need,
+    ) -> Result<Option<[u8; 32]>, ApiError> {
         match self.mode() {
-            Mode::Open => return from_this_machine(req, need),
+            Mode::Open => return from_this_machine(req, need).map(|()| None),
             Mode::Broken(problem) => return Err(ApiError::unavailable(problem)),
             Mode::Tokens => {}
         }
@@ -215,10 +235,17 @@ impl Tokens {
             })?;
         match (self.scope_of(token), need) {
             (None, _) => Err(ApiError::unauthorized("unknown token")),
-            (Some(Scope::Read), Scope::Full) => Err(ApiError::forbidden(
+            (Some(Scope::Read), Need::Write | Need::Work) => Err(ApiError::forbidden(
                 "this token may only read; use a token made without --read-only",
             )),
-            (Some(_), _) => Ok(()),
+            (Some(Scope::Worker), Need::Write) => Err(ApiError::forbidden(
+                "a worker credential cannot submit or cancel jobs; use a user's token",
+            )),
+            (Some(Scope::Full), Need::Work) => Err(ApiError::forbidden(
+                "workers join with a worker credential (nexa token create --worker); a user's \
+                 token cannot act as a worker",
+            )),
+            (Some(_), _) => Ok(Some(hash(token))),
         }
     }
 }
@@ -227,7 +254,7 @@ impl Tokens {
 /// name a loopback host (so a web page whose name was rebound to 127.0.0.1 is refused), come
 /// from no other origin (a web page the user visits cannot drive it), and, to change
 /// anything, send its body as JSON (which a plain HTML form cannot).
-fn from_this_machine(req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
+fn from_this_machine(req: &HttpRequest, need: Need) -> Result<(), ApiError> {
     let headers = req.headers();
     let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let no_token = "requests without a token are taken only from programs on this machine";
@@ -250,7 +277,7 @@ fn from_this_machine(req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
             )));
         }
     }
-    if need == Scope::Full {
+    if need != Need::Read {
         let has_body = text(actix_web::http::header::CONTENT_LENGTH).is_some_and(|n| n != "0")
             || headers.contains_key(actix_web::http::header::TRANSFER_ENCODING);
         let json = text(actix_web::http::header::CONTENT_TYPE).is_some_and(|t| {
@@ -303,6 +330,7 @@ pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<S
     let scope = match scope {
         Scope::Full => "full",
         Scope::Read => "read",
+        Scope::Worker => "worker",
     };
     let name: String = name
         .chars()
@@ -320,13 +348,26 @@ pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<S
 /// A request allowed to read.
 pub(crate) struct Reader;
 
-/// A request allowed to change things.
+/// A request allowed to change things: a user's full token.
 pub(crate) struct Writer;
 
-fn extract(req: &HttpRequest, need: Scope) -> Result<(), ApiError> {
+/// A request from a worker: a worker credential, whose hash it carries (`None` while the
+/// server has no tokens).
+pub(crate) struct WorkerCaller(pub(crate) Option<[u8; 32]>);
+
+fn extract(req: &HttpRequest, need: Need) -> Result<Option<[u8; 32]>, ApiError> {
     match req.app_data::<web::Data<State>>() {
         Some(state) => state.tokens.check(req, need),
         None => Err(ApiError::unavailable("the API is not set up")),
+    }
+}
+
+impl FromRequest for WorkerCaller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(extract(req, Need::Work).map(WorkerCaller))
     }
 }
 
@@ -335,7 +376,7 @@ impl FromRequest for Reader {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(extract(req, Scope::Read).map(|()| Reader))
+        std::future::ready(extract(req, Need::Read).map(|_| Reader))
     }
 }
 
@@ -344,7 +385,7 @@ impl FromRequest for Writer {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(extract(req, Scope::Full).map(|()| Writer))
+        std::future::ready(extract(req, Need::Write).map(|_| Writer))
     }
 }
 

@@ -14,7 +14,7 @@ use super::api::{
     JobTypesBody, ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer,
     ProgressRequest, StartedAnswer, SubmitRequest, job_types_body,
 };
-use super::auth::{Reader, Writer};
+use super::auth::{Reader, WorkerCaller, Writer};
 use super::error::{ApiError, ErrorBody};
 use super::{State, read_json};
 
@@ -505,7 +505,7 @@ impl Follow {
     )
 )]
 pub(crate) async fn started(
-    _: Writer,
+    _: WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -540,7 +540,7 @@ pub(crate) async fn started(
     )
 )]
 pub(crate) async fn append_logs(
-    _: Writer,
+    _: WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -584,7 +584,7 @@ pub(crate) async fn append_logs(
     )
 )]
 pub(crate) async fn progress(
-    _: Writer,
+    _: WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -630,7 +630,7 @@ pub(crate) async fn progress(
     )
 )]
 pub(crate) async fn complete(
-    _: Writer,
+    _: WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -668,7 +668,7 @@ pub(crate) async fn complete(
     )
 )]
 pub(crate) async fn fail(
-    _: Writer,
+    _: WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,

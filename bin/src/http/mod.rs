@@ -44,6 +44,8 @@ pub(crate) struct State {
     pub(crate) lease_ttl: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) worker_ttl: Duration,
+    /// The session of each worker registered over HTTP.
+    pub(crate) worker_sessions: workers::Sessions,
 }
 
 /// HTTP answers by status class.
@@ -241,6 +243,7 @@ impl HttpApi {
             lease_ttl: config.lease_ttl,
             heartbeat: config.heartbeat,
             worker_ttl: config.worker_ttl,
+            worker_sessions: workers::Sessions::default(),
         });
         let server = HttpServer::new(move || {
             let counted = state.clone();

@@ -1,19 +1,22 @@
 //! `/api/workers`: workers that join over HTTP register, heartbeat and lease jobs here; anyone
 //! may list the workers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use actix_web::HttpResponse;
 use actix_web::web::{self, Bytes, Json};
+use actix_web::{HttpRequest, HttpResponse};
 use nexa_runtime::wire::RunningJob;
 use nexa_runtime::{JobState, ListQuery, WorkerId};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::api::{
     self, AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,
     RegisteredBody, WorkersBody,
 };
-use super::auth::{Reader, Writer};
+use super::auth::{Reader, WorkerCaller};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::show;
 use super::{State, read_json};
@@ -25,28 +28,133 @@ fn worker_id(field: &str, s: &str) -> Result<WorkerId, ApiError> {
     WorkerId::new(s).map_err(|e| ApiError::invalid(field, e))
 }
 
+/// The header an HTTP worker's later calls carry: the session its registration answered.
+pub(crate) const SESSION_HEADER: &str = "X-Nexa-Worker-Session";
+
+/// One HTTP worker's registration: the credential it registered with and its session.
+struct Registration {
+    /// The hash of the worker credential (none while the server has no tokens).
+    credential: Option<[u8; 32]>,
+    /// The hash of the session id.
+    session: [u8; 32],
+}
+
+/// The workers registered over HTTP since this server started, by id.
+#[derive(Default)]
+pub(crate) struct Sessions(Mutex<HashMap<WorkerId, Registration>>);
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Registration>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `worker` was registered with `credential` before; `None` when it was not
+    /// registered here.
+    fn registered_by(&self, worker: &WorkerId, credential: Option<[u8; 32]>) -> Option<bool> {
+        self.lock().get(worker).map(|r| r.credential == credential)
+    }
+
+    /// A new session for `worker`, replacing any earlier one; its id, to give the worker.
+    fn open(&self, worker: WorkerId, credential: Option<[u8; 32]>) -> std::io::Result<String> {
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let session = Sha256::digest(id.as_bytes()).into();
+        self.lock().insert(
+            worker,
+            Registration {
+                credential,
+                session,
+            },
+        );
+        Ok(id)
+    }
+
+    /// `Ok` when the request carries `worker`'s session and the credential it registered
+    /// with.
+    fn check(
+        &self,
+        req: &HttpRequest,
+        worker: &WorkerId,
+        credential: Option<[u8; 32]>,
+    ) -> Result<(), ApiError> {
+        let presented: Option<[u8; 32]> = req
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| Sha256::digest(v.trim().as_bytes()).into());
+        let sessions = self.lock();
+        let held = sessions.get(worker).is_some_and(|r| {
+            presented.is_some_and(|p| bool::from(r.session.ct_eq(&p))) && r.credential == credential
+        });
+        if held {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this is not worker {worker}'s session: register it (POST /api/workers/register) \
+                 and send the session it answers in the {SESSION_HEADER} header"
+            )))
+        }
+    }
+}
+
 /// Register a worker that speaks HTTP.
 #[utoipa::path(
     post, path = "/api/workers/register", tag = "workers",
     request_body = RegisterRequest,
     responses(
         (status = 200, description = "Registered", body = RegisteredBody),
+        (status = 409, description = "The worker id is another registrant's", body = ErrorBody),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid value", body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn register(
-    _: Writer,
+    WorkerCaller(credential): WorkerCaller,
     state: web::Data<State>,
     body: Bytes,
 ) -> Result<Json<RegisteredBody>, ApiError> {
     let request: RegisterRequest = read_json(&body)?;
-    let record = state.plane.register_worker(request.into_info()?).await?;
+    let info = request.into_info()?;
+    let id = info.id.clone();
+    // A worker id is its registrant's: another credential cannot take it over, nor can
+    // anyone take the id of a worker alive over QUIC (or registered before a restart).
+    match state.worker_sessions.registered_by(&id, credential) {
+        Some(true) => {}
+        Some(false) => {
+            return Err(ApiError::conflict(format!(
+                "worker {id} is registered with another credential; pick another worker_id"
+            )));
+        }
+        None => {
+            let now = nexa_actors::now();
+            let taken = state
+                .plane
+                .workers()
+                .await?
+                .iter()
+                .any(|w| w.info.id == id && w.is_alive(now, state.worker_ttl));
+            if taken {
+                return Err(ApiError::conflict(format!(
+                    "worker {id} is alive and was not registered here over HTTP (a QUIC \
+                     worker, or one registered before this server started); pick another \
+                     worker_id, or wait {:.0} s for it to be presumed gone",
+                    state.worker_ttl.as_secs_f64().ceil()
+                )));
+            }
+        }
+    }
+    let record = state.plane.register_worker(info).await?;
+    let session = state
+        .worker_sessions
+        .open(id, credential)
+        .map_err(|e| ApiError::unavailable(format!("cannot make a session id: {e}")))?;
     Ok(Json(RegisteredBody {
+        session,
         worker: api::worker_body(&record, true, Vec::new()),
         lease_ttl_seconds: state.lease_ttl.as_secs_f64(),
         heartbeat_interval_seconds: state.heartbeat.as_secs_f64(),
@@ -121,7 +229,7 @@ pub(crate) async fn list(
         (status = 200, description = "What to do with its jobs", body = HeartbeatAnswer),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
         (status = 404, description = "Worker not registered", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid value", body = ErrorBody),
@@ -129,13 +237,15 @@ pub(crate) async fn list(
     )
 )]
 pub(crate) async fn heartbeat(
-    _: Writer,
+    WorkerCaller(credential): WorkerCaller,
+    req: HttpRequest,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let worker = WorkerId::new(id.as_str())
         .map_err(|_| ApiError::not_found(format!("no worker {:?}", id.as_str())))?;
+    state.worker_sessions.check(&req, &worker, credential)?;
     let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -176,14 +286,15 @@ pub(crate) async fn heartbeat(
         (status = 204, description = "No job fits within the wait"),
         (status = 400, description = "A bad query parameter", body = ErrorBody),
         (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
         (status = 404, description = "Worker not registered", body = ErrorBody),
         (status = 409, description = "The worker is draining", body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn next_job(
-    _: Writer,
+    WorkerCaller(credential): WorkerCaller,
+    req: HttpRequest,
     state: web::Data<State>,
     query: web::Query<NextJobParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -197,6 +308,7 @@ pub(crate) async fn next_job(
             "must be between 0 and 30",
         ));
     }
+    state.worker_sessions.check(&req, &worker, credential)?;
     // The worker's GPUs as registered; jobs it already holds keep theirs.
     let record = state
         .plane
