@@ -17,9 +17,53 @@ use crate::options::{
     LogsArgs, ModelsArgs, ParamsArgs, SubmitArgs, TokenCommand,
 };
 
-/// `nexa token create`.
+/// `nexa token create|list|revoke`.
 pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
-    let TokenCommand::Create(args) = cmd;
+    let args = match cmd {
+        TokenCommand::Create(args) => args,
+        TokenCommand::List(args) => {
+            let tokens = auth::list(&args.data).with_context(|| {
+                format!(
+                    "cannot read {}",
+                    args.data.join(auth::TOKENS_FILE).display()
+                )
+            })?;
+            let Some(tokens) = tokens else {
+                println!("no tokens: the API answers this machine's programs only");
+                return Ok(ExitCode::SUCCESS);
+            };
+            if tokens.is_empty() {
+                println!(
+                    "no tokens are left: the server refuses every request until `nexa token create` makes one"
+                );
+            }
+            for (name, scope) in tokens {
+                println!("{name}\t{}", scope.as_str());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TokenCommand::Revoke(args) => {
+            let removed = auth::revoke(&args.data, &args.name).with_context(|| {
+                format!(
+                    "cannot rewrite {}",
+                    args.data.join(auth::TOKENS_FILE).display()
+                )
+            })?;
+            if removed == 0 {
+                bail!(
+                    "no token is named {:?} (nexa token list shows them)",
+                    args.name
+                );
+            }
+            eprintln!("revoked {removed} token(s) named {:?}", args.name);
+            if auth::list(&args.data).is_ok_and(|left| left.is_some_and(|l| l.is_empty())) {
+                eprintln!(
+                    "no token is left: the server refuses every request until `nexa token create` makes one"
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let scope = match (args.read_only, args.worker) {
         (true, _) => Scope::Read,
         (_, true) => Scope::Worker,

@@ -103,6 +103,26 @@ pub(crate) struct ModelsArgs {
 pub(crate) enum TokenCommand {
     /// Make an API token and print it (only its hash is kept, in the data folder).
     Create(TokenCreateArgs),
+    /// List the tokens by name and scope (never the tokens: only hashes are kept).
+    List(TokenListArgs),
+    /// Revoke every token of a name; a running server refuses them at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    /// The data folder of the server the tokens are for.
+    #[arg(long, default_value = "var", env = "NEXA_DATA")]
+    pub(crate) data: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenRevokeArgs {
+    /// The name the token was made with.
+    pub(crate) name: String,
+    /// The data folder of the server the tokens are for.
+    #[arg(long, default_value = "var", env = "NEXA_DATA")]
+    pub(crate) data: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,18 @@ pub(crate) enum Need {
 struct Entry {
     hash: [u8; 32],
     scope: Scope,
+    name: String,
+}
+
+impl Scope {
+    /// Its name in the tokens file.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scope::Full => "full",
+            Scope::Read => "read",
+            Scope::Worker => "worker",
+        }
+    }
 }
 
 /// The tokens the server accepts, reloaded when the file changes.
@@ -102,7 +114,8 @@ fn parse(text: &str) -> Vec<Entry> {
             for (i, byte) in hash.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
             }
-            Some(Entry { hash, scope })
+            let name = parts.next().unwrap_or("token").to_owned();
+            Some(Entry { hash, scope, name })
         })
         .collect()
 }
@@ -327,11 +340,7 @@ pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<S
         .chain(bytes.iter().map(|b| format!("{b:02x}")))
         .collect();
     let hex: String = hash(&token).iter().map(|b| format!("{b:02x}")).collect();
-    let scope = match scope {
-        Scope::Full => "full",
-        Scope::Read => "read",
-        Scope::Worker => "worker",
-    };
+    let scope = scope.as_str();
     let name: String = name
         .chars()
         .map(|c| if c.is_whitespace() { '-' } else { c })
@@ -343,6 +352,50 @@ pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<S
     writeln!(file, "{hex} {scope} {name}")?;
     file.sync_all()?;
     Ok(token)
+}
+
+/// The tokens of the data folder `data`, by name and scope, in the file's order; `None` when
+/// there is no tokens file (the API then answers this machine's programs only).
+pub(crate) fn list(data: &Path) -> std::io::Result<Option<Vec<(String, Scope)>>> {
+    match std::fs::read_to_string(data.join(TOKENS_FILE)) {
+        Ok(text) => Ok(Some(
+            parse(&text)
+                .into_iter()
+                .map(|e| (e.name, e.scope))
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes every token named `name` from the data folder `data`; answers how many. The file
+/// is replaced whole (written beside it, then renamed), so a server never reads half of it.
+pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
+    use std::io::Write;
+    let path = data.join(TOKENS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let (gone, kept): (Vec<&str>, Vec<&str>) = text
+        .lines()
+        .partition(|line| line.split_whitespace().nth(2) == Some(name));
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let next = data.join(format!("{TOKENS_FILE}.next"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&next)?;
+    for line in kept {
+        writeln!(file, "{line}")?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&next, &path)?;
+    Ok(gone.len())
 }
 
 /// A request allowed to read.
@@ -459,6 +512,35 @@ mod tests {
         // A server started on a damaged file is armed as well.
         std::fs::write(&file, "").unwrap();
         assert!(matches!(Tokens::new(dir.path()).mode(), Mode::Broken(_)));
+    }
+
+    #[test]
+    fn tokens_are_listed_by_name_and_revoked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::new(dir.path());
+        assert_eq!(list(dir.path()).unwrap(), None);
+        let ci = create(dir.path(), Scope::Full, "ci").unwrap();
+        let node = create(dir.path(), Scope::Worker, "gpu node").unwrap();
+        assert_eq!(
+            list(dir.path()).unwrap().unwrap(),
+            [
+                ("ci".to_owned(), Scope::Full),
+                ("gpu-node".into(), Scope::Worker)
+            ]
+        );
+        assert_eq!(tokens.mode(), Mode::Tokens);
+        assert_eq!(revoke(dir.path(), "nobody").unwrap(), 0);
+        assert_eq!(revoke(dir.path(), "ci").unwrap(), 1);
+        assert_eq!(tokens.mode(), Mode::Tokens);
+        assert_eq!(
+            tokens.scope_of(&ci),
+            None,
+            "a revoked token is refused at once"
+        );
+        assert_eq!(tokens.scope_of(&node), Some(Scope::Worker));
+        // Revoking the last one does not open the server.
+        assert_eq!(revoke(dir.path(), "gpu-node").unwrap(), 1);
+        assert!(matches!(tokens.mode(), Mode::Broken(_)));
     }
 
     #[test]
