@@ -33,7 +33,7 @@ fn start(args: &[&str], data: &Path) -> Node {
         .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.join("node.stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -622,10 +622,19 @@ fn tokens_guard_the_api_once_one_exists() {
         (status, &answer["error"]["code"]),
         (403, &json!("forbidden"))
     );
-    assert_eq!(
-        call("POST", &url("/api/jobs"), Some(&body), Some(&full)).0,
-        201
-    );
+    let (status, made) = call("POST", &url("/api/jobs"), Some(&body), Some(&full));
+    assert_eq!(status, 201);
+    // Every change is in the audit log, with the name of the token that made it.
+    let id = made["job_id"].as_str().unwrap().to_owned();
+    let expected = format!("submit {id} by user");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.path().join("node.stderr"))
+        .unwrap()
+        .contains(&expected)
+    {
+        assert!(Instant::now() < deadline, "no audit line {expected:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(call("GET", &url("/healthz"), None, None).0, 200);
     assert_eq!(call("GET", &url("/openapi.json"), None, None).0, 200);
 

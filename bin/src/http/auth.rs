@@ -205,28 +205,33 @@ impl Tokens {
         self.mode() != Mode::Open
     }
 
+    #[cfg(test)]
     fn scope_of(&self, token: &str) -> Option<Scope> {
+        self.entry_of(token).map(|e| e.scope)
+    }
+
+    fn entry_of(&self, token: &str) -> Option<Entry> {
         let presented = hash(token);
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // Every entry is compared, so the time taken does not tell which one matched.
         let mut found = None;
         for entry in &loaded.entries {
             if bool::from(entry.hash.ct_eq(&presented)) {
-                found = Some(entry.scope);
+                found = Some(entry.clone());
             }
         }
         found
     }
 
-    /// Lets the request through if it may do what `need` asks; answers the hash of the token
-    /// it presented (`None` while the server has no tokens).
-    pub(crate) fn check(
-        &self,
-        req: &HttpRequest,
-        need: Need,
-    ) -> Result<Option<[u8; 32]>, ApiError> {
+    /// Lets the request through if it may do what `need` asks; answers who is asking.
+    pub(crate) fn check(&self, req: &HttpRequest, need: Need) -> Result<Caller, ApiError> {
         match self.mode() {
-            Mode::Open => return from_this_machine(req, need).map(|()| None),
+            Mode::Open => {
+                return from_this_machine(req, need).map(|()| Caller {
+                    credential: None,
+                    name: "local".to_owned(),
+                });
+            }
             Mode::Broken(problem) => return Err(ApiError::unavailable(problem)),
             Mode::Tokens => {}
         }
@@ -246,7 +251,8 @@ impl Tokens {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
-        match (self.scope_of(token), need) {
+        let entry = self.entry_of(token);
+        match (entry.as_ref().map(|e| e.scope), need) {
             (None, _) => Err(ApiError::unauthorized("unknown token")),
             (Some(Scope::Read), Need::Write | Need::Work) => Err(ApiError::forbidden(
                 "this token may only read; use a token made without --read-only",
@@ -258,7 +264,10 @@ impl Tokens {
                 "workers join with a worker credential (nexa token create --worker); a user's \
                  token cannot act as a worker",
             )),
-            (Some(_), _) => Ok(Some(hash(token))),
+            (Some(_), _) => Ok(Caller {
+                credential: Some(hash(token)),
+                name: entry.map(|e| e.name).unwrap_or_default(),
+            }),
         }
     }
 }
@@ -398,17 +407,25 @@ pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
     Ok(gone.len())
 }
 
+/// Who made a request: for the audit log, and to tie a worker id to its registrant.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// The hash of the token presented; `None` while the server has no tokens.
+    pub(crate) credential: Option<[u8; 32]>,
+    /// The token's name (`local` while the server has no tokens).
+    pub(crate) name: String,
+}
+
 /// A request allowed to read.
 pub(crate) struct Reader;
 
 /// A request allowed to change things: a user's full token.
-pub(crate) struct Writer;
+pub(crate) struct Writer(pub(crate) Caller);
 
-/// A request from a worker: a worker credential, whose hash it carries (`None` while the
-/// server has no tokens).
-pub(crate) struct WorkerCaller(pub(crate) Option<[u8; 32]>);
+/// A request from a worker: a worker credential.
+pub(crate) struct WorkerCaller(pub(crate) Caller);
 
-fn extract(req: &HttpRequest, need: Need) -> Result<Option<[u8; 32]>, ApiError> {
+fn extract(req: &HttpRequest, need: Need) -> Result<Caller, ApiError> {
     match req.app_data::<web::Data<State>>() {
         Some(state) => state.tokens.check(req, need),
         None => Err(ApiError::unavailable("the API is not set up")),
@@ -438,7 +455,7 @@ impl FromRequest for Writer {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(extract(req, Need::Write).map(|_| Writer))
+        std::future::ready(extract(req, Need::Write).map(Writer))
     }
 }
 

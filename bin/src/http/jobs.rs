@@ -14,7 +14,7 @@ use super::api::{
     JobTypesBody, ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer,
     ProgressRequest, StartedAnswer, SubmitRequest, job_types_body,
 };
-use super::auth::{Reader, WorkerCaller, Writer};
+use super::auth::{Caller, Reader, WorkerCaller, Writer};
 use super::error::{ApiError, ErrorBody};
 use super::{State, read_json};
 
@@ -68,7 +68,7 @@ pub(crate) async fn job_types(_: Reader) -> Json<JobTypesBody> {
     )
 )]
 pub(crate) async fn submit(
-    _: Writer,
+    Writer(caller): Writer,
     state: web::Data<State>,
     req: HttpRequest,
     body: Bytes,
@@ -84,6 +84,9 @@ pub(crate) async fn submit(
     };
     let spec = request.into_spec(key)?;
     let submitted = state.plane.submit(spec).await?;
+    if submitted.created {
+        audit(&caller, "submit", submitted.id);
+    }
     let job = load(&state, submitted.id).await?;
     let status = if submitted.created {
         StatusCode::CREATED
@@ -91,6 +94,11 @@ pub(crate) async fn submit(
         StatusCode::OK
     };
     Ok(HttpResponse::build(status).json(show(&state, &job, false).await))
+}
+
+/// One line of the audit log (target `nexa::audit`): who changed which job, and how.
+pub(crate) fn audit(caller: &Caller, action: &str, job: JobId) {
+    tracing::info!(target: "nexa::audit", caller = %caller.name, action, %job, "{action} {job} by {}", caller.name);
 }
 
 /// Jobs scanned at most for one page filtered by worker.
@@ -227,7 +235,7 @@ pub(crate) async fn get(
     )
 )]
 pub(crate) async fn cancel(
-    _: Writer,
+    Writer(caller): Writer,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -245,6 +253,7 @@ pub(crate) async fn cancel(
         return Err(ApiError::invalid("reason", "is longer than 1024 bytes"));
     }
     state.plane.cancel(id, reason).await?;
+    audit(&caller, "cancel", id);
     let job = load(&state, id).await?;
     Ok(Json(show(&state, &job, false).await))
 }
@@ -630,7 +639,7 @@ pub(crate) async fn progress(
     )
 )]
 pub(crate) async fn complete(
-    _: WorkerCaller,
+    WorkerCaller(caller): WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -646,6 +655,7 @@ pub(crate) async fn complete(
         .plane
         .complete(id, api::epoch(request.epoch), &token, output)
         .await?;
+    audit(&caller, "complete", id);
     let job = load(&state, id).await?;
     Ok(Json(show(&state, &job, false).await))
 }
@@ -668,7 +678,7 @@ pub(crate) async fn complete(
     )
 )]
 pub(crate) async fn fail(
-    _: WorkerCaller,
+    WorkerCaller(caller): WorkerCaller,
     state: web::Data<State>,
     id: web::Path<String>,
     body: Bytes,
@@ -681,6 +691,7 @@ pub(crate) async fn fail(
         .plane
         .fail(id, api::epoch(request.epoch), &token, error)
         .await?;
+    audit(&caller, "fail", id);
     let job = load(&state, id).await?;
     Ok(Json(show(&state, &job, false).await))
 }

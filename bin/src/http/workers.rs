@@ -114,7 +114,7 @@ impl Sessions {
     )
 )]
 pub(crate) async fn register(
-    WorkerCaller(credential): WorkerCaller,
+    WorkerCaller(caller): WorkerCaller,
     state: web::Data<State>,
     body: Bytes,
 ) -> Result<Json<RegisteredBody>, ApiError> {
@@ -123,6 +123,7 @@ pub(crate) async fn register(
     let id = info.id.clone();
     // A worker id is its registrant's: another credential cannot take it over, nor can
     // anyone take the id of a worker alive over QUIC (or registered before a restart).
+    let credential = caller.credential;
     match state.worker_sessions.registered_by(&id, credential) {
         Some(true) => {}
         Some(false) => {
@@ -149,6 +150,7 @@ pub(crate) async fn register(
         }
     }
     let record = state.plane.register_worker(info).await?;
+    tracing::info!(target: "nexa::audit", caller = %caller.name, action = "register", worker = %id, "register worker {id} by {}", caller.name);
     let session = state
         .worker_sessions
         .open(id, credential)
@@ -237,7 +239,7 @@ pub(crate) async fn list(
     )
 )]
 pub(crate) async fn heartbeat(
-    WorkerCaller(credential): WorkerCaller,
+    WorkerCaller(caller): WorkerCaller,
     req: HttpRequest,
     state: web::Data<State>,
     id: web::Path<String>,
@@ -245,7 +247,9 @@ pub(crate) async fn heartbeat(
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let worker = WorkerId::new(id.as_str())
         .map_err(|_| ApiError::not_found(format!("no worker {:?}", id.as_str())))?;
-    state.worker_sessions.check(&req, &worker, credential)?;
+    state
+        .worker_sessions
+        .check(&req, &worker, caller.credential)?;
     let request: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -293,7 +297,7 @@ pub(crate) async fn heartbeat(
     )
 )]
 pub(crate) async fn next_job(
-    WorkerCaller(credential): WorkerCaller,
+    WorkerCaller(caller): WorkerCaller,
     req: HttpRequest,
     state: web::Data<State>,
     query: web::Query<NextJobParams>,
@@ -308,7 +312,9 @@ pub(crate) async fn next_job(
             "must be between 0 and 30",
         ));
     }
-    state.worker_sessions.check(&req, &worker, credential)?;
+    state
+        .worker_sessions
+        .check(&req, &worker, caller.credential)?;
     // The worker's GPUs as registered; jobs it already holds keep theirs.
     let record = state
         .plane
