@@ -68,6 +68,10 @@ pub struct ControlPlaneConfig {
     pub artifacts_remote: Option<String>,
     /// A worker not heard from for this long is forgotten (it can register again).
     pub worker_retention: Duration,
+    /// Finished jobs are deleted (with their logs) this long after they finished; `None`
+    /// keeps them. Jobs that registered a model version, and jobs that a job not yet
+    /// finished depends on, are kept.
+    pub job_retention: Option<Duration>,
 }
 
 impl ControlPlaneConfig {
@@ -86,6 +90,7 @@ impl ControlPlaneConfig {
             long_poll: Duration::from_secs(10),
             artifacts_remote: None,
             worker_retention: Duration::from_secs(24 * 3600),
+            job_retention: None,
         }
     }
 }
@@ -430,6 +435,9 @@ impl ControlPlane {
             Arc::downgrade(&store),
             config.worker_retention,
         ));
+        if let Some(retention) = config.job_retention {
+            tokio::spawn(prune_jobs(Arc::downgrade(&store), retention));
+        }
         let welcome = Welcome {
             session: 0,
             lease_ttl_ms: config.store.lease_ttl.as_millis() as u64,
@@ -559,6 +567,12 @@ impl ControlPlane {
         .await?;
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(state)
+    }
+
+    /// Deletes a finished job with its log (see [`Store::delete`] for what is kept); the
+    /// artifacts it made stay.
+    pub async fn delete(&self, id: JobId) -> Result<Job, StoreError> {
+        blocking(&self.store, move |s| s.delete(id)).await
     }
 
     /// Registers (or re-registers) a worker that speaks HTTP rather than QUIC; jobs that
@@ -726,6 +740,38 @@ async fn prune_workers(store: std::sync::Weak<dyn Store>, retention: Duration) {
                 }
             }
             Err(e) => warn!("cannot prune lost workers: {e}"),
+        }
+    }
+}
+
+/// Deletes the finished jobs older than `retention`, now and then, a bounded number at a time
+/// (each pass is one write transaction), for as long as the store is in use.
+async fn prune_jobs(store: std::sync::Weak<dyn Store>, retention: Duration) {
+    /// Finished jobs read in one pass.
+    const SCAN: usize = 1000;
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut from = JobId(1);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let before = nexa_runtime::Timestamp(now().0.saturating_sub(retention.as_millis() as u64));
+        match blocking(&store, move |s| {
+            s.delete_finished_before(before, from, SCAN)
+        })
+        .await
+        {
+            Ok((deleted, next)) => {
+                if !deleted.is_empty() {
+                    info!(
+                        count = deleted.len(),
+                        "deleted finished jobs older than {retention:?}"
+                    );
+                }
+                from = next.unwrap_or(JobId(1));
+            }
+            Err(e) => warn!("cannot delete old jobs: {e}"),
         }
     }
 }

@@ -1742,6 +1742,20 @@ impl Store for Meter {
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         self.measure(Op::ListWorkers, |s| s.list_workers())
     }
+
+    // Not part of the measured path: passed straight through.
+    fn delete(&self, id: JobId) -> Result<Job, StoreError> {
+        self.inner.delete(id)
+    }
+
+    fn delete_finished_before(
+        &self,
+        before: Timestamp,
+        from: JobId,
+        scan: usize,
+    ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
+        self.inner.delete_finished_before(before, from, scan)
+    }
 }
 
 fn print_calls(title: &str, jobs: u64, elapsed: Duration, calls: &[Calls]) {

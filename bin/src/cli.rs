@@ -96,6 +96,7 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Job(args) => job(args),
         Command::Logs(args) => logs(args),
         Command::Cancel(args) => cancel(args),
+        Command::Delete(args) => delete(&args),
         Command::Workers(args) => workers(&args),
         Command::Wait(args) => wait(&args.client.clone(), &args.id, args.timeout),
         Command::Artifacts(ArtifactsCommand::List(args)) => artifacts(&args),
@@ -215,6 +216,14 @@ impl Api {
             .call()
             .map_err(|e| self.unreachable(e))?;
         Ok(Self::answer(res)?.1)
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        let res = self
+            .auth(self.agent.delete(&self.url(path)))
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        Self::answer(res).map(drop)
     }
 
     fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Value)> {
@@ -792,6 +801,13 @@ fn cancel(args: CancelArgs) -> Result<ExitCode> {
         };
         println!("{}: {status}{note}", text(&job["job_id"]));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(args: &JobArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    api.delete(&format!("/jobs/{}", encode(&args.id)))?;
+    println!("{} deleted", args.id);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -112,6 +112,13 @@ async fn start_control_plane(
         bail!("--worker-retention-hours must be between 0.01 and 8760");
     }
     config.worker_retention = Duration::from_secs_f64(plane.worker_retention_hours * 3600.0);
+    if let Some(days) = plane.retain_days {
+        // From a second (for trying it out) to a century.
+        if !(days.is_finite() && (1.0 / 86_400.0..=36_500.0).contains(&days)) {
+            bail!("--retain-days must be between 0.0000116 (one second) and 36500");
+        }
+        config.job_retention = Some(Duration::from_secs_f64(days * 86_400.0));
+    }
     config.artifacts_remote = plane.artifacts.clone();
     let plane = ControlPlane::start(config)
         .await

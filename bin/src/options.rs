@@ -52,6 +52,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
+    /// Delete a finished job with its log (a job that made a model version is kept).
+    Delete(JobArgs),
     /// List the workers.
     Workers(ClientArgs),
     /// Wait for a job to finish, showing its progress; exits non-zero unless it succeeded.
@@ -271,6 +273,10 @@ pub(crate) struct PlaneArgs {
     /// Hours after which a worker not heard from is forgotten (it can register again).
     #[arg(long, default_value_t = 24.0)]
     pub(crate) worker_retention_hours: f64,
+    /// Delete finished jobs (with their logs) this many days after they finished; jobs that
+    /// made a model version, and jobs still needed by others, are kept. Default: keep all.
+    #[arg(long, value_name = "DAYS")]
+    pub(crate) retain_days: Option<f64>,
     /// Where the HTTP API and the dashboard listen (TCP). Beyond loopback, a token is
     /// required (`nexa token create`).
     #[arg(long, default_value = "127.0.0.1:8000", env = "NEXA_HTTP")]

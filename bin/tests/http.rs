@@ -892,6 +892,59 @@ fn workers_hold_their_own_credentials_and_cannot_take_another_s_id() {
 }
 
 #[test]
+fn finished_jobs_are_deleted_on_request_or_after_the_retention_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kept for about 4.3 s after they finish.
+    let node = start(&["server", "--retain-days", "0.00005"], dir.path());
+    let url = |p: &str| format!("{}{p}", node.base);
+    let (_, queued) = post(&node, "/api/jobs", train_job());
+    let queued = queued["job_id"].as_str().unwrap().to_owned();
+    let (status, err) = call("DELETE", &url(&format!("/api/jobs/{queued}")), None, None);
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (409, &json!("conflict")),
+        "{err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cancel it first"),
+        "{err}"
+    );
+
+    post(&node, &format!("/api/jobs/{queued}/cancel"), json!({}));
+    let out = Command::new(NEXA)
+        .args(["delete", &queued, "--api", &url("/api")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{queued} deleted")
+    );
+    assert_eq!(get(&node, &format!("/api/jobs/{queued}")).0, 404);
+    assert_eq!(
+        call("DELETE", &url(&format!("/api/jobs/{queued}")), None, None).0,
+        404
+    );
+
+    // Retention: a finished job goes by itself.
+    let (_, old) = post(&node, "/api/jobs", train_job());
+    let old = old["job_id"].as_str().unwrap().to_owned();
+    post(&node, &format!("/api/jobs/{old}/cancel"), json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&node, &format!("/api/jobs/{old}")).0 != 404 {
+        assert!(Instant::now() < deadline, "{old} was never deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn the_api_describes_itself_and_serves_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&["server"], dir.path());

@@ -259,6 +259,34 @@ impl Tables for MemTables {
         Ok(self.workers.remove(id).is_some())
     }
 
+    fn remove_job(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.jobs.remove(&id);
+        Ok(())
+    }
+
+    fn remove_idempotent(&mut self, key: &str) -> Result<(), StorageFault> {
+        self.idempotency.remove(key);
+        Ok(())
+    }
+
+    fn remove_dependents(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.dependents.remove(&id);
+        Ok(())
+    }
+
+    fn remove_logs(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.log_meta.remove(&id);
+        let lines: Vec<_> = self
+            .logs
+            .range((id, 0, 0)..=(id, u32::MAX, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in lines {
+            self.logs.remove(&key);
+        }
+        Ok(())
+    }
+
     fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
         self.counters.insert(counter.name(), value);
         Ok(())

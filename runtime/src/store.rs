@@ -208,6 +208,14 @@ pub enum StoreError {
     /// A list or log query out of range.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The job cannot be deleted: something still needs it.
+    #[error("{job} cannot be deleted: {why}")]
+    Kept {
+        /// The job.
+        job: JobId,
+        /// What needs it.
+        why: String,
+    },
     /// One job of a batch submission was refused; none of the batch was stored.
     #[error("job {index} of the batch: {source}")]
     Batch {
@@ -368,6 +376,22 @@ pub trait Store: Send + Sync {
 
     /// Forgets the worker. Leases it still holds run out as usual.
     fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError>;
+
+    /// Deletes a finished job with its log and its history; answers it as it was. Refused
+    /// (nothing deleted) for a job that has not finished, one that a job not yet finished
+    /// depends on, and one that registered a model version (the registry is read off the
+    /// jobs that made models, and version numbers must not change).
+    fn delete(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Deletes the finished jobs that last changed before `before` and that [`Store::delete`]
+    /// would delete, reading at most `scan` finished jobs from id `from` on, oldest first.
+    /// Answers the ids deleted and where the next pass goes on (`None`: the end was reached).
+    fn delete_finished_before(
+        &self,
+        before: Timestamp,
+        from: JobId,
+        scan: usize,
+    ) -> Result<(Vec<JobId>, Option<JobId>), StoreError>;
 
     /// Every registered worker.
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
@@ -566,6 +590,21 @@ impl<E: Engine> Store for E {
     fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
         let id = id.clone();
         self.write(Box::new(move |t| ops::remove_worker(t, &id)))
+    }
+
+    fn delete(&self, id: JobId) -> Result<Job, StoreError> {
+        self.write(Box::new(move |t| ops::delete(t, id)))
+    }
+
+    fn delete_finished_before(
+        &self,
+        before: Timestamp,
+        from: JobId,
+        scan: usize,
+    ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
+        self.write(Box::new(move |t| {
+            ops::delete_finished_before(t, before, from, scan)
+        }))
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {

@@ -58,8 +58,8 @@ pub use history::random_histories;
 pub use lifecycle::{
     cancel_leased_job_waits_for_the_worker, cancel_of_finished_job_is_refused,
     cancel_waiting_or_queued_job_is_immediate, every_state_change_appends_an_event,
-    expired_lease_requeues_as_worker_lost, finished_jobs_never_change,
-    heartbeat_renews_the_lease_and_records_progress, lease_epochs_grow,
+    expired_lease_requeues_as_worker_lost, finished_jobs_are_deleted_with_their_logs,
+    finished_jobs_never_change, heartbeat_renews_the_lease_and_records_progress, lease_epochs_grow,
     lease_many_is_lease_next_in_turn, lease_many_leases_each_job_once_in_queue_order,
     lease_order_is_priority_then_fifo, lease_refuses_unknown_and_draining_workers,
     leases_only_jobs_that_fit, non_retryable_failures_fail_at_once, retry_waits_out_the_backoff,
@@ -160,6 +160,7 @@ macro_rules! store_suite {
             cancel_leased_job_waits_for_the_worker,
             cancel_of_finished_job_is_refused,
             finished_jobs_never_change,
+            finished_jobs_are_deleted_with_their_logs,
             every_state_change_appends_an_event,
             list_filters_by_state_and_type,
             list_pages_cover_every_job_once,

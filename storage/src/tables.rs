@@ -314,6 +314,29 @@ impl Tables for WriteTables<'_> {
         Ok(self.workers.remove(id.as_str()).map_err(fault)?.is_some())
     }
 
+    fn remove_job(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.jobs.remove(id.0).map_err(fault)?;
+        Ok(())
+    }
+
+    fn remove_idempotent(&mut self, key: &str) -> Result<(), StorageFault> {
+        self.idempotency.remove(key).map_err(fault)?;
+        Ok(())
+    }
+
+    fn remove_dependents(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.dependents.remove_all(id.0).map_err(fault)?;
+        Ok(())
+    }
+
+    fn remove_logs(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.log_meta.remove(id.0).map_err(fault)?;
+        self.logs
+            .retain_in((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX), |_, _| false)
+            .map_err(fault)?;
+        Ok(())
+    }
+
     fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
         self.meta.insert(counter.name(), value).map_err(fault)?;
         Ok(())

@@ -515,6 +515,9 @@ mod tests {
             drain_worker(id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
             remove_worker(id: &WorkerId) -> Result<(), StoreError>;
             list_workers() -> Result<Vec<WorkerRecord>, StoreError>;
+            delete(id: JobId) -> Result<Job, StoreError>;
+            delete_finished_before(before: Timestamp, from: JobId, scan: usize)
+                -> Result<(Vec<JobId>, Option<JobId>), StoreError>;
         }
 
         fn complete(

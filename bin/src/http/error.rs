@@ -159,6 +159,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidSpec(spec) => Self::invalid(spec.field, spec.reason),
             StoreError::NotFound(_) | StoreError::UnknownWorker(_) => Self::not_found(message),
             StoreError::IdempotencyConflict { .. }
+            | StoreError::Kept { .. }
             | StoreError::WorkerDraining(_)
             | StoreError::LogGap { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
             StoreError::Transition(

@@ -197,6 +197,32 @@ pub(crate) async fn list(
     }))
 }
 
+/// Delete a finished job with its log and history. Kept (409): a job that has not finished
+/// (cancel it first), one a job not yet finished depends on, and one that registered a model
+/// version. The artifacts it made stay.
+#[utoipa::path(
+    delete, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Not a user's full token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is kept, and why", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
+    Writer(caller): Writer,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = api::path_job(&id)?;
+    state.plane.delete(id).await?;
+    audit(&caller, "delete", id);
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// One job, with its events.
 #[utoipa::path(
     get, path = "/api/jobs/{id}", tag = "jobs",

@@ -103,7 +103,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         description = "Submit and watch ML lifecycle jobs (generate, audit, distill, train, evaluate, deploy); workers in any language can lease and run them over HTTP. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}. With tokens configured, send `Authorization: Bearer <token>`.",
     ),
     paths(
-        jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::logs,
+        jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::events, jobs::logs,
         jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
         workers::register, workers::list, workers::heartbeat, workers::next_job,
         artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
@@ -177,7 +177,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(jobs::submit)),
         )
         .service(resource("/api/job_types", "GET").route(web::get().to(jobs::job_types)))
-        .service(resource("/api/jobs/{id}", "GET").route(web::get().to(jobs::get)))
+        .service(
+            resource("/api/jobs/{id}", "GET, DELETE")
+                .route(web::get().to(jobs::get))
+                .route(web::delete().to(jobs::delete)),
+        )
         .service(resource("/api/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
         .service(resource("/api/jobs/{id}/events", "GET").route(web::get().to(jobs::events)))
         .service(

@@ -411,7 +411,10 @@ fn settle_dependents<T: Tables + ?Sized>(
     let mut work = vec![(finished.id, finished.state)];
     while let Some((done, state)) = work.pop() {
         for child_id in t.dependents(done)? {
-            let old = load(t, child_id)?;
+            // A deleted dependent had finished: there is nothing to settle.
+            let Some(old) = t.job(child_id)? else {
+                continue;
+            };
             if old.state != JobState::Waiting {
                 continue;
             }
@@ -653,4 +656,89 @@ pub(super) fn remove_worker<T: Tables + ?Sized>(
     } else {
         Err(StoreError::UnknownWorker(id.clone()))
     }
+}
+
+/// Why `job` must be kept, if it must.
+fn kept_because<T: ReadTables + ?Sized>(t: &T, job: &Job) -> Result<Option<String>, StoreError> {
+    if !job.state.is_terminal() {
+        return Ok(Some(format!("it is {}; cancel it first", job.state)));
+    }
+    for child in t.dependents(job.id)? {
+        if let Some(c) = t.job(child)?
+            && !c.state.is_terminal()
+        {
+            return Ok(Some(format!("{child} ({}) depends on it", c.state)));
+        }
+    }
+    let made_model = job.state == JobState::Succeeded
+        && matches!(
+            job.spec.params,
+            crate::JobParams::Train(_) | crate::JobParams::Distill(_)
+        )
+        && job
+            .output
+            .as_ref()
+            .is_some_and(|o| o.artifacts.contains_key(crate::registry::MODEL_ARTIFACT));
+    if made_model {
+        return Ok(Some(
+            "it registered a model version (the registry is read off the jobs that made models)"
+                .to_owned(),
+        ));
+    }
+    Ok(None)
+}
+
+fn remove<T: Tables + ?Sized>(t: &mut T, job: &Job) -> Result<(), StoreError> {
+    t.state_remove(job.state, job.id)?;
+    t.remove_job(job.id)?;
+    if let Some(key) = &job.spec.idempotency_key
+        && t.idempotent(key)? == Some(job.id)
+    {
+        t.remove_idempotent(key)?;
+    }
+    t.remove_dependents(job.id)?;
+    t.remove_logs(job.id)?;
+    Ok(())
+}
+
+pub(super) fn delete<T: Tables + ?Sized>(t: &mut T, id: JobId) -> Result<Job, StoreError> {
+    let job = load(t, id)?;
+    if let Some(why) = kept_because(t, &job)? {
+        return Err(StoreError::Kept { job: id, why });
+    }
+    remove(t, &job)?;
+    Ok(job)
+}
+
+pub(super) fn delete_finished_before<T: Tables + ?Sized>(
+    t: &mut T,
+    before: Timestamp,
+    from: JobId,
+    scan: usize,
+) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
+    let mut candidates = Vec::new();
+    for state in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+        t.state_desc(state, None, &mut |id| {
+            if id >= from {
+                candidates.push(id);
+            }
+            true
+        })?;
+    }
+    // Oldest first; at most `scan` of them are read in one pass.
+    candidates.sort_unstable();
+    let mut deleted = Vec::new();
+    let mut next = None;
+    for (i, id) in candidates.into_iter().enumerate() {
+        if i == scan {
+            next = Some(id);
+            break;
+        }
+        let job = load(t, id)?;
+        if job.updated_at < before && kept_because(t, &job)?.is_none() {
+            remove(t, &job)?;
+            deleted.push(id);
+        }
+    }
+    Ok((deleted, next))
 }

@@ -168,6 +168,14 @@ pub trait Tables: ReadTables {
     fn put_worker(&mut self, worker: &WorkerRecord) -> Result<(), StorageFault>;
     /// Removes a worker; `false` when there was none.
     fn remove_worker(&mut self, id: &WorkerId) -> Result<bool, StorageFault>;
+    /// Removes a job's record (not its indexes: see `ops::delete`).
+    fn remove_job(&mut self, id: JobId) -> Result<(), StorageFault>;
+    /// Forgets which job `key` created.
+    fn remove_idempotent(&mut self, key: &str) -> Result<(), StorageFault>;
+    /// Forgets the jobs that wait on `id`.
+    fn remove_dependents(&mut self, id: JobId) -> Result<(), StorageFault>;
+    /// Removes a job's log, every attempt's lines and the bookkeeping.
+    fn remove_logs(&mut self, id: JobId) -> Result<(), StorageFault>;
     /// Sets a counter.
     fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault>;
 }

@@ -1070,3 +1070,90 @@ pub fn every_state_change_appends_an_event<H: Harness>(h: &mut H) {
     assert_eq!(job.attempts[0].epoch, l.epoch);
     assert_events_consistent(&job);
 }
+
+/// A finished job is deleted with its log and its idempotency key; a job that has not
+/// finished, one a waiting job depends on, and one that registered a model are kept.
+pub fn finished_jobs_are_deleted_with_their_logs<H: Harness>(h: &mut H) {
+    let store = h.open(config());
+    let w = register_cpu_worker(&store, "w1", at(0));
+    let [ok, failed, cancelled] = finished_jobs(&store, &w);
+    // `ok` is a generate job: its "model" artifact registers nothing.
+    for id in [ok, failed, cancelled] {
+        assert!(store.read_logs(id, Default::default()).is_ok());
+        let gone = store.delete(id).expect("delete a finished job");
+        assert_eq!(gone.id, id);
+        assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.delete(id), Err(StoreError::NotFound(_))));
+    }
+    assert_eq!(store.count(JobState::Succeeded).expect("count"), 0);
+
+    // Logs and the idempotency key go with the job: the key makes a new job afterwards.
+    let mut keyed = generate(9);
+    keyed.idempotency_key = Some("nightly".into());
+    let first = store.submit(keyed.clone(), at(10)).expect("submit").id;
+    let l = lease(&store, &w, first, at(11));
+    store
+        .append_logs(first, l.epoch, 0, vec!["a line".into()], at(12))
+        .expect("logs");
+    store
+        .fail(first, l.epoch, error(FailureClass::InvalidInput), at(13))
+        .expect("fail");
+    store.delete(first).expect("delete");
+    let again = store.submit(keyed, at(14)).expect("resubmit");
+    assert!(again.created && again.id != first);
+
+    // Not finished: kept, and so is a finished job that a waiting one depends on.
+    let running = again.id;
+    let held = lease(&store, &w, running, at(21));
+    assert!(matches!(
+        store.delete(running),
+        Err(StoreError::Kept { .. })
+    ));
+    let parent = store.submit(generate(21), at(22)).expect("submit").id;
+    let child = store
+        .submit(
+            super::fixtures::depending(spec(JobType::Train), &[parent, running]),
+            at(22),
+        )
+        .expect("submit")
+        .id;
+    let lp = lease(&store, &w, parent, at(23));
+    store
+        .complete(parent, lp.epoch, output(), at(24))
+        .expect("complete");
+    assert_eq!(state(&store, child), JobState::Waiting);
+    let err = store
+        .delete(parent)
+        .expect_err("a waiting job depends on it");
+    assert!(err.to_string().contains(&child.to_string()), "{err}");
+    // Once the dependent has finished (here: cancelled), the dependency goes; settling the
+    // other dependency later does not trip on it.
+    store
+        .cancel(child, "not needed".into(), at(25))
+        .expect("cancel");
+    store.delete(parent).expect("delete");
+    store.delete(child).expect("delete");
+    store
+        .complete(running, held.epoch, output(), at(26))
+        .expect("complete");
+
+    // A train job that registered a model version is kept: versions must not renumber.
+    let trained = store
+        .submit(spec(JobType::Train), at(30))
+        .expect("submit")
+        .id;
+    let lt = lease(&store, &w, trained, at(31));
+    store
+        .complete(trained, lt.epoch, output(), at(32))
+        .expect("complete");
+    let err = store.delete(trained).expect_err("it registered a model");
+    assert!(err.to_string().contains("model"), "{err}");
+
+    // Retention: finished before the cutoff and deletable, oldest first, in passes.
+    let (deleted, next) = store
+        .delete_finished_before(at(1000), JobId(1), 1000)
+        .expect("prune");
+    assert_eq!(next, None);
+    assert_eq!(deleted, [running]);
+    assert!(store.get(trained).is_ok());
+}
