@@ -120,9 +120,15 @@ async fn start_control_plane(
         config.job_retention = Some(Duration::from_secs_f64(days * 86_400.0));
     }
     config.artifacts_remote = plane.artifacts.clone();
-    let plane = ControlPlane::start(config)
-        .await
-        .context("cannot start the control plane")?;
+    let plane = ControlPlane::start(config).await.map_err(|e| {
+        let hint = match &e {
+            nexa_actors::StartError::Server(nexa_transport::ServerError::Bind { .. }) => {
+                "; is another nexa running there? pick another address with --listen"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("cannot start the control plane: {e}{hint}")
+    })?;
     Ok((plane, token))
 }
 

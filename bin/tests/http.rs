@@ -945,6 +945,31 @@ fn finished_jobs_are_deleted_on_request_or_after_the_retention_time() {
 }
 
 #[test]
+fn a_second_server_on_a_busy_port_says_which_flag_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["server"], dir.path());
+    let busy = node.base.trim_start_matches("http://").to_owned();
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(NEXA)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            &busy,
+            "--data",
+        ])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains(&busy) && last.contains("--http"), "{err}");
+    assert_eq!(last.matches("in use").count(), 1, "the cause once: {last}");
+}
+
+#[test]
 fn the_api_describes_itself_and_serves_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&["server"], dir.path());

@@ -132,11 +132,11 @@ pub enum ServerError {
     #[error("invalid TLS settings: {0}")]
     Tls(String),
     /// The socket cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (UDP): {reason}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message: not repeated as a source).
+        reason: std::io::Error,
     },
 }

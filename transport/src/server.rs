@@ -181,9 +181,9 @@ impl Server {
             1,
         )));
         let endpoint =
-            crate::endpoint(config.listen, Some(quic)).map_err(|source| ServerError::Bind {
+            crate::endpoint(config.listen, Some(quic)).map_err(|reason| ServerError::Bind {
                 addr: config.listen,
-                source,
+                reason,
             })?;
         let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::new(config), handler));
         Ok(Self {

@@ -273,7 +273,13 @@ impl HttpApi {
         .shutdown_timeout(5)
         .disable_signals()
         .bind(config.listen)
-        .with_context(|| format!("cannot listen for HTTP on {}", config.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for HTTP on {}: {e}; is another nexa running there? pick another \
+                 address with --http",
+                config.listen
+            )
+        })?;
         let addr = server
             .addrs()
             .first()
