@@ -140,6 +140,14 @@ fn next_job(node: &Node, worker: &str, wait: u32) -> (u16, Value) {
     )
 }
 
+/// The epoch and lease token of an assignment, which every report quotes.
+fn lease_of(assignment: &Value) -> (u64, String) {
+    (
+        assignment["epoch"].as_u64().unwrap(),
+        assignment["lease_token"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// A heartbeat of `worker`, in its session.
 fn beat(node: &Node, worker: &str, body: Value) -> (u16, Value) {
     let session = session_of(node, worker);
@@ -164,8 +172,7 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     assert_eq!(status, 200, "{lease}");
     assert_eq!(lease["job_id"], json!(id));
     assert_eq!(lease["attempt"], json!(1));
-    let epoch = lease["epoch"].as_u64().unwrap();
-    let token = lease["lease_token"].as_str().unwrap().to_owned();
+    let (epoch, token) = lease_of(&lease);
     // Nothing else is queued: the next ask finds nothing.
     assert_eq!(next_job(&node, "py-1", 0).0, 204);
 
@@ -260,8 +267,7 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     let (_, job) = post(&node, "/api/jobs", train_job());
     let id = job["job_id"].as_str().unwrap().to_owned();
     let (_, first) = next_job(&node, "sleepy", 5);
-    let stale = first["epoch"].as_u64().unwrap();
-    let stale_token = first["lease_token"].as_str().unwrap().to_owned();
+    let (stale, stale_token) = lease_of(&first);
 
     // "sleepy" never heartbeats: the job goes back to the queue and "steady" gets it.
     let (status, second) = next_job(&node, "steady", 20);
@@ -292,8 +298,7 @@ fn a_silent_http_worker_loses_its_lease_and_its_late_report_is_refused() {
     );
     assert_eq!(hb["lost"], json!([id]), "{hb}");
 
-    let epoch = second["epoch"].as_u64().unwrap();
-    let token = second["lease_token"].as_str().unwrap().to_owned();
+    let (epoch, token) = lease_of(&second);
     let (status, _) = post(
         &node,
         &format!("/api/jobs/{id}/complete"),
@@ -319,8 +324,7 @@ fn heartbeats_keep_a_lease_and_carry_the_cancel() {
     let (_, job) = post(&node, "/api/jobs", train_job());
     let id = job["job_id"].as_str().unwrap().to_owned();
     let (_, lease) = next_job(&node, "w", 5);
-    let epoch = lease["epoch"].as_u64().unwrap();
-    let token = lease["lease_token"].as_str().unwrap().to_owned();
+    let (epoch, token) = lease_of(&lease);
     post(
         &node,
         &format!("/api/jobs/{id}/started"),
@@ -387,8 +391,7 @@ fn only_the_worker_a_job_was_leased_to_can_report_on_it() {
     let (_, job) = post(&node, "/api/jobs", train_job());
     let id = job["job_id"].as_str().unwrap().to_owned();
     let (_, lease) = next_job(&node, "holder", 5);
-    let epoch = lease["epoch"].as_u64().unwrap();
-    let token = lease["lease_token"].as_str().unwrap().to_owned();
+    let (epoch, token) = lease_of(&lease);
     assert_eq!(token.len(), 64);
 
     // Anyone can read the job and its epoch; the token is nowhere in what the API shows.
@@ -1028,8 +1031,7 @@ fn following_a_log_streams_every_line_and_ends_with_the_job() {
         text
     });
     let (_, lease) = next_job(&node, "w", 5);
-    let epoch = lease["epoch"].as_u64().unwrap();
-    let token = lease["lease_token"].as_str().unwrap().to_owned();
+    let (epoch, token) = lease_of(&lease);
     for i in 0..5u64 {
         let batch = json!({"epoch": epoch, "lease_token": token, "first_seq": i * 2, "lines": [format!("line {}", 2 * i), format!("line {}", 2 * i + 1)]});
         assert_eq!(post(&node, &format!("/api/jobs/{id}/logs"), batch).0, 200);

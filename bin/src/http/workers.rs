@@ -225,7 +225,10 @@ pub(crate) async fn list(
 /// A worker is alive, and so are its jobs.
 #[utoipa::path(
     post, path = "/api/workers/{id}/heartbeat", tag = "workers",
-    params(("id" = String, Path, description = "Worker id")),
+    params(
+        ("id" = String, Path, description = "Worker id"),
+        ("X-Nexa-Worker-Session" = String, Header, description = "The session the worker's registration answered"),
+    ),
     request_body(content = Option<HeartbeatRequest>, description = "The jobs it runs"),
     responses(
         (status = 200, description = "What to do with its jobs", body = HeartbeatAnswer),
@@ -284,7 +287,10 @@ pub(crate) async fn heartbeat(
 /// if the worker stops heartbeating).
 #[utoipa::path(
     get, path = "/api/workers/next_job", tag = "workers",
-    params(NextJobParams),
+    params(
+        NextJobParams,
+        ("X-Nexa-Worker-Session" = String, Header, description = "The session the worker's registration answered"),
+    ),
     responses(
         (status = 200, description = "A job leased to the worker", body = AssignmentBody),
         (status = 204, description = "No job fits within the wait"),
