@@ -108,7 +108,7 @@ fn read_result(path: &Path) -> Result<JobOutput, StageError> {
             )));
         }
     };
-    let doc: Value = serde_json::from_str(&text)
+    let mut doc: Value = serde_json::from_str(&text)
         .map_err(|e| StageError::Failed(format!("{} is not valid JSON: {e}", path.display())))?;
     let mut output = JobOutput::default();
     if let Some(metrics) = doc.get("metrics").and_then(Value::as_object) {
@@ -125,7 +125,14 @@ fn read_result(path: &Path) -> Result<JobOutput, StageError> {
             }
         }
     }
-    output.result_json = Some(doc.to_string());
+    // The result shows metrics and artifacts once, as parsed (artifacts by the URI they are
+    // kept under); what else the program wrote is its output.
+    if let Some(fields) = doc.as_object_mut() {
+        fields.remove("metrics");
+        fields.remove("artifacts");
+    }
+    let said_more = doc.as_object().is_none_or(|fields| !fields.is_empty());
+    output.result_json = said_more.then(|| doc.to_string());
     Ok(output)
 }
 

@@ -57,7 +57,7 @@ async fn a_program_gets_the_job_and_its_result_becomes_the_output() {
         echo "checkpoints in $NEXA_CHECKPOINT_DIR" >&2
         echo "NEXA_PROGRESS 0.5"
         echo weights > "$NEXA_OUTPUT_DIR/m.bin"
-        printf '{"metrics": {"loss": 0.25, "epochs": 3}, "artifacts": {"model": "m.bin", "data": "s3://b/k.parquet"}}' > "$NEXA_OUTPUT_DIR/result.json"
+        printf '{"metrics": {"loss": 0.25, "epochs": 3}, "artifacts": {"model": "m.bin", "data": "s3://b/k.parquet"}, "note": "converged"}' > "$NEXA_OUTPUT_DIR/result.json"
     "#;
     let stage = CommandStage::new(script, Duration::from_secs(1));
     let output = stage.run(run.ctx.clone()).await.unwrap();
@@ -74,7 +74,11 @@ async fn a_program_gets_the_job_and_its_result_becomes_the_output() {
         output.artifacts.get("data").map(String::as_str),
         Some("s3://b/k.parquet")
     );
-    assert!(output.result_json.unwrap().contains("\"loss\":0.25"));
+    // Metrics and artifacts are said once; the rest of the document is the output.
+    assert_eq!(
+        output.result_json.as_deref(),
+        Some(r#"{"note":"converged"}"#)
+    );
     assert_eq!(*run.progress.borrow_and_update(), Some(0.5));
     let logs = drain(&mut run.logs);
     let job_line = logs
@@ -184,6 +188,10 @@ async fn a_program_printing_without_newlines_still_reports_its_outcome() {
         .await
         .unwrap();
     assert_eq!(output.metrics["loss"], 0.25);
+    assert_eq!(
+        output.result_json, None,
+        "a result of metrics only has no more to say"
+    );
     let lines = drain(&mut run.logs);
     assert_eq!(
         lines.len(),

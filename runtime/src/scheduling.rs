@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::JobId;
+use crate::id::{JobId, WorkerId};
 use crate::spec::{JobSpec, JobType, Resources};
 use crate::time::Timestamp;
 use crate::worker::{WorkerRecord, WorkerStatus};
@@ -178,6 +178,8 @@ pub enum PendingReason {
     NoWorkerFits(String),
     /// Some worker can run it once it has free capacity (or higher-priority jobs are ahead).
     WaitingForCapacity,
+    /// A worker that fits holds no job: it takes this one on its next ask, within moments.
+    Starting,
 }
 
 impl fmt::Display for PendingReason {
@@ -199,15 +201,19 @@ impl fmt::Display for PendingReason {
             PendingReason::WaitingForCapacity => {
                 f.write_str("waiting for a worker with free capacity")
             }
+            PendingReason::Starting => f.write_str("starting on an idle worker"),
         }
     }
 }
 
-/// Why the queued job `entry` waits, given the registered workers at `now`. Workers not heard
-/// from within `worker_ttl`, and draining ones, do not count.
+/// Why the queued job `entry` waits, given the registered workers at `now` and those of them
+/// that hold a lease (`busy`). Workers not heard from within `worker_ttl`, and draining ones,
+/// do not count. A job that fits an idle worker is [`PendingReason::Starting`]: that worker
+/// takes it on its next ask.
 pub fn queued_reason(
     entry: &QueueEntry,
     workers: &[WorkerRecord],
+    busy: &BTreeSet<WorkerId>,
     now: Timestamp,
     worker_ttl: Duration,
 ) -> PendingReason {
@@ -222,6 +228,7 @@ pub fn queued_reason(
         return PendingReason::NoWorkers;
     }
     let mut closest: Option<(&WorkerRecord, Misfit)> = None;
+    let mut fits_busy = false;
     for w in live {
         let all_gpus: Vec<u64> = w.info.gpus.iter().map(|g| g.memory_mb).collect();
         let offer = Offer {
@@ -230,7 +237,8 @@ pub fn queued_reason(
             job_types: &w.info.job_types,
         };
         match fits(entry.job_type, &entry.resources, &offer) {
-            Ok(()) => return PendingReason::WaitingForCapacity,
+            Ok(()) if !busy.contains(&w.info.id) => return PendingReason::Starting,
+            Ok(()) => fits_busy = true,
             Err(m) => {
                 // Prefer a worker that at least runs the job type: its misfit says more.
                 let better = match &closest {
@@ -244,6 +252,9 @@ pub fn queued_reason(
                 }
             }
         }
+    }
+    if fits_busy {
+        return PendingReason::WaitingForCapacity;
     }
     match closest {
         Some((_, Misfit::JobType(t))) => {
@@ -393,16 +404,22 @@ mod tests {
         };
         let ttl = Duration::from_secs(30);
         let now = Timestamp(1000);
+        let idle = BTreeSet::new();
+        let busy = BTreeSet::from([worker.info.id.clone()]);
         assert_eq!(
-            queued_reason(&entry(0, 0, &[]), &[], now, ttl),
+            queued_reason(&entry(0, 0, &[]), &[], &idle, now, ttl),
             PendingReason::NoWorkers
         );
         let ws = [worker.clone()];
         assert_eq!(
-            queued_reason(&entry(1, 0, &[]), &ws, now, ttl),
+            queued_reason(&entry(1, 0, &[]), &ws, &idle, now, ttl),
+            PendingReason::Starting
+        );
+        assert_eq!(
+            queued_reason(&entry(1, 0, &[]), &ws, &busy, now, ttl),
             PendingReason::WaitingForCapacity
         );
-        let r = queued_reason(&entry(2, 0, &[]), &ws, now, ttl);
+        let r = queued_reason(&entry(2, 0, &[]), &ws, &idle, now, ttl);
         assert_eq!(
             r.to_string(),
             "no connected worker can run it: worker w1 has 1 GPUs with at least 0 MiB, the job needs 2"
@@ -410,12 +427,12 @@ mod tests {
         let mut audit = entry(0, 0, &[]);
         audit.job_type = JobType::Audit;
         assert_eq!(
-            queued_reason(&audit, &ws, now, ttl).to_string(),
+            queued_reason(&audit, &ws, &idle, now, ttl).to_string(),
             "no connected worker can run it: no worker runs audit jobs"
         );
         let later = Timestamp(60_000);
         assert_eq!(
-            queued_reason(&entry(1, 0, &[]), &ws, later, ttl),
+            queued_reason(&entry(1, 0, &[]), &ws, &idle, later, ttl),
             PendingReason::NoWorkers
         );
     }

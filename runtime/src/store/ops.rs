@@ -289,8 +289,21 @@ pub(super) fn pending_reason<T: ReadTables + ?Sized>(
         JobState::Queued => {
             let entry = QueueEntry::new(&job.spec, job.not_before);
             let workers = t.workers()?;
+            let mut busy = std::collections::BTreeSet::new();
+            for leased in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+                let mut ids = Vec::new();
+                t.state_desc(leased, None, &mut |id| {
+                    ids.push(id);
+                    true
+                })?;
+                for id in ids {
+                    if let Some(a) = load(t, id)?.live_attempt() {
+                        busy.insert(a.worker.clone());
+                    }
+                }
+            }
             Ok(Some(scheduling::queued_reason(
-                &entry, &workers, now, worker_ttl,
+                &entry, &workers, &busy, now, worker_ttl,
             )))
         }
         _ => Ok(None),

@@ -1419,7 +1419,7 @@ impl Model {
             }
             JobState::Queued => match job.not_before.filter(|&t| t > self.now) {
                 Some(until) => assert_eq!(reason, Some(PendingReason::Backoff { until })),
-                None => self.check_queued_reason(job, reason),
+                None => self.check_queued_reason(job, reason, all),
             },
             _ => assert_eq!(reason, None, "{id} is {}", job.state),
         }
@@ -1427,9 +1427,15 @@ impl Model {
 }
 
 impl Model {
-    /// A ready queued job: no live worker, some live worker that could run it with all its
-    /// GPUs free, or none that could (the text naming what is missing).
-    fn check_queued_reason(&self, job: &Job, reason: Option<PendingReason>) {
+    /// A ready queued job: no live worker, a live worker holding no job that could run it
+    /// with all its GPUs free (starting), one holding jobs (capacity), or none that could
+    /// (the text naming what is missing).
+    fn check_queued_reason(
+        &self,
+        job: &Job,
+        reason: Option<PendingReason>,
+        all: &BTreeMap<JobId, Job>,
+    ) {
         let ttl = self.cfg.worker_ttl;
         let live: Vec<&ModelWorker> = self
             .workers
@@ -1441,11 +1447,20 @@ impl Model {
             assert_eq!(reason, Some(PendingReason::NoWorkers), "{id}");
             return;
         }
-        let fits_one = live.iter().any(|w| {
-            let all: Vec<u64> = w.info.gpus.iter().map(|g| g.memory_mb).collect();
-            fits(&job.spec, &w.info, &all)
-        });
-        if fits_one {
+        let busy: std::collections::BTreeSet<&WorkerId> = all
+            .values()
+            .filter_map(|j| j.live_attempt().map(|a| &a.worker))
+            .collect();
+        let fitting: Vec<&&ModelWorker> = live
+            .iter()
+            .filter(|w| {
+                let all: Vec<u64> = w.info.gpus.iter().map(|g| g.memory_mb).collect();
+                fits(&job.spec, &w.info, &all)
+            })
+            .collect();
+        if fitting.iter().any(|w| !busy.contains(&w.info.id)) {
+            assert_eq!(reason, Some(PendingReason::Starting), "{id}");
+        } else if !fitting.is_empty() {
             assert_eq!(reason, Some(PendingReason::WaitingForCapacity), "{id}");
         } else {
             assert!(

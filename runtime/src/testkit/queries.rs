@@ -224,8 +224,8 @@ pub fn list_limit_out_of_range_is_invalid<H: Harness>(h: &mut H) {
 }
 
 /// Every waiting or queued job says why it has not started: the jobs it waits on, no workers,
-/// no worker that fits (naming what is missing), a backoff, or waiting for capacity; other
-/// states have no reason.
+/// no worker that fits (naming what is missing), a backoff, starting on an idle worker, or
+/// waiting for capacity; other states have no reason.
 pub fn pending_reason_says_why<H: Harness>(h: &mut H) {
     let store = h.open(config());
     let now = at(0);
@@ -275,8 +275,11 @@ pub fn pending_reason_says_why<H: Harness>(h: &mut H) {
     );
     let t = text(audit);
     assert!(t.contains("audit"), "{t:?} mentions the job type");
-    assert_eq!(reason(plain), Some(PendingReason::WaitingForCapacity));
-    // A worker that fits, though busy, makes it a matter of capacity.
+    assert_eq!(
+        reason(plain),
+        Some(PendingReason::Starting),
+        "w1 fits it and holds no job"
+    );
     store
         .register_worker(
             worker("w2", &[80_000, 80_000], &[("zone", "eu-1")], &JobType::ALL),
@@ -284,25 +287,29 @@ pub fn pending_reason_says_why<H: Harness>(h: &mut H) {
         )
         .expect("register");
     for id in [two_gpus, labelled, audit, plain] {
+        assert_eq!(reason(id), Some(PendingReason::Starting), "{id}");
+    }
+    // Workers that fit but hold jobs make it a matter of capacity.
+    let on_w2 = lease(&store, &wid("w2"), dep, now);
+    lease(&store, &wid("w1"), plain, now);
+    assert_eq!(reason(plain), None, "an assigned job is not pending");
+    for id in [two_gpus, labelled, audit] {
         assert_eq!(reason(id), Some(PendingReason::WaitingForCapacity), "{id}");
     }
     // Draining workers do not count.
     store.drain_worker(&wid("w1"), now).expect("drain");
     store.drain_worker(&wid("w2"), now).expect("drain");
-    assert_eq!(reason(plain), Some(PendingReason::NoWorkers));
+    assert_eq!(reason(audit), Some(PendingReason::NoWorkers));
 
     // Backoff.
-    let w3 = register_cpu_worker(&store, "w3", now);
-    let l = lease(&store, &w3, dep, now);
-    assert_eq!(reason(dep), None, "an assigned job is not pending");
     store
-        .fail(dep, l.epoch, error(FailureClass::StageError), now)
+        .fail(dep, on_w2.epoch, error(FailureClass::StageError), now)
         .expect("fail");
     assert_eq!(reason(dep), Some(PendingReason::Backoff { until: at(1) }));
     assert!(matches!(
         store.pending_reason(JobId(9_999), now),
         Err(StoreError::NotFound(JobId(9_999)))
     ));
-    store.cancel(plain, "no".into(), now).expect("cancel");
-    assert_eq!(reason(plain), None, "a cancelled job is not pending");
+    store.cancel(audit, "no".into(), now).expect("cancel");
+    assert_eq!(reason(audit), None, "a cancelled job is not pending");
 }
