@@ -679,6 +679,17 @@ fn job(args: JobArgs) -> Result<ExitCode> {
     if let Some(r) = job["pending_reason"].as_str() {
         field("waiting", r.to_owned());
     }
+    // An audit's verdict and findings, where a user reads them at a glance.
+    let output = &job["result"]["output"];
+    if let Some(verdict) = output["verdict"].as_str() {
+        field("verdict", verdict.to_owned());
+        for f in output["findings"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            field(
+                &format!("  {}", text(&f["severity"])),
+                format!("{} ({})", text(&f["message"]), text(&f["check"])),
+            );
+        }
+    }
     if !job["result"].is_null() {
         field("result", job["result"].to_string());
     }

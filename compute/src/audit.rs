@@ -19,6 +19,7 @@ mod numeric;
 mod parquet;
 mod profile;
 mod report;
+mod verdict;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,6 +31,7 @@ use nexa_runtime::AuditParams;
 pub use error::{AuditError, Position};
 pub use format::DatasetFormat;
 pub use report::{AuditReport, ColumnReport, ColumnType, LabelBalance, NumericSummary, TypeCounts};
+pub use verdict::{Finding, Severity, Verdict};
 
 use profile::Profiler;
 
@@ -204,7 +206,7 @@ pub fn audit_with(
         .filter_map(|c| c.numeric.as_ref())
         .map(|n| n.outliers)
         .sum();
-    Ok(AuditReport {
+    let mut report = AuditReport {
         path: path.display().to_string(),
         format,
         file_size,
@@ -216,7 +218,12 @@ pub fn audit_with(
         missing_values,
         outliers,
         label: profile.label,
-    })
+        verdict: Verdict::Ok,
+        findings: Vec::new(),
+    };
+    report.findings = verdict::findings(&report);
+    report.verdict = verdict::verdict(&report.findings);
+    Ok(report)
 }
 
 /// The headline numbers of a report, for a job's metrics: `rows`, `columns`,
@@ -234,6 +241,9 @@ pub fn report_metrics(report: &AuditReport) -> BTreeMap<String, f64> {
     if let Some(label) = &report.label {
         metrics.insert("label_classes".to_owned(), label.classes.len() as f64);
     }
+    let count = |s| report.findings.iter().filter(|f| f.severity == s).count() as f64;
+    metrics.insert("warnings".to_owned(), count(Severity::Warning));
+    metrics.insert("problems".to_owned(), count(Severity::Problem));
     metrics
 }
 

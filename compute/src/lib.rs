@@ -135,8 +135,8 @@ mod train;
 
 pub use audit::{
     AuditError, AuditLimits, AuditPhase, AuditProgress, AuditReport, AuditRequest, ColumnReport,
-    ColumnType, DatasetFormat, LabelBalance, NumericSummary, Position, TypeCounts, audit,
-    audit_with, report_metrics,
+    ColumnType, DatasetFormat, Finding, LabelBalance, NumericSummary, Position, Severity,
+    TypeCounts, Verdict, audit, audit_with, report_metrics,
 };
 
 pub use backend::{Activation, AdamWStep, Backend, CpuBackend};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use nexa_compute::{
     AuditError, AuditLimits, AuditPhase, AuditRequest, ColumnReport, ColumnType, DatasetFormat,
-    Position, audit, audit_with, report_metrics,
+    Position, Severity, Verdict, audit, audit_with, report_metrics,
 };
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
@@ -623,6 +623,10 @@ fn metrics_and_json() {
         ("missing_values", 10.0),
         ("outliers", 0.0),
         ("rows", 7.0),
+        // Duplicates (2 of 7) and notes (4 of 7 missing) are problems; the other missing
+        // values, warnings.
+        ("problems", 2.0),
+        ("warnings", 4.0),
     ]
     .map(|(k, v)| (k.to_owned(), v))
     .into();
@@ -646,4 +650,56 @@ fn request_from_job_params() {
     assert_eq!(request.location, params.dataset_uri);
     assert_eq!(request.label_column.as_deref(), Some("label"));
     assert_eq!(request.limits, AuditLimits::default());
+}
+
+#[test]
+fn the_report_gives_a_verdict_with_its_findings() {
+    let dir = TempDir::new().unwrap();
+    let clean = write(&dir, "clean.csv", "x,y\n1,a\n2,b\n3,a\n4,b\n");
+    let report = audit(&request(&clean).label_column("y")).unwrap();
+    assert_eq!((report.verdict, report.findings.len()), (Verdict::Ok, 0));
+
+    // One value missing in 10: a warning naming the column.
+    let gappy = write(
+        &dir,
+        "gappy.csv",
+        "x,y\n1,a\n2,b\n3,a\n4,b\n5,a\n6,\n7,a\n8,b\n9,a\n10,b\n",
+    );
+    let report = audit(&request(&gappy)).unwrap();
+    assert_eq!(report.verdict, Verdict::Warnings);
+    let f = &report.findings[0];
+    assert_eq!(
+        (f.severity, f.check.as_str(), f.column.as_deref()),
+        (Severity::Warning, "missing_values", Some("y"))
+    );
+    assert!(
+        f.message.contains("1 of 10") && f.message.contains("10.0%"),
+        "{}",
+        f.message
+    );
+
+    // The same row three times: duplicates and one class are problems, a constant column a
+    // warning; problems come first.
+    let copies = write(&dir, "copies.csv", "x,y\n1,a\n1,a\n1,a\n");
+    let report = audit(&request(&copies).label_column("y")).unwrap();
+    assert_eq!(report.verdict, Verdict::Problems);
+    let checks: Vec<(&str, Severity)> = report
+        .findings
+        .iter()
+        .map(|f| (f.check.as_str(), f.severity))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("duplicates", Severity::Problem),
+            ("single_class", Severity::Problem),
+            ("constant_column", Severity::Warning),
+        ]
+    );
+    let metrics = report_metrics(&report);
+    assert_eq!((metrics["problems"], metrics["warnings"]), (2.0, 1.0));
+    // In the JSON a job's result shows.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["verdict"], "problems");
+    assert_eq!(json["findings"][0]["check"], "duplicates");
 }

@@ -35,6 +35,13 @@ pub struct AuditReport {
     pub outliers: u64,
     /// The label column's class balance, when one was asked for.
     pub label: Option<LabelBalance>,
+    /// `ok`, `warnings` or `problems`: the worst of `findings`.
+    pub verdict: super::Verdict,
+    /// What the checks found, most severe first: no rows or a read cut short; duplicate rows
+    /// from 1% (a problem from 20%); missing values in a column (a problem from 50%); a
+    /// numeric column with one value; 5% outliers in a column; a label with one class, or
+    /// with 10 times the rows in its largest class as in its smallest.
+    pub findings: Vec<super::Finding>,
 }
 
 /// One column.
