@@ -175,7 +175,7 @@ pub(crate) fn findings(report: &AuditReport) -> Vec<Finding> {
             );
         }
     }
-    found.sort_by(|a, b| b.severity.cmp(&a.severity));
+    found.sort_by_key(|f| std::cmp::Reverse(f.severity));
     found
 }
 
