@@ -458,6 +458,83 @@ def test_cancel_from_the_job_detail(page, nexa):
     assert not page.driver.find_element(By.ID, "job-cancel").is_displayed()
     page.wait("the error class", lambda: "cancelled" in (page.text("#job-outcome") or ""))
     page.screenshot("job-cancelled")
+    # The jobs list says why it ended: the first line of its error.
+    status, job = nexa.request("GET", f"api/jobs/{job_id}")
+    assert status == 200 and job["error"], job
+    first = job["error"]["message"].strip().split("\n")[0].strip()
+    page.go("#/jobs")
+    cell = f'#jobs-table tr[data-job-id="{job_id}"] td.reason'
+    page.wait("the cancel reason in the row", lambda: (page.text(cell) or "").strip() == first)
+
+
+def test_a_failed_job_says_why_in_the_list_and_folds_a_long_error(page, nexa):
+    # One attempt only; the handler fails model "flaky"'s first attempt, quoting its output
+    # (the note's three lines among it) in the message.
+    job_id = nexa.submit({"job_type": "train", "max_attempts": 1, "params": {
+        **TRAIN["params"], "model_id": "flaky", "hyperparameters": {"note": "one\ntwo\nthree"}}})
+    job = nexa.finished(job_id)
+    assert job["status"] == "failed", job
+    lines = job["error"]["message"].strip().split("\n")
+    assert len(lines) > 5 and any(ln.startswith("attempt 1 fails on purpose") for ln in lines), \
+        f"a message long enough to fold: {lines}"
+
+    # The list: the first line of the error, in the row's last column.
+    page.open()
+    cell = f'#jobs-table tr[data-job-id="{job_id}"] td.reason'
+    page.wait(f"the first line of {job_id}'s error in its row", lambda: (page.text(cell) or "").strip() == lines[0].strip())
+    assert page.js("return document.querySelectorAll(arguments[0] + ' *').length", cell) == 1, "text, no markup"
+    page.screenshot("jobs-failed-reason")
+
+    # The attempt's message keeps its lines: the first 4, and a button for all of them.
+    error = job["attempts"][0]["outcome"]["error"]
+    full = (f"{error['class']}: " + error["message"]).strip().split("\n")
+    page.go(f"#/jobs/{job_id}")
+    text = '#job-attempts tr[data-attempt="1"] .folded .msg-lines'
+    page.wait("the failed attempt's message", lambda: page.text(text) is not None)
+    assert page.text(text).split("\n") == full[:4], page.text(text)
+    assert page.js("return getComputedStyle(document.querySelector(arguments[0])).whiteSpace", text) == "pre-wrap"
+    more = page.driver.find_element(By.CSS_SELECTOR, '#job-attempts tr[data-attempt="1"] .folded button')
+    assert more.text == f"Show all {len(full)} lines ({len(full) - 4} more)", more.text
+    more.click()
+    page.wait("every line", lambda: page.text(text).split("\n") == full)
+    assert more.get_attribute("aria-expanded") == "true"
+    page.full_screenshot("job-failed-attempt")
+    more.click()
+    page.wait("the first 4 lines again", lambda: page.text(text).split("\n") == full[:4])
+
+
+def test_a_job_that_has_not_started_says_why_in_its_log_box(page, nexa):
+    # The local worker runs one job at a time: while a long one runs, the next one queues.
+    busy = nexa.submit({"job_type": "train", "params": {**TRAIN["params"], "epochs": 100}})
+    deadline = time.monotonic() + WAIT
+    while nexa.request("GET", f"api/jobs/{busy}")[1]["status"] != "running":
+        assert time.monotonic() < deadline, f"{busy} never ran:\n" + nexa.output()
+        time.sleep(0.1)
+    job_id = nexa.submit(TRAIN)
+    hint = "#job-logs-hint"
+    page.open(f"#/jobs/{job_id}")
+    page.wait("the hint and the pending reason in the log box",
+              lambda: "waiting for a worker with free capacity" in (page.text(hint) or ""))
+    assert page.text(hint).startswith("Logs appear here once a worker starts the job."), page.text(hint)
+    page.screenshot("job-queued-logs")
+
+    # A job no worker can run says so; once cancelled, it has no log lines and no hint.
+    unfit = nexa.submit({**TRAIN, "resources": {"gpus": 8}})
+    page.go(f"#/jobs/{unfit}")
+    page.wait("the unfit job's reason", lambda: "no connected worker can run it" in (page.text(hint) or ""))
+    status, body = nexa.request("POST", f"api/jobs/{unfit}/cancel", {"reason": "no such worker"})
+    assert status == 200, body
+    page.wait("the logs to end", lambda: (page.text("#job-logs-status") or "").strip() == "finished: cancelled")
+    page.wait("the hint to go", lambda: page.text(hint) is None)
+    assert "No log lines." in page.text("#job-logs")
+
+    # Once the worker is free the job starts: its lines take the hint's place.
+    page.go(f"#/jobs/{job_id}")
+    page.wait("the hint again", lambda: page.text(hint) is not None)
+    status, body = nexa.request("POST", f"api/jobs/{busy}/cancel", {"reason": "make room"})
+    assert status == 200, body
+    page.wait("the queued job's lines", lambda: "training done" in (page.text("#job-logs") or ""), timeout=60)
+    assert page.text(hint) is None and "Logs appear here" not in page.text("#job-logs")
 
 
 def test_a_retried_job_shows_its_attempts_and_their_logs(page, nexa):
@@ -660,3 +737,16 @@ def test_a_download_link_sends_the_token(browser, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def test_an_audit_shows_its_verdict_and_findings(page, nexa):
+    # The data folder is one of the local worker's data roots.
+    data = Path(nexa.data.name) / "var" / "copies.csv"
+    data.write_text("x,y\n1,a\n1,a\n1,a\n")
+    job_id = nexa.submit({"job_type": "audit", "params": {"dataset_uri": str(data), "label_column": "y"}})
+    page.open(f"#/jobs/{job_id}")
+    verdict = page.wait("the audit's verdict", lambda: page.text("#job-verdict"))
+    assert verdict.strip() == "verdict: problems", verdict
+    findings = page.text("#job-findings")
+    assert "repeat an earlier row" in findings and "the same class" in findings, findings
+    page.screenshot("audit-verdict")
