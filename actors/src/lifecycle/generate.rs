@@ -95,14 +95,14 @@ impl Stage for GenerateStage {
             if let Some(n) = classes {
                 output.metrics.insert("classes".into(), f64::from(n));
             }
-            output.artifacts.insert("dataset".into(), uri.clone());
+            output.artifacts.insert("dataset".into(), uri);
             output.result_json = Some(
+                // The dataset's URI and rows are the result's artifacts and metrics: said
+                // once, there.
                 json!({
-                    "dataset": uri,
                     "format": "parquet",
                     "problem": problem.to_string(),
                     "seed": seed,
-                    "rows": rows,
                     "noise": spec.noise,
                     "task": match classes {
                         Some(n) => json!({"kind": "classification", "classes": n}),
