@@ -683,7 +683,11 @@ fn job(args: JobArgs) -> Result<ExitCode> {
     let output = &job["result"]["output"];
     if let Some(verdict) = output["verdict"].as_str() {
         field("verdict", verdict.to_owned());
-        for f in output["findings"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for f in output["findings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             field(
                 &format!("  {}", text(&f["severity"])),
                 format!("{} ({})", text(&f["message"]), text(&f["check"])),
