@@ -292,3 +292,38 @@ impl Tables for MemTables {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobType, SpecError, Store, WorkerInfo};
+
+    #[test]
+    fn registrations_stop_at_the_most_a_control_plane_keeps() {
+        let store = MemStore::new(StoreConfig::default());
+        let info = |n: usize| WorkerInfo {
+            id: WorkerId::new(format!("w{n}")).unwrap(),
+            cpus: 1,
+            memory_mb: 1024,
+            gpus: vec![],
+            labels: Default::default(),
+            job_types: [JobType::Train].into(),
+        };
+        for n in 0..WorkerInfo::MAX_REGISTERED {
+            store.register_worker(info(n), Timestamp(0)).unwrap();
+        }
+        let err = store
+            .register_worker(info(WorkerInfo::MAX_REGISTERED), Timestamp(0))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidSpec(SpecError { field, .. }) if field == "worker_id"),
+            "{err}"
+        );
+        // A registered worker may register again (after a restart).
+        store.register_worker(info(7), Timestamp(1)).unwrap();
+        assert_eq!(
+            store.list_workers().unwrap().len(),
+            WorkerInfo::MAX_REGISTERED
+        );
+    }
+}
