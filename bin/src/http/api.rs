@@ -646,8 +646,9 @@ impl RegisterRequest {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        // Limits are checked as for every registration (nexa_runtime::WorkerInfo::validate).
-        let info = nexa_runtime::WorkerInfo {
+        // Limits are checked by the store, as for every registration (QUIC or HTTP): a
+        // field out of bounds comes back as a 422 naming it.
+        Ok(nexa_runtime::WorkerInfo {
             id,
             cpus: self.cpus,
             memory_mb: self.memory_mb,
@@ -661,10 +662,7 @@ impl RegisterRequest {
                 .collect(),
             labels: self.labels,
             job_types,
-        };
-        info.validate()
-            .map_err(|e| ApiError::invalid(e.field, e.reason))?;
-        Ok(info)
+        })
     }
 }
 

@@ -289,6 +289,13 @@ pub(super) fn pending_reason<T: ReadTables + ?Sized>(
         JobState::Queued => {
             let entry = QueueEntry::new(&job.spec, job.not_before);
             let workers = t.workers()?;
+            let none = std::collections::BTreeSet::new();
+            let reason = scheduling::queued_reason(&entry, &workers, &none, now, worker_ttl);
+            if reason != PendingReason::Starting {
+                return Ok(Some(reason));
+            }
+            // Some worker fits: only now does it matter which workers hold leases, which
+            // takes reading the leased jobs.
             let mut busy = std::collections::BTreeSet::new();
             for leased in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
                 let mut ids = Vec::new();
