@@ -22,7 +22,7 @@ use nexa_runtime::{
     parse_artifact_uri,
 };
 use nexa_storage::hash_file;
-use nexa_transport::Client;
+use nexa_transport::Uplink;
 
 use crate::stage::StageError;
 
@@ -48,7 +48,7 @@ impl ModelSource {
 /// One attempt's access to artifacts; see the module doc.
 #[derive(Clone, Debug)]
 pub struct Artifacts {
-    client: Option<Arc<Client>>,
+    client: Option<Arc<dyn Uplink>>,
     job: JobId,
     epoch: Epoch,
     lease_token: LeaseToken,
@@ -73,7 +73,7 @@ impl Artifacts {
     /// Artifacts of `job` under lease `epoch` (whose token is `lease_token`), through
     /// `client` (or, with none, on this machine only), with downloads cached in `cache`.
     pub fn new(
-        client: Option<Arc<Client>>,
+        client: Option<Arc<dyn Uplink>>,
         job: JobId,
         epoch: Epoch,
         lease_token: LeaseToken,

@@ -232,6 +232,7 @@ impl CommandStage {
             // The worker's credentials are not the job's: a handler runs the user's code.
             .env_remove("NEXA_JOIN_TOKEN")
             .env_remove("NEXA_TOKEN")
+            .env_remove("NEXA_WORKER_TOKEN")
             .env("NEXA_JOB_FILE", &job_file)
             .env("NEXA_OUTPUT_DIR", &ctx.output_dir)
             .env("NEXA_CHECKPOINT_DIR", &ctx.checkpoint_dir)

@@ -328,6 +328,7 @@ pub struct ControlPlane {
     metrics: Arc<Metrics>,
     long_poll: Duration,
     lease_key: Arc<LeaseKey>,
+    handler: Arc<PlaneHandler>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -457,7 +458,7 @@ impl ControlPlane {
         });
         let server_config =
             ServerConfig::new(config.listen, &config.data_dir, config.join_token.clone());
-        let server = match Server::start(server_config, handler).await {
+        let server = match Server::start(server_config, handler.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 scheduler.stop(None);
@@ -475,6 +476,7 @@ impl ControlPlane {
             metrics,
             long_poll: config.long_poll,
             lease_key,
+            handler,
         })
     }
 
@@ -689,15 +691,15 @@ impl ControlPlane {
         worker: WorkerId,
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
-        blocking(&self.store, move |s| s.worker_heartbeat(&worker, now())).await?;
-        let (held, foreign) = held_leases(&self.lease_key, jobs);
-        match report_running(self.plane, &self.store, held).await {
-            (mut ack, None) => {
-                ack.lost.extend(foreign);
-                Ok(ack)
-            }
-            (_, Some(e)) => Err(e),
-        }
+        linkless_heartbeat(self.plane, &self.store, &self.lease_key, worker, jobs).await
+    }
+
+    /// The answer to `message` from `worker`, a worker that speaks the QUIC protocol's
+    /// messages over another link (`nexa worker --api` sends them over HTTP): exactly what
+    /// its QUIC session would answer. A cancel is not pushed over such a link; the heartbeat's
+    /// answer names it.
+    pub async fn worker_request(&self, worker: &WorkerId, message: Message) -> Message {
+        self.handler.answer(worker, None, message).await
     }
 
     /// How the control plane has been doing.
@@ -787,6 +789,27 @@ struct PlaneHandler {
     long_poll: Duration,
     metrics: Arc<Metrics>,
     lease_key: Arc<LeaseKey>,
+}
+
+/// The heartbeat of a worker with no QUIC session (it speaks HTTP): it is alive, and so are
+/// `jobs`. Says which to cancel and which leases are gone (a job quoted without its lease
+/// token is one).
+async fn linkless_heartbeat(
+    plane: u64,
+    store: &Arc<dyn Store>,
+    key: &LeaseKey,
+    worker: WorkerId,
+    jobs: Vec<RunningJob>,
+) -> Result<HeartbeatAck, StoreError> {
+    blocking(store, move |s| s.worker_heartbeat(&worker, now())).await?;
+    let (held, foreign) = held_leases(key, jobs);
+    match report_running(plane, store, held).await {
+        (mut ack, None) => {
+            ack.lost.extend(foreign);
+            Ok(ack)
+        }
+        (_, Some(e)) => Err(e),
+    }
 }
 
 /// The jobs of a heartbeat whose lease tokens hold, and those of the others (to be told lost).
@@ -893,17 +916,37 @@ impl Handler for PlaneHandler {
     }
 
     async fn request(&self, session: &Session, message: Message) -> Message {
+        self.answer(session.worker(), Some(session), message).await
+    }
+
+    async fn disconnected(&self, session: &Session, reason: String) {
+        warn!(worker = %session.worker(), session = session.id(), reason, "worker disconnected");
+        if let Some(cell) = ractor::registry::where_is(session_name(self.plane, session.id())) {
+            cell.stop(None);
+        }
+    }
+}
+
+impl PlaneHandler {
+    /// The answer to a request of `worker`, on its QUIC `session` or, with none, over
+    /// another link (HTTP).
+    async fn answer(
+        &self,
+        worker: &WorkerId,
+        session: Option<&Session>,
+        message: Message,
+    ) -> Message {
         let (plane, store) = (self.plane, &self.store);
         if let Some((job, epoch, token)) = lease_of(&message)
             && let Err(e) = self.lease_key.check(job, epoch, token)
         {
-            warn!(%job, %epoch, worker = %session.worker(), "a report without its lease token was refused");
+            warn!(%job, %epoch, %worker, "a report without its lease token was refused");
             return refusal(&e);
         }
         match message {
             Message::AskForWork(ask) => {
                 let wait = Duration::from_millis(ask.wait_ms).min(self.long_poll);
-                let worker = session.worker().clone();
+                let worker = worker.clone();
                 let asked = self
                     .scheduler
                     .call(
@@ -911,7 +954,7 @@ impl Handler for PlaneHandler {
                             worker,
                             free_gpus: ask.free_gpus,
                             wait,
-                            session: Some(session.clone()),
+                            session: session.cloned(),
                             reply,
                         },
                         Some(wait + CALL_TIMEOUT),
@@ -959,11 +1002,20 @@ impl Handler for PlaneHandler {
                     Err(e) => refusal(&e),
                 }
             }
+            Message::Heartbeat(hb) if session.is_none() => {
+                match linkless_heartbeat(plane, store, &self.lease_key, worker.clone(), hb.jobs)
+                    .await
+                {
+                    Ok(ack) => Message::HeartbeatAck(ack),
+                    Err(e) => refusal(&e),
+                }
+            }
             Message::Heartbeat(mut hb) => {
                 let (held, foreign) = held_leases(&self.lease_key, hb.jobs);
                 hb.jobs = held;
-                let Some(cell) = ractor::registry::where_is(session_name(plane, session.id()))
-                else {
+                let Some(cell) = session.and_then(|session| {
+                    ractor::registry::where_is(session_name(plane, session.id()))
+                }) else {
                     return Message::Error {
                         code: ErrorCode::Unavailable,
                         message: "the session is gone".into(),
@@ -985,7 +1037,7 @@ impl Handler for PlaneHandler {
                 }
             }
             Message::Goodbye { drain } => {
-                let worker = session.worker().clone();
+                let worker = worker.clone();
                 let result = if drain {
                     blocking(store, move |s| s.drain_worker(&worker, now()))
                         .await
@@ -1005,13 +1057,6 @@ impl Handler for PlaneHandler {
                     },
                 }
             }
-        }
-    }
-
-    async fn disconnected(&self, session: &Session, reason: String) {
-        warn!(worker = %session.worker(), session = session.id(), reason, "worker disconnected");
-        if let Some(cell) = ractor::registry::where_is(session_name(self.plane, session.id())) {
-            cell.stop(None);
         }
     }
 }

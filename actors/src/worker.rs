@@ -17,12 +17,14 @@ mod supervisor;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use nexa_runtime::wire::Hello;
+use nexa_runtime::wire::{Hello, Welcome};
 use nexa_runtime::{Gpu, WorkerId};
-use nexa_transport::{Client, ClientConfig, ConnectError, Trust};
+use nexa_transport::{Client, ClientConfig, ClientEvent, ConnectError, Trust, Uplink};
 use ractor::{Actor, ActorRef};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub(crate) use self::agent::AgentMsg;
@@ -125,10 +127,6 @@ pub struct WorkerNode {
 impl WorkerNode {
     /// Connects to the control plane and starts taking work.
     pub async fn start(config: WorkerConfig) -> Result<Self, ConnectError> {
-        // Jobs' files (their params, outputs, downloads) are for this user only.
-        if let Err(e) = crate::private_dir(&config.work_dir) {
-            tracing::warn!(dir = %config.work_dir.display(), "cannot make the work folder: {e}");
-        }
         let hello = Hello {
             worker: config.id.clone(),
             token: config.join_token.clone(),
@@ -140,15 +138,34 @@ impl WorkerNode {
         };
         let client_config = ClientConfig::new(config.server, config.trust.clone(), hello);
         let (client, welcome, events) = Client::connect(client_config).await?;
+        Self::start_over(Arc::new(client), welcome, events, config)
+            .await
+            .map_err(ConnectError::Config)
+    }
+
+    /// Starts taking work over `uplink`, a link to the control plane already joined (as
+    /// `welcome` says): the same agent, stages and reports as over QUIC, for links such as
+    /// HTTP. `events` are what the link tells of itself (reconnects, pushed cancels); a link
+    /// with nothing to tell closes it. `config.server`, `trust` and `join_token` are not used.
+    pub async fn start_over(
+        uplink: Arc<dyn Uplink>,
+        welcome: Welcome,
+        events: mpsc::Receiver<ClientEvent>,
+        config: WorkerConfig,
+    ) -> Result<Self, String> {
+        // Jobs' files (their params, outputs, downloads) are for this user only.
+        if let Err(e) = crate::private_dir(&config.work_dir) {
+            tracing::warn!(dir = %config.work_dir.display(), "cannot make the work folder: {e}");
+        }
         let args = AgentArgs {
-            client,
+            client: uplink,
             welcome,
             events,
             config,
         };
         let (agent, handle) = Actor::spawn(None, Agent, args)
             .await
-            .map_err(|e| ConnectError::Config(format!("cannot start the worker agent: {e}")))?;
+            .map_err(|e| format!("cannot start the worker agent: {e}"))?;
         Ok(Self { agent, handle })
     }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod http;
+mod http_worker;
 mod node;
 mod options;
 

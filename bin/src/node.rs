@@ -15,7 +15,18 @@ use nexa_transport::Trust;
 use tracing::info;
 
 use crate::http::{HttpApi, HttpConfig};
+use crate::http_worker::{HttpUplink, Registration};
 use crate::options::{OfferArgs, PlaneArgs, ServerArgs, UpArgs, WorkerArgs};
+
+/// Makes `dir` and the folders above it that are missing, for this user only (a folder that
+/// exists keeps its mode): a data folder holds jobs' params, logs and the cluster's secrets.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 
 /// The join token: given, or kept in the data folder (made on first start).
 fn join_token(plane: &PlaneArgs) -> Result<String> {
@@ -29,7 +40,7 @@ fn join_token(plane: &PlaneArgs) -> Result<String> {
     if let Ok(token) = std::fs::read_to_string(&path) {
         return Ok(token.trim().to_owned());
     }
-    std::fs::create_dir_all(&plane.data)
+    private_dir(&plane.data)
         .with_context(|| format!("cannot create the data folder {}", plane.data.display()))?;
     let mut bytes = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
@@ -272,6 +283,9 @@ fn advertised(addr: SocketAddr) -> SocketAddr {
 }
 
 pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
+    if let Some(api) = &args.api {
+        return http_worker(api, &args).await;
+    }
     let token = match (&args.token_file, &args.token) {
         (Some(file), _) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the join token from {}", file.display()))?
@@ -280,12 +294,12 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
         (None, Some(token)) => token.clone(),
         (None, None) => bail!("give the join token: --token-file FILE or NEXA_JOIN_TOKEN"),
     };
-    let server = args
-        .server
+    let server = args.server.as_deref().unwrap_or_default();
+    let server = server
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve --server {}", args.server))?
+        .with_context(|| format!("cannot resolve --server {server}"))?
         .next()
-        .with_context(|| format!("--server {} resolves to no address", args.server))?;
+        .with_context(|| format!("--server {server} resolves to no address"))?;
     let trust = match (args.fingerprint, &args.ca) {
         (Some(fp), _) => Trust::Fingerprint(fp),
         (None, Some(ca)) => Trust::CaFile(ca.clone()),
@@ -299,6 +313,53 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
     let node = WorkerNode::start(config)
         .await
         .with_context(|| format!("cannot join the control plane at {server}"))?;
+    run_worker(node).await;
+    Ok(())
+}
+
+/// `nexa worker --api URL`: the worker joins over HTTP.
+async fn http_worker(api: &str, args: &WorkerArgs) -> Result<()> {
+    if args.server.is_some() {
+        info!("joining over HTTP at {api}; --server (NEXA_SERVER) is not used");
+    }
+    let credential = match (&args.worker_token_file, &args.worker_token) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| {
+                    format!("cannot read the worker credential from {}", file.display())
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, token) => token.clone(),
+    };
+    let name = args.name.clone().unwrap_or_else(default_worker_name);
+    let name = WorkerId::new(name).context("invalid --name (WORKER_ID)")?;
+    // Where to connect over QUIC and how to trust it are not used over HTTP.
+    let (no_server, no_trust) = (
+        ([127, 0, 0, 1], 0).into(),
+        Trust::CaFile(Default::default()),
+    );
+    let config = worker_config(no_server, no_trust, "", name, &args.offer, &args.work_dir);
+    let registration = Registration {
+        worker: config.id.clone(),
+        cpus: config.cpus,
+        memory_mb: config.memory_mb,
+        gpus: config.gpus.clone(),
+        labels: config.labels.clone(),
+        job_types: config.stages.job_types().collect(),
+    };
+    let (uplink, welcome, events) = HttpUplink::join(api, credential, registration)
+        .await
+        .with_context(|| format!("cannot join the control plane at {api}"))?;
+    say(&format!(
+        "nexa worker {} joined {api} over HTTP{}\n",
+        config.id,
+        gpus_note(&config.gpus)
+    ));
+    let node = WorkerNode::start_over(Arc::new(uplink), welcome, events, config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     run_worker(node).await;
     Ok(())
 }

@@ -329,9 +329,9 @@ pub(crate) struct OfferArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// The control plane's address (HOST:PORT).
-    #[arg(long, env = "NEXA_SERVER")]
-    pub(crate) server: String,
+    /// The control plane's QUIC address (HOST:PORT).
+    #[arg(long, env = "NEXA_SERVER", required_unless_present = "api")]
+    pub(crate) server: Option<String>,
     /// Trust the control plane whose certificate has this fingerprint (printed by `nexa server`).
     #[arg(long, env = "NEXA_FINGERPRINT", conflicts_with = "ca")]
     pub(crate) fingerprint: Option<Fingerprint>,
@@ -344,15 +344,32 @@ pub(crate) struct WorkerArgs {
         long,
         env = "NEXA_JOIN_TOKEN",
         hide_env_values = true,
-        required_unless_present = "token_file"
+        required_unless_present_any = ["token_file", "api"]
     )]
     pub(crate) token: Option<String>,
     /// A file holding the cluster's join token (the control plane keeps it in
     /// `<data>/join_token`); it wins over --token and NEXA_JOIN_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// Join over HTTP instead of QUIC, through the API at this URL (like
+    /// http://host:8000/api), where UDP does not pass.
+    /// The QUIC settings (--server, --fingerprint, --ca, the join token) are then not used.
+    #[arg(long, env = "NEXA_API_URL")]
+    pub(crate) api: Option<String>,
+    /// With --api: the worker credential (`nexa token create --worker`), when the server has
+    /// tokens. Prefer --worker-token-file or NEXA_WORKER_TOKEN.
+    #[arg(
+        long,
+        env = "NEXA_WORKER_TOKEN",
+        hide_env_values = true,
+        requires = "api"
+    )]
+    pub(crate) worker_token: Option<String>,
+    /// With --api: a file holding the worker credential; it wins over --worker-token.
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub(crate) worker_token_file: Option<PathBuf>,
     /// This worker's name (default: host name and process id).
-    #[arg(long)]
+    #[arg(long, env = "WORKER_ID")]
     pub(crate) name: Option<String>,
     /// Where jobs' checkpoints and outputs go.
     #[arg(long, default_value = "var/worker")]

@@ -24,6 +24,7 @@ mod identity;
 mod link;
 mod log_stream;
 mod server;
+mod uplink;
 
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ pub use error::{ConnectError, IdentityError, RequestError, ServerError, close};
 pub use identity::{CERT_NAMES, Fingerprint, ParseFingerprintError, ServerIdentity, Trust};
 pub use log_stream::{FlushError, LogStream};
 pub use server::{Handler, Server, ServerConfig, Session};
+pub use uplink::{Answer, Uplink};
 
 /// The ALPN protocol name both ends require.
 pub const ALPN: &[u8] = b"nexa/1";

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use nexa_runtime::wire::{ErrorCode, LogBatch, Message};
 use nexa_runtime::{Epoch, JobId, LeaseToken, MAX_LOG_LINE_BYTES, clip_line};
 
-use crate::client::Client;
 use crate::error::RequestError;
+use crate::uplink::Uplink;
 
 /// Why a flush stopped.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +76,7 @@ impl LogStream {
     }
 
     /// Sends every pending line, in batches, until all are acknowledged.
-    pub async fn flush(&mut self, client: &Client) -> Result<(), FlushError> {
+    pub async fn flush(&mut self, client: &dyn Uplink) -> Result<(), FlushError> {
         while !self.pending.is_empty() {
             let lines = self.next_batch();
             let batch = Message::LogBatch(LogBatch {

@@ -9,7 +9,7 @@ use nexa_runtime::wire::{
     AskForWork, Assignment, ErrorCode, Heartbeat, Message, RunningJob, Welcome,
 };
 use nexa_runtime::{Epoch, FailureClass, JobError, JobId, LeaseToken};
-use nexa_transport::{Client, ClientEvent, RequestError};
+use nexa_transport::{ClientEvent, RequestError, Uplink};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ pub(crate) enum AgentMsg {
 }
 
 pub(crate) struct AgentArgs {
-    pub(crate) client: Client,
+    pub(crate) client: Arc<dyn Uplink>,
     pub(crate) welcome: Welcome,
     pub(crate) events: mpsc::Receiver<ClientEvent>,
     pub(crate) config: WorkerConfig,
@@ -79,7 +79,7 @@ struct Running {
 }
 
 pub(crate) struct AgentState {
-    client: Arc<Client>,
+    client: Arc<dyn Uplink>,
     config: WorkerConfig,
     long_poll: Duration,
     free_gpus: BTreeSet<u32>,
@@ -158,7 +158,7 @@ impl Actor for Agent {
         let _ = myself.cast(AgentMsg::Poll);
         info!(worker = %args.config.id, session = args.welcome.session, "joined the control plane");
         Ok(AgentState {
-            client: Arc::new(args.client),
+            client: args.client,
             long_poll: Duration::from_millis(args.welcome.long_poll_ms),
             free_gpus: (0..args.config.gpus.len() as u32).collect(),
             config: args.config,

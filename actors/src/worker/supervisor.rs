@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nexa_runtime::JobOutput;
 use nexa_runtime::wire::{Assignment, ErrorCode, Message};
-use nexa_transport::{Client, FlushError, LogStream, RequestError};
+use nexa_transport::{FlushError, LogStream, RequestError, Uplink};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use crate::stage::{LogSink, Progress, Stage, StageContext, StageError};
 
 /// What a supervisor is started with.
 pub(crate) struct Args {
-    pub(crate) client: Arc<Client>,
+    pub(crate) client: Arc<dyn Uplink>,
     pub(crate) assignment: Assignment,
     pub(crate) stage: Arc<dyn Stage>,
     pub(crate) gpus: Vec<u32>,
@@ -65,11 +65,11 @@ enum Ended {
 async fn supervise(args: Args) {
     let a = &args.assignment;
     let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
-    let client = &args.client;
+    let client = &*args.client;
     // Report the start without holding up the stage (the outcome waits for it, so the job's
     // history stays in order); a stale answer means the lease is gone.
     let started = {
-        let (client, lost, cancel) = (client.clone(), args.lost.clone(), args.cancel.clone());
+        let (client, lost, cancel) = (args.client.clone(), args.lost.clone(), args.cancel.clone());
         tokio::spawn(async move {
             let started = Message::Started {
                 job,
@@ -215,7 +215,7 @@ async fn run_once(
             Some(line) = lines.recv() => logs.push(line),
             _ = flush.tick() => {
                 if logs.pending() > 0
-                    && let Err(e) = logs.flush(&args.client).await {
+                    && let Err(e) = logs.flush(&*args.client).await {
                         debug!(job = %args.assignment.job, "log flush failed, will retry: {e}");
                     }
             }
@@ -249,7 +249,7 @@ fn transient(e: &RequestError) -> bool {
 }
 
 /// Ships every remaining line, riding out reconnects; `Err` when the lease is gone.
-async fn flush_all(client: &Client, logs: &mut LogStream, lost: &AtomicBool) -> Result<(), ()> {
+async fn flush_all(client: &dyn Uplink, logs: &mut LogStream, lost: &AtomicBool) -> Result<(), ()> {
     let mut wait = Duration::from_millis(100);
     loop {
         match logs.flush(client).await {
@@ -267,7 +267,7 @@ async fn flush_all(client: &Client, logs: &mut LogStream, lost: &AtomicBool) -> 
 }
 
 /// Sends the outcome, riding out reconnects, until the control plane answers.
-async fn deliver(client: &Client, report: &Message, lost: &AtomicBool) {
+async fn deliver(client: &dyn Uplink, report: &Message, lost: &AtomicBool) {
     let mut wait = Duration::from_millis(100);
     loop {
         match client.request(report).await {

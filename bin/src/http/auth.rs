@@ -302,10 +302,14 @@ fn from_this_machine(req: &HttpRequest, need: Need) -> Result<(), ApiError> {
     if need != Need::Read {
         let has_body = text(actix_web::http::header::CONTENT_LENGTH).is_some_and(|n| n != "0")
             || headers.contains_key(actix_web::http::header::TRANSFER_ENCODING);
+        // Neither is a type a form can send: a page's request with one needs the API's
+        // consent first (a CORS preflight), which it never gives.
         let json = text(actix_web::http::header::CONTENT_TYPE).is_some_and(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            t.split(';').next().is_some_and(|m| {
+                let m = m.trim();
+                m.eq_ignore_ascii_case("application/json")
+                    || m.eq_ignore_ascii_case(super::workers::FRAME_TYPE)
+            })
         });
         if has_body && !json {
             return Err(ApiError::from_status(
@@ -342,7 +346,7 @@ fn is_loopback_host(host: &str) -> bool {
 /// Makes a token, keeps its hash in `data`, and returns it.
 pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<String> {
     use std::io::Write;
-    std::fs::create_dir_all(data)?;
+    crate::node::private_dir(data)?;
     let mut bytes = [0u8; 24];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     let token: String = std::iter::once("nxf_".to_owned())

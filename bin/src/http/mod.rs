@@ -15,6 +15,8 @@ mod jobs;
 mod ops;
 mod workers;
 
+pub(crate) use workers::{FRAME_TYPE, SESSION_HEADER};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -106,6 +108,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::events, jobs::logs,
         jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
         workers::register, workers::list, workers::heartbeat, workers::next_job,
+        workers::messages,
         artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
         ops::healthz, ops::metrics,
     ),
@@ -207,6 +210,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/workers/register", "POST").route(web::post().to(workers::register)))
         .service(resource("/api/workers/next_job", "GET").route(web::get().to(workers::next_job)))
         .service(
+            resource("/api/workers/{id}/messages", "POST").route(web::post().to(workers::messages)),
+        )
+        .service(
             resource("/api/workers/{id}/heartbeat", "POST")
                 .route(web::post().to(workers::heartbeat)),
         );
@@ -247,7 +253,7 @@ impl HttpApi {
             lease_ttl: config.lease_ttl,
             heartbeat: config.heartbeat,
             worker_ttl: config.worker_ttl,
-            worker_sessions: workers::Sessions::default(),
+            worker_sessions: workers::Sessions::load(data),
         });
         let server = HttpServer::new(move || {
             let counted = state.clone();

@@ -2,6 +2,7 @@
 //! may list the workers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,13 +40,94 @@ struct Registration {
     session: [u8; 32],
 }
 
-/// The workers registered over HTTP since this server started, by id.
-#[derive(Default)]
-pub(crate) struct Sessions(Mutex<HashMap<WorkerId, Registration>>);
+/// The workers registered over HTTP, by id. Kept in the data folder (`http_workers`: the
+/// hashes of each worker's credential and session, never the secrets), so that a worker's
+/// session outlives a restart of the server, as its lease does.
+pub(crate) struct Sessions {
+    path: Option<PathBuf>,
+    registered: Mutex<HashMap<WorkerId, Registration>>,
+}
+
+/// The file, in the data folder, that keeps the sessions.
+const SESSIONS_FILE: &str = "http_workers";
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
 
 impl Sessions {
+    /// The sessions kept in the data folder `data` (none when it has none yet); a damaged
+    /// line is skipped, and its worker registers again.
+    pub(crate) fn load(data: &Path) -> Self {
+        let path = data.join(SESSIONS_FILE);
+        let mut registered = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let mut fields = line.split_whitespace();
+                let (Some(id), Some(session), Some(credential)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                let (Ok(id), Some(session)) = (WorkerId::new(id), unhex(session)) else {
+                    continue;
+                };
+                let credential = match credential {
+                    "-" => None,
+                    c => match unhex(c) {
+                        Some(c) => Some(c),
+                        None => continue,
+                    },
+                };
+                registered.insert(
+                    id,
+                    Registration {
+                        credential,
+                        session,
+                    },
+                );
+            }
+        }
+        Self {
+            path: Some(path),
+            registered: Mutex::new(registered),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Registration>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.registered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the sessions to the data folder: beside the file, then renamed over it.
+    fn save(&self, registered: &HashMap<WorkerId, Registration>) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut text = String::new();
+        for (id, r) in registered {
+            let credential = r.credential.as_ref().map_or_else(|| "-".to_owned(), hex);
+            text.push_str(&format!("{id} {} {credential}\n", hex(&r.session)));
+        }
+        let next = path.with_extension("next");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&next)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&next, path)
     }
 
     /// Whether `worker` was registered with `credential` before; `None` when it was not
@@ -55,18 +137,28 @@ impl Sessions {
     }
 
     /// A new session for `worker`, replacing any earlier one; its id, to give the worker.
-    fn open(&self, worker: WorkerId, credential: Option<[u8; 32]>) -> std::io::Result<String> {
+    /// Sessions of workers the store no longer has (pruned or removed) are dropped: `known`
+    /// says which it has.
+    fn open(
+        &self,
+        worker: WorkerId,
+        credential: Option<[u8; 32]>,
+        known: impl Fn(&WorkerId) -> bool,
+    ) -> std::io::Result<String> {
         let mut bytes = [0u8; 16];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let session = Sha256::digest(id.as_bytes()).into();
-        self.lock().insert(
+        let mut registered = self.lock();
+        registered.insert(
             worker,
             Registration {
                 credential,
                 session,
             },
         );
+        registered.retain(|id, _| known(id));
+        self.save(&registered)?;
         Ok(id)
     }
 
@@ -150,10 +242,17 @@ pub(crate) async fn register(
         }
     }
     let record = state.plane.register_worker(info).await?;
+    let known: std::collections::HashSet<WorkerId> = state
+        .plane
+        .workers()
+        .await?
+        .into_iter()
+        .map(|w| w.info.id)
+        .collect();
     tracing::info!(target: "nexa::audit", caller = %caller.name, action = "register", worker = %id, "register worker {id} by {}", caller.name);
     let session = state
         .worker_sessions
-        .open(id, credential)
+        .open(id, credential, |w| known.contains(w))
         .map_err(|e| ApiError::unavailable(format!("cannot make a session id: {e}")))?;
     Ok(Json(RegisteredBody {
         session,
@@ -372,4 +471,74 @@ pub(crate) async fn next_job(
         lease_expires_at: api::time(lease.lease_expires_at),
         deadline: api::time(lease.deadline),
     }))
+}
+
+/// The media type of a request to `/api/workers/{id}/messages` and of its answer: one frame of
+/// the worker protocol (`docs/wire-protocol.md`), length prefix included.
+pub(crate) const FRAME_TYPE: &str = "application/x-nexa-frame";
+
+/// One request of the worker protocol, as a QUIC worker sends it, over HTTP: what
+/// `nexa worker --api` speaks. The answer is the frame the control plane would send on a
+/// QUIC session (a refusal is an `error` message, not an HTTP error); HTTP errors are for
+/// requests that are not a frame or not this worker's.
+#[utoipa::path(
+    post, path = "/api/workers/{id}/messages", tag = "workers",
+    params(
+        ("id" = String, Path, description = "The worker, as registered"),
+        ("X-Nexa-Worker-Session" = String, Header, description = "The session the worker's registration answered"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/x-nexa-frame", description = "One frame of the worker protocol"),
+    responses(
+        (status = 200, description = "The answer, one frame", content_type = "application/x-nexa-frame"),
+        (status = 400, description = "Not one whole frame of this protocol version", body = ErrorBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not application/x-nexa-frame", body = ErrorBody),
+    )
+)]
+pub(crate) async fn messages(
+    WorkerCaller(caller): WorkerCaller,
+    req: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    use nexa_runtime::wire::{self, FrameDecoder};
+    let worker = worker_id("id", &id).map_err(|e| ApiError::bad_param("id", e.message))?;
+    let framed = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(FRAME_TYPE));
+    if !framed {
+        return Err(ApiError::from_status(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send one frame of the worker protocol, with `Content-Type: {FRAME_TYPE}`"),
+        ));
+    }
+    state
+        .worker_sessions
+        .check(&req, &worker, caller.credential)?;
+    let mut decoder = FrameDecoder::new(super::MAX_BODY);
+    decoder.extend(&body);
+    let envelope = match decoder.next_envelope() {
+        Ok(Some(envelope)) if decoder.buffered() == 0 => envelope,
+        Ok(Some(_)) => return Err(ApiError::bad_request("the body holds more than one frame")),
+        Ok(None) => {
+            return Err(ApiError::bad_request(format!(
+                "the body is not one whole frame ({} bytes)",
+                body.len()
+            )));
+        }
+        Err(e) => return Err(ApiError::bad_request(format!("not a frame: {e}"))),
+    };
+    let name = envelope.message.name();
+    let answer = state.plane.worker_request(&worker, envelope.message).await;
+    if matches!(name, "complete" | "fail" | "goodbye") {
+        tracing::info!(target: "nexa::audit", caller = %caller.name, action = name, %worker, "{name} from worker {worker} by {}", caller.name);
+    }
+    let frame = wire::encode(envelope.id, &answer, super::MAX_BODY)
+        .map_err(|e| ApiError::unavailable(format!("cannot encode the answer: {e}")))?;
+    Ok(HttpResponse::Ok().content_type(FRAME_TYPE).body(frame))
 }
