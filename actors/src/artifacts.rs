@@ -160,6 +160,22 @@ impl Artifacts {
         }
     }
 
+    /// What `uri` names (as [`Artifacts::fetch`] finds it), opened once for reading: a symlink
+    /// at the end of the path is refused, the descriptor is checked to be a regular file, and,
+    /// for a worker with data roots, the file the descriptor holds (not the name, which another
+    /// process could swap meanwhile) is checked to be inside them. Read the file, not the path.
+    pub async fn open(&self, uri: &str) -> Result<(PathBuf, std::fs::File), StageError> {
+        let path = self.fetch(uri).await?;
+        let roots = self.roots.clone();
+        let uri = uri.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let file = open_confined(&uri, &path, roots.as_deref())?;
+            Ok((path, file))
+        })
+        .await
+        .map_err(|e| failed(format!("the open stopped unexpectedly: {e}")))?
+    }
+
     /// `path` with every symlink resolved, when that is inside one of `roots`.
     async fn inside(
         &self,
@@ -427,6 +443,32 @@ impl Artifacts {
     }
 }
 
+/// Opens `path` once (no symlink at its end, a regular file) and, given `roots`, checks that
+/// the file the descriptor holds, as the kernel names it, is inside one of them.
+fn open_confined(
+    uri: &str,
+    path: &Path,
+    roots: Option<&[PathBuf]>,
+) -> Result<std::fs::File, StageError> {
+    let (file, _) = nexa_compute::open_regular(path)
+        .map_err(|e| StageError::InvalidInput(format!("cannot read {uri}: {e}")))?;
+    if let Some(roots) = roots {
+        use std::os::fd::AsRawFd;
+        let held = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| failed(format!("cannot tell which file {uri} opened: {e}")))?;
+        let inside = roots
+            .iter()
+            .any(|root| std::fs::canonicalize(root).is_ok_and(|root| held.starts_with(root)));
+        if !inside {
+            return Err(StageError::InvalidInput(format!(
+                "{uri} is outside the folders this worker reads local files from (it was \
+                 moved while being opened)"
+            )));
+        }
+    }
+    Ok(file)
+}
+
 fn unexpected(answer: &Message) -> StageError {
     match answer {
         Message::Error { message, .. } => failed(format!("the control plane refused: {message}")),
@@ -461,4 +503,52 @@ fn upload_id() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::{StageError, open_confined};
+
+    fn invalid(result: Result<std::fs::File, StageError>) -> String {
+        match result {
+            Err(StageError::InvalidInput(why)) => why,
+            Err(other) => panic!("not invalid input: {other:?}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn a_file_is_read_only_when_the_descriptor_holds_a_regular_file_inside_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("secret.csv");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("data.csv"), "a\n1\n").unwrap();
+        std::fs::write(&outside, "password\nhunter2\n").unwrap();
+        let roots = [root.clone()];
+
+        assert!(open_confined("data.csv", &root.join("data.csv"), Some(&roots)).is_ok());
+        // What the check on the name let through, swapped for a file elsewhere before the
+        // open: the descriptor shows where it really is.
+        let why = invalid(open_confined("data.csv", &outside, Some(&roots)));
+        assert!(why.contains("outside the folders"), "{why}");
+        // A symlink at the end of the path is never followed, even to a file inside.
+        let link = root.join("link.csv");
+        std::os::unix::fs::symlink(root.join("data.csv"), &link).unwrap();
+        let why = invalid(open_confined("link.csv", &link, Some(&roots)));
+        assert!(why.contains("symlink"), "{why}");
+        // A folder, and a pipe (which would block a plain open and never end).
+        let why = invalid(open_confined("root", &root, Some(&roots)));
+        assert!(why.contains("not a regular file"), "{why}");
+        let fifo = root.join("fifo.csv");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let why = invalid(open_confined("fifo.csv", &fifo, Some(&roots)));
+            assert!(why.contains("not a regular file"), "{why}");
+        }
+        let unconfined: Option<&[PathBuf]> = None;
+        assert!(open_confined("secret.csv", &outside, unconfined).is_ok());
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::ops::ControlFlow;
 
-use nexa_compute::{AuditPhase, AuditRequest, audit_with, report_metrics};
+use nexa_compute::{AuditPhase, AuditRequest, audit_file, report_metrics};
 use nexa_runtime::{JobOutput, JobParams, JobType};
 
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
@@ -22,13 +22,13 @@ impl Stage for AuditStage {
                 return Err(ctx.wrong_job_type(JobType::Audit));
             };
             // A nexa:// artifact is fetched first; a path or file:// URI is read where it is.
-            let path = ctx.artifacts.fetch(&params.dataset_uri).await?;
+            let (path, file) = ctx.artifacts.open(&params.dataset_uri).await?;
             let mut request = AuditRequest::from(params);
             request.location = path.display().to_string();
             ctx.logs.line(format!("auditing {}", params.dataset_uri));
             let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
             let audited = tokio::task::spawn_blocking(move || {
-                audit_with(&request, |p| {
+                audit_file(&request, &path, file, |p| {
                     let part = if p.total == 0 {
                         0.0
                     } else {

@@ -176,7 +176,93 @@ pub fn audit_with(
         .map(digest::parse_expected)
         .transpose()?;
 
-    let (sha256, file_size) = digest::sha256_file(&path, &mut observer)?;
+    let (mut file, total) = open_regular(&path)?;
+    audit_opened(
+        request,
+        &path,
+        format,
+        expected,
+        &mut file,
+        total,
+        &mut observer,
+    )
+}
+
+/// [`audit_with`] of a file already opened (with [`open_regular`], so that what was checked is
+/// what is read): `path` only names it in the report and errors, and says its format.
+pub fn audit_file(
+    request: &AuditRequest,
+    path: &Path,
+    mut file: File,
+    mut on_progress: impl FnMut(AuditProgress) -> ControlFlow<()>,
+) -> Result<AuditReport, AuditError> {
+    let mut observer = Observer(&mut on_progress);
+    let format = DatasetFormat::from_path(path)?;
+    let expected = request
+        .expected_sha256
+        .as_deref()
+        .map(digest::parse_expected)
+        .transpose()?;
+    let total = regular_size(&file, path)?;
+    audit_opened(
+        request,
+        path,
+        format,
+        expected,
+        &mut file,
+        total,
+        &mut observer,
+    )
+}
+
+/// Opens `path` for reading, refusing a symlink at its end, and checks on the descriptor
+/// itself that it is a regular file (not a folder, device or pipe, which would never end);
+/// answers the file and its size.
+pub fn open_regular(path: &Path) -> Result<(File, u64), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // A pipe must not block the open; reads of a regular file ignore the flag.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source: if source.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("a symlink (the path must name the file itself)")
+            } else {
+                source
+            },
+        })?;
+    let size = regular_size(&file, path)?;
+    Ok((file, size))
+}
+
+/// The size of `file`, when it is a regular file.
+fn regular_size(file: &File, path: &Path) -> Result<u64, AuditError> {
+    let open_error = |source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let metadata = file.metadata().map_err(open_error)?;
+    if !metadata.is_file() {
+        return Err(open_error(std::io::Error::other("not a regular file")));
+    }
+    Ok(metadata.len())
+}
+
+/// The audit proper, of `file` from its start.
+fn audit_opened(
+    request: &AuditRequest,
+    path: &Path,
+    format: DatasetFormat,
+    expected: Option<String>,
+    file: &mut File,
+    total: u64,
+    observer: &mut Observer<'_>,
+) -> Result<AuditReport, AuditError> {
+    use std::io::Seek;
+    let path = path.to_path_buf();
+    let (sha256, file_size) = digest::sha256_file(file, total, &path, observer)?;
     if let Some(expected) = expected
         && expected != sha256
     {
@@ -186,16 +272,20 @@ pub fn audit_with(
         });
     }
 
-    let file = guard::LineGuard::new(open(&path)?, request.limits.max_line_bytes);
+    file.rewind().map_err(|source| AuditError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file = file.try_clone().map_err(|source| AuditError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file = guard::LineGuard::new(file, request.limits.max_line_bytes);
     let mut profiler = Profiler::new(request.limits, request.label_column.clone());
     let truncated = match format {
-        DatasetFormat::Csv => csv::read(file, &path, file_size, &mut profiler, &mut observer)?,
-        DatasetFormat::JsonLines => {
-            jsonl::read(file, &path, file_size, &mut profiler, &mut observer)?
-        }
-        DatasetFormat::Parquet => {
-            parquet::read(file.into_inner(), &path, &mut profiler, &mut observer)?
-        }
+        DatasetFormat::Csv => csv::read(file, &path, file_size, &mut profiler, observer)?,
+        DatasetFormat::JsonLines => jsonl::read(file, &path, file_size, &mut profiler, observer)?,
+        DatasetFormat::Parquet => parquet::read(file.into_inner(), &path, &mut profiler, observer)?,
     };
     let profile = profiler.finish()?;
 
@@ -245,13 +335,6 @@ pub fn report_metrics(report: &AuditReport) -> BTreeMap<String, f64> {
     metrics.insert("warnings".to_owned(), count(Severity::Warning));
     metrics.insert("problems".to_owned(), count(Severity::Problem));
     metrics
-}
-
-fn open(path: &Path) -> Result<File, AuditError> {
-    File::open(path).map_err(|source| AuditError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// The caller's progress callback, turning a request to stop into [`AuditError::Cancelled`].

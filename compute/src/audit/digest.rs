@@ -20,22 +20,14 @@ pub(crate) fn parse_expected(value: &str) -> Result<String, AuditError> {
     }
 }
 
-/// The SHA-256 of the file at `path` as lower-case hex, and its length in bytes.
+/// The SHA-256 of `file` (`total` bytes long, read from where it stands) as lower-case hex,
+/// and how many bytes it has; `path` names it in errors.
 pub(crate) fn sha256_file(
+    file: &mut File,
+    total: u64,
     path: &Path,
     observer: &mut Observer<'_>,
 ) -> Result<(String, u64), AuditError> {
-    let open_error = |source| AuditError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let metadata = std::fs::metadata(path).map_err(open_error)?;
-    if !metadata.is_file() {
-        return Err(open_error(io::Error::other("not a regular file")));
-    }
-    let mut file = File::open(path).map_err(open_error)?;
-    let total = metadata.len();
-
     const CHUNK: usize = 1 << 20;
     let mut buf = vec![0; CHUNK];
     let mut hasher = Sha256::new();
