@@ -437,7 +437,12 @@ impl ControlPlane {
             config.worker_retention,
         ));
         if let Some(retention) = config.job_retention {
-            tokio::spawn(prune_jobs(Arc::downgrade(&store), retention));
+            tokio::spawn(prune_jobs(
+                Arc::downgrade(&store),
+                artifacts.clone(),
+                remote.clone(),
+                retention,
+            ));
         }
         let welcome = Welcome {
             session: 0,
@@ -571,10 +576,12 @@ impl ControlPlane {
         Ok(state)
     }
 
-    /// Deletes a finished job with its log (see [`Store::delete`] for what is kept); the
-    /// artifacts it made stay.
+    /// Deletes a finished job with its log (see [`Store::delete`] for what is kept), then the
+    /// artifacts it made that no other job made or names.
     pub async fn delete(&self, id: JobId) -> Result<Job, StoreError> {
-        blocking(&self.store, move |s| s.delete(id)).await
+        let job = blocking(&self.store, move |s| s.delete(id)).await?;
+        collect_artifacts(&self.store, &self.artifacts, self.remote.as_ref()).await;
+        Ok(job)
     }
 
     /// Registers (or re-registers) a worker that speaks HTTP rather than QUIC; jobs that
@@ -748,7 +755,26 @@ async fn prune_workers(store: std::sync::Weak<dyn Store>, retention: Duration) {
 
 /// Deletes the finished jobs older than `retention`, now and then, a bounded number at a time
 /// (each pass is one write transaction), for as long as the store is in use.
-async fn prune_jobs(store: std::sync::Weak<dyn Store>, retention: Duration) {
+/// Collects the artifacts of deleted jobs that no job uses (see [`artifacts::collect`]); a
+/// failure is logged, and the next collection finishes the work.
+async fn collect_artifacts(
+    store: &Arc<dyn Store>,
+    artifacts: &ArtifactStore,
+    remote: Option<&RemoteBlobs>,
+) {
+    match artifacts::collect(store, artifacts, remote).await {
+        Ok(0) => {}
+        Ok(n) => info!(count = n, "removed artifacts no job uses any more"),
+        Err(e) => warn!("cannot collect the artifacts of deleted jobs: {e}"),
+    }
+}
+
+async fn prune_jobs(
+    store: std::sync::Weak<dyn Store>,
+    artifacts: ArtifactStore,
+    remote: Option<RemoteBlobs>,
+    retention: Duration,
+) {
     /// Finished jobs read in one pass.
     const SCAN: usize = 1000;
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -770,6 +796,7 @@ async fn prune_jobs(store: std::sync::Weak<dyn Store>, retention: Duration) {
                         count = deleted.len(),
                         "deleted finished jobs older than {retention:?}"
                     );
+                    collect_artifacts(&store, &artifacts, remote.as_ref()).await;
                 }
                 from = next.unwrap_or(JobId(1));
             }

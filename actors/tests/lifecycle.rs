@@ -421,3 +421,49 @@ async fn a_regression_dataset_trains_and_scores_as_regression() {
         "{metrics:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_jobs_removes_the_artifacts_no_other_job_uses() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker("w1").await;
+    let store = c.plane.artifacts().clone();
+    let digest = |uri: &str| parse_artifact_uri(uri).unwrap().unwrap();
+
+    let used = c.submit(generate(300)).await;
+    let used_uri = c.succeeded(used).await.artifacts["dataset"].clone();
+    let unused = c
+        .submit(JobParams::Generate(GenerateParams {
+            seed: Some(8),
+            ..GenerateParams::new("physics", 300)
+        }))
+        .await;
+    let unused_uri = c.succeeded(unused).await.artifacts["dataset"].clone();
+    let trained = c
+        .submit(train(
+            "kept",
+            &used_uri,
+            2,
+            &[("checkpoint_every", ParamValue::Int(5))],
+        ))
+        .await;
+    let model_uri = c.succeeded(trained).await.artifacts["model"].clone();
+    let checkpoints = store.made_by(trained).unwrap().len();
+    assert!(checkpoints >= 2, "the model and at least one checkpoint");
+
+    // The unused dataset goes with its job: its metadata, its bytes and the job's folder.
+    c.plane.delete(unused).await.unwrap();
+    assert_eq!(store.stat(digest(&unused_uri)).unwrap(), None);
+    assert!(!store.blob_path(digest(&unused_uri)).exists());
+    assert!(!store.jobs().unwrap().contains(&unused));
+
+    // The dataset the registered model learned from stays while that job names it.
+    c.plane.delete(used).await.unwrap();
+    assert!(store.stat(digest(&used_uri)).unwrap().is_some());
+    assert_eq!(c.artifact(&used_uri)[..4], *b"PAR1");
+    assert!(!store.jobs().unwrap().contains(&used));
+    // The model's job registered a version: it is kept, and so is all it made.
+    let refused = c.plane.delete(trained).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(store.stat(digest(&model_uri)).unwrap().is_some());
+    assert_eq!(store.made_by(trained).unwrap().len(), checkpoints);
+}

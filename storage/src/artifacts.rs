@@ -15,7 +15,9 @@
 //! and checkpoint pointers are written to a temporary name, synced and renamed. The same
 //! bytes uploaded twice, even at once, are stored once; the first metadata stays.
 //!
-//! It deliberately does not expire anything: artifacts live as long as the data folder.
+//! It does not decide what to keep: [`ArtifactStore::remove`] and
+//! [`ArtifactStore::forget_job`] are for the control plane's collection of the artifacts no
+//! job uses any more.
 //! Uploads are keyed by the uploader's own id, so two workers uploading the same file do not
 //! interfere.
 
@@ -367,6 +369,70 @@ impl ArtifactStore {
         }
         out.sort_by(|a, b| (&a.name, a.digest).cmp(&(&b.name, b.digest)));
         Ok(out)
+    }
+
+    /// The jobs with a folder here: those that made an artifact or kept a checkpoint.
+    pub fn jobs(&self) -> Result<Vec<JobId>, ArtifactError> {
+        let dir = self.root.join("jobs");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Some(job) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(job);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The artifacts `job` made (checkpoints included), by digest.
+    pub fn made_by(&self, job: JobId) -> Result<Vec<Digest>, ArtifactError> {
+        let dir = self.job_dir(job);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ArtifactError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Some(digest) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the artifact `digest` from this folder: its metadata first (it is then unknown),
+    /// then its bytes. Removing one that is not here does nothing.
+    pub fn remove(&self, digest: Digest) -> Result<(), ArtifactError> {
+        for path in [self.meta_path(digest), self.blob_path(digest)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArtifactError::Io { path, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `job`'s folder: which artifacts it made, and its checkpoint pointer (not the
+    /// artifacts themselves).
+    pub fn forget_job(&self, job: JobId) -> Result<(), ArtifactError> {
+        let dir = self.job_dir(job);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArtifactError::Io {
+                path: dir,
+                source: e,
+            }),
+        }
     }
 
     /// Records `digest` (a stored checkpoint artifact) as `job`'s latest checkpoint, unless

@@ -310,6 +310,14 @@ impl RemoteBlobs {
         writer.shutdown().await.map_err(|e| self.failed(digest, e))
     }
 
+    /// Removes the bytes of `digest`; bytes that are not there are no error.
+    pub async fn delete(&self, digest: Digest) -> Result<(), RemoteError> {
+        match self.store.delete(&self.path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed(digest, e)),
+        }
+    }
+
     /// Up to `len` bytes of `digest` (whose size is `size`) from `offset`.
     pub async fn read(
         &self,

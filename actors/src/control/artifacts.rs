@@ -322,3 +322,117 @@ pub(crate) async fn registry(store: &Arc<dyn Store>) -> Result<Registry, StoreEr
         .into())
     })
 }
+
+/// The artifacts a job names: `nexa://artifacts/…` URIs anywhere in its params, its result's
+/// artifacts or its result document.
+fn named_by(job: &nexa_runtime::Job, into: &mut std::collections::HashSet<Digest>) {
+    fn walk(value: &serde_json::Value, into: &mut std::collections::HashSet<Digest>) {
+        match value {
+            serde_json::Value::String(s) => {
+                if let Some(Ok(digest)) = nexa_runtime::parse_artifact_uri(s) {
+                    into.insert(digest);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, into)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| walk(v, into)),
+            _ => {}
+        }
+    }
+    walk(&job.spec.params.to_json(), into);
+    if let Some(output) = &job.output {
+        for uri in output.artifacts.values() {
+            walk(&serde_json::Value::String(uri.clone()), into);
+        }
+        if let Some(document) = output
+            .result_json
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+        {
+            walk(&document, into);
+        }
+    }
+}
+
+/// Collects the artifacts of deleted jobs that no job uses any more: for every job with a
+/// folder in the artifact store that the job store no longer has, the artifacts it made are
+/// removed (here and in object storage) unless a job still there made the same bytes or
+/// names them (a train job's `dataset_uri`, an evaluation's model); then its folder goes.
+/// Answers how many artifacts were removed.
+///
+/// Safe to run again after a crash part-way: the folders of deleted jobs are removed last.
+/// A job submitted while it runs that names an artifact being removed finds it gone and
+/// fails as invalid input.
+pub(crate) async fn collect(
+    store: &Arc<dyn Store>,
+    artifacts: &ArtifactStore,
+    remote: Option<&RemoteBlobs>,
+) -> Result<usize, String> {
+    use std::collections::HashSet;
+    let with_folders = on_files(artifacts, |a| a.jobs())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (dead, live) = blocking(store, move |s| {
+        let (mut dead, mut live) = (Vec::new(), Vec::new());
+        for job in with_folders {
+            match s.get(job) {
+                Ok(_) => live.push(job),
+                Err(StoreError::NotFound(_)) => dead.push(job),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((dead, live))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    let (dead_jobs, live_jobs) = (dead.clone(), live);
+    let (candidates, mut kept) = on_files(artifacts, move |a| {
+        let (mut candidates, mut kept) = (HashSet::new(), HashSet::new());
+        for job in dead_jobs {
+            candidates.extend(a.made_by(job)?);
+        }
+        for job in live_jobs {
+            kept.extend(a.made_by(job)?);
+        }
+        Ok((candidates, kept))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if !candidates.iter().all(|d| kept.contains(d)) {
+        let mut before = None;
+        loop {
+            let query = ListQuery {
+                before,
+                limit: 1000,
+                ..ListQuery::default()
+            };
+            let page = blocking(store, move |s| s.list(query))
+                .await
+                .map_err(|e| e.to_string())?;
+            for job in &page.jobs {
+                named_by(job, &mut kept);
+            }
+            match page.next_before {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+    }
+    let unused: Vec<Digest> = candidates.difference(&kept).copied().collect();
+    for &digest in &unused {
+        on_files(artifacts, move |a| a.remove(digest))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(remote) = remote {
+            remote.delete(digest).await.map_err(|e| e.to_string())?;
+        }
+    }
+    on_files(artifacts, move |a| {
+        dead.into_iter().try_for_each(|job| a.forget_job(job))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(unused.len())
+}

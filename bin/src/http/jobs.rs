@@ -199,7 +199,7 @@ pub(crate) async fn list(
 
 /// Delete a finished job with its log and history. Kept (409): a job that has not finished
 /// (cancel it first), one a job not yet finished depends on, and one that registered a model
-/// version. The artifacts it made stay.
+/// version. The artifacts it made go too, unless a job still kept made or names them.
 #[utoipa::path(
     delete, path = "/api/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id, like job-7")),
