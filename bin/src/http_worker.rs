@@ -163,8 +163,13 @@ impl Inner {
             let why = value["error"]["message"]
                 .as_str()
                 .map_or_else(|| text.trim().to_owned(), str::to_owned);
+            let hint = if status == 404 && !self.api.ends_with("/api") {
+                " (--api is the API's URL, ending in /api, like http://host:8000/api)"
+            } else {
+                ""
+            };
             bail!(
-                "the API at {} refused the registration (HTTP {status}): {why}",
+                "the API at {} refused the registration (HTTP {status}): {why}{hint}",
                 self.api
             );
         }
