@@ -1132,3 +1132,90 @@ fn the_cli_submits_waits_reads_logs_and_cancels() {
     let out = nexa(&["cancel", "job-2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("job-2: cancelled"));
 }
+
+/// The peak resident memory of process `pid`, in MiB.
+fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+fn wait_final(node: &Node, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = get(node, &format!("/api/jobs/{id}"));
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "{id} never finished: {job:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_gigabyte_on_one_line_is_refused_in_bounded_memory_and_cancels_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // 1 GiB of zero bytes and no newline: sparse, so it costs no disk.
+    let huge = data.join("one-line.csv");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let root = data.display().to_string();
+    let var = dir.path().join("var");
+    std::fs::create_dir(&var).unwrap();
+    let node = start(&["up", "--data-root", &root], &var);
+    let pid = node.child.id();
+    let before = peak_rss_mb(pid);
+
+    let audit = |uri: &str| {
+        let (status, job) = post(
+            &node,
+            "/api/jobs",
+            json!({"job_type": "audit", "params": {"dataset_uri": uri}, "max_attempts": 1}),
+        );
+        assert_eq!(status, 201, "{job}");
+        job["job_id"].as_str().unwrap().to_owned()
+    };
+    let id = audit(&huge.display().to_string());
+    let job = wait_final(&node, &id);
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["class"], "invalid_input", "{job:#}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("runs past"), "{message}");
+    // The whole control plane and worker, having read the gigabyte: far below it.
+    let peak = peak_rss_mb(pid);
+    assert!(
+        peak < before + 256,
+        "peak memory {peak} MiB (from {before} MiB) while auditing 1 GiB on one line"
+    );
+
+    // A cancel stops the read (here while it hashes the file) well before it would end.
+    let id = audit(&huge.display().to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&node, &format!("/api/jobs/{id}")).1["progress"]
+        .as_f64()
+        .is_none_or(|p| p <= 0.0)
+    {
+        assert!(Instant::now() < deadline, "the audit never made progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let asked = Instant::now();
+    let (status, _) = post(&node, &format!("/api/jobs/{id}/cancel"), json!({}));
+    assert_eq!(status, 200);
+    let job = wait_final(&node, &id);
+    let took = asked.elapsed();
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert!(
+        job["progress"].as_f64().unwrap_or(0.0) < 0.5,
+        "the cancel came after the file was hashed: {job:#}"
+    );
+    eprintln!("peak memory {peak} MiB (from {before} MiB); cancelled in {took:?}");
+}
