@@ -85,7 +85,12 @@ impl ControlPlaneConfig {
             listen,
             data_dir: data_dir.into(),
             join_token: join_token.into(),
-            store: StoreConfig::default(),
+            store: StoreConfig {
+                // Four heartbeats: a worker missing that many is not leased a job, so the
+                // request for work a dead worker left parked is not answered with one.
+                worker_liveness: Some(Duration::from_secs(2)),
+                ..StoreConfig::default()
+            },
             heartbeat: Duration::from_millis(500),
             long_poll: Duration::from_secs(10),
             artifacts_remote: None,
@@ -317,6 +322,10 @@ async fn for_each_job(
 
 static PLANES: AtomicU64 = AtomicU64::new(1);
 
+/// The time, beyond a lease's own, that the workers of running jobs get to reconnect to a
+/// control plane that started again.
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+
 /// A running control plane.
 pub struct ControlPlane {
     plane: u64,
@@ -410,6 +419,16 @@ impl ControlPlane {
         let (scheduler, _) = Actor::spawn(None, Scheduler, args)
             .await
             .map_err(|e| StartError::Actor("scheduler", e.to_string()))?;
+        // A restart is no sign that workers died: every lease gets the time for its worker to
+        // notice, reconnect and heartbeat before it is presumed lost.
+        let until = now().saturating_add(config.store.lease_ttl + RESTART_GRACE);
+        let renewed = blocking(&store, move |s| s.renew_leases(until, now())).await?;
+        if renewed > 0 {
+            info!(
+                renewed,
+                "leases of running jobs wait for their workers to reconnect"
+            );
+        }
         // Jobs leased before a restart get their actors back before any worker is served.
         for state in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
             for_each_job(&store, state, |job| {

@@ -1702,6 +1702,10 @@ impl Store for Meter {
         self.measure(Op::Expire, |s| s.expire(now))
     }
 
+    fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
+        self.measure(Op::Expire, |s| s.renew_leases(until, now))
+    }
+
     fn append_logs(
         &self,
         id: JobId,

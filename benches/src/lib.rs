@@ -928,7 +928,13 @@ mod sqlite {
 
         /// The worker started the job: `assigned → running`, in one durable transaction.
         pub fn start(&mut self, lease: SqliteLease) -> BenchResult<()> {
-            self.report(lease, Transition::Start { epoch: lease.epoch })
+            self.report(
+                lease,
+                Transition::Start {
+                    epoch: lease.epoch,
+                    ttl: std::time::Duration::from_secs(30),
+                },
+            )
         }
 
         /// The job succeeded: `running → succeeded`, in one durable transaction.

@@ -341,6 +341,8 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
             TOKEN,
             "--lease-ttl",
             "2",
+            "--http",
+            "127.0.0.1:0",
         ])
         .arg("--data")
         .arg(data)
@@ -460,6 +462,78 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A server killed and started again while a job runs: the job's worker reconnects and its
+/// attempt carries on to success, run once, with no attempt lost (the lease waits for the
+/// worker, which learns at once that its old connection is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_costs_a_running_job_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let id = {
+        let store = RedbStore::open(data.join("nexa_forge.db"), StoreConfig::default()).unwrap();
+        store
+            .submit(train("steady", 0), nexa_actors::now())
+            .unwrap()
+            .id
+    };
+    let ledger = dir.path().join("ledger");
+    let handler = format!(
+        r#"echo "start $NEXA_JOB_ID" >> {l}; sleep 4; echo "end $NEXA_JOB_ID" >> {l}"#,
+        l = ledger.display()
+    );
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = start_server(&data, port);
+    let _w = worker(
+        addr,
+        &server.fingerprint.clone(),
+        dir.path(),
+        "w1",
+        Some(&handler),
+        &[],
+    );
+    let lines = |what: &str| {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .count()
+    };
+    eventually("the job to start", async || {
+        (lines("start") == 1).then_some(())
+    })
+    .await;
+    server.proc.sigkill();
+    let mut server = start_server(&data, port);
+    eventually("the job's program to end", async || {
+        (lines("end") == 1).then_some(())
+    })
+    .await;
+
+    // The store says how it ended once the server has stopped; a check stops the server, so
+    // checks are spaced out to give the worker time to report.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        server.proc.sigterm();
+        let store = RedbStore::open(data.join("nexa_forge.db"), StoreConfig::default()).unwrap();
+        let job = store.get(id).unwrap();
+        if job.state == JobState::Succeeded {
+            assert_eq!(job.attempts.len(), 1, "{:#?}", job.events);
+            break;
+        }
+        assert!(job.state.is_leased(), "{:#?}", job.events);
+        assert!(
+            Instant::now() < deadline,
+            "{id} never succeeded: {:#?}",
+            job.events
+        );
+        drop(store);
+        server = start_server(&data, port);
+    }
+    assert_eq!(lines("start"), 1, "the program ran once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

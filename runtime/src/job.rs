@@ -22,7 +22,9 @@
 //!   `assigned`, `running` or `cancelling`;
 //! - a report (start, heartbeat, completion, failure) must quote the live attempt's epoch;
 //! - a terminal job (`succeeded`, `failed`, `cancelled`) never changes again;
-//! - a job is never tried more than `max_attempts` times;
+//! - a job fails of its own fault (a stage error) at most `max_attempts` times; attempts lost
+//!   to the platform (a lost worker, a lease never acknowledged, Nexa Forge failing) do not
+//!   count against them, and at most `RetryPolicy::max_recoveries` are retried;
 //! - the last event names the current state.
 
 use std::collections::BTreeMap;
@@ -158,6 +160,13 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Whether a failure of this kind is the platform's rather than the job's: the worker was
+    /// lost (or never acknowledged the lease), or Nexa Forge itself failed. Such attempts do
+    /// not spend the job's `max_attempts`.
+    pub const fn is_platform(self) -> bool {
+        matches!(self, FailureClass::WorkerLost | FailureClass::Platform)
+    }
+
     /// Whether an attempt that failed this way may be tried again.
     pub const fn is_retryable(self) -> bool {
         matches!(
@@ -287,10 +296,13 @@ pub enum Transition {
         /// How long the lease lasts without a heartbeat.
         ttl: Duration,
     },
-    /// The worker started the stage: `assigned → running`.
+    /// The worker started the stage: `assigned → running`; the lease is extended by `ttl`
+    /// from now (a lease not yet acknowledged lasts only the short assignment time).
     Start {
         /// The lease's epoch.
         epoch: Epoch,
+        /// How long the lease lasts from now.
+        ttl: Duration,
     },
     /// The worker is alive: the lease is extended by `ttl` from now; the state is unchanged.
     Renew {
@@ -345,7 +357,7 @@ impl Transition {
 
     fn epoch(&self) -> Option<Epoch> {
         match self {
-            Transition::Start { epoch }
+            Transition::Start { epoch, .. }
             | Transition::Renew { epoch, .. }
             | Transition::Succeed { epoch, .. }
             | Transition::Fail { epoch, .. } => Some(*epoch),
@@ -532,8 +544,10 @@ impl Job {
                 self.progress = None;
                 self.enter(S::Assigned, now, message);
             }
-            (S::Assigned, T::Start { .. }) => {
-                self.live_mut().started_at = Some(now);
+            (S::Assigned, T::Start { ttl, .. }) => {
+                let attempt = self.live_mut();
+                attempt.started_at = Some(now);
+                attempt.lease_expires_at = attempt.lease_expires_at.max(now.saturating_add(ttl));
                 self.enter(S::Running, now, "started");
             }
             (S::Assigned | S::Running | S::Cancelling, T::Renew { ttl, progress, .. }) => {
@@ -565,11 +579,14 @@ impl Job {
                 self.fail_attempt(error, now, retry);
             }
             (S::Assigned | S::Running | S::Cancelling, T::LeaseExpired) => {
-                let worker = self.live_mut().worker.clone();
-                let error = JobError::new(
-                    FailureClass::WorkerLost,
-                    format!("lease expired: {worker} stopped sending heartbeats"),
-                );
+                let attempt = self.live_mut();
+                let worker = attempt.worker.clone();
+                let message = if attempt.started_at.is_none() && self.state == S::Assigned {
+                    format!("{worker} never acknowledged the lease (it was gone, or is too busy)")
+                } else {
+                    format!("lease expired: {worker} stopped sending heartbeats")
+                };
+                let error = JobError::new(FailureClass::WorkerLost, message);
                 self.fail_attempt(error, now, retry);
             }
             (S::Assigned | S::Running | S::Cancelling, T::TimedOut) => {
@@ -616,34 +633,76 @@ impl Job {
         attempt.outcome = Some(outcome);
     }
 
+    /// Attempts that failed of the job's own fault: those `max_attempts` counts.
+    pub fn own_failures(&self) -> u32 {
+        self.failures(|class| !class.is_platform())
+    }
+
+    /// Attempts lost to the platform (see [`FailureClass::is_platform`]).
+    pub fn recoveries(&self) -> u32 {
+        self.failures(FailureClass::is_platform)
+    }
+
+    fn failures(&self, counted: impl Fn(FailureClass) -> bool) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(&a.outcome, Some(AttemptOutcome::Failed(e)) if counted(e.class)))
+            .count() as u32
+    }
+
     fn fail_attempt(&mut self, error: JobError, now: Timestamp, retry: &RetryPolicy) {
         let number = self.live_mut().number;
         self.end_attempt(now, AttemptOutcome::Failed(error.clone()));
         self.progress = None;
+        let class = error.class;
         if self.state == JobState::Cancelling {
             self.enter(
                 JobState::Cancelled,
                 now,
                 format!("cancelled; the attempt ended ({error})"),
             );
-        } else if error.class.is_retryable() && number < self.spec.max_attempts {
-            // A lost worker says nothing about the job: retry at once. A failure of the job
-            // itself waits out a backoff, so a crashing stage does not spin.
-            let message = if error.class == FailureClass::WorkerLost {
+            return;
+        }
+        let (own, recoveries) = (self.own_failures(), self.recoveries());
+        let max = self.spec.max_attempts;
+        let retried = if class.is_platform() {
+            recoveries <= retry.max_recoveries
+        } else {
+            class.is_retryable() && own < max
+        };
+        if retried {
+            // A lost worker says nothing about the job: retry at once. Any other failure
+            // waits out a backoff, so a crashing stage does not spin.
+            let when = if class == FailureClass::WorkerLost {
                 self.not_before = None;
-                format!("attempt {number} failed ({error}); retrying now")
+                "retrying now".to_owned()
             } else {
                 let until = now.saturating_add(retry.delay(self.id, number));
                 self.not_before = Some(until);
-                format!("attempt {number} failed ({error}); retrying after {until}")
+                format!("retrying after {until}")
             };
-            self.enter(JobState::Queued, now, message);
-        } else {
-            let why = if error.class.is_retryable() {
+            let counted = if class.is_platform() {
                 format!(
-                    "attempt {number} of {} failed ({error}); no attempts left",
-                    self.spec.max_attempts
+                    "lost to the platform ({recoveries} of {} such), not counted against \
+                     max_attempts",
+                    retry.max_recoveries
                 )
+            } else {
+                format!("failure {own} of {max}")
+            };
+            self.enter(
+                JobState::Queued,
+                now,
+                format!("attempt {number} failed ({error}); {counted}; {when}"),
+            );
+        } else {
+            let why = if class.is_platform() {
+                format!(
+                    "attempt {number} failed ({error}); {recoveries} attempts lost to the \
+                     platform, giving up"
+                )
+            } else if class.is_retryable() {
+                format!("attempt {number} failed ({error}); failure {own} of {max}, none left")
             } else {
                 format!("attempt {number} failed ({error}); not retryable")
             };
@@ -699,8 +758,15 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut j = job(3);
         lease(&mut j, 7, 10);
-        j.apply(Transition::Start { epoch: Epoch(7) }, Timestamp(11), &retry)
-            .unwrap();
+        j.apply(
+            Transition::Start {
+                epoch: Epoch(7),
+                ttl: Duration::from_secs(10),
+            },
+            Timestamp(11),
+            &retry,
+        )
+        .unwrap();
         let out = JobOutput::default();
         j.apply(
             Transition::Succeed {
@@ -723,7 +789,14 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut j = job(3);
         let before = j.clone();
-        let err = j.apply(Transition::Start { epoch: Epoch(1) }, Timestamp(1), &retry);
+        let err = j.apply(
+            Transition::Start {
+                epoch: Epoch(1),
+                ttl: Duration::from_secs(10),
+            },
+            Timestamp(1),
+            &retry,
+        );
         assert!(matches!(
             err,
             Err(TransitionError::StaleEpoch { live: None, .. })
@@ -736,7 +809,14 @@ mod tests {
 
         lease(&mut j, 7, 10);
         let leased = j.clone();
-        let err = j.apply(Transition::Start { epoch: Epoch(6) }, Timestamp(11), &retry);
+        let err = j.apply(
+            Transition::Start {
+                epoch: Epoch(6),
+                ttl: Duration::from_secs(10),
+            },
+            Timestamp(11),
+            &retry,
+        );
         assert!(matches!(
             err,
             Err(TransitionError::StaleEpoch {
@@ -758,6 +838,32 @@ mod tests {
     }
 
     #[test]
+    fn attempts_lost_to_the_platform_have_a_budget_of_their_own() {
+        let retry = RetryPolicy {
+            max_recoveries: 2,
+            ..RetryPolicy::default()
+        };
+        let mut j = job(1);
+        for n in 1..=3u64 {
+            lease(&mut j, n, n * 10);
+            j.apply(
+                fail(FailureClass::WorkerLost, n),
+                Timestamp(n * 10 + 1),
+                &retry,
+            )
+            .unwrap();
+        }
+        // One attempt allowed, three lost to dead workers: two retried, then given up.
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!((j.own_failures(), j.recoveries()), (0, 3));
+        let message = &j.events.last().unwrap().message;
+        assert!(
+            message.contains("3 attempts lost to the platform, giving up"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn retryable_failures_back_off_until_attempts_run_out() {
         let retry = RetryPolicy::default();
         let mut j = job(2);
@@ -769,21 +875,32 @@ mod tests {
         assert!(until > Timestamp(5) && until <= Timestamp(5).saturating_add(retry.base));
         lease(&mut j, 2, until.0);
         assert_eq!(j.not_before, None);
+        // A lost worker is the platform's failure: retried at once, not counted.
         j.apply(
             Transition::LeaseExpired,
             Timestamp(until.0 + 40_000),
             &retry,
         )
         .unwrap();
-        assert_eq!(j.state, JobState::Failed);
-        assert_eq!(j.error.as_ref().unwrap().class, FailureClass::WorkerLost);
+        assert_eq!((j.state, j.not_before), (JobState::Queued, None));
+        let message = &j.events.last().unwrap().message;
+        assert!(message.contains("never acknowledged"), "{message}");
         assert!(
-            j.events
-                .last()
-                .unwrap()
-                .message
-                .contains("no attempts left")
+            message.contains("not counted against max_attempts"),
+            "{message}"
         );
+        assert_eq!((j.own_failures(), j.recoveries()), (1, 1));
+        lease(&mut j, 3, until.0 + 40_001);
+        j.apply(
+            fail(FailureClass::StageError, 3),
+            Timestamp(until.0 + 40_002),
+            &retry,
+        )
+        .unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.error.as_ref().unwrap().class, FailureClass::StageError);
+        let message = &j.events.last().unwrap().message;
+        assert!(message.contains("failure 2 of 2, none left"), "{message}");
         // Terminal: nothing applies any more.
         let frozen = j.clone();
         for t in [

@@ -79,7 +79,7 @@ pub use params::{
     ParamField, ParamValue, Split, Task, TrainParams,
 };
 pub use registry::{MODEL_ARTIFACT, ModelRef, ModelVersion, Registry};
-pub use retry::RetryPolicy;
+pub use retry::{DEFAULT_MAX_RECOVERIES, RetryPolicy};
 pub use scheduling::{
     Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,
 };

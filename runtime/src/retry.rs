@@ -18,6 +18,18 @@ pub struct RetryPolicy {
     pub max: Duration,
     /// Share of the wait that is randomised, from 0.0 (none) to 1.0 (all of it).
     pub jitter: f64,
+    /// Attempts a job may lose to the platform (a lost worker, a lease never acknowledged,
+    /// Nexa Forge failing) besides its own `max_attempts`: those are not the job's failures
+    /// and do not spend its attempts, but a job is not tried forever either.
+    #[serde(default = "default_max_recoveries")]
+    pub max_recoveries: u32,
+}
+
+/// [`RetryPolicy::max_recoveries`] by default.
+pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
+
+fn default_max_recoveries() -> u32 {
+    DEFAULT_MAX_RECOVERIES
 }
 
 impl Default for RetryPolicy {
@@ -26,6 +38,7 @@ impl Default for RetryPolicy {
             base: Duration::from_secs(2),
             max: Duration::from_secs(300),
             jitter: 0.5,
+            max_recoveries: DEFAULT_MAX_RECOVERIES,
         }
     }
 }
@@ -62,6 +75,7 @@ mod tests {
             base: Duration::from_secs(1),
             max: Duration::from_secs(60),
             jitter: 0.5,
+            ..RetryPolicy::default()
         };
         for job in 1..200 {
             for attempt in 1..40 {

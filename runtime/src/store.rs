@@ -36,6 +36,14 @@ use crate::worker::{WorkerInfo, WorkerRecord};
 pub struct StoreConfig {
     /// A lease lasts this long without a heartbeat.
     pub lease_ttl: Duration,
+    /// A lease the worker has not acknowledged (by starting the job or heartbeating it) lasts
+    /// this long, at most `lease_ttl`: a lease handed to a worker that is already gone comes
+    /// back to the queue soon, and costs the job none of its attempts.
+    pub assign_ttl: Duration,
+    /// Jobs are leased only to workers heard from within this time (a heartbeat, a
+    /// registration), so a request for work parked by a worker that died since is not
+    /// answered with a job. `None`: any registered worker.
+    pub worker_liveness: Option<Duration>,
     /// A worker not heard from for this long does not count when explaining why a job waits.
     pub worker_ttl: Duration,
     /// Backoff between attempts.
@@ -52,6 +60,8 @@ impl Default for StoreConfig {
             // With heartbeats every 500 ms (the control plane's default), five can be missed
             // before a worker is presumed lost, and its job runs again within 3 s.
             lease_ttl: Duration::from_millis(2500),
+            assign_ttl: Duration::from_millis(1000),
+            worker_liveness: None,
             worker_ttl: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_log_lines_per_job: 100_000,
@@ -350,6 +360,12 @@ pub trait Store: Send + Sync {
     /// (`timeout`) by `now`. Run it periodically and on start, to recover from a crash.
     fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError>;
 
+    /// Extends every live lease to run at least until `until`, as if its worker had just
+    /// heartbeated; answers how many it extended. For a control plane that starts again: the
+    /// time it was down is no evidence that its workers died, so they get the time to
+    /// reconnect and heartbeat before their jobs are presumed lost. Timeouts are unchanged.
+    fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError>;
+
     /// Stores log lines `first_seq..` of the live attempt under `epoch`. Lines already stored
     /// are skipped, so a resent batch is not duplicated.
     fn append_logs(
@@ -474,7 +490,8 @@ impl<E: Engine> Store for E {
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
         let cfg = self.config().clone();
         self.write(Box::new(move |t| {
-            ops::report(t, &cfg, id, crate::Transition::Start { epoch }, now).map(drop)
+            let ttl = cfg.lease_ttl;
+            ops::report(t, &cfg, id, crate::Transition::Start { epoch, ttl }, now).map(drop)
         }))
     }
 
@@ -549,6 +566,11 @@ impl<E: Engine> Store for E {
     fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
         let cfg = self.config().clone();
         self.write(Box::new(move |t| ops::expire(t, &cfg, now)))
+    }
+
+    fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
+        let cfg = self.config().clone();
+        self.write(Box::new(move |t| ops::renew_leases(t, &cfg, until, now)))
     }
 
     fn append_logs(

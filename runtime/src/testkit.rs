@@ -56,10 +56,11 @@ use crate::{Store, StoreConfig};
 
 pub use history::random_histories;
 pub use lifecycle::{
-    cancel_leased_job_waits_for_the_worker, cancel_of_finished_job_is_refused,
-    cancel_waiting_or_queued_job_is_immediate, every_state_change_appends_an_event,
-    expired_lease_requeues_as_worker_lost, finished_jobs_are_deleted_with_their_logs,
-    finished_jobs_never_change, heartbeat_renews_the_lease_and_records_progress, lease_epochs_grow,
+    an_unacknowledged_lease_is_short_and_costs_no_attempt, cancel_leased_job_waits_for_the_worker,
+    cancel_of_finished_job_is_refused, cancel_waiting_or_queued_job_is_immediate,
+    every_state_change_appends_an_event, expired_lease_requeues_as_worker_lost,
+    finished_jobs_are_deleted_with_their_logs, finished_jobs_never_change,
+    heartbeat_renews_the_lease_and_records_progress, lease_epochs_grow,
     lease_many_is_lease_next_in_turn, lease_many_leases_each_job_once_in_queue_order,
     lease_order_is_priority_then_fifo, lease_refuses_unknown_and_draining_workers,
     leases_only_jobs_that_fit, non_retryable_failures_fail_at_once, retry_waits_out_the_backoff,
@@ -152,6 +153,7 @@ macro_rules! store_suite {
             stale_epoch_reports_are_refused,
             stale_reports_on_finished_job_are_stale,
             expired_lease_requeues_as_worker_lost,
+            an_unacknowledged_lease_is_short_and_costs_no_attempt,
             heartbeat_renews_the_lease_and_records_progress,
             retryable_failures_retry_until_max_attempts,
             non_retryable_failures_fail_at_once,

@@ -171,7 +171,8 @@ fn wall_clock() -> Timestamp {
 
 impl RedbStore {
     /// Opens the store at `path`, creating it (and its folder) when missing, and recovers
-    /// leases that ran out while it was closed, using the wall clock.
+    /// using the wall clock: leases get their whole time from now (the store being closed is
+    /// no sign that a worker died), and attempts past their timeout end.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, OpenError> {
         Self::open_at(path, config, wall_clock())
     }
@@ -209,8 +210,8 @@ impl RedbStore {
         Self::start(open, location.into(), config, now)
     }
 
-    /// The jobs whose leases ran out while the store was closed, as [`Store::expire`]
-    /// handled them on open.
+    /// The attempts that ran past their timeout while the store was closed, as
+    /// [`Store::expire`] ended them on open.
     pub fn recovered(&self) -> &[Expired] {
         &self.recovered
     }
@@ -254,7 +255,13 @@ impl RedbStore {
             committer: Some(committer),
             recovered: Vec::new(),
         };
-        store.recovered = store.expire(now).map_err(|e| OpenError::Storage {
+        // The time the store was closed is held against no worker: every lease gets its whole
+        // time from now, and only attempts past their timeout end.
+        let recover = |store: &Self| {
+            store.renew_leases(now.saturating_add(store.config.lease_ttl), now)?;
+            store.expire(now)
+        };
+        store.recovered = recover(&store).map_err(|e| OpenError::Storage {
             location: store.shared.location.clone(),
             source: match e {
                 StoreError::Storage(f) => f,

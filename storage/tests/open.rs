@@ -51,7 +51,7 @@ fn a_store_keeps_its_jobs_across_reopening() {
 }
 
 #[test]
-fn leases_that_ran_out_while_closed_are_recovered_as_worker_loss() {
+fn leases_get_their_whole_time_again_when_the_store_reopens() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nexa_forge.db");
     let config = StoreConfig::default();
@@ -78,11 +78,24 @@ fn leases_that_ran_out_while_closed_are_recovered_as_worker_loss() {
         assert!(store.recovered().is_empty());
         assert_eq!(store.get(job).unwrap().state, JobState::Running);
     }
+    // Closed for longer than the lease: the time closed is held against no worker, so the
+    // lease runs its whole time from the open.
     let later = Timestamp(config.lease_ttl.as_millis() as u64 + 5_000);
-    let store = RedbStore::open_at(&path, config, later).unwrap();
+    let store = RedbStore::open_at(&path, config.clone(), later).unwrap();
+    assert!(store.recovered().is_empty());
+    let j = store.get(job).unwrap();
+    assert_eq!(j.state, JobState::Running);
     assert_eq!(
-        store.recovered(),
-        &[Expired {
+        j.live_attempt().unwrap().lease_expires_at,
+        later.saturating_add(config.lease_ttl)
+    );
+    // A worker that does not come back loses it then.
+    let expired = store
+        .expire(later.saturating_add(config.lease_ttl))
+        .unwrap();
+    assert_eq!(
+        expired,
+        [Expired {
             job,
             state: JobState::Queued,
             timed_out: false,
@@ -94,7 +107,7 @@ fn leases_that_ran_out_while_closed_are_recovered_as_worker_loss() {
     };
     assert_eq!(err.class, FailureClass::WorkerLost);
     // The presumed-dead worker's completion is refused.
-    let late = store.complete(job, epoch, JobOutput::default(), later);
+    let late = store.complete(job, epoch, JobOutput::default(), Timestamp(later.0 + 1));
     assert!(late.unwrap_err().is_stale());
 }
 

@@ -64,12 +64,15 @@ impl ClientConfig {
             hello,
             max_frame: DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(500),
+            // Six keep-alives missed: a peer that died without a word (SIGKILL, a lost
+            // machine) is found out within 3 s.
+            idle_timeout: Duration::from_secs(3),
             reconnect: RetryPolicy {
                 base: Duration::from_millis(100),
                 max: Duration::from_secs(10),
                 jitter: 0.5,
+                ..RetryPolicy::default()
             },
         }
     }
@@ -203,7 +206,7 @@ pub fn client_endpoint(server: SocketAddr) -> Result<Endpoint, ConnectError> {
     } else {
         ([0u16; 8], 0).into()
     };
-    crate::endpoint(local, None).map_err(|e| ConnectError::Failed {
+    crate::endpoint(local, None, None).map_err(|e| ConnectError::Failed {
         addr: server.to_string(),
         reason: format!("cannot open a UDP socket: {e}"),
     })

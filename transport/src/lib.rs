@@ -54,18 +54,69 @@ fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket
     Ok(socket.into())
 }
 
-/// An endpoint on `addr`, serving when `server` is given.
+/// An endpoint on `addr`, serving when `server` is given. With `reset_secret`, its stateless
+/// resets are keyed by it rather than by a key of this process: a server started again with
+/// the same secret tells the peers of its earlier run, at their next packet, that their
+/// connection is gone, so they reconnect at once rather than after the idle timeout.
 fn endpoint(
     addr: std::net::SocketAddr,
     server: Option<quinn::ServerConfig>,
+    reset_secret: Option<&[u8]>,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = udp_socket(addr)?;
+    let config = match reset_secret {
+        Some(secret) => quinn::EndpointConfig::new(std::sync::Arc::new(ResetKey::derive(secret))),
+        None => quinn::EndpointConfig::default(),
+    };
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server,
         socket,
         std::sync::Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// The HMAC-SHA256 key of an endpoint's stateless reset tokens.
+struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    /// The key for `secret` (the server's private key): stable across restarts, and telling
+    /// nothing of the secret.
+    fn derive(secret: &[u8]) -> Self {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"nexa stateless reset key\0");
+        hash.update(secret);
+        Self(hash.finalize().into())
+    }
+
+    fn mac(&self, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key size");
+        mac.update(data);
+        mac
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac;
+        let tag = self.mac(data).finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac;
+        self.mac(data)
+            .verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 /// QUIC settings shared by both ends. `peer_streams` is how many bidirectional streams the

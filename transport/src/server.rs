@@ -75,8 +75,10 @@ impl ServerConfig {
             join_token: join_token.into(),
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(500),
+            // Six keep-alives missed: a peer that died without a word (SIGKILL, a lost
+            // machine) is found out within 3 s.
+            idle_timeout: Duration::from_secs(3),
             push_timeout: Duration::from_secs(10),
         }
     }
@@ -169,7 +171,7 @@ impl Server {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ServerError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(identity.certs, identity.key)
+            .with_single_cert(identity.certs, identity.key.clone_key())
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -180,10 +182,15 @@ impl Server {
             config.idle_timeout,
             1,
         )));
+        // The key of its stateless resets comes from its identity, so a restarted server
+        // makes the workers of its earlier run reconnect at once.
+        let secret = identity.key.secret_der().to_vec();
         let endpoint =
-            crate::endpoint(config.listen, Some(quic)).map_err(|reason| ServerError::Bind {
-                addr: config.listen,
-                reason,
+            crate::endpoint(config.listen, Some(quic), Some(&secret)).map_err(|reason| {
+                ServerError::Bind {
+                    addr: config.listen,
+                    reason,
+                }
             })?;
         let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::new(config), handler));
         Ok(Self {

@@ -677,6 +677,7 @@ mod tests {
                 base: Duration::from_millis(300),
                 max: Duration::from_millis(300),
                 jitter: 0.0,
+                ..nexa_runtime::RetryPolicy::default()
             },
             ..StoreConfig::default()
         }));

@@ -507,6 +507,7 @@ mod tests {
                 -> Result<JobState, StoreError>;
             cancel(id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError>;
             expire(now: Timestamp) -> Result<Vec<Expired>, StoreError>;
+            renew_leases(until: Timestamp, now: Timestamp) -> Result<u64, StoreError>;
             append_logs(id: JobId, epoch: Epoch, first_seq: u64, lines: Vec<String>, now: Timestamp)
                 -> Result<LogAck, StoreError>;
             read_logs(id: JobId, query: LogQuery) -> Result<LogPage, StoreError>;

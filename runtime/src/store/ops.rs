@@ -323,11 +323,17 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
     req: &LeaseRequest,
     now: Timestamp,
 ) -> Result<Option<super::Lease>, StoreError> {
-    let mut worker = t
+    let worker = t
         .worker(&req.worker)?
         .ok_or_else(|| StoreError::UnknownWorker(req.worker.clone()))?;
     if worker.status == WorkerStatus::Draining {
         return Err(StoreError::WorkerDraining(req.worker.clone()));
+    }
+    if let Some(liveness) = cfg.worker_liveness
+        && now.saturating_since(worker.last_seen) > liveness
+    {
+        // Not heard from lately: the request may be one a dead worker left parked.
+        return Ok(None);
     }
     let offer = Offer {
         free_gpus: &req.free_gpus,
@@ -343,11 +349,11 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
             true
         }
     })?;
-    // An empty poll writes nothing: the worker's heartbeats keep `last_seen` fresh.
+    // Neither an empty poll nor a lease writes the worker: its heartbeats keep `last_seen`
+    // fresh, and a request for work is no sign of life (it may have waited long).
     let Some(key) = picked else {
         return Ok(None);
     };
-    worker.last_seen = now;
     let old = t
         .job(key.job)?
         .ok_or_else(|| corrupt(format!("queue names missing {}", key.job)))?;
@@ -357,13 +363,12 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
         Transition::Lease {
             worker: req.worker.clone(),
             epoch,
-            ttl: cfg.lease_ttl,
+            ttl: cfg.assign_ttl.min(cfg.lease_ttl),
         },
         now,
         &cfg.retry,
     )?;
     t.set_counter(Counter::NextEpoch, epoch.0 + 1)?;
-    t.put_worker(&worker)?;
     write_job(t, Some(&old), &job)?;
     let attempt = job
         .live_attempt()
@@ -501,6 +506,38 @@ pub(super) fn expire<T: Tables + ?Sized>(
         });
     }
     Ok(expired)
+}
+
+pub(super) fn renew_leases<T: Tables + ?Sized>(
+    t: &mut T,
+    cfg: &StoreConfig,
+    until: Timestamp,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut leased = Vec::new();
+    for state in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
+        t.state_desc(state, None, &mut |id| {
+            leased.push(id);
+            true
+        })?;
+    }
+    let mut renewed = 0;
+    for id in leased {
+        let old = load(t, id)?;
+        let Some(live) = old.live_attempt().filter(|a| a.lease_expires_at < until) else {
+            continue;
+        };
+        let mut job = old.clone();
+        let renew = Transition::Renew {
+            epoch: live.epoch,
+            ttl: until.saturating_since(now),
+            progress: None,
+        };
+        job.apply(renew, now, &cfg.retry)?;
+        write_job(t, Some(&old), &job)?;
+        renewed += 1;
+    }
+    Ok(renewed)
 }
 
 fn stale(job: &Job, epoch: Epoch) -> StoreError {

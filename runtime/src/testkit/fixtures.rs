@@ -29,11 +29,15 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
 pub(crate) fn config() -> StoreConfig {
     StoreConfig {
         lease_ttl: LEASE_TTL,
+        // As long as a lease: the short lease of an unacknowledged assignment has tests of
+        // its own, with its own settings.
+        assign_ttl: LEASE_TTL,
         worker_ttl: Duration::from_secs(60),
         retry: RetryPolicy {
             base: Duration::from_secs(1),
             max: Duration::from_secs(8),
             jitter: 0.0,
+            ..RetryPolicy::default()
         },
         ..StoreConfig::default()
     }

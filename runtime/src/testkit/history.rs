@@ -40,6 +40,8 @@ const TIMEOUTS: [Duration; 3] = [
 ];
 const LOG_CAP: u64 = 4;
 const RETRY_MAX: Duration = Duration::from_secs(4);
+/// Few, so that histories reach the limit.
+const MAX_RECOVERIES: u32 = 2;
 /// Epochs from here on are never granted in a history of at most 60 operations.
 const NEVER_GRANTED: u64 = 1 << 40;
 const CLASSES: [FailureClass; 6] = [
@@ -54,11 +56,16 @@ const CLASSES: [FailureClass; 6] = [
 fn history_config() -> StoreConfig {
     StoreConfig {
         lease_ttl: LEASE_TTL,
+        // The model's leases last `LEASE_TTL` whether acknowledged or not; the short
+        // assignment lease has its own tests.
+        assign_ttl: LEASE_TTL,
+        worker_liveness: None,
         worker_ttl: Duration::from_secs(60),
         retry: RetryPolicy {
             base: Duration::from_secs(1),
             max: RETRY_MAX,
             jitter: 0.5,
+            max_recoveries: MAX_RECOVERIES,
         },
         max_log_lines_per_job: LOG_CAP,
         max_log_line_bytes: 1024,
@@ -900,10 +907,7 @@ impl Model {
             );
             return None;
         };
-        // Being given a job counts as being heard from (an empty poll writes nothing).
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.last_seen = now;
-        }
+        // Being given a job is no sign of life: `last_seen` stays as the worker left it.
         let id = lease.job.id;
         assert_eq!(
             Some(id),
@@ -1045,8 +1049,12 @@ impl Model {
 
     /// The job after its live attempt ended with `error`, which it reported as `state`.
     fn check_failed(&self, store: &impl Store, before: &Job, error: &JobError, state: JobState) {
-        let retry =
-            error.class.is_retryable() && before.attempts.len() < before.spec.max_attempts as usize;
+        // The job's own failures spend its attempts; the platform's, its recoveries.
+        let retry = if error.class.is_platform() {
+            before.recoveries() < MAX_RECOVERIES
+        } else {
+            error.class.is_retryable() && before.own_failures() + 1 < before.spec.max_attempts
+        };
         let want = match before.state {
             JobState::Cancelling => JobState::Cancelled,
             _ if retry => JobState::Queued,
@@ -1350,8 +1358,12 @@ impl Model {
             job.state
         );
         assert!(
-            job.attempts.len() <= job.spec.max_attempts as usize,
-            "{id}: attempts <= max_attempts"
+            job.own_failures() <= job.spec.max_attempts,
+            "{id}: own failures <= max_attempts"
+        );
+        assert!(
+            job.recoveries() <= MAX_RECOVERIES + 1,
+            "{id}: attempts lost to the platform <= max_recoveries + 1"
         );
         for (n, a) in job.attempts.iter().enumerate() {
             assert_eq!(a.number as usize, n + 1);

@@ -10,8 +10,8 @@ use super::fixtures::{
 };
 use crate::{
     AttemptOutcome, Epoch, Expired, FailureClass, Job, JobId, JobState, JobType, Lease,
-    LeaseRequest, ListQuery, PendingReason, Store, StoreError, Timestamp, TransitionError,
-    WorkerId,
+    LeaseRequest, ListQuery, PendingReason, Store, StoreConfig, StoreError, Timestamp,
+    TransitionError, WorkerId,
 };
 
 /// Leases go to the highest priority first, and within a priority to the earliest submitted.
@@ -508,6 +508,66 @@ pub fn stale_reports_on_finished_job_are_stale<H: Harness>(h: &mut H) {
     assert_all_reports_stale(&store, cancelled, l.epoch, at(7));
 }
 
+/// A lease not acknowledged lasts only `assign_ttl`: a worker that was gone when it was leased
+/// the job is found out soon, and the attempt it never started is the platform's, so the job
+/// keeps its one attempt. Starting, or a heartbeat, gives the lease its whole `lease_ttl`. With
+/// `worker_liveness`, a worker not heard from lately is leased nothing, and a heartbeat makes
+/// it eligible again.
+pub fn an_unacknowledged_lease_is_short_and_costs_no_attempt<H: Harness>(h: &mut H) {
+    let assign = Duration::from_secs(1);
+    let liveness = Duration::from_secs(5);
+    let store = h.open(StoreConfig {
+        assign_ttl: assign,
+        worker_liveness: Some(liveness),
+        ..config()
+    });
+    let w = register_cpu_worker(&store, "w1", at(0));
+    let mut s = generate(0);
+    s.max_attempts = 1;
+    let id = submit(&store, s, at(0));
+    let first = lease(&store, &w, id, at(0));
+    assert_eq!(first.lease_expires_at, at(0).saturating_add(assign));
+    let expired = store.expire(at(0).saturating_add(assign)).expect("expire");
+    assert_eq!(expired.len(), 1);
+    let job = get(&store, id);
+    assert_eq!((job.state, job.not_before), (JobState::Queued, None));
+    assert_eq!((job.own_failures(), job.recoveries()), (0, 1));
+    assert_attempt_failed(&job, 1, FailureClass::WorkerLost);
+    let message = &job.events.last().expect("an event").message;
+    assert!(message.contains("never acknowledged"), "{message}");
+
+    // Heard from 1 s ago: leased, and a start gives the whole lease.
+    let second = lease(&store, &w, id, at(2));
+    store.start(id, second.epoch, at(3)).expect("start");
+    assert_eq!(
+        get(&store, id)
+            .live_attempt()
+            .expect("live")
+            .lease_expires_at,
+        at(3).saturating_add(LEASE_TTL)
+    );
+    store
+        .fail(id, second.epoch, error(FailureClass::WorkerLost), at(4))
+        .expect("fail");
+
+    // Not heard from for longer than `worker_liveness`: nothing is leased to it, until a
+    // heartbeat.
+    assert!(try_lease(&store, &w, at(6)).is_none(), "a silent worker");
+    store.worker_heartbeat(&w, at(7)).expect("heartbeat");
+    let third = lease(&store, &w, id, at(7));
+    store.start(id, third.epoch, at(7)).expect("start");
+    store
+        .fail(id, third.epoch, error(FailureClass::StageError), at(8))
+        .expect("fail");
+    let job = get(&store, id);
+    assert_eq!(
+        job.state,
+        JobState::Failed,
+        "its one attempt of its own is spent"
+    );
+    assert_eq!((job.own_failures(), job.recoveries()), (1, 2));
+}
+
 /// A lease not renewed within the TTL ends, on `expire`, as a `worker_lost` attempt; the job is
 /// queued again, the old worker's completion is refused, and the next lease has a larger epoch.
 pub fn expired_lease_requeues_as_worker_lost<H: Harness>(h: &mut H) {
@@ -519,7 +579,8 @@ pub fn expired_lease_requeues_as_worker_lost<H: Harness>(h: &mut H) {
     assert_eq!(old.lease_expires_at, at(0).saturating_add(LEASE_TTL));
     store.start(id, old.epoch, at(1)).expect("start");
 
-    let expires = old.lease_expires_at;
+    // Starting renews the lease.
+    let expires = at(1).saturating_add(LEASE_TTL);
     assert_eq!(
         store.expire(Timestamp(expires.0 - 1)).expect("expire"),
         vec![]
@@ -645,16 +706,19 @@ pub fn retryable_failures_retry_until_max_attempts<H: Harness>(h: &mut H) {
     let store = h.open(config());
     let w = register_cpu_worker(&store, "w1", at(0));
     let mut t = 0;
-    for class in [
-        FailureClass::StageError,
-        FailureClass::WorkerLost,
-        FailureClass::Platform,
+    // The job's own failures spend its `max_attempts`; failures of the platform (a lost
+    // worker, Nexa Forge itself) do not, and have a budget of their own.
+    let recoveries = config().retry.max_recoveries;
+    for (class, max_attempts, tries) in [
+        (FailureClass::StageError, 3, 3),
+        (FailureClass::WorkerLost, 1, recoveries + 1),
+        (FailureClass::Platform, 1, recoveries + 1),
     ] {
         let mut s = generate(t);
-        s.max_attempts = 3;
+        s.max_attempts = max_attempts;
         let id = submit(&store, s, at(t));
         let mut epochs = Vec::new();
-        for attempt in 1..=3u32 {
+        for attempt in 1..=tries {
             t += 100;
             let l = lease(&store, &w, id, at(t));
             assert_eq!(l.attempt, attempt);
@@ -663,7 +727,7 @@ pub fn retryable_failures_retry_until_max_attempts<H: Harness>(h: &mut H) {
             let after = store
                 .fail(id, l.epoch, error(class), at(t + 1))
                 .expect("fail");
-            let want = if attempt < 3 {
+            let want = if attempt < tries {
                 JobState::Queued
             } else {
                 JobState::Failed
@@ -672,9 +736,9 @@ pub fn retryable_failures_retry_until_max_attempts<H: Harness>(h: &mut H) {
             assert_eq!(state(&store, id), want);
         }
         let job = get(&store, id);
-        assert_eq!(job.attempts.len(), 3);
-        for n in 1..=3 {
-            assert_attempt_failed(&job, n, class);
+        assert_eq!(job.attempts.len(), tries as usize);
+        for n in 1..=tries {
+            assert_attempt_failed(&job, n as usize, class);
         }
         assert_eq!(job.error, Some(error(class)));
         assert!(epochs.windows(2).all(|e| e[0] < e[1]));
