@@ -112,7 +112,9 @@ impl Artifacts {
         client
             .request(&message)
             .await
-            .map_err(|e| failed(format!("{} not answered: {e}", message.name())))
+            // Contact with the control plane lost on the way: not the stage's fault, and a
+            // restart (from the last checkpoint) may well go through.
+            .map_err(|e| StageError::Crashed(format!("{} not answered: {e}", message.name())))
     }
 
     /// A local file holding what `uri` names: the file itself for a path or `file://` URI,

@@ -1,6 +1,8 @@
 //! [`CommandStage`]: a job type handled by the user's own program.
 //!
-//! The program is run with `sh -c`, in a process group of its own, with:
+//! The program is run with `sh -c`, in a process group of its own led by a shell that dies
+//! with the worker (a parent-death signal) and then kills the whole group; a program that
+//! survives anyway is killed by the next worker started in the same folder. It runs with:
 //!
 //! | variable               | value                                                        |
 //! |------------------------|--------------------------------------------------------------|
@@ -10,15 +12,20 @@
 //! | `CUDA_VISIBLE_DEVICES` | the assigned GPUs, comma-separated (empty for none)          |
 //! | `NEXA_JOB_ID`, `NEXA_ATTEMPT` | the job and attempt                                   |
 //!
-//! Every line it writes on stdout or stderr becomes a log line as it is written, except
+//! Every line it writes on stdout or stderr (one pipe, so in the order written) becomes a log
+//! line as it is written, except
 //! `NEXA_PROGRESS <0..1>`, which reports progress. Exit status 0 is success: the result is the
 //! JSON in `$NEXA_OUTPUT_DIR/result.json` (optional); its `metrics` (name → number) and
 //! `artifacts` (name → URI) objects become the job's metrics and artifacts, and the whole
 //! document is kept. Artifacts that are files on the worker (paths relative to
 //! `NEXA_OUTPUT_DIR`, absolute paths, `file://` URIs) are uploaded to the control plane and
-//! listed by their `nexa://artifacts/…` URI. Any other exit is a stage failure whose message
-//! carries the last lines.
-//! On cancel the group gets SIGTERM, then SIGKILL after a grace period.
+//! listed by their `nexa://artifacts/…` URI. Exit status 65 ([`INVALID_INPUT_EXIT`]) says the
+//! input cannot work: the job fails at once, not retried. Any other exit is a failure of the
+//! attempt, retried by the job's policy (`max_attempts`, with backoff), its message carrying
+//! the last lines; a program killed by a signal is a crash, started again by the worker
+//! within its restart limit first.
+//! On cancel the whole group gets SIGTERM, then SIGKILL after the grace period; the job is
+//! cancelled once every process of the group is gone.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -225,9 +232,17 @@ impl CommandStage {
         let result_file = ctx.output_dir.join("result.json");
         let _ = std::fs::remove_file(&result_file);
 
+        // stdout and stderr share one pipe, so lines reach the log in the order written.
+        let (output, writer) = std::io::pipe().map_err(|e| io("cannot make a pipe", &e))?;
+        let stderr = writer
+            .try_clone()
+            .map_err(|e| io("cannot make a pipe", &e))?;
         let gpus: Vec<String> = ctx.gpus.iter().map(u32::to_string).collect();
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
+            .arg(WRAPPER)
+            .arg("nexa-handler")
             .arg(&self.command)
             // The worker's credentials are not the job's: a handler runs the user's code.
             .env_remove("NEXA_JOIN_TOKEN")
@@ -240,23 +255,25 @@ impl CommandStage {
             .env("NEXA_JOB_ID", ctx.job.to_string())
             .env("NEXA_ATTEMPT", ctx.attempt.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::from(stderr))
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        orphans::die_with_worker(&mut command);
+        let mut child = command
             .spawn()
             .map_err(|e| io(&format!("cannot start `{}`", self.command), &e))?;
+        // The parent's copies of the pipe's writing end went with `command`.
+        drop(command);
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let record = pgid.and_then(|pgid| orphans::Record::write(&ctx.output_dir, pgid));
         let (tx, mut lines) = mpsc::unbounded_channel();
-        if let Some(out) = child.stdout.take() {
-            pump(out, tx.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            pump(err, tx);
-        }
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(output.into())
+            .map_err(|e| io("cannot read the program's output", &e))?;
+        pump(output, tx);
 
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
-        let mut cancelled = false;
+        let mut kill_at: Option<tokio::time::Instant> = None;
         let mut status = None;
         let mut lines_open = true;
         while status.is_none() || lines_open {
@@ -278,29 +295,39 @@ impl CommandStage {
                 },
                 exit = child.wait(), if status.is_none() => {
                     status = Some(exit.map_err(|e| io("cannot wait for the program", &e))?);
-                    // The shell is gone: end whatever it left running, which also closes the
-                    // pipes that would otherwise keep this loop waiting.
-                    if let Some(pgid) = pgid {
+                    // The program is done: end whatever it left running, which also closes
+                    // the pipe that would otherwise keep this loop waiting. A cancelled
+                    // program keeps its grace.
+                    if kill_at.is_none()
+                        && let Some(pgid) = pgid
+                    {
                         let _ = killpg(pgid, Signal::SIGKILL);
                     }
                 }
-                () = ctx.cancel.cancelled(), if !cancelled && status.is_none() => {
-                    cancelled = true;
+                () = ctx.cancel.cancelled(), if kill_at.is_none() => {
+                    kill_at = Some(tokio::time::Instant::now() + self.grace);
                     if let Some(pgid) = pgid {
                         let _ = killpg(pgid, Signal::SIGTERM);
-                        let grace = self.grace;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(grace).await;
-                            // The group may be gone by now; that is what we want.
-                            let _ = killpg(pgid, Signal::SIGKILL);
-                        });
                     }
+                }
+                () = sleep_until(kill_at) => {
+                    if let Some(pgid) = pgid {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                    kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
                 }
             }
         }
-        if cancelled {
+        if kill_at.is_some() {
+            // Cancelled: the job leaves `cancelling` only once every process of the program
+            // is gone, within the grace (then killed).
+            if let Some(pgid) = pgid {
+                orphans::wait_gone(pgid, kill_at).await;
+            }
+            drop(record);
             return Err(StageError::Cancelled);
         }
+        drop(record);
         let status =
             status.ok_or_else(|| StageError::Failed("the program's exit was lost".into()))?;
         if status.success() {
@@ -308,15 +335,160 @@ impl CommandStage {
             keep_outputs(&ctx, &mut output).await?;
             return Ok(output);
         }
-        let how = match status.code() {
-            Some(code) => format!("exited with status {code}"),
-            None => "was killed by a signal".to_owned(),
-        };
         let tail: Vec<String> = tail.into();
-        Err(StageError::Failed(format!(
-            "`{}` {how}; last output:\n{}",
-            self.command,
-            tail.join("\n")
-        )))
+        let said = |how: &str| {
+            format!(
+                "`{}` {how}; last output:\n{}",
+                self.command,
+                tail.join("\n")
+            )
+        };
+        // The wrapper shell reports a program killed by signal N as status 128 + N.
+        match status.code() {
+            Some(INVALID_INPUT_EXIT) => Err(StageError::InvalidInput(said(&format!(
+                "exited with status {INVALID_INPUT_EXIT} (invalid input: not retried)"
+            )))),
+            Some(code @ 129..=192) => Err(StageError::Crashed(said(&format!(
+                "was killed by signal {} (exited with status {code})",
+                code - 128
+            )))),
+            Some(code) => Err(StageError::Failed(said(&format!(
+                "exited with status {code}"
+            )))),
+            None => Err(StageError::Crashed(said("was killed by a signal"))),
+        }
+    }
+}
+
+/// Kills the handler programs that an earlier worker with the work folder `work_dir` left
+/// running (it was killed, and a program survived it); answers how many groups it killed. A
+/// worker does this as it starts.
+pub fn kill_leftover_programs(work_dir: &Path) -> usize {
+    orphans::kill_leftovers(work_dir)
+}
+
+/// The exit status with which a program says its input cannot work (`EX_DATAERR` of
+/// sysexits.h): the attempt fails as invalid input and the job is not retried.
+pub const INVALID_INPUT_EXIT: i32 = 65;
+
+/// The shell line a handler runs under: the user's command (`$1`) runs as a child of this
+/// shell, which leads the job's process group and waits for it; a SIGHUP, which the shell
+/// gets when the worker dies (even by SIGKILL), kills the whole group.
+const WRAPPER: &str = r#"trap 'kill -KILL 0' HUP; { eval "$1"; } & wait $!"#;
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Programs that outlive their worker: killed when the worker dies, and, should one survive
+/// (the worker's machine was busy, a program left the group), by the next worker that starts
+/// in the same folder.
+pub(crate) mod orphans {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+
+    /// The file, in an attempt's output folder, naming its running program's process group.
+    const FILE: &str = "program.pid";
+
+    /// Makes the program's shell get SIGHUP when the worker dies, whatever kills it.
+    #[allow(unsafe_code)]
+    pub(super) fn die_with_worker(command: &mut tokio::process::Command) {
+        let worker = nix::unistd::getpid();
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: it makes two system calls (prctl, getppid),
+        // allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGHUP)?;
+                // A worker that died before the call sends no signal: do not start.
+                if nix::unistd::getppid() != worker {
+                    return Err(std::io::Error::other("the worker is gone"));
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// A running program's group, recorded in its attempt's folder until it is gone.
+    pub(super) struct Record(PathBuf);
+
+    impl Record {
+        /// Records group `pgid`, with its leader's start time, so that a later worker kills
+        /// that group and never another that reuses the number.
+        pub(super) fn write(dir: &Path, pgid: Pid) -> Option<Self> {
+            let started = start_time(pgid)?;
+            let path = dir.join(FILE);
+            std::fs::write(&path, format!("{pgid} {started}\n")).ok()?;
+            Some(Self(path))
+        }
+    }
+
+    impl Drop for Record {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+    fn start_time(pid: Pid) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: count from its end.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(19)?.parse().ok()
+    }
+
+    /// Kills the program groups that workers before this one recorded under `work_dir` and
+    /// that still run; answers how many.
+    pub(crate) fn kill_leftovers(work_dir: &Path) -> usize {
+        let mut killed = 0;
+        let Ok(jobs) = std::fs::read_dir(work_dir.join("jobs")) else {
+            return 0;
+        };
+        for attempt in jobs
+            .flatten()
+            .filter_map(|job| std::fs::read_dir(job.path()).ok())
+            .flatten()
+            .flatten()
+        {
+            let path = attempt.path().join(FILE);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let mut fields = text.split_whitespace();
+            let pgid = fields
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .map(Pid::from_raw);
+            let started = fields.next().and_then(|s| s.parse::<u64>().ok());
+            if let (Some(pgid), Some(started)) = (pgid, started)
+                && start_time(pgid) == Some(started)
+                && killpg(pgid, Signal::SIGKILL).is_ok()
+            {
+                killed += 1;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        killed
+    }
+
+    /// Waits until no process of group `pgid` is left, killing the group at `kill_at` if it
+    /// has not gone by then.
+    pub(super) async fn wait_gone(pgid: Pid, kill_at: Option<tokio::time::Instant>) {
+        let mut killed = false;
+        // A group that outlives a SIGKILL by this long has a process stuck in the kernel.
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while killpg(pgid, None).is_ok() && tokio::time::Instant::now() < give_up {
+            if !killed && kill_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

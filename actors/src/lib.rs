@@ -42,7 +42,7 @@ mod worker;
 pub use artifacts::{Artifacts, ModelSource, is_location};
 pub use audit_stage::AuditStage;
 pub use clock::now;
-pub use command_stage::CommandStage;
+pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs};
 pub use control::{ControlPlane, ControlPlaneConfig, StartError};
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DistillStage, EVALUATION_METRICS,
@@ -51,7 +51,7 @@ pub use lifecycle::{
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
-pub use worker::{RestartPolicy, WorkerConfig, WorkerNode, local_gpus};
+pub use worker::{RestartLimit, WorkerConfig, WorkerNode, local_gpus};
 
 /// Makes `dir` and the folders above it that are missing, readable by this user only. A
 /// folder that exists keeps its mode.

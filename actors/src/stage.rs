@@ -94,9 +94,13 @@ pub enum StageError {
     /// The job's input cannot work; retrying will not help.
     #[error("invalid input: {0}")]
     InvalidInput(String),
-    /// The stage failed; another try may succeed.
+    /// The stage failed; another attempt may succeed (the job's retry policy decides).
     #[error("{0}")]
     Failed(String),
+    /// The stage crashed (it panicked, its program was killed by a signal): it is started
+    /// again within the worker's restart limit, then the attempt fails.
+    #[error("{0}")]
+    Crashed(String),
     /// The stage stopped because it was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -108,7 +112,9 @@ impl StageError {
     pub fn to_job_error(&self) -> JobError {
         match self {
             StageError::InvalidInput(m) => JobError::new(FailureClass::InvalidInput, m.clone()),
-            StageError::Failed(m) => JobError::new(FailureClass::StageError, m.clone()),
+            StageError::Failed(m) | StageError::Crashed(m) => {
+                JobError::new(FailureClass::StageError, m.clone())
+            }
             StageError::Cancelled => JobError::new(FailureClass::Cancelled, "cancelled"),
         }
     }

@@ -31,9 +31,15 @@ pub(crate) use self::agent::AgentMsg;
 use self::agent::{Agent, AgentArgs};
 use crate::stage::StageRegistry;
 
-/// How often a failing stage is started again before its attempt fails.
+/// The restart intensity of a job's stage, as Erlang's supervisors have it: at most
+/// `max_restarts` restarts within `window`, then the attempt fails.
+///
+/// A stage is a *transient* child of its supervisor: restarted after a crash (a panic, a
+/// program killed by a signal, a lost GPU: [`StageError::Crashed`](crate::StageError)), never
+/// after it returns, whether with a result or with a failure of its own (a program's non-zero
+/// exit), which ends the attempt for the job's retry policy to judge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RestartPolicy {
+pub struct RestartLimit {
     /// Restarts allowed within `window`.
     pub max_restarts: u32,
     /// The window restarts are counted in.
@@ -42,7 +48,7 @@ pub struct RestartPolicy {
     pub backoff: Duration,
 }
 
-impl Default for RestartPolicy {
+impl Default for RestartLimit {
     fn default() -> Self {
         Self {
             max_restarts: 2,
@@ -83,7 +89,7 @@ pub struct WorkerConfig {
     /// Jobs run at once.
     pub slots: usize,
     /// Restarts of a failing stage.
-    pub restart: RestartPolicy,
+    pub restart: RestartLimit,
     /// How long a cancelled stage may take to stop before it is aborted.
     pub cancel_grace: Duration,
 }
@@ -111,7 +117,7 @@ impl WorkerConfig {
             work_dir: work_dir.into(),
             data_roots: Vec::new(),
             slots: 1,
-            restart: RestartPolicy::default(),
+            restart: RestartLimit::default(),
             cancel_grace: Duration::from_secs(10),
         }
     }
@@ -153,6 +159,15 @@ impl WorkerNode {
         events: mpsc::Receiver<ClientEvent>,
         config: WorkerConfig,
     ) -> Result<Self, String> {
+        // A program a worker before this one left running (its worker was killed, and the
+        // program left its group or the machine was too busy to end it) ends now.
+        let killed = crate::command_stage::orphans::kill_leftovers(&config.work_dir);
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "ended programs an earlier worker in this folder left running"
+            );
+        }
         // Jobs' files (their params, outputs, downloads) are for this user only.
         if let Err(e) = crate::private_dir(&config.work_dir) {
             tracing::warn!(dir = %config.work_dir.display(), "cannot make the work folder: {e}");

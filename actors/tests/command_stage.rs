@@ -207,3 +207,123 @@ async fn a_program_printing_without_newlines_still_reports_its_outcome() {
     assert_eq!(lines[1], "\u{fffd}\u{fffd} bad");
     assert_eq!(lines[2], "done");
 }
+
+#[tokio::test]
+async fn a_cancelled_program_gets_its_grace_and_the_stage_ends_when_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let saved = dir.path().join("saved");
+    // As the README writes handlers: `sh -c` running a program that traps SIGTERM to save
+    // a checkpoint, which takes it a second.
+    let program = dir.path().join("train.sh");
+    std::fs::write(
+        &program,
+        format!(
+            "trap 'sleep 1; touch {}; exit 0' TERM\necho started\nwhile true; do sleep 0.1; done\n",
+            saved.display()
+        ),
+    )
+    .unwrap();
+    let cancel = run.ctx.cancel.clone();
+    let stage = CommandStage::new(
+        format!("sh {} --fast", program.display()),
+        Duration::from_secs(10),
+    );
+    let task = tokio::spawn(async move { stage.run(run.ctx).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    let result = task.await.unwrap();
+    assert_eq!(result.unwrap_err(), StageError::Cancelled);
+    // Not killed when its shell died: it saved, then exited, before the stage ended.
+    assert!(saved.exists(), "the program was killed before it saved");
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_lines_keep_the_order_they_were_written_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = context(dir.path(), vec![]);
+    let script = "for i in $(seq 1 300); do echo out $i; echo err $i >&2; done";
+    CommandStage::new(script, Duration::from_secs(1))
+        .run(run.ctx)
+        .await
+        .unwrap();
+    let logs = drain(&mut run.logs);
+    let want: Vec<String> = (1..=300)
+        .flat_map(|i| [format!("out {i}"), format!("err {i}")])
+        .collect();
+    assert_eq!(logs, want);
+}
+
+#[tokio::test]
+async fn exits_say_whether_to_retry_restart_or_give_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = context(dir.path(), vec![]);
+    let err = |script: &str| {
+        let ctx = run.ctx.clone();
+        let stage = CommandStage::new(script, Duration::from_secs(1));
+        async move { stage.run(ctx).await.unwrap_err() }
+    };
+    // A failure of the program's own: the attempt fails, for the job's policy to retry.
+    let failed = err("echo 'Traceback: boom' >&2; exit 1").await;
+    assert!(
+        matches!(&failed, StageError::Failed(m) if m.contains("exited with status 1") && m.contains("Traceback: boom")),
+        "{failed:?}"
+    );
+    // Status 65: the input cannot work; not retried.
+    let invalid = err("echo 'no such column' >&2; exit 65").await;
+    assert!(
+        matches!(&invalid, StageError::InvalidInput(m) if m.contains("no such column")),
+        "{invalid:?}"
+    );
+    // Killed by a signal: a crash, which the worker restarts.
+    let crashed = err("sh -c 'kill -KILL $$'").await;
+    assert!(
+        matches!(&crashed, StageError::Crashed(m) if m.contains("killed by signal 9")),
+        "{crashed:?}"
+    );
+}
+
+#[test]
+fn a_program_an_earlier_worker_left_running_is_killed_by_the_next() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let attempt = dir.path().join("jobs/job-1/attempt-1");
+    std::fs::create_dir_all(&attempt).unwrap();
+    let mut left = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = left.id();
+    // What a worker records for its running program: the group and when its leader started.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let started = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    std::fs::write(attempt.join("program.pid"), format!("{pid} {started}\n")).unwrap();
+    // A record whose process is another by now (the number reused) kills nothing.
+    let other = dir.path().join("jobs/job-2/attempt-1");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::fs::write(other.join("program.pid"), format!("{} 1\n", bystander.id())).unwrap();
+
+    assert_eq!(nexa_actors::kill_leftover_programs(dir.path()), 1);
+    let status = left.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "another program was killed"
+    );
+    assert!(!attempt.join("program.pid").exists());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}

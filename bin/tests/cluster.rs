@@ -267,6 +267,75 @@ async fn a_failing_program_is_restarted_up_to_its_budget_then_the_job_fails() {
     );
 }
 
+/// A program that fails of itself (a non-zero exit) fails its attempt, which the job's policy
+/// retries: it runs exactly `max_attempts` times, never restarted within an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deterministic_failure_runs_at_most_max_attempts_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let ledger = dir.path().join("ledger");
+    let handler = format!(
+        "echo run >> {}; echo 'Traceback: ValueError' >&2; exit 1",
+        ledger.display()
+    );
+    let _w = plane_worker(&plane, dir.path(), "w1", &handler, &[]);
+    let mut spec = train("broken", 0);
+    spec.max_attempts = 2;
+    let id = plane.submit(spec).await.unwrap().id;
+    let job = wait_state(&plane, id, JobState::Failed).await;
+    let runs = std::fs::read_to_string(&ledger).unwrap().lines().count();
+    assert_eq!(runs, 2, "{:#?}", job.events);
+    assert_eq!(job.attempts.len(), 2);
+    let last = &job.events.last().unwrap().message;
+    assert!(last.contains("failure 2 of 2, none left"), "{last}");
+    // Each attempt's log has the traceback once.
+    for attempt in [1, 2] {
+        let logs = plane
+            .logs(
+                id,
+                LogQuery {
+                    attempt: Some(attempt),
+                    ..LogQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        let tracebacks = logs
+            .lines
+            .iter()
+            .filter(|l| l.text.contains("Traceback"))
+            .count();
+        assert_eq!(tracebacks, 1, "attempt {attempt}: {:?}", logs.lines);
+    }
+}
+
+/// A worker killed with SIGKILL takes its handler program with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_program_dies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = plane(dir.path(), Duration::from_secs(10)).await;
+    let pid_file = dir.path().join("pid");
+    // As the README writes handlers: a program run by `sh -c`, here one that ignores SIGTERM.
+    let handler = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 60'",
+        pid_file.display()
+    );
+    let mut w = plane_worker(&plane, dir.path(), "w1", &handler, &[]);
+    plane.submit(train("orphan", 0)).await.unwrap();
+    let pid = eventually("the program to start", async || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+    })
+    .await;
+    assert!(pid_alive(pid));
+    w.sigkill();
+    eventually("the program to die with its worker", async || {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_kills_its_program_and_frees_the_gpu() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{AgentMsg, RestartPolicy};
+use super::{AgentMsg, RestartLimit};
 use crate::artifacts::Artifacts;
 use crate::stage::{LogSink, Progress, Stage, StageContext, StageError};
 
@@ -29,7 +29,7 @@ pub(crate) struct Args {
     pub(crate) gpus: Vec<u32>,
     pub(crate) work_dir: std::path::PathBuf,
     pub(crate) data_roots: Vec<std::path::PathBuf>,
-    pub(crate) restart: RestartPolicy,
+    pub(crate) restart: RestartLimit,
     pub(crate) grace: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) lost: Arc<AtomicBool>,
@@ -118,8 +118,12 @@ async fn supervise(args: Args) {
         let message = match ended {
             Ended::Done(Ok(output)) => break Ok(output),
             Ended::Done(Err(StageError::Cancelled)) => break Err(StageError::Cancelled),
-            Ended::Done(Err(e @ StageError::InvalidInput(_))) => break Err(e),
-            Ended::Done(Err(StageError::Failed(m))) => m,
+            // A failure of the stage's own (a program's non-zero exit) ends the attempt: the
+            // job's retry policy decides on another. Only crashes are restarted here.
+            Ended::Done(Err(e @ (StageError::InvalidInput(_) | StageError::Failed(_)))) => {
+                break Err(e);
+            }
+            Ended::Done(Err(StageError::Crashed(m))) => m,
             Ended::Panicked(m) => format!("the stage panicked: {m}"),
         };
         if args.cancel.is_cancelled() {
@@ -133,7 +137,7 @@ async fn supervise(args: Args) {
             restarts.pop_front();
         }
         if restarts.len() as u32 >= args.restart.max_restarts {
-            break Err(StageError::Failed(format!(
+            break Err(StageError::Crashed(format!(
                 "{message} (restarted {} times within {:?}; restart budget used up)",
                 restarts.len(),
                 args.restart.window
@@ -152,6 +156,11 @@ async fn supervise(args: Args) {
             () = args.cancel.cancelled() => break Err(StageError::Cancelled),
         }
     };
+    let outcome = outcome.map_err(|e| match e {
+        // What the restarts could not mend is the attempt's failure.
+        StageError::Crashed(m) => StageError::Failed(m),
+        e => e,
+    });
     drop(sink);
     while let Ok(line) = lines.try_recv() {
         logs.push(line);
