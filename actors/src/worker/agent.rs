@@ -212,12 +212,15 @@ impl Actor for Agent {
                     Ok(Message::NoWork) => {}
                     Ok(Message::Error { code, message }) => {
                         warn!(?code, "request for work refused: {message}");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        // Ask again later; the agent goes on heartbeating meanwhile.
+                        myself.send_after(Duration::from_millis(500), || AgentMsg::Poll);
+                        return Ok(());
                     }
                     Ok(other) => warn!("unexpected answer to a request for work: {}", other.name()),
                     Err(e) => {
                         debug!("request for work failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        myself.send_after(Duration::from_millis(200), || AgentMsg::Poll);
+                        return Ok(());
                     }
                 }
                 let _ = myself.cast(AgentMsg::Poll);

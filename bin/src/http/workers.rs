@@ -475,7 +475,7 @@ pub(crate) async fn next_job(
 
 /// The media type of a request to `/api/workers/{id}/messages` and of its answer: one frame of
 /// the worker protocol (`docs/wire-protocol.md`), length prefix included.
-pub(crate) const FRAME_TYPE: &str = "application/x-nexa-frame";
+pub(crate) const FRAME_TYPE: &str = "application/octet-stream";
 
 /// One request of the worker protocol, as a QUIC worker sends it, over HTTP: what
 /// `nexa worker --api` speaks. The answer is the frame the control plane would send on a
@@ -487,14 +487,14 @@ pub(crate) const FRAME_TYPE: &str = "application/x-nexa-frame";
         ("id" = String, Path, description = "The worker, as registered"),
         ("X-Nexa-Worker-Session" = String, Header, description = "The session the worker's registration answered"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/x-nexa-frame", description = "One frame of the worker protocol"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "One frame of the worker protocol"),
     responses(
-        (status = 200, description = "The answer, one frame", content_type = "application/x-nexa-frame"),
+        (status = 200, description = "The answer, one frame", content_type = "application/octet-stream"),
         (status = 400, description = "Not one whole frame of this protocol version", body = ErrorBody),
         (status = 401, description = "Token missing or unknown", body = ErrorBody),
         (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not application/x-nexa-frame", body = ErrorBody),
+        (status = 415, description = "Not application/octet-stream", body = ErrorBody),
     )
 )]
 pub(crate) async fn messages(
