@@ -338,6 +338,8 @@ pub struct ControlPlane {
     long_poll: Duration,
     lease_key: Arc<LeaseKey>,
     handler: Arc<PlaneHandler>,
+    /// Why the control plane cannot work any more, once it cannot.
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -416,9 +418,28 @@ impl ControlPlane {
             store: store.clone(),
             metrics: metrics.clone(),
         };
-        let (scheduler, _) = Actor::spawn(None, Scheduler, args)
+        let (scheduler, ended) = Actor::spawn(None, Scheduler, args)
             .await
             .map_err(|e| StartError::Actor("scheduler", e.to_string()))?;
+        // The scheduler is permanent: if it stops (a bug), the plane cannot lease anything,
+        // so it says so — in its health and in every refusal to lease — rather than limp on.
+        let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
+        {
+            let (failure, scheduler) = (failure.clone(), scheduler.clone());
+            tokio::spawn(async move {
+                let why = match ended.await {
+                    Ok(()) => match scheduler.get_status() {
+                        ractor::ActorStatus::Stopped => "it stopped".to_owned(),
+                        status => format!("it ended ({status:?})"),
+                    },
+                    Err(e) => format!("it panicked: {e}"),
+                };
+                let _ = failure.set(format!(
+                    "the scheduler failed ({why}); no job can be leased until the control \
+                     plane is restarted"
+                ));
+            });
+        }
         // A restart is no sign that workers died: every lease gets the time for its worker to
         // notice, reconnect and heartbeat before it is presumed lost.
         let until = now().saturating_add(config.store.lease_ttl + RESTART_GRACE);
@@ -501,6 +522,7 @@ impl ControlPlane {
             long_poll: config.long_poll,
             lease_key,
             handler,
+            failure,
         })
     }
 
@@ -553,6 +575,11 @@ impl ControlPlane {
     /// Jobs, newest first.
     pub async fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
         blocking(&self.store, move |s| s.list(query)).await
+    }
+
+    /// How many jobs are in each state, counted at one moment.
+    pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        blocking(&self.store, |s| s.counts()).await
     }
 
     /// How many jobs are in `state`.
@@ -636,7 +663,12 @@ impl ControlPlane {
             .await;
         let lease = match asked {
             Ok(CallResult::Success(result)) => result?,
-            _ => return Err(unavailable("the scheduler did not answer")),
+            _ => {
+                return Err(unavailable(
+                    self.failure()
+                        .unwrap_or("the scheduler did not answer in time"),
+                ));
+            }
         };
         if let Some(lease) = &lease {
             self.metrics.record_dispatch(&lease.job);
@@ -726,6 +758,12 @@ impl ControlPlane {
     /// answer names it.
     pub async fn worker_request(&self, worker: &WorkerId, message: Message) -> Message {
         self.handler.answer(worker, None, message).await
+    }
+
+    /// Why the control plane cannot lease jobs any more (its scheduler failed); `None` while
+    /// it is well. A supervisor of the process should restart it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// How the control plane has been doing.
@@ -1104,5 +1142,52 @@ impl PlaneHandler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nexa_runtime::{WorkerId, WorkerInfo};
+
+    use super::{ControlPlane, ControlPlaneConfig};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plane_whose_scheduler_stopped_says_so_instead_of_limping_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControlPlaneConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path(),
+            "a-token-for-tests",
+        );
+        let plane = ControlPlane::start(config).await.unwrap();
+        assert_eq!(plane.failure(), None);
+        let worker = WorkerId::new("w1").unwrap();
+        plane
+            .register_worker(WorkerInfo {
+                id: worker.clone(),
+                cpus: 1,
+                memory_mb: 1024,
+                gpus: vec![],
+                labels: Default::default(),
+                job_types: nexa_runtime::JobType::ALL.into_iter().collect(),
+            })
+            .await
+            .unwrap();
+        plane.scheduler.stop(None);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while plane.failure().is_none() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let failure = plane.failure().unwrap().to_owned();
+        assert!(failure.contains("the scheduler failed"), "{failure}");
+        let refused = plane
+            .next_job(worker, vec![], Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("restarted"), "{refused}");
+        plane.shutdown().await;
     }
 }

@@ -295,6 +295,15 @@ pub trait Store: Send + Sync {
         }
     }
 
+    /// How many jobs are in each state, all counted at one moment (so they add up to the
+    /// jobs stored then). This default, for wrappers, counts state by state.
+    fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        JobState::ALL
+            .into_iter()
+            .map(|s| Ok((s, self.count(s)?)))
+            .collect()
+    }
+
     /// Why a job has not started: `None` unless it is waiting or queued.
     fn pending_reason(
         &self,
@@ -458,6 +467,15 @@ impl<E: Engine> Store for E {
 
     fn count(&self, state: JobState) -> Result<u64, StoreError> {
         self.read(&mut |t| ops::count(t, state))
+    }
+
+    fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.read(&mut |t| {
+            JobState::ALL
+                .into_iter()
+                .map(|s| Ok((s, ops::count(t, s)?)))
+                .collect()
+        })
     }
 
     fn pending_reason(

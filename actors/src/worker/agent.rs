@@ -612,3 +612,101 @@ mod tests {
         plane.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod supervision_tests {
+    use std::time::Duration;
+
+    use nexa_runtime::*;
+    use nexa_transport::Trust;
+
+    use crate::{
+        BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError,
+        StageRegistry, WorkerConfig, WorkerNode,
+    };
+
+    /// A stage whose `run` panics before it returns a future: the panic is in the
+    /// supervisor's own task, not in the stage's.
+    struct PanicsAtOnce;
+
+    impl Stage for PanicsAtOnce {
+        fn run(&self, _ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+            panic!("cannot even start")
+        }
+    }
+
+    struct Fine;
+
+    impl Stage for Fine {
+        fn run(&self, _ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+            Box::pin(async { Ok(JobOutput::default()) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_supervisor_reports_a_platform_failure_and_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControlPlaneConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("plane"),
+            "agent-test-token",
+        );
+        let plane = ControlPlane::start(config).await.unwrap();
+        let mut stages = StageRegistry::new();
+        stages.register(JobType::Generate, PanicsAtOnce);
+        stages.register(JobType::Train, Fine);
+        let worker = WorkerNode::start(WorkerConfig::new(
+            plane.addr(),
+            Trust::Fingerprint(plane.fingerprint()),
+            "agent-test-token",
+            WorkerId::new("one-slot").unwrap(),
+            stages,
+            dir.path().join("worker"),
+        ))
+        .await
+        .unwrap();
+
+        let broken = plane
+            .submit(JobSpec::new(JobParams::Generate(GenerateParams::new(
+                "physics", 10,
+            ))))
+            .await
+            .unwrap()
+            .id;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let failed = loop {
+            let job = plane.get(broken).await.unwrap();
+            if let Some(Some(AttemptOutcome::Failed(e))) =
+                job.attempts.first().map(|a| a.outcome.clone())
+            {
+                break e;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{:#?}", job.events);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(failed.class, FailureClass::Platform, "{failed:?}");
+        assert!(failed.message.contains("supervisor"), "{failed:?}");
+        // The one slot is free again: another job runs.
+        let fine = plane
+            .submit(JobSpec::new(JobParams::Train(TrainParams::new(
+                "m",
+                "file:///d.csv",
+            ))))
+            .await
+            .unwrap()
+            .id;
+        loop {
+            if plane.get(fine).await.unwrap().state == JobState::Succeeded {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot stayed taken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        plane.cancel(broken, "done").await.unwrap();
+        worker.stop().await;
+        plane.shutdown().await;
+    }
+}

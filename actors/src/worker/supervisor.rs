@@ -46,9 +46,28 @@ impl Actor for Supervisor {
 
     async fn pre_start(&self, myself: ActorRef<()>, args: Args) -> Result<(), ActorProcessingErr> {
         tokio::spawn(async move {
-            let job = args.assignment.job;
-            let agent = args.agent.clone();
-            supervise(args).await;
+            let a = &args.assignment;
+            let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
+            let (agent, client, lost) =
+                (args.agent.clone(), args.client.clone(), args.lost.clone());
+            // A panic in the supervision itself (not in the stage, which it catches) is seen
+            // here: the attempt is reported failed as the platform's fault, and the job's
+            // slot and GPUs are given back.
+            if let Err(e) = tokio::spawn(supervise(args)).await {
+                warn!(%job, "the stage supervisor failed: {e}");
+                let _ = agent.cast(AgentMsg::StageDone(job));
+                let error = nexa_runtime::JobError::new(
+                    nexa_runtime::FailureClass::Platform,
+                    format!("the worker's supervisor of this job failed: {e}"),
+                );
+                let report = Message::Fail {
+                    job,
+                    epoch,
+                    lease_token,
+                    error,
+                };
+                deliver(&*client, &report, &lost).await;
+            }
             let _ = agent.cast(AgentMsg::Finished(job));
             myself.stop(None);
         });

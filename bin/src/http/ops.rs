@@ -21,6 +21,9 @@ use super::error::{ApiError, ErrorBody};
     )
 )]
 pub(crate) async fn healthz(state: web::Data<State>) -> Result<Json<Health>, ApiError> {
+    if let Some(why) = state.plane.failure() {
+        return Err(ApiError::unavailable(why.to_owned()));
+    }
     state.plane.workers().await?;
     Ok(Json(Health {
         status: "ok".to_owned(),
@@ -40,8 +43,8 @@ pub(crate) async fn metrics(_: Reader, state: web::Data<State>) -> Result<HttpRe
     let mut out = String::new();
     out.push_str("# HELP nexa_jobs Jobs by status.\n# TYPE nexa_jobs gauge\n");
     let mut queued = 0;
-    for s in JobState::ALL {
-        let n = state.plane.count(s).await?;
+    // One snapshot: the counts add up to the jobs stored at one moment.
+    for (s, n) in state.plane.counts().await? {
         if s == JobState::Queued {
             queued = n;
         }

@@ -65,6 +65,17 @@ pub fn list_filters_by_state_and_type<H: Harness>(h: &mut H) {
     }
     assert_eq!(store.count(JobState::Assigned).expect("count"), 3);
     assert_eq!(store.count(JobState::Cancelled).expect("count"), 2);
+    // `counts` says the same of every state at once, adding up to every job.
+    let counts = store.counts().expect("counts");
+    assert_eq!(
+        counts.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        JobState::ALL.to_vec()
+    );
+    for (state, n) in &counts {
+        assert_eq!(*n, store.count(*state).expect("count"), "{state}");
+    }
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, everything.jobs.len() as u64);
 
     let assigned = store.list(q(Some(JobState::Assigned), None)).expect("list");
     assert_eq!(ids(&assigned.jobs), expect(&|n, _| n < 3));
