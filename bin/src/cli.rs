@@ -618,12 +618,13 @@ fn jobs(args: JobsArgs) -> Result<ExitCode> {
         .unwrap_or_default()
         .iter()
         .map(|j| {
-            let info = printable(
-                j["pending_reason"]
-                    .as_str()
-                    .or_else(|| j["error"]["message"].as_str())
-                    .unwrap_or(""),
-            );
+            // One line: the reason a job waits, or the first line of its error (a
+            // traceback's last lines are in `nexa job` and the logs).
+            let info = j["pending_reason"]
+                .as_str()
+                .or_else(|| j["error"]["message"].as_str())
+                .unwrap_or("");
+            let info = printable(&first_line(info, 100));
             vec![
                 text(&j["job_id"]),
                 text(&j["job_type"]),
@@ -646,6 +647,17 @@ fn jobs(args: JobsArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `text`, cut to `max` characters (marked with `…`).
+fn first_line(text: &str, max: usize) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut out: String = first.chars().take(max).collect();
+    if out.chars().count() < first.chars().count() || lines.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn job(args: JobArgs) -> Result<ExitCode> {
@@ -955,6 +967,24 @@ fn status_line(job: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_shows_the_first_line_of_an_error() {
+        let traceback = "`python3 train.py` exited with status 1; last output:\nTraceback (most recent call last):\n  File \"train.py\"";
+        assert_eq!(
+            first_line(traceback, 100),
+            "`python3 train.py` exited with status 1; last output:…"
+        );
+        assert_eq!(
+            first_line("no worker is connected", 100),
+            "no worker is connected"
+        );
+        assert_eq!(
+            first_line(&"x".repeat(150), 100),
+            format!("{}…", "x".repeat(100))
+        );
+        assert_eq!(first_line("", 100), "");
+    }
 
     #[test]
     fn params_read_json_values_and_fall_back_to_text() {

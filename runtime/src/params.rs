@@ -396,7 +396,7 @@ impl JobParams {
                 ));
             }
             if !value.is_null() {
-                map.insert(key, value);
+                map.insert(key, whole(value));
             }
         }
         if let Some(missing) = fields
@@ -408,14 +408,16 @@ impl JobParams {
                 format!("is required for {job_type} jobs"),
             ));
         }
+        let given = map.clone();
         let value = Value::Object(map);
+        let typed = |e: SpecError| plain(e, &given, fields);
         let params = match job_type {
-            JobType::Generate => JobParams::Generate(typed(value)?),
-            JobType::Audit => JobParams::Audit(typed(value)?),
-            JobType::Distill => JobParams::Distill(typed(value)?),
-            JobType::Train => JobParams::Train(typed(value)?),
-            JobType::Evaluate => JobParams::Evaluate(typed(value)?),
-            JobType::Deploy => JobParams::Deploy(typed(value)?),
+            JobType::Generate => JobParams::Generate(self::typed(value).map_err(typed)?),
+            JobType::Audit => JobParams::Audit(self::typed(value).map_err(typed)?),
+            JobType::Distill => JobParams::Distill(self::typed(value).map_err(typed)?),
+            JobType::Train => JobParams::Train(self::typed(value).map_err(typed)?),
+            JobType::Evaluate => JobParams::Evaluate(self::typed(value).map_err(typed)?),
+            JobType::Deploy => JobParams::Deploy(self::typed(value).map_err(typed)?),
         };
         Ok(params.with_defaults())
     }
@@ -445,6 +447,57 @@ impl JobParams {
         // Params hold only strings, finite numbers, lists and maps with string keys.
         value.unwrap_or_else(|e| Value::String(format!("params do not show as JSON: {e}")))
     }
+}
+
+/// A number written with a fraction or an exponent that is whole (`1e3`, `1000.0`) as the
+/// integer it is, so that an integer parameter takes it; anything else as it is.
+fn whole(value: Value) -> Value {
+    const SAFE: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is exact.
+    match value.as_f64() {
+        Some(x) if !value.is_i64() && !value.is_u64() && x.fract() == 0.0 && x.abs() < SAFE => {
+            if x >= 0.0 {
+                Value::from(x as u64)
+            } else {
+                Value::from(x as i64)
+            }
+        }
+        _ => value,
+    }
+}
+
+/// A type error of a top-level parameter in plain words, with the value given: "must be a
+/// whole number, not -1" rather than serde's "invalid value: integer `-1`, expected u32".
+fn plain(e: SpecError, given: &Map<String, Value>, fields: &[ParamField]) -> SpecError {
+    let Some(name) = e.field.strip_prefix("params.") else {
+        return e;
+    };
+    let (Some(value), Some(field)) = (given.get(name), fields.iter().find(|f| f.name == name))
+    else {
+        return e;
+    };
+    let expected = e.reason.rsplit("expected ").next().unwrap_or_default();
+    let negative = value.as_f64().is_some_and(|x| x < 0.0);
+    let wanted = if ["u8", "u16", "u32", "u64", "usize"].contains(&expected) {
+        if negative {
+            "0 or more"
+        } else {
+            "a whole number"
+        }
+    } else if ["i32", "i64"].contains(&expected) {
+        "a whole number"
+    } else if ["f32", "f64"].contains(&expected) {
+        "a number"
+    } else if expected.starts_with("a string") {
+        "text"
+    } else if expected.starts_with("a boolean") {
+        "true or false"
+    } else {
+        return e;
+    };
+    SpecError::new(
+        e.field.clone(),
+        format!("must be {wanted}; got {value} ({})", field.doc),
+    )
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, SpecError> {
@@ -846,7 +899,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "params.epochs");
-        assert!(err.reason.contains("expected u32"), "{err}");
+        assert!(
+            err.reason.starts_with("must be a whole number; got \"3\""),
+            "{err}"
+        );
+        let err = parse(
+            JobType::Train,
+            json!({"model_id": "m", "dataset_uri": "d", "epochs": -1}),
+        )
+        .unwrap_err();
+        assert!(
+            err.reason.starts_with("must be 0 or more; got -1 ("),
+            "{err}"
+        );
+        // A whole number written with an exponent or a fraction is taken as one.
+        let p = parse(
+            JobType::Generate,
+            json!({"domain": "physics", "num_samples": 1e3}),
+        )
+        .unwrap();
+        let JobParams::Generate(p) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(p.num_samples, 1000);
+        let err = parse(
+            JobType::Generate,
+            json!({"domain": "physics", "num_samples": 2.5}),
+        )
+        .unwrap_err();
+        assert!(
+            err.reason.starts_with("must be a whole number; got 2.5"),
+            "{err}"
+        );
         let err = parse(
             JobType::Train,
             json!({"model_id": "m", "dataset_uri": "d", "hyperparameters": {"x": [1]}}),

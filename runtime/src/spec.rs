@@ -494,13 +494,31 @@ fn uri(field: &str, value: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// `n` with its thousands grouped: `10,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn range_u64(field: &str, value: u64, min: u64, max: u64) -> Result<(), SpecError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
         Err(SpecError::new(
             field,
-            format!("{value} is outside {min}..={max}"),
+            format!(
+                "must be from {} to {}; got {}",
+                thousands(min),
+                thousands(max),
+                thousands(value)
+            ),
         ))
     }
 }
