@@ -65,7 +65,16 @@ fn endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = udp_socket(addr)?;
     let config = match reset_secret {
-        Some(secret) => quinn::EndpointConfig::new(std::sync::Arc::new(ResetKey::derive(secret))),
+        Some(secret) => {
+            let key = ResetKey::derive(secret);
+            // quinn's default connection ids carry a check keyed per process, and packets
+            // whose id fails it are dropped unanswered: ids of an earlier run would get no
+            // reset. These ids carry no check, so every unknown one is answered.
+            let seed = key.0;
+            let mut config = quinn::EndpointConfig::new(std::sync::Arc::new(key));
+            config.cid_generator(move || Box::new(CidGenerator::new(&seed)));
+            config
+        }
         None => quinn::EndpointConfig::default(),
     };
     quinn::Endpoint::new(
@@ -74,6 +83,57 @@ fn endpoint(
         socket,
         std::sync::Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// Connection ids of 8 bytes: SHA-256 of a secret, the process, the time and counters, so
+/// they are unpredictable and unique without a random number generator of their own.
+struct CidGenerator {
+    seed: [u8; 32],
+    next: u64,
+}
+
+impl CidGenerator {
+    const LEN: usize = 8;
+
+    fn new(secret: &[u8]) -> Self {
+        use sha2::Digest;
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"nexa connection ids\0");
+        hash.update(secret);
+        hash.update(std::process::id().to_le_bytes());
+        hash.update(
+            MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        hash.update(since.as_nanos().to_le_bytes());
+        Self {
+            seed: hash.finalize().into(),
+            next: 0,
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for CidGenerator {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use sha2::Digest;
+        self.next += 1;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.seed);
+        hash.update(self.next.to_le_bytes());
+        quinn::ConnectionId::new(&hash.finalize()[..Self::LEN])
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The HMAC-SHA256 key of an endpoint's stateless reset tokens.

@@ -291,6 +291,8 @@ impl Actor for Agent {
                 }
                 ClientEvent::Reconnected { welcome } => {
                     info!(session = welcome.session, "back with the control plane");
+                    // Heartbeat at once: the leases of running jobs wait for it.
+                    let _ = myself.cast(AgentMsg::Tick);
                     let _ = myself.cast(AgentMsg::Poll);
                 }
             },
