@@ -3,15 +3,18 @@
 //!
 //! ```text
 //! ControlPlane
-//!  ├── Scheduler                  permanent: the queue and the held requests for work
-//!  │    └── JobActor × leased job  restarted while its job is leased; stops when it is not
-//!  └── SessionActor × worker      lives as long as the worker's connection
+//!  ├── Scheduler                  permanent, never restarted: if it stops, the plane says so
+//!  │    │                         (ControlPlane::failure, /healthz) and leases nothing
+//!  │    └── JobActor × leased job  transient: restarted after a failure while its job is
+//!  │                               leased; stops normally when it is not
+//!  └── SessionActor × worker      temporary: lives as long as the worker's connection
 //! ```
 //!
 //! Every change goes to the store first; only once the store has acknowledged it (durably)
 //! is anything sent to a worker or a caller (persist, then send). On start the control plane
-//! rebuilds its view from the store: the store has already ended the leases that ran out while
-//! it was down, and every job still leased gets its actor back, so its worker can carry on.
+//! rebuilds its view from the store: every live lease gets its time again plus a grace (the
+//! time the plane was down is held against no worker), and every job still leased gets its
+//! actor back, so its worker can carry on.
 
 mod artifacts;
 mod job_actor;
@@ -19,10 +22,10 @@ mod lease;
 mod scheduler;
 mod session;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nexa_runtime::wire::{Assignment, ErrorCode, HeartbeatAck, Message, RunningJob, Welcome};
@@ -37,7 +40,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use self::job_actor::JobMsg;
+use self::job_actor::{JobActors, JobMsg};
 use self::lease::LeaseKey;
 use self::scheduler::{Scheduler, SchedulerMsg};
 use self::session::{SessionActor, SessionMsg};
@@ -142,17 +145,16 @@ pub(crate) async fn blocking<R: Send + 'static>(
 /// Asks the job's actor, or the store directly when the job has no actor (it is not leased,
 /// so the store gives the right answer, usually a stale lease).
 pub(crate) async fn job_call<R: Send + 'static>(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     message: impl FnOnce(RpcReplyPort<Result<R, StoreError>>) -> JobMsg,
     direct: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
-    if let Some(cell) = ractor::registry::where_is(job_actor::name(plane, job)) {
-        let actor: ActorRef<JobMsg> = cell.into();
-        if let Ok(CallResult::Success(result)) = actor.call(message, Some(CALL_TIMEOUT)).await {
-            return result;
-        }
+    if let Some(actor) = actors.get(job)
+        && let Ok(CallResult::Success(result)) = actor.call(message, Some(CALL_TIMEOUT)).await
+    {
+        return result;
     }
     blocking(store, direct).await
 }
@@ -164,13 +166,13 @@ fn unavailable(why: &str) -> StoreError {
 /// A worker's reports about a leased job, through the job's actor (or the store when the job
 /// has none). The QUIC handler and the HTTP API both report through these.
 async fn report_started(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     epoch: Epoch,
 ) -> Result<(), StoreError> {
     job_call(
-        plane,
+        actors,
         store,
         job,
         |reply| JobMsg::Started { epoch, reply },
@@ -180,7 +182,7 @@ async fn report_started(
 }
 
 async fn report_complete(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     epoch: Epoch,
@@ -188,7 +190,7 @@ async fn report_complete(
 ) -> Result<(), StoreError> {
     let direct = output.clone();
     job_call(
-        plane,
+        actors,
         store,
         job,
         |reply| JobMsg::Complete {
@@ -203,7 +205,7 @@ async fn report_complete(
 }
 
 async fn report_fail(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     epoch: Epoch,
@@ -211,7 +213,7 @@ async fn report_fail(
 ) -> Result<(), StoreError> {
     let direct = error.clone();
     job_call(
-        plane,
+        actors,
         store,
         job,
         |reply| JobMsg::Fail {
@@ -226,7 +228,7 @@ async fn report_fail(
 }
 
 async fn report_logs(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     epoch: Epoch,
@@ -235,7 +237,7 @@ async fn report_logs(
 ) -> Result<LogAck, StoreError> {
     let direct = lines.clone();
     job_call(
-        plane,
+        actors,
         store,
         job,
         |reply| JobMsg::Logs {
@@ -250,14 +252,14 @@ async fn report_logs(
 }
 
 async fn report_heartbeat(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     job: JobId,
     epoch: Epoch,
     progress: Option<f64>,
 ) -> Result<LeaseStatus, StoreError> {
     job_call(
-        plane,
+        actors,
         store,
         job,
         |reply| JobMsg::Heartbeat {
@@ -274,7 +276,7 @@ async fn report_heartbeat(
 /// cancel and the leases that are gone; a job whose renewal failed otherwise is left out of
 /// it, and the first such failure is returned beside it.
 async fn report_running(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     jobs: Vec<RunningJob>,
 ) -> (HeartbeatAck, Option<StoreError>) {
@@ -285,7 +287,7 @@ async fn report_running(
     let mut failure = None;
     for running in jobs {
         let job = running.job;
-        match report_heartbeat(plane, store, job, running.epoch, running.progress).await {
+        match report_heartbeat(actors, store, job, running.epoch, running.progress).await {
             Ok(status) if status.cancel_requested => ack.cancel.push(job),
             Ok(_) => {}
             Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => ack.lost.push(job),
@@ -320,15 +322,13 @@ async fn for_each_job(
     }
 }
 
-static PLANES: AtomicU64 = AtomicU64::new(1);
-
 /// The time, beyond a lease's own, that the workers of running jobs get to reconnect to a
 /// control plane that started again.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
 
 /// A running control plane.
 pub struct ControlPlane {
-    plane: u64,
+    actors: Arc<JobActors>,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
     remote: Option<RemoteBlobs>,
@@ -385,7 +385,7 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         store: Arc<dyn Store>,
     ) -> Result<Self, StartError> {
-        let plane = PLANES.fetch_add(1, Ordering::Relaxed);
+        let actors = Arc::new(JobActors::default());
         let metrics = Arc::new(Metrics::default());
         let dir = config.data_dir.clone();
         let lease_key = tokio::task::spawn_blocking(move || LeaseKey::load_or_create(&dir))
@@ -414,7 +414,7 @@ impl ControlPlane {
             None => None,
         };
         let args = scheduler::Args {
-            plane,
+            actors: actors.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
         };
@@ -491,7 +491,8 @@ impl ControlPlane {
             long_poll_ms: config.long_poll.as_millis() as u64,
         };
         let handler = Arc::new(PlaneHandler {
-            plane,
+            actors: actors.clone(),
+            sessions: Default::default(),
             store: store.clone(),
             artifacts: artifacts.clone(),
             remote: remote.clone(),
@@ -512,7 +513,7 @@ impl ControlPlane {
         };
         info!(addr = %server.local_addr(), fingerprint = %server.fingerprint(), "control plane listening");
         Ok(Self {
-            plane,
+            actors,
             store,
             artifacts,
             remote,
@@ -611,7 +612,7 @@ impl ControlPlane {
         let reason = reason.into();
         let direct = reason.clone();
         let state = job_call(
-            self.plane,
+            &self.actors,
             &self.store,
             id,
             |reply| JobMsg::Cancel { reason, reply },
@@ -690,7 +691,7 @@ impl ControlPlane {
         token: &LeaseToken,
     ) -> Result<(), StoreError> {
         self.lease_key.check(job, epoch, token)?;
-        report_started(self.plane, &self.store, job, epoch).await
+        report_started(&self.actors, &self.store, job, epoch).await
     }
 
     /// The worker reports the leased job succeeded.
@@ -702,7 +703,7 @@ impl ControlPlane {
         output: JobOutput,
     ) -> Result<(), StoreError> {
         self.lease_key.check(job, epoch, token)?;
-        report_complete(self.plane, &self.store, job, epoch, output).await
+        report_complete(&self.actors, &self.store, job, epoch, output).await
     }
 
     /// The worker reports the leased job's attempt failed.
@@ -714,7 +715,7 @@ impl ControlPlane {
         error: JobError,
     ) -> Result<(), StoreError> {
         self.lease_key.check(job, epoch, token)?;
-        report_fail(self.plane, &self.store, job, epoch, error).await
+        report_fail(&self.actors, &self.store, job, epoch, error).await
     }
 
     /// Log lines of the leased job's attempt, numbered from `first_seq`.
@@ -727,7 +728,7 @@ impl ControlPlane {
         lines: Vec<String>,
     ) -> Result<LogAck, StoreError> {
         self.lease_key.check(job, epoch, token)?;
-        report_logs(self.plane, &self.store, job, epoch, first_seq, lines).await
+        report_logs(&self.actors, &self.store, job, epoch, first_seq, lines).await
     }
 
     /// Renews the lease of one job and records its progress.
@@ -739,7 +740,7 @@ impl ControlPlane {
         progress: Option<f64>,
     ) -> Result<LeaseStatus, StoreError> {
         self.lease_key.check(job, epoch, token)?;
-        report_heartbeat(self.plane, &self.store, job, epoch, progress).await
+        report_heartbeat(&self.actors, &self.store, job, epoch, progress).await
     }
 
     /// An HTTP worker's heartbeat: it is alive, and so are `jobs`. Says which to cancel and
@@ -749,7 +750,7 @@ impl ControlPlane {
         worker: WorkerId,
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
-        linkless_heartbeat(self.plane, &self.store, &self.lease_key, worker, jobs).await
+        linkless_heartbeat(&self.actors, &self.store, &self.lease_key, worker, jobs).await
     }
 
     /// The answer to `message` from `worker`, a worker that speaks the QUIC protocol's
@@ -864,7 +865,9 @@ async fn prune_jobs(
 
 /// The transport's view of the control plane.
 struct PlaneHandler {
-    plane: u64,
+    actors: Arc<JobActors>,
+    /// The session actor of each connected worker, by session.
+    sessions: std::sync::Mutex<HashMap<u64, ActorRef<SessionMsg>>>,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
     remote: Option<RemoteBlobs>,
@@ -879,7 +882,7 @@ struct PlaneHandler {
 /// `jobs`. Says which to cancel and which leases are gone (a job quoted without its lease
 /// token is one).
 async fn linkless_heartbeat(
-    plane: u64,
+    actors: &JobActors,
     store: &Arc<dyn Store>,
     key: &LeaseKey,
     worker: WorkerId,
@@ -887,7 +890,7 @@ async fn linkless_heartbeat(
 ) -> Result<HeartbeatAck, StoreError> {
     blocking(store, move |s| s.worker_heartbeat(&worker, now())).await?;
     let (held, foreign) = held_leases(key, jobs);
-    match report_running(plane, store, held).await {
+    match report_running(actors, store, held).await {
         (mut ack, None) => {
             ack.lost.extend(foreign);
             Ok(ack)
@@ -964,8 +967,10 @@ fn ack<T>(result: Result<T, StoreError>) -> Message {
     result.map_or_else(|e| refusal(&e), |_| Message::Ack)
 }
 
-fn session_name(plane: u64, session: u64) -> String {
-    format!("nexa-{plane}-session-{session}")
+impl PlaneHandler {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ActorRef<SessionMsg>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Handler for PlaneHandler {
@@ -985,14 +990,15 @@ impl Handler for PlaneHandler {
         blocking(&self.store, move |s| s.register_worker(info, now()))
             .await
             .map_err(|e| e.to_string())?;
-        let args = (self.plane, hello.worker.clone(), self.store.clone());
-        Actor::spawn(
-            Some(session_name(self.plane, session.id())),
-            SessionActor,
-            args,
-        )
-        .await
-        .map_err(|e| format!("cannot start the session: {e}"))?;
+        let args = (
+            self.actors.clone(),
+            hello.worker.clone(),
+            self.store.clone(),
+        );
+        let (actor, _) = Actor::spawn(None, SessionActor, args)
+            .await
+            .map_err(|e| format!("cannot start the session: {e}"))?;
+        self.lock_sessions().insert(session.id(), actor);
         info!(worker = %hello.worker, session = session.id(), addr = %session.remote_addr(), "worker connected");
         // A worker that registers may fit jobs that waited for it.
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
@@ -1005,8 +1011,8 @@ impl Handler for PlaneHandler {
 
     async fn disconnected(&self, session: &Session, reason: String) {
         warn!(worker = %session.worker(), session = session.id(), reason, "worker disconnected");
-        if let Some(cell) = ractor::registry::where_is(session_name(self.plane, session.id())) {
-            cell.stop(None);
+        if let Some(actor) = self.lock_sessions().remove(&session.id()) {
+            actor.stop(None);
         }
     }
 }
@@ -1020,7 +1026,7 @@ impl PlaneHandler {
         session: Option<&Session>,
         message: Message,
     ) -> Message {
-        let (plane, store) = (self.plane, &self.store);
+        let (actors, store) = (&*self.actors, &self.store);
         if let Some((job, epoch, token)) = lease_of(&message)
             && let Err(e) = self.lease_key.check(job, epoch, token)
         {
@@ -1066,18 +1072,25 @@ impl PlaneHandler {
                 }
             }
             Message::Started { job, epoch, .. } => {
-                ack(report_started(plane, store, job, epoch).await)
+                ack(report_started(actors, store, job, epoch).await)
             }
             Message::Complete {
                 job, epoch, output, ..
-            } => ack(report_complete(plane, store, job, epoch, output).await),
+            } => ack(report_complete(actors, store, job, epoch, output).await),
             Message::Fail {
                 job, epoch, error, ..
-            } => ack(report_fail(plane, store, job, epoch, error).await),
+            } => ack(report_fail(actors, store, job, epoch, error).await),
             Message::LogBatch(batch) => {
                 let job = batch.job;
-                match report_logs(plane, store, job, batch.epoch, batch.first_seq, batch.lines)
-                    .await
+                match report_logs(
+                    actors,
+                    store,
+                    job,
+                    batch.epoch,
+                    batch.first_seq,
+                    batch.lines,
+                )
+                .await
                 {
                     Ok(ack) => Message::LogAck {
                         job,
@@ -1087,7 +1100,7 @@ impl PlaneHandler {
                 }
             }
             Message::Heartbeat(hb) if session.is_none() => {
-                match linkless_heartbeat(plane, store, &self.lease_key, worker.clone(), hb.jobs)
+                match linkless_heartbeat(actors, store, &self.lease_key, worker.clone(), hb.jobs)
                     .await
                 {
                     Ok(ack) => Message::HeartbeatAck(ack),
@@ -1097,15 +1110,13 @@ impl PlaneHandler {
             Message::Heartbeat(mut hb) => {
                 let (held, foreign) = held_leases(&self.lease_key, hb.jobs);
                 hb.jobs = held;
-                let Some(cell) = session.and_then(|session| {
-                    ractor::registry::where_is(session_name(plane, session.id()))
-                }) else {
+                let actor = session.and_then(|s| self.lock_sessions().get(&s.id()).cloned());
+                let Some(actor) = actor else {
                     return Message::Error {
                         code: ErrorCode::Unavailable,
                         message: "the session is gone".into(),
                     };
                 };
-                let actor: ActorRef<SessionMsg> = cell.into();
                 match actor
                     .call(|reply| SessionMsg::Heartbeat(hb, reply), Some(CALL_TIMEOUT))
                     .await

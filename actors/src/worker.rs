@@ -4,7 +4,11 @@
 //! ```text
 //! WorkerNode
 //!  └── Agent                       stops when drained, or with its node
-//!       └── Supervisor × job        one per running job; reports the job's outcome
+//!       └── Supervisor × job        temporary, one per running job; reports the job's
+//!            │                      outcome; if it fails itself, the job is reported
+//!            │                      failed as the platform's fault and its slot freed
+//!            └── Stage              transient: restarted after a crash (panic, signal) within
+//!                                   the RestartLimit; a failure of its own ends the attempt
 //! ```
 //!
 //! The agent owns the worker's free resources: a job's GPUs are taken when it is assigned and

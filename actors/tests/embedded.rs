@@ -103,9 +103,12 @@ async fn a_job_runs_on_an_external_command_and_its_logs_and_result_are_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_stage_is_restarted_within_its_budget_then_the_attempt_fails() {
+async fn a_crashing_stage_is_restarted_within_its_budget_then_the_attempt_fails() {
     let c = cluster(Duration::from_secs(10)).await;
-    let _w = c.worker("w1", "echo trying; exit 7", 0).await;
+    // A program that dies of a signal (here it sends itself SIGSEGV) has crashed.
+    let _w = c
+        .worker("w1", "sh -c 'echo trying; kill -SEGV $$'", 0)
+        .await;
     let mut spec = JobSpec::new(JobParams::Train(TrainParams::new("flaky", "data.csv")));
     spec.max_attempts = 1;
     let id = c.plane.submit(spec).await.unwrap().id;
@@ -113,7 +116,7 @@ async fn a_failing_stage_is_restarted_within_its_budget_then_the_attempt_fails()
     let error = job.error.unwrap();
     assert_eq!(error.class, FailureClass::StageError);
     assert!(
-        error.message.contains("exited with status 7"),
+        error.message.contains("killed by signal 11"),
         "{}",
         error.message
     );

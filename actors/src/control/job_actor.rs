@@ -6,7 +6,8 @@
 //! queue. It stops as soon as its job is no longer leased; a retry gets a new actor with the
 //! next lease.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexa_runtime::{
@@ -23,17 +24,34 @@ use super::scheduler::SchedulerMsg;
 use crate::clock::now;
 use crate::metrics::Metrics;
 
-/// Job actors are registered as `nexa-<plane>-job-<id>`, so that several control planes can
-/// share a process (ractor's registry is per process).
-pub(crate) fn name(plane: u64, job: JobId) -> String {
-    format!("nexa-{plane}-job-{}", job.0)
-}
+/// The actors of one control plane's leased jobs, by job: the scheduler starts them, they
+/// take themselves out when they stop, and reports find them here. Held by the plane, not in a
+/// process-wide registry, so several planes share a process without naming schemes.
+#[derive(Default)]
+pub(crate) struct JobActors(Mutex<HashMap<JobId, ActorRef<JobMsg>>>);
 
-/// The job a job actor's name names.
-pub(crate) fn job_of(name: &str) -> Option<JobId> {
-    name.rsplit_once("-job-")
-        .and_then(|(_, id)| id.parse().ok())
-        .map(JobId)
+impl JobActors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, ActorRef<JobMsg>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor of `job`, while it has one.
+    pub(crate) fn get(&self, job: JobId) -> Option<ActorRef<JobMsg>> {
+        self.lock().get(&job).cloned()
+    }
+
+    /// `actor` is now `job`'s (an earlier one, still stopping, no longer is).
+    pub(crate) fn insert(&self, job: JobId, actor: ActorRef<JobMsg>) {
+        self.lock().insert(job, actor);
+    }
+
+    /// Forgets `actor` as `job`'s, unless another has taken its place.
+    pub(crate) fn remove(&self, job: JobId, actor: ractor::ActorId) {
+        let mut actors = self.lock();
+        if actors.get(&job).is_some_and(|a| a.get_id() == actor) {
+            actors.remove(&job);
+        }
+    }
 }
 
 /// What a job actor is asked.
@@ -81,6 +99,8 @@ pub(crate) struct Args {
     pub(crate) scheduler: ActorRef<SchedulerMsg>,
     pub(crate) session: Option<Session>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The directory it takes itself out of when it stops.
+    pub(crate) actors: Arc<JobActors>,
 }
 
 pub(crate) struct JobActor;
@@ -95,6 +115,7 @@ pub(crate) struct JobActorState {
     scheduler: ActorRef<SchedulerMsg>,
     session: Option<Session>,
     metrics: Arc<Metrics>,
+    actors: Arc<JobActors>,
     timer: Option<Timer>,
 }
 
@@ -180,6 +201,7 @@ impl Actor for JobActor {
             scheduler: args.scheduler,
             session: args.session,
             metrics: args.metrics,
+            actors: args.actors,
             timer: None,
         })
     }
@@ -198,12 +220,13 @@ impl Actor for JobActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<JobMsg>,
+        myself: ActorRef<JobMsg>,
         state: &mut JobActorState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.timer.take() {
             t.abort();
         }
+        state.actors.remove(state.job, myself.get_id());
         Ok(())
     }
 

@@ -16,7 +16,7 @@
 //! the write is not missed. Wakes due later (backoffs) are kept in order, with one timer for
 //! the earliest.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +27,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::blocking;
-use super::job_actor::{self, JobActor};
+use super::job_actor::{self, JobActor, JobActors};
 use crate::clock::now;
 use crate::metrics::Metrics;
-
-/// How long to wait before starting a job's actor again when its name was still taken (by the
-/// actor of the job's previous attempt, on its way out).
-const ADOPT_RETRY: Duration = Duration::from_millis(20);
 
 /// What the scheduler is asked.
 #[derive(Debug)]
@@ -105,14 +101,16 @@ type Timer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<SchedulerMs
 
 /// What the scheduler starts with.
 pub(crate) struct Args {
-    /// The control plane's number, in its actors' names.
-    pub(crate) plane: u64,
+    /// Where its job actors are found.
+    pub(crate) actors: Arc<JobActors>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 pub(crate) struct SchedulerState {
-    plane: u64,
+    actors: Arc<JobActors>,
+    /// The job of each of its job actors, by actor, to restart a failed one.
+    watching: HashMap<ractor::ActorId, JobId>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// Times at which to wake, earliest first (`WakeAt`).
@@ -224,7 +222,7 @@ impl SchedulerState {
 
     /// Starts the actor that watches a new lease.
     async fn watch(
-        &self,
+        &mut self,
         myself: &ActorRef<SchedulerMsg>,
         lease: &Lease,
         session: Option<Session>,
@@ -237,20 +235,27 @@ impl SchedulerState {
             scheduler: myself.clone(),
             session,
             metrics: self.metrics.clone(),
+            actors: self.actors.clone(),
         };
-        if let Err(e) = Actor::spawn_linked(
-            Some(job_actor::name(self.plane, job)),
-            JobActor,
-            args,
-            myself.get_cell(),
-        )
-        .await
-        {
-            // Most likely the actor of the job's previous attempt has not yet left; adopting
-            // the job a moment later gives it one (without its worker's session, so a cancel
-            // reaches the worker at its next heartbeat).
-            debug!(%job, "cannot start the job's actor yet: {e}");
-            myself.send_after(ADOPT_RETRY, move || SchedulerMsg::Adopt(job));
+        self.spawn_job_actor(myself, job, args).await;
+    }
+
+    /// Starts a job actor as a child, and lists it; the one of the job's previous attempt,
+    /// if still stopping, is no longer found.
+    async fn spawn_job_actor(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        job: JobId,
+        args: job_actor::Args,
+    ) {
+        match Actor::spawn_linked(None, JobActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.watching.insert(actor.get_id(), job);
+                self.actors.insert(job, actor);
+            }
+            // The job's lease is still watched by the store's deadlines: its expiry is found
+            // when the job is next read (a restart of the plane adopts it again).
+            Err(e) => warn!(%job, "cannot start the job's actor: {e}"),
         }
     }
 
@@ -286,7 +291,7 @@ impl SchedulerState {
 
     /// Hands out leases made: each job's actor starts watching its lease, then the worker
     /// hears of it.
-    async fn hand_out(&self, myself: &ActorRef<SchedulerMsg>, leased: Vec<(Ask, Lease)>) {
+    async fn hand_out(&mut self, myself: &ActorRef<SchedulerMsg>, leased: Vec<(Ask, Lease)>) {
         for (ask, lease) in leased {
             self.watch(myself, &lease, ask.session.clone()).await;
             let _ = ask.reply.send(Ok(Some(lease)));
@@ -303,13 +308,14 @@ impl Actor for Scheduler {
         &self,
         _myself: ActorRef<Self::Msg>,
         Args {
-            plane,
+            actors,
             store,
             metrics,
         }: Args,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SchedulerState {
-            plane,
+            actors,
+            watching: HashMap::new(),
             store,
             metrics,
             alarms: BTreeSet::new(),
@@ -388,7 +394,7 @@ impl Actor for Scheduler {
                 state.hand_out(&myself, leased).await;
             }
             SchedulerMsg::Adopt(job) => {
-                if ractor::registry::where_is(job_actor::name(state.plane, job)).is_some() {
+                if state.actors.get(job).is_some() {
                     return Ok(());
                 }
                 let args = job_actor::Args {
@@ -398,17 +404,9 @@ impl Actor for Scheduler {
                     scheduler: myself.clone(),
                     session: None,
                     metrics: state.metrics.clone(),
+                    actors: state.actors.clone(),
                 };
-                if let Err(e) = Actor::spawn_linked(
-                    Some(job_actor::name(state.plane, job)),
-                    JobActor,
-                    args,
-                    myself.get_cell(),
-                )
-                .await
-                {
-                    warn!(%job, "cannot start the job's actor: {e}");
-                }
+                state.spawn_job_actor(&myself, job, args).await;
             }
         }
         Ok(())
@@ -421,13 +419,20 @@ impl Actor for Scheduler {
         &self,
         myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(who, err) = event {
-            warn!(actor = ?who.get_name(), "job actor failed: {err}");
-            if let Some(job) = who.get_name().as_deref().and_then(job_actor::job_of) {
-                let _ = myself.cast(SchedulerMsg::Adopt(job));
+        match event {
+            SupervisionEvent::ActorFailed(who, err) => {
+                if let Some(job) = state.watching.remove(&who.get_id()) {
+                    warn!(%job, "job actor failed: {err}");
+                    state.actors.remove(job, who.get_id());
+                    let _ = myself.cast(SchedulerMsg::Adopt(job));
+                }
             }
+            SupervisionEvent::ActorTerminated(who, ..) => {
+                state.watching.remove(&who.get_id());
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -504,7 +509,10 @@ mod tests {
         }))
     }
 
-    /// Each test's plane number, so that job actor names do not collide across tests.
+    /// The job actors of each test's scheduler, by the test's number.
+    static ACTORS: std::sync::Mutex<Vec<(u64, Arc<JobActors>)>> = std::sync::Mutex::new(Vec::new());
+
+    /// A scheduler for test number `plane`.
     async fn scheduler(plane: u64, store: Arc<dyn Store>) -> ActorRef<SchedulerMsg> {
         scheduler_counting(plane, store, Arc::default()).await
     }
@@ -514,8 +522,10 @@ mod tests {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> ActorRef<SchedulerMsg> {
+        let actors = Arc::new(JobActors::default());
+        ACTORS.lock().unwrap().push((plane, actors.clone()));
         let args = Args {
-            plane: 1_000_000 + plane,
+            actors,
             store,
             metrics,
         };
@@ -527,9 +537,12 @@ mod tests {
 
     /// The actor watching `job`'s lease, under the scheduler of test `plane`.
     fn job_actor(plane: u64, job: JobId) -> ActorRef<job_actor::JobMsg> {
-        ractor::registry::where_is(job_actor::name(1_000_000 + plane, job))
-            .expect("the leased job has its actor")
-            .into()
+        let actors = ACTORS.lock().unwrap();
+        let (_, actors) = actors
+            .iter()
+            .find(|(p, _)| *p == plane)
+            .expect("the test's scheduler");
+        actors.get(job).expect("the leased job has its actor")
     }
 
     fn register(store: &MemStore, name: &str, types: &[JobType]) -> WorkerId {

@@ -8,6 +8,7 @@ use nexa_runtime::{Store, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
+use super::job_actor::JobActors;
 use super::{blocking, report_running};
 use crate::clock::now;
 
@@ -19,7 +20,7 @@ pub(crate) enum SessionMsg {
 pub(crate) struct SessionActor;
 
 pub(crate) struct SessionState {
-    plane: u64,
+    actors: Arc<JobActors>,
     worker: WorkerId,
     store: Arc<dyn Store>,
 }
@@ -27,15 +28,15 @@ pub(crate) struct SessionState {
 impl Actor for SessionActor {
     type Msg = SessionMsg;
     type State = SessionState;
-    type Arguments = (u64, WorkerId, Arc<dyn Store>);
+    type Arguments = (Arc<JobActors>, WorkerId, Arc<dyn Store>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<SessionMsg>,
-        (plane, worker, store): (u64, WorkerId, Arc<dyn Store>),
+        (actors, worker, store): (Arc<JobActors>, WorkerId, Arc<dyn Store>),
     ) -> Result<SessionState, ActorProcessingErr> {
         Ok(SessionState {
-            plane,
+            actors,
             worker,
             store,
         })
@@ -52,7 +53,7 @@ impl Actor for SessionActor {
         // An unknown worker (removed meanwhile) still gets answers about its jobs.
         let _ = blocking(&state.store, move |s| s.worker_heartbeat(&worker, now())).await;
         // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
-        let (ack, failure) = report_running(state.plane, &state.store, hb.jobs).await;
+        let (ack, failure) = report_running(&state.actors, &state.store, hb.jobs).await;
         if let Some(e) = failure {
             debug!(worker = %state.worker, "a lease not renewed: {e}");
         }

@@ -103,7 +103,9 @@ pub(crate) struct SubmitRequest {
     /// Higher runs first (-1000 to 1000); default 0.
     #[schema(minimum = -1000, maximum = 1000)]
     pub(crate) priority: Option<i32>,
-    /// Tries in all, the first included (1 to 100); default 3.
+    /// Failures of the job itself allowed before it fails (1 to 100, the first try
+    /// included); default 3. Attempts lost to the platform (a worker that died, a restart)
+    /// are retried without counting, up to 10 of them.
     #[schema(minimum = 1, maximum = 100)]
     pub(crate) max_attempts: Option<u32>,
     /// How long one attempt may run, in seconds (1 to 2,592,000); default one day.

@@ -420,6 +420,12 @@ pub(crate) async fn next_job(
     state
         .worker_sessions
         .check(&req, &worker, caller.credential)?;
+    // Asking is a sign of life now; a request held open for long is not, later: a job is
+    // leased only to a worker heard from lately (its heartbeats keep it so).
+    state
+        .plane
+        .worker_heartbeat(worker.clone(), Vec::new())
+        .await?;
     // The worker's GPUs as registered; jobs it already holds keep theirs.
     let record = state
         .plane
