@@ -649,6 +649,34 @@ fn jobs(args: JobsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How many tries a job had, and what they count against: its own failures against
+/// `max_attempts`, and those lost to the platform, which do not count.
+fn attempts_line(job: &Value) -> String {
+    let failed_as = |platform: bool| {
+        job["attempts"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|a| a["outcome"]["status"] == "failed")
+                .filter(|a| {
+                    let class = a["outcome"]["error"]["class"].as_str().unwrap_or("");
+                    matches!(class, "worker_lost" | "platform") == platform
+                })
+                .count()
+        })
+    };
+    let mut line = format!(
+        "{} (failures {} of {} allowed",
+        text(&job["attempt"]),
+        failed_as(false),
+        text(&job["max_attempts"])
+    );
+    match failed_as(true) {
+        0 => {}
+        n => line.push_str(&format!("; {n} lost to the platform, not counted")),
+    }
+    line.push(')');
+    line
+}
+
 /// The first line of `text`, cut to `max` characters (marked with `…`).
 fn first_line(text: &str, max: usize) -> String {
     let mut lines = text.lines();
@@ -680,14 +708,7 @@ fn job(args: JobArgs) -> Result<ExitCode> {
     field("finished", short_time(&job["finished_at"]));
     field("progress", progress(&job["progress"]));
     field("worker", text(&job["worker_id"]));
-    field(
-        "attempts",
-        format!(
-            "{} of {}",
-            text(&job["attempt"]),
-            text(&job["max_attempts"])
-        ),
-    );
+    field("attempts", attempts_line(&job));
     if let Some(r) = job["pending_reason"].as_str() {
         field("waiting", r.to_owned());
     }
@@ -967,6 +988,23 @@ fn status_line(job: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_count_the_job_s_failures_apart_from_the_platform_s() {
+        let failed =
+            |class: &str| json!({"outcome": {"status": "failed", "error": {"class": class}}});
+        let job = json!({
+            "attempt": 4,
+            "max_attempts": 3,
+            "attempts": [failed("worker_lost"), failed("stage_error"), failed("platform"), {"outcome": null}],
+        });
+        assert_eq!(
+            attempts_line(&job),
+            "4 (failures 1 of 3 allowed; 2 lost to the platform, not counted)"
+        );
+        let fresh = json!({"attempt": 0, "max_attempts": 3, "attempts": []});
+        assert_eq!(attempts_line(&fresh), "0 (failures 0 of 3 allowed)");
+    }
 
     #[test]
     fn a_table_shows_the_first_line_of_an_error() {

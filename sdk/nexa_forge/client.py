@@ -156,7 +156,8 @@ class NexaForgeClient:
                 ``deploy``.
             params: the type's parameters, as in the API (the helper methods build them).
             priority: -1000 to 1000; higher runs first (server default 0).
-            max_attempts: tries in all, 1 to 100 (server default 3).
+            max_attempts: failures of the job itself allowed, 1 to 100 (server default 3);
+                attempts lost to the platform (a worker that died) do not count.
             timeout_seconds: how long one attempt may run, 1 s to 30 days (default 1 day).
             resources: ``{"gpus": 1, "gpu_memory_mb": 0, "labels": {"region": "eu"}}``.
             depends_on: jobs that must succeed first; if one fails, this one is cancelled.
