@@ -227,6 +227,8 @@ fn jobs_survive_killed_workers_and_servers_exactly_once() {
     // The chaos.
     let (mut worker_kills, mut server_kills) = (0u32, 0u32);
     let mut comebacks = Vec::new();
+    // When each worker was killed, to tell the attempts lost with it from any other.
+    let mut killed_at: Vec<(String, std::time::SystemTime)> = Vec::new();
     let started = Instant::now();
     let mut next_server_kill = started + Duration::from_secs(15);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -238,6 +240,7 @@ fn jobs_survive_killed_workers_and_servers_exactly_once() {
         if Instant::now() < next_server_kill {
             let n = (rng % WORKERS as u64) as usize;
             workers[n].sigkill();
+            killed_at.push((format!("w{n}"), std::time::SystemTime::now()));
             workers[n] = cluster.start_worker(n);
             worker_kills += 1;
         } else {
@@ -330,6 +333,7 @@ fn jobs_survive_killed_workers_and_servers_exactly_once() {
         .map(|l| (l[1].clone(), l[2].clone()))
         .collect();
     let mut attempts = Vec::new();
+    let mut lost_while_alive: Vec<String> = Vec::new();
     let mut lost_to_platform = 0;
     for (id, job) in &finished {
         assert_eq!(job["status"], "succeeded", "{id}: {job:#}");
@@ -354,6 +358,24 @@ fn jobs_survive_killed_workers_and_servers_exactly_once() {
         );
         assert!(succeeded.len() <= 1, "{id} succeeded twice: {job:#}");
         lost_to_platform += tries.len() - 1;
+        // An attempt lost while its worker lived (to a server restart, say) is one too many.
+        for a in tries.iter().filter(|a| a["outcome"]["status"] == "failed") {
+            let time =
+                |field: &str| humantime::parse_rfc3339(a[field].as_str().unwrap_or_default()).ok();
+            let (Some(leased), Some(ended)) = (time("leased_at"), time("ended_at")) else {
+                continue;
+            };
+            let worker = a["worker_id"].as_str().unwrap_or_default();
+            let with_its_worker = killed_at.iter().any(|(w, at)| {
+                w == worker && *at + Duration::from_secs(1) >= leased && *at <= ended
+            });
+            if !with_its_worker {
+                lost_while_alive.push(format!(
+                    "{id} attempt {}: {}",
+                    a["number"], a["outcome"]["error"]["message"]
+                ));
+            }
+        }
         attempts.push(tries.len());
     }
     // No program outlives its worker.
@@ -375,6 +397,10 @@ fn jobs_survive_killed_workers_and_servers_exactly_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(server);
+    assert!(
+        lost_while_alive.is_empty(),
+        "attempts lost while their worker lived: {lost_while_alive:#?}"
+    );
 
     let runs = ledger.iter().filter(|l| l[0] == "start").count();
     let max = attempts.iter().max().copied().unwrap_or(0);
