@@ -17,6 +17,7 @@
 //! actor back, so its worker can carry on.
 
 mod artifacts;
+mod endpoints;
 mod job_actor;
 mod lease;
 mod scheduler;
@@ -40,6 +41,8 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
+use self::endpoints::Endpoints;
+pub use self::endpoints::Replica;
 use self::job_actor::{JobActors, JobMsg};
 use self::lease::LeaseKey;
 use self::scheduler::{Scheduler, SchedulerMsg};
@@ -277,7 +280,9 @@ async fn report_heartbeat(
 /// it, and the first such failure is returned beside it.
 async fn report_running(
     actors: &JobActors,
+    endpoints: &Endpoints,
     store: &Arc<dyn Store>,
+    worker: &WorkerId,
     jobs: Vec<RunningJob>,
 ) -> (HeartbeatAck, Option<StoreError>) {
     let mut ack = HeartbeatAck {
@@ -288,15 +293,51 @@ async fn report_running(
     for running in jobs {
         let job = running.job;
         match report_heartbeat(actors, store, job, running.epoch, running.progress).await {
-            Ok(status) if status.cancel_requested => ack.cancel.push(job),
-            Ok(_) => {}
-            Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => ack.lost.push(job),
+            Ok(status) if status.cancel_requested => {
+                endpoints.forget(job);
+                ack.cancel.push(job);
+            }
+            Ok(_) => serving(endpoints, store, worker, job, running.serving).await,
+            Err(e) if e.is_stale() || matches!(e, StoreError::NotFound(_)) => {
+                endpoints.forget(job);
+                ack.lost.push(job);
+            }
             Err(e) => {
                 failure.get_or_insert(e);
             }
         }
     }
     (ack, failure)
+}
+
+/// Records where `job` serves, as its worker says (a deploy job's ready replica), or that it
+/// does not.
+async fn serving(
+    endpoints: &Endpoints,
+    store: &Arc<dyn Store>,
+    worker: &WorkerId,
+    job: JobId,
+    url: Option<String>,
+) {
+    let Some(url) = url.filter(|u| nexa_runtime::wire::check_serving_url(u).is_ok()) else {
+        endpoints.forget(job);
+        return;
+    };
+    if endpoints.knows(job, &url) {
+        endpoints.refresh(job);
+        return;
+    }
+    // Newly ready: its endpoint's name is in the job's params.
+    if let Ok(found) = blocking(store, move |s| s.get(job)).await
+        && let nexa_runtime::JobParams::Deploy(p) = &found.spec.params
+    {
+        endpoints.heard(Replica {
+            job,
+            endpoint: crate::endpoint_name(&p.model_id, &p.target),
+            worker: worker.clone(),
+            url,
+        });
+    }
 }
 
 /// Calls `f` with every job in `state`, a page at a time.
@@ -329,6 +370,7 @@ const RESTART_GRACE: Duration = Duration::from_secs(5);
 /// A running control plane.
 pub struct ControlPlane {
     actors: Arc<JobActors>,
+    endpoints: Arc<Endpoints>,
     store: Arc<dyn Store>,
     artifacts: ArtifactStore,
     remote: Option<RemoteBlobs>,
@@ -386,6 +428,7 @@ impl ControlPlane {
         store: Arc<dyn Store>,
     ) -> Result<Self, StartError> {
         let actors = Arc::new(JobActors::default());
+        let endpoints = Arc::new(Endpoints::default());
         let metrics = Arc::new(Metrics::default());
         let dir = config.data_dir.clone();
         let lease_key = tokio::task::spawn_blocking(move || LeaseKey::load_or_create(&dir))
@@ -492,6 +535,7 @@ impl ControlPlane {
         };
         let handler = Arc::new(PlaneHandler {
             actors: actors.clone(),
+            endpoints: endpoints.clone(),
             sessions: Default::default(),
             store: store.clone(),
             artifacts: artifacts.clone(),
@@ -514,6 +558,7 @@ impl ControlPlane {
         info!(addr = %server.local_addr(), fingerprint = %server.fingerprint(), "control plane listening");
         Ok(Self {
             actors,
+            endpoints,
             store,
             artifacts,
             remote,
@@ -750,7 +795,15 @@ impl ControlPlane {
         worker: WorkerId,
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
-        linkless_heartbeat(&self.actors, &self.store, &self.lease_key, worker, jobs).await
+        linkless_heartbeat(
+            &self.actors,
+            &self.endpoints,
+            &self.store,
+            &self.lease_key,
+            worker,
+            jobs,
+        )
+        .await
     }
 
     /// The answer to `message` from `worker`, a worker that speaks the QUIC protocol's
@@ -759,6 +812,48 @@ impl ControlPlane {
     /// answer names it.
     pub async fn worker_request(&self, worker: &WorkerId, message: Message) -> Message {
         self.handler.answer(worker, None, message).await
+    }
+
+    /// The ready replicas of every endpoint, or of `endpoint`: deploy jobs whose replica
+    /// passed its smoke test and whose worker said so lately.
+    pub fn replicas(&self, endpoint: Option<&str>) -> Vec<Replica> {
+        self.endpoints.ready(endpoint)
+    }
+
+    /// The ready replicas of `endpoint` in the order a request should try them (round robin
+    /// over requests).
+    pub fn route(&self, endpoint: &str) -> Vec<Replica> {
+        self.endpoints.route(endpoint)
+    }
+
+    /// The deploy jobs not finished (queued, placed or serving), newest first: every
+    /// endpoint's replicas, ready or not.
+    pub async fn deployments(&self) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for state in [
+            JobState::Waiting,
+            JobState::Queued,
+            JobState::Assigned,
+            JobState::Running,
+        ] {
+            let mut before = None;
+            loop {
+                let query = ListQuery {
+                    state: Some(state),
+                    job_type: Some(nexa_runtime::JobType::Deploy),
+                    before,
+                    limit: 1000,
+                };
+                let page = self.list(query).await?;
+                out.extend(page.jobs);
+                match page.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
+            }
+        }
+        out.sort_by_key(|j| std::cmp::Reverse(j.id));
+        Ok(out)
     }
 
     /// Why the control plane cannot lease jobs any more (its scheduler failed); `None` while
@@ -866,6 +961,7 @@ async fn prune_jobs(
 /// The transport's view of the control plane.
 struct PlaneHandler {
     actors: Arc<JobActors>,
+    endpoints: Arc<Endpoints>,
     /// The session actor of each connected worker, by session.
     sessions: std::sync::Mutex<HashMap<u64, ActorRef<SessionMsg>>>,
     store: Arc<dyn Store>,
@@ -883,14 +979,16 @@ struct PlaneHandler {
 /// token is one).
 async fn linkless_heartbeat(
     actors: &JobActors,
+    endpoints: &Endpoints,
     store: &Arc<dyn Store>,
     key: &LeaseKey,
     worker: WorkerId,
     jobs: Vec<RunningJob>,
 ) -> Result<HeartbeatAck, StoreError> {
-    blocking(store, move |s| s.worker_heartbeat(&worker, now())).await?;
+    let id = worker.clone();
+    blocking(store, move |s| s.worker_heartbeat(&id, now())).await?;
     let (held, foreign) = held_leases(key, jobs);
-    match report_running(actors, store, held).await {
+    match report_running(actors, endpoints, store, &worker, held).await {
         (mut ack, None) => {
             ack.lost.extend(foreign);
             Ok(ack)
@@ -990,11 +1088,12 @@ impl Handler for PlaneHandler {
         blocking(&self.store, move |s| s.register_worker(info, now()))
             .await
             .map_err(|e| e.to_string())?;
-        let args = (
-            self.actors.clone(),
-            hello.worker.clone(),
-            self.store.clone(),
-        );
+        let args = session::Args {
+            actors: self.actors.clone(),
+            endpoints: self.endpoints.clone(),
+            worker: hello.worker.clone(),
+            store: self.store.clone(),
+        };
         let (actor, _) = Actor::spawn(None, SessionActor, args)
             .await
             .map_err(|e| format!("cannot start the session: {e}"))?;
@@ -1100,8 +1199,15 @@ impl PlaneHandler {
                 }
             }
             Message::Heartbeat(hb) if session.is_none() => {
-                match linkless_heartbeat(actors, store, &self.lease_key, worker.clone(), hb.jobs)
-                    .await
+                match linkless_heartbeat(
+                    actors,
+                    &self.endpoints,
+                    store,
+                    &self.lease_key,
+                    worker.clone(),
+                    hb.jobs,
+                )
+                .await
                 {
                     Ok(ack) => Message::HeartbeatAck(ack),
                     Err(e) => refusal(&e),

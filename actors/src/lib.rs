@@ -43,14 +43,16 @@ pub use artifacts::{Artifacts, ModelSource, is_location};
 pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs};
-pub use control::{ControlPlane, ControlPlaneConfig, StartError};
+pub use control::{ControlPlane, ControlPlaneConfig, Replica, StartError};
 pub use lifecycle::{
-    CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DistillStage, EVALUATION_METRICS,
-    EvaluateStage, GENERATED_SPLIT, GenerateStage, KNOWN_HYPERPARAMETERS, TrainStage,
-    builtin_stages, builtin_stages_with,
+    CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,
+    EVALUATION_METRICS, EvaluateStage, GENERATED_SPLIT, GenerateStage, KNOWN_HYPERPARAMETERS,
+    MAX_ROWS, TrainStage, builtin_stages, builtin_stages_with, endpoint_name,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
-pub use stage::{BoxFuture, LogSink, Progress, Stage, StageContext, StageError, StageRegistry};
+pub use stage::{
+    BoxFuture, LogSink, Progress, Serving, Stage, StageContext, StageError, StageRegistry,
+};
 pub use worker::{RestartLimit, WorkerConfig, WorkerNode, local_gpus};
 
 /// Makes `dir` and the folders above it that are missing, readable by this user only. A

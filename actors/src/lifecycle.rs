@@ -13,6 +13,7 @@
 //! A parameter a stage cannot use is refused as invalid input, naming it, rather than
 //! ignored.
 
+mod deploy;
 mod distill;
 mod evaluate;
 mod generate;
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::deploy::{DeployStage, MAX_ROWS, endpoint_name};
 pub use self::distill::{DEFAULT_STUDENT, DistillStage};
 pub use self::evaluate::{EVALUATION_METRICS, EvaluateStage};
 pub use self::generate::{GENERATED_SPLIT, GenerateStage};
@@ -56,7 +58,8 @@ pub fn builtin_stages_with(checkpoint_interval: Duration) -> StageRegistry {
             JobType::Distill,
             Builtin(DistillStage::new(checkpoint_interval)),
         )
-        .register(JobType::Evaluate, Builtin(EvaluateStage));
+        .register(JobType::Evaluate, Builtin(EvaluateStage))
+        .register(JobType::Deploy, Builtin(DeployStage::default()));
     stages
 }
 

@@ -53,6 +53,29 @@ impl Progress {
     }
 }
 
+/// Where a serving stage (a `deploy` replica) says it is ready, and at which URL: the worker
+/// tells the control plane in every heartbeat, which routes requests there.
+#[derive(Clone, Debug)]
+pub struct Serving(Arc<watch::Sender<Option<String>>>);
+
+impl Serving {
+    /// A reporter and the receiving end the worker reads.
+    pub fn channel() -> (Self, watch::Receiver<Option<String>>) {
+        let (tx, rx) = watch::channel(None);
+        (Self(Arc::new(tx)), rx)
+    }
+
+    /// Ready at `url`.
+    pub fn ready(&self, url: impl Into<String>) {
+        self.0.send_replace(Some(url.into()));
+    }
+
+    /// Not ready any more (stopping, restarting).
+    pub fn gone(&self) {
+        self.0.send_replace(None);
+    }
+}
+
 /// Everything a stage gets for one attempt.
 #[derive(Clone, Debug)]
 pub struct StageContext {
@@ -68,6 +91,8 @@ pub struct StageContext {
     pub logs: LogSink,
     /// Progress.
     pub progress: Progress,
+    /// Where it serves, once it does.
+    pub serving: Serving,
     /// Cancelled when the job is cancelled or the lease is lost: stop soon after.
     pub cancel: CancellationToken,
     /// Kept across attempts of the job: resume from the latest complete checkpoint here.

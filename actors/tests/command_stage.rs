@@ -16,6 +16,7 @@ struct Run {
 fn context(dir: &Path, gpus: Vec<u32>) -> Run {
     let (logs_tx, logs) = LogSink::channel();
     let (progress_tx, progress) = Progress::channel();
+    let (serving, _) = nexa_actors::Serving::channel();
     let spec = JobSpec::new(JobParams::Train(TrainParams {
         epochs: 3,
         ..TrainParams::new("tiny-mlp", "file:///data/iris.csv")
@@ -27,6 +28,7 @@ fn context(dir: &Path, gpus: Vec<u32>) -> Run {
         gpus,
         logs: logs_tx,
         progress: progress_tx,
+        serving,
         cancel: CancellationToken::new(),
         checkpoint_dir: dir.join("checkpoints"),
         output_dir: dir.join("attempt-2"),

@@ -71,6 +71,14 @@ impl Cluster {
             .collect()
     }
 
+    /// Where the control plane keeps an artifact's bytes.
+    fn artifact_path(&self, uri: &str) -> std::path::PathBuf {
+        let digest = parse_artifact_uri(uri)
+            .unwrap_or_else(|| panic!("{uri} is not an artifact URI"))
+            .unwrap();
+        self.plane.artifacts().blob_path(digest)
+    }
+
     /// The bytes of an artifact, read back from the control plane's store.
     fn artifact(&self, uri: &str) -> Vec<u8> {
         let digest = parse_artifact_uri(uri)
@@ -466,4 +474,115 @@ async fn deleting_jobs_removes_the_artifacts_no_other_job_uses() {
     assert!(refused.is_err(), "{refused:?}");
     assert!(store.stat(digest(&model_uri)).unwrap().is_some());
     assert_eq!(store.made_by(trained).unwrap().len(), checkpoints);
+}
+
+/// POSTs `body` as JSON to `url`: the status and the answer.
+fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut res = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    let text = res.body_mut().read_to_string().unwrap();
+    (res.status().as_u16(), serde_json::from_str(&text).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_model_is_proven_ready_then_served_until_undeployed() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let _w = c.worker_with_slots("w1", 1).await;
+    let generated = c.submit(generate(600)).await;
+    let dataset = c.succeeded(generated).await.artifacts["dataset"].clone();
+    let trained = c.submit(train("served", &dataset, 2, &[])).await;
+    let model_uri = c.succeeded(trained).await.artifacts[MODEL_ARTIFACT].clone();
+
+    // More replicas than one per job, and a model nobody trained, fail at once and say why.
+    let mut two = DeployParams::new("served");
+    two.replicas = 2;
+    let refused = c.finished(c.submit(JobParams::Deploy(two)).await).await;
+    let why = refused.error.unwrap().message;
+    assert!(why.contains("params.replicas"), "{why}");
+    let unknown = c
+        .finished(
+            c.submit(JobParams::Deploy(DeployParams::new("nobody")))
+                .await,
+        )
+        .await;
+    assert_eq!(unknown.error.unwrap().class, FailureClass::InvalidInput);
+
+    let deployed = c
+        .submit(JobParams::Deploy(DeployParams::new("served")))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let replica = loop {
+        if let Some(r) = c.plane.replicas(Some("served")).into_iter().next() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", c.logs(deployed).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(replica.job, deployed);
+    assert_eq!(
+        c.plane.get(deployed).await.unwrap().state,
+        JobState::Running
+    );
+    // Its log says what proved it (the lines follow within the log's flush interval).
+    loop {
+        let logs = c.logs(deployed).await.join("\n");
+        if logs.contains("smoke test of 32 rows of the test split") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The replica answers with what the model file itself predicts.
+    let rows = vec![vec![1.0f32, 2.0, 3.0], vec![-0.5, 0.25, 4.0]];
+    let url = format!("{}/predict", replica.url);
+    let body = serde_json::json!({ "inputs": rows });
+    let (status, answer) = tokio::task::spawn_blocking(move || post_json(&url, &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let model = Mlp::load(&CpuBackend, &c.artifact_path(&model_uri)).unwrap();
+    let x = ndarray::Array2::from_shape_vec((2, 3), rows.concat()).unwrap();
+    let want = model.predict(&CpuBackend, &x).unwrap();
+    for (i, row) in answer["predictions"].as_array().unwrap().iter().enumerate() {
+        for (j, v) in row.as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                v.as_f64().unwrap() as f32,
+                want[[i, j]],
+                "row {i}, output {j}"
+            );
+        }
+    }
+    // A row the model cannot take is refused, and named.
+    let url = format!("{}/predict", replica.url);
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        post_json(&url, &serde_json::json!({"inputs": [[1.0]]}))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("takes 3"),
+        "{answer}"
+    );
+
+    // Undeploying is cancelling: the replica goes, and so does its endpoint.
+    c.plane.cancel(deployed, "undeploy").await.unwrap();
+    let job = c.finished(deployed).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.plane.replicas(Some("served")).is_empty() {
+        assert!(Instant::now() < deadline, "the endpoint outlived its job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -218,6 +218,7 @@ fn heartbeat() -> Message {
             epoch: Epoch(7),
             lease_token: LeaseToken::default(),
             progress: Some(0.25),
+            serving: None,
         }],
     })
 }

@@ -14,7 +14,7 @@ use nexa_runtime::JobType;
 
 use crate::options::{
     ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
-    LogsArgs, ModelsArgs, ParamsArgs, SubmitArgs, TokenCommand,
+    LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, SubmitArgs, TokenCommand,
 };
 
 /// `nexa token create|list|revoke`.
@@ -103,6 +103,8 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Artifacts(ArtifactsCommand::Get(args)) => download(&args),
         Command::Models(args) => models(&args),
         Command::Params(args) => params(&args),
+        Command::Endpoints(args) => endpoints(&args),
+        Command::Predict(args) => predict(&args),
         Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
             bail!("not a client command")
         }
@@ -856,6 +858,98 @@ fn delete(args: &JobArgs) -> Result<ExitCode> {
     let api = Api::new(&args.client);
     api.delete(&format!("/jobs/{}", encode(&args.id)))?;
     println!("{} deleted", args.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn endpoints(args: &ClientArgs) -> Result<ExitCode> {
+    let api = Api::new(args);
+    let answer = api.get("/endpoints")?;
+    if args.json {
+        println!("{answer:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = answer["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let replicas = e["replicas"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|r| {
+                            let state = if r["ready"] == true {
+                                "ready".to_owned()
+                            } else {
+                                text(&r["status"])
+                            };
+                            format!("{} {state}", text(&r["job_id"]))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            vec![
+                text(&e["name"]),
+                text(&e["model_id"]),
+                format!(
+                    "{}/{}",
+                    text(&e["ready_replicas"]),
+                    e["replicas"].as_array().map_or(0, Vec::len)
+                ),
+                printable(&replicas),
+                text(&e["predict_url"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("nothing is deployed (nexa submit deploy --param model_id=NAME)");
+    } else {
+        table(
+            &["ENDPOINT", "MODEL", "READY", "REPLICAS", "PREDICT URL"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of `nexa predict`, from `--rows`, `--input FILE` or stdin: an array of rows, or
+/// an object whose `inputs` is one.
+fn predict_rows(args: &PredictArgs) -> Result<Value> {
+    let text = match (&args.rows, &args.input) {
+        (Some(rows), _) => rows.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the rows from stdin")?;
+            text
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        (None, None) => bail!("give the rows: --input FILE (or - for stdin), or --rows JSON"),
+    };
+    let value: Value = serde_json::from_str(&text)
+        .context("the rows are not JSON: give an array of rows, like [[5.1, 3.5, 1.4]]")?;
+    let rows = match value {
+        Value::Object(mut o) if o.contains_key("inputs") => o.remove("inputs").unwrap_or_default(),
+        rows => rows,
+    };
+    match &rows {
+        Value::Array(items) if items.iter().all(Value::is_array) && !items.is_empty() => Ok(rows),
+        Value::Array(items) if items.iter().all(Value::is_number) && !items.is_empty() => {
+            Ok(Value::Array(vec![rows]))
+        }
+        _ => bail!("the rows must be an array of arrays of numbers, like [[5.1, 3.5, 1.4]]"),
+    }
+}
+
+fn predict(args: &PredictArgs) -> Result<ExitCode> {
+    let rows = predict_rows(args)?;
+    let api = Api::new(&args.client);
+    let path = format!("/endpoints/{}/predict", encode(&args.endpoint));
+    let (_, answer) = api.post(&path, &json!({"inputs": rows}), &[])?;
+    println!("{answer:#}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -65,6 +65,24 @@ pub(crate) enum Command {
     Models(ModelsArgs),
     /// Show each job type's params, with their defaults (no server needed).
     Params(ParamsArgs),
+    /// List the deployed models (endpoints) and their replicas.
+    Endpoints(ClientArgs),
+    /// Ask a deployed model for predictions: `nexa predict iris --input rows.json`.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PredictArgs {
+    /// The endpoint: the deploy job's target, or the model's name.
+    pub(crate) endpoint: String,
+    /// A JSON file of rows (`[[1.0, 2.0], ...]`, or `{"inputs": [...]}`); `-` reads stdin.
+    #[arg(long, value_name = "FILE", conflicts_with = "rows")]
+    pub(crate) input: Option<PathBuf>,
+    /// The rows inline, as JSON: `--rows '[[5.1, 3.5, 1.4]]'`.
+    #[arg(long)]
+    pub(crate) rows: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1124,8 +1124,8 @@ fn the_cli_submits_waits_reads_logs_and_cancels() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("params.num_samples"));
 
-    // A job no worker runs: wait gives up at its timeout with exit code 2.
-    let out = nexa(&["submit", "deploy", "-p", "model_id=m"]);
+    // A job no worker runs (none has 8 GPUs): wait gives up at its timeout with exit code 2.
+    let out = nexa(&["submit", "deploy", "-p", "model_id=m", "--gpus", "8"]);
     assert!(out.status.success());
     let out = nexa(&["wait", "job-2", "--timeout", "0.5"]);
     assert_eq!(out.status.code(), Some(2));
@@ -1218,4 +1218,163 @@ fn a_gigabyte_on_one_line_is_refused_in_bounded_memory_and_cancels_promptly() {
         "the cancel came after the file was hashed: {job:#}"
     );
     eprintln!("peak memory {peak} MiB (from {before} MiB); cancelled in {took:?}");
+}
+
+#[test]
+fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = token(dir.path(), false);
+    let reader = token(dir.path(), true);
+    let node = start(&["up"], dir.path());
+    let url = |p: &str| format!("{}{p}", node.base);
+    let submit = |job_type: &str, params: Value| {
+        let body = json!({"job_type": job_type, "params": params}).to_string();
+        let (status, job) = call("POST", &url("/api/jobs"), Some(&body), Some(&user));
+        assert_eq!(status, 201, "{job}");
+        job["job_id"].as_str().unwrap().to_owned()
+    };
+    let finished = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, job) = call("GET", &url(&format!("/api/jobs/{id}")), None, Some(&user));
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "{job:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let generated = submit("generate", json!({"domain": "physics", "num_samples": 600}));
+    let dataset = finished(&generated)["result"]["artifacts"]["dataset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trained = submit(
+        "train",
+        json!({"model_id": "served", "dataset_uri": dataset, "epochs": 2}),
+    );
+    assert_eq!(finished(&trained)["status"], "succeeded");
+    let deployed = submit(
+        "deploy",
+        json!({"model_id": "served", "target": "physics-api"}),
+    );
+
+    // Ready once its smoke test passed; the endpoint lists it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let endpoint = loop {
+        let (_, e) = call(
+            "GET",
+            &url("/api/endpoints/physics-api"),
+            None,
+            Some(&reader),
+        );
+        if e["ready_replicas"] == 1 {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "{e:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(endpoint["model_id"], "served");
+    assert_eq!(endpoint["replicas"][0]["job_id"], deployed.as_str());
+
+    // Plain rows, with a read-only token; without a token, refused as the rest of the API.
+    let rows = json!({"inputs": [[1.0, 2.0, 3.0], [0.0, -1.0, 0.5]]}).to_string();
+    let predict = url("/api/endpoints/physics-api/predict");
+    let (status, plain) = call("POST", &predict, Some(&rows), Some(&reader));
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(plain["predictions"].as_array().unwrap().len(), 2);
+    assert_eq!(call("POST", &predict, Some(&rows), None).0, 401);
+    // The Open Inference Protocol gives the same numbers.
+    let infer = json!({"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP32",
+                                   "data": [1.0, 2.0, 3.0, 0.0, -1.0, 0.5]}]})
+    .to_string();
+    let (status, oip) = call(
+        "POST",
+        &url("/v2/models/physics-api/infer"),
+        Some(&infer),
+        Some(&reader),
+    );
+    assert_eq!(status, 200, "{oip}");
+    let flat: Vec<f64> = plain["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    let served: Vec<f64> = oip["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(flat, served);
+    let (status, meta) = call("GET", &url("/v2/models/physics-api"), None, Some(&reader));
+    assert_eq!(
+        (status, &meta["inputs"][0]["shape"]),
+        (200, &json!([-1, 3])),
+        "{meta}"
+    );
+    // Mistakes get clear answers.
+    let (status, err) = call(
+        "POST",
+        &predict,
+        Some(r#"{"inputs": [[1.0]]}"#),
+        Some(&reader),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("takes 3"),
+        "{err}"
+    );
+    let (status, err) = call(
+        "POST",
+        &url("/api/endpoints/nope/predict"),
+        Some(&rows),
+        Some(&reader),
+    );
+    assert_eq!(status, 404);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("physics-api"),
+        "{err}"
+    );
+
+    // The CLI.
+    let cli = |args: &[&str]| {
+        let out = Command::new(NEXA)
+            .args(args)
+            .args(["--api", &url("/api"), "--token", &reader])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, listed) = cli(&["endpoints"]);
+    assert!(
+        ok && listed.contains("physics-api") && listed.contains("1/1"),
+        "{listed}"
+    );
+    let (ok, answered) = cli(&["predict", "physics-api", "--rows", "[[1.0, 2.0, 3.0]]"]);
+    assert!(ok, "{answered}");
+    let answered: Value = serde_json::from_str(&answered).unwrap();
+    assert_eq!(answered["predictions"][0], plain["predictions"][0]);
+
+    // Undeploy: cancel the job.
+    let (status, _) = call(
+        "POST",
+        &url(&format!("/api/jobs/{deployed}/cancel")),
+        Some("{}"),
+        Some(&user),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(finished(&deployed)["status"], "cancelled");
+    let (_, all) = call("GET", &url("/api/endpoints"), None, Some(&reader));
+    assert_eq!(all["endpoints"], json!([]), "{all}");
 }

@@ -69,9 +69,19 @@ pub struct QueueEntry {
 impl QueueEntry {
     /// The entry for a job with `spec`.
     pub fn new(spec: &JobSpec, not_before: Option<Timestamp>) -> Self {
+        let mut resources = spec.resources.clone();
+        // A deploy job's region is a label its workers must carry.
+        if let crate::JobParams::Deploy(p) = &spec.params
+            && let Some(region) = &p.region
+        {
+            resources
+                .labels
+                .entry("region".to_owned())
+                .or_insert_with(|| region.clone());
+        }
         Self {
             job_type: spec.job_type(),
-            resources: spec.resources.clone(),
+            resources,
             not_before,
         }
     }

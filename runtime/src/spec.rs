@@ -143,16 +143,27 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_params(&self.params)?;
         validate_resources(&self.resources)?;
+        if let JobParams::Deploy(p) = &self.params
+            && let (Some(region), Some(label)) = (&p.region, self.resources.labels.get("region"))
+            && region != label
+        {
+            return Err(SpecError::new(
+                "params.region",
+                format!(
+                    "is {region:?} but resources.labels.region is {label:?}; give the region once"
+                ),
+            ));
+        }
         if !(-Self::MAX_PRIORITY..=Self::MAX_PRIORITY).contains(&self.priority) {
             return Err(SpecError::new(
                 "priority",
-                format!("{} is outside -1000..=1000", self.priority),
+                format!("must be from -1,000 to 1,000; got {}", self.priority),
             ));
         }
         if !(1..=100).contains(&self.max_attempts) {
             return Err(SpecError::new(
                 "max_attempts",
-                format!("{} is outside 1..=100", self.max_attempts),
+                format!("must be from 1 to 100; got {}", self.max_attempts),
             ));
         }
         if self.timeout < Duration::from_secs(1) || self.timeout > Duration::from_secs(30 * 86_400)

@@ -49,7 +49,7 @@ pub const MAGIC: [u8; 4] = *b"NXFG";
 /// - 4: job params with the new fields of every type (generate task, classes and noise;
 ///   distill alpha, hyperparameters and prompt template; evaluate split and suite; deploy
 ///   region; options for handlers), and a lease token in every assignment and report.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The default limit on a frame's length (the bytes after the length prefix).
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
@@ -143,6 +143,27 @@ pub struct RunningJob {
     pub lease_token: LeaseToken,
     /// Progress from 0.0 to 1.0.
     pub progress: Option<f64>,
+    /// Where the job serves requests, once it is ready to (a `deploy` job's replica): the
+    /// URL of its inference server, said in every heartbeat while it holds.
+    pub serving: Option<String>,
+}
+
+/// Whether `url` can be a replica's serving URL: `http://` or `https://`, a host, at most 2,048
+/// bytes, no spaces or control characters. Peers send it; the control plane routes to it.
+pub fn check_serving_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        _ if url.len() > 2048 => Err("is longer than 2,048 bytes".into()),
+        _ if url.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err("holds spaces or control characters".into())
+        }
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an http:// or https:// URL with a host"
+        )),
+    }
 }
 
 /// The worker is alive, and so are its jobs.

@@ -258,6 +258,7 @@ async fn a_worker_with_the_right_token_is_welcomed_and_served() {
             epoch: Epoch(3),
             lease_token: LeaseToken::default(),
             progress: Some(0.5),
+            serving: None,
         }],
     });
     let answer = client.request(&hb).await.unwrap();

@@ -8,6 +8,7 @@ use nexa_runtime::{Store, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
+use super::endpoints::Endpoints;
 use super::job_actor::JobActors;
 use super::{blocking, report_running};
 use crate::clock::now;
@@ -19,41 +20,46 @@ pub(crate) enum SessionMsg {
 
 pub(crate) struct SessionActor;
 
-pub(crate) struct SessionState {
-    actors: Arc<JobActors>,
-    worker: WorkerId,
-    store: Arc<dyn Store>,
+/// What a session starts with, and keeps.
+pub(crate) struct Args {
+    pub(crate) actors: Arc<JobActors>,
+    pub(crate) endpoints: Arc<Endpoints>,
+    pub(crate) worker: WorkerId,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
-    type State = SessionState;
-    type Arguments = (Arc<JobActors>, WorkerId, Arc<dyn Store>);
+    type State = Args;
+    type Arguments = Args;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<SessionMsg>,
-        (actors, worker, store): (Arc<JobActors>, WorkerId, Arc<dyn Store>),
-    ) -> Result<SessionState, ActorProcessingErr> {
-        Ok(SessionState {
-            actors,
-            worker,
-            store,
-        })
+        args: Args,
+    ) -> Result<Args, ActorProcessingErr> {
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<SessionMsg>,
         message: SessionMsg,
-        state: &mut SessionState,
+        state: &mut Args,
     ) -> Result<(), ActorProcessingErr> {
         let SessionMsg::Heartbeat(hb, reply) = message;
         let worker = state.worker.clone();
         // An unknown worker (removed meanwhile) still gets answers about its jobs.
         let _ = blocking(&state.store, move |s| s.worker_heartbeat(&worker, now())).await;
         // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
-        let (ack, failure) = report_running(&state.actors, &state.store, hb.jobs).await;
+        let (ack, failure) = report_running(
+            &state.actors,
+            &state.endpoints,
+            &state.store,
+            &state.worker,
+            hb.jobs,
+        )
+        .await;
         if let Some(e) = failure {
             debug!(worker = %state.worker, "a lease not renewed: {e}");
         }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::WorkerConfig;
 use super::supervisor::{self, Supervisor};
-use crate::stage::Progress;
+use crate::stage::{Progress, Serving};
 
 /// What the agent is told.
 #[derive(Debug)]
@@ -48,6 +48,9 @@ pub(crate) struct AgentArgs {
     pub(crate) config: WorkerConfig,
 }
 
+/// Services (deploy replicas) a worker runs at most, besides its slots.
+const MAX_SERVICES: usize = 16;
+
 /// Jobs a worker keeps per slot: the one whose stage runs, and up to two whose stages are gone
 /// but whose reports (start, then outcome) are still on their way. A short job's reports so
 /// ride behind the next job instead of holding up the request for it, and a control plane that
@@ -73,9 +76,12 @@ struct Running {
     gpus: Vec<u32>,
     /// The stage is gone; the outcome is being reported.
     stage_done: bool,
+    /// A service (a deploy replica): it runs until undeployed, and takes no slot.
+    service: bool,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
     progress: watch::Receiver<Option<f64>>,
+    serving: watch::Receiver<Option<String>>,
 }
 
 pub(crate) struct AgentState {
@@ -89,11 +95,18 @@ pub(crate) struct AgentState {
 }
 
 impl AgentState {
+    /// Room for another job: the running jobs leave a slot, services (deploy replicas, which
+    /// run until undeployed) taking none of the `slots` but at most [`MAX_SERVICES`].
     fn has_room(&self) -> bool {
+        let services = self.running.values().filter(|r| r.service).count();
         !self.draining
+            && services < MAX_SERVICES
             && room(
                 self.config.slots,
-                self.running.values().map(|r| r.stage_done),
+                self.running
+                    .values()
+                    .filter(|r| !r.service)
+                    .map(|r| r.stage_done),
             )
     }
 
@@ -234,6 +247,7 @@ impl Actor for Agent {
                         epoch: r.epoch,
                         lease_token: r.lease_token,
                         progress: *r.progress.borrow(),
+                        serving: r.serving.borrow().clone(),
                     })
                     .collect();
                 let (client, me) = (state.client.clone(), myself.clone());
@@ -349,6 +363,7 @@ impl Actor for Agent {
 impl Agent {
     async fn accept(&self, myself: &ActorRef<AgentMsg>, state: &mut AgentState, a: Assignment) {
         let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
+        let service = a.spec.job_type() == nexa_runtime::JobType::Deploy;
         let client = state.client.clone();
         let refuse = |message: String| {
             let client = client.clone();
@@ -384,6 +399,7 @@ impl Agent {
         let cancel = CancellationToken::new();
         let lost = Arc::new(AtomicBool::new(false));
         let (progress, progress_rx) = Progress::channel();
+        let (serving, serving_rx) = Serving::channel();
         let args = supervisor::Args {
             client: state.client.clone(),
             assignment: a,
@@ -396,6 +412,7 @@ impl Agent {
             cancel: cancel.clone(),
             lost: lost.clone(),
             progress,
+            serving,
             agent: myself.clone(),
         };
         state.running.insert(
@@ -405,9 +422,11 @@ impl Agent {
                 lease_token,
                 gpus,
                 stage_done: false,
+                service,
                 cancel,
                 lost,
                 progress: progress_rx,
+                serving: serving_rx,
             },
         );
         if let Err(e) = Actor::spawn_linked(None, Supervisor, args, myself.get_cell()).await {

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{AgentMsg, RestartLimit};
 use crate::artifacts::Artifacts;
-use crate::stage::{LogSink, Progress, Stage, StageContext, StageError};
+use crate::stage::{LogSink, Progress, Serving, Stage, StageContext, StageError};
 
 /// What a supervisor is started with.
 pub(crate) struct Args {
@@ -34,6 +34,7 @@ pub(crate) struct Args {
     pub(crate) cancel: CancellationToken,
     pub(crate) lost: Arc<AtomicBool>,
     pub(crate) progress: Progress,
+    pub(crate) serving: Serving,
     pub(crate) agent: ActorRef<AgentMsg>,
 }
 
@@ -121,6 +122,7 @@ async fn supervise(args: Args) {
             gpus: args.gpus.clone(),
             logs: sink.clone(),
             progress: args.progress.clone(),
+            serving: args.serving.clone(),
             cancel: args.cancel.clone(),
             checkpoint_dir: job_dir.join("checkpoints"),
             output_dir: job_dir.join(format!("attempt-{}", a.attempt)),

@@ -750,6 +750,10 @@ pub(crate) struct RunningJobBody {
     pub(crate) lease_token: String,
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: Option<f64>,
+    /// Where the job serves requests, once ready (a `deploy` replica): an `http://` or
+    /// `https://` URL the control plane can reach.
+    #[serde(default)]
+    pub(crate) serving_url: Option<String>,
 }
 
 /// A worker's heartbeat.

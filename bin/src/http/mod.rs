@@ -10,6 +10,7 @@
 mod api;
 mod artifacts;
 pub(crate) mod auth;
+mod endpoints;
 mod error;
 mod jobs;
 mod ops;
@@ -48,6 +49,8 @@ pub(crate) struct State {
     pub(crate) worker_ttl: Duration,
     /// The session of each worker registered over HTTP.
     pub(crate) worker_sessions: workers::Sessions,
+    /// The pooled client requests to endpoints are forwarded with.
+    pub(crate) proxy: ureq::Agent,
 }
 
 /// HTTP answers by status class.
@@ -110,6 +113,8 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         workers::register, workers::list, workers::heartbeat, workers::next_job,
         workers::messages,
         artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
+        endpoints::list, endpoints::get, endpoints::predict, endpoints::infer, endpoints::model,
+        endpoints::model_ready, endpoints::live, endpoints::ready,
         ops::healthz, ops::metrics,
     ),
     modifiers(&BearerAuth),
@@ -206,6 +211,21 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/models", "GET").route(web::get().to(artifacts::models)))
         .service(resource("/api/models/{name:.+}", "GET").route(web::get().to(artifacts::model)))
+        .service(resource("/api/endpoints", "GET").route(web::get().to(endpoints::list)))
+        .service(resource("/api/endpoints/{name}", "GET").route(web::get().to(endpoints::get)))
+        .service(
+            resource("/api/endpoints/{name}/predict", "POST")
+                .route(web::post().to(endpoints::predict)),
+        )
+        .service(resource("/v2/health/live", "GET").route(web::get().to(endpoints::live)))
+        .service(resource("/v2/health/ready", "GET").route(web::get().to(endpoints::ready)))
+        .service(resource("/v2/models/{name}", "GET").route(web::get().to(endpoints::model)))
+        .service(
+            resource("/v2/models/{name}/ready", "GET").route(web::get().to(endpoints::model_ready)),
+        )
+        .service(
+            resource("/v2/models/{name}/infer", "POST").route(web::post().to(endpoints::infer)),
+        )
         .service(resource("/api/workers", "GET").route(web::get().to(workers::list)))
         .service(resource("/api/workers/register", "POST").route(web::post().to(workers::register)))
         .service(resource("/api/workers/next_job", "GET").route(web::get().to(workers::next_job)))
@@ -254,6 +274,7 @@ impl HttpApi {
             heartbeat: config.heartbeat,
             worker_ttl: config.worker_ttl,
             worker_sessions: workers::Sessions::load(data),
+            proxy: endpoints::proxy(),
         });
         let server = HttpServer::new(move || {
             let counted = state.clone();

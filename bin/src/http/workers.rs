@@ -368,11 +368,17 @@ pub(crate) async fn heartbeat(
                 format!("{p} is outside 0.0 to 1.0"),
             ));
         }
+        if let Some(url) = &j.serving_url
+            && let Err(why) = nexa_runtime::wire::check_serving_url(url)
+        {
+            return Err(ApiError::invalid(format!("jobs[{i}].serving_url"), why));
+        }
         jobs.push(RunningJob {
             job: api::job_id(&format!("jobs[{i}].job_id"), &j.job_id)?,
             epoch: api::epoch(j.epoch),
             lease_token: api::lease_token(&format!("jobs[{i}].lease_token"), &j.lease_token)?,
             progress: j.progress,
+            serving: j.serving_url,
         });
     }
     let ack = state.plane.worker_heartbeat(worker, jobs).await?;
@@ -480,7 +486,7 @@ pub(crate) async fn next_job(
 }
 
 /// The media type of a request to `/api/workers/{id}/messages` and of its answer: one frame of
-/// the worker protocol (`docs/wire-protocol.md`), length prefix included.
+/// the worker protocol (`nexa_runtime::wire`), length prefix included.
 pub(crate) const FRAME_TYPE: &str = "application/octet-stream";
 
 /// One request of the worker protocol, as a QUIC worker sends it, over HTTP: what

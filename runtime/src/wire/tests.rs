@@ -273,12 +273,14 @@ fn heartbeat() -> Message {
                 epoch: Epoch(9),
                 lease_token: TOKEN,
                 progress: Some(0.25),
+                serving: Some("http://10.0.0.7:41234".into()),
             },
             RunningJob {
                 job: JobId(300),
                 epoch: Epoch(10),
                 lease_token: TOKEN,
                 progress: None,
+                serving: None,
             },
         ],
     })
@@ -507,7 +509,7 @@ fn print_goldens() {
 #[test]
 fn golden_hello() {
     const GOLDEN: &str = concat!(
-        "000000724e58464700040102030405060708000a6770752d6e6f64652d310b6a",
+        "000000724e58464700050102030405060708000a6770752d6e6f64652d310b6a",
         "6f696e2d73336372337420fc0000040002154e56494449412048313030203830",
         "47422048424d33fc973e01000b4e56494449412041313047fbf4590206726567",
         "696f6e0765752d77657374047a6f6e65016203030405",
@@ -519,7 +521,7 @@ fn golden_hello() {
 /// of editing the constant.
 #[test]
 fn golden_welcome() {
-    const GOLDEN: &str = "000000194e584647000401020304050607080107fb3075fb1027fba861";
+    const GOLDEN: &str = "000000194e584647000501020304050607080107fb3075fb1027fba861";
     assert_golden(&welcome(), GOLDEN);
 }
 
@@ -527,7 +529,7 @@ fn golden_welcome() {
 /// of editing the constant.
 #[test]
 fn golden_ask_for_work() {
-    const GOLDEN: &str = "0000001b4e584647000401020304050607080202fc973e0100fbf459fba861";
+    const GOLDEN: &str = "0000001b4e584647000501020304050607080202fc973e0100fbf459fba861";
     assert_golden(&ask_for_work(), GOLDEN);
 }
 
@@ -536,7 +538,7 @@ fn golden_ask_for_work() {
 #[test]
 fn golden_assignment() {
     const GOLDEN: &str = concat!(
-        "000000c14e58464700040102030405060708032a03086c6c616d612d31621573",
+        "000000c14e58464700050102030405060708032a03086c6c616d612d31621573",
         "333a2f2f646174612f747261696e2e6a736f6e6c0304056261746368017f0466",
         "7031360001026c7202613255302aa9333f0573636865640306636f73696e6502",
         "7b7d02fb00a00106726567696f6e0765752d776573740905fb201cfc0065cd1d",
@@ -551,7 +553,7 @@ fn golden_assignment() {
 /// of editing the constant.
 #[test]
 fn golden_no_work() {
-    const GOLDEN: &str = "0000000f4e5846470004010203040506070804";
+    const GOLDEN: &str = "0000000f4e5846470005010203040506070804";
     assert_golden(&Message::NoWork, GOLDEN);
 }
 
@@ -560,7 +562,7 @@ fn golden_no_work() {
 #[test]
 fn golden_started() {
     const GOLDEN: &str = concat!(
-        "000000314e58464700040102030405060708052a095a5a5a5a5a5a5a5a5a5a5a",
+        "000000314e58464700050102030405060708052a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     );
     assert_golden(&started(), GOLDEN);
@@ -571,10 +573,10 @@ fn golden_started() {
 #[test]
 fn golden_heartbeat() {
     const GOLDEN: &str = concat!(
-        "000000604e5846470004010203040506070806022a095a5a5a5a5a5a5a5a5a5a",
-        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a01000000000000d03ffb",
-        "2c010a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
-        "5a5a5a00",
+        "000000784e5846470005010203040506070806022a095a5a5a5a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a01000000000000d03f01",
+        "15687474703a2f2f31302e302e302e373a3431323334fb2c010a5a5a5a5a5a5a",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0000",
     );
     assert_golden(&heartbeat(), GOLDEN);
 }
@@ -583,7 +585,7 @@ fn golden_heartbeat() {
 /// of editing the constant.
 #[test]
 fn golden_heartbeat_ack() {
-    const GOLDEN: &str = "000000144e5846470004010203040506070807012b022c2d";
+    const GOLDEN: &str = "000000144e5846470005010203040506070807012b022c2d";
     assert_golden(&heartbeat_ack(), GOLDEN);
 }
 
@@ -592,7 +594,7 @@ fn golden_heartbeat_ack() {
 #[test]
 fn golden_log_batch() {
     const GOLDEN: &str = concat!(
-        "000000454e58464700040102030405060708082a095a5a5a5a5a5a5a5a5a5a5a",
+        "000000454e58464700050102030405060708082a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a78030965706f636820312f",
         "330006cebb3d302e35",
     );
@@ -603,7 +605,7 @@ fn golden_log_batch() {
 /// of editing the constant.
 #[test]
 fn golden_log_ack() {
-    const GOLDEN: &str = "000000114e58464700040102030405060708092a7b";
+    const GOLDEN: &str = "000000114e58464700050102030405060708092a7b";
     assert_golden(&log_ack(), GOLDEN);
 }
 
@@ -612,7 +614,7 @@ fn golden_log_ack() {
 #[test]
 fn golden_complete() {
     const GOLDEN: &str = concat!(
-        "0000007e4e584647000401020304050607080a2a095a5a5a5a5a5a5a5a5a5a5a",
+        "0000007e4e584647000501020304050607080a2a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0208616363757261637900",
         "0000000000ee3f046c6f7373000000000000c03f01056d6f64656c1973333a2f",
         "2f6f75742f6a6f622d34322f6d6f64656c2e62696e010b7b226f6b223a747275",
@@ -626,7 +628,7 @@ fn golden_complete() {
 #[test]
 fn golden_fail() {
     const GOLDEN: &str = concat!(
-        "000000454e584647000401020304050607080b2a095a5a5a5a5a5a5a5a5a5a5a",
+        "000000454e584647000501020304050607080b2a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a011243554441206f757420",
         "6f66206d656d6f7279",
     );
@@ -638,7 +640,7 @@ fn golden_fail() {
 #[test]
 fn golden_cancel() {
     const GOLDEN: &str = concat!(
-        "000000234e584647000401020304050607080c2a091163616e63656c6c656420",
+        "000000234e584647000501020304050607080c2a091163616e63656c6c656420",
         "62792075736572",
     );
     assert_golden(&cancel(), GOLDEN);
@@ -648,7 +650,7 @@ fn golden_cancel() {
 /// of editing the constant.
 #[test]
 fn golden_goodbye() {
-    const GOLDEN: &str = "000000104e584647000401020304050607080d01";
+    const GOLDEN: &str = "000000104e584647000501020304050607080d01";
     assert_golden(&goodbye(), GOLDEN);
 }
 
@@ -656,7 +658,7 @@ fn golden_goodbye() {
 /// of editing the constant.
 #[test]
 fn golden_ack() {
-    const GOLDEN: &str = "0000000f4e584647000401020304050607080e";
+    const GOLDEN: &str = "0000000f4e584647000501020304050607080e";
     assert_golden(&Message::Ack, GOLDEN);
 }
 
@@ -665,7 +667,7 @@ fn golden_ack() {
 #[test]
 fn golden_error() {
     const GOLDEN: &str = concat!(
-        "000000244e584647000401020304050607080f011365706f6368203920697320",
+        "000000244e584647000501020304050607080f011365706f6368203920697320",
         "6e6f74206c697665",
     );
     assert_golden(&error(), GOLDEN);
@@ -676,7 +678,7 @@ fn golden_error() {
 #[test]
 fn golden_artifact_stat() {
     const GOLDEN: &str = concat!(
-        "0000002f4e5846470004010203040506070810000102030405060708090a0b0c",
+        "0000002f4e5846470005010203040506070810000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[0], GOLDEN);
@@ -687,7 +689,7 @@ fn golden_artifact_stat() {
 #[test]
 fn golden_artifact_info() {
     const GOLDEN: &str = concat!(
-        "000000544e584647000401020304050607081101000102030405060708090a0b",
+        "000000544e584647000501020304050607081101000102030405060708090a0b",
         "0c0d0e0f101112131415161718191a1b1c1d1e1ffc010010000f706879736963",
         "732e7061727175657402fb2c01012afd0068e5cf8b010000",
     );
@@ -699,7 +701,7 @@ fn golden_artifact_info() {
 #[test]
 fn golden_artifact_chunk() {
     const GOLDEN: &str = concat!(
-        "0000003c4e5846470004010203040506070812000102030405060708090a0b0c",
+        "0000003c4e5846470005010203040506070812000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffbedfefc000010000450415231",
     );
     assert_golden(&artifact_messages()[2], GOLDEN);
@@ -710,7 +712,7 @@ fn golden_artifact_chunk() {
 #[test]
 fn golden_artifact_commit() {
     const GOLDEN: &str = concat!(
-        "000000674e5846470004010203040506070813000102030405060708090a0b0c",
+        "000000674e5846470005010203040506070813000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffbedfe116d6f64656c2e736166",
         "6574656e736f7273012a095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a",
@@ -723,7 +725,7 @@ fn golden_artifact_commit() {
 #[test]
 fn golden_artifact_read() {
     const GOLDEN: &str = concat!(
-        "000000374e5846470004010203040506070814000102030405060708090a0b0c",
+        "000000374e5846470005010203040506070814000102030405060708090a0b0c",
         "0d0e0f101112131415161718191a1b1c1d1e1ffb0010fc00000100",
     );
     assert_golden(&artifact_messages()[4], GOLDEN);
@@ -733,7 +735,7 @@ fn golden_artifact_read() {
 /// instead of editing the constant.
 #[test]
 fn golden_artifact_data() {
-    const GOLDEN: &str = "000000194e58464700040102030405060708150450415231fc01001000";
+    const GOLDEN: &str = "000000194e58464700050102030405060708150450415231fc01001000";
     assert_golden(&artifact_messages()[5], GOLDEN);
 }
 
@@ -742,7 +744,7 @@ fn golden_artifact_data() {
 #[test]
 fn golden_checkpoint_saved() {
     const GOLDEN: &str = concat!(
-        "000000544e58464700040102030405060708162a095a5a5a5a5a5a5a5a5a5a5a",
+        "000000544e58464700050102030405060708162a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afb2c010001020304050607",
         "08090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
@@ -754,7 +756,7 @@ fn golden_checkpoint_saved() {
 #[test]
 fn golden_checkpoint_query() {
     const GOLDEN: &str = concat!(
-        "000000314e58464700040102030405060708172a095a5a5a5a5a5a5a5a5a5a5a",
+        "000000314e58464700050102030405060708172a095a5a5a5a5a5a5a5a5a5a5a",
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     );
     assert_golden(&artifact_messages()[7], GOLDEN);
@@ -765,7 +767,7 @@ fn golden_checkpoint_query() {
 #[test]
 fn golden_checkpoint_at() {
     const GOLDEN: &str = concat!(
-        "000000334e584647000401020304050607081801fb2c01000102030405060708",
+        "000000334e584647000501020304050607081801fb2c01000102030405060708",
         "090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     );
     assert_golden(&artifact_messages()[8], GOLDEN);
@@ -775,7 +777,7 @@ fn golden_checkpoint_at() {
 /// instead of editing the constant.
 #[test]
 fn golden_resolve_model() {
-    const GOLDEN: &str = "000000194e584647000401020304050607081909746561636865723a32";
+    const GOLDEN: &str = "000000194e584647000501020304050607081909746561636865723a32";
     assert_golden(&artifact_messages()[9], GOLDEN);
 }
 
@@ -784,7 +786,7 @@ fn golden_resolve_model() {
 #[test]
 fn golden_model_found() {
     const GOLDEN: &str = concat!(
-        "000000604e584647000401020304050607081a0774656163686572022903136e",
+        "000000604e584647000501020304050607081a0774656163686572022903136e",
         "6578613a2f2f6172746966616374732f3030136e6578613a2f2f617274696661",
         "6374732f30310001086163637572616379000000000000ee3ffd0068e5cf8b01",
         "0000012b",
@@ -799,19 +801,19 @@ fn golden_model_found() {
 fn golden_assignment_params() {
     const GOLDEN: [&str; 5] = [
         concat!(
-            "0000006c4e58464700040102030405060708032a000762696f6c6f6779fb1027",
+            "0000006c4e58464700050102030405060708032a000762696f6c6f6779fb1027",
             "010701009a9999999999a93f027b7d0000000003fc8051010000000002095a5a",
             "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd30",
             "0919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000006a4e58464700040102030405060708032a010c67733a2f2f642f782e63",
+            "0000006a4e58464700050102030405060708032a010c67733a2f2f642f782e63",
             "737601056c6162656c00027b7d0000000003fc8051010000000002095a5a5a5a",
             "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd300919",
             "d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000ad4e58464700040102030405060708032a020362696705736d616c6c0c",
+            "000000ad4e58464700050102030405060708032a020362696705736d616c6c0c",
             "646174612f642e6a736f6e6c0000000000000040000000000000d03f04000109",
             "513a207b717d0a413a267b226c6f7261223a7b226c6179657273223a5b227122",
             "2c2276225d2c2272616e6b223a387d7d0000000003fc8051010000000002095a",
@@ -819,13 +821,13 @@ fn golden_assignment_params() {
             "300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "000000754e58464700040102030405060708032a0405736d616c6c010c646174",
+            "000000754e58464700050102030405060708032a0405736d616c6c010c646174",
             "612f652e6a736f6e6c010101046d6d6c7501026631027b7d0000000003fc8051",
             "010000000002095a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
             "5a5a5a5a5a5a5afd300919d18f010000fd007186d18f010000",
         ),
         concat!(
-            "0000006b4e58464700040102030405060708032a0505736d616c6c056c6f6361",
+            "0000006b4e58464700050102030405060708032a0505736d616c6c056c6f6361",
             "6c010765752d7765737402027b7d0000000003fc8051010000000002095a5a5a",
             "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5afd3009",
             "19d18f010000fd007186d18f010000",
@@ -1150,7 +1152,7 @@ fn a_wrong_magic_is_refused_as_soon_as_the_header_is_buffered() {
 
 #[test]
 fn another_protocol_version_is_unsupported() {
-    for version in [0, 1, 2, 3, 5, u16::MAX] {
+    for version in [0, 1, 2, 3, 4, 6, u16::MAX] {
         let f = raw_frame(&MAGIC, version, &payload(&hello()));
         let expected = DecodeError::UnsupportedVersion {
             got: version,
@@ -1165,7 +1167,7 @@ fn another_protocol_version_is_unsupported() {
     let err = decode_body(&raw_frame(&MAGIC, 1, &[])[LENGTH_BYTES..]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "protocol version 1 is not supported (this build speaks version 4)"
+        "protocol version 1 is not supported (this build speaks version 5)"
     );
 }
 
@@ -1208,10 +1210,10 @@ fn another_version_is_refused_as_soon_as_it_is_buffered() {
 #[test]
 fn golden_request_ids() {
     for (id, golden) in [
-        (0, "0000000f4e584647000400000000000000000e"),
-        (1, "0000000f4e584647000400000000000000010e"),
-        (GOLDEN_ID, "0000000f4e584647000401020304050607080e"),
-        (u64::MAX, "0000000f4e5846470004ffffffffffffffff0e"),
+        (0, "0000000f4e584647000500000000000000000e"),
+        (1, "0000000f4e584647000500000000000000010e"),
+        (GOLDEN_ID, "0000000f4e584647000501020304050607080e"),
+        (u64::MAX, "0000000f4e5846470005ffffffffffffffff0e"),
     ] {
         let f = encode(id, &Message::Ack, DEFAULT_MAX_FRAME).unwrap();
         assert_eq!(hex(&f), golden, "request id {id:#x}");

@@ -1,0 +1,362 @@
+//! Deployed models: `/api/endpoints` lists them, and each endpoint's stable URL routes
+//! inference to its ready replicas — `POST /api/endpoints/{name}/predict` (rows) and the Open
+//! Inference Protocol under `/v2` — round robin, trying the next replica when one fails.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix_web::web::{self, Bytes, Json};
+use actix_web::{HttpRequest, HttpResponse};
+use nexa_runtime::{Job, JobParams};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::State;
+use super::auth::Reader;
+use super::error::{ApiError, ErrorBody};
+
+/// One replica of an endpoint: a deploy job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReplicaBody {
+    pub(crate) job_id: String,
+    /// `queued`, `assigned`, `running`…: the deploy job's status.
+    pub(crate) status: String,
+    pub(crate) worker_id: Option<String>,
+    /// Where the replica serves, once ready.
+    pub(crate) url: Option<String>,
+    /// Passed its smoke test and heard from lately: requests go to it.
+    pub(crate) ready: bool,
+}
+
+/// A deployed model.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EndpointBody {
+    /// The name requests use: the deploy job's target, or the model's name.
+    pub(crate) name: String,
+    /// The model as the newest deploy job named it.
+    pub(crate) model_id: String,
+    /// Replicas ready to answer.
+    pub(crate) ready_replicas: usize,
+    /// The stable URL of its plain predictions (`POST` rows).
+    pub(crate) predict_url: String,
+    /// Its Open Inference Protocol URL (`POST …/infer`).
+    pub(crate) infer_url: String,
+    pub(crate) replicas: Vec<ReplicaBody>,
+}
+
+/// The endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EndpointsBody {
+    pub(crate) endpoints: Vec<EndpointBody>,
+}
+
+/// The base URL the caller used, for the stable URLs it is shown.
+fn base(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+async fn endpoints_of(state: &State, req: &HttpRequest) -> Result<Vec<EndpointBody>, ApiError> {
+    let jobs: Vec<Job> = state.plane.deployments().await?;
+    let ready = state.plane.replicas(None);
+    let mut by_name: BTreeMap<String, EndpointBody> = BTreeMap::new();
+    let base = base(req);
+    for job in jobs {
+        let JobParams::Deploy(p) = &job.spec.params else {
+            continue;
+        };
+        let name = nexa_actors::endpoint_name(&p.model_id, &p.target);
+        let replica = ready.iter().find(|r| r.job == job.id);
+        let endpoint = by_name.entry(name.clone()).or_insert_with(|| EndpointBody {
+            predict_url: format!("{base}/api/endpoints/{name}/predict"),
+            infer_url: format!("{base}/v2/models/{name}/infer"),
+            name,
+            model_id: p.model_id.clone(),
+            ready_replicas: 0,
+            replicas: Vec::new(),
+        });
+        endpoint.ready_replicas += usize::from(replica.is_some());
+        endpoint.replicas.push(ReplicaBody {
+            job_id: job.id.to_string(),
+            status: job.state.as_str().to_owned(),
+            worker_id: job.live_attempt().map(|a| a.worker.to_string()),
+            url: replica.map(|r| r.url.clone()),
+            ready: replica.is_some(),
+        });
+    }
+    Ok(by_name.into_values().collect())
+}
+
+/// The deployed models and their replicas.
+#[utoipa::path(
+    get, path = "/api/endpoints", tag = "endpoints",
+    responses(
+        (status = 200, description = "The endpoints", body = EndpointsBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    _: Reader,
+    req: HttpRequest,
+    state: web::Data<State>,
+) -> Result<Json<EndpointsBody>, ApiError> {
+    Ok(Json(EndpointsBody {
+        endpoints: endpoints_of(&state, &req).await?,
+    }))
+}
+
+/// One endpoint.
+#[utoipa::path(
+    get, path = "/api/endpoints/{name}", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No deploy job serves that name", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get(
+    _: Reader,
+    req: HttpRequest,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> Result<Json<EndpointBody>, ApiError> {
+    let all = endpoints_of(&state, &req).await?;
+    let names: Vec<String> = all.iter().map(|e| e.name.clone()).collect();
+    all.into_iter()
+        .find(|e| e.name == *name)
+        .map(Json)
+        .ok_or_else(|| not_deployed(&name, &names))
+}
+
+fn not_deployed(name: &str, names: &[String]) -> ApiError {
+    ApiError::not_found(if names.is_empty() {
+        format!("no endpoint {name:?}: nothing is deployed (submit a deploy job)")
+    } else {
+        format!("no endpoint {name:?}; deployed: {}", names.join(", "))
+    })
+}
+
+/// Sends `body` to `path` on the ready replicas of `name`, the next one first, and answers
+/// with the first replica that answers.
+async fn forward(
+    state: &State,
+    name: &str,
+    method: &'static str,
+    path: String,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let replicas = state.plane.route(name);
+    if replicas.is_empty() {
+        let known = state
+            .plane
+            .deployments()
+            .await?
+            .iter()
+            .filter_map(|j| match &j.spec.params {
+                JobParams::Deploy(p) => Some(nexa_actors::endpoint_name(&p.model_id, &p.target)),
+                _ => None,
+            })
+            .any(|n| n == name);
+        return Err(if known {
+            ApiError::unavailable(format!(
+                "endpoint {name:?} has no ready replica yet (loading, smoke-testing, or being \
+                 placed again); retry shortly"
+            ))
+        } else {
+            let names: Vec<String> = endpoints_names(state).await?;
+            not_deployed(name, &names)
+        });
+    }
+    let agent = state.proxy.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut last = String::new();
+        for replica in replicas {
+            let url = format!("{}{path}", replica.url);
+            let sent = match method {
+                "GET" => agent.get(&url).call(),
+                _ => agent
+                    .post(&url)
+                    .header("Content-Type", "application/json")
+                    .send(&body[..]),
+            };
+            match sent {
+                // A replica that answers, even with a refusal of the request, has answered.
+                Ok(mut res) if res.status().as_u16() < 500 => {
+                    let status = res.status().as_u16();
+                    let bytes = res
+                        .body_mut()
+                        .with_config()
+                        .limit(256 << 20)
+                        .read_to_vec()
+                        .map_err(|e| e.to_string())?;
+                    return Ok((status, bytes, replica.job));
+                }
+                Ok(res) => last = format!("{} answered {}", replica.url, res.status()),
+                Err(e) => last = format!("{}: {e}", replica.url),
+            }
+        }
+        Err(last)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("the request stopped: {e}")))?;
+    match answered {
+        Ok((status, bytes, job)) => Ok(HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
+        )
+        .content_type("application/json")
+        .insert_header(("X-Nexa-Replica", job.to_string()))
+        .body(bytes)),
+        Err(why) => Err(ApiError::from_status(
+            actix_web::http::StatusCode::BAD_GATEWAY,
+            format!("no replica of {name:?} answered: {why}"),
+        )),
+    }
+}
+
+async fn endpoints_names(state: &State) -> Result<Vec<String>, ApiError> {
+    let mut names: Vec<String> = state
+        .plane
+        .deployments()
+        .await?
+        .iter()
+        .filter_map(|j| match &j.spec.params {
+            JobParams::Deploy(p) => Some(nexa_actors::endpoint_name(&p.model_id, &p.target)),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Predictions for rows: `{"inputs": [[...], ...]}` → `{"predictions": [[...]], "classes": [...]}`
+/// (`classes` for a classifier).
+#[utoipa::path(
+    post, path = "/api/endpoints/{name}/predict", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    request_body(content = Object, description = "`{\"inputs\": [[1.0, 2.0], ...]}`, one array per row"),
+    responses(
+        (status = 200, description = "The predictions, one row each", body = Object),
+        (status = 400, description = "Rows the model cannot take", body = Object),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 502, description = "No replica answered", body = ErrorBody),
+        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn predict(
+    _: Reader,
+    state: web::Data<State>,
+    name: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    forward(&state, &name, "POST", "/predict".to_owned(), body).await
+}
+
+/// Open Inference Protocol: inference.
+#[utoipa::path(
+    post, path = "/v2/models/{name}/infer", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    request_body(content = Object, description = "`{\"inputs\": [{\"name\": \"input\", \"shape\": [rows, features], \"datatype\": \"FP32\", \"data\": [...]}]}`"),
+    responses(
+        (status = 200, description = "`outputs`: `output` (FP32) and, for a classifier, `class`", body = Object),
+        (status = 400, description = "A request the model cannot take", body = Object),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 502, description = "No replica answered", body = ErrorBody),
+        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn infer(
+    _: Reader,
+    state: web::Data<State>,
+    name: web::Path<String>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let path = format!("/v2/models/{name}/infer");
+    forward(&state, &name, "POST", path, body).await
+}
+
+/// Open Inference Protocol: the model's metadata.
+#[utoipa::path(
+    get, path = "/v2/models/{name}", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    responses(
+        (status = 200, description = "Its inputs and outputs", body = Object),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn model(
+    _: Reader,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let path = format!("/v2/models/{name}");
+    forward(&state, &name, "GET", path, Bytes::new()).await
+}
+
+/// Open Inference Protocol: whether the model has a ready replica.
+#[utoipa::path(
+    get, path = "/v2/models/{name}/ready", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    responses(
+        (status = 200, description = "A replica is ready", body = Object),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 503, description = "None is", body = ErrorBody),
+    )
+)]
+pub(crate) async fn model_ready(
+    _: Reader,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ready = state.plane.replicas(Some(&name)).len();
+    if ready == 0 {
+        return Err(ApiError::unavailable(format!(
+            "endpoint {name:?} has no ready replica"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(json!({"name": *name, "ready": true, "replicas": ready})))
+}
+
+/// Open Inference Protocol: the server is up.
+#[utoipa::path(
+    get, path = "/v2/health/live", tag = "endpoints",
+    responses((status = 200, description = "Live", body = Object))
+)]
+pub(crate) async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"live": true}))
+}
+
+/// Open Inference Protocol: the server can route requests.
+#[utoipa::path(
+    get, path = "/v2/health/ready", tag = "endpoints",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "The control plane cannot work", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ready(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    if let Some(why) = state.plane.failure() {
+        return Err(ApiError::unavailable(why.to_owned()));
+    }
+    Ok(HttpResponse::Ok().json(json!({"ready": true})))
+}
+
+/// The pooled client the stable URLs forward with.
+pub(crate) fn proxy() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(60)))
+        .max_idle_connections_per_host(64)
+        .build()
+        .new_agent()
+}
