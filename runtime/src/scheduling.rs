@@ -336,6 +336,11 @@ mod tests {
     fn picks_highest_priority_that_fits() {
         let types: BTreeSet<_> = JobType::ALL.into_iter().collect();
         let labels: BTreeMap<_, _> = [("region".to_string(), "eu".to_string())].into();
+        // A deploy job's region is a label its worker must carry.
+        let mut deploy = crate::DeployParams::new("m");
+        deploy.region = Some("eu".into());
+        let deploy = QueueEntry::new(&JobSpec::new(crate::JobParams::Deploy(deploy)), None);
+        assert_eq!(deploy.resources.labels, labels);
         let big = entry(2, 80_000, &[]);
         let eu = entry(1, 0, &[("region", "eu")]);
         let us = entry(0, 0, &[("region", "us")]);

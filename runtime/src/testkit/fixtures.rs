@@ -92,7 +92,7 @@ pub(crate) fn params(ty: JobType, n: u64) -> JobParams {
         JobType::Deploy => {
             let mut p = DeployParams::new(format!("llama-1b-{n}"));
             p.replicas = 2;
-            p.region = Some("eu-west".into());
+            p.target = format!("endpoint-{n}");
             JobParams::Deploy(p)
         }
     }

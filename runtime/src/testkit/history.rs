@@ -387,7 +387,8 @@ fn wid(n: u8) -> WorkerId {
 }
 
 fn fits(spec: &JobSpec, info: &WorkerInfo, free: &[u64]) -> bool {
-    let r = &spec.resources;
+    // What the queue holds: a deploy job's region is a label too.
+    let r = &crate::scheduling::QueueEntry::new(spec, None).resources;
     info.job_types.contains(&spec.job_type())
         && r.labels.iter().all(|(k, v)| info.labels.get(k) == Some(v))
         && free.iter().filter(|&&mb| mb >= r.gpu_memory_mb).count() >= r.gpus as usize
