@@ -47,7 +47,8 @@ pub use control::{ControlPlane, ControlPlaneConfig, Replica, StartError};
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,
     EVALUATION_METRICS, EvaluateStage, GENERATED_SPLIT, GenerateStage, KNOWN_HYPERPARAMETERS,
-    MAX_ROWS, TrainStage, builtin_stages, builtin_stages_with, endpoint_name,
+    MAX_ROWS, TrainStage, builtin_stages, builtin_stages_serving, builtin_stages_with,
+    endpoint_name,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{

@@ -46,6 +46,16 @@ pub fn builtin_stages() -> StageRegistry {
 /// The built-in stages, training ones keeping a checkpoint with the control plane at most
 /// every `checkpoint_interval` (zero: every checkpoint written).
 pub fn builtin_stages_with(checkpoint_interval: Duration) -> StageRegistry {
+    builtin_stages_serving(checkpoint_interval, None)
+}
+
+/// [`builtin_stages_with`], deploy replicas listening on `serve_host` (an address the control
+/// plane reaches this worker at; 127.0.0.1 when `None`).
+pub fn builtin_stages_serving(
+    checkpoint_interval: Duration,
+    serve_host: Option<String>,
+) -> StageRegistry {
+    let deploy = serve_host.map_or_else(DeployStage::default, DeployStage::on);
     let mut stages = StageRegistry::new();
     stages
         .register(JobType::Generate, Builtin(GenerateStage))
@@ -59,7 +69,7 @@ pub fn builtin_stages_with(checkpoint_interval: Duration) -> StageRegistry {
             Builtin(DistillStage::new(checkpoint_interval)),
         )
         .register(JobType::Evaluate, Builtin(EvaluateStage))
-        .register(JobType::Deploy, Builtin(DeployStage::default()));
+        .register(JobType::Deploy, Builtin(deploy));
     stages
 }
 

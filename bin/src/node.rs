@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nexa_actors::{
     CommandStage, ControlPlane, ControlPlaneConfig, StageRegistry, WorkerConfig, WorkerNode,
-    builtin_stages_with, local_gpus,
+    builtin_stages_serving, local_gpus,
 };
 use nexa_runtime::WorkerId;
 use nexa_transport::Trust;
@@ -147,7 +147,7 @@ async fn start_control_plane(
 fn stages(offer: &OfferArgs) -> StageRegistry {
     let interval = Duration::try_from_secs_f64(offer.checkpoint_interval)
         .unwrap_or(nexa_actors::CHECKPOINT_INTERVAL);
-    let mut stages = builtin_stages_with(interval);
+    let mut stages = builtin_stages_serving(interval, offer.serve_host.clone());
     for (job_type, command) in &offer.handlers {
         stages.register(
             *job_type,

@@ -343,6 +343,10 @@ pub(crate) struct OfferArgs {
     /// folder it runs in and its data folder.
     #[arg(long = "data-root", value_name = "DIR")]
     pub(crate) data_roots: Vec<PathBuf>,
+    /// The address this worker's deploy replicas listen on, which the control plane must
+    /// reach (default 127.0.0.1: a worker on the control plane's machine).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) serve_host: Option<String>,
 }
 
 #[derive(Debug, Args)]

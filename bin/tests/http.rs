@@ -1366,6 +1366,24 @@ fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed
     let answered: Value = serde_json::from_str(&answered).unwrap();
     assert_eq!(answered["predictions"][0], plain["predictions"][0]);
 
+    // Per endpoint: the requests that reached a replica (the unauthenticated one did not).
+    let metrics = {
+        let mut res = agent()
+            .get(&url("/metrics"))
+            .header("Authorization", &format!("Bearer {reader}"))
+            .call()
+            .unwrap();
+        res.body_mut().read_to_string().unwrap()
+    };
+    for line in [
+        "nexa_endpoint_requests_total{endpoint=\"physics-api\"} 5",
+        "nexa_endpoint_errors_total{endpoint=\"physics-api\"} 0",
+        "nexa_endpoint_replicas_ready{endpoint=\"physics-api\"} 1",
+        "nexa_endpoint_request_duration_seconds_count{endpoint=\"physics-api\"} 5",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+
     // Undeploy: cancel the job.
     let (status, _) = call(
         "POST",

@@ -161,6 +161,9 @@ async fn forward(
                 _ => None,
             })
             .any(|n| n == name);
+        if known {
+            state.traffic.record(name, Duration::ZERO, true);
+        }
         return Err(if known {
             ApiError::unavailable(format!(
                 "endpoint {name:?} has no ready replica yet (loading, smoke-testing, or being \
@@ -172,6 +175,7 @@ async fn forward(
         });
     }
     let agent = state.proxy.clone();
+    let started = std::time::Instant::now();
     let answered = tokio::task::spawn_blocking(move || {
         let mut last = String::new();
         for replica in replicas {
@@ -203,6 +207,8 @@ async fn forward(
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("the request stopped: {e}")))?;
+    let failed = !matches!(&answered, Ok((status, ..)) if *status < 500);
+    state.traffic.record(name, started.elapsed(), failed);
     match answered {
         Ok((status, bytes, job)) => Ok(HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status)
@@ -348,6 +354,108 @@ pub(crate) async fn ready(state: web::Data<State>) -> Result<HttpResponse, ApiEr
         return Err(ApiError::unavailable(why.to_owned()));
     }
     Ok(HttpResponse::Ok().json(json!({"ready": true})))
+}
+
+/// Upper bounds (seconds) of the endpoint latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Requests to each endpoint's stable URL, for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Traffic(std::sync::Mutex<BTreeMap<String, Counts>>);
+
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    /// Per bucket of [`LATENCY_BUCKETS`], then the slower ones.
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_seconds: f64,
+}
+
+impl Traffic {
+    fn record(&self, endpoint: &str, took: Duration, error: bool) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = all.entry(endpoint.to_owned()).or_default();
+        counts.requests += 1;
+        counts.errors += u64::from(error);
+        let seconds = took.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        counts.buckets[slot] += 1;
+        counts.sum_seconds += seconds;
+    }
+
+    /// The Prometheus text of every endpoint's requests, errors, latency and ready replicas.
+    pub(crate) fn render(&self, out: &mut String, ready: impl Fn(&str) -> usize) {
+        use std::fmt::Write;
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str("# HELP nexa_endpoint_requests_total Requests to an endpoint's stable URL.\n# TYPE nexa_endpoint_requests_total counter\n");
+        for (name, c) in all.iter() {
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_requests_total{{endpoint=\"{}\"}} {}",
+                label(name),
+                c.requests
+            );
+        }
+        out.push_str("# HELP nexa_endpoint_errors_total Requests to an endpoint that no replica answered, or that failed on a replica (5xx).\n# TYPE nexa_endpoint_errors_total counter\n");
+        for (name, c) in all.iter() {
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_errors_total{{endpoint=\"{}\"}} {}",
+                label(name),
+                c.errors
+            );
+        }
+        out.push_str("# HELP nexa_endpoint_request_duration_seconds Time to answer a request to an endpoint.\n# TYPE nexa_endpoint_request_duration_seconds histogram\n");
+        for (name, c) in all.iter() {
+            let name = label(name);
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(c.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "nexa_endpoint_request_duration_seconds_bucket{{endpoint=\"{name}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_request_duration_seconds_bucket{{endpoint=\"{name}\",le=\"+Inf\"}} {}",
+                c.requests
+            );
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_request_duration_seconds_sum{{endpoint=\"{name}\"}} {}",
+                c.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_request_duration_seconds_count{{endpoint=\"{name}\"}} {}",
+                c.requests
+            );
+        }
+        out.push_str("# HELP nexa_endpoint_replicas_ready Replicas of an endpoint ready to answer.\n# TYPE nexa_endpoint_replicas_ready gauge\n");
+        for name in all.keys() {
+            let _ = writeln!(
+                out,
+                "nexa_endpoint_replicas_ready{{endpoint=\"{}\"}} {}",
+                label(name),
+                ready(name)
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The pooled client the stable URLs forward with.

@@ -51,6 +51,8 @@ pub(crate) struct State {
     pub(crate) worker_sessions: workers::Sessions,
     /// The pooled client requests to endpoints are forwarded with.
     pub(crate) proxy: ureq::Agent,
+    /// Requests to each endpoint, for `/metrics`.
+    pub(crate) traffic: endpoints::Traffic,
 }
 
 /// HTTP answers by status class.
@@ -275,6 +277,7 @@ impl HttpApi {
             worker_ttl: config.worker_ttl,
             worker_sessions: workers::Sessions::load(data),
             proxy: endpoints::proxy(),
+            traffic: endpoints::Traffic::default(),
         });
         let server = HttpServer::new(move || {
             let counted = state.clone();

@@ -88,6 +88,9 @@ pub(crate) async fn metrics(_: Reader, state: web::Data<State>) -> Result<HttpRe
     for (class, n) in state.requests.snapshot() {
         let _ = writeln!(out, "nexa_http_requests_total{{status=\"{class}\"}} {n}");
     }
+    state
+        .traffic
+        .render(&mut out, |name| state.plane.replicas(Some(name)).len());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
