@@ -826,6 +826,12 @@ impl ControlPlane {
         self.endpoints.route(endpoint)
     }
 
+    /// A replica that did not answer a request (its server refused the connection or failed):
+    /// not routed to until its worker's next heartbeat says it serves.
+    pub fn replica_failed(&self, job: JobId) {
+        self.endpoints.forget(job);
+    }
+
     /// The deploy jobs not finished (queued, placed or serving), newest first: every
     /// endpoint's replicas, ready or not.
     pub async fn deployments(&self) -> Result<Vec<Job>, StoreError> {

@@ -398,6 +398,8 @@ async fn a_job_asking_for_8_gpus_stays_queued_and_says_why() {
 struct ServerProc {
     proc: Proc,
     fingerprint: String,
+    /// The HTTP API's base URL (`http://…/api`).
+    api: String,
 }
 
 fn start_server(data: &Path, port: u16) -> ServerProc {
@@ -423,6 +425,7 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut fingerprint = None;
+    let mut api = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
         // The banner says where the join token is, never the token itself.
@@ -433,6 +436,9 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
         if let Some(fp) = line.trim().strip_prefix("fingerprint: ") {
             fingerprint = Some(fp.trim().to_owned());
         }
+        if let Some(at) = line.find("API:") {
+            api = line[at + 4..].split_whitespace().next().map(str::to_owned);
+        }
         if line.contains("nexa worker --server") {
             break;
         }
@@ -442,6 +448,7 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
     ServerProc {
         proc: Proc(child),
         fingerprint: fingerprint.expect("the server printed its fingerprint"),
+        api: api.expect("the server printed its API's address"),
     }
 }
 
@@ -705,4 +712,155 @@ async fn a_train_job_killed_with_its_worker_resumes_on_another_from_its_checkpoi
     let resumed_from = output.metrics["resumed_from_step"];
     assert!(resumed_from > 0.0, "resumed from step {resumed_from}");
     assert_eq!(output.artifacts[MODEL_ARTIFACT], straight);
+}
+
+/// Status and JSON body of an HTTP request to a `nexa server`.
+fn http(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Content-Type", "application/json");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut res = agent.run(req.body(body).unwrap()).ok()?;
+    let text = res.body_mut().read_to_string().ok()?;
+    Some((
+        res.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A deployed model's worker killed with SIGKILL while a client keeps asking: the replica is
+/// placed again on the other worker, the endpoint's URL answers again, and no answer is ever
+/// wrong (requests while no replica is ready may fail, and are counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_model_survives_the_loss_of_its_worker_at_the_same_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = start_server(&data, port);
+    let api = server.api.clone();
+    let mut workers = BTreeMap::new();
+    for name in ["a", "b"] {
+        workers.insert(
+            name.to_owned(),
+            worker(addr, &server.fingerprint, dir.path(), name, None, &[]),
+        );
+    }
+    let (api2, wait) = (api.clone(), |api: &str, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some((_, job)) = http("GET", &format!("{api}/jobs/{id}"), None)
+                && job["status"] == "succeeded"
+            {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "{id} did not succeed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let submit = |job_type: &str, params: serde_json::Value| {
+        let (status, job) = http(
+            "POST",
+            &format!("{api2}/jobs"),
+            Some(serde_json::json!({"job_type": job_type, "params": params})),
+        )
+        .unwrap();
+        assert_eq!(status, 201, "{job}");
+        job["job_id"].as_str().unwrap().to_owned()
+    };
+    let generated = submit(
+        "generate",
+        serde_json::json!({"domain": "physics", "num_samples": 600}),
+    );
+    let dataset = wait(&api, &generated)["result"]["artifacts"]["dataset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trained = submit(
+        "train",
+        serde_json::json!({"model_id": "steady", "dataset_uri": dataset, "epochs": 2}),
+    );
+    wait(&api, &trained);
+    submit("deploy", serde_json::json!({"model_id": "steady"}));
+    let ready = |api: &str| {
+        http("GET", &format!("{api}/endpoints/steady"), None)
+            .filter(|(_, e)| e["ready_replicas"] == 1)
+            .map(|(_, e)| {
+                e["replicas"][0]["worker_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{e:#}"))
+                    .to_owned()
+            })
+    };
+    let host = eventually("the replica to be ready", async || ready(&api)).await;
+
+    // A steady stream of requests, each checked against the answer before the kill.
+    let predict = format!("{api}/endpoints/steady/predict");
+    let rows = serde_json::json!({"inputs": [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]});
+    let (status, baseline) = http("POST", &predict, Some(rows.clone())).unwrap();
+    assert_eq!(status, 200, "{baseline}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The client's answers, counted again from when the replica is seen placed again.
+    let answered_since = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let client = {
+        let (stop, predict, rows, baseline) = (
+            stop.clone(),
+            predict.clone(),
+            rows.clone(),
+            baseline.clone(),
+        );
+        let answered_since = answered_since.clone();
+        std::thread::spawn(move || {
+            let (mut answered, mut failed, mut last_ok) = (0u32, 0u32, None);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match http("POST", &predict, Some(rows.clone())) {
+                    Some((200, answer)) => {
+                        assert_eq!(answer, baseline, "a wrong answer");
+                        answered += 1;
+                        last_ok = Some(Instant::now());
+                        answered_since.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (answered, failed, last_ok)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Instant::now();
+    workers.get_mut(&host).unwrap().sigkill();
+    let other = if host == "a" { "b" } else { "a" };
+    let moved = eventually("the replica to be placed again", async || {
+        ready(&api).filter(|w| w == other)
+    })
+    .await;
+    let back = killed.elapsed();
+    assert_eq!(moved, other);
+    // The client gets its answers again, at the same URL.
+    answered_since.store(0, std::sync::atomic::Ordering::SeqCst);
+    eventually("an answer after the move", async || {
+        (answered_since.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, failed, last_ok) = client.join().unwrap();
+    assert!(
+        last_ok.is_some_and(|t| t > killed + back),
+        "answered again after it moved"
+    );
+    eprintln!(
+        "replica back on worker {other} {back:?} after its worker was killed; {answered} \
+         requests answered (all right), {failed} failed while no replica was ready"
+    );
 }

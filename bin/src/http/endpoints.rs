@@ -178,6 +178,7 @@ async fn forward(
     let started = std::time::Instant::now();
     let answered = tokio::task::spawn_blocking(move || {
         let mut last = String::new();
+        let mut failed = Vec::new();
         for replica in replicas {
             let url = format!("{}{path}", replica.url);
             let sent = match method {
@@ -196,28 +197,34 @@ async fn forward(
                         .with_config()
                         .limit(256 << 20)
                         .read_to_vec()
-                        .map_err(|e| e.to_string())?;
-                    return Ok((status, bytes, replica.job));
+                        .map_err(|e| (e.to_string(), failed.clone()))?;
+                    return Ok((status, bytes, replica.job, failed));
                 }
                 Ok(res) => last = format!("{} answered {}", replica.url, res.status()),
                 Err(e) => last = format!("{}: {e}", replica.url),
             }
+            failed.push(replica.job);
         }
-        Err(last)
+        Err((last, failed))
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("the request stopped: {e}")))?;
     let failed = !matches!(&answered, Ok((status, ..)) if *status < 500);
     state.traffic.record(name, started.elapsed(), failed);
+    // A replica that did not answer is not tried again until its worker says it serves.
+    let (Ok((.., down)) | Err((_, down))) = &answered;
+    for job in down {
+        state.plane.replica_failed(*job);
+    }
     match answered {
-        Ok((status, bytes, job)) => Ok(HttpResponse::build(
+        Ok((status, bytes, job, _)) => Ok(HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
         )
         .content_type("application/json")
         .insert_header(("X-Nexa-Replica", job.to_string()))
         .body(bytes)),
-        Err(why) => Err(ApiError::from_status(
+        Err((why, _)) => Err(ApiError::from_status(
             actix_web::http::StatusCode::BAD_GATEWAY,
             format!("no replica of {name:?} answered: {why}"),
         )),

@@ -110,6 +110,7 @@ impl ApiError {
             413 => return Self::too_large(super::MAX_BODY),
             415 => "unsupported_media_type",
             422 => "validation_error",
+            502 => "bad_gateway",
             503 => "unavailable",
             s if s < 500 => "bad_request",
             _ => "internal_error",
