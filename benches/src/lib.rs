@@ -386,15 +386,7 @@ mod timing {
 
     /// A count with thousands separators: `1,000,000`.
     pub fn fmt_count(n: u64) -> String {
-        let digits = n.to_string();
-        let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
+        nexa_runtime::thousands(n)
     }
 
     /// A rate per second, rounded to a whole number: `12,345/s`.

@@ -83,7 +83,7 @@ pub use retry::{DEFAULT_MAX_RECOVERIES, RetryPolicy};
 pub use scheduling::{
     Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,
 };
-pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType};
+pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType, thousands};
 pub use store::{
     Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery, Page,
     ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit, WriteOp,

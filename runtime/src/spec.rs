@@ -506,7 +506,7 @@ fn uri(field: &str, value: &str) -> Result<(), SpecError> {
 }
 
 /// `n` with its thousands grouped: `10,000`.
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

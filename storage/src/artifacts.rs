@@ -342,27 +342,8 @@ impl ArtifactStore {
 
     /// The artifacts `job` made, by name.
     pub fn job_artifacts(&self, job: JobId) -> Result<Vec<ArtifactMeta>, ArtifactError> {
-        let dir = self.job_dir(job);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ArtifactError::Io {
-                    path: dir,
-                    source: e,
-                });
-            }
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_at(&dir))?;
-            let Some(digest) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Digest>().ok())
-            else {
-                continue;
-            };
+        for digest in self.made_by(job)? {
             if let Some(meta) = self.stat(digest)? {
                 out.push(meta);
             }
