@@ -656,6 +656,8 @@ impl ControlPlane {
     ) -> Result<JobState, StoreError> {
         let reason = reason.into();
         let direct = reason.clone();
+        // A deploy job being cancelled serves no more requests.
+        self.endpoints.forget(id);
         let state = job_call(
             &self.actors,
             &self.store,
@@ -748,6 +750,7 @@ impl ControlPlane {
         output: JobOutput,
     ) -> Result<(), StoreError> {
         self.lease_key.check(job, epoch, token)?;
+        self.endpoints.forget(job);
         report_complete(&self.actors, &self.store, job, epoch, output).await
     }
 
@@ -760,6 +763,7 @@ impl ControlPlane {
         error: JobError,
     ) -> Result<(), StoreError> {
         self.lease_key.check(job, epoch, token)?;
+        self.endpoints.forget(job);
         report_fail(&self.actors, &self.store, job, epoch, error).await
     }
 
@@ -1179,12 +1183,19 @@ impl PlaneHandler {
             Message::Started { job, epoch, .. } => {
                 ack(report_started(actors, store, job, epoch).await)
             }
+            // An attempt that ended serves no more (a deploy job's replica).
             Message::Complete {
                 job, epoch, output, ..
-            } => ack(report_complete(actors, store, job, epoch, output).await),
+            } => {
+                self.endpoints.forget(job);
+                ack(report_complete(actors, store, job, epoch, output).await)
+            }
             Message::Fail {
                 job, epoch, error, ..
-            } => ack(report_fail(actors, store, job, epoch, error).await),
+            } => {
+                self.endpoints.forget(job);
+                ack(report_fail(actors, store, job, epoch, error).await)
+            }
             Message::LogBatch(batch) => {
                 let job = batch.job;
                 match report_logs(

@@ -1,6 +1,6 @@
 """Python client for Nexa Forge: submit ML lifecycle jobs (generate, audit, distill, train,
 evaluate, deploy), follow their logs, wait for their results, download the artifacts they
-made and read the model registry, over the HTTP API.
+made, read the model registry and ask deployed models for predictions, over the HTTP API.
 
 Example::
 
@@ -26,7 +26,15 @@ from .artifacts import (
     ModelVersion,
     artifact_digest,
 )
-from .client import DEFAULT_API_URL, ArtifactRef, JobRef, NexaForgeClient, __version__
+from .client import (
+    DEFAULT_API_URL,
+    ArtifactRef,
+    EndpointRef,
+    JobRef,
+    NexaForgeClient,
+    __version__,
+)
+from .endpoints import Endpoint, Replica
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -62,6 +70,9 @@ __all__ = [
     "Model",
     "ModelSummary",
     "ModelVersion",
+    "EndpointRef",
+    "Endpoint",
+    "Replica",
     "NexaForgeError",
     "ValidationError",
     "AuthenticationError",

@@ -1,6 +1,6 @@
 """The client: :class:`NexaForgeClient`.
 
-Its methods come in four groups:
+Its methods come in groups:
 
 - **submit**: :meth:`~NexaForgeClient.submit` for any job type, and one helper per type
   (:meth:`~NexaForgeClient.generate`, :meth:`~NexaForgeClient.audit`,
@@ -19,6 +19,11 @@ Its methods come in four groups:
   :meth:`~NexaForgeClient.artifacts` (what a job made), :meth:`~NexaForgeClient.download`
   (checked against its SHA-256), :meth:`~NexaForgeClient.models` and
   :meth:`~NexaForgeClient.model` (the model registry).
+- **deployed models**: :meth:`~NexaForgeClient.endpoints` and
+  :meth:`~NexaForgeClient.endpoint` (what ``deploy`` jobs serve),
+  :meth:`~NexaForgeClient.wait_ready` (polls until a replica answers) and
+  :meth:`~NexaForgeClient.predict` (rows in, predictions out); cancelling the deploy job
+  undeploys.
 
 Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass. No request is retried
 on its own; only a followed log stream that drops is reopened where it stopped.
@@ -29,21 +34,24 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
+import re
 import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
 from .artifacts import Artifact, Model, ModelSummary, ModelVersion, artifact_digest
-from .errors import IntegrityError, NexaForgeError, WaitTimeoutError
+from .endpoints import Endpoint
+from .errors import IntegrityError, NexaForgeError, NotFoundError, WaitTimeoutError
 from .jobs import Event, Job, JobPage, JobStatus, JobType, LogLine
 from .sse import read_events
 from .transport import Transport
 from .workers import Worker
 
-__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef", "ArtifactRef"]
+__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef", "ArtifactRef", "EndpointRef"]
 
 __version__ = "0.1.0"
 
@@ -57,6 +65,9 @@ ArtifactRef = Union[str, Artifact, ModelVersion]
 """An artifact: its URI (``nexa://artifacts/<sha256>``), the SHA-256 alone, an
 :class:`Artifact`, or a :class:`ModelVersion` (its weights)."""
 
+EndpointRef = Union[str, Endpoint]
+"""An endpoint, or its name (``"iris"``)."""
+
 HyperparameterValue = Union[bool, int, float, str]
 
 _DOWNLOAD_CHUNK = 1 << 20
@@ -69,6 +80,9 @@ _JOB_OPTIONS = (
     "depends_on",
     "idempotency_key",
 )
+
+# What `wait_ready` takes for a deploy job's id rather than an endpoint's name.
+_JOB_ID = re.compile(r"^job-[0-9]+$")
 
 # A follow stream that ended without its `end` event, and brought no new line, is reopened
 # after this pause, so a server that keeps closing it is not asked in a tight loop.
@@ -358,9 +372,19 @@ class NexaForgeClient:
         options: Optional[Mapping[str, Any]] = None,
         **job_options: Any,
     ) -> Job:
-        """Submits a ``deploy`` job publishing ``model_id`` to ``target`` (default
-        ``local``) in ``region`` with ``replicas`` (1 to 64, default 1) serving replicas.
-        ``job_options`` are :meth:`submit`'s job options."""
+        """Submits a ``deploy`` job: a replica serving ``model_id`` (a registered ``name`` or
+        ``name:N``) on a worker, ready once its smoke test passes.
+
+        ``target`` names the endpoint requests use; the default, ``local``, names it after the
+        model (``iris:2`` serves as ``iris``). ``region`` places it on a worker labelled
+        ``region=REGION``. ``replicas`` must be 1 for the built-in deploy stage (it serves one
+        replica per job; the API accepts up to 64 for a ``--handler`` program): for more,
+        submit more deploy jobs with the same ``target``. ``job_options`` are
+        :meth:`submit`'s job options.
+
+        The job stays ``running`` while it serves; :meth:`cancel` it to undeploy. Use
+        :meth:`wait_ready` to wait until it answers and :meth:`predict` to ask it.
+        """
         params = _given(
             model_id=model_id, target=target, region=region, replicas=replicas, options=options
         )
@@ -747,6 +771,141 @@ class NexaForgeClient:
         _, data = self._transport.request("GET", path)
         return Model.from_dict(_object(data, f"GET {path}"))
 
+    # ---------------------------------------------------------------- deployed models
+
+    def endpoints(self) -> List[Endpoint]:
+        """The deployed models by name, each with its replicas: the deploy jobs not finished
+        (queued, being placed, loading or serving)."""
+        _, data = self._transport.request("GET", "/endpoints")
+        items = _object(data, "GET /endpoints").get("endpoints")
+        if not isinstance(items, list):
+            return []
+        return [Endpoint.from_dict(e) for e in items if isinstance(e, Mapping)]
+
+    def endpoint(self, name: EndpointRef) -> Endpoint:
+        """One endpoint, as it is now.
+
+        Args:
+            name: the endpoint's name: a deploy job's ``target``, or its model's name.
+
+        Raises:
+            NotFoundError: no unfinished deploy job serves that name; the message lists the
+                endpoints that exist.
+        """
+        path = f"/endpoints/{_quote(_endpoint_name(name))}"
+        _, data = self._transport.request("GET", path)
+        return Endpoint.from_dict(_object(data, f"GET {path}"))
+
+    def wait_ready(
+        self,
+        endpoint: Union[EndpointRef, Job],
+        timeout: Optional[float] = None,
+        poll_interval: float = 1.0,
+    ) -> Endpoint:
+        """Polls until a deployed model can answer, and answers its endpoint.
+
+        Args:
+            endpoint: an endpoint's name (``"iris"``, or an :class:`Endpoint`): waits until it
+                has a ready replica. Or a deploy job (a :class:`Job`, or an id such as
+                ``"job-42"``): waits until that job's own replica is ready, and answers the
+                endpoint it serves.
+            timeout: seconds to wait; ``None`` waits as long as it takes.
+            poll_interval: the longest pause between polls; they start 0.1 s apart.
+
+        Raises:
+            WaitTimeoutError: still no ready replica after ``timeout`` seconds; the message
+                says what the deploy job is doing (queued and why, or its failed attempts).
+                The deploy goes on.
+            NexaForgeError: the deploy job ended (failed or was cancelled) before its replica
+                was ready: code ``deploy_failed`` or ``deploy_cancelled``, the job's error in
+                the message.
+            NotFoundError: no endpoint has that name (nothing is deployed under it), or there
+                is no such job.
+            ValueError: the job is not a deploy job.
+        """
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        job_id: Optional[str] = None
+        name: Optional[str] = None
+        if isinstance(endpoint, Job):
+            job_id = endpoint.job_id
+        elif isinstance(endpoint, str) and _JOB_ID.match(endpoint) is not None:
+            job_id = endpoint
+        else:
+            name = _endpoint_name(endpoint)
+        if job_id is not None:
+            job = self.get_job(job_id)
+            if job.job_type != JobType.DEPLOY:
+                raise ValueError(f"{job_id} is a {job.job_type} job, not a deploy job")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.1, poll_interval)
+        seen: List[str] = []  # the deploy jobs seen serving `name`, newest first
+        while True:
+            if job_id is not None:
+                for ep in self.endpoints():
+                    replica = ep.replica(job_id)
+                    if replica is not None and replica.ready:
+                        return ep
+                job = self.get_job(job_id)
+                if job.is_finished or job.status == JobStatus.CANCELLING:
+                    raise _deploy_ended(job)
+            else:
+                assert name is not None
+                try:
+                    ep = self.endpoint(name)
+                except NotFoundError:
+                    # Its deploy jobs have all ended: say why, when one failed.
+                    for jid in seen:
+                        ended = self.get_job(jid)
+                        if ended.is_finished:
+                            raise _deploy_ended(ended) from None
+                    raise
+                if ep.is_ready:
+                    return ep
+                seen = [r.job_id for r in ep.replicas] or seen
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._not_ready(job_id or (seen[0] if seen else None), name, timeout)
+                time.sleep(min(delay, left))
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
+    def _not_ready(
+        self, job_id: Optional[str], name: Optional[str], timeout: Optional[float]
+    ) -> WaitTimeoutError:
+        job = self.get_job(job_id) if job_id else None
+        what = f"endpoint {name!r}" if name is not None else f"deploy job {job_id}"
+        message = f"{what} has no ready replica after {timeout:g} s"
+        if job is not None:
+            message += f": {_deploy_state(job)}"
+        return WaitTimeoutError(message, job_id=job_id or "", job=job)
+
+    def predict(self, endpoint: EndpointRef, rows: Any) -> Dict[str, Any]:
+        """Asks a deployed model for predictions: ``POST /api/endpoints/<name>/predict``.
+
+        Args:
+            endpoint: the endpoint's name, or an :class:`Endpoint`.
+            rows: a list of rows, each a list of numbers as wide as the model's input
+                (``[[1.0, 2.0, 3.0], [0.5, 0.1, 2.0]]``); a flat list of numbers is one row. A
+                NumPy array works too.
+
+        Answers the server's answer: ``{"predictions": [[...], ...]}`` with one list of
+        outputs per row, and ``"classes"`` (each row's class) for a classifier.
+
+        Raises:
+            ValidationError: rows the model cannot take (e.g. ``row 0 has 2 values; the model
+                takes 3``).
+            NotFoundError: no endpoint has that name.
+            ServerUnavailableError: no replica is ready yet (:meth:`wait_ready` first).
+            NexaForgeError: no replica answered (HTTP 502).
+            TypeError, ValueError: ``rows`` holds something other than finite numbers.
+        """
+        path = f"/endpoints/{_quote(_endpoint_name(endpoint))}/predict"
+        _, data = self._transport.request("POST", path, body={"inputs": _rows(rows)})
+        return _object(data, f"POST {path}")
+
     # ---------------------------------------------------------------- cluster
 
     def workers(self) -> List[Worker]:
@@ -773,6 +932,71 @@ def _job_id(job: JobRef) -> str:
     if isinstance(job, str) and job:
         return job
     raise TypeError(f"expected a Job or a job id such as 'job-42', not {job!r}")
+
+
+def _endpoint_name(endpoint: EndpointRef) -> str:
+    if isinstance(endpoint, Endpoint):
+        return endpoint.name
+    if isinstance(endpoint, str) and endpoint:
+        return endpoint
+    raise TypeError(f"expected an Endpoint or an endpoint name such as 'iris', not {endpoint!r}")
+
+
+def _deploy_state(job: Job) -> str:
+    """What a deploy job is doing, for people: its status, why it waits, where it runs, and
+    its latest failed attempt."""
+    text = f"{job.job_id} is {job.status}"
+    if job.status in (JobStatus.QUEUED, JobStatus.WAITING) and job.pending_reason:
+        text += f" ({job.pending_reason})"
+    elif job.status in (JobStatus.ASSIGNED, JobStatus.RUNNING) and job.worker_id:
+        text += f" on worker {job.worker_id} (loading the model or smoke-testing it)"
+    failed = [a for a in job.attempts if a.outcome_error is not None]
+    if failed:
+        text += f"; attempt {failed[-1].number} failed: {failed[-1].outcome_error}"
+    return text
+
+
+def _deploy_ended(job: Job) -> NexaForgeError:
+    """The error of a deploy job that ended (or is being cancelled) before it served."""
+    if job.status == JobStatus.FAILED:
+        what, code = "failed", "deploy_failed"
+    elif job.status in (JobStatus.CANCELLED, JobStatus.CANCELLING):
+        what, code = f"was {job.status}", "deploy_cancelled"
+    else:
+        what, code = f"ended {job.status}", "deploy_failed"
+    why = f": {job.error}" if job.error is not None else ""
+    return NexaForgeError(
+        f"deploy job {job.job_id} {what} before its replica was ready{why}", code=code
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _rows(rows: Any) -> List[List[Union[int, float]]]:
+    """``rows`` as the list of rows the API takes; a flat list of numbers is one row."""
+    if hasattr(rows, "tolist") and not isinstance(rows, (list, tuple)):
+        rows = rows.tolist()  # a NumPy array
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise TypeError(f"expected rows of numbers such as [[1.0, 2.0, 3.0]], not {rows!r}")
+    rows = list(rows)
+    if rows and all(_is_number(x) for x in rows):
+        rows = [rows]
+    out: List[List[Union[int, float]]] = []
+    for i, row in enumerate(rows):
+        if hasattr(row, "tolist") and not isinstance(row, (list, tuple)):
+            row = row.tolist()
+        if isinstance(row, (str, bytes, Mapping)) or not isinstance(row, Iterable):
+            raise TypeError(f"row {i} is {row!r}, not a list of numbers")
+        values = list(row)
+        for x in values:
+            if not _is_number(x):
+                raise TypeError(f"row {i} holds {x!r}, which is not a number")
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"row {i} holds {x}, which is not a finite number")
+        out.append(values)
+    return out
 
 
 def _artifact_digest(ref: ArtifactRef) -> str:

@@ -88,7 +88,10 @@ def test_audit_distill_evaluate_deploy_send_their_params(client: NexaForgeClient
         "model_id": "mlp", "target": "edge-1", "region": "eu-west", "replicas": 3, "options": {}
     }
 
-    for job in (audit, distill, hot, evaluate, deploy, deploy2):
+    # No worker here carries region=eu-west: that deploy waits for one, so it is cancelled.
+    client.cancel(deploy2)
+    assert client.wait(deploy2, timeout=60).status == JobStatus.CANCELLED
+    for job in (audit, distill, hot, evaluate, deploy):
         finished(client, job)
 
 

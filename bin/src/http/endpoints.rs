@@ -322,6 +322,7 @@ pub(crate) async fn model(
     responses(
         (status = 200, description = "A replica is ready", body = Object),
         (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
         (status = 503, description = "None is", body = ErrorBody),
     )
 )]
@@ -332,6 +333,10 @@ pub(crate) async fn model_ready(
 ) -> Result<HttpResponse, ApiError> {
     let ready = state.plane.replicas(Some(&name)).len();
     if ready == 0 {
+        let names = endpoints_names(&state).await?;
+        if !names.contains(&name) {
+            return Err(not_deployed(&name, &names));
+        }
         return Err(ApiError::unavailable(format!(
             "endpoint {name:?} has no ready replica"
         )));

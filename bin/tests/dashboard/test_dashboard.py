@@ -735,6 +735,67 @@ def test_a_download_link_sends_the_token(browser, tmp_path):
         secured.stop()
 
 
+def test_endpoints_view_says_when_nothing_is_deployed(page, nexa):
+    page.open()
+    page.driver.find_element(By.ID, "nav-endpoints").click()
+    page.wait("the endpoints URL", lambda: page.js("return location.hash") == "#/endpoints")
+    page.wait("the empty-state message", lambda: page.driver.find_element(By.ID, "endpoints-empty").is_displayed())
+    assert "Nothing is deployed" in page.text("#endpoints-empty")
+    assert page.js("return document.querySelectorAll('#endpoints-body tr').length") == 0
+    assert page.js("return document.getElementById('nav-endpoints').getAttribute('aria-current')") == "page"
+    assert page.js("return document.title") == "Endpoints · Nexa Forge"
+    assert page.js("return document.getElementById('endpoints-error').hidden"), page.text("#endpoints-error")
+    page.screenshot("endpoints-empty")
+
+
+def test_endpoints_view_lists_a_deployed_model_until_it_is_undeployed(browser, builtin):
+    page = Page(browser, builtin, "endpoints")
+    browser.set_window_size(1280, 1000)
+    generated = builtin.succeeded({"job_type": "generate", "params": {"domain": "physics", "num_samples": 400, "seed": 5}})
+    builtin.succeeded({"job_type": "train", "params": {
+        "model_id": "dash-served", "dataset_uri": generated["result"]["artifacts"]["dataset"], "epochs": 2}})
+    job_id = builtin.submit({"job_type": "deploy", "params": {"model_id": "dash-served", "target": "dash-api"}})
+    try:
+        page.open("#/endpoints")
+        row = '#endpoints-table tr[data-endpoint-name="dash-api"]'
+        page.wait("the endpoint's row", lambda: page.text(row) is not None)
+        page.wait("its replica to be ready", lambda: (page.text(row + " td.ready") or "").strip() == "1 / 1")
+        replica = row + f' .replica[data-job-id="{job_id}"]'
+        page.wait("the replica's ready state", lambda: (page.text(replica + " .ready-state") or "").strip() == "ready")
+        assert (page.text(replica + " .badge.s-running") or "").strip() == "running"
+        assert (page.text(replica + " a.worker") or "").strip() == "local"
+        assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                       replica + " a[href^='#/jobs/']") == f"#/jobs/{job_id}"
+        assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                       row + " td.model a") == "#/models/dash-served"
+        urls = page.text(row + " .predict-url")
+        assert builtin.base + "api/endpoints/dash-api/predict" in urls, urls
+        assert builtin.base + "v2/models/dash-api/infer" in page.text(row + " .infer-url")
+        assert page.driver.find_element(By.ID, "endpoints-empty").is_displayed() is False
+        assert (page.text("#endpoints-count") or "").strip() == "1 ready of 1"
+        page.screenshot("endpoints")
+
+        page.driver.set_window_size(420, 900)
+        overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert page.js(overflow) <= 1, f"the endpoints view scrolls sideways by {page.js(overflow)}px at 420px"
+        page.screenshot("narrow-endpoints")
+        browser.set_window_size(1280, 1000)
+
+        # The replica's job link opens the deploy job.
+        page.driver.find_element(By.CSS_SELECTOR, replica + " a[href^='#/jobs/']").click()
+        page.wait("the deploy job's URL", lambda: page.js("return location.hash") == f"#/jobs/{job_id}")
+        page.wait("the deploy job", lambda: (page.text("#job-title") or "").strip() == job_id)
+        page.go("#/endpoints")
+        page.wait("the endpoint's row again", lambda: page.text(row) is not None)
+    finally:
+        status, body = builtin.request("POST", f"api/jobs/{job_id}/cancel", {"reason": "undeploy"})
+    assert status == 200, body
+    assert builtin.finished(job_id)["status"] == "cancelled"
+    # Cancelling the job undeploys: the row goes, the empty state shows.
+    page.wait("the row to go", lambda: page.text(row) is None)
+    page.wait("the empty-state message", lambda: page.driver.find_element(By.ID, "endpoints-empty").is_displayed())
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
 
