@@ -345,7 +345,10 @@ async fn another_protocol_version_is_refused_with_a_reason() {
     assert_eq!(code, u64::from(close::VERSION_MISMATCH));
     assert_eq!(
         reason,
-        "protocol version 1 is not supported; this server speaks version 4"
+        format!(
+            "protocol version 1 is not supported; this server speaks version {}",
+            wire::PROTOCOL_VERSION
+        )
     );
 }
 
