@@ -586,3 +586,50 @@ async fn a_deployed_model_is_proven_ready_then_served_until_undeployed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_its_replicas_back_to_be_placed_again() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let mut workers = BTreeMap::new();
+    for name in ["w1", "w2"] {
+        workers.insert(name.to_owned(), c.worker(name).await);
+    }
+    let generated = c.submit(generate(600)).await;
+    let dataset = c.succeeded(generated).await.artifacts["dataset"].clone();
+    let trained = c.submit(train("handed", &dataset, 2, &[])).await;
+    c.succeeded(trained).await;
+    let deployed = c
+        .submit(JobParams::Deploy(DeployParams::new("handed")))
+        .await;
+    let ready_on = async |not: Option<&str>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(r) = c
+                .plane
+                .replicas(Some("handed"))
+                .into_iter()
+                .find(|r| Some(r.worker.as_str()) != not)
+            {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "{:#?}", c.logs(deployed).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let first = ready_on(None).await;
+    // Told to stop, the worker finishes: a service does not hold it forever.
+    let host = workers.remove(first.worker.as_str()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), host.drain())
+        .await
+        .expect("the drain ended");
+    let second = ready_on(Some(first.worker.as_str())).await;
+    assert_eq!(second.job, deployed, "the same deploy job, placed again");
+    let job = c.plane.get(deployed).await.unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(
+        (job.own_failures(), job.recoveries()),
+        (0, 1),
+        "{:#?}",
+        job.events
+    );
+}

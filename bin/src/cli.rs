@@ -714,6 +714,36 @@ fn job(args: JobArgs) -> Result<ExitCode> {
     if let Some(r) = job["pending_reason"].as_str() {
         field("waiting", r.to_owned());
     }
+    // A deploy job that serves: where to send requests, and whether its replica is ready.
+    if job["job_type"] == "deploy" && job["status"] == "running" {
+        let id = text(&job["job_id"]);
+        let endpoints = api.get("/endpoints").unwrap_or_default();
+        let serving = endpoints["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["job_id"] == id.as_str()))
+            });
+        if let Some(e) = serving {
+            let ready = e["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["job_id"] == id.as_str() && r["ready"] == true);
+            field(
+                "endpoint",
+                format!(
+                    "{} ({}) — nexa predict {} --rows '[[...]]'",
+                    text(&e["predict_url"]),
+                    if ready { "ready" } else { "not ready yet" },
+                    text(&e["name"])
+                ),
+            );
+        }
+    }
     // An audit's verdict and findings, where a user reads them at a glance.
     let output = &job["result"]["output"];
     if let Some(verdict) = output["verdict"].as_str() {

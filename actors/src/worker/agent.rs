@@ -78,6 +78,7 @@ struct Running {
     stage_done: bool,
     /// A service (a deploy replica): it runs until undeployed, and takes no slot.
     service: bool,
+    handed_back: Arc<AtomicBool>,
     cancel: CancellationToken,
     lost: Arc<AtomicBool>,
     progress: watch::Receiver<Option<f64>>,
@@ -337,6 +338,13 @@ impl Actor for Agent {
                     .client
                     .request(&Message::Goodbye { drain: true })
                     .await;
+                // Services (deploy replicas) never finish by themselves: they are handed back,
+                // to be placed again on another worker.
+                for (job, r) in state.running.iter().filter(|(_, r)| r.service) {
+                    info!(%job, "handing back a service: it is placed again elsewhere");
+                    r.handed_back.store(true, Ordering::SeqCst);
+                    r.cancel.cancel();
+                }
                 if state.running.is_empty() {
                     self.leave(&myself, state).await;
                 }
@@ -398,6 +406,7 @@ impl Agent {
         info!(%job, attempt = a.attempt, %epoch, job_type = %a.spec.job_type(), ?gpus, "running job");
         let cancel = CancellationToken::new();
         let lost = Arc::new(AtomicBool::new(false));
+        let handed_back = Arc::new(AtomicBool::new(false));
         let (progress, progress_rx) = Progress::channel();
         let (serving, serving_rx) = Serving::channel();
         let args = supervisor::Args {
@@ -411,6 +420,7 @@ impl Agent {
             grace: state.config.cancel_grace,
             cancel: cancel.clone(),
             lost: lost.clone(),
+            handed_back: handed_back.clone(),
             progress,
             serving,
             agent: myself.clone(),
@@ -423,6 +433,7 @@ impl Agent {
                 gpus,
                 stage_done: false,
                 service,
+                handed_back,
                 cancel,
                 lost,
                 progress: progress_rx,

@@ -33,6 +33,9 @@ pub(crate) struct Args {
     pub(crate) grace: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) lost: Arc<AtomicBool>,
+    /// The worker hands the job back (it is leaving while the job, a service, still runs):
+    /// the stage is stopped and the attempt reported lost to the platform, to be placed again.
+    pub(crate) handed_back: Arc<AtomicBool>,
     pub(crate) progress: Progress,
     pub(crate) serving: Serving,
     pub(crate) agent: ActorRef<AgentMsg>,
@@ -203,6 +206,15 @@ async fn supervise(args: Args) {
             epoch,
             lease_token,
             output,
+        },
+        Err(_) if args.handed_back.load(Ordering::SeqCst) => Message::Fail {
+            job,
+            epoch,
+            lease_token,
+            error: nexa_runtime::JobError::new(
+                nexa_runtime::FailureClass::WorkerLost,
+                "its worker left (drained); it is placed again",
+            ),
         },
         Err(e) => Message::Fail {
             job,
