@@ -452,6 +452,16 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
     }
 }
 
+/// `nexa server` on a port of its own and one worker, `w1`, running `handler` for train jobs;
+/// the server, its port (to start it again on) and the worker.
+fn server_and_worker(data: &Path, dir: &Path, handler: &str) -> (ServerProc, u16, Proc) {
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = start_server(data, port);
+    let w = worker(addr, &server.fingerprint, dir, "w1", Some(handler), &[]);
+    (server, port, w)
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -478,17 +488,7 @@ async fn a_killed_server_restarts_without_losing_jobs_and_workers_come_back() {
     };
     let ran = dir.path().join("ran");
     let handler = format!(r#"echo "$NEXA_JOB_ID" >> {}; sleep 0.3"#, ran.display());
-    let port = free_udp_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut server = start_server(&data, port);
-    let _w = worker(
-        addr,
-        &server.fingerprint.clone(),
-        dir.path(),
-        "w1",
-        Some(&handler),
-        &[],
-    );
+    let (mut server, port, _w) = server_and_worker(&data, dir.path(), &handler);
     let started = |ran: &Path| {
         std::fs::read_to_string(ran)
             .map(|s| s.lines().count())
@@ -559,17 +559,7 @@ async fn a_server_restart_costs_a_running_job_nothing() {
         r#"echo "start $NEXA_JOB_ID" >> {l}; sleep 4; echo "end $NEXA_JOB_ID" >> {l}"#,
         l = ledger.display()
     );
-    let port = free_udp_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut server = start_server(&data, port);
-    let _w = worker(
-        addr,
-        &server.fingerprint.clone(),
-        dir.path(),
-        "w1",
-        Some(&handler),
-        &[],
-    );
+    let (mut server, port, _w) = server_and_worker(&data, dir.path(), &handler);
     let lines = |what: &str| {
         std::fs::read_to_string(&ledger)
             .unwrap_or_default()
