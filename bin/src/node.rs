@@ -42,10 +42,8 @@ fn join_token(plane: &PlaneArgs) -> Result<String> {
     }
     private_dir(&plane.data)
         .with_context(|| format!("cannot create the data folder {}", plane.data.display()))?;
-    let mut bytes = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
-        .context("cannot read random bytes for a join token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token =
+        crate::http::auth::random_hex(16).context("cannot read random bytes for a join token")?;
     write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
 }

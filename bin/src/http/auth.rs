@@ -107,13 +107,7 @@ fn parse(text: &str) -> Vec<Entry> {
                 "worker" => Scope::Worker,
                 _ => return None,
             };
-            let mut hash = [0u8; 32];
-            if hex.len() != 64 {
-                return None;
-            }
-            for (i, byte) in hash.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
+            let hash = unhex32(hex)?;
             let name = parts.next().unwrap_or("token").to_owned();
             Some(Entry { hash, scope, name })
         })
@@ -347,12 +341,8 @@ fn is_loopback_host(host: &str) -> bool {
 pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<String> {
     use std::io::Write;
     crate::node::private_dir(data)?;
-    let mut bytes = [0u8; 24];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let token: String = std::iter::once("nxf_".to_owned())
-        .chain(bytes.iter().map(|b| format!("{b:02x}")))
-        .collect();
-    let hex: String = hash(&token).iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("nxf_{}", random_hex(24)?);
+    let hex = hex(&hash(&token));
     let scope = scope.as_str();
     let name: String = name
         .chars()
@@ -385,7 +375,6 @@ pub(crate) fn list(data: &Path) -> std::io::Result<Option<Vec<(String, Scope)>>>
 /// Removes every token named `name` from the data folder `data`; answers how many. The file
 /// is replaced whole (written beside it, then renamed), so a server never reads half of it.
 pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
-    use std::io::Write;
     let path = data.join(TOKENS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -398,17 +387,47 @@ pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
     if gone.is_empty() {
         return Ok(0);
     }
-    let next = data.join(format!("{TOKENS_FILE}.next"));
+    let text: String = kept.iter().map(|line| format!("{line}\n")).collect();
+    replace_private(&path, &text)?;
+    Ok(gone.len())
+}
+
+/// `bytes` as lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits as the 32 bytes they write (a SHA-256).
+pub(crate) fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// `n` random bytes from the system, as hex: a secret to hand out.
+pub(crate) fn random_hex(n: usize) -> std::io::Result<String> {
+    let mut bytes = vec![0u8; n];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(hex(&bytes))
+}
+
+/// Replaces the file at `path` whole with `text`, for this user only: written beside it,
+/// synced, then renamed over it, so a reader never sees half of it.
+pub(crate) fn replace_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let next = path.with_extension("next");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&next)?;
-    for line in kept {
-        writeln!(file, "{line}")?;
-    }
+    file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&next, &path)?;
-    Ok(gone.len())
+    std::fs::rename(&next, path)
 }
 
 /// Who made a request: for the audit log, and to tie a worker id to its registrant.

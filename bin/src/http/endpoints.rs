@@ -151,28 +151,15 @@ async fn forward(
 ) -> Result<HttpResponse, ApiError> {
     let replicas = state.plane.route(name);
     if replicas.is_empty() {
-        let known = state
-            .plane
-            .deployments()
-            .await?
-            .iter()
-            .filter_map(|j| match &j.spec.params {
-                JobParams::Deploy(p) => Some(nexa_actors::endpoint_name(&p.model_id, &p.target)),
-                _ => None,
-            })
-            .any(|n| n == name);
-        if known {
-            state.traffic.record(name, Duration::ZERO, true);
+        let names = endpoints_names(state).await?;
+        if !names.iter().any(|n| n == name) {
+            return Err(not_deployed(name, &names));
         }
-        return Err(if known {
-            ApiError::unavailable(format!(
-                "endpoint {name:?} has no ready replica yet (loading, smoke-testing, or being \
-                 placed again); retry shortly"
-            ))
-        } else {
-            let names: Vec<String> = endpoints_names(state).await?;
-            not_deployed(name, &names)
-        });
+        state.traffic.record(name, Duration::ZERO, true);
+        return Err(ApiError::unavailable(format!(
+            "endpoint {name:?} has no ready replica yet (loading, smoke-testing, or being \
+             placed again); retry shortly"
+        )));
     }
     let agent = state.proxy.clone();
     let started = std::time::Instant::now();

@@ -17,7 +17,7 @@ use super::api::{
     self, AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,
     RegisteredBody, WorkersBody,
 };
-use super::auth::{Reader, WorkerCaller};
+use super::auth::{Reader, WorkerCaller, hex, random_hex, replace_private, unhex32};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::show;
 use super::{State, read_json};
@@ -44,27 +44,12 @@ struct Registration {
 /// hashes of each worker's credential and session, never the secrets), so that a worker's
 /// session outlives a restart of the server, as its lease does.
 pub(crate) struct Sessions {
-    path: Option<PathBuf>,
+    path: PathBuf,
     registered: Mutex<HashMap<WorkerId, Registration>>,
 }
 
 /// The file, in the data folder, that keeps the sessions.
 const SESSIONS_FILE: &str = "http_workers";
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
 
 impl Sessions {
     /// The sessions kept in the data folder `data` (none when it has none yet); a damaged
@@ -80,12 +65,12 @@ impl Sessions {
                 else {
                     continue;
                 };
-                let (Ok(id), Some(session)) = (WorkerId::new(id), unhex(session)) else {
+                let (Ok(id), Some(session)) = (WorkerId::new(id), unhex32(session)) else {
                     continue;
                 };
                 let credential = match credential {
                     "-" => None,
-                    c => match unhex(c) {
+                    c => match unhex32(c) {
                         Some(c) => Some(c),
                         None => continue,
                     },
@@ -100,7 +85,7 @@ impl Sessions {
             }
         }
         Self {
-            path: Some(path),
+            path,
             registered: Mutex::new(registered),
         }
     }
@@ -111,23 +96,15 @@ impl Sessions {
 
     /// Writes the sessions to the data folder: beside the file, then renamed over it.
     fn save(&self, registered: &HashMap<WorkerId, Registration>) -> std::io::Result<()> {
-        use std::io::Write;
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
         let mut text = String::new();
         for (id, r) in registered {
-            let credential = r.credential.as_ref().map_or_else(|| "-".to_owned(), hex);
+            let credential = r
+                .credential
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| hex(c));
             text.push_str(&format!("{id} {} {credential}\n", hex(&r.session)));
         }
-        let next = path.with_extension("next");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&next)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&next, path)
+        replace_private(&self.path, &text)
     }
 
     /// Whether `worker` was registered with `credential` before; `None` when it was not
@@ -145,9 +122,7 @@ impl Sessions {
         credential: Option<[u8; 32]>,
         known: impl Fn(&WorkerId) -> bool,
     ) -> std::io::Result<String> {
-        let mut bytes = [0u8; 16];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = random_hex(16)?;
         let session = Sha256::digest(id.as_bytes()).into();
         let mut registered = self.lock();
         registered.insert(
