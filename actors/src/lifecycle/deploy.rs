@@ -86,24 +86,44 @@ impl Replica {
 
     /// `rows` as a matrix of this model's width, or why not.
     fn matrix(&self, rows: Vec<Vec<f32>>) -> Result<Array2<f32>, String> {
-        if rows.is_empty() || rows.len() > MAX_ROWS {
-            return Err(format!("send 1 to {MAX_ROWS} rows; got {}", rows.len()));
+        let n = rows.len();
+        if n == 0 || n > MAX_ROWS {
+            return Err(format!("send 1 to {MAX_ROWS} rows; got {n}"));
         }
-        let mut flat = Vec::with_capacity(rows.len() * self.inputs);
-        for (i, row) in rows.iter().enumerate() {
-            if row.len() != self.inputs {
-                return Err(format!(
-                    "row {i} has {} values; the model takes {}",
-                    row.len(),
-                    self.inputs
-                ));
-            }
-            if let Some(x) = row.iter().find(|x| !x.is_finite()) {
-                return Err(format!("row {i} holds {x}, which is not a finite number"));
-            }
-            flat.extend_from_slice(row);
+        if let Some((i, row)) = rows
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() != self.inputs)
+        {
+            return Err(format!(
+                "row {i} has {} values; the model takes {}",
+                row.len(),
+                self.inputs
+            ));
         }
-        Array2::from_shape_vec((rows.len(), self.inputs), flat).map_err(|e| e.to_string())
+        self.matrix_of(rows.concat(), n, self.inputs)
+    }
+
+    /// `flat`, `n` rows of `width` values one after the other, as a matrix of this model's
+    /// width, or why not.
+    fn matrix_of(&self, flat: Vec<f32>, n: usize, width: usize) -> Result<Array2<f32>, String> {
+        if n == 0 || n > MAX_ROWS {
+            return Err(format!("send 1 to {MAX_ROWS} rows; got {n}"));
+        }
+        if width != self.inputs {
+            return Err(format!(
+                "row 0 has {width} values; the model takes {}",
+                self.inputs
+            ));
+        }
+        if let Some(at) = flat.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "row {} holds {}, which is not a finite number",
+                at / width,
+                flat[at]
+            ));
+        }
+        Array2::from_shape_vec((n, width), flat).map_err(|e| e.to_string())
     }
 
     /// The plain answer: each row's outputs, and for a classifier its class.
@@ -226,8 +246,7 @@ async fn infer(
             flat.len()
         ));
     }
-    let as_rows: Vec<Vec<f32>> = flat.chunks(*width.max(&1)).map(<[f32]>::to_vec).collect();
-    let matrix = match replica.matrix(as_rows) {
+    let matrix = match replica.matrix_of(flat, *rows, *width) {
         Ok(m) => m,
         Err(e) => return bad(format!("input {:?}: {e}", input.name)),
     };
