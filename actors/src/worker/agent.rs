@@ -569,6 +569,24 @@ mod tests {
         }
     }
 
+    /// A worker of one slot, `one-slot`, running `stages` for `plane`, its files under `dir`.
+    pub(super) async fn one_slot_worker(
+        plane: &ControlPlane,
+        stages: StageRegistry,
+        dir: &std::path::Path,
+    ) -> WorkerNode {
+        WorkerNode::start(WorkerConfig::new(
+            plane.addr(),
+            Trust::Fingerprint(plane.fingerprint()),
+            "agent-test-token",
+            WorkerId::new("one-slot").unwrap(),
+            stages,
+            dir.join("worker"),
+        ))
+        .await
+        .unwrap()
+    }
+
     /// Tells the test which job it ran.
     #[derive(Clone)]
     struct Noted(tokio::sync::mpsc::UnboundedSender<JobId>);
@@ -604,16 +622,7 @@ mod tests {
         let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
         let mut stages = StageRegistry::new();
         stages.register(JobType::Generate, Noted(ran));
-        let worker = WorkerNode::start(WorkerConfig::new(
-            plane.addr(),
-            Trust::Fingerprint(plane.fingerprint()),
-            "agent-test-token",
-            WorkerId::new("one-slot").unwrap(),
-            stages,
-            dir.path().join("worker"),
-        ))
-        .await
-        .unwrap();
+        let worker = one_slot_worker(&plane, stages, dir.path()).await;
 
         let first = plane.submit(spec(1)).await.unwrap().id;
         let second = plane.submit(spec(2)).await.unwrap().id;
@@ -650,11 +659,10 @@ mod supervision_tests {
     use std::time::Duration;
 
     use nexa_runtime::*;
-    use nexa_transport::Trust;
 
+    use super::tests::one_slot_worker;
     use crate::{
-        BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError,
-        StageRegistry, WorkerConfig, WorkerNode,
+        BoxFuture, ControlPlane, ControlPlaneConfig, Stage, StageContext, StageError, StageRegistry,
     };
 
     /// A stage whose `run` panics before it returns a future: the panic is in the
@@ -687,16 +695,7 @@ mod supervision_tests {
         let mut stages = StageRegistry::new();
         stages.register(JobType::Generate, PanicsAtOnce);
         stages.register(JobType::Train, Fine);
-        let worker = WorkerNode::start(WorkerConfig::new(
-            plane.addr(),
-            Trust::Fingerprint(plane.fingerprint()),
-            "agent-test-token",
-            WorkerId::new("one-slot").unwrap(),
-            stages,
-            dir.path().join("worker"),
-        ))
-        .await
-        .unwrap();
+        let worker = one_slot_worker(&plane, stages, dir.path()).await;
 
         let broken = plane
             .submit(JobSpec::new(JobParams::Generate(GenerateParams::new(
