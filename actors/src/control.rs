@@ -606,9 +606,38 @@ impl ControlPlane {
         artifacts::registry(&self.store).await
     }
 
-    /// Accepts a job (durably), then lets the scheduler offer it.
+    /// Accepts a job (durably), then lets the scheduler offer it. A deploy job of
+    /// `replicas: N` is N deploy jobs, one per replica (see [`ControlPlane::submit_all`]):
+    /// this is the first.
     pub async fn submit(&self, spec: JobSpec) -> Result<Submitted, StoreError> {
-        let submitted = blocking(&self.store, move |s| s.submit(spec, now())).await?;
+        let mut all = self.submit_all(spec).await?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// Accepts a job, or, for a deploy job of `replicas: N`, one deploy job per replica in one
+    /// transaction (each its own lease, placement, restarts and cancel; the endpoint routes to
+    /// all of them). With an idempotency key `K`, the replicas after the first take
+    /// `K#replica-2`… so a retried submission makes none twice.
+    pub async fn submit_all(&self, spec: JobSpec) -> Result<Vec<Submitted>, StoreError> {
+        let replicas = match &spec.params {
+            nexa_runtime::JobParams::Deploy(p) if p.replicas > 1 => p.replicas,
+            _ => 1,
+        };
+        let submitted = if replicas == 1 {
+            vec![blocking(&self.store, move |s| s.submit(spec, now())).await?]
+        } else {
+            let specs = (1..=replicas)
+                .map(|n| {
+                    let mut replica = spec.clone();
+                    if n > 1 {
+                        replica.idempotency_key =
+                            spec.idempotency_key.as_deref().map(|k| replica_key(k, n));
+                    }
+                    replica
+                })
+                .collect();
+            blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
+        };
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)
     }
@@ -1016,6 +1045,19 @@ fn held_leases(key: &LeaseKey, jobs: Vec<RunningJob>) -> (Vec<RunningJob>, Vec<J
 }
 
 /// The lease a message reports under, for the messages that report on a job.
+/// The idempotency key of replica `n` of a deploy job submitted under `key`: `key#replica-n`,
+/// or, for a key too long to take the suffix (keys hold at most 256 bytes), its SHA-256.
+fn replica_key(key: &str, n: u32) -> String {
+    use sha2::Digest as _;
+    let suffix = format!("#replica-{n}");
+    if key.len() + suffix.len() <= 256 {
+        format!("{key}{suffix}")
+    } else {
+        let digest = nexa_runtime::Digest(sha2::Sha256::digest(key.as_bytes()).into());
+        format!("{digest}{suffix}")
+    }
+}
+
 fn lease_of(message: &Message) -> Option<(JobId, Epoch, &LeaseToken)> {
     match message {
         Message::Started {

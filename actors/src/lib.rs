@@ -46,9 +46,9 @@ pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs
 pub use control::{ControlPlane, ControlPlaneConfig, Replica, StartError};
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,
-    EVALUATION_METRICS, EvaluateStage, GENERATED_SPLIT, GenerateStage, KNOWN_HYPERPARAMETERS,
-    MAX_ROWS, TrainStage, builtin_stages, builtin_stages_serving, builtin_stages_with,
-    endpoint_name,
+    EVALUATION_METRICS, EvaluateStage, GENERATED_SPLIT, GenerateStage, HealthProbes,
+    KNOWN_HYPERPARAMETERS, MAX_ROWS, TrainStage, builtin_stages, builtin_stages_serving,
+    builtin_stages_with, endpoint_name,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 pub use stage::{

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use self::deploy::{DeployStage, MAX_ROWS, endpoint_name};
+pub use self::deploy::{DeployStage, HealthProbes, MAX_ROWS, endpoint_name};
 pub use self::distill::{DEFAULT_STUDENT, DistillStage};
 pub use self::evaluate::{EVALUATION_METRICS, EvaluateStage};
 pub use self::generate::{GENERATED_SPLIT, GenerateStage};

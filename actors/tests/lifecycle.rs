@@ -500,12 +500,36 @@ async fn a_deployed_model_is_proven_ready_then_served_until_undeployed() {
     let trained = c.submit(train("served", &dataset, 2, &[])).await;
     let model_uri = c.succeeded(trained).await.artifacts[MODEL_ARTIFACT].clone();
 
-    // More replicas than one per job, and a model nobody trained, fail at once and say why.
+    // Two replicas are two deploy jobs, both serving the one endpoint.
     let mut two = DeployParams::new("served");
     two.replicas = 2;
-    let refused = c.finished(c.submit(JobParams::Deploy(two)).await).await;
-    let why = refused.error.unwrap().message;
-    assert!(why.contains("params.replicas"), "{why}");
+    let pair: Vec<JobId> = c
+        .plane
+        .submit_all(JobSpec::new(JobParams::Deploy(two)))
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(pair.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.plane.replicas(Some("served")).len() < 2 {
+        assert!(Instant::now() < deadline, "{:#?}", c.logs(pair[1]).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let serving: Vec<JobId> = c
+        .plane
+        .replicas(Some("served"))
+        .iter()
+        .map(|r| r.job)
+        .collect();
+    assert_eq!(serving, pair);
+    for job in &pair {
+        c.plane.cancel(*job, "undeploy").await.unwrap();
+        assert_eq!(c.finished(*job).await.state, JobState::Cancelled);
+    }
+
+    // A model nobody trained fails at once and says why.
     let unknown = c
         .finished(
             c.submit(JobParams::Deploy(DeployParams::new("nobody")))

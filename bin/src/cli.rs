@@ -14,7 +14,7 @@ use nexa_runtime::JobType;
 
 use crate::options::{
     ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
-    LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, SubmitArgs, TokenCommand,
+    LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, SubmitArgs, TokenCommand, UndeployArgs,
 };
 
 /// `nexa token create|list|revoke`.
@@ -105,6 +105,7 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Params(args) => params(&args),
         Command::Endpoints(args) => endpoints(&args),
         Command::Predict(args) => predict(&args),
+        Command::Undeploy(args) => undeploy(&args),
         Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
             bail!("not a client command")
         }
@@ -220,12 +221,12 @@ impl Api {
         Ok(Self::answer(res)?.1)
     }
 
-    fn delete(&self, path: &str) -> Result<()> {
+    fn delete(&self, path: &str) -> Result<Value> {
         let res = self
             .auth(self.agent.delete(&self.url(path)))
             .call()
             .map_err(|e| self.unreachable(e))?;
-        Self::answer(res).map(drop)
+        Self::answer(res).map(|(_, answer)| answer)
     }
 
     fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Value)> {
@@ -315,6 +316,10 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
             "already submitted (same idempotency key)"
         };
         println!("{made} {id} ({})", job["status"].as_str().unwrap_or("?"));
+        if let Some(replicas) = job["replica_job_ids"].as_array() {
+            let ids: Vec<String> = replicas.iter().map(text).collect();
+            println!("  one deploy job per replica: {}", ids.join(", "));
+        }
         if let Some(reason) = job["pending_reason"].as_str() {
             println!("  waiting: {reason}");
         }
@@ -888,6 +893,28 @@ fn delete(args: &JobArgs) -> Result<ExitCode> {
     let api = Api::new(&args.client);
     api.delete(&format!("/jobs/{}", encode(&args.id)))?;
     println!("{} deleted", args.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn undeploy(args: &UndeployArgs) -> Result<ExitCode> {
+    let api = Api::new(&args.client);
+    let answer = api.delete(&format!("/endpoints/{}", encode(&args.endpoint)))?;
+    if args.client.json {
+        println!("{answer:#}");
+    } else {
+        let jobs: Vec<String> = answer["cancelled"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(text)
+            .collect();
+        println!(
+            "{} undeployed: cancelled {}",
+            args.endpoint,
+            jobs.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -69,6 +69,16 @@ pub(crate) enum Command {
     Endpoints(ClientArgs),
     /// Ask a deployed model for predictions: `nexa predict iris --input rows.json`.
     Predict(PredictArgs),
+    /// Undeploy an endpoint: cancel the deploy job of each of its replicas.
+    Undeploy(UndeployArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UndeployArgs {
+    /// The endpoint: the deploy job's target, or the model's name.
+    pub(crate) endpoint: String,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1344,6 +1344,28 @@ fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed
         "{err}"
     );
 
+    // curl, as the README shows it, in both protocols (CI installs curl when missing).
+    let curl = |path: &str, body: &str| -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-X", "POST", "-H"])
+            .arg("Content-Type: application/json")
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {reader}"))
+            .args(["-d", body, &url(path)])
+            .output()
+            .expect("these tests need curl (apt-get install curl)");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        curl("/api/endpoints/physics-api/predict", &rows)["predictions"],
+        plain["predictions"]
+    );
+    assert_eq!(
+        curl("/v2/models/physics-api/infer", &infer)["outputs"],
+        oip["outputs"]
+    );
+
     // The CLI.
     let cli = |args: &[&str]| {
         let out = Command::new(NEXA)
@@ -1376,15 +1398,15 @@ fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed
         res.body_mut().read_to_string().unwrap()
     };
     for line in [
-        "nexa_endpoint_requests_total{endpoint=\"physics-api\"} 5",
+        "nexa_endpoint_requests_total{endpoint=\"physics-api\"} 7",
         "nexa_endpoint_errors_total{endpoint=\"physics-api\"} 0",
         "nexa_endpoint_replicas_ready{endpoint=\"physics-api\"} 1",
-        "nexa_endpoint_request_duration_seconds_count{endpoint=\"physics-api\"} 5",
+        "nexa_endpoint_request_duration_seconds_count{endpoint=\"physics-api\"} 7",
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 
-    // Undeploy: cancel the job.
+    // Cancelling a deploy job undeploys its replica.
     let (status, _) = call(
         "POST",
         &url(&format!("/api/jobs/{deployed}/cancel")),
@@ -1395,4 +1417,74 @@ fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed
     assert_eq!(finished(&deployed)["status"], "cancelled");
     let (_, all) = call("GET", &url("/api/endpoints"), None, Some(&reader));
     assert_eq!(all["endpoints"], json!([]), "{all}");
+
+    // Two replicas: one deploy job each, made once however often the submission is retried.
+    let twice = json!({"job_type": "deploy",
+                       "params": {"model_id": "served", "target": "physics-api", "replicas": 2}})
+    .to_string();
+    let submit_twice = || {
+        let mut res = agent()
+            .post(&url("/api/jobs"))
+            .header("Authorization", &format!("Bearer {user}"))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "two-replicas")
+            .send(twice.as_bytes())
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        (status, body)
+    };
+    let (status, first) = submit_twice();
+    assert_eq!(status, 201, "{first}");
+    let replicas = first["replica_job_ids"].clone();
+    assert_eq!(replicas.as_array().map(Vec::len), Some(2), "{first}");
+    assert_eq!(replicas[0], first["job_id"]);
+    let (status, again) = submit_twice();
+    assert_eq!((status, &again["replica_job_ids"]), (200, &replicas));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while call(
+        "GET",
+        &url("/api/endpoints/physics-api"),
+        None,
+        Some(&reader),
+    )
+    .1["ready_replicas"]
+        != 2
+    {
+        assert!(Instant::now() < deadline, "two replicas never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Requests take turns, and every one gets the model's answer.
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let mut res = agent()
+            .post(&predict)
+            .header("Authorization", &format!("Bearer {reader}"))
+            .header("Content-Type", "application/json")
+            .send(rows.as_bytes())
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        answered_by.insert(res.headers()["X-Nexa-Replica"].to_str().unwrap().to_owned());
+        let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["predictions"], plain["predictions"]);
+    }
+    let want: std::collections::BTreeSet<String> = replicas
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(answered_by, want);
+
+    // Undeploying the endpoint cancels every replica; a read-only token may not.
+    let endpoint_url = url("/api/endpoints/physics-api");
+    assert_eq!(call("DELETE", &endpoint_url, None, Some(&reader)).0, 403);
+    let (status, undeployed) = call("DELETE", &endpoint_url, None, Some(&user));
+    assert_eq!(status, 200, "{undeployed}");
+    assert_eq!(undeployed["cancelled"].as_array().map(Vec::len), Some(2));
+    for job in replicas.as_array().unwrap() {
+        assert_eq!(finished(job.as_str().unwrap())["status"], "cancelled");
+    }
+    let (status, gone) = call("DELETE", &endpoint_url, None, Some(&user));
+    assert_eq!(status, 404, "{gone}");
 }

@@ -377,13 +377,14 @@ class NexaForgeClient:
 
         ``target`` names the endpoint requests use; the default, ``local``, names it after the
         model (``iris:2`` serves as ``iris``). ``region`` places it on a worker labelled
-        ``region=REGION``. ``replicas`` must be 1 for the built-in deploy stage (it serves one
-        replica per job; the API accepts up to 64 for a ``--handler`` program): for more,
-        submit more deploy jobs with the same ``target``. ``job_options`` are
-        :meth:`submit`'s job options.
+        ``region=REGION``. ``replicas`` (1 to 64, default 1) makes one deploy job per
+        replica, each placed, supervised and restarted on its own; the endpoint routes to
+        every ready one. The job answered is the first; its :attr:`Job.replica_job_ids` lists
+        all of them. ``job_options`` are :meth:`submit`'s job options.
 
-        The job stays ``running`` while it serves; :meth:`cancel` it to undeploy. Use
-        :meth:`wait_ready` to wait until it answers and :meth:`predict` to ask it.
+        A replica's job stays ``running`` while it serves. :meth:`undeploy` the endpoint to
+        stop every replica (cancelling one job stops that replica). Use :meth:`wait_ready` to
+        wait until it answers and :meth:`predict` to ask it.
         """
         params = _given(
             model_id=model_id, target=target, region=region, replicas=replicas, options=options
@@ -796,11 +797,25 @@ class NexaForgeClient:
         _, data = self._transport.request("GET", path)
         return Endpoint.from_dict(_object(data, f"GET {path}"))
 
+    def undeploy(self, endpoint: EndpointRef) -> List[str]:
+        """Undeploys an endpoint: cancels the deploy job of each of its replicas, and answers
+        their ids. Each ends ``cancelled`` once its replica has stopped.
+
+        Raises:
+            NotFoundError: nothing serves that name; the message lists what does.
+            AuthError: a read-only token.
+        """
+        path = f"/endpoints/{_quote(_endpoint_name(endpoint))}"
+        _, data = self._transport.request("DELETE", path)
+        cancelled = _object(data, f"DELETE {path}").get("cancelled")
+        return [str(j) for j in cancelled] if isinstance(cancelled, list) else []
+
     def wait_ready(
         self,
         endpoint: Union[EndpointRef, Job],
         timeout: Optional[float] = None,
         poll_interval: float = 1.0,
+        replicas: int = 1,
     ) -> Endpoint:
         """Polls until a deployed model can answer, and answers its endpoint.
 
@@ -811,6 +826,7 @@ class NexaForgeClient:
                 endpoint it serves.
             timeout: seconds to wait; ``None`` waits as long as it takes.
             poll_interval: the longest pause between polls; they start 0.1 s apart.
+            replicas: for an endpoint's name, how many of its replicas must be ready.
 
         Raises:
             WaitTimeoutError: still no ready replica after ``timeout`` seconds; the message
@@ -825,6 +841,8 @@ class NexaForgeClient:
         """
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be a whole number from 1, not {replicas!r}")
         job_id: Optional[str] = None
         name: Optional[str] = None
         if isinstance(endpoint, Job):
@@ -860,7 +878,7 @@ class NexaForgeClient:
                         if ended.is_finished:
                             raise _deploy_ended(ended) from None
                     raise
-                if ep.is_ready:
+                if ep.ready_replicas >= replicas:
                     return ep
                 seen = [r.job_id for r in ep.replicas] or seen
             if deadline is not None:

@@ -374,6 +374,14 @@ class Job(_Raw):
         """True when the job succeeded."""
         return self.status == JobStatus.SUCCEEDED
 
+    @property
+    def replica_job_ids(self) -> List[str]:
+        """A deploy of ``replicas=N`` is one deploy job per replica: on the job
+        :meth:`NexaForgeClient.deploy` answers, the ids of all N, this one first. Empty
+        otherwise (and on jobs read back later: the endpoint lists its replicas)."""
+        ids = self.raw.get("replica_job_ids")
+        return [str(i) for i in ids] if isinstance(ids, list) else []
+
 
 class JobPage(List[Job]):
     """One page of :meth:`NexaForgeClient.list_jobs`: a list of jobs, newest first, and the

@@ -1,6 +1,6 @@
 """Deployed models through the SDK, on the built-in stages: train a model, deploy it, wait
-until its replica is ready, ask it for predictions, list the endpoints, and undeploy it by
-cancelling the deploy job; and what waiting says when a deployment fails or cannot start."""
+until its replica is ready, ask it for predictions, list the endpoints, add replicas, and
+undeploy them all; and what waiting says when a deployment fails or cannot start."""
 
 from __future__ import annotations
 
@@ -75,11 +75,25 @@ def test_a_deployed_model_answers_until_its_job_is_cancelled(
         listed = client.endpoints()
         assert [e.name for e in listed] == ["served"]
         assert listed[0] == client.endpoint("served")
+
+        # A second deploy of two replicas joins the endpoint: one deploy job per replica.
+        more = client.deploy("served", replicas=2)
+        assert len(more.replica_job_ids) == 2 and more.replica_job_ids[0] == more.job_id
+        assert deployed.replica_job_ids == []
+        endpoint = client.wait_ready("served", timeout=120, poll_interval=0.25, replicas=3)
+        assert {r.job_id for r in endpoint.replicas} == {deployed.job_id, *more.replica_job_ids}
+        for _ in range(6):
+            assert client.predict("served", [[1.0, 2.0, 3.0]])["predictions"] == [predictions[0]]
+        with pytest.raises(ValueError, match="replicas must be"):
+            client.wait_ready("served", replicas=0)
     finally:
-        # Undeploy: cancel the job.
-        client.cancel(deployed, reason="undeploy")
-    done = client.wait(deployed, timeout=60, poll_interval=0.25)
-    assert done.status == JobStatus.CANCELLED
+        # Undeploy: every replica's job is cancelled.
+        cancelled = client.undeploy("served")
+    assert sorted(cancelled) == sorted([deployed.job_id, *more.replica_job_ids])
+    for job_id in cancelled:
+        assert client.wait(job_id, timeout=60, poll_interval=0.25).status == JobStatus.CANCELLED
+    with pytest.raises(NotFoundError, match="nothing is deployed"):
+        client.undeploy("served")
     assert wait_for(lambda: client.endpoints() == [], timeout=15) is True
     with pytest.raises(NotFoundError, match="nothing is deployed"):
         client.endpoint("served")

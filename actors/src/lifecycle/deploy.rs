@@ -19,6 +19,7 @@
 //! job is undeploying it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use ndarray::Array2;
@@ -37,11 +38,16 @@ pub const MAX_ROWS: usize = 4096;
 /// Rows the smoke test sends.
 const SMOKE_ROWS: usize = 32;
 
+/// How long the smoke test waits for its answer (the first request of a replica on a GPU
+/// may wait for kernels to load).
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `deploy` jobs; see the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct DeployStage {
     /// The address replicas listen on and the control plane reaches them at.
     host: Option<String>,
+    probes: HealthProbes,
 }
 
 impl DeployStage {
@@ -50,8 +56,116 @@ impl DeployStage {
     pub fn on(host: impl Into<String>) -> Self {
         Self {
             host: Some(host.into()),
+            ..Self::default()
         }
     }
+
+    /// Replicas health-probed as `probes` says.
+    pub fn probed(self, probes: HealthProbes) -> Self {
+        Self { probes, ..self }
+    }
+}
+
+/// How a ready replica is health-probed: every `every`, one row of its smoke test goes
+/// through its own HTTP server and must come back within `timeout` with the model's own
+/// prediction. After one failure the endpoint stops routing to it until a probe passes again;
+/// after `failures` in a row it is a crashed replica, which the worker restarts within the
+/// stage's restart budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthProbes {
+    /// Between two probes.
+    pub every: Duration,
+    /// The longest a probe waits for its answer.
+    pub timeout: Duration,
+    /// Failed probes in a row that make the replica crashed.
+    pub failures: u32,
+}
+
+impl Default for HealthProbes {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            failures: 3,
+        }
+    }
+}
+
+/// The health probe of a ready replica: one row and the model's own prediction for it.
+struct Probe {
+    row: Array2<f32>,
+    want: Array2<f32>,
+    head: Head,
+}
+
+impl Probe {
+    /// HealthProbes the replica at `url` until it fails `probes.failures` times in a row, and says
+    /// why; the endpoint does not route to it while its latest probe failed.
+    async fn watch(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        probes: HealthProbes,
+        ctx: &StageContext,
+    ) -> StageError {
+        let mut failed = 0;
+        loop {
+            tokio::time::sleep(probes.every).await;
+            let answer = ask(client, url, &self.row, probes.timeout).await;
+            match answer.and_then(|got| same_predictions(self.head, &self.want, &got)) {
+                Ok(()) => {
+                    if failed > 0 {
+                        ctx.logs.line(format!(
+                            "the replica answers its health probe again; serving at {url}"
+                        ));
+                        ctx.serving.ready(url);
+                    }
+                    failed = 0;
+                }
+                Err(why) => {
+                    failed += 1;
+                    if failed == 1 {
+                        ctx.serving.gone();
+                    }
+                    ctx.logs.line(format!(
+                        "health probe {failed} of {} failed: {why}; not routed to meanwhile",
+                        probes.failures
+                    ));
+                    if failed >= probes.failures {
+                        return StageError::Crashed(format!(
+                            "the replica failed {failed} health probes in a row (the last: {why})"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `rows` sent to the replica at `url` as a client would (`POST /predict`): its answer, or
+/// why there is none within `timeout`.
+async fn ask(
+    client: &reqwest::Client,
+    url: &str,
+    rows: &Array2<f32>,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let body = json!({"inputs": rows.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>()});
+    let url = format!("{url}/predict");
+    let res = client
+        .post(&url)
+        .timeout(timeout)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("no answer from {url}: {e}"))?;
+    let status = res.status().as_u16();
+    let text = res.text().await.map_err(|e| format!("{url}: {e}"))?;
+    if status != 200 {
+        return Err(format!("{url} answered {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{url} answered {e}"))
 }
 
 /// A batch of rows to predict, and where the answer goes.
@@ -455,17 +569,11 @@ fn same_predictions(head: Head, want: &Array2<f32>, got: &Value) -> Result<(), S
 impl Stage for DeployStage {
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
         let host = self.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        let probes = self.probes;
         Box::pin(async move {
             let JobParams::Deploy(params) = &ctx.spec.params else {
                 return Err(ctx.wrong_job_type(JobType::Deploy));
             };
-            if params.replicas != 1 {
-                return Err(StageError::InvalidInput(format!(
-                    "params.replicas: the built-in deploy stage serves one replica per deploy \
-                     job; got {} (submit one deploy job per replica with the same target)",
-                    params.replicas
-                )));
-            }
             let (model, path) = fetch_model(&ctx.artifacts, &params.model_id).await?;
             let name = endpoint_name(&params.model_id, &params.target);
             let device = Device::for_job(&ctx.gpus);
@@ -517,30 +625,14 @@ impl Stage for DeployStage {
                 Ok(w) => w,
                 Err(e) => return Err(stop(StageError::Failed(e)).await),
             };
-            let body =
-                json!({"inputs": rows.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>()});
-            let smoke_url = format!("{url}/predict");
-            let answered = tokio::task::spawn_blocking(move || -> Result<Value, String> {
-                let agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(std::time::Duration::from_secs(30)))
-                    .build()
-                    .new_agent();
-                let mut res = agent
-                    .post(&smoke_url)
-                    .header("Content-Type", "application/json")
-                    .send(body.to_string().as_bytes())
-                    .map_err(|e| format!("no answer from {smoke_url}: {e}"))?;
-                let status = res.status().as_u16();
-                let text = res.body_mut().read_to_string().map_err(|e| e.to_string())?;
-                if status != 200 {
-                    return Err(format!("{smoke_url} answered {status}: {text}"));
+            let client = match reqwest::Client::builder().no_proxy().build() {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = format!("cannot make an HTTP client for the smoke test: {e}");
+                    return Err(stop(StageError::Failed(why)).await);
                 }
-                serde_json::from_str(&text).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
+            };
+            let answered = ask(&client, &url, &rows, SMOKE_TIMEOUT).await;
             let checked = answered.and_then(|got| same_predictions(config.head, &want, &got));
             if let Err(why) = checked {
                 return Err(stop(StageError::Failed(format!(
@@ -559,7 +651,13 @@ impl Stage for DeployStage {
                 rows.nrows()
             ));
 
-            // Serve until undeployed (cancelled), or until the server stops by itself.
+            // Serve until undeployed (cancelled), until the server stops by itself, or until
+            // it fails its health probes: the supervisor restarts a crashed replica.
+            let probe = Probe {
+                row: rows.slice(ndarray::s![..1, ..]).to_owned(),
+                want: want.slice(ndarray::s![..1, ..]).to_owned(),
+                head: config.head,
+            };
             tokio::select! {
                 () = ctx.cancel.cancelled() => {}
                 ended = serving => {
@@ -568,6 +666,10 @@ impl Stage for DeployStage {
                         "the replica's server stopped: {}",
                         ended.map_or_else(|e| e.to_string(), |r| format!("{r:?}"))
                     )));
+                }
+                why = probe.watch(&client, &url, probes, &ctx) => {
+                    ctx.serving.gone();
+                    return Err(stop(why).await);
                 }
             }
             ctx.serving.gone();
@@ -595,4 +697,141 @@ pub fn endpoint_name(model_id: &str, target: &str) -> String {
         .split_once(':')
         .map_or(model_id, |(name, _)| name)
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU8;
+
+    use nexa_runtime::{JobId, JobSpec, TrainParams};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{Artifacts, LogSink, Progress, Serving};
+
+    const ANSWERS: u8 = 0;
+    const HANGS: u8 = 1;
+    const WRONG: u8 = 2;
+
+    /// A replica's `/predict` as a socket: it answers `[[0.25, 0.75]]`, answers something
+    /// else, or takes the request and never answers, as `mode` says at the time.
+    async fn fake_replica(mode: Arc<AtomicU8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mode = mode.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let body = match mode.load(Ordering::SeqCst) {
+                        HANGS => return tokio::time::sleep(Duration::from_secs(3600)).await,
+                        WRONG => r#"{"predictions": [[0.5, 0.5]], "classes": [0]}"#,
+                        _ => r#"{"predictions": [[0.25, 0.75]], "classes": [1]}"#,
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    fn context() -> (StageContext, tokio::sync::watch::Receiver<Option<String>>) {
+        let (logs, _) = LogSink::channel();
+        let (progress, _) = Progress::channel();
+        let (serving, routed) = Serving::channel();
+        let dir = std::env::temp_dir().join("nexa-probe-test");
+        let ctx = StageContext {
+            job: JobId(7),
+            attempt: 1,
+            spec: JobSpec::new(JobParams::Train(TrainParams::new("m", "file:///d.csv"))),
+            gpus: vec![],
+            logs,
+            progress,
+            serving,
+            cancel: CancellationToken::new(),
+            checkpoint_dir: dir.join("checkpoints"),
+            output_dir: dir.join("attempt-1"),
+            artifacts: Artifacts::local(dir.join("cache")),
+        };
+        (ctx, routed)
+    }
+
+    fn probe() -> Probe {
+        Probe {
+            row: Array2::from_shape_vec((1, 2), vec![1.0, 2.0]).unwrap(),
+            want: Array2::from_shape_vec((1, 2), vec![0.25, 0.75]).unwrap(),
+            head: Head::Classification,
+        }
+    }
+
+    const FAST: HealthProbes = HealthProbes {
+        every: Duration::from_millis(20),
+        timeout: Duration::from_millis(200),
+        failures: 3,
+    };
+
+    #[tokio::test]
+    async fn a_hung_replica_is_not_routed_to_and_then_crashes_to_be_restarted() {
+        let mode = Arc::new(AtomicU8::new(ANSWERS));
+        let url = fake_replica(mode.clone()).await;
+        let (ctx, mut routed) = context();
+        ctx.serving.ready(url.clone());
+        let client = reqwest::Client::new();
+        let probe = probe();
+        let watching = probe.watch(&client, &url, FAST, &ctx);
+        tokio::pin!(watching);
+
+        // While it answers, the probe goes on and the replica stays routed to.
+        tokio::select! {
+            _ = &mut watching => panic!("a healthy replica was given up"),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        assert_eq!(routed.borrow_and_update().as_deref(), Some(url.as_str()));
+
+        // Hung: no longer routed to after the first failed probe, crashed after the third.
+        mode.store(HANGS, Ordering::SeqCst);
+        let why = watching.await;
+        assert!(
+            matches!(&why, StageError::Crashed(m) if m.contains("3 health probes in a row")),
+            "{why:?}"
+        );
+        assert_eq!(*routed.borrow(), None);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_answers_again_is_routed_to_again_and_a_wrong_answer_fails_a_probe() {
+        let mode = Arc::new(AtomicU8::new(WRONG));
+        let url = fake_replica(mode.clone()).await;
+        let (ctx, mut routed) = context();
+        ctx.serving.ready(url.clone());
+        routed.mark_unchanged();
+        let client = reqwest::Client::new();
+        let probe = probe();
+        let probes = HealthProbes {
+            failures: 1000,
+            ..FAST
+        };
+        let watching = probe.watch(&client, &url, probes, &ctx);
+        tokio::pin!(watching);
+        // A wrong prediction is a failed probe: the replica is taken out of the endpoint.
+        tokio::select! {
+            _ = &mut watching => panic!("gave up before its failures"),
+            changed = routed.changed() => changed.unwrap(),
+        }
+        assert_eq!(*routed.borrow_and_update(), None);
+        mode.store(ANSWERS, Ordering::SeqCst);
+        tokio::select! {
+            _ = &mut watching => panic!("gave up before its failures"),
+            changed = routed.changed() => changed.unwrap(),
+        }
+        assert_eq!(routed.borrow().as_deref(), Some(url.as_str()));
+    }
 }

@@ -301,6 +301,10 @@ pub(crate) struct JobBody {
     /// Every state change (only on `GET /api/jobs/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) events: Option<Vec<EventBody>>,
+    /// A deploy of `replicas: N` is one deploy job per replica: all N of them, this one first
+    /// (only on the answer to `POST /api/jobs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replica_job_ids: Option<Vec<String>>,
 }
 
 /// What a job produced.
@@ -497,6 +501,7 @@ pub(crate) fn job_body(job: &Job, pending_reason: Option<String>, with_events: b
         error: job.error.as_ref().map(Into::into),
         attempts: job.attempts.iter().map(attempt_body).collect(),
         events: with_events.then(|| job.events.iter().map(event_body).collect()),
+        replica_job_ids: None,
     }
 }
 

@@ -13,8 +13,9 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::State;
-use super::auth::Reader;
+use super::auth::{Reader, Writer};
 use super::error::{ApiError, ErrorBody};
+use super::jobs::audit;
 
 /// One replica of an endpoint: a deploy job.
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,6 +133,70 @@ pub(crate) async fn get(
         .ok_or_else(|| not_deployed(&name, &names))
 }
 
+/// What an undeploy cancelled.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UndeployedBody {
+    pub(crate) name: String,
+    /// The deploy jobs cancelled (every replica of the endpoint).
+    pub(crate) cancelled: Vec<String>,
+}
+
+/// Undeploys an endpoint: cancels the deploy job of each of its replicas.
+#[utoipa::path(
+    delete, path = "/api/endpoints/{name}", tag = "endpoints",
+    params(("name" = String, Path, description = "The endpoint's name")),
+    responses(
+        (status = 200, description = "Its deploy jobs, cancelled or cancelling", body = UndeployedBody),
+        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No deploy job serves that name", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn undeploy(
+    Writer(caller): Writer,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> Result<Json<UndeployedBody>, ApiError> {
+    let deployments = state.plane.deployments().await?;
+    let mut names = Vec::new();
+    let mut cancelled = Vec::new();
+    for job in deployments {
+        let JobParams::Deploy(p) = &job.spec.params else {
+            continue;
+        };
+        let endpoint = nexa_actors::endpoint_name(&p.model_id, &p.target);
+        if endpoint != *name {
+            names.push(endpoint);
+            continue;
+        }
+        match state
+            .plane
+            .cancel(job.id, format!("endpoint {:?} undeployed", name.as_str()))
+            .await
+        {
+            Ok(_) => {
+                audit(&caller, "undeploy", job.id);
+                cancelled.push(job.id.to_string());
+            }
+            // It finished or went meanwhile: nothing left to undeploy there.
+            Err(
+                nexa_runtime::StoreError::Transition(_) | nexa_runtime::StoreError::NotFound(_),
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if cancelled.is_empty() {
+        names.sort();
+        names.dedup();
+        return Err(not_deployed(&name, &names));
+    }
+    Ok(Json(UndeployedBody {
+        name: name.into_inner(),
+        cancelled,
+    }))
+}
+
 fn not_deployed(name: &str, names: &[String]) -> ApiError {
     ApiError::not_found(if names.is_empty() {
         format!("no endpoint {name:?}: nothing is deployed (submit a deploy job)")
@@ -161,57 +226,45 @@ async fn forward(
              placed again); retry shortly"
         )));
     }
-    let agent = state.proxy.clone();
     let started = std::time::Instant::now();
-    let answered = tokio::task::spawn_blocking(move || {
-        let mut last = String::new();
-        let mut failed = Vec::new();
-        for replica in replicas {
-            let url = format!("{}{path}", replica.url);
-            let sent = match method {
-                "GET" => agent.get(&url).call(),
-                _ => agent
-                    .post(&url)
-                    .header("Content-Type", "application/json")
-                    .send(&body[..]),
-            };
-            match sent {
-                // A replica that answers, even with a refusal of the request, has answered.
-                Ok(mut res) if res.status().as_u16() < 500 => {
-                    let status = res.status().as_u16();
-                    let bytes = res
-                        .body_mut()
-                        .with_config()
-                        .limit(256 << 20)
-                        .read_to_vec()
-                        .map_err(|e| (e.to_string(), failed.clone()))?;
-                    return Ok((status, bytes, replica.job, failed));
-                }
-                Ok(res) => last = format!("{} answered {}", replica.url, res.status()),
-                Err(e) => last = format!("{}: {e}", replica.url),
+    let mut answered = Err(String::new());
+    let mut down = Vec::new();
+    for replica in replicas {
+        let url = format!("{}{path}", replica.url);
+        let request = match method {
+            "GET" => state.proxy.get(&url),
+            _ => state
+                .proxy
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(body.clone()),
+        };
+        match relay(request).await {
+            // A replica that answers, even with a refusal of the request, has answered.
+            Ok((status, bytes)) if status < 500 => {
+                answered = Ok((status, bytes, replica.job));
+                break;
             }
-            failed.push(replica.job);
+            Ok((status, _)) => answered = Err(format!("{} answered {status}", replica.url)),
+            Err(e) => answered = Err(format!("{}: {e}", replica.url)),
         }
-        Err((last, failed))
-    })
-    .await
-    .map_err(|e| ApiError::unavailable(format!("the request stopped: {e}")))?;
+        down.push(replica.job);
+    }
     let failed = !matches!(&answered, Ok((status, ..)) if *status < 500);
     state.traffic.record(name, started.elapsed(), failed);
     // A replica that did not answer is not tried again until its worker says it serves.
-    let (Ok((.., down)) | Err((_, down))) = &answered;
     for job in down {
-        state.plane.replica_failed(*job);
+        state.plane.replica_failed(job);
     }
     match answered {
-        Ok((status, bytes, job, _)) => Ok(HttpResponse::build(
+        Ok((status, bytes, job)) => Ok(HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
         )
         .content_type("application/json")
         .insert_header(("X-Nexa-Replica", job.to_string()))
         .body(bytes)),
-        Err((why, _)) => Err(ApiError::from_status(
+        Err(why) => Err(ApiError::from_status(
             actix_web::http::StatusCode::BAD_GATEWAY,
             format!("no replica of {name:?} answered: {why}"),
         )),
@@ -325,7 +378,8 @@ pub(crate) async fn model_ready(
             return Err(not_deployed(&name, &names));
         }
         return Err(ApiError::unavailable(format!(
-            "endpoint {name:?} has no ready replica"
+            "endpoint {:?} has no ready replica",
+            name.as_str()
         )));
     }
     Ok(HttpResponse::Ok().json(json!({"name": *name, "ready": true, "replicas": ready})))
@@ -457,13 +511,36 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The most a replica's answer may hold (4096 rows of a wide model's outputs fit many
+/// times over).
+const MAX_ANSWER: usize = 256 << 20;
+
+/// Sends `request` to a replica: its status and body, or why it did not answer.
+async fn relay(request: reqwest::RequestBuilder) -> Result<(u16, Bytes), String> {
+    let mut res = request.send().await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    if res.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(format!("an answer of over {MAX_ANSWER} bytes"));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("an answer of over {MAX_ANSWER} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body.freeze()))
+}
+
 /// The pooled client the stable URLs forward with.
-pub(crate) fn proxy() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(2)))
-        .timeout_global(Some(Duration::from_secs(60)))
-        .max_idle_connections_per_host(64)
+pub(crate) fn proxy() -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .no_proxy()
         .build()
-        .new_agent()
+        .context("cannot make the HTTP client the endpoints forward with")
 }

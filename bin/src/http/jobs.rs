@@ -83,17 +83,22 @@ pub(crate) async fn submit(
         ),
     };
     let spec = request.into_spec(key)?;
-    let submitted = state.plane.submit(spec).await?;
-    if submitted.created {
+    let all = state.plane.submit_all(spec).await?;
+    for submitted in all.iter().filter(|s| s.created) {
         audit(&caller, "submit", submitted.id);
     }
+    let submitted = &all[0];
     let job = load(&state, submitted.id).await?;
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(show(&state, &job, false).await))
+    let mut body = show(&state, &job, false).await;
+    if all.len() > 1 {
+        body.replica_job_ids = Some(all.iter().map(|s| s.id.to_string()).collect());
+    }
+    Ok(HttpResponse::build(status).json(body))
 }
 
 /// One line of the audit log (target `nexa::audit`): who changed which job, and how.

@@ -50,7 +50,7 @@ pub(crate) struct State {
     /// The session of each worker registered over HTTP.
     pub(crate) worker_sessions: workers::Sessions,
     /// The pooled client requests to endpoints are forwarded with.
-    pub(crate) proxy: ureq::Agent,
+    pub(crate) proxy: reqwest::Client,
     /// Requests to each endpoint, for `/metrics`.
     pub(crate) traffic: endpoints::Traffic,
 }
@@ -115,7 +115,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         workers::register, workers::list, workers::heartbeat, workers::next_job,
         workers::messages,
         artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
-        endpoints::list, endpoints::get, endpoints::predict, endpoints::infer, endpoints::model,
+        endpoints::list, endpoints::get, endpoints::undeploy, endpoints::predict, endpoints::infer, endpoints::model,
         endpoints::model_ready, endpoints::live, endpoints::ready,
         ops::healthz, ops::metrics,
     ),
@@ -214,7 +214,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/models", "GET").route(web::get().to(artifacts::models)))
         .service(resource("/api/models/{name:.+}", "GET").route(web::get().to(artifacts::model)))
         .service(resource("/api/endpoints", "GET").route(web::get().to(endpoints::list)))
-        .service(resource("/api/endpoints/{name}", "GET").route(web::get().to(endpoints::get)))
+        .service(
+            resource("/api/endpoints/{name}", "GET, DELETE")
+                .route(web::get().to(endpoints::get))
+                .route(web::delete().to(endpoints::undeploy)),
+        )
         .service(
             resource("/api/endpoints/{name}/predict", "POST")
                 .route(web::post().to(endpoints::predict)),
@@ -276,7 +280,7 @@ impl HttpApi {
             heartbeat: config.heartbeat,
             worker_ttl: config.worker_ttl,
             worker_sessions: workers::Sessions::load(data),
-            proxy: endpoints::proxy(),
+            proxy: endpoints::proxy()?,
             traffic: endpoints::Traffic::default(),
         });
         let server = HttpServer::new(move || {

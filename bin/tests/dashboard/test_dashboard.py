@@ -787,11 +787,14 @@ def test_endpoints_view_lists_a_deployed_model_until_it_is_undeployed(browser, b
         page.wait("the deploy job", lambda: (page.text("#job-title") or "").strip() == job_id)
         page.go("#/endpoints")
         page.wait("the endpoint's row again", lambda: page.text(row) is not None)
+        # Undeploy, from the row: every replica's job is cancelled.
+        page.driver.find_element(By.CSS_SELECTOR, row + " button.undeploy").click()
+        page.driver.switch_to.alert.accept()
     finally:
-        status, body = builtin.request("POST", f"api/jobs/{job_id}/cancel", {"reason": "undeploy"})
-    assert status == 200, body
+        builtin.request("DELETE", "api/endpoints/dash-api")
     assert builtin.finished(job_id)["status"] == "cancelled"
-    # Cancelling the job undeploys: the row goes, the empty state shows.
+    assert builtin.finished(job_id)["error"]["message"] == 'endpoint "dash-api" undeployed'
+    # The row goes, the empty state shows.
     page.wait("the row to go", lambda: page.text(row) is None)
     page.wait("the empty-state message", lambda: page.driver.find_element(By.ID, "endpoints-empty").is_displayed())
 
