@@ -48,6 +48,7 @@ mod job;
 mod log;
 mod mem_store;
 mod params;
+pub mod pipeline;
 mod registry;
 mod retry;
 mod scheduling;
