@@ -20,6 +20,7 @@ mod artifacts;
 mod endpoints;
 mod job_actor;
 mod lease;
+mod pipelines;
 mod scheduler;
 mod session;
 
@@ -44,7 +45,12 @@ use tracing::{info, warn};
 use self::endpoints::Endpoints;
 pub use self::endpoints::Replica;
 use self::job_actor::{JobActors, JobMsg};
+use nexa_runtime::pipeline::PipelineSpec;
 use self::lease::LeaseKey;
+use self::pipelines::Pipelines;
+pub use self::pipelines::{
+    GateVerdict, PipelineError, PipelineRun, RunEvent, RunState, StepRun, StepState,
+};
 use self::scheduler::{Scheduler, SchedulerMsg};
 use self::session::{SessionActor, SessionMsg};
 use crate::clock::now;
@@ -382,6 +388,72 @@ pub struct ControlPlane {
     handler: Arc<PlaneHandler>,
     /// Why the control plane cannot work any more, once it cannot.
     failure: Arc<std::sync::OnceLock<String>>,
+    jobs: Jobs,
+    pipelines: Arc<Pipelines>,
+}
+
+/// Jobs as the control plane's own features (pipelines) submit and cancel them: as a user
+/// would, through the job actors and the scheduler.
+#[derive(Clone)]
+pub(crate) struct Jobs {
+    store: Arc<dyn Store>,
+    actors: Arc<JobActors>,
+    endpoints: Arc<Endpoints>,
+    scheduler: ActorRef<SchedulerMsg>,
+}
+
+impl Jobs {
+    /// See [`ControlPlane::submit_all`].
+    pub(crate) async fn submit_all(&self, spec: JobSpec) -> Result<Vec<Submitted>, StoreError> {
+        let replicas = match &spec.params {
+            nexa_runtime::JobParams::Deploy(p) if p.replicas > 1 => p.replicas,
+            _ => 1,
+        };
+        let submitted = if replicas == 1 {
+            vec![blocking(&self.store, move |s| s.submit(spec, now())).await?]
+        } else {
+            let specs = (1..=replicas)
+                .map(|n| {
+                    let mut replica = spec.clone();
+                    if n > 1 {
+                        replica.idempotency_key =
+                            spec.idempotency_key.as_deref().map(|k| replica_key(k, n));
+                    }
+                    replica
+                })
+                .collect();
+            blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
+        };
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(submitted)
+    }
+
+    /// See [`ControlPlane::cancel`].
+    pub(crate) async fn cancel(&self, id: JobId, reason: String) -> Result<JobState, StoreError> {
+        let direct = reason.clone();
+        // A deploy job being cancelled serves no more requests.
+        self.endpoints.forget(id);
+        let state = job_call(
+            &self.actors,
+            &self.store,
+            id,
+            |reply| JobMsg::Cancel { reason, reply },
+            move |s| s.cancel(id, direct, now()),
+        )
+        .await?;
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(state)
+    }
+
+    /// One job.
+    pub(crate) async fn get(&self, id: JobId) -> Result<Job, StoreError> {
+        blocking(&self.store, move |s| s.get(id)).await
+    }
+
+    /// The model registry as it stands.
+    pub(crate) async fn registry(&self) -> Result<Registry, StoreError> {
+        artifacts::registry(&self.store).await
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -555,6 +627,20 @@ impl ControlPlane {
                 return Err(e.into());
             }
         };
+        let jobs = Jobs {
+            store: store.clone(),
+            actors: actors.clone(),
+            endpoints: endpoints.clone(),
+            scheduler: scheduler.clone(),
+        };
+        let pipelines = match Pipelines::start(config.data_dir.join("pipelines"), jobs.clone()).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                scheduler.stop(None);
+                return Err(StartError::Actor("pipelines", e.to_string()));
+            }
+        };
         info!(addr = %server.local_addr(), fingerprint = %server.fingerprint(), "control plane listening");
         Ok(Self {
             actors,
@@ -569,6 +655,8 @@ impl ControlPlane {
             lease_key,
             handler,
             failure,
+            jobs,
+            pipelines,
         })
     }
 
@@ -619,27 +707,48 @@ impl ControlPlane {
     /// all of them). With an idempotency key `K`, the replicas after the first take
     /// `K#replica-2`… so a retried submission makes none twice.
     pub async fn submit_all(&self, spec: JobSpec) -> Result<Vec<Submitted>, StoreError> {
-        let replicas = match &spec.params {
-            nexa_runtime::JobParams::Deploy(p) if p.replicas > 1 => p.replicas,
-            _ => 1,
+        self.jobs.submit_all(spec).await
+    }
+
+    /// Starts a run of a pipeline, checked first (see [`nexa_runtime::pipeline`]): each step's
+    /// job is submitted once the steps it needs have succeeded.
+    pub async fn run_pipeline(&self, spec: PipelineSpec) -> Result<PipelineRun, PipelineError> {
+        self.pipelines.create(spec, None, None).await
+    }
+
+    /// Runs an ended pipeline run again, with `spec` when given (a fix) or its own: steps
+    /// whose job type, resolved params and options are unchanged reuse the earlier run's
+    /// jobs, except `from` and every step after it, which run again.
+    pub async fn rerun_pipeline(
+        &self,
+        id: u64,
+        spec: Option<PipelineSpec>,
+        from: Option<String>,
+    ) -> Result<PipelineRun, PipelineError> {
+        let spec = match spec {
+            Some(s) => s,
+            None => self.pipelines.get(id).await?.spec,
         };
-        let submitted = if replicas == 1 {
-            vec![blocking(&self.store, move |s| s.submit(spec, now())).await?]
-        } else {
-            let specs = (1..=replicas)
-                .map(|n| {
-                    let mut replica = spec.clone();
-                    if n > 1 {
-                        replica.idempotency_key =
-                            spec.idempotency_key.as_deref().map(|k| replica_key(k, n));
-                    }
-                    replica
-                })
-                .collect();
-            blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
-        };
-        let _ = self.scheduler.cast(SchedulerMsg::Wake);
-        Ok(submitted)
+        self.pipelines.create(spec, Some(id), from).await
+    }
+
+    /// One pipeline run.
+    pub async fn pipeline(&self, id: u64) -> Result<PipelineRun, PipelineError> {
+        self.pipelines.get(id).await
+    }
+
+    /// Every pipeline run, newest first.
+    pub async fn pipelines(&self) -> Vec<PipelineRun> {
+        self.pipelines.list().await
+    }
+
+    /// Cancels a pipeline run and its running steps.
+    pub async fn cancel_pipeline(
+        &self,
+        id: u64,
+        reason: &str,
+    ) -> Result<PipelineRun, PipelineError> {
+        self.pipelines.cancel(id, reason).await
     }
 
     /// One job.
@@ -683,20 +792,7 @@ impl ControlPlane {
         id: JobId,
         reason: impl Into<String>,
     ) -> Result<JobState, StoreError> {
-        let reason = reason.into();
-        let direct = reason.clone();
-        // A deploy job being cancelled serves no more requests.
-        self.endpoints.forget(id);
-        let state = job_call(
-            &self.actors,
-            &self.store,
-            id,
-            |reply| JobMsg::Cancel { reason, reply },
-            move |s| s.cancel(id, direct, now()),
-        )
-        .await?;
-        let _ = self.scheduler.cast(SchedulerMsg::Wake);
-        Ok(state)
+        self.jobs.cancel(id, reason.into()).await
     }
 
     /// Deletes a finished job with its log (see [`Store::delete`] for what is kept), then the

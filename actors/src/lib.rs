@@ -43,7 +43,10 @@ pub use artifacts::{Artifacts, ModelSource, is_location};
 pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs};
-pub use control::{ControlPlane, ControlPlaneConfig, Replica, StartError};
+pub use control::{
+    ControlPlane, ControlPlaneConfig, GateVerdict, PipelineError, PipelineRun, Replica, RunEvent,
+    RunState, StartError, StepRun, StepState,
+};
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,
     EVALUATION_METRICS, EvaluateStage, GENERATED_SPLIT, GenerateStage, HealthProbes,
@@ -55,6 +58,20 @@ pub use stage::{
     BoxFuture, LogSink, Progress, Serving, Stage, StageContext, StageError, StageRegistry,
 };
 pub use worker::{RestartLimit, WorkerConfig, WorkerNode, local_gpus};
+
+/// Replaces the file at `path` whole with `bytes`, for this user only: written beside it,
+/// synced, then renamed over it, so a reader never sees half of it.
+pub fn replace_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let next = path.with_extension("next");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&next)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&next, path)
+}
 
 /// Makes `dir` and the folders above it that are missing, readable by this user only. A
 /// folder that exists keeps its mode.

@@ -126,6 +126,20 @@ pub enum StepKind {
 /// The most steps a pipeline may have.
 pub const MAX_STEPS: usize = 256;
 
+impl Plan {
+    /// `from` and every step that needs it, directly or not: the steps a rerun from `from`
+    /// runs again.
+    pub fn downstream(&self, from: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::from([from.to_owned()]);
+        for step in &self.order {
+            if self.needs[step].iter().any(|n| out.contains(n)) {
+                out.insert(step.clone());
+            }
+        }
+        out
+    }
+}
+
 impl PipelineSpec {
     /// Checks every step and orders them; the first fault found, named by its path.
     pub fn plan(&self) -> Result<Plan, SpecError> {
@@ -256,6 +270,47 @@ impl StepSpec {
                 )
             }),
         }
+    }
+
+    /// The job of this step (named `name`) with `params`, its references resolved
+    /// ([`resolve`]); refused as [`PipelineSpec::plan`] would, by path.
+    pub fn job_spec(&self, name: &str, params: Map<String, Value>) -> Result<JobSpec, SpecError> {
+        let at = format!("steps.{name}");
+        let StepKind::Job(job_type) = self.kind(name)? else {
+            return Err(SpecError::new(at, "is a gate, which runs no job"));
+        };
+        let params = JobParams::from_json(job_type, params)
+            .map_err(|e| SpecError::new(format!("{at}.{}", e.field), e.reason))?;
+        let mut spec = JobSpec::new(params);
+        self.apply(&mut spec);
+        spec.validate()
+            .map_err(|e| SpecError::new(format!("{at}.{}", e.field), e.reason))?;
+        Ok(spec)
+    }
+
+    /// What makes two runs of this step the same work: its job type, its params with their
+    /// references resolved (artifacts are named by their content, so the inputs' checksums
+    /// are in them), and its job options, as one canonical JSON text (keys sorted).
+    pub fn reuse_key(&self, resolved: &Map<String, Value>) -> String {
+        fn canonical(value: &Value) -> Value {
+            match value {
+                Value::Object(map) => {
+                    let sorted: BTreeMap<&String, Value> =
+                        map.iter().map(|(k, v)| (k, canonical(v))).collect();
+                    Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+                }
+                Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+                other => other.clone(),
+            }
+        }
+        let key = serde_json::json!({
+            "job_type": self.job_type,
+            "params": canonical(&Value::Object(resolved.clone())),
+            "max_attempts": self.max_attempts,
+            "timeout_seconds": self.timeout_seconds,
+            "gpus": self.gpus,
+        });
+        key.to_string()
     }
 
     /// The job options of the step on `spec`.

@@ -388,7 +388,7 @@ pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
         return Ok(0);
     }
     let text: String = kept.iter().map(|line| format!("{line}\n")).collect();
-    replace_private(&path, &text)?;
+    nexa_actors::replace_private(&path, text.as_bytes())?;
     Ok(gone.len())
 }
 
@@ -414,20 +414,6 @@ pub(crate) fn random_hex(n: usize) -> std::io::Result<String> {
     let mut bytes = vec![0u8; n];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(hex(&bytes))
-}
-
-/// Replaces the file at `path` whole with `text`, for this user only: written beside it,
-/// synced, then renamed over it, so a reader never sees half of it.
-pub(crate) fn replace_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let next = path.with_extension("next");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&next)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&next, path)
 }
 
 /// Who made a request: for the audit log, and to tie a worker id to its registrant.

@@ -11,6 +11,7 @@ mod api;
 mod artifacts;
 pub(crate) mod auth;
 mod endpoints;
+mod pipelines;
 mod error;
 mod jobs;
 mod ops;
@@ -117,6 +118,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         artifacts::get, artifacts::content, artifacts::of_job, artifacts::models, artifacts::model,
         endpoints::list, endpoints::get, endpoints::undeploy, endpoints::predict, endpoints::infer, endpoints::model,
         endpoints::model_ready, endpoints::live, endpoints::ready,
+        pipelines::create, pipelines::list, pipelines::get, pipelines::cancel, pipelines::rerun,
         ops::healthz, ops::metrics,
     ),
     modifiers(&BearerAuth),
@@ -231,6 +233,18 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             resource("/v2/models/{name}/infer", "POST").route(web::post().to(endpoints::infer)),
+        )
+        .service(
+            resource("/api/pipelines", "GET, POST")
+                .route(web::get().to(pipelines::list))
+                .route(web::post().to(pipelines::create)),
+        )
+        .service(resource("/api/pipelines/{id}", "GET").route(web::get().to(pipelines::get)))
+        .service(
+            resource("/api/pipelines/{id}/cancel", "POST").route(web::post().to(pipelines::cancel)),
+        )
+        .service(
+            resource("/api/pipelines/{id}/rerun", "POST").route(web::post().to(pipelines::rerun)),
         )
         .service(resource("/api/workers", "GET").route(web::get().to(workers::list)))
         .service(resource("/api/workers/register", "POST").route(web::post().to(workers::register)))

@@ -17,7 +17,7 @@ use super::api::{
     self, AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,
     RegisteredBody, WorkersBody,
 };
-use super::auth::{Reader, WorkerCaller, hex, random_hex, replace_private, unhex32};
+use super::auth::{Reader, WorkerCaller, hex, random_hex, unhex32};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::show;
 use super::{State, read_json};
@@ -104,7 +104,7 @@ impl Sessions {
                 .map_or_else(|| "-".to_owned(), |c| hex(c));
             text.push_str(&format!("{id} {} {credential}\n", hex(&r.session)));
         }
-        replace_private(&self.path, &text)
+        nexa_actors::replace_private(&self.path, text.as_bytes())
     }
 
     /// Whether `worker` was registered with `credential` before; `None` when it was not

@@ -313,3 +313,24 @@ fn an_evaluation_gate_checks_thresholds_and_margins() {
         ["\"student\" has no metric \"auc\" (it has: accuracy, macro_f1)"]
     );
 }
+
+#[test]
+fn a_rerun_from_a_step_runs_it_and_everything_after_it() {
+    let plan = spec(lifecycle()).plan().unwrap();
+    let after: Vec<String> = plan.downstream("student").into_iter().collect();
+    assert_eq!(after, ["close_enough", "deploy", "eval_student", "student"]);
+}
+
+#[test]
+fn the_reuse_key_is_the_same_for_the_same_work_in_any_key_order() {
+    let step: StepSpec = serde_json::from_value(json!({"job_type": "train"})).unwrap();
+    let a = json!({"model_id": "m", "hyperparameters": {"seed": 1, "base": "medium"}});
+    let b = json!({"hyperparameters": {"base": "medium", "seed": 1}, "model_id": "m"});
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        unreachable!()
+    };
+    assert_eq!(step.reuse_key(&a), step.reuse_key(&b));
+    let mut c = a.clone();
+    c.insert("epochs".into(), json!(4));
+    assert_ne!(step.reuse_key(&a), step.reuse_key(&c));
+}
