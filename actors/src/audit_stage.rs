@@ -4,7 +4,9 @@
 
 use std::ops::ControlFlow;
 
-use nexa_compute::{AuditPhase, AuditRequest, audit_file, report_metrics};
+use nexa_compute::{
+    AuditPhase, AuditRequest, DatasetFormat, SplitOverlap, audit_file, read_dataset, report_metrics,
+};
 use nexa_runtime::{JobOutput, JobParams, JobType};
 
 use crate::stage::{BoxFuture, Stage, StageContext, StageError};
@@ -23,6 +25,9 @@ impl Stage for AuditStage {
             };
             // A nexa:// artifact is fetched first; a path or file:// URI is read where it is.
             let (path, file) = ctx.artifacts.open(&params.dataset_uri).await?;
+            let cached = nexa_runtime::parse_artifact_uri(&params.dataset_uri)
+                .is_some()
+                .then(|| path.clone());
             let mut request = AuditRequest::from(params);
             request.location = path.display().to_string();
             ctx.logs.line(format!("auditing {}", params.dataset_uri));
@@ -48,7 +53,7 @@ impl Stage for AuditStage {
             })
             .await
             .map_err(|e| StageError::Failed(format!("the audit stopped unexpectedly: {e}")))?;
-            let report = match audited {
+            let mut report = match audited {
                 Ok(report) => report,
                 Err(e) if e.is_cancelled() => return Err(StageError::Cancelled),
                 Err(e) if e.is_invalid_input() => {
@@ -56,6 +61,22 @@ impl Stage for AuditStage {
                 }
                 Err(e) => return Err(StageError::Failed(e.to_string())),
             };
+            // A generated dataset records its split rather than naming it in a column: its
+            // evaluation rows are compared with its train rows too. Only an artifact (in this
+            // worker's cache) is opened again by name; a user's file is read once, above.
+            if report.split_overlap.is_none()
+                && report.format == DatasetFormat::Parquet
+                && let Some(cached) = cached
+            {
+                report.split_overlap = recorded_split_overlap(cached).await;
+            }
+            if let Some(o) = &report.split_overlap {
+                ctx.logs.line(format!(
+                    "split: {} train, {} validation, {} test rows; {} validation and {} test                      rows are also train rows",
+                    o.train_rows, o.validation_rows, o.test_rows, o.validation_in_train,
+                    o.test_in_train
+                ));
+            }
             ctx.logs.line(format!(
                 "{} rows, {} columns, {} duplicate rows, {} missing values, {} outliers; sha256 {}",
                 report.rows,
@@ -74,4 +95,17 @@ impl Stage for AuditStage {
             })
         })
     }
+}
+
+/// The overlap of the split a dataset file records (a generated dataset's), or `None` when it
+/// records none (or is not a dataset this platform wrote).
+async fn recorded_split_overlap(path: std::path::PathBuf) -> Option<SplitOverlap> {
+    tokio::task::spawn_blocking(move || {
+        let data = read_dataset(&path, None).ok()?;
+        let split = data.planned_split()?.ok()?;
+        Some(split.overlap())
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -45,7 +45,6 @@ use tracing::{info, warn};
 use self::endpoints::Endpoints;
 pub use self::endpoints::Replica;
 use self::job_actor::{JobActors, JobMsg};
-use nexa_runtime::pipeline::PipelineSpec;
 use self::lease::LeaseKey;
 use self::pipelines::Pipelines;
 pub use self::pipelines::{
@@ -55,6 +54,7 @@ use self::scheduler::{Scheduler, SchedulerMsg};
 use self::session::{SessionActor, SessionMsg};
 use crate::clock::now;
 use crate::metrics::Metrics;
+use nexa_runtime::pipeline::PipelineSpec;
 
 /// How long an actor call may take before the caller gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -633,14 +633,14 @@ impl ControlPlane {
             endpoints: endpoints.clone(),
             scheduler: scheduler.clone(),
         };
-        let pipelines = match Pipelines::start(config.data_dir.join("pipelines"), jobs.clone()).await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                scheduler.stop(None);
-                return Err(StartError::Actor("pipelines", e.to_string()));
-            }
-        };
+        let pipelines =
+            match Pipelines::start(config.data_dir.join("pipelines"), jobs.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    scheduler.stop(None);
+                    return Err(StartError::Actor("pipelines", e.to_string()));
+                }
+            };
         info!(addr = %server.local_addr(), fingerprint = %server.fingerprint(), "control plane listening");
         Ok(Self {
             actors,

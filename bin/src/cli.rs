@@ -2,6 +2,8 @@
 //! `artifacts list|get`, `models`, and `token create`. They talk to the HTTP API (`--api`, or `NEXA_API_URL`), as any other client
 //! would.
 
+mod pipeline;
+
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -106,6 +108,7 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Endpoints(args) => endpoints(&args),
         Command::Predict(args) => predict(&args),
         Command::Undeploy(args) => undeploy(&args),
+        Command::Pipeline(cmd) => pipeline::run(cmd),
         Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
             bail!("not a client command")
         }

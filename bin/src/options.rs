@@ -71,6 +71,62 @@ pub(crate) enum Command {
     Predict(PredictArgs),
     /// Undeploy an endpoint: cancel the deploy job of each of its replicas.
     Undeploy(UndeployArgs),
+    /// Run pipelines (a DAG of job and gate steps, from a TOML or JSON file) and watch them.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PipelineCommand {
+    /// Run the pipeline a file declares (`.toml` or `.json`): `nexa pipeline run physics.toml`.
+    Run(PipelineRunArgs),
+    /// Show a run: each step's state, job, outputs and gate verdict.
+    Status(PipelineIdArgs),
+    /// List the runs, newest first.
+    List(ClientArgs),
+    /// Cancel a run and its running steps.
+    Cancel(PipelineIdArgs),
+    /// Run an ended run again, reusing the steps whose work is unchanged.
+    Rerun(PipelineRerunArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PipelineRunArgs {
+    /// The pipeline: TOML or JSON (`name`, and `steps` by name).
+    pub(crate) file: PathBuf,
+    /// Wait for the run to end, showing its steps; exits non-zero unless it succeeded.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PipelineIdArgs {
+    /// The run, like pl-3.
+    pub(crate) id: String,
+    /// Wait for the run to end (status only).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PipelineRerunArgs {
+    /// The run, like pl-3.
+    pub(crate) id: String,
+    /// Run this step and every step after it again, even if unchanged.
+    #[arg(long, value_name = "STEP")]
+    pub(crate) from: Option<String>,
+    /// The pipeline as fixed (TOML or JSON); the run's own when absent.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+    /// Wait for the new run to end.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

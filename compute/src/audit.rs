@@ -30,7 +30,9 @@ use nexa_runtime::AuditParams;
 
 pub use error::{AuditError, Position};
 pub use format::DatasetFormat;
-pub use report::{AuditReport, ColumnReport, ColumnType, LabelBalance, NumericSummary, TypeCounts};
+pub use report::{
+    AuditReport, ColumnReport, ColumnType, LabelBalance, NumericSummary, SplitOverlap, TypeCounts,
+};
 pub use verdict::{Finding, Severity, Verdict};
 
 use profile::Profiler;
@@ -308,6 +310,7 @@ fn audit_opened(
         missing_values,
         outliers,
         label: profile.label,
+        split_overlap: profile.split_overlap,
         verdict: Verdict::Ok,
         findings: Vec::new(),
     };
@@ -317,8 +320,9 @@ fn audit_opened(
 }
 
 /// The headline numbers of a report, for a job's metrics: `rows`, `columns`,
-/// `duplicate_rows`, `missing_values`, `outliers`, `file_size_bytes`, and `label_classes`
-/// when a label column was audited.
+/// `duplicate_rows`, `missing_values`, `outliers`, `file_size_bytes`, `label_classes` when a
+/// label column was audited, and `split_overlap_rows` (evaluation rows also in the train
+/// part) when the dataset says which rows are which.
 pub fn report_metrics(report: &AuditReport) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::from([
         ("rows".to_owned(), report.rows as f64),
@@ -330,6 +334,12 @@ pub fn report_metrics(report: &AuditReport) -> BTreeMap<String, f64> {
     ]);
     if let Some(label) = &report.label {
         metrics.insert("label_classes".to_owned(), label.classes.len() as f64);
+    }
+    if let Some(overlap) = &report.split_overlap {
+        metrics.insert(
+            "split_overlap_rows".to_owned(),
+            overlap.overlapping() as f64,
+        );
     }
     let count = |s| report.findings.iter().filter(|f| f.severity == s).count() as f64;
     metrics.insert("warnings".to_owned(), count(Severity::Warning));

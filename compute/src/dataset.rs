@@ -170,7 +170,47 @@ pub struct Split {
     pub test: Dataset,
 }
 
+impl Split {
+    /// How many validation and test rows are copies of a train row: features and targets
+    /// equal bit for bit (a contaminated evaluation).
+    pub fn overlap(&self) -> crate::SplitOverlap {
+        let train: std::collections::HashSet<u64> = (0..self.train.len())
+            .map(|i| self.train.row_hash(i))
+            .collect();
+        let copies = |d: &Dataset| {
+            (0..d.len())
+                .filter(|&i| train.contains(&d.row_hash(i)))
+                .count() as u64
+        };
+        crate::SplitOverlap {
+            train_rows: self.train.len() as u64,
+            validation_rows: self.validation.len() as u64,
+            test_rows: self.test.len() as u64,
+            validation_in_train: copies(&self.validation),
+            test_in_train: copies(&self.test),
+        }
+    }
+}
+
 impl Dataset {
+    /// A hash of row `i`: its features' and targets' bits.
+    fn row_hash(&self, i: usize) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for v in self.features.row(i) {
+            v.to_bits().hash(&mut hasher);
+        }
+        match &self.targets {
+            Targets::Classes(c) => c[i].hash(&mut hasher),
+            Targets::Values(v) => {
+                for x in v.row(i) {
+                    x.to_bits().hash(&mut hasher);
+                }
+            }
+        }
+        hasher.finish()
+    }
+
     /// A dataset from its parts. Fails when the schema is inconsistent, the matrices' shapes
     /// do not match it or each other, a value is not finite, or a class index is out of
     /// range.

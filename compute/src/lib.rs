@@ -136,7 +136,7 @@ mod train;
 pub use audit::{
     AuditError, AuditLimits, AuditPhase, AuditProgress, AuditReport, AuditRequest, ColumnReport,
     ColumnType, DatasetFormat, Finding, LabelBalance, NumericSummary, Position, Severity,
-    TypeCounts, Verdict, audit, audit_file, audit_with, open_regular, report_metrics,
+    SplitOverlap, TypeCounts, Verdict, audit, audit_file, audit_with, open_regular, report_metrics,
 };
 
 pub use backend::{Activation, AdamWStep, Backend, CpuBackend};

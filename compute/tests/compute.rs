@@ -5,8 +5,8 @@ use std::path::Path;
 
 use nexa_compute::{
     Backend, CheckpointDir, ComputeError, Control, CpuBackend, Dataset, DistillConfig,
-    GenerateSpec, Head, Metrics, Mlp, MlpConfig, Preset, Problem, Progress, Schema, Targets, Task,
-    TrainConfig, evaluate, generate, label_with_teacher, read_dataset, train, write_dataset,
+    GenerateSpec, Head, Metrics, Mlp, MlpConfig, Preset, Problem, Progress, Schema, Split, Targets,
+    Task, TrainConfig, evaluate, generate, label_with_teacher, read_dataset, train, write_dataset,
 };
 
 fn small_config(inputs: usize, outputs: usize, head: Head) -> MlpConfig {
@@ -114,6 +114,25 @@ fn splits_are_reproducible_and_disjoint() {
     assert_ne!(a.train, data.split(0.7, 0.15, 6).unwrap().train);
     assert!(data.split(0.9, 0.2, 0).is_err());
     assert!(data.split(-0.1, 0.2, 0).is_err());
+    // Generated rows do not repeat, so no evaluation row is a train row.
+    let overlap = a.overlap();
+    assert_eq!(
+        (
+            overlap.train_rows,
+            overlap.validation_rows + overlap.test_rows
+        ),
+        (71, 30)
+    );
+    assert_eq!(overlap.overlapping(), 0);
+    // Test rows that are also train rows are found.
+    let rows = |r: std::ops::Range<usize>| data.select(&r.collect::<Vec<_>>()).unwrap();
+    let contaminated = Split {
+        train: rows(0..80),
+        validation: rows(80..90),
+        test: rows(78..101),
+    };
+    assert_eq!(contaminated.overlap().test_in_train, 2);
+    assert_eq!(contaminated.overlap().validation_in_train, 0);
 }
 
 fn run(

@@ -84,6 +84,10 @@ pub struct GateSpec {
     /// Audit: the largest class at most this many times the smallest (from 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_class_ratio: Option<f64>,
+    /// Audit: no validation or test row is also a train row (rows compared whole). A
+    /// contaminated evaluation makes every later number meaningless.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_overlap: bool,
     /// Evaluate: each named metric at least this value (`{"accuracy": 0.8}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub min_metrics: BTreeMap<String, f64>,
@@ -351,6 +355,7 @@ impl GateSpec {
             || self.max_duplicates.is_some()
             || self.min_rows.is_some()
             || self.max_class_ratio.is_some()
+            || self.no_overlap
     }
 
     fn eval_checks(&self) -> bool {
@@ -362,8 +367,8 @@ impl GateSpec {
             (false, false) => {
                 return Err(SpecError::new(
                     format!("{at}.gate"),
-                    "a gate needs a check: max_missing, max_duplicates, min_rows or \
-                     max_class_ratio on an audit; min_metrics or within on an evaluation",
+                    "a gate needs a check: max_missing, max_duplicates, min_rows, max_class_ratio or \
+                     no_overlap on an audit; min_metrics or within on an evaluation",
                 ));
             }
             (true, true) => {
@@ -465,6 +470,31 @@ impl GateSpec {
                     Some(_) => {}
                     None => failed
                         .push("the audit has no class balance (give it a label_column)".to_owned()),
+                }
+            }
+            if self.no_overlap {
+                match report
+                    .and_then(|r| r.get("split_overlap"))
+                    .filter(|o| !o.is_null())
+                {
+                    Some(o) => {
+                        let n = |k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+                        let (validation, test) = (n("validation_in_train"), n("test_in_train"));
+                        if validation + test > 0 {
+                            failed.push(format!(
+                                "the evaluation data overlaps the training data: {test} of {} \
+                                 test rows and {validation} of {} validation rows are also \
+                                 train rows",
+                                n("test_rows"),
+                                n("validation_rows")
+                            ));
+                        }
+                    }
+                    None => failed.push(
+                        "the audit found no split to check (no `split` column, and no split \
+                         recorded with the dataset)"
+                            .to_owned(),
+                    ),
                 }
             }
         }

@@ -370,7 +370,9 @@ fn load_runs(dir: &std::path::Path) -> std::io::Result<BTreeMap<u64, PipelineRun
             Ok(run) => {
                 runs.insert(run.id, run);
             }
-            Err(e) => warn!(path = %path.display(), "a pipeline run that cannot be read is left alone: {e}"),
+            Err(e) => {
+                warn!(path = %path.display(), "a pipeline run that cannot be read is left alone: {e}")
+            }
         }
     }
     Ok(runs)
@@ -458,7 +460,10 @@ async fn advance(
         if let Some(job_id) = step.job.filter(|_| step.state == StepState::Running) {
             let job = jobs.get(job_id).await?;
             if cancelling && !job.state.is_terminal() && job.state != JobState::Cancelling {
-                match jobs.cancel(job_id, "its pipeline run was cancelled".to_owned()).await {
+                match jobs
+                    .cancel(job_id, "its pipeline run was cancelled".to_owned())
+                    .await
+                {
                     Ok(_) | Err(StoreError::Transition(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -511,10 +516,11 @@ async fn advance(
             s.reason = Some(format!("it needs step {blocked}, which did not succeed"));
             continue;
         }
-        if !needs
-            .iter()
-            .all(|n| run.steps.get(n).is_some_and(|s| s.state == StepState::Succeeded))
-        {
+        if !needs.iter().all(|n| {
+            run.steps
+                .get(n)
+                .is_some_and(|s| s.state == StepState::Succeeded)
+        }) {
             continue;
         }
         let outputs: BTreeMap<String, StepOutput> = needs
@@ -539,7 +545,11 @@ async fn advance(
                     s.output = Some(StepOutput::default());
                     run.event(format!("gate {name} passed"));
                 } else {
-                    fail(run, name, format!("gate did not pass: {}", reasons.join("; ")));
+                    fail(
+                        run,
+                        name,
+                        format!("gate did not pass: {}", reasons.join("; ")),
+                    );
                 }
             }
             Ok(StepKind::Job(_)) => {
@@ -633,14 +643,17 @@ fn digest(key: &str) -> String {
 async fn step_output(job: &nexa_runtime::Job, jobs: &Jobs) -> Result<StepOutput, StoreError> {
     let output = job.output.clone().unwrap_or_default();
     let model = match &job.spec.params {
-        JobParams::Train(_) | JobParams::Distill(_) => jobs.registry().await?.models().find_map(
-            |(name, versions)| {
-                versions
-                    .iter()
-                    .find(|v| v.job == job.id)
-                    .map(|v| format!("{name}:{}", v.version))
-            },
-        ),
+        JobParams::Train(_) | JobParams::Distill(_) => {
+            jobs.registry()
+                .await?
+                .models()
+                .find_map(|(name, versions)| {
+                    versions
+                        .iter()
+                        .find(|v| v.job == job.id)
+                        .map(|v| format!("{name}:{}", v.version))
+                })
+        }
         _ => None,
     };
     Ok(StepOutput {

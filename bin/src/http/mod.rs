@@ -11,10 +11,10 @@ mod api;
 mod artifacts;
 pub(crate) mod auth;
 mod endpoints;
-mod pipelines;
 mod error;
 mod jobs;
 mod ops;
+mod pipelines;
 mod workers;
 
 pub(crate) use workers::{FRAME_TYPE, SESSION_HEADER};

@@ -198,7 +198,9 @@ impl From<PipelineError> for ApiError {
 fn run_id(text: &str) -> Result<u64, ApiError> {
     text.strip_prefix("pl-")
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| ApiError::bad_request(format!("{text:?} is not a pipeline run id (like pl-3)")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{text:?} is not a pipeline run id (like pl-3)"))
+        })
 }
 
 /// Run a pipeline.

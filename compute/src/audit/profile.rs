@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::numeric::NumericAccumulator;
-use super::{AuditError, AuditLimits, ColumnReport, ColumnType, LabelBalance, TypeCounts};
+use super::{
+    AuditError, AuditLimits, ColumnReport, ColumnType, LabelBalance, SplitOverlap, TypeCounts,
+};
 
 /// One present value, as the readers see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +104,38 @@ impl Cell<'_> {
 }
 
 /// The row being fed; hand it back to [`Profiler::end_row`]. Holds the sum of its cells'
-/// hashes: a sum does not depend on the order cells come in, which JSON keys do not fix.
-pub(crate) struct RowState(u64);
+/// hashes (a sum does not depend on the order cells come in, which JSON keys do not fix),
+/// the same without the split column's cell, and the part of the split it is in.
+pub(crate) struct RowState {
+    all: u64,
+    content: u64,
+    part: Option<Part>,
+}
+
+/// A part of a dataset's split, as a `split` column names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Train,
+    Validation,
+    Test,
+}
+
+impl Part {
+    fn of(cell: &Cell<'_>) -> Option<Self> {
+        let Cell::Text(text) = cell else {
+            return None;
+        };
+        match text.to_ascii_lowercase().as_str() {
+            "train" | "training" => Some(Self::Train),
+            "validation" | "val" | "valid" | "dev" => Some(Self::Validation),
+            "test" | "testing" => Some(Self::Test),
+            _ => None,
+        }
+    }
+}
+
+/// The column that says which part of the split a row is in.
+pub(crate) const SPLIT_COLUMN: &str = "split";
 
 pub(crate) struct Profiler {
     limits: AuditLimits,
@@ -114,6 +146,11 @@ pub(crate) struct Profiler {
     rows: u64,
     duplicate_rows: u64,
     seen_rows: HashSet<u64, BuildHasherDefault<PrehashedHasher>>,
+    split_index: Option<usize>,
+    /// The contents of the train rows, and the part and contents of the evaluation rows.
+    train_rows: HashSet<u64, BuildHasherDefault<PrehashedHasher>>,
+    evaluation_rows: Vec<(Part, u64)>,
+    overlap: SplitOverlap,
 }
 
 struct Column {
@@ -136,6 +173,7 @@ pub(crate) struct Profile {
     pub(crate) duplicate_rows: u64,
     pub(crate) columns: Vec<ColumnReport>,
     pub(crate) label: Option<LabelBalance>,
+    pub(crate) split_overlap: Option<SplitOverlap>,
 }
 
 impl Profiler {
@@ -149,6 +187,10 @@ impl Profiler {
             rows: 0,
             duplicate_rows: 0,
             seen_rows: HashSet::default(),
+            split_index: None,
+            train_rows: HashSet::default(),
+            evaluation_rows: Vec::new(),
+            overlap: SplitOverlap::default(),
         }
     }
 
@@ -178,6 +220,9 @@ impl Profiler {
         if is_label {
             self.label_index = Some(index);
         }
+        if self.split_index.is_none() && name == SPLIT_COLUMN {
+            self.split_index = Some(index);
+        }
         self.by_name.entry(name.clone()).or_insert(index);
         // A distinct seed per column, so columns with equal values do not sample alike.
         let seed = 0x5EED_0000_0000_0000 ^ index as u64;
@@ -203,7 +248,11 @@ impl Profiler {
     }
 
     pub(crate) fn begin_row(&self) -> RowState {
-        RowState(0)
+        RowState {
+            all: 0,
+            content: 0,
+            part: None,
+        }
     }
 
     /// Feeds column `index`'s present value in the current row. Each column at most once a
@@ -236,13 +285,27 @@ impl Profiler {
         let mut hasher = DefaultHasher::new();
         index.hash(&mut hasher);
         cell.hash_into(&mut hasher);
-        row.0 = row.0.wrapping_add(hasher.finish());
+        let hash = hasher.finish();
+        row.all = row.all.wrapping_add(hash);
+        if Some(index) == self.split_index {
+            row.part = Part::of(&cell);
+        } else {
+            row.content = row.content.wrapping_add(hash);
+        }
     }
 
     pub(crate) fn end_row(&mut self, row: RowState) {
         self.rows += 1;
-        if !self.seen_rows.insert(row.0) {
+        if !self.seen_rows.insert(row.all) {
             self.duplicate_rows += 1;
+        }
+        match row.part {
+            Some(Part::Train) => {
+                self.overlap.train_rows += 1;
+                self.train_rows.insert(row.content);
+            }
+            Some(part) => self.evaluation_rows.push((part, row.content)),
+            None => {}
         }
     }
 
@@ -269,11 +332,29 @@ impl Profiler {
                 numeric,
             });
         }
+        let split_overlap = self.split_index.map(|_| {
+            let mut overlap = self.overlap;
+            for (part, content) in &self.evaluation_rows {
+                let seen = u64::from(self.train_rows.contains(content));
+                match part {
+                    Part::Validation => {
+                        overlap.validation_rows += 1;
+                        overlap.validation_in_train += seen;
+                    }
+                    _ => {
+                        overlap.test_rows += 1;
+                        overlap.test_in_train += seen;
+                    }
+                }
+            }
+            overlap
+        });
         Ok(Profile {
             rows,
             duplicate_rows: self.duplicate_rows,
             columns,
             label,
+            split_overlap,
         })
     }
 }
@@ -382,5 +463,48 @@ mod tests {
         assert_eq!(profile.duplicate_rows, 1);
         assert_eq!(profile.columns[0].missing, 1);
         assert_eq!(profile.columns[1].missing, 3);
+        assert_eq!(
+            profile.split_overlap, None,
+            "no split column, nothing to compare"
+        );
+    }
+
+    #[test]
+    fn evaluation_rows_that_copy_a_train_row_are_counted_whatever_the_order() {
+        let mut p = Profiler::new(AuditLimits::default(), None);
+        let x = p.add_column("x".into());
+        let y = p.add_column("y".into());
+        let split = p.add_column("split".into());
+        let text = |t: &'static str| Cell::Text(t.into());
+        let rows = [
+            (1, 0, "test"), // the same as a train row below
+            (1, 0, "train"),
+            (2, 1, "train"),
+            (2, 1, "Validation"),
+            (3, 0, "val"),
+            (4, 1, "TEST"),
+            (2, 1, "test"),
+            (9, 9, "holdout"), // in no part
+        ];
+        for (a, b, part) in rows {
+            let mut state = p.begin_row();
+            p.cell(&mut state, x, Cell::Int(a));
+            p.cell(&mut state, y, Cell::Int(b));
+            p.cell(&mut state, split, text(part));
+            p.end_row(state);
+        }
+        let profile = p.finish().unwrap();
+        assert_eq!(
+            profile.split_overlap,
+            Some(SplitOverlap {
+                train_rows: 2,
+                validation_rows: 2,
+                test_rows: 3,
+                validation_in_train: 1,
+                test_in_train: 2,
+            })
+        );
+        // A row and its copy in another part are not duplicates of each other's whole row.
+        assert_eq!(profile.duplicate_rows, 0);
     }
 }

@@ -35,6 +35,11 @@ pub struct AuditReport {
     pub outliers: u64,
     /// The label column's class balance, when one was asked for.
     pub label: Option<LabelBalance>,
+    /// Rows of the evaluation parts (validation, test) that are also in the train part,
+    /// when the dataset says which rows are which: a `split` column (`train`,
+    /// `validation` or `val`, `test`), or the split a generated dataset records.
+    #[serde(default)]
+    pub split_overlap: Option<SplitOverlap>,
     /// `ok`, `warnings` or `problems`: the worst of `findings`.
     pub verdict: super::Verdict,
     /// What the checks found, most severe first: no rows or a read cut short; duplicate rows
@@ -187,4 +192,28 @@ pub struct LabelBalance {
     /// Rows of the largest class over rows of the smallest (1.0 when balanced; 0 with no
     /// classes).
     pub imbalance_ratio: f64,
+}
+
+/// How much of a dataset's evaluation data its train data holds: rows compared whole (every
+/// column but the split's), so a test row that is a copy of a train row is found however the
+/// rows are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitOverlap {
+    /// Rows in the train part.
+    pub train_rows: u64,
+    /// Rows in the validation part.
+    pub validation_rows: u64,
+    /// Rows in the test part.
+    pub test_rows: u64,
+    /// Validation rows identical to a train row.
+    pub validation_in_train: u64,
+    /// Test rows identical to a train row.
+    pub test_in_train: u64,
+}
+
+impl SplitOverlap {
+    /// Evaluation rows also in the train part.
+    pub fn overlapping(&self) -> u64 {
+        self.validation_in_train + self.test_in_train
+    }
 }

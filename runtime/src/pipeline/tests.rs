@@ -334,3 +334,38 @@ fn the_reuse_key_is_the_same_for_the_same_work_in_any_key_order() {
     c.insert("epochs".into(), json!(4));
     assert_ne!(step.reuse_key(&a), step.reuse_key(&c));
 }
+
+#[test]
+fn a_contaminated_split_stops_the_overlap_gate() {
+    let gate = GateSpec {
+        on: "audit".into(),
+        no_overlap: true,
+        ..GateSpec::default()
+    };
+    let with = |overlap: Value| {
+        let mut out = audit(100, 0, 0, None);
+        if let Some(r) = out.result.as_mut() {
+            r["split_overlap"] = overlap;
+        }
+        gate.check(&[("audit".to_owned(), out)].into())
+    };
+    let clean = json!({"train_rows": 80, "validation_rows": 10, "test_rows": 10,
+                       "validation_in_train": 0, "test_in_train": 0});
+    assert!(with(clean).is_empty());
+    let leaked = json!({"train_rows": 80, "validation_rows": 10, "test_rows": 10,
+                        "validation_in_train": 0, "test_in_train": 3});
+    assert_eq!(
+        with(leaked),
+        [
+            "the evaluation data overlaps the training data: 3 of 10 test rows and 0 of 10 \
+          validation rows are also train rows"
+        ]
+    );
+    assert_eq!(
+        with(Value::Null),
+        [
+            "the audit found no split to check (no `split` column, and no split recorded with \
+          the dataset)"
+        ]
+    );
+}
