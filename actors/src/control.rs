@@ -450,6 +450,11 @@ impl Jobs {
         blocking(&self.store, move |s| s.get(id)).await
     }
 
+    /// Whether `job` is a deploy job whose replica is ready.
+    pub(crate) fn serving(&self, job: JobId) -> bool {
+        self.endpoints.ready(None).iter().any(|r| r.job == job)
+    }
+
     /// The model registry as it stands.
     pub(crate) async fn registry(&self) -> Result<Registry, StoreError> {
         artifacts::registry(&self.store).await

@@ -578,7 +578,8 @@ fn artifacts_of(job_type: JobType) -> &'static [&'static str] {
         JobType::Generate => &["dataset"],
         JobType::Train => &["model"],
         JobType::Distill => &["model", "teacher_labelled"],
-        JobType::Audit | JobType::Evaluate | JobType::Deploy => &[],
+        JobType::Evaluate => &["report"],
+        JobType::Audit | JobType::Deploy => &[],
     }
 }
 

@@ -1,6 +1,7 @@
 """Python client for Nexa Forge: submit ML lifecycle jobs (generate, audit, distill, train,
 evaluate, deploy), follow their logs, wait for their results, download the artifacts they
-made, read the model registry and ask deployed models for predictions, over the HTTP API.
+made, read the model registry, ask deployed models for predictions, and run the lifecycle as
+one pipeline of steps and gates, over the HTTP API.
 
 Example::
 
@@ -13,6 +14,13 @@ Example::
     job = client.wait(job)
     print(job.status, job.result.metrics if job.result else job.error)
     client.download(job.result.artifacts["dataset"])   # the generated Parquet file
+
+    p = client.pipeline("physics")                # the lifecycle as one pipeline
+    data = p.generate(domain="physics", num_samples=2000)
+    teacher = p.train(model_id="teacher", dataset_uri=data.dataset, epochs=8)
+    p.gate(p.evaluate(teacher.model, data.dataset), min_metrics={"accuracy": 0.8})
+    run = client.wait_pipeline(p.run())
+    print(run.status, run.failed_step, run.error)
 
 The package has no dependencies beyond the standard library.
 """
@@ -32,6 +40,7 @@ from .client import (
     EndpointRef,
     JobRef,
     NexaForgeClient,
+    PipelineRef,
     __version__,
 )
 from .endpoints import Endpoint, Replica
@@ -46,6 +55,17 @@ from .errors import (
     WaitTimeoutError,
 )
 from .jobs import Attempt, Event, Job, JobError, JobPage, JobResult, JobStatus, JobType, LogLine
+from .pipelines import (
+    GateVerdict,
+    Pipeline,
+    PipelineEvent,
+    PipelineRun,
+    PipelineStatus,
+    PipelineStep,
+    StepOutputs,
+    StepRef,
+    StepStatus,
+)
 from .workers import Worker
 
 __all__ = [
@@ -73,6 +93,16 @@ __all__ = [
     "EndpointRef",
     "Endpoint",
     "Replica",
+    "PipelineRef",
+    "Pipeline",
+    "StepRef",
+    "PipelineRun",
+    "PipelineStatus",
+    "PipelineStep",
+    "StepStatus",
+    "StepOutputs",
+    "GateVerdict",
+    "PipelineEvent",
     "NexaForgeError",
     "ValidationError",
     "AuthenticationError",

@@ -24,6 +24,12 @@ Its methods come in groups:
   :meth:`~NexaForgeClient.wait_ready` (polls until a replica answers) and
   :meth:`~NexaForgeClient.predict` (rows in, predictions out); cancelling the deploy job
   undeploys.
+- **pipelines**: :meth:`~NexaForgeClient.pipeline` builds one step by step,
+  :meth:`~NexaForgeClient.run_pipeline` runs it (or a spec as a dict),
+  :meth:`~NexaForgeClient.get_pipeline`, :meth:`~NexaForgeClient.list_pipelines`,
+  :meth:`~NexaForgeClient.wait_pipeline` (polls until the run ends),
+  :meth:`~NexaForgeClient.cancel_pipeline` and :meth:`~NexaForgeClient.rerun_pipeline`
+  (reusing the steps whose work is unchanged).
 
 Every failure raises a :class:`~nexa_forge.NexaForgeError` subclass. No request is retried
 on its own; only a followed log stream that drops is reopened where it stopped.
@@ -47,11 +53,19 @@ from .artifacts import Artifact, Model, ModelSummary, ModelVersion, artifact_dig
 from .endpoints import Endpoint
 from .errors import IntegrityError, NexaForgeError, NotFoundError, WaitTimeoutError
 from .jobs import Event, Job, JobPage, JobStatus, JobType, LogLine
+from .pipelines import Pipeline, PipelineRun, PipelineStep, StepRef, StepStatus, _step_name
 from .sse import read_events
 from .transport import Transport
 from .workers import Worker
 
-__all__ = ["NexaForgeClient", "DEFAULT_API_URL", "JobRef", "ArtifactRef", "EndpointRef"]
+__all__ = [
+    "NexaForgeClient",
+    "DEFAULT_API_URL",
+    "JobRef",
+    "ArtifactRef",
+    "EndpointRef",
+    "PipelineRef",
+]
 
 __version__ = "0.1.0"
 
@@ -67,6 +81,9 @@ ArtifactRef = Union[str, Artifact, ModelVersion]
 
 EndpointRef = Union[str, Endpoint]
 """An endpoint, or its name (``"iris"``)."""
+
+PipelineRef = Union[str, PipelineRun]
+"""A pipeline run, or its id (``"pl-3"``)."""
 
 HyperparameterValue = Union[bool, int, float, str]
 
@@ -221,7 +238,7 @@ class NexaForgeClient:
         64, default 4) or ``"regression"``; ``noise`` the relative measurement noise (0 to
         0.5, default 0.01); ``options`` go to a ``--handler`` program untouched.
         ``job_options`` are :meth:`submit`'s job options."""
-        params = _given(
+        params = _generate_params(
             domain=domain,
             num_samples=num_samples,
             seed=seed,
@@ -246,7 +263,7 @@ class NexaForgeClient:
         ``gs://``, ``http(s)://`` URI), the class balance of ``label_column``, and a check of
         the file against ``expected_sha256``. ``job_options`` are :meth:`submit`'s job
         options."""
-        params = _given(
+        params = _audit_params(
             dataset_uri=dataset_uri,
             label_column=label_column,
             expected_sha256=expected_sha256,
@@ -274,14 +291,14 @@ class NexaForgeClient:
         with the trainer's ``hyperparameters``. ``prompt_template`` and ``options`` are for
         a ``--handler`` program (the built-in stage refuses them). ``job_options`` are
         :meth:`submit`'s job options."""
-        params = _given(
+        params = _distill_params(
             teacher_model=teacher_model,
             student_model=student_model,
             dataset_uri=dataset_uri,
             temperature=temperature,
-            alpha=alpha,
             epochs=epochs,
-            hyperparameters=dict(hyperparameters) if hyperparameters is not None else None,
+            alpha=alpha,
+            hyperparameters=hyperparameters,
             prompt_template=prompt_template,
             options=options,
         )
@@ -313,14 +330,13 @@ class NexaForgeClient:
         ``--handler`` program untouched. The job options are named keywords here, so they
         never become hyperparameters.
         """
-        hp: Dict[str, Any] = dict(hyperparameters or {})
-        hp.update(more_hyperparameters)
-        params = _given(
+        params = _train_params(
             model_id=model_id,
             dataset_uri=dataset_uri,
             epochs=epochs,
-            hyperparameters=hp or None,
+            hyperparameters=hyperparameters,
             options=options,
+            more_hyperparameters=more_hyperparameters,
         )
         return self.submit(
             "train",
@@ -350,14 +366,12 @@ class NexaForgeClient:
         (e.g. ``["accuracy", "macro_f1"]``; none means all). ``suite`` names a benchmark
         suite for a ``--handler`` program. ``job_options`` are :meth:`submit`'s job
         options."""
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        params = _given(
+        params = _evaluate_params(
             model_id=model_id,
             dataset_uri=dataset_uri,
+            metrics=metrics,
             split=split,
             suite=suite,
-            metrics=list(metrics) if metrics is not None else None,
             options=options,
         )
         return self._submit_with("evaluate", params, job_options)
@@ -386,8 +400,12 @@ class NexaForgeClient:
         stop every replica (cancelling one job stops that replica). Use :meth:`wait_ready` to
         wait until it answers and :meth:`predict` to ask it.
         """
-        params = _given(
-            model_id=model_id, target=target, region=region, replicas=replicas, options=options
+        params = _deploy_params(
+            model_id=model_id,
+            target=target,
+            replicas=replicas,
+            region=region,
+            options=options,
         )
         return self._submit_with("deploy", params, job_options)
 
@@ -924,6 +942,149 @@ class NexaForgeClient:
         _, data = self._transport.request("POST", path, body={"inputs": _rows(rows)})
         return _object(data, f"POST {path}")
 
+    # ---------------------------------------------------------------- pipelines
+
+    def pipeline(self, name: str) -> Pipeline:
+        """A new, empty :class:`Pipeline` named ``name``, bound to this client: add its steps,
+        then :meth:`Pipeline.run` it.
+
+        Example::
+
+            p = client.pipeline("physics")
+            data = p.generate(domain="physics", num_samples=2000)
+            teacher = p.train(model_id="teacher", dataset_uri=data.dataset, epochs=8)
+            scored = p.evaluate(teacher.model, data.dataset)
+            p.gate(scored, min_metrics={"accuracy": 0.8})
+            run = client.wait_pipeline(p.run(), timeout=600)
+        """
+        return Pipeline(name, self)
+
+    def run_pipeline(self, spec: Union[Pipeline, Mapping[str, Any]]) -> PipelineRun:
+        """Runs a pipeline and answers the run as started (``running``, its first steps
+        submitted or about to be); :meth:`wait_pipeline` waits for its end.
+
+        Args:
+            spec: a :class:`Pipeline`, or the spec as the API takes it:
+                ``{"name": "physics", "steps": {"generate": {"job_type": "generate",
+                "params": {...}}, ...}}``.
+
+        Raises:
+            ValidationError: a fault in the spec, found before anything runs (an unknown
+                step, a cycle, an output a step type does not make, a param of the wrong
+                type); ``field`` names its path (``steps.train.params.dataset_uri``, or
+                ``steps`` for a cycle).
+        """
+        _, data = self._transport.request("POST", "/pipelines", body=_pipeline_spec(spec))
+        return PipelineRun.from_dict(_object(data, "POST /pipelines"))
+
+    def get_pipeline(self, pipeline_id: PipelineRef) -> PipelineRun:
+        """The run now: each step's state, job, outputs and gate verdict, and its
+        :attr:`~PipelineRun.events`.
+
+        Raises:
+            NotFoundError: there is no such run.
+        """
+        path = f"/pipelines/{_quote(_pipeline_id(pipeline_id))}"
+        _, data = self._transport.request("GET", path)
+        return PipelineRun.from_dict(_object(data, f"GET {path}"))
+
+    def list_pipelines(self) -> List[PipelineRun]:
+        """Every pipeline run, newest first (without their events)."""
+        _, data = self._transport.request("GET", "/pipelines")
+        items = _object(data, "GET /pipelines").get("pipelines")
+        if not isinstance(items, list):
+            return []
+        return [PipelineRun.from_dict(r) for r in items if isinstance(r, Mapping)]
+
+    def cancel_pipeline(self, pipeline_id: PipelineRef) -> PipelineRun:
+        """Cancels a run and answers it, ``cancelling`` (or already ``cancelled``): its
+        running steps' jobs are cancelled, its pending steps never start. It ends
+        ``cancelled`` once they have stopped (:meth:`wait_pipeline`).
+
+        Raises:
+            ConflictError: the run has already ended.
+            NotFoundError: there is no such run.
+        """
+        path = f"/pipelines/{_quote(_pipeline_id(pipeline_id))}/cancel"
+        _, data = self._transport.request("POST", path, body={})
+        return PipelineRun.from_dict(_object(data, f"POST {path}"))
+
+    def rerun_pipeline(
+        self,
+        pipeline_id: PipelineRef,
+        from_step: Optional[Union[str, StepRef, PipelineStep]] = None,
+        spec: Optional[Union[Pipeline, Mapping[str, Any]]] = None,
+    ) -> PipelineRun:
+        """Reruns an ended run as a new one, and answers it as started.
+
+        Each step whose work is unchanged (its job type, its params with their references
+        resolved, its job options) reuses the old run's job, output and all: its
+        :attr:`~PipelineStep.reused_from` names the run that first did the work. The others
+        run again.
+
+        Args:
+            pipeline_id: the run to rerun.
+            from_step: run this step and every step after it again, unchanged or not.
+            spec: the pipeline as fixed (a :class:`Pipeline` or a spec); by default the old
+                run's own.
+
+        Raises:
+            ConflictError: the run has not ended yet (cancel it, or wait for it).
+            ValidationError: a fault in ``spec``, or ``from_step`` is no step of it
+                (``field`` is ``from``).
+            NotFoundError: there is no such run.
+        """
+        path = f"/pipelines/{_quote(_pipeline_id(pipeline_id))}/rerun"
+        body: Dict[str, Any] = {}
+        if from_step is not None:
+            body["from"] = _step_name(from_step)
+        if spec is not None:
+            body["spec"] = _pipeline_spec(spec)
+        _, data = self._transport.request("POST", path, body=body)
+        return PipelineRun.from_dict(_object(data, f"POST {path}"))
+
+    def wait_pipeline(
+        self,
+        pipeline_id: PipelineRef,
+        timeout: Optional[float] = None,
+        poll_interval: float = 1.0,
+    ) -> PipelineRun:
+        """Polls the run until it has ended (succeeded, failed or cancelled) and answers it,
+        with its events.
+
+        A failed or cancelled run is answered, not raised: look at ``run.status``,
+        ``run.failed_step`` and ``run.error``. Polls start 0.1 s apart and slow down to
+        ``poll_interval``. A deploy step ends once its replica is ready; its job serves on.
+
+        Raises:
+            WaitTimeoutError: still running after ``timeout`` seconds (a
+                :class:`TimeoutError`); the message names the steps still running. The run
+                goes on; the error's ``job_id`` is the run's id and its ``job`` the run as
+                last seen.
+        """
+        pid = _pipeline_id(pipeline_id)
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.1, poll_interval)
+        while True:
+            run = self.get_pipeline(pid)
+            if run.is_finished:
+                return run
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"pipeline run {pid} is still {run.status} after {timeout:g} s: "
+                        f"{_pipeline_state(run)}",
+                        job_id=pid,
+                        job=run,
+                    )
+                time.sleep(min(delay, left))
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
     # ---------------------------------------------------------------- cluster
 
     def workers(self) -> List[Worker]:
@@ -950,6 +1111,44 @@ def _job_id(job: JobRef) -> str:
     if isinstance(job, str) and job:
         return job
     raise TypeError(f"expected a Job or a job id such as 'job-42', not {job!r}")
+
+
+def _pipeline_id(run: PipelineRef) -> str:
+    if isinstance(run, PipelineRun):
+        return run.pipeline_id
+    if isinstance(run, str) and run:
+        return run
+    raise TypeError(f"expected a PipelineRun or a run id such as 'pl-3', not {run!r}")
+
+
+def _pipeline_spec(spec: Union[Pipeline, Mapping[str, Any]]) -> Dict[str, Any]:
+    if isinstance(spec, Pipeline):
+        return spec.spec()
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise TypeError(
+        f"expected a Pipeline or a spec such as {{'name': 'physics', 'steps': {{...}}}}, "
+        f"not {spec!r}"
+    )
+
+
+def _pipeline_state(run: PipelineRun) -> str:
+    """What an unfinished run is doing, for people: its running steps with their jobs, and
+    the steps still waiting."""
+    running = [s for s in run.steps if s.status == StepStatus.RUNNING]
+    pending = [s.name for s in run.steps if s.status == StepStatus.PENDING]
+    parts = []
+    if running:
+        parts.append(
+            "running "
+            + ", ".join(f"{s.name} ({s.job_id})" if s.job_id else s.name for s in running)
+        )
+    if pending:
+        parts.append("waiting " + ", ".join(pending))
+    text = "; ".join(parts) or "no step is running"
+    if any(s.job_type == JobType.DEPLOY for s in running):
+        text += " (a deploy step ends once its replica is ready)"
+    return text
 
 
 def _endpoint_name(endpoint: EndpointRef) -> str:
@@ -1053,6 +1252,127 @@ def _json_or_none(text: str) -> Any:
 def _given(**params: Any) -> Dict[str, Any]:
     """The params that were given: ``None`` means "the server's default"."""
     return {k: (dict(v) if k == "options" else v) for k, v in params.items() if v is not None}
+
+
+# Each job type's params as the API takes them, built alike for a job (the submit helpers
+# above) and for a pipeline step (:class:`~nexa_forge.Pipeline`, where a value may also be a
+# ``${step.output}`` reference).
+
+
+def _generate_params(
+    *,
+    domain: Any,
+    num_samples: Any,
+    seed: Any,
+    task: Any,
+    classes: Any,
+    noise: Any,
+    options: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    return _given(
+        domain=domain,
+        num_samples=num_samples,
+        seed=seed,
+        task=task,
+        classes=classes,
+        noise=noise,
+        options=options,
+    )
+
+
+def _audit_params(
+    *,
+    dataset_uri: Any,
+    label_column: Any,
+    expected_sha256: Any,
+    options: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    return _given(
+        dataset_uri=dataset_uri,
+        label_column=label_column,
+        expected_sha256=expected_sha256,
+        options=options,
+    )
+
+
+def _distill_params(
+    *,
+    teacher_model: Any,
+    student_model: Any,
+    dataset_uri: Any,
+    temperature: Any,
+    epochs: Any,
+    alpha: Any,
+    hyperparameters: Optional[Mapping[str, Any]],
+    prompt_template: Any,
+    options: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    return _given(
+        teacher_model=teacher_model,
+        student_model=student_model,
+        dataset_uri=dataset_uri,
+        temperature=temperature,
+        alpha=alpha,
+        epochs=epochs,
+        hyperparameters=dict(hyperparameters) if hyperparameters is not None else None,
+        prompt_template=prompt_template,
+        options=options,
+    )
+
+
+def _train_params(
+    *,
+    model_id: Any,
+    dataset_uri: Any,
+    epochs: Any,
+    hyperparameters: Optional[Mapping[str, Any]],
+    options: Optional[Mapping[str, Any]],
+    more_hyperparameters: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """``hyperparameters`` and the extra keywords merged, the keywords winning."""
+    hp: Dict[str, Any] = dict(hyperparameters or {})
+    hp.update(more_hyperparameters)
+    return _given(
+        model_id=model_id,
+        dataset_uri=dataset_uri,
+        epochs=epochs,
+        hyperparameters=hp or None,
+        options=options,
+    )
+
+
+def _evaluate_params(
+    *,
+    model_id: Any,
+    dataset_uri: Any,
+    metrics: Optional[Union[str, Sequence[str]]],
+    split: Any,
+    suite: Any,
+    options: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    return _given(
+        model_id=model_id,
+        dataset_uri=dataset_uri,
+        split=split,
+        suite=suite,
+        metrics=list(metrics) if metrics is not None else None,
+        options=options,
+    )
+
+
+def _deploy_params(
+    *,
+    model_id: Any,
+    target: Any,
+    replicas: Any,
+    region: Any,
+    options: Optional[Mapping[str, Any]],
+) -> Dict[str, Any]:
+    return _given(
+        model_id=model_id, target=target, region=region, replicas=replicas, options=options
+    )
 
 
 def _whole_if_integral(x: float) -> Union[int, float]:

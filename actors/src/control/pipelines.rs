@@ -468,7 +468,18 @@ async fn advance(
                     Err(e) => return Err(e),
                 }
             }
+            // A deploy step has done its work once its replica is ready: its job serves on.
+            let serving = matches!(job.spec.params, JobParams::Deploy(_))
+                && job.state == JobState::Running
+                && jobs.serving(job_id);
             match job.state {
+                _ if serving => {
+                    let output = step_output(&job, jobs).await?;
+                    let s = run.steps.get_mut(name).expect("listed above");
+                    s.state = StepState::Succeeded;
+                    s.output = Some(output);
+                    run.event(format!("step {name} serves ({job_id} is ready)"));
+                }
                 JobState::Succeeded => {
                     let output = step_output(&job, jobs).await?;
                     let s = run.steps.get_mut(name).expect("listed above");
@@ -566,12 +577,23 @@ async fn advance(
                         continue;
                     }
                 };
-                // The same work done by the run this one reruns: reuse it.
+                // The same work done by the run this one reruns: reuse it (a deployment only
+                // while it still serves).
                 let reuse = previous.filter(|_| !forced.contains(name)).and_then(|p| {
                     p.steps.get(name).filter(|s| {
                         s.state == StepState::Succeeded && s.key.as_deref() == Some(key.as_str())
                     })
                 });
+                let reuse = match reuse {
+                    Some(old) if matches!(job_spec.params, JobParams::Deploy(_)) => {
+                        let job = match old.job {
+                            Some(j) => Some(jobs.get(j).await?),
+                            None => None,
+                        };
+                        job.filter(|j| j.state == JobState::Running).map(|_| old)
+                    }
+                    other => other,
+                };
                 if let Some(old) = reuse {
                     let from = old.reused_from.or(previous.map(|p| p.id));
                     let s = run.steps.get_mut(name).expect("listed above");
@@ -656,14 +678,21 @@ async fn step_output(job: &nexa_runtime::Job, jobs: &Jobs) -> Result<StepOutput,
         }
         _ => None,
     };
+    let result = match &job.spec.params {
+        // A deployment's result is where it serves.
+        JobParams::Deploy(p) => Some(serde_json::json!({
+            "endpoint": crate::endpoint_name(&p.model_id, &p.target),
+        })),
+        _ => output
+            .result_json
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok()),
+    };
     Ok(StepOutput {
         job_id: job.id.to_string(),
         artifacts: output.artifacts,
         metrics: output.metrics,
         model,
-        result: output
-            .result_json
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok()),
+        result,
     })
 }

@@ -814,3 +814,309 @@ def test_an_audit_shows_its_verdict_and_findings(page, nexa):
     findings = page.text("#job-findings")
     assert "repeat an earlier row" in findings and "the same class" in findings, findings
     page.screenshot("audit-verdict")
+
+
+# Pipelines: a DAG of job and gate steps (POST /api/pipelines), its runs listed and drawn.
+
+PIPELINE = {"name": "dash-physics", "steps": {
+    "generate": {"job_type": "generate", "params": {"domain": "physics", "num_samples": 400, "seed": 5}},
+    "audit": {"job_type": "audit", "params": {"dataset_uri": "${generate.artifacts.dataset}"}},
+    "enough_rows": {"gate": {"on": "audit", "min_rows": 100}},
+    "train": {"job_type": "train", "needs": ["enough_rows"], "params": {
+        "model_id": "dash-pl", "dataset_uri": "${generate.artifacts.dataset}", "epochs": 1}},
+    "evaluate": {"job_type": "evaluate", "params": {
+        "model_id": "${train.model}", "dataset_uri": "${generate.artifacts.dataset}"}},
+    # One epoch on 400 rows is nowhere near this: the gate stops the run.
+    "accurate": {"gate": {"on": "evaluate", "min_metrics": {"accuracy": 0.999}}},
+}}
+# Each step's column: 1 + the deepest step it needs.
+PIPELINE_DEPTHS = {"generate": 0, "audit": 1, "enough_rows": 2, "train": 3, "evaluate": 4, "accurate": 5}
+OVERFLOW = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+def _pipeline_ended(node, run_id, timeout=120):
+    """The run once it has ended, polled through the API."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, run = node.request("GET", f"api/pipelines/{run_id}")
+        assert status == 200, f"GET /api/pipelines/{run_id}: {status} {run}"
+        if run["status"] in ("succeeded", "failed", "cancelled"):
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"{run_id} is still {run['status']} after {timeout} s: {run}\n" + node.output())
+        time.sleep(0.2)
+
+
+def _step_statuses(page):
+    return page.js("return Object.fromEntries([...document.querySelectorAll('#pipeline-dag .step')]"
+                   ".map(e => [e.dataset.step, e.dataset.status]))")
+
+
+# Boxes that overlap one another, and edges that cross a box (sampled every 3px along each
+# path, its ends excepted): the drawing must leave every box's text readable.
+DAG_CLASHES = """
+    var dag = document.querySelector('#pipeline-dag .dag');
+    var boxes = [...dag.querySelectorAll('.step')].map(e => ({name: e.dataset.step,
+        l: e.offsetLeft, t: e.offsetTop, r: e.offsetLeft + e.offsetWidth, b: e.offsetTop + e.offsetHeight}));
+    var clashes = [];
+    boxes.forEach((a, i) => boxes.slice(i + 1).forEach(b => {
+        if (a.l < b.r && b.l < a.r && a.t < b.b && b.t < a.b) clashes.push('boxes ' + a.name + ' and ' + b.name);
+    }));
+    dag.querySelectorAll('svg path').forEach(p => {
+        var len = p.getTotalLength();
+        for (var s = 3; s < len - 3; s += 3) {
+            var pt = p.getPointAtLength(s);
+            boxes.forEach(b => {
+                if (pt.x > b.l + 1 && pt.x < b.r - 1 && pt.y > b.t + 1 && pt.y < b.b - 1)
+                    clashes.push('edge ' + p.dataset.from + '->' + p.dataset.to + ' crosses ' + b.name);
+            });
+        }
+    });
+    return [...new Set(clashes)];
+"""
+
+
+@pytest.fixture(scope="module")
+def failed_pipeline(builtin):
+    """PIPELINE run to its end on the built-in stages: it fails at its last gate."""
+    status, run = builtin.request("POST", "api/pipelines", PIPELINE)
+    assert status == 201, f"POST /api/pipelines: expected 201 with the run, got {status}: {run}"
+    assert re.fullmatch(r"pl-\d+", run["pipeline_id"]), run
+    run = _pipeline_ended(builtin, run["pipeline_id"])
+    assert run["status"] == "failed" and run["failed_step"] == "accurate", run
+    return run
+
+
+def test_pipelines_view_says_when_no_pipeline_has_run(page, nexa):
+    page.open()
+    page.driver.find_element(By.ID, "nav-pipelines").click()
+    page.wait("the pipelines URL", lambda: page.js("return location.hash") == "#/pipelines")
+    page.wait("the empty-state message", lambda: page.driver.find_element(By.ID, "pipelines-empty").is_displayed())
+    assert "No pipeline runs yet" in page.text("#pipelines-empty")
+    assert page.js("return document.querySelectorAll('#pipelines-body tr').length") == 0
+    assert page.js("return document.getElementById('nav-pipelines').getAttribute('aria-current')") == "page"
+    assert page.js("return document.title") == "Pipelines · Nexa Forge"
+    assert page.js("return document.getElementById('pipelines-error').hidden"), page.text("#pipelines-error")
+    page.screenshot("pipelines-empty")
+
+
+def test_a_pipeline_run_is_listed_and_drawn_as_a_graph(browser, builtin, failed_pipeline):
+    page = Page(browser, builtin, "pipeline")
+    browser.set_window_size(1280, 1000)
+    run = failed_pipeline
+    run_id = run["pipeline_id"]
+    steps = {s["name"]: s for s in run["steps"]}
+    assert list(steps) == list(PIPELINE_DEPTHS), f"the steps in DAG order: {list(steps)}"
+    edges = sorted((need, s["name"]) for s in run["steps"] for need in s["needs"])
+    assert len(edges) == 7, edges  # train and evaluate also need generate (their references)
+
+    # The list: the run, its status, how far it got, where it failed.
+    page.open("#/pipelines")
+    row = f'#pipelines-table tr[data-pipeline-id="{run_id}"]'
+    page.wait("the run's row", lambda: page.text(row) is not None)
+    assert page.text(row + " .status").strip() == "failed"
+    assert page.text(row + ' td[data-label="Name"]').strip() == "dash-physics"
+    assert page.text(row + " .steps").strip() == "5 of 6"
+    assert "accurate" in page.text(row + " .failed-step") and "accuracy" in page.text(row + " .failed-step")
+    assert page.text(row + " .rerun-of").strip() == "—"
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')", row + " td.id a") \
+        == f"#/pipelines/{run_id}"
+    assert not page.driver.find_element(By.ID, "pipelines-empty").is_displayed()
+    page.screenshot("pipelines")
+
+    # A click on the row opens the run.
+    page.driver.find_element(By.CSS_SELECTOR, row + ' td[data-label="Name"]').click()
+    page.wait("the run's URL", lambda: page.js("return location.hash") == f"#/pipelines/{run_id}")
+    page.wait("every step's box", lambda: len(_step_statuses(page)) == len(steps))
+    assert page.js("return document.title") == f"{run_id} · Pipelines · Nexa Forge"
+    assert page.js("return document.getElementById('nav-pipelines').getAttribute('aria-current')") == "page"
+    assert page.text("#pipeline-status").strip() == "failed"
+    assert _step_statuses(page) == {name: s["status"] for name, s in steps.items()}
+    assert _step_statuses(page) == {**{name: "succeeded" for name in steps}, "accurate": "failed"}
+    box = '#pipeline-dag .step[data-step="{}"]'.format
+    depths = page.js("return Object.fromEntries([...document.querySelectorAll('#pipeline-dag .step')]"
+                     ".map(e => [e.dataset.step, +e.dataset.depth]))")
+    assert depths == PIPELINE_DEPTHS, depths
+    # Columns left to right by depth, each box right of every step it needs.
+    lefts = page.js("return Object.fromEntries([...document.querySelectorAll('#pipeline-dag .step')]"
+                    ".map(e => [e.dataset.step, [e.offsetLeft, e.offsetLeft + e.offsetWidth]]))")
+    for need, name in edges:
+        assert lefts[need][1] < lefts[name][0], f"{need} is left of {name}: {lefts}"
+
+    # Each job step links its job; the gates say what they checked and what they found.
+    for name, s in steps.items():
+        if s["kind"] == "job":
+            assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                           box(name) + " a[href^='#/jobs/']") == f"#/jobs/{s['job_id']}", name
+            assert (page.text(box(name) + " .type") or "").strip() == s["job_type"]
+        else:
+            assert (page.text(box(name) + " .type") or "").strip() == "gate"
+            assert page.js("return document.querySelectorAll(arguments[0]).length", box(name) + " a[href^='#/jobs/']") == 0
+    assert "passed" in page.text(box("enough_rows") + " .verdict")
+    assert "rows ≥ 100" in page.text(box("enough_rows") + " .checks")
+    reasons = steps["accurate"]["gate"]["reasons"]
+    assert reasons and page.js("return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)",
+                               box("accurate") + " .verdict li") == reasons
+    assert "accuracy ≥ 0.999" in page.text(box("accurate") + " .checks")
+    # The train step's model and the generated dataset's URI.
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   box("train") + " .model a") == "#/models/dash-pl?version=1"
+    dataset = steps["generate"]["outputs"]["artifacts"]["dataset"]
+    assert page.text(box("generate") + ' [data-artifact="dataset"] .uri') == dataset
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   box("generate") + ' [data-artifact="dataset"] a.download') \
+        == f"api/artifacts/{dataset.rsplit('/', 1)[1]}/content"
+    # Nothing after the failed gate: it is the last column, and no edge leaves it.
+    assert max(depths.values()) == depths["accurate"]
+    assert page.js("return document.querySelectorAll('#pipeline-dag svg path[data-from=\"accurate\"]').length") == 0
+
+    # The edges: one path per need, from it to the step that needs it; none crosses a box.
+    drawn = page.js("return [...document.querySelectorAll('#pipeline-dag svg path')].map(p => [p.dataset.from, p.dataset.to])")
+    assert sorted(map(tuple, drawn)) == edges, drawn
+    assert page.js("return document.querySelectorAll('#pipeline-dag svg path').length") == len(edges)
+    assert page.js("return [...document.querySelectorAll('#pipeline-dag svg path')].every(p => p.getTotalLength() > 20)")
+    assert page.js(DAG_CLASHES) == []
+    assert page.js("var s = document.getElementById('pipeline-dag'); return s.scrollWidth <= s.clientWidth + 1"), \
+        "six columns fit a 1280px window"
+
+    # The run: its error, its events; an ended run can be rerun, not cancelled.
+    assert page.text("#pipeline-run-error") == run["error"]
+    page.wait("the events", lambda: "step accurate failed" in (page.text("#pipeline-events") or ""))
+    assert f"step generate submitted as {steps['generate']['job_id']}" in page.text("#pipeline-events")
+    assert page.driver.find_element(By.ID, "pipeline-rerun-form").is_displayed()
+    assert not page.driver.find_element(By.ID, "pipeline-cancel").is_displayed()
+    assert page.js("return [...document.querySelectorAll('#pipeline-rerun-from option')].map(o => o.value)") \
+        == [""] + list(steps)
+    assert page.driver.find_element(By.ID, "pipeline-rerun-from").get_attribute("value") == ""
+    page.full_screenshot("pipeline-detail")
+
+    # A step's job links back to its run.
+    page.driver.find_element(By.CSS_SELECTOR, box("train") + " a[href^='#/jobs/']").click()
+    page.wait("the train job", lambda: (page.text("#job-title") or "").strip() == steps["train"]["job_id"])
+    page.wait("its run", lambda: (page.text("#job-pipeline") or "").strip() == f"{run_id} step train")
+    page.go(f"#/pipelines/{run_id}")
+    page.wait("the graph again", lambda: len(_step_statuses(page)) == len(steps))
+
+    # Narrow screens: the graph scrolls inside its own box; the page does not scroll sideways.
+    page.driver.set_window_size(420, 900)
+    page.wait("the graph at 420px", lambda: page.js(
+        "var s = document.getElementById('pipeline-dag'); return s.scrollWidth > s.clientWidth"))
+    assert page.js(OVERFLOW) <= 1, f"the run scrolls the page sideways by {page.js(OVERFLOW)}px at 420px"
+    assert page.js(DAG_CLASHES) == []
+    assert page.driver.find_element(By.ID, "pipeline-dag-hint").is_displayed()
+    page.screenshot("narrow-pipeline")
+    page.js("document.getElementById('pipeline-dag').scrollLeft = 10000")
+    page.screenshot("narrow-pipeline-scrolled")
+    page.go("#/pipelines")
+    page.wait("the list at 420px", lambda: page.text(row) is not None)
+    assert page.js(OVERFLOW) <= 1, f"the list scrolls the page sideways by {page.js(OVERFLOW)}px at 420px"
+    page.screenshot("narrow-pipelines")
+
+
+def test_a_pipeline_rerun_from_a_step_opens_the_new_run_which_reuses_the_steps_before(browser, builtin, failed_pipeline):
+    page = Page(browser, builtin, "pipeline-rerun")
+    browser.set_window_size(1280, 1000)
+    old = failed_pipeline
+    old_id = old["pipeline_id"]
+    new_id = f"pl-{int(old_id[3:]) + 1}"
+    old_steps = {s["name"]: s for s in old["steps"]}
+    page.open(f"#/pipelines/{old_id}")
+    page.wait("the rerun form", lambda: page.driver.find_element(By.ID, "pipeline-rerun-form").is_displayed())
+    Select(page.driver.find_element(By.ID, "pipeline-rerun-from")).select_by_value("train")
+    page.driver.find_element(By.ID, "pipeline-rerun").click()
+    page.wait("the new run's URL", lambda: page.js("return location.hash") == f"#/pipelines/{new_id}")
+    page.wait("the new run's title", lambda: (page.text("#pipeline-title") or "").strip() == new_id)
+    status, runs = builtin.request("GET", "api/pipelines")
+    assert status == 200 and runs["pipelines"][0]["pipeline_id"] == new_id, runs
+    assert runs["pipelines"][0]["rerun_of"] == old_id and runs["pipelines"][0]["from"] == "train", runs["pipelines"][0]
+
+    box = '#pipeline-dag .step[data-step="{}"]'.format
+    page.wait("generate reused", lambda: f"reused from {old_id}" in (page.text(box("generate")) or ""))
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   box("generate") + " .reused a") == f"#/pipelines/{old_id}"
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   box("generate") + " a[href^='#/jobs/']") == f"#/jobs/{old_steps['generate']['job_id']}"
+    new = _pipeline_ended(builtin, new_id)
+    assert new["status"] == "failed", new
+    new_steps = {s["name"]: s for s in new["steps"]}
+    assert new_steps["audit"]["reused_from"] == old_id and new_steps["train"]["reused_from"] is None, new_steps
+    # The page follows the run to its end: train ran again, as a new job.
+    page.wait("the new run to fail", lambda: (page.text("#pipeline-status") or "").strip() == "failed")
+    page.wait("the boxes at the end", lambda: _step_statuses(page) == {n: s["status"] for n, s in new_steps.items()})
+    assert page.js("return document.querySelector(arguments[0]).getAttribute('href')",
+                   box("train") + " a[href^='#/jobs/']") == f"#/jobs/{new_steps['train']['job_id']}"
+    assert new_steps["train"]["job_id"] != old_steps["train"]["job_id"]
+    assert "reused" not in page.text(box("train"))
+    assert f"{old_id} from step train" in page.text("#pipeline-state")
+    assert page.js(DAG_CLASHES) == []
+    page.full_screenshot("pipeline-rerun")
+    # The list says which run it reruns.
+    page.go("#/pipelines")
+    cell = f'#pipelines-table tr[data-pipeline-id="{new_id}"] .rerun-of'
+    page.wait("the rerun-of link", lambda: (page.text(cell) or "").strip() == f"{old_id} from train")
+
+
+def test_cancel_a_running_pipeline_from_its_page(page, nexa):
+    # The test handler's train job runs as long as its epochs: long enough to cancel.
+    status, run = nexa.request("POST", "api/pipelines", {"name": "dash-cancel", "steps": {
+        "long": {"job_type": "train", "params": {**TRAIN["params"], "epochs": 100}},
+        "after": {"job_type": "train", "needs": ["long"], "params": TRAIN["params"]}}})
+    assert status == 201, run
+    run_id = run["pipeline_id"]
+    page.open(f"#/pipelines/{run_id}")
+    box = '#pipeline-dag .step[data-step="{}"]'.format
+    page.wait("the long step to run", lambda: page.js(
+        "var e = document.querySelector(arguments[0]); return e && e.dataset.status", box("long")) == "running")
+    assert page.js("return document.querySelector(arguments[0]).dataset.status", box("after")) == "pending"
+    assert not page.driver.find_element(By.ID, "pipeline-rerun-form").is_displayed()
+    page.screenshot("pipeline-running")
+    page.driver.find_element(By.ID, "pipeline-cancel").click()
+    page.wait("the confirmation", lambda: page.driver.switch_to.alert).accept()
+    page.wait("the run to be cancelled", lambda: (page.text("#pipeline-status") or "").strip() == "cancelled")
+    page.wait("both steps cancelled", lambda: _step_statuses(page) == {"long": "cancelled", "after": "cancelled"})
+    assert "its pipeline run was cancelled" in page.text(box("after") + " .why")
+    assert "was cancelled" in page.text(box("long") + " .why")
+    assert not page.driver.find_element(By.ID, "pipeline-cancel").is_displayed()
+    page.wait("the rerun form", lambda: page.driver.find_element(By.ID, "pipeline-rerun-form").is_displayed())
+    assert page.js("return document.getElementById('pipeline-action-error').hidden"), page.text("#pipeline-action-error")
+    page.screenshot("pipeline-cancelled")
+
+
+def test_a_read_only_token_cannot_cancel_or_rerun_a_pipeline(browser):
+    secured = Nexa(with_token=True)
+    page = None
+    try:
+        out = subprocess.run([str(_binary()), "token", "create", "--data", str(Path(secured.data.name) / "var"),
+                              "--name", "dashboard-reader", "--read-only"], capture_output=True, text=True, timeout=WAIT)
+        assert out.returncode == 0, out.stdout + out.stderr
+        reader = [line.strip() for line in out.stdout.splitlines() if line.strip()][-1]
+        status, run = secured.request("POST", "api/pipelines", {"name": "dash-read-only", "steps": {
+            "long": {"job_type": "train", "params": {**TRAIN["params"], "epochs": 100}}}})
+        assert status == 201, run
+        run_id = run["pipeline_id"]
+        page = Page(browser, secured, "pipeline-read-only")
+        browser.set_window_size(1280, 1000)
+        page.open()
+        page.js("localStorage.setItem('nexa-forge.api-token', arguments[0])", reader)
+        page.open(f"#/pipelines/{run_id}")
+        page.driver.refresh()
+        button = page.wait("the cancel button", lambda: page.driver.find_element(By.ID, "pipeline-cancel").is_displayed()
+                           and page.driver.find_element(By.ID, "pipeline-cancel"))
+        button.click()
+        page.wait("the confirmation", lambda: page.driver.switch_to.alert).accept()
+        page.wait("the refusal", lambda: "may only read (403)" in (page.text("#pipeline-action-error") or ""))
+        assert page.driver.find_element(By.ID, "pipeline-action-error").is_displayed()
+        time.sleep(2)  # a poll or two later, the message stays
+        assert "may only read (403)" in page.text("#pipeline-action-error")
+        assert (page.text("#pipeline-status") or "").strip() == "running"
+        status, body = secured.request("POST", f"api/pipelines/{run_id}/cancel")
+        assert status == 200, body
+        page.wait("the rerun form", lambda: page.driver.find_element(By.ID, "pipeline-rerun-form").is_displayed())
+        page.driver.find_element(By.ID, "pipeline-rerun").click()
+        page.wait("the rerun's refusal", lambda: "may only read (403)" in (page.text("#pipeline-action-error") or ""))
+        assert page.js("return location.hash") == f"#/pipelines/{run_id}"
+        page.screenshot("pipeline-read-only")
+    finally:
+        if page is not None:
+            page.js("localStorage.removeItem('nexa-forge.api-token')")
+        secured.stop()
