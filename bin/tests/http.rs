@@ -1488,3 +1488,211 @@ fn a_deployed_model_answers_at_its_stable_url_in_both_protocols_until_undeployed
     let (status, gone) = call("DELETE", &endpoint_url, None, Some(&user));
     assert_eq!(status, 404, "{gone}");
 }
+
+/// Waits for a pipeline run to end; returns it.
+fn run_final(node: &Node, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, run) = get(node, &format!("/api/pipelines/{id}"));
+        if ["succeeded", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or("")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{id} never ended: {run:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Each step's (status, job) by name.
+fn step_states(run: &Value) -> BTreeMap<String, (String, Option<String>)> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                (
+                    s["status"].as_str().unwrap().to_owned(),
+                    s["job_id"].as_str().map(str::to_owned),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_example_pipeline_runs_from_the_cli_deploys_its_student_and_reruns_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&["up"], dir.path());
+    let api = format!("{}/api", node.base);
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/pipelines/physics.toml"
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new(NEXA)
+            .args(args)
+            .args(["--api", &api])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["pipeline", "run", example, "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("pl-1 (physics): succeeded"), "{out}");
+    assert!(err.contains("student_ok: succeeded"), "{err}");
+    let (_, first) = get(&node, "/api/pipelines/pl-1");
+    let steps = step_states(&first);
+    assert!(
+        steps.values().all(|(status, _)| status == "succeeded"),
+        "{first:#}"
+    );
+    // The gates passed on real numbers: the data is clean and its split does not leak, the
+    // student is within 5 points of its teacher.
+    let gate = |name: &str| {
+        first["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["gate"]
+            .clone()
+    };
+    assert_eq!(gate("data_ok")["passed"], true);
+    assert_eq!(gate("student_ok")["passed"], true);
+    let (ok, status, _) = cli(&["pipeline", "status", "pl-1"]);
+    assert!(ok && status.contains("physics-student:1"), "{status}");
+
+    // The deploy step's student answers at its endpoint until undeployed.
+    let (ok, answer, err) = cli(&["predict", "physics", "--rows", "[[1.0, 2.0, 3.0]]"]);
+    assert!(ok, "{answer}{err}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["predictions"].as_array().map(Vec::len), Some(1));
+    let (ok, undeployed, err) = cli(&["undeploy", "physics"]);
+    assert!(ok, "{undeployed}{err}");
+
+    // A rerun from the student: the steps before it keep their jobs, the rest run again.
+    let (ok, out, err) = cli(&["pipeline", "rerun", "pl-1", "--from", "student", "--wait"]);
+    assert!(ok, "{out}\n{err}");
+    let (_, second) = get(&node, "/api/pipelines/pl-2");
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    assert_eq!(second["rerun_of"], "pl-1");
+    let again = step_states(&second);
+    for step in ["generate", "audit", "teacher", "evaluate_teacher"] {
+        assert_eq!(again[step].1, steps[step].1, "{step} was not reused");
+    }
+    for step in ["student", "evaluate_student", "deploy"] {
+        assert!(again[step].1.is_some(), "{step}: {second:#}");
+        assert_ne!(again[step].1, steps[step].1, "{step} was reused");
+    }
+    let (ok, _, _) = cli(&["undeploy", "physics"]);
+    assert!(ok);
+}
+
+#[test]
+fn pipelines_are_checked_first_stopped_by_gates_and_contamination_and_cancelled_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Two of the three test rows are copies of train rows.
+    let leaky = data.join("leaky.csv");
+    std::fs::write(
+        &leaky,
+        "x,y,label,split\n1,2,0,train\n3,4,1,train\n5,6,0,train\n7,8,1,validation\n1,2,0,test\n3,4,1,test\n9,9,0,test\n",
+    )
+    .unwrap();
+    let var = dir.path().join("var");
+    std::fs::create_dir(&var).unwrap();
+    let node = start(&["up", "--data-root", &data.display().to_string()], &var);
+    let submit = |spec: Value| post(&node, "/api/pipelines", spec);
+
+    // Faults are refused before anything runs, named by their path.
+    let (status, err) = submit(json!({"name": "cycle", "steps": {
+        "a": {"job_type": "audit", "params": {"dataset_uri": "/d.csv"}, "needs": ["b"]},
+        "b": {"job_type": "audit", "params": {"dataset_uri": "/d.csv"}, "needs": ["a"]},
+    }}));
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "steps");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a → b → a form a cycle"),
+        "{err}"
+    );
+    let (status, err) = submit(json!({"name": "bad", "steps": {
+        "g": {"job_type": "generate", "params": {"domain": "physics", "num_samples": 100}},
+        "t": {"job_type": "train", "params": {"model_id": "m", "dataset_uri": "${g.artifacts.model}"}},
+    }}));
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "steps.t.params.dataset_uri");
+    assert_eq!(get(&node, "/api/pipelines").1["pipelines"], json!([]));
+    assert_eq!(get(&node, "/api/jobs").1["jobs"], json!([]));
+
+    // An audit gate stops what follows, with its reasons; a contaminated split is caught.
+    let (status, run) = submit(json!({"name": "leaky", "steps": {
+        "audit": {"job_type": "audit", "params": {"dataset_uri": leaky.display().to_string()}},
+        "no_leak": {"gate": {"on": "audit", "no_overlap": true, "min_rows": 1000}},
+        "train": {"job_type": "train", "needs": ["no_leak"],
+                  "params": {"model_id": "leaky", "dataset_uri": leaky.display().to_string()}},
+    }}));
+    assert_eq!(status, 201, "{run}");
+    let run = run_final(&node, run["pipeline_id"].as_str().unwrap());
+    assert_eq!(
+        (&run["status"], &run["failed_step"]),
+        (&json!("failed"), &json!("no_leak")),
+        "{run:#}"
+    );
+    let steps = run["steps"].as_array().unwrap();
+    let reasons = &steps[1]["gate"]["reasons"];
+    assert_eq!(
+        reasons,
+        &json!([
+            "7 rows; at least 1000 wanted",
+            "the evaluation data overlaps the training data: 2 of 3 test rows and 0 of 1 \
+             validation rows are also train rows",
+        ]),
+        "{run:#}"
+    );
+    assert_eq!(
+        (&steps[2]["status"], &steps[2]["job_id"]),
+        (&json!("skipped"), &Value::Null)
+    );
+
+    // Cancelling a run cancels its running step and every step not started.
+    let (status, run) = submit(json!({"name": "long", "steps": {
+        "generate": {"job_type": "generate", "params": {"domain": "physics", "num_samples": 2000}},
+        "train": {"job_type": "train", "params": {"model_id": "long",
+                  "dataset_uri": "${generate.artifacts.dataset}", "epochs": 10000}},
+        "evaluate": {"job_type": "evaluate", "params": {"model_id": "${train.model}",
+                     "dataset_uri": "${generate.artifacts.dataset}"}},
+    }}));
+    assert_eq!(status, 201, "{run}");
+    let id = run["pipeline_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let train_job = loop {
+        let (_, run) = get(&node, &format!("/api/pipelines/{id}"));
+        if let (status, Some(job)) = &step_states(&run)["train"]
+            && status == "running"
+        {
+            break job.clone();
+        }
+        assert!(Instant::now() < deadline, "{run:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (status, cancelling) = post(&node, &format!("/api/pipelines/{id}/cancel"), json!({}));
+    assert_eq!(status, 200, "{cancelling}");
+    let run = run_final(&node, &id);
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    let steps = step_states(&run);
+    assert_eq!(steps["generate"].0, "succeeded");
+    assert_eq!(steps["train"].0, "cancelled");
+    assert_eq!(steps["evaluate"], ("cancelled".to_owned(), None));
+    assert_eq!(wait_final(&node, &train_job)["status"], "cancelled");
+    let (status, _) = post(&node, &format!("/api/pipelines/{id}/cancel"), json!({}));
+    assert_eq!(status, 409);
+}

@@ -6,9 +6,16 @@ the builder's spec, offline."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Dict, Optional, Union
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the example is TOML; Python before 3.11 reads it with the tomli package
+    import tomli as tomllib
 
 from conftest import wait_for
 from nexa_forge import (
@@ -42,6 +49,27 @@ MARGIN = 0.25
 
 def finished(client: NexaForgeClient, run: PipelineRun, timeout: float = 300) -> PipelineRun:
     return client.wait_pipeline(run, timeout=timeout, poll_interval=0.25)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipelines" / "physics.toml"
+
+
+def test_the_example_pipeline_runs_end_to_end_and_deploys_its_student(
+    builtin_client: NexaForgeClient,
+) -> None:
+    client = builtin_client
+    with EXAMPLE.open("rb") as f:
+        spec = tomllib.load(f)
+    run = finished(client, client.run_pipeline(spec))
+    try:
+        assert run.status == PipelineStatus.SUCCEEDED, describe(run)
+        assert [s.name for s in run.steps if s.kind == "gate"] == ["data_ok", "student_ok"]
+        assert all(s.gate is not None and s.gate.passed for s in run.steps if s.kind == "gate")
+        # The student serves under the deploy step's target.
+        answer = client.predict("physics", [[1.0, 2.0, 3.0]])
+        assert len(answer["predictions"]) == 1
+    finally:
+        client.undeploy("physics")
 
 
 def outputs(run: PipelineRun, step: Union[str, StepRef]) -> StepOutputs:

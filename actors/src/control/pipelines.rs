@@ -637,7 +637,7 @@ async fn advance(
             RunState::Succeeded
         };
         run.finished_at = Some(now());
-        run.event(format!("{}", run.state.as_str()));
+        run.event(run.state.as_str());
     }
     Ok(())
 }
