@@ -742,6 +742,15 @@ impl ControlPlane {
         self.pipelines.get(id).await
     }
 
+    /// The pipeline run and step that made `job`: its idempotency key names them
+    /// (`pipeline:pl-N/STEP`) and that step's job is this one.
+    pub async fn made_by_pipeline(&self, job: &Job) -> Option<(String, String)> {
+        let key = job.spec.idempotency_key.as_deref()?;
+        let (run, step) = key.strip_prefix("pipeline:pl-")?.split_once('/')?;
+        let run = self.pipelines.get(run.parse().ok()?).await.ok()?;
+        (run.steps.get(step)?.job == Some(job.id)).then(|| (run.name(), step.to_owned()))
+    }
+
     /// Every pipeline run, newest first.
     pub async fn pipelines(&self) -> Vec<PipelineRun> {
         self.pipelines.list().await

@@ -704,6 +704,56 @@ async fn a_train_job_killed_with_its_worker_resumes_on_another_from_its_checkpoi
     assert_eq!(output.artifacts[MODEL_ARTIFACT], straight);
 }
 
+/// A server killed with SIGKILL while a pipeline's first step runs: once it is back, the run
+/// carries on from where it was — the running step's job is the same job, run once, and the
+/// step after it starts when it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_run_carries_on_after_its_server_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let ledger = dir.path().join("ledger");
+    let handler = format!(
+        r#"echo "start $NEXA_JOB_ID" >> {l}; sleep 3; echo "end $NEXA_JOB_ID" >> {l}"#,
+        l = ledger.display()
+    );
+    let (mut server, port, _w) = server_and_worker(&data, dir.path(), &handler);
+    let train = |model: &str| serde_json::json!({"job_type": "train", "params": {"model_id": model, "dataset_uri": "/d.csv"}});
+    let mut second = train("second");
+    second["needs"] = serde_json::json!(["first"]);
+    let spec = serde_json::json!({"name": "restart", "steps": {"first": train("first"), "second": second}});
+    let (status, run) = http("POST", &format!("{}/pipelines", server.api), Some(spec)).unwrap();
+    assert_eq!(status, 201, "{run}");
+    let started = |what: &str| {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .count()
+    };
+    eventually("the first step's job to start", async || {
+        (started("start") == 1).then_some(())
+    })
+    .await;
+    server.proc.sigkill();
+    let server = start_server(&data, port);
+    let run = eventually("the run to end", async || {
+        let (_, run) = http("GET", &format!("{}/pipelines/pl-1", server.api), None)?;
+        (run["status"] != "running").then_some(run)
+    })
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let jobs: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(jobs[0], jobs[1]);
+    // Each step's program ran once: the first was not submitted again after the restart.
+    assert_eq!((started("start"), started("end")), (2, 2));
+}
+
 /// Status and JSON body of an HTTP request to a `nexa server`.
 fn http(
     method: &str,

@@ -1566,6 +1566,27 @@ fn the_example_pipeline_runs_from_the_cli_deploys_its_student_and_reruns_only_wh
     assert_eq!(gate("student_ok")["passed"], true);
     let (ok, status, _) = cli(&["pipeline", "status", "pl-1"]);
     assert!(ok && status.contains("physics-student:1"), "{status}");
+    // Lineage: a step's job and the model version it made name the run and step.
+    let teacher_job = steps["teacher"].1.clone().unwrap();
+    let (_, job) = get(&node, &format!("/api/jobs/{teacher_job}"));
+    assert_eq!(
+        job["pipeline"],
+        json!({"pipeline_id": "pl-1", "step": "teacher"})
+    );
+    let (_, model) = get(&node, "/api/models/physics-student");
+    assert_eq!(
+        model["versions"][0]["pipeline"],
+        json!({"pipeline_id": "pl-1", "step": "student"})
+    );
+    // A job that only borrows a step's key is no step of the run.
+    let (status, forged) = post(
+        &node,
+        "/api/jobs",
+        json!({"job_type": "generate", "params": {"domain": "physics", "num_samples": 100},
+               "idempotency_key": "pipeline:pl-1/other"}),
+    );
+    assert_eq!(status, 201, "{forged}");
+    assert!(forged.get("pipeline").is_none(), "{forged}");
 
     // The deploy step's student answers at its endpoint until undeployed.
     let (ok, answer, err) = cli(&["predict", "physics", "--rows", "[[1.0, 2.0, 3.0]]"]);

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .timestamps import parse_time
 
@@ -373,6 +373,15 @@ class Job(_Raw):
     def succeeded(self) -> bool:
         """True when the job succeeded."""
         return self.status == JobStatus.SUCCEEDED
+
+    @property
+    def pipeline(self) -> Optional[Tuple[str, str]]:
+        """The pipeline run and step that made this job, as ``("pl-3", "train")``; ``None``
+        when no pipeline did."""
+        link = self.raw.get("pipeline")
+        if not isinstance(link, Mapping):
+            return None
+        return str(link.get("pipeline_id", "")), str(link.get("step", ""))
 
     @property
     def replica_job_ids(self) -> List[str]:

@@ -65,6 +65,10 @@ def test_the_example_pipeline_runs_end_to_end_and_deploys_its_student(
         assert run.status == PipelineStatus.SUCCEEDED, describe(run)
         assert [s.name for s in run.steps if s.kind == "gate"] == ["data_ok", "student_ok"]
         assert all(s.gate is not None and s.gate.passed for s in run.steps if s.kind == "gate")
+        # Each step's job names the run and step that made it.
+        teacher = run.step("teacher").job_id
+        assert teacher is not None
+        assert client.get_job(teacher).pipeline == (run.pipeline_id, "teacher")
         # The student serves under the deploy step's target.
         answer = client.predict("physics", [[1.0, 2.0, 3.0]])
         assert len(answer["predictions"]) == 1

@@ -301,10 +301,22 @@ pub(crate) struct JobBody {
     /// Every state change (only on `GET /api/jobs/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) events: Option<Vec<EventBody>>,
+    /// The pipeline run and step that made it, for a pipeline step's job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pipeline: Option<PipelineLinkBody>,
     /// A deploy of `replicas: N` is one deploy job per replica: all N of them, this one first
     /// (only on the answer to `POST /api/jobs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) replica_job_ids: Option<Vec<String>>,
+}
+
+/// The pipeline run and step that made a job or a model version.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PipelineLinkBody {
+    /// The run, like `pl-3`.
+    pub(crate) pipeline_id: String,
+    /// The step.
+    pub(crate) step: String,
 }
 
 /// What a job produced.
@@ -502,6 +514,7 @@ pub(crate) fn job_body(job: &Job, pending_reason: Option<String>, with_events: b
         attempts: job.attempts.iter().map(attempt_body).collect(),
         events: with_events.then(|| job.events.iter().map(event_body).collect()),
         replica_job_ids: None,
+        pipeline: None,
     }
 }
 

@@ -192,6 +192,9 @@ pub(crate) struct ModelVersionBody {
     dataset: Option<ArtifactBody>,
     /// The job that made that dataset.
     generated_by: Option<String>,
+    /// The pipeline run and step that made this version, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<super::api::PipelineLinkBody>,
 }
 
 /// A registered model.
@@ -221,6 +224,10 @@ async fn version_body(state: &State, v: &ModelVersion) -> ModelVersionBody {
         Some(Ok(digest)) => stat(state, digest).await.ok(),
         _ => None,
     };
+    let pipeline = match state.plane.get(v.job).await {
+        Ok(job) => super::jobs::pipeline_link(state, &job).await,
+        Err(_) => None,
+    };
     ModelVersionBody {
         name: v.name.clone(),
         version: v.version,
@@ -234,6 +241,7 @@ async fn version_body(state: &State, v: &ModelVersion) -> ModelVersionBody {
         evaluations: v.evaluations.iter().map(ToString::to_string).collect(),
         generated_by: dataset.as_ref().and_then(|d| d.job.map(|j| j.to_string())),
         dataset: dataset.as_ref().map(artifact_body),
+        pipeline,
     }
 }
 

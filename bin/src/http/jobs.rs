@@ -31,7 +31,15 @@ pub(crate) async fn show(state: &State, job: &Job, with_events: bool) -> JobBody
     } else {
         None
     };
-    api::job_body(job, reason, with_events)
+    let mut body = api::job_body(job, reason, with_events);
+    body.pipeline = pipeline_link(state, job).await;
+    body
+}
+
+/// The pipeline run and step that made `job`, if one did.
+pub(crate) async fn pipeline_link(state: &State, job: &Job) -> Option<api::PipelineLinkBody> {
+    let (pipeline_id, step) = state.plane.made_by_pipeline(job).await?;
+    Some(api::PipelineLinkBody { pipeline_id, step })
 }
 
 async fn load(state: &State, id: JobId) -> Result<Job, ApiError> {
