@@ -450,6 +450,35 @@ impl Jobs {
         blocking(&self.store, move |s| s.get(id)).await
     }
 
+    /// The deploy jobs not finished, newest first (see [`ControlPlane::deployments`]).
+    pub(crate) async fn deployments(&self) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for state in [
+            JobState::Waiting,
+            JobState::Queued,
+            JobState::Assigned,
+            JobState::Running,
+        ] {
+            let mut before = None;
+            loop {
+                let query = ListQuery {
+                    state: Some(state),
+                    job_type: Some(nexa_runtime::JobType::Deploy),
+                    before,
+                    limit: 1000,
+                };
+                let page = blocking(&self.store, move |s| s.list(query)).await?;
+                out.extend(page.jobs);
+                match page.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
+                }
+            }
+        }
+        out.sort_by_key(|j| std::cmp::Reverse(j.id));
+        Ok(out)
+    }
+
     /// Whether `job` is a deploy job whose replica is ready.
     pub(crate) fn serving(&self, job: JobId) -> bool {
         self.endpoints.ready(None).iter().any(|r| r.job == job)
@@ -978,31 +1007,7 @@ impl ControlPlane {
     /// The deploy jobs not finished (queued, placed or serving), newest first: every
     /// endpoint's replicas, ready or not.
     pub async fn deployments(&self) -> Result<Vec<Job>, StoreError> {
-        let mut out = Vec::new();
-        for state in [
-            JobState::Waiting,
-            JobState::Queued,
-            JobState::Assigned,
-            JobState::Running,
-        ] {
-            let mut before = None;
-            loop {
-                let query = ListQuery {
-                    state: Some(state),
-                    job_type: Some(nexa_runtime::JobType::Deploy),
-                    before,
-                    limit: 1000,
-                };
-                let page = self.list(query).await?;
-                out.extend(page.jobs);
-                match page.next_before {
-                    Some(b) => before = Some(b),
-                    None => break,
-                }
-            }
-        }
-        out.sort_by_key(|j| std::cmp::Reverse(j.id));
-        Ok(out)
+        self.jobs.deployments().await
     }
 
     /// Why the control plane cannot lease jobs any more (its scheduler failed); `None` while

@@ -1593,13 +1593,37 @@ fn the_example_pipeline_runs_from_the_cli_deploys_its_student_and_reruns_only_wh
     assert!(ok, "{answer}{err}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["predictions"].as_array().map(Vec::len), Some(1));
+    // A challenger must beat the student the endpoint serves, on the same data, to replace it.
+    let dataset = first["steps"][0]["outputs"]["artifacts"]["dataset"].clone();
+    let challenger = |margin: f64| {
+        json!({"name": "challenger", "steps": {
+            "train": {"job_type": "train",
+                      "params": {"model_id": "challenger", "dataset_uri": dataset, "epochs": 1}},
+            "evaluate": {"job_type": "evaluate",
+                         "params": {"model_id": "${train.model}", "dataset_uri": dataset}},
+            "beats_live": {"gate": {"on": "evaluate", "better_than_deployed":
+                           {"endpoint": "physics", "metric": "accuracy", "margin": margin}}},
+            "deploy": {"job_type": "deploy", "needs": ["beats_live"],
+                       "params": {"model_id": "${train.model}", "target": "physics"}},
+        }})
+    };
+    let (status, run) = post(&node, "/api/pipelines", challenger(0.5));
+    assert_eq!(status, 201, "{run}");
+    let run = run_final(&node, run["pipeline_id"].as_str().unwrap());
+    assert_eq!(run["failed_step"], "beats_live", "{run:#}");
+    let reason = run["steps"][2]["gate"]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("physics-student:1, which \"physics\" serves, has 0.9"),
+        "{reason}"
+    );
+    assert_eq!(run["steps"][3]["status"], "skipped");
     let (ok, undeployed, err) = cli(&["undeploy", "physics"]);
     assert!(ok, "{undeployed}{err}");
 
     // A rerun from the student: the steps before it keep their jobs, the rest run again.
     let (ok, out, err) = cli(&["pipeline", "rerun", "pl-1", "--from", "student", "--wait"]);
     assert!(ok, "{out}\n{err}");
-    let (_, second) = get(&node, "/api/pipelines/pl-2");
+    let (_, second) = get(&node, "/api/pipelines/pl-3");
     assert_eq!(second["status"], "succeeded", "{second:#}");
     assert_eq!(second["rerun_of"], "pl-1");
     let again = step_states(&second);

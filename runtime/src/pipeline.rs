@@ -94,7 +94,29 @@ pub struct GateSpec {
     /// Evaluate: at most `points` below another evaluate step's `metric`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub within: Option<WithinSpec>,
+    /// Evaluate: better than the version an endpoint serves now, on the same data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub better_than_deployed: Option<DeployedSpec>,
 }
+
+/// A metric better than the deployed version's by a margin, before a deploy replaces it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployedSpec {
+    /// The endpoint whose model is compared with: a deploy job's target, or a model's name.
+    pub endpoint: String,
+    /// The metric compared (`accuracy`).
+    pub metric: String,
+    /// How much better it must be, in the metric's units (0: at least as good).
+    #[serde(default)]
+    pub margin: f64,
+}
+
+/// The key of [`GateSpec::check`]'s results under which the control plane gives the
+/// evaluation of the version an endpoint serves (for `better_than_deployed`): absent when
+/// nothing is deployed there; without the metric when that version has no evaluation of the
+/// same data.
+pub const DEPLOYED: &str = "@deployed";
 
 /// A metric within a margin of another evaluation's (a student near its teacher).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -359,7 +381,7 @@ impl GateSpec {
     }
 
     fn eval_checks(&self) -> bool {
-        !self.min_metrics.is_empty() || self.within.is_some()
+        !self.min_metrics.is_empty() || self.within.is_some() || self.better_than_deployed.is_some()
     }
 
     fn check_values(&self, at: &str) -> Result<(), SpecError> {
@@ -368,7 +390,8 @@ impl GateSpec {
                 return Err(SpecError::new(
                     format!("{at}.gate"),
                     "a gate needs a check: max_missing, max_duplicates, min_rows, max_class_ratio or \
-                     no_overlap on an audit; min_metrics or within on an evaluation",
+                     no_overlap on an audit; min_metrics, within or better_than_deployed on an \
+                     evaluation",
                 ));
             }
             (true, true) => {
@@ -403,6 +426,14 @@ impl GateSpec {
                     "must be a finite number",
                 ));
             }
+        }
+        if let Some(d) = &self.better_than_deployed
+            && !d.margin.is_finite()
+        {
+            return Err(SpecError::new(
+                format!("{at}.gate.better_than_deployed.margin"),
+                "must be a finite number",
+            ));
         }
         if let Some(w) = &self.within
             && !(w.points >= 0.0 && w.points.is_finite())
@@ -521,6 +552,31 @@ impl GateSpec {
                 _ => failed.push(format!(
                     "{} is not in the results of both {:?} and {:?}",
                     w.metric, self.on, w.of
+                )),
+            }
+        }
+        if let Some(d) = &self.better_than_deployed
+            && let Some(deployed) = results.get(DEPLOYED)
+        {
+            let served = deployed.model.as_deref().unwrap_or("the deployed model");
+            match (on.metrics.get(&d.metric), deployed.metrics.get(&d.metric)) {
+                (Some(ours), Some(theirs)) if *ours >= theirs + d.margin => {}
+                (Some(ours), Some(theirs)) => failed.push(format!(
+                    "{} is {ours:.4}; {served}, which {:?} serves, has {theirs:.4}, and {} \
+                     better is wanted",
+                    d.metric,
+                    d.endpoint,
+                    if d.margin > 0.0 {
+                        format!("{} or more", d.margin)
+                    } else {
+                        "at least as good".to_owned()
+                    }
+                )),
+                (None, _) => failed.push(format!("{:?} has no metric {:?}", self.on, d.metric)),
+                (Some(_), None) => failed.push(format!(
+                    "{served}, which {:?} serves, has no evaluation of {} on the same data; \
+                     evaluate it there first",
+                    d.endpoint, d.metric
                 )),
             }
         }

@@ -660,6 +660,7 @@ class Pipeline:
         no_overlap: bool = False,
         min_metrics: Optional[Mapping[str, float]] = None,
         within: Optional[Union[Tuple[StepLike, str, float], Mapping[str, Any]]] = None,
+        better_than_deployed: Optional[Mapping[str, Any]] = None,
         name: Optional[str] = None,
         needs: Optional[Union[StepLike, Sequence[StepLike]]] = None,
     ) -> StepRef:
@@ -674,7 +675,10 @@ class Pipeline:
         ``no_overlap`` (no validation or test row is also a train row). On an ``evaluate``
         step: ``min_metrics`` (``{"accuracy": 0.8}``: each at least that) and ``within``
         (``(other_evaluate_step, "accuracy", 0.05)``: at most 0.05 below the other step's
-        accuracy; or the API's ``{"of": ..., "metric": ..., "points": ...}``).
+        accuracy; or the API's ``{"of": ..., "metric": ..., "points": ...}``) and
+        ``better_than_deployed`` (``{"endpoint": "physics", "metric": "accuracy", "margin":
+        0.01}``: at least ``margin`` better than the version the endpoint serves, by its
+        evaluation on the same data; passes when nothing serves there).
         """
         check: Dict[str, Any] = {"on": _step_name(on)}
         for key, value in (
@@ -691,6 +695,8 @@ class Pipeline:
             check["min_metrics"] = dict(min_metrics)
         if within is not None:
             check["within"] = _within(within)
+        if better_than_deployed is not None:
+            check["better_than_deployed"] = dict(better_than_deployed)
         return self._add(name, "gate", {"gate": check}, needs)
 
     # ------------------------------------------------------------ internals

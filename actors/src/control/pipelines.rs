@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use nexa_runtime::pipeline::{GateSpec, PipelineSpec, Plan, StepKind, StepOutput, resolve};
+use nexa_runtime::pipeline::{
+    DEPLOYED, GateSpec, PipelineSpec, Plan, StepKind, StepOutput, resolve,
+};
 use nexa_runtime::{JobId, JobParams, JobState, SpecError, StoreError, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -544,6 +546,13 @@ async fn advance(
         match spec.kind(name) {
             Ok(StepKind::Gate) => {
                 let gate: GateSpec = spec.gate.clone().unwrap_or_default();
+                let mut outputs = outputs;
+                if let Some(d) = &gate.better_than_deployed
+                    && let Some(on) = outputs.get(&gate.on)
+                    && let Some(deployed) = deployed_evaluation(jobs, &d.endpoint, on).await?
+                {
+                    outputs.insert(DEPLOYED.to_owned(), deployed);
+                }
                 let reasons = gate.check(&outputs);
                 let passed = reasons.is_empty();
                 let s = run.steps.get_mut(name).expect("listed above");
@@ -695,4 +704,77 @@ async fn step_output(job: &nexa_runtime::Job, jobs: &Jobs) -> Result<StepOutput,
         model,
         result,
     })
+}
+
+/// The evaluation, on the data `ours` (an evaluate step's output) was evaluated on, of the
+/// model version that `endpoint` serves now: `None` when no replica of it serves; without
+/// metrics when that version has no such evaluation.
+async fn deployed_evaluation(
+    jobs: &Jobs,
+    endpoint: &str,
+    ours: &StepOutput,
+) -> Result<Option<StepOutput>, StoreError> {
+    let Ok(our_job) = ours.job_id.parse::<JobId>() else {
+        return Ok(None);
+    };
+    let JobParams::Evaluate(evaluated) = jobs.get(our_job).await?.spec.params else {
+        return Ok(None);
+    };
+    let serving = jobs.deployments().await?.into_iter().find(|j| {
+        matches!(&j.spec.params, JobParams::Deploy(p)
+            if crate::endpoint_name(&p.model_id, &p.target) == endpoint)
+            && j.state == JobState::Running
+            && jobs.serving(j.id)
+    });
+    let Some(deploy) = serving else {
+        return Ok(None);
+    };
+    let JobParams::Deploy(p) = &deploy.spec.params else {
+        return Ok(None);
+    };
+    let registry = jobs.registry().await?;
+    // The version it serves: the one named, or the latest when it started serving.
+    let version = if crate::artifacts::is_location(&p.model_id) {
+        registry
+            .models()
+            .flat_map(|(_, versions)| versions)
+            .find(|v| v.uri == p.model_id)
+    } else {
+        let reference: nexa_runtime::ModelRef = match p.model_id.parse() {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        match reference.version {
+            Some(_) => registry.resolve(&reference).ok(),
+            None => {
+                let since = deploy
+                    .live_attempt()
+                    .map_or(deploy.submitted_at, |a| a.leased_at);
+                registry
+                    .versions(&reference.name)
+                    .iter()
+                    .rev()
+                    .find(|v| v.created_at <= since)
+            }
+        }
+    };
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    let mut out = StepOutput {
+        job_id: deploy.id.to_string(),
+        model: Some(format!("{}:{}", version.name, version.version)),
+        ..StepOutput::default()
+    };
+    for id in version.evaluations.iter().rev() {
+        let job = jobs.get(*id).await?;
+        if let JobParams::Evaluate(theirs) = &job.spec.params
+            && theirs.dataset_uri == evaluated.dataset_uri
+            && theirs.split == evaluated.split
+        {
+            out.metrics = job.output.map(|o| o.metrics).unwrap_or_default();
+            break;
+        }
+    }
+    Ok(Some(out))
 }

@@ -369,3 +369,49 @@ fn a_contaminated_split_stops_the_overlap_gate() {
         ]
     );
 }
+
+#[test]
+fn a_model_must_beat_the_deployed_one_on_the_same_data() {
+    let gate = GateSpec {
+        on: "evaluate".into(),
+        better_than_deployed: Some(DeployedSpec {
+            endpoint: "physics".into(),
+            metric: "accuracy".into(),
+            margin: 0.01,
+        }),
+        ..GateSpec::default()
+    };
+    let eval = |acc: Option<f64>, model: &str| StepOutput {
+        metrics: acc
+            .map(|a| ("accuracy".to_owned(), a))
+            .into_iter()
+            .collect(),
+        model: Some(model.into()),
+        ..StepOutput::default()
+    };
+    let ours = ("evaluate".to_owned(), eval(Some(0.90), "student:2"));
+    let with = |deployed: Option<StepOutput>| {
+        let mut results: BTreeMap<String, StepOutput> = [ours.clone()].into();
+        if let Some(d) = deployed {
+            results.insert(DEPLOYED.to_owned(), d);
+        }
+        gate.check(&results)
+    };
+    // Nothing deployed yet: a first deployment passes.
+    assert!(with(None).is_empty());
+    assert!(with(Some(eval(Some(0.85), "student:1"))).is_empty());
+    assert_eq!(
+        with(Some(eval(Some(0.895), "student:1"))),
+        [
+            "accuracy is 0.9000; student:1, which \"physics\" serves, has 0.8950, and 0.01 or \
+          more better is wanted"
+        ]
+    );
+    assert_eq!(
+        with(Some(eval(None, "student:1"))),
+        [
+            "student:1, which \"physics\" serves, has no evaluation of accuracy on the same data; \
+          evaluate it there first"
+        ]
+    );
+}
