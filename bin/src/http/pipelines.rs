@@ -194,10 +194,13 @@ impl From<PipelineError> for ApiError {
     }
 }
 
-/// `pl-3` as 3, or a clear refusal.
+/// `pl-3` (or `3`) as 3, or a clear refusal.
 fn run_id(text: &str) -> Result<u64, ApiError> {
-    text.strip_prefix("pl-")
-        .and_then(|n| n.parse().ok())
+    let number = text.strip_prefix("pl-").unwrap_or(text);
+    number
+        .parse()
+        .ok()
+        .filter(|_| number.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {
             ApiError::bad_request(format!("{text:?} is not a pipeline run id (like pl-3)"))
         })
