@@ -54,6 +54,9 @@ pub use lifecycle::{
     builtin_stages_with, endpoint_name,
 };
 pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
+/// Sets the threads the built-in stages' CPU kernels may use (see
+/// [`nexa_compute::set_threads`]); the results do not depend on it.
+pub use nexa_compute::set_threads as set_cpu_threads;
 pub use stage::{
     BoxFuture, LogSink, Progress, Serving, Stage, StageContext, StageError, StageRegistry,
 };

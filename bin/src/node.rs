@@ -143,6 +143,9 @@ async fn start_control_plane(
 
 /// The built-in stages, then the handlers given, which take precedence.
 fn stages(offer: &OfferArgs) -> StageRegistry {
+    if let Some(threads) = offer.threads {
+        nexa_actors::set_cpu_threads(threads as usize);
+    }
     let interval = Duration::try_from_secs_f64(offer.checkpoint_interval)
         .unwrap_or(nexa_actors::CHECKPOINT_INTERVAL);
     let mut stages = builtin_stages_serving(interval, offer.serve_host.clone());

@@ -413,6 +413,10 @@ pub(crate) struct OfferArgs {
     /// reach (default 127.0.0.1: a worker on the control plane's machine).
     #[arg(long, value_name = "HOST")]
     pub(crate) serve_host: Option<String>,
+    /// Threads the built-in stages' CPU kernels may use (default: every core). Any number
+    /// gives the same results, bit for bit.
+    #[arg(long, env = "NEXA_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -101,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     preset,
                     epochs,
                     batch,
-                    "cuda",
+                    torch::On::Cuda,
                     warm_up.len(),
                 )?;
                 println!(

@@ -60,7 +60,8 @@ def main():
     )
     a = p.parse_args()
 
-    torch.set_num_threads(a.threads)
+    if a.threads > 0:  # 0: PyTorch's own default
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     device = torch.device(a.device)
     x, y, classes = load(a.data)

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ComputeError;
 
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, set_threads, threads};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaTensor};
 

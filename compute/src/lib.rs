@@ -35,8 +35,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! What it deliberately does not do: no threads of its own (the CPU backend is
-//! single-threaded and therefore bit-reproducible), no async, no downloads, no model
+//! What it deliberately does not do: nothing whose result depends on the number of threads
+//! (the CPU backend splits large products and elementwise steps between threads only where
+//! each value is still computed by one thread in one order), no async, no downloads, no model
 //! architectures beyond the MLP, no mixed precision.
 //!
 //! ## Backends and devices
@@ -45,7 +46,8 @@
 //! inference (matrix products, bias and activation, the losses with their gradients,
 //! AdamW), on matrices that live on the backend's device.
 //!
-//! - [`CpuBackend`] is always there: ndarray, one thread, bit-reproducible. It is the
+//! - [`CpuBackend`] is always there: ndarray, on [`threads`] threads ([`set_threads`],
+//!   `NEXA_THREADS`; default every core), bit-reproducible whatever their number. It is the
 //!   reference every other backend is tested against.
 //! - `CudaBackend` and its `CudaTensor`, with the cargo feature **`cuda`** (off by default):
 //!   matrix products by cuBLAS, everything else by kernels compiled with NVRTC when the
@@ -139,7 +141,7 @@ pub use audit::{
     SplitOverlap, TypeCounts, Verdict, audit, audit_file, audit_with, open_regular, report_metrics,
 };
 
-pub use backend::{Activation, AdamWStep, Backend, CpuBackend};
+pub use backend::{Activation, AdamWStep, Backend, CpuBackend, set_threads, threads};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTensor};
 pub use checkpoint::{Checkpoint, CheckpointDir};

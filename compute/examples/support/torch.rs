@@ -30,18 +30,32 @@ pub(crate) fn export(data: &Dataset, dir: &Path) -> Result<PathBuf, Box<dyn std:
     Ok(path)
 }
 
-/// PyTorch eager's training samples per second for `preset` on the exported dataset, on
-/// `device` (`cpu`, one thread, or `cuda`), after an untimed epoch of a throw-away model on
-/// the first `warm_up_rows` rows (none when 0).
+/// Where PyTorch trains.
+#[derive(Clone, Copy, Debug)]
+#[allow(dead_code)] // each example uses one of them
+pub(crate) enum On {
+    /// The CPU, on this many threads (0: PyTorch's default).
+    Cpu(usize),
+    /// The GPU.
+    Cuda,
+}
+
+/// PyTorch eager's training samples per second for `preset` on the exported dataset, `on` the
+/// CPU or the GPU, after an untimed epoch of a throw-away model on the first `warm_up_rows`
+/// rows (none when 0).
 pub(crate) fn samples_per_sec(
     python: &str,
     exported: &Path,
     preset: Preset,
     epochs: u32,
     batch: usize,
-    device: &str,
+    on: On,
     warm_up_rows: usize,
 ) -> Result<f64, Box<dyn std::error::Error>> {
+    let (device, threads) = match on {
+        On::Cpu(threads) => ("cpu", threads),
+        On::Cuda => ("cuda", 1),
+    };
     // Beside this source when run from the build tree; under the working folder when the
     // example was built elsewhere and carried to the GPU machine (`scripts/gpu-check.sh`).
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/torch_mlp.py");
@@ -57,7 +71,7 @@ pub(crate) fn samples_per_sec(
         .args(["--hidden", &hidden.join(",")])
         .args(["--epochs", &epochs.to_string()])
         .args(["--batch", &batch.to_string()])
-        .args(["--threads", "1"])
+        .args(["--threads", &threads.to_string()])
         .args(["--device", device])
         .args(["--warm-up-rows", &warm_up_rows.to_string()])
         .output()

@@ -1,8 +1,16 @@
-//! The ndarray backend: the reference implementation, deterministic and single-threaded
-//! (matrix products by `matrixmultiply`, no BLAS), so the same inputs give the same bits on
-//! every run.
+//! The ndarray backend: the reference implementation, deterministic (matrix products by
+//! `matrixmultiply`, no BLAS), so the same inputs give the same bits on every run — and with
+//! any number of threads.
+//!
+//! A large matrix product is cut into bands of the output's rows, one thread each
+//! ([`set_threads`]). Each output element is still computed by one thread, over the whole
+//! inner dimension, in the same order as on one thread: the bits do not depend on the number
+//! of threads. Nothing else is split; no reduction's order ever depends on it.
 
-use ndarray::{Array2, Axis, Zip};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Slice, Zip};
 
 use super::{Activation, AdamWStep, Backend, check_labels, same_shape};
 use crate::ComputeError;
@@ -10,6 +18,129 @@ use crate::ComputeError;
 /// The CPU backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+/// The threads matrix products may use; 0 until [`set_threads`] says.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Products with fewer multiply-adds than this run on one thread: below it, starting a thread
+/// costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 23;
+
+/// Rows of the output each thread gets at least.
+const BAND_ROWS: usize = 16;
+
+/// Sets the threads the CPU backend's matrix products may use (at least 1; at most the cores,
+/// or this number if it was larger when the first product ran on several). The results are the
+/// same bits whatever the number.
+pub fn set_threads(threads: usize) {
+    THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// The threads the CPU backend's matrix products use: as [`set_threads`] said, else
+/// `NEXA_THREADS`, else every core.
+pub fn threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => {
+            let from_env = std::env::var("NEXA_THREADS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|n| *n > 0);
+            let n = from_env.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            THREADS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
+/// The helpers large products run on besides the calling thread, made at the first product
+/// that uses them: one fewer than the cores (or than [`threads`], if more); `None` when it
+/// cannot be made (products then run on the calling thread alone).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let helpers = cores.max(threads()).saturating_sub(1);
+        if helpers == 0 {
+            return None;
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(helpers)
+            .thread_name(|i| format!("nexa-cpu-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Elementwise work on fewer values than this stays on one thread.
+const PARALLEL_VALUES: usize = 1 << 16;
+
+/// Runs `f` on bands of `z`'s rows (each with the index of its first row), on the pool when
+/// `z` is large enough: as many values as [`PARALLEL_VALUES`], and as wide as a layer whose
+/// square product goes to the pool — waking helpers that sleep costs more than cheap work on
+/// narrow rows saves. For work where each value depends on its own row only, so the bits do
+/// not depend on the bands.
+fn in_bands(z: &mut Array2<f32>, f: impl Fn(usize, ArrayViewMut2<'_, f32>) + Sync) {
+    let (m, n) = z.dim();
+    let bands = threads().min(m / BAND_ROWS).max(1);
+    let pool = match pool() {
+        Some(p)
+            if bands > 1
+                && m.saturating_mul(n) >= PARALLEL_VALUES
+                && m.saturating_mul(n).saturating_mul(n) >= PARALLEL_WORK =>
+        {
+            p
+        }
+        _ => return f(0, z.view_mut()),
+    };
+    let bands = bands.min(pool.current_num_threads() + 1);
+    let rows = m.div_ceil(bands);
+    let f = &f;
+    pool.in_place_scope(|scope| {
+        let mut chunks = z.axis_chunks_iter_mut(Axis(0), rows).enumerate();
+        let first = chunks.next();
+        for (i, band) in chunks {
+            scope.spawn(move |_| f(i * rows, band));
+        }
+        if let Some((_, band)) = first {
+            f(0, band);
+        }
+    });
+}
+
+/// `a · b`, in bands of rows on the pool when it is large enough.
+fn product(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Array2<f32> {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    let bands = threads().min(m / BAND_ROWS).max(1);
+    if bands == 1 || m.saturating_mul(k).saturating_mul(n) < PARALLEL_WORK {
+        return a.dot(&b);
+    }
+    let Some(pool) = pool() else {
+        return a.dot(&b);
+    };
+    let bands = bands.min(pool.current_num_threads() + 1);
+    let rows = m.div_ceil(bands);
+    let mut out = Array2::<f32>::zeros((m, n));
+    // The first band on this thread, the others on the helpers.
+    pool.in_place_scope(|scope| {
+        let mut chunks = out.axis_chunks_iter_mut(Axis(0), rows).enumerate();
+        let first = chunks.next();
+        for (i, mut band) in chunks {
+            let start = i * rows;
+            let part = a.slice_axis(Axis(0), Slice::from(start..start + band.nrows()));
+            let b = &b;
+            scope.spawn(move |_| ndarray::linalg::general_mat_mul(1.0, &part, b, 0.0, &mut band));
+        }
+        if let Some((_, mut band)) = first {
+            let part = a.slice_axis(Axis(0), Slice::from(0..band.nrows()));
+            ndarray::linalg::general_mat_mul(1.0, &part, &b, 0.0, &mut band);
+        }
+    });
+    out
+}
 
 fn softmax_rows(logits: &Array2<f32>, temperature: f32) -> Array2<f32> {
     let mut out = logits.mapv(|v| v / temperature);
@@ -71,7 +202,7 @@ impl Backend for CpuBackend {
                 detail: format!("{}x{} · {}x{}", a.nrows(), a.ncols(), b.nrows(), b.ncols()),
             });
         }
-        Ok(a.dot(&b))
+        Ok(product(a, b))
     }
 
     fn bias_activation(
@@ -82,11 +213,13 @@ impl Backend for CpuBackend {
     ) -> Result<(), ComputeError> {
         same_shape("bias_activation", (1, z.ncols()), bias.dim())?;
         let bias = bias.row(0);
-        for mut row in z.rows_mut() {
-            Zip::from(&mut row)
-                .and(&bias)
-                .for_each(|v, &b| *v = activation.apply(*v + b));
-        }
+        in_bands(z, |_, mut band| {
+            for mut row in band.rows_mut() {
+                Zip::from(&mut row)
+                    .and(&bias)
+                    .for_each(|v, &b| *v = activation.apply(*v + b));
+            }
+        });
         Ok(())
     }
 
@@ -97,9 +230,12 @@ impl Backend for CpuBackend {
         activation: Activation,
     ) -> Result<(), ComputeError> {
         same_shape("activation_backward", grad.dim(), output.dim())?;
-        Zip::from(grad)
-            .and(output)
-            .for_each(|g, &y| *g *= activation.derivative_from_output(y));
+        in_bands(grad, |start, band| {
+            let rows = Slice::from(start..start + band.nrows());
+            Zip::from(band)
+                .and(output.slice_axis(Axis(0), rows))
+                .for_each(|g, &y| *g *= activation.derivative_from_output(y));
+        });
         Ok(())
     }
 
