@@ -744,24 +744,7 @@ fn references(
                 wants.insert(r.step.to_owned());
                 stand_ins.push(stand_in);
             }
-            // The whole value: the output's own type; else text.
-            if let [(0, end, _)] = found.as_slice()
-                && *end == text.len()
-            {
-                return Ok(stand_ins.swap_remove(0));
-            }
-            let mut out = String::new();
-            let mut last = 0;
-            for ((start, end, _), stand_in) in found.iter().zip(&stand_ins) {
-                out.push_str(&text[last..*start]);
-                match stand_in {
-                    Value::String(s) => out.push_str(s),
-                    other => out.push_str(&other.to_string()),
-                }
-                last = *end;
-            }
-            out.push_str(&text[last..]);
-            Ok(Value::String(out))
+            Ok(substitute(text, &found, stand_ins))
         }
         Value::Array(items) => items
             .iter()
@@ -781,6 +764,29 @@ fn references(
             .map(Value::Object),
         other => Ok(other.clone()),
     }
+}
+
+/// `text` with its references (`found`) replaced by `values`: a reference that is the whole
+/// text becomes its value, of its own type; others are written into the text.
+fn substitute(text: &str, found: &[(usize, usize, &str)], mut values: Vec<Value>) -> Value {
+    if let [(0, end, _)] = found
+        && *end == text.len()
+        && !values.is_empty()
+    {
+        return values.swap_remove(0);
+    }
+    let mut out = String::new();
+    let mut last = 0;
+    for ((start, end, _), value) in found.iter().zip(&values) {
+        out.push_str(&text[last..*start]);
+        match value {
+            Value::String(s) => out.push_str(s),
+            other => out.push_str(&other.to_string()),
+        }
+        last = *end;
+    }
+    out.push_str(&text[last..]);
+    Value::String(out)
 }
 
 /// `params` with every reference replaced by the output it names, from `outputs` (each
@@ -812,23 +818,7 @@ pub fn resolve(
                         v.ok_or_else(|| format!("step {:?} did not make ${{{inner}}}", r.step))?,
                     );
                 }
-                if let [(0, end, _)] = found.as_slice()
-                    && *end == text.len()
-                {
-                    return Ok(values.swap_remove(0));
-                }
-                let mut out = String::new();
-                let mut last = 0;
-                for ((start, end, _), v) in found.iter().zip(&values) {
-                    out.push_str(&text[last..*start]);
-                    match v {
-                        Value::String(s) => out.push_str(s),
-                        other => out.push_str(&other.to_string()),
-                    }
-                    last = *end;
-                }
-                out.push_str(&text[last..]);
-                Ok(Value::String(out))
+                Ok(substitute(text, &found, values))
             }
             Value::Array(items) => items
                 .iter()
