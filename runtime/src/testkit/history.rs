@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::panic::{self, AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Once;
@@ -370,8 +370,9 @@ struct Model {
     stored: BTreeMap<JobId, u64>,
     /// The jobs as read back after the previous operation.
     jobs: BTreeMap<JobId, Job>,
-    /// Set by an operation that must have changed no job.
-    unchanged: bool,
+    /// The jobs an operation may have changed, as far as the model knows (`None`: any);
+    /// every other job that existed before it must read back exactly as before.
+    may_touch: Option<BTreeSet<JobId>>,
 }
 
 /// What a submission should do.
@@ -426,7 +427,7 @@ impl Model {
             logs: BTreeMap::new(),
             stored: BTreeMap::new(),
             jobs: BTreeMap::new(),
-            unchanged: false,
+            may_touch: None,
         }
     }
 
@@ -581,7 +582,7 @@ impl Model {
     }
 
     fn apply<H: Harness>(&mut self, h: &mut H, store: H::Store, op: &Op) -> H::Store {
-        self.unchanged = false;
+        self.may_touch = None;
         let now = self.now;
         match op {
             Op::Submit(nj) => {
@@ -594,10 +595,12 @@ impl Model {
                         assert_eq!(s.state, state);
                         self.check_new_job(&store, s.id, state);
                         self.accept_new(s.id, spec, state);
+                        // A new job changes none of those it depends on.
+                        self.touch_nothing();
                     }
                     (Expect::Existing(id), Ok(s)) => {
                         assert_eq!((s.id, s.created, s.state), (id, false, self.job(id).state));
-                        self.unchanged = true;
+                        self.touch_nothing();
                     }
                     (
                         Expect::Conflict(id),
@@ -605,7 +608,7 @@ impl Model {
                     ) => {
                         assert_eq!(Some(&key), spec.idempotency_key.as_ref());
                         assert_eq!(existing, id);
-                        self.unchanged = true;
+                        self.touch_nothing();
                     }
                     (expect, result) => panic!("submit: expected {expect:?}, got {result:?}"),
                 }
@@ -635,7 +638,7 @@ impl Model {
                     matches!(&err, StoreError::InvalidSpec(e) if e.field == field),
                     "expected InvalidSpec({field}), got {err:?}"
                 );
-                self.unchanged = true;
+                self.touch_nothing();
             }
             Op::Register {
                 worker: w,
@@ -672,7 +675,7 @@ impl Model {
                         last_seen: now,
                     },
                 );
-                self.unchanged = true;
+                self.touch_nothing();
             }
             Op::WorkerHeartbeat(w) | Op::Drain(w) => {
                 let id = wid(*w);
@@ -696,7 +699,7 @@ impl Model {
                         assert_eq!(rec.last_seen, w.last_seen);
                     }
                 }
-                self.unchanged = true;
+                self.touch_nothing();
             }
             Op::RemoveWorker(w) => {
                 let id = wid(*w);
@@ -708,15 +711,14 @@ impl Model {
                     ),
                     Some(_) => result.expect("remove a known worker"),
                 }
-                self.unchanged = true;
+                self.touch_nothing();
             }
             Op::Lease { worker, free } => {
                 let request = self.lease_request(*worker, *free);
                 let queued = self.queued(&store);
                 let result = store.lease_next(request.clone(), self.now);
-                self.unchanged = self
-                    .check_lease(&store, &request, &queued, result)
-                    .is_none();
+                let leased = self.check_lease(&store, &request, &queued, result);
+                self.may_touch = Some(leased.into_iter().collect());
             }
             Op::LeaseMany(asks) => {
                 let requests: Vec<LeaseRequest> = asks
@@ -730,14 +732,14 @@ impl Model {
                 assert_eq!(answers.len(), requests.len(), "one answer per request");
                 // As if each request were a `lease_next` of its own, in turn: a job leased
                 // for one request is no longer queued for the next.
-                let mut leased = false;
+                let mut leased = BTreeSet::new();
                 for (request, answer) in requests.iter().zip(answers) {
                     if let Some(id) = self.check_lease(&store, request, &queued, answer) {
                         queued.retain(|j| j.id != id);
-                        leased = true;
+                        leased.insert(id);
                     }
                 }
-                self.unchanged = !leased;
+                self.may_touch = Some(leased);
             }
             Op::Start(t) => self.report(&store, *t, Report::Start),
             Op::Heartbeat(t, p) => self.report(&store, *t, Report::Heartbeat(*p)),
@@ -760,7 +762,7 @@ impl Model {
                     }),
                 };
                 self.now = Timestamp(self.now.0 + ms);
-                self.unchanged = true;
+                self.touch_nothing();
             }
             Op::Expire => self.expire(&store),
             Op::Restart => {
@@ -770,7 +772,7 @@ impl Model {
                 for (&(id, attempt), log) in &self.logs {
                     self.check_log(&store, id, attempt, log);
                 }
-                self.unchanged = true;
+                self.touch_nothing();
                 return store;
             }
         }
@@ -814,7 +816,7 @@ impl Model {
                 ok,
                 "expected Batch {{ index: {index} }} ({why}), got {err:?}"
             );
-            self.unchanged = true;
+            self.touch_nothing();
             return;
         }
         let out = result.expect("a valid batch");
@@ -945,9 +947,11 @@ impl Model {
 
     fn report(&mut self, store: &impl Store, t: Target, report: Report) {
         let Some(id) = self.pick(t.job) else {
-            self.unchanged = true;
+            self.touch_nothing();
             return;
         };
+        // The job, and the jobs waiting on it (its end starts or fails them).
+        self.may_touch = Some(self.with_dependents(id));
         let before = self.job(id).clone();
         let epoch = self.epoch_for(&before, t.epoch);
         let live = before.live_attempt().cloned();
@@ -973,7 +977,7 @@ impl Model {
                     "fail",
                 ),
             }
-            self.unchanged = true;
+            self.touch_nothing();
             return;
         }
         let live = live.expect("the live attempt");
@@ -993,7 +997,7 @@ impl Model {
                     assert_eq!(job.live_attempt().and_then(|a| a.started_at), Some(now));
                 } else {
                     illegal(r);
-                    self.unchanged = true;
+                    self.touch_nothing();
                 }
             }
             Report::Heartbeat(p) => {
@@ -1007,7 +1011,7 @@ impl Model {
                         ),
                         "{r:?}"
                     );
-                    self.unchanged = true;
+                    self.touch_nothing();
                     return;
                 }
                 let status = r.expect("heartbeat");
@@ -1085,7 +1089,7 @@ impl Model {
     }
 
     fn logs(&mut self, store: &impl Store, t: Target, from: u8, count: u8) {
-        self.unchanged = true;
+        self.touch_nothing();
         let Some(id) = self.pick(t.job) else {
             return;
         };
@@ -1173,9 +1177,10 @@ impl Model {
 
     fn cancel(&mut self, store: &impl Store, n: u8) {
         let Some(id) = self.pick(n) else {
-            self.unchanged = true;
+            self.touch_nothing();
             return;
         };
+        self.may_touch = Some(self.with_dependents(id));
         let before = self.job(id).clone();
         let reason = format!("cancel {n}");
         let result = store.cancel(id, reason.clone(), self.now);
@@ -1193,14 +1198,14 @@ impl Model {
             }
             JobState::Cancelling => {
                 assert_eq!(result.expect("cancel"), JobState::Cancelling);
-                self.unchanged = true;
+                self.touch_nothing();
             }
             JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
                 assert!(
                     matches!(&result, Err(StoreError::Transition(TransitionError::Illegal { job, .. })) if *job == id),
                     "{result:?}"
                 );
-                self.unchanged = true;
+                self.touch_nothing();
             }
         }
     }
@@ -1243,7 +1248,28 @@ impl Model {
             assert_eq!(e.state, job.state);
             self.check_failed(store, &before, &error, e.state);
         }
-        self.unchanged = got.is_empty();
+        let mut touched = BTreeSet::new();
+        for e in &got {
+            touched.extend(self.with_dependents(e.job));
+        }
+        self.may_touch = Some(touched);
+    }
+
+    /// The operation changed no job.
+    fn touch_nothing(&mut self) {
+        self.may_touch = Some(BTreeSet::new());
+    }
+
+    /// `id` and every job that depends on it, directly or not.
+    fn with_dependents(&self, id: JobId) -> BTreeSet<JobId> {
+        let mut out = BTreeSet::from([id]);
+        // Ids grow with submission and a job depends only on earlier ones: one pass in order.
+        for (job, spec) in &self.specs {
+            if spec.depends_on.iter().any(|d| out.contains(d)) {
+                out.insert(*job);
+            }
+        }
+        out
     }
 
     /// Reads the whole store back and checks it against the model and the job invariants.
@@ -1267,8 +1293,15 @@ impl Model {
         for job in jobs.values() {
             self.check_job(store, job, &jobs);
         }
-        if self.unchanged {
-            assert!(jobs == self.jobs, "the operation changed a job");
+        if let Some(may_touch) = &self.may_touch {
+            for (id, before) in &self.jobs {
+                if !may_touch.contains(id) {
+                    assert!(
+                        jobs.get(id) == Some(before),
+                        "the operation changed {id}, which it had no reason to touch"
+                    );
+                }
+            }
         }
 
         // Filtered lists agree with the full one.
