@@ -15,13 +15,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+mod support;
+
+use support::{NEXA, Proc, free_port, pid_alive};
+
 const TOKEN: &str = "chaos-join-token-0123456789";
 const WORKERS: usize = 4;
 
@@ -30,38 +33,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A process, killed when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 }
 
 struct Cluster {
@@ -130,11 +101,7 @@ impl Cluster {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent()
+    support::agent(Duration::from_secs(10))
 }
 
 /// Status and JSON body; `None` when the server could not be reached.
@@ -155,10 +122,6 @@ fn call(
         res.status().as_u16(),
         serde_json::from_str(&text).unwrap_or(Value::Null),
     ))
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 /// What the handlers wrote: `start JOB ATTEMPT PID` and `end JOB ATTEMPT`.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexa_actors::{ControlPlane, ControlPlaneConfig};
@@ -16,38 +16,9 @@ use nexa_runtime::*;
 use nexa_storage::RedbStore;
 
 const TOKEN: &str = "cluster-test-join-token";
-const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+mod support;
 
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Proc {
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    fn sigterm(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-}
+use support::{NEXA, Proc, pid_alive};
 
 async fn plane(dir: &Path, lease_ttl: Duration) -> ControlPlane {
     let mut config =
@@ -463,11 +434,7 @@ fn server_and_worker(data: &Path, dir: &Path, handler: &str) -> (ServerProc, u16
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::free_port(true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

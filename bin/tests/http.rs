@@ -4,24 +4,19 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+mod support;
 
-/// A `nexa` node process, killed when the test ends.
+use support::{NEXA, Proc};
+
+/// A `nexa` node process, killed when the test ends, and its HTTP address.
 struct Node {
-    child: Child,
+    child: Proc,
     base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `nexa <args>` and waits for its banner's HTTP address.
@@ -50,15 +45,14 @@ fn start(args: &[&str], data: &Path) -> Node {
     };
     // Keep draining stdout so the node never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    Node { child, base }
+    Node {
+        child: Proc(child),
+        base,
+    }
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(40)))
-        .build()
-        .new_agent()
+    support::agent(Duration::from_secs(40))
 }
 
 /// Status and JSON body (Null when empty or not JSON).

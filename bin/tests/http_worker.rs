@@ -3,22 +3,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const NEXA: &str = env!("CARGO_BIN_EXE_nexa");
+mod support;
 
-/// A process, killed when the test ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{NEXA, Proc};
 
 /// `nexa server` on loopback, its API on `http` (`127.0.0.1:0` for any port); its process
 /// and the API's base URL (`http://…/api`).
