@@ -47,7 +47,20 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    TypeVar,
+    Union,
+)
 
 from .artifacts import Artifact, Model, ModelSummary, ModelVersion, artifact_digest
 from .endpoints import Endpoint
@@ -625,26 +638,15 @@ class NexaForgeClient:
                 :class:`TimeoutError`); the job goes on, and the error holds it as last seen.
         """
         jid = _job_id(job_id)
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = min(0.1, poll_interval)
-        while True:
-            job = self.get_job(jid)
-            if job.is_finished:
-                return job
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeoutError(
-                        f"job {jid} is still {job.status} after {timeout:g} s",
-                        job_id=jid,
-                        job=job,
-                    )
-                time.sleep(min(delay, left))
-            else:
-                time.sleep(delay)
-            delay = min(delay * 2, poll_interval)
+        return _poll(
+            lambda: self.get_job(jid),
+            lambda job: job.is_finished,
+            lambda job: WaitTimeoutError(
+                f"job {jid} is still {job.status} after {timeout:g} s", job_id=jid, job=job
+            ),
+            timeout,
+            poll_interval,
+        )
 
     # ---------------------------------------------------------------- change
 
@@ -1063,27 +1065,18 @@ class NexaForgeClient:
                 last seen.
         """
         pid = _pipeline_id(pipeline_id)
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = min(0.1, poll_interval)
-        while True:
-            run = self.get_pipeline(pid)
-            if run.is_finished:
-                return run
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeoutError(
-                        f"pipeline run {pid} is still {run.status} after {timeout:g} s: "
-                        f"{_pipeline_state(run)}",
-                        job_id=pid,
-                        job=run,
-                    )
-                time.sleep(min(delay, left))
-            else:
-                time.sleep(delay)
-            delay = min(delay * 2, poll_interval)
+        return _poll(
+            lambda: self.get_pipeline(pid),
+            lambda run: run.is_finished,
+            lambda run: WaitTimeoutError(
+                f"pipeline run {pid} is still {run.status} after {timeout:g} s: "
+                f"{_pipeline_state(run)}",
+                job_id=pid,
+                job=run,
+            ),
+            timeout,
+            poll_interval,
+        )
 
     # ---------------------------------------------------------------- cluster
 
@@ -1149,6 +1142,37 @@ def _pipeline_state(run: PipelineRun) -> str:
     if any(s.job_type == JobType.DEPLOY for s in running):
         text += " (a deploy step ends once its replica is ready)"
     return text
+
+
+_T = TypeVar("_T")
+
+
+def _poll(
+    fetch: Callable[[], _T],
+    done: Callable[[_T], bool],
+    too_late: Callable[[_T], Exception],
+    timeout: Optional[float],
+    poll_interval: float,
+) -> _T:
+    """Fetches until ``done`` says so, 0.1 s apart at first and slowing down to
+    ``poll_interval``; raises ``too_late(last)`` after ``timeout`` seconds (``None``: no
+    limit)."""
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = min(0.1, poll_interval)
+    while True:
+        last = fetch()
+        if done(last):
+            return last
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise too_late(last)
+            time.sleep(min(delay, left))
+        else:
+            time.sleep(delay)
+        delay = min(delay * 2, poll_interval)
 
 
 def _endpoint_name(endpoint: EndpointRef) -> str:
