@@ -550,6 +550,11 @@ fn short_time(v: &Value) -> String {
 }
 
 /// A value of the API as the terminal shows it: strings bare, control characters escaped.
+/// The items of a JSON array; none for anything else.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => printable(s),
@@ -905,13 +910,7 @@ fn undeploy(args: &UndeployArgs) -> Result<ExitCode> {
     if args.client.json {
         println!("{answer:#}");
     } else {
-        let jobs: Vec<String> = answer["cancelled"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(text)
-            .collect();
+        let jobs: Vec<String> = items(&answer["cancelled"]).iter().map(text).collect();
         println!(
             "{} undeployed: cancelled {}",
             args.endpoint,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::{Api, FINISHED, encode, exit_for, printable, table, text};
+use super::{Api, FINISHED, encode, exit_for, items, printable, table, text};
 use crate::options::{PipelineCommand, PipelineIdArgs, PipelineRerunArgs, PipelineRunArgs};
 
 pub(super) fn run(cmd: PipelineCommand) -> Result<ExitCode> {
@@ -125,10 +125,7 @@ fn step_lines(run: &Value) -> Vec<String> {
 }
 
 fn steps(run: &Value) -> &[Value] {
-    run["steps"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    items(&run["steps"])
 }
 
 fn summary(run: &Value) {
@@ -174,13 +171,7 @@ fn status(args: &PipelineIdArgs) -> Result<ExitCode> {
                 if gate["passed"] == true {
                     detail.push(format!("passed on {}", text(&gate["on"])));
                 } else {
-                    let reasons: Vec<String> = gate["reasons"]
-                        .as_array()
-                        .map(Vec::as_slice)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(text)
-                        .collect();
+                    let reasons: Vec<String> = items(&gate["reasons"]).iter().map(text).collect();
                     detail.push(reasons.join("; "));
                 }
             } else if let Some(reason) = s["reason"].as_str() {
@@ -206,10 +197,7 @@ fn list(args: &crate::options::ClientArgs) -> Result<ExitCode> {
         println!("{answer:#}");
         return Ok(ExitCode::SUCCESS);
     }
-    let runs = answer["pipelines"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let runs = items(&answer["pipelines"]);
     if runs.is_empty() {
         println!("no pipeline runs (nexa pipeline run FILE)");
         return Ok(ExitCode::SUCCESS);

@@ -78,22 +78,23 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
 /// Elementwise work on fewer values than this stays on one thread.
 const PARALLEL_VALUES: usize = 1 << 16;
 
-/// Runs `f` on bands of `z`'s rows (each with the index of its first row), on the pool when
-/// `z` is large enough: as many values as [`PARALLEL_VALUES`], and as wide as a layer whose
-/// square product goes to the pool — waking helpers that sleep costs more than cheap work on
-/// narrow rows saves. For work where each value depends on its own row only, so the bits do
-/// not depend on the bands.
-fn in_bands(z: &mut Array2<f32>, f: impl Fn(usize, ArrayViewMut2<'_, f32>) + Sync) {
+/// Whether elementwise work on `z` goes to the pool: as many values as [`PARALLEL_VALUES`],
+/// and as wide as a layer whose square product goes to the pool — waking helpers that sleep
+/// costs more than cheap work on narrow rows saves.
+fn elementwise_in_parallel(z: &Array2<f32>) -> bool {
     let (m, n) = z.dim();
+    m.saturating_mul(n) >= PARALLEL_VALUES && m.saturating_mul(n).saturating_mul(n) >= PARALLEL_WORK
+}
+
+/// Runs `f` on bands of `z`'s rows (each with the index of its first row): with `parallel`,
+/// the first band on this thread and the others on the pool's helpers; else, or with one
+/// thread or no pool, all of `z` on this thread. For work where each value depends on its own
+/// row only, so the bits do not depend on the bands.
+fn in_bands(z: &mut Array2<f32>, parallel: bool, f: impl Fn(usize, ArrayViewMut2<'_, f32>) + Sync) {
+    let m = z.nrows();
     let bands = threads().min(m / BAND_ROWS).max(1);
     let pool = match pool() {
-        Some(p)
-            if bands > 1
-                && m.saturating_mul(n) >= PARALLEL_VALUES
-                && m.saturating_mul(n).saturating_mul(n) >= PARALLEL_WORK =>
-        {
-            p
-        }
+        Some(p) if parallel && bands > 1 => p,
         _ => return f(0, z.view_mut()),
     };
     let bands = bands.min(pool.current_num_threads() + 1);
@@ -111,33 +112,16 @@ fn in_bands(z: &mut Array2<f32>, f: impl Fn(usize, ArrayViewMut2<'_, f32>) + Syn
     });
 }
 
-/// `a · b`, in bands of rows on the pool when it is large enough.
+/// `a · b`, in bands of output rows on the pool when it is large enough.
 fn product(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> Array2<f32> {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    let bands = threads().min(m / BAND_ROWS).max(1);
-    if bands == 1 || m.saturating_mul(k).saturating_mul(n) < PARALLEL_WORK {
+    if m.saturating_mul(k).saturating_mul(n) < PARALLEL_WORK {
         return a.dot(&b);
     }
-    let Some(pool) = pool() else {
-        return a.dot(&b);
-    };
-    let bands = bands.min(pool.current_num_threads() + 1);
-    let rows = m.div_ceil(bands);
     let mut out = Array2::<f32>::zeros((m, n));
-    // The first band on this thread, the others on the helpers.
-    pool.in_place_scope(|scope| {
-        let mut chunks = out.axis_chunks_iter_mut(Axis(0), rows).enumerate();
-        let first = chunks.next();
-        for (i, mut band) in chunks {
-            let start = i * rows;
-            let part = a.slice_axis(Axis(0), Slice::from(start..start + band.nrows()));
-            let b = &b;
-            scope.spawn(move |_| ndarray::linalg::general_mat_mul(1.0, &part, b, 0.0, &mut band));
-        }
-        if let Some((_, mut band)) = first {
-            let part = a.slice_axis(Axis(0), Slice::from(0..band.nrows()));
-            ndarray::linalg::general_mat_mul(1.0, &part, &b, 0.0, &mut band);
-        }
+    in_bands(&mut out, true, |start, mut band| {
+        let part = a.slice_axis(Axis(0), Slice::from(start..start + band.nrows()));
+        ndarray::linalg::general_mat_mul(1.0, &part, &b, 0.0, &mut band);
     });
     out
 }
@@ -213,7 +197,7 @@ impl Backend for CpuBackend {
     ) -> Result<(), ComputeError> {
         same_shape("bias_activation", (1, z.ncols()), bias.dim())?;
         let bias = bias.row(0);
-        in_bands(z, |_, mut band| {
+        in_bands(z, elementwise_in_parallel(z), |_, mut band| {
             for mut row in band.rows_mut() {
                 Zip::from(&mut row)
                     .and(&bias)
@@ -230,7 +214,7 @@ impl Backend for CpuBackend {
         activation: Activation,
     ) -> Result<(), ComputeError> {
         same_shape("activation_backward", grad.dim(), output.dim())?;
-        in_bands(grad, |start, band| {
+        in_bands(grad, elementwise_in_parallel(grad), |start, band| {
             let rows = Slice::from(start..start + band.nrows());
             Zip::from(band)
                 .and(output.slice_axis(Axis(0), rows))
