@@ -44,8 +44,8 @@ pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs};
 pub use control::{
-    ControlPlane, ControlPlaneConfig, GateVerdict, PipelineError, PipelineRun, Replica, RunEvent,
-    RunState, StartError, StepRun, StepState,
+    ControlPlane, ControlPlaneConfig, FollowFrom, GateVerdict, LogEvent, PipelineError,
+    PipelineRun, PlaneError, Replica, RunEvent, RunState, StartError, StepRun, StepState,
 };
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,
@@ -58,7 +58,8 @@ pub use metrics::{DISPATCH_BUCKETS, Histogram, Metrics};
 /// [`nexa_compute::set_threads`]); the results do not depend on it.
 pub use nexa_compute::set_threads as set_cpu_threads;
 pub use stage::{
-    BoxFuture, LogSink, Progress, Serving, Stage, StageContext, StageError, StageRegistry,
+    BoxFuture, FnStage, LogSink, Progress, Serving, Stage, StageContext, StageError, StageRegistry,
+    stage_fn,
 };
 pub use worker::{RestartLimit, WorkerConfig, WorkerNode, local_gpus};
 

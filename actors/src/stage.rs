@@ -146,9 +146,56 @@ impl StageError {
 }
 
 /// Work a worker can do for a job type.
+///
+/// A type of one's own implements it; an async closure becomes one with [`stage_fn`] (or
+/// [`StageRegistry::register_fn`]).
 pub trait Stage: Send + Sync + 'static {
     /// Runs one attempt. It must return soon after `ctx.cancel` fires.
     fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>>;
+}
+
+/// A [`Stage`] made of an async closure (see [`stage_fn`]).
+#[derive(Clone)]
+pub struct FnStage<F>(F);
+
+impl<F> std::fmt::Debug for FnStage<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnStage")
+    }
+}
+
+/// The stage that runs `f` for each attempt.
+///
+/// ```
+/// use nexa_actors::{StageError, StageRegistry, stage_fn};
+/// use nexa_runtime::{JobOutput, JobType};
+///
+/// let mut stages = StageRegistry::new();
+/// stages.register(
+///     JobType::Evaluate,
+///     stage_fn(|ctx| async move {
+///         ctx.logs.line(format!("evaluating for {}", ctx.job));
+///         Ok::<_, StageError>(JobOutput::default())
+///     }),
+/// );
+/// assert_eq!(stages.job_types().collect::<Vec<_>>(), [JobType::Evaluate]);
+/// ```
+pub fn stage_fn<F, Fut>(f: F) -> FnStage<F>
+where
+    F: Fn(StageContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<JobOutput, StageError>> + Send + 'static,
+{
+    FnStage(f)
+}
+
+impl<F, Fut> Stage for FnStage<F>
+where
+    F: Fn(StageContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<JobOutput, StageError>> + Send + 'static,
+{
+    fn run(&self, ctx: StageContext) -> BoxFuture<Result<JobOutput, StageError>> {
+        Box::pin((self.0)(ctx))
+    }
 }
 
 /// The stages a worker offers, by job type.
@@ -173,6 +220,26 @@ impl StageRegistry {
     pub fn register(&mut self, job_type: JobType, stage: impl Stage) -> &mut Self {
         self.stages.insert(job_type, Arc::new(stage));
         self
+    }
+
+    /// Runs the async closure `f` for jobs of `job_type` (see [`stage_fn`]).
+    ///
+    /// ```
+    /// use nexa_actors::StageRegistry;
+    /// use nexa_runtime::{JobOutput, JobType};
+    ///
+    /// let mut stages = StageRegistry::new();
+    /// stages.register_fn(JobType::Train, |ctx| async move {
+    ///     ctx.progress.set(1.0);
+    ///     Ok(JobOutput::default())
+    /// });
+    /// ```
+    pub fn register_fn<F, Fut>(&mut self, job_type: JobType, f: F) -> &mut Self
+    where
+        F: Fn(StageContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<JobOutput, StageError>> + Send + 'static,
+    {
+        self.register(job_type, stage_fn(f))
     }
 
     /// The stage for `job_type`.

@@ -62,8 +62,34 @@ impl Default for RestartLimit {
     }
 }
 
-/// Settings of a worker node.
+/// Settings of a worker node, and the builder that starts one.
+///
+/// ```no_run
+/// # async fn demo(plane: &nexa_actors::ControlPlane) -> Result<(), Box<dyn std::error::Error>> {
+/// use nexa_actors::{StageRegistry, WorkerConfig};
+/// use nexa_runtime::{JobOutput, JobType, WorkerId};
+/// use nexa_transport::Trust;
+///
+/// let mut stages = StageRegistry::new();
+/// stages.register_fn(JobType::Train, |_ctx| async { Ok(JobOutput::default()) });
+/// let worker = WorkerConfig::new(
+///     plane.addr(),
+///     Trust::Fingerprint(plane.fingerprint()),
+///     "a-long-join-token",
+///     WorkerId::new("gpu-1")?,
+///     stages,
+///     "var/worker",
+/// )
+/// .slots(2)
+/// .label("zone", "eu-1")
+/// .start()
+/// .await?;
+/// worker.drain().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// The control plane's address.
     pub server: SocketAddr,
@@ -124,6 +150,47 @@ impl WorkerConfig {
             restart: RestartLimit::default(),
             cancel_grace: Duration::from_secs(10),
         }
+    }
+
+    /// Jobs run at once.
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// The GPUs offered (see [`local_gpus`]).
+    pub fn gpus(mut self, gpus: Vec<Gpu>) -> Self {
+        self.gpus = gpus;
+        self
+    }
+
+    /// A label jobs can ask for (`resources.labels`).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// A folder built-in stages may read local files from.
+    pub fn data_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_roots.push(dir.into());
+        self
+    }
+
+    /// Restarts of a crashing stage.
+    pub fn restart(mut self, limit: RestartLimit) -> Self {
+        self.restart = limit;
+        self
+    }
+
+    /// How long a cancelled stage may take to stop before it is aborted.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Connects to the control plane and starts taking work (see [`WorkerNode::start`]).
+    pub async fn start(self) -> Result<WorkerNode, ConnectError> {
+        WorkerNode::start(self).await
     }
 }
 

@@ -199,11 +199,20 @@ async fn a_lost_workers_job_runs_again_elsewhere_and_its_late_report_is_refused(
     };
     assert_eq!(err.class, FailureClass::WorkerLost);
     assert_eq!(job.attempts[1].worker.as_str(), "healthy");
-    // The lost worker's late completion is refused by its epoch.
+    // The lost worker's late completion, under its own lease's token, is refused by its
+    // epoch.
+    let held = Lease {
+        job: job.clone(),
+        attempt: 1,
+        epoch: first.epoch,
+        lease_expires_at: first.lease_expires_at,
+        deadline: first.deadline,
+    };
+    let token = c.plane.lease_token(&held);
     let late = c
         .plane
-        .store()
-        .complete(id, first.epoch, JobOutput::default(), now());
+        .complete(id, first.epoch, &token, JobOutput::default())
+        .await;
     assert!(late.unwrap_err().is_stale());
 }
 

@@ -44,6 +44,7 @@
 //! the submitters share one tokio runtime (a worker thread per CPU) and the machine's CPUs, so
 //! the CPU time the rest of the machine used meanwhile is printed beside the figures.
 
+use std::any::Any;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -61,9 +62,8 @@ use nexa_benches::{
     machine_cpu_time, process_cpu_time, sample_spec, thread_cpu_times, timed, worker_info,
 };
 use nexa_runtime::{
-    Epoch, Job, JobError, JobId, JobOutput, JobSpec, JobState, JobType, Lease, LeaseRequest,
-    LeaseStatus, ListQuery, LogAck, LogPage, LogQuery, MemStore, Page, PendingReason, Store,
-    StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WorkerInfo, WorkerRecord,
+    Engine, Job, JobId, JobOutput, JobState, JobType, Lease, LeaseRequest, ListQuery, MemStore,
+    ReadTables, Store, StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WriteOp,
 };
 use nexa_storage::RedbStore;
 use nexa_transport::Trust;
@@ -462,11 +462,11 @@ impl Stage for BlockingStage {
 enum Backend {
     /// `ControlPlane::start`: the redb store in the data folder, durable commits.
     Redb,
-    /// The same redb store opened here and wrapped in a [`Meter`].
+    /// The same redb store opened here, [`Metered`].
     MeteredRedb,
     /// The in-memory store: the system without a disk.
     Memory,
-    /// The in-memory store wrapped in a [`Meter`].
+    /// The in-memory store, [`Metered`].
     MeteredMemory,
 }
 
@@ -497,8 +497,12 @@ async fn start_plane(dir: &Path, backend: Backend) -> BenchResult<Plane> {
             let store_config = config.store.clone();
             let store =
                 tokio::task::spawn_blocking(move || RedbStore::open(path, store_config)).await??;
-            let meter = Arc::new(Meter::new(Arc::new(store)));
-            let plane = ControlPlane::start_with_store(config, meter.clone()).await?;
+            let meter = Arc::new(Meter::new());
+            let engine = Metered {
+                engine: store,
+                meter: meter.clone(),
+            };
+            let plane = ControlPlane::start_with_store(config, Arc::new(engine)).await?;
             (plane, Some(meter))
         }
         Backend::Memory => {
@@ -506,8 +510,12 @@ async fn start_plane(dir: &Path, backend: Backend) -> BenchResult<Plane> {
             (ControlPlane::start_with_store(config, store).await?, None)
         }
         Backend::MeteredMemory => {
-            let meter = Arc::new(Meter::new(Arc::new(MemStore::new(config.store.clone()))));
-            let plane = ControlPlane::start_with_store(config, meter.clone()).await?;
+            let meter = Arc::new(Meter::new());
+            let engine = Metered {
+                engine: MemStore::new(config.store.clone()),
+                meter: meter.clone(),
+            };
+            let plane = ControlPlane::start_with_store(config, Arc::new(engine)).await?;
             (plane, Some(meter))
         }
     };
@@ -1367,6 +1375,8 @@ enum Op {
     SubmitBatch,
     Get,
     List,
+    Count,
+    Counts,
     PendingReason,
     LeaseFound,
     LeaseEmpty,
@@ -1381,6 +1391,7 @@ enum Op {
     Fail,
     Cancel,
     Expire,
+    RenewLeases,
     AppendLogs,
     ReadLogs,
     RegisterWorker,
@@ -1388,14 +1399,18 @@ enum Op {
     DrainWorker,
     RemoveWorker,
     ListWorkers,
+    /// A `Store` method this meter has no row for (one added since).
+    Other,
 }
 
 impl Op {
-    const ALL: [Op; 25] = [
+    const ALL: [Op; 29] = [
         Op::Submit,
         Op::SubmitBatch,
         Op::Get,
         Op::List,
+        Op::Count,
+        Op::Counts,
         Op::PendingReason,
         Op::LeaseFound,
         Op::LeaseEmpty,
@@ -1410,6 +1425,7 @@ impl Op {
         Op::Fail,
         Op::Cancel,
         Op::Expire,
+        Op::RenewLeases,
         Op::AppendLogs,
         Op::ReadLogs,
         Op::RegisterWorker,
@@ -1417,7 +1433,40 @@ impl Op {
         Op::DrainWorker,
         Op::RemoveWorker,
         Op::ListWorkers,
+        Op::Other,
     ];
+
+    /// The row of a call of the `Store` method `method` (its name in the trait, as the engine
+    /// is told it), for the methods whose row does not depend on their answer. `None` for
+    /// deleting finished jobs, which is not on the measured path.
+    fn of(method: &str) -> Option<Op> {
+        Some(match method {
+            "submit" => Op::Submit,
+            "submit_batch" => Op::SubmitBatch,
+            "get" => Op::Get,
+            "list" => Op::List,
+            "count" => Op::Count,
+            "counts" => Op::Counts,
+            "pending_reason" => Op::PendingReason,
+            "lease_many" => Op::LeaseMany,
+            "start" => Op::Start,
+            "heartbeat" => Op::Heartbeat,
+            "complete" => Op::Complete,
+            "fail" => Op::Fail,
+            "cancel" => Op::Cancel,
+            "expire" => Op::Expire,
+            "renew_leases" => Op::RenewLeases,
+            "append_logs" => Op::AppendLogs,
+            "read_logs" => Op::ReadLogs,
+            "register_worker" => Op::RegisterWorker,
+            "worker_heartbeat" => Op::WorkerHeartbeat,
+            "drain_worker" => Op::DrainWorker,
+            "remove_worker" => Op::RemoveWorker,
+            "list_workers" => Op::ListWorkers,
+            "delete" | "delete_finished_before" => return None,
+            _ => Op::Other,
+        })
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -1425,6 +1474,8 @@ impl Op {
             Op::SubmitBatch => "submit_batch",
             Op::Get => "get",
             Op::List => "list",
+            Op::Count => "count",
+            Op::Counts => "counts",
             Op::PendingReason => "pending_reason",
             Op::LeaseFound => "lease_next → a job",
             Op::LeaseEmpty => "lease_next → none",
@@ -1439,6 +1490,7 @@ impl Op {
             Op::Fail => "fail",
             Op::Cancel => "cancel",
             Op::Expire => "expire",
+            Op::RenewLeases => "renew_leases",
             Op::AppendLogs => "append_logs",
             Op::ReadLogs => "read_logs",
             Op::RegisterWorker => "register_worker",
@@ -1446,6 +1498,7 @@ impl Op {
             Op::DrainWorker => "drain_worker",
             Op::RemoveWorker => "remove_worker",
             Op::ListWorkers => "list_workers",
+            Op::Other => "other",
         }
     }
 
@@ -1503,10 +1556,9 @@ struct Marks {
     completed: Option<Instant>,
 }
 
-/// A store that counts and times every call to the store inside it, and notes when each
-/// job's submit, lease and start calls were made.
+/// The count and time of every store call a [`Metered`] engine ran, and when each job's
+/// submit, lease, start and complete calls were made.
 struct Meter {
-    inner: Arc<dyn Store>,
     counts: [AtomicU64; Op::ALL.len()],
     nanos: [AtomicU64; Op::ALL.len()],
     max_nanos: [AtomicU64; Op::ALL.len()],
@@ -1514,9 +1566,8 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(inner: Arc<dyn Store>) -> Self {
+    fn new() -> Self {
         Self {
-            inner,
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             nanos: std::array::from_fn(|_| AtomicU64::new(0)),
             max_nanos: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -1558,10 +1609,70 @@ impl Meter {
         }
     }
 
-    fn measure<R>(&self, op: Op, call: impl FnOnce(&dyn Store) -> R) -> R {
-        let (r, took) = timed(|| call(&*self.inner));
-        self.add(op, took);
-        r
+    /// Counts a write of the `Store` method `method` about `job`, called at `called`, that
+    /// took `took`, answered `answer` and returned at `at`; notes the job's moments.
+    fn wrote(
+        &self,
+        method: &'static str,
+        job: Option<JobId>,
+        answer: Result<&dyn Any, &StoreError>,
+        called: Instant,
+        took: Duration,
+        at: Instant,
+    ) {
+        match method {
+            "lease_next" => match answer.map(|a| answer_as::<Option<Lease>>(method, a)) {
+                Ok(Some(lease)) => {
+                    self.add(Op::LeaseFound, took);
+                    self.mark(lease.job.id, |m| m.leased = Some(at));
+                }
+                Ok(None) => self.add(Op::LeaseEmpty, took),
+                Err(_) => self.add(Op::LeaseFailed, took),
+            },
+            "lease_many" => {
+                self.add(Op::LeaseMany, took);
+                let answers = answer.map(|a| {
+                    answer_as::<Vec<Result<Option<Lease>, StoreError>>>(method, a).as_slice()
+                });
+                for answer in answers.unwrap_or_default() {
+                    match answer {
+                        Ok(Some(lease)) => {
+                            self.add(Op::BatchFound, Duration::ZERO);
+                            self.mark(lease.job.id, |m| m.leased = Some(at));
+                        }
+                        Ok(None) => self.add(Op::BatchEmpty, Duration::ZERO),
+                        Err(_) => self.add(Op::BatchFailed, Duration::ZERO),
+                    }
+                }
+            }
+            "submit" => {
+                self.add(Op::Submit, took);
+                if let Ok(a) = answer {
+                    let id = answer_as::<Submitted>(method, a).id;
+                    self.mark(id, |m| m.submitted = Some(at));
+                }
+            }
+            "start" => {
+                self.add(Op::Start, took);
+                if let Some(id) = job {
+                    self.mark(id, |m| {
+                        m.start_called = Some(called);
+                        m.started = Some(at);
+                    });
+                }
+            }
+            "complete" => {
+                self.add(Op::Complete, took);
+                if let Some(id) = job {
+                    self.mark(id, |m| m.completed = Some(at));
+                }
+            }
+            _ => {
+                if let Some(op) = Op::of(method) {
+                    self.add(op, took);
+                }
+            }
+        }
     }
 
     fn snapshot(&self) -> Vec<Calls> {
@@ -1577,188 +1688,70 @@ impl Meter {
     }
 }
 
-impl Store for Meter {
-    fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
-        let r = self.measure(Op::Submit, |s| s.submit(spec, now));
-        if let Ok(s) = &r {
-            let at = Instant::now();
-            self.mark(s.id, |m| m.submitted = Some(at));
-        }
-        r
+/// A write's answer as the type the `Store` method `method` answers with. The engine's
+/// `write_for` is generic over the answer, so the meter reads a lease or a job id out of it
+/// by its type; a mismatch is a bug in this meter.
+fn answer_as<'a, T: 'static>(method: &str, answer: &'a dyn Any) -> &'a T {
+    answer.downcast_ref().unwrap_or_else(|| {
+        panic!(
+            "the meter expects {method} to answer {}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// An engine whose store calls a [`Meter`] counts and times. It is a store through the blanket
+/// `impl<E: Engine> Store for E`, whose every call reaches the engine once, through
+/// `write_for` or `read_for` with the `Store` method's name: the meter sees each call whole,
+/// from the engine's side, with no `Store` method of its own to keep in step.
+struct Metered<E> {
+    engine: E,
+    meter: Arc<Meter>,
+}
+
+impl<E: Engine> Engine for Metered<E> {
+    fn config(&self) -> &StoreConfig {
+        self.engine.config()
     }
 
-    fn submit_batch(
+    // Reached only by a caller that names no store call (the `Store` methods all name theirs):
+    // passed through, not counted.
+    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+        self.engine.write(op)
+    }
+
+    fn read<R>(
         &self,
-        specs: Vec<JobSpec>,
-        now: Timestamp,
-    ) -> Result<Vec<Submitted>, StoreError> {
-        self.measure(Op::SubmitBatch, |s| s.submit_batch(specs, now))
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.engine.read(op)
     }
 
-    fn get(&self, id: JobId) -> Result<Job, StoreError> {
-        self.measure(Op::Get, |s| s.get(id))
-    }
-
-    fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
-        self.measure(Op::List, |s| s.list(query))
-    }
-
-    fn pending_reason(
+    fn write_for<R: Send + 'static>(
         &self,
-        id: JobId,
-        now: Timestamp,
-    ) -> Result<Option<PendingReason>, StoreError> {
-        self.measure(Op::PendingReason, |s| s.pending_reason(id, now))
-    }
-
-    fn lease_next(
-        &self,
-        request: LeaseRequest,
-        now: Timestamp,
-    ) -> Result<Option<Lease>, StoreError> {
-        let (r, took) = timed(|| self.inner.lease_next(request, now));
-        let at = Instant::now();
-        match &r {
-            Ok(Some(lease)) => {
-                self.add(Op::LeaseFound, took);
-                self.mark(lease.job.id, |m| m.leased = Some(at));
-            }
-            Ok(None) => self.add(Op::LeaseEmpty, took),
-            Err(_) => self.add(Op::LeaseFailed, took),
-        }
-        r
-    }
-
-    fn lease_many(
-        &self,
-        requests: Vec<LeaseRequest>,
-        now: Timestamp,
-    ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
-        let (r, took) = timed(|| self.inner.lease_many(requests, now));
-        let at = Instant::now();
-        self.add(Op::LeaseMany, took);
-        for answer in r.iter().flatten() {
-            match answer {
-                Ok(Some(lease)) => {
-                    self.add(Op::BatchFound, Duration::ZERO);
-                    self.mark(lease.job.id, |m| m.leased = Some(at));
-                }
-                Ok(None) => self.add(Op::BatchEmpty, Duration::ZERO),
-                Err(_) => self.add(Op::BatchFailed, Duration::ZERO),
-            }
-        }
-        r
-    }
-
-    fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
+        method: &'static str,
+        job: Option<JobId>,
+        op: WriteOp<R>,
+    ) -> Result<R, StoreError> {
         let called = Instant::now();
-        let r = self.measure(Op::Start, |s| s.start(id, epoch, now));
+        let (r, took) = timed(|| self.engine.write_for(method, job, op));
         let at = Instant::now();
-        self.mark(id, |m| {
-            m.start_called = Some(called);
-            m.started = Some(at);
-        });
+        let answer = r.as_ref().map(|a| a as &dyn Any);
+        self.meter.wrote(method, job, answer, called, took, at);
         r
     }
 
-    fn heartbeat(
+    fn read_for<R>(
         &self,
-        id: JobId,
-        epoch: Epoch,
-        progress: Option<f64>,
-        now: Timestamp,
-    ) -> Result<LeaseStatus, StoreError> {
-        self.measure(Op::Heartbeat, |s| s.heartbeat(id, epoch, progress, now))
-    }
-
-    fn complete(
-        &self,
-        id: JobId,
-        epoch: Epoch,
-        output: JobOutput,
-        now: Timestamp,
-    ) -> Result<JobState, StoreError> {
-        let r = self.measure(Op::Complete, |s| s.complete(id, epoch, output, now));
-        let at = Instant::now();
-        self.mark(id, |m| m.completed = Some(at));
+        method: &'static str,
+        job: Option<JobId>,
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let (r, took) = timed(|| self.engine.read_for(method, job, op));
+        if let Some(op) = Op::of(method) {
+            self.meter.add(op, took);
+        }
         r
-    }
-
-    fn fail(
-        &self,
-        id: JobId,
-        epoch: Epoch,
-        error: JobError,
-        now: Timestamp,
-    ) -> Result<JobState, StoreError> {
-        self.measure(Op::Fail, |s| s.fail(id, epoch, error, now))
-    }
-
-    fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
-        self.measure(Op::Cancel, |s| s.cancel(id, reason, now))
-    }
-
-    fn expire(&self, now: Timestamp) -> Result<Vec<nexa_runtime::Expired>, StoreError> {
-        self.measure(Op::Expire, |s| s.expire(now))
-    }
-
-    fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
-        self.measure(Op::Expire, |s| s.renew_leases(until, now))
-    }
-
-    fn append_logs(
-        &self,
-        id: JobId,
-        epoch: Epoch,
-        first_seq: u64,
-        lines: Vec<String>,
-        now: Timestamp,
-    ) -> Result<LogAck, StoreError> {
-        self.measure(Op::AppendLogs, |s| {
-            s.append_logs(id, epoch, first_seq, lines, now)
-        })
-    }
-
-    fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
-        self.measure(Op::ReadLogs, |s| s.read_logs(id, query))
-    }
-
-    fn register_worker(
-        &self,
-        info: WorkerInfo,
-        now: Timestamp,
-    ) -> Result<WorkerRecord, StoreError> {
-        self.measure(Op::RegisterWorker, |s| s.register_worker(info, now))
-    }
-
-    fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
-        self.measure(Op::WorkerHeartbeat, |s| s.worker_heartbeat(id, now))
-    }
-
-    fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
-        self.measure(Op::DrainWorker, |s| s.drain_worker(id, now))
-    }
-
-    fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
-        self.measure(Op::RemoveWorker, |s| s.remove_worker(id))
-    }
-
-    fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        self.measure(Op::ListWorkers, |s| s.list_workers())
-    }
-
-    // Not part of the measured path: passed straight through.
-    fn delete(&self, id: JobId) -> Result<Job, StoreError> {
-        self.inner.delete(id)
-    }
-
-    fn delete_finished_before(
-        &self,
-        before: Timestamp,
-        from: JobId,
-        scan: usize,
-    ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
-        self.inner.delete_finished_before(before, from, scan)
     }
 }
 

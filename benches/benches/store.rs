@@ -454,7 +454,7 @@ fn time_redb_lists(store: &RedbStore) -> BenchResult<Samples> {
     };
     let mut samples = Samples::default();
     for _ in 0..LISTS {
-        let (page, took) = timed(|| store.list(query));
+        let (page, took) = timed(|| store.list(query.clone()));
         if page?.jobs.len() != PAGE {
             return Err("the first page of queued jobs is not full".into());
         }

@@ -14,7 +14,7 @@ use nexa_runtime::WorkerId;
 use nexa_transport::Trust;
 use tracing::info;
 
-use crate::http::{HttpApi, HttpConfig};
+use crate::http::HttpApi;
 use crate::http_worker::{HttpUplink, Registration};
 use crate::options::{OfferArgs, PlaneArgs, ServerArgs, UpArgs, WorkerArgs};
 
@@ -75,30 +75,17 @@ struct Plane {
 impl Plane {
     async fn shutdown(self) {
         self.http.stop().await;
-        match Arc::try_unwrap(self.plane) {
-            Ok(plane) => plane.shutdown().await,
-            Err(_) => {
-                info!("the HTTP API still holds the control plane; stopping without closing it")
-            }
-        }
+        self.plane.shutdown().await;
     }
 }
 
 async fn start_plane(listen: SocketAddr, args: &PlaneArgs) -> Result<Plane> {
     let (plane, token) = start_control_plane(listen, args).await?;
     let plane = Arc::new(plane);
-    let config = HttpConfig {
-        listen: args.http,
-        lease_ttl: Duration::from_secs_f64(args.lease_ttl),
-        heartbeat: ControlPlaneConfig::new(listen, &args.data, "").heartbeat,
-        worker_ttl: nexa_runtime::StoreConfig::default().worker_ttl,
-    };
-    let http = match HttpApi::start(plane.clone(), &args.data, config) {
+    let http = match HttpApi::start(plane.clone(), &args.data, args.http) {
         Ok(http) => http,
         Err(e) => {
-            if let Ok(plane) = Arc::try_unwrap(plane) {
-                plane.shutdown().await;
-            }
+            plane.shutdown().await;
             return Err(e);
         }
     };

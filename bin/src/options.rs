@@ -167,7 +167,7 @@ pub(crate) enum ArtifactsCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct ArtifactGetArgs {
-    /// The artifact: its URI (nexa://artifacts/<sha256>) or its SHA-256.
+    /// The artifact: its URI (`nexa://artifacts/<sha256>`) or its SHA-256.
     pub(crate) artifact: String,
     /// Where to write it: a file, or a folder to put it in under its own name (default: the
     /// current folder).

@@ -197,10 +197,19 @@ async fn a_killed_workers_job_runs_again_elsewhere_exactly_once() {
         format!("{id}\n"),
         "ran to completion once"
     );
-    // The killed worker's late report is refused by its stale epoch.
+    // The killed worker's late report, under its own lease's token, is refused by its stale
+    // epoch.
+    let held = Lease {
+        job: job.clone(),
+        attempt: 1,
+        epoch: first.epoch,
+        lease_expires_at: first.lease_expires_at,
+        deadline: first.deadline,
+    };
+    let token = plane.lease_token(&held);
     let late = plane
-        .store()
-        .complete(id, first.epoch, JobOutput::default(), nexa_actors::now());
+        .complete(id, first.epoch, &token, JobOutput::default())
+        .await;
     assert!(late.unwrap_err().is_stale());
 }
 

@@ -20,6 +20,7 @@ struct MemTables {
     jobs: BTreeMap<JobId, Job>,
     queue: BTreeMap<QueueKey, QueueEntry>,
     states: BTreeSet<(u8, JobId)>,
+    worker_jobs: BTreeSet<(WorkerId, JobId)>,
     deadlines: BTreeSet<(Timestamp, JobId)>,
     idempotency: BTreeMap<String, JobId>,
     dependents: BTreeMap<JobId, Vec<JobId>>,
@@ -96,6 +97,25 @@ impl ReadTables for MemTables {
             .map(|(_, j)| j)
         {
             if !visit(job.clone()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn worker_jobs_desc(
+        &self,
+        worker: &WorkerId,
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault> {
+        let lo = Bound::Included((worker.clone(), JobId(0)));
+        let hi = match before {
+            Some(b) => Bound::Excluded((worker.clone(), b)),
+            None => Bound::Included((worker.clone(), JobId(u64::MAX))),
+        };
+        for (_, id) in self.worker_jobs.range((lo, hi)).rev() {
+            if !visit(*id) {
                 break;
             }
         }
@@ -202,6 +222,16 @@ impl Tables for MemTables {
 
     fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
         self.queue.remove(&key);
+        Ok(())
+    }
+
+    fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.worker_jobs.insert((worker.clone(), id));
+        Ok(())
+    }
+
+    fn worker_job_remove(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.worker_jobs.remove(&(worker.clone(), id));
         Ok(())
     }
 

@@ -116,12 +116,15 @@ pub struct LeaseStatus {
 }
 
 /// Which jobs to list. Results come newest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListQuery {
     /// Only jobs in this state.
     pub state: Option<JobState>,
     /// Only jobs of this type.
     pub job_type: Option<JobType>,
+    /// Only jobs with an attempt on this worker (read from an index of each worker's jobs,
+    /// so a worker's page costs no scan of the others').
+    pub worker: Option<WorkerId>,
     /// Only jobs older than this one (the previous page's `next_before`).
     pub before: Option<JobId>,
     /// At most this many (1 to 1,000).
@@ -133,6 +136,7 @@ impl Default for ListQuery {
         Self {
             state: None,
             job_type: None,
+            worker: None,
             before: None,
             limit: 50,
         }
@@ -286,7 +290,7 @@ pub trait Store: Send + Sync {
         };
         let mut n = 0;
         loop {
-            let page = self.list(query)?;
+            let page = self.list(query.clone())?;
             n += page.jobs.len() as u64;
             match page.next_before {
                 Some(before) => query.before = Some(before),
@@ -441,12 +445,49 @@ pub trait Engine: Send + Sync {
         &self,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError>;
+
+    /// Runs `op` as [`Engine::write`] does, for the [`Store`] method named `method` (its name
+    /// in the trait: `"submit"`, `"lease_next"`, `"complete"`, …), about job `job` when the
+    /// method takes a job id.
+    ///
+    /// The blanket `Store` implementation makes every write through this method and every
+    /// read through [`Engine::read_for`], one call per `Store` call, so that a wrapper around
+    /// an engine (one that counts, times, holds or fails some operations, in a benchmark or a
+    /// test) can tell the operations apart without forwarding every `Store` method: it
+    /// overrides these two and passes the same arguments on to the engine inside. An engine
+    /// leaves them as they are. A write's answer is `'static`, so a wrapper may look at it
+    /// through [`std::any::Any`] (to see whether a lease was handed out, say).
+    fn write_for<R: Send + 'static>(
+        &self,
+        method: &'static str,
+        job: Option<JobId>,
+        op: WriteOp<R>,
+    ) -> Result<R, StoreError> {
+        let _ = (method, job);
+        self.write(op)
+    }
+
+    /// Runs `op` as [`Engine::read`] does, for the [`Store`] method named `method`, about job
+    /// `job` when the method takes a job id; see [`Engine::write_for`].
+    fn read_for<R>(
+        &self,
+        method: &'static str,
+        job: Option<JobId>,
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let _ = (method, job);
+        self.read(op)
+    }
 }
 
 impl<E: Engine> Store for E {
     fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| ops::submit(t, &cfg, spec, now)))
+        self.write_for(
+            "submit",
+            None,
+            Box::new(move |t| ops::submit(t, &cfg, spec, now)),
+        )
     }
 
     fn submit_batch(
@@ -454,23 +495,27 @@ impl<E: Engine> Store for E {
         specs: Vec<JobSpec>,
         now: Timestamp,
     ) -> Result<Vec<Submitted>, StoreError> {
-        self.write(Box::new(move |t| ops::submit_batch(t, specs, now)))
+        self.write_for(
+            "submit_batch",
+            None,
+            Box::new(move |t| ops::submit_batch(t, specs, now)),
+        )
     }
 
     fn get(&self, id: JobId) -> Result<Job, StoreError> {
-        self.read(&mut |t| ops::get(t, id))
+        self.read_for("get", Some(id), &mut |t| ops::get(t, id))
     }
 
     fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
-        self.read(&mut |t| ops::list(t, &query))
+        self.read_for("list", None, &mut |t| ops::list(t, &query))
     }
 
     fn count(&self, state: JobState) -> Result<u64, StoreError> {
-        self.read(&mut |t| ops::count(t, state))
+        self.read_for("count", None, &mut |t| ops::count(t, state))
     }
 
     fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        self.read(&mut |t| {
+        self.read_for("counts", None, &mut |t| {
             JobState::ALL
                 .into_iter()
                 .map(|s| Ok((s, ops::count(t, s)?)))
@@ -484,7 +529,9 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Option<PendingReason>, StoreError> {
         let ttl = self.config().worker_ttl;
-        self.read(&mut |t| ops::pending_reason(t, id, ttl, now))
+        self.read_for("pending_reason", Some(id), &mut |t| {
+            ops::pending_reason(t, id, ttl, now)
+        })
     }
 
     fn lease_next(
@@ -493,7 +540,11 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| ops::lease_next(t, &cfg, &request, now)))
+        self.write_for(
+            "lease_next",
+            None,
+            Box::new(move |t| ops::lease_next(t, &cfg, &request, now)),
+        )
     }
 
     fn lease_many(
@@ -502,15 +553,23 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)))
+        self.write_for(
+            "lease_many",
+            None,
+            Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)),
+        )
     }
 
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            let ttl = cfg.lease_ttl;
-            ops::report(t, &cfg, id, crate::Transition::Start { epoch, ttl }, now).map(drop)
-        }))
+        self.write_for(
+            "start",
+            Some(id),
+            Box::new(move |t| {
+                let ttl = cfg.lease_ttl;
+                ops::report(t, &cfg, id, crate::Transition::Start { epoch, ttl }, now).map(drop)
+            }),
+        )
     }
 
     fn heartbeat(
@@ -521,24 +580,28 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LeaseStatus, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            let ttl = cfg.lease_ttl;
-            let job = ops::report(
-                t,
-                &cfg,
-                id,
-                crate::Transition::Renew {
-                    epoch,
-                    ttl,
-                    progress,
-                },
-                now,
-            )?;
-            Ok(LeaseStatus {
-                lease_expires_at: job.live_attempt().map_or(now, |a| a.lease_expires_at),
-                cancel_requested: job.state == JobState::Cancelling,
-            })
-        }))
+        self.write_for(
+            "heartbeat",
+            Some(id),
+            Box::new(move |t| {
+                let ttl = cfg.lease_ttl;
+                let job = ops::report(
+                    t,
+                    &cfg,
+                    id,
+                    crate::Transition::Renew {
+                        epoch,
+                        ttl,
+                        progress,
+                    },
+                    now,
+                )?;
+                Ok(LeaseStatus {
+                    lease_expires_at: job.live_attempt().map_or(now, |a| a.lease_expires_at),
+                    cancel_requested: job.state == JobState::Cancelling,
+                })
+            }),
+        )
     }
 
     fn complete(
@@ -549,16 +612,20 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            ops::report(
-                t,
-                &cfg,
-                id,
-                crate::Transition::Succeed { epoch, output },
-                now,
-            )
-            .map(|j| j.state)
-        }))
+        self.write_for(
+            "complete",
+            Some(id),
+            Box::new(move |t| {
+                ops::report(
+                    t,
+                    &cfg,
+                    id,
+                    crate::Transition::Succeed { epoch, output },
+                    now,
+                )
+                .map(|j| j.state)
+            }),
+        )
     }
 
     fn fail(
@@ -569,26 +636,39 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            ops::report(t, &cfg, id, crate::Transition::Fail { epoch, error }, now).map(|j| j.state)
-        }))
+        self.write_for(
+            "fail",
+            Some(id),
+            Box::new(move |t| {
+                ops::report(t, &cfg, id, crate::Transition::Fail { epoch, error }, now)
+                    .map(|j| j.state)
+            }),
+        )
     }
 
     fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            ops::report(t, &cfg, id, crate::Transition::Cancel { reason }, now).map(|j| j.state)
-        }))
+        self.write_for(
+            "cancel",
+            Some(id),
+            Box::new(move |t| {
+                ops::report(t, &cfg, id, crate::Transition::Cancel { reason }, now).map(|j| j.state)
+            }),
+        )
     }
 
     fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| ops::expire(t, &cfg, now)))
+        self.write_for("expire", None, Box::new(move |t| ops::expire(t, &cfg, now)))
     }
 
     fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| ops::renew_leases(t, &cfg, until, now)))
+        self.write_for(
+            "renew_leases",
+            None,
+            Box::new(move |t| ops::renew_leases(t, &cfg, until, now)),
+        )
     }
 
     fn append_logs(
@@ -600,13 +680,17 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LogAck, StoreError> {
         let cfg = self.config().clone();
-        self.write(Box::new(move |t| {
-            ops::append_logs(t, &cfg, id, epoch, first_seq, lines, now)
-        }))
+        self.write_for(
+            "append_logs",
+            Some(id),
+            Box::new(move |t| ops::append_logs(t, &cfg, id, epoch, first_seq, lines, now)),
+        )
     }
 
     fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
-        self.read(&mut |t| ops::read_logs(t, id, &query))
+        self.read_for("read_logs", Some(id), &mut |t| {
+            ops::read_logs(t, id, &query)
+        })
     }
 
     fn register_worker(
@@ -614,26 +698,42 @@ impl<E: Engine> Store for E {
         info: WorkerInfo,
         now: Timestamp,
     ) -> Result<WorkerRecord, StoreError> {
-        self.write(Box::new(move |t| ops::register_worker(t, info, now)))
+        self.write_for(
+            "register_worker",
+            None,
+            Box::new(move |t| ops::register_worker(t, info, now)),
+        )
     }
 
     fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write(Box::new(move |t| ops::touch_worker(t, &id, false, now)))
+        self.write_for(
+            "worker_heartbeat",
+            None,
+            Box::new(move |t| ops::touch_worker(t, &id, false, now)),
+        )
     }
 
     fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write(Box::new(move |t| ops::touch_worker(t, &id, true, now)))
+        self.write_for(
+            "drain_worker",
+            None,
+            Box::new(move |t| ops::touch_worker(t, &id, true, now)),
+        )
     }
 
     fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(Box::new(move |t| ops::remove_worker(t, &id)))
+        self.write_for(
+            "remove_worker",
+            None,
+            Box::new(move |t| ops::remove_worker(t, &id)),
+        )
     }
 
     fn delete(&self, id: JobId) -> Result<Job, StoreError> {
-        self.write(Box::new(move |t| ops::delete(t, id)))
+        self.write_for("delete", Some(id), Box::new(move |t| ops::delete(t, id)))
     }
 
     fn delete_finished_before(
@@ -642,12 +742,153 @@ impl<E: Engine> Store for E {
         from: JobId,
         scan: usize,
     ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
-        self.write(Box::new(move |t| {
-            ops::delete_finished_before(t, before, from, scan)
-        }))
+        self.write_for(
+            "delete_finished_before",
+            None,
+            Box::new(move |t| ops::delete_finished_before(t, before, from, scan)),
+        )
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        self.read(&mut |t| Ok(t.workers()?))
+        self.read_for("list_workers", None, &mut |t| Ok(t.workers()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::MemStore;
+    use crate::job::FailureClass;
+    use crate::params::{GenerateParams, JobParams};
+
+    /// A `MemStore` that notes the method and job of every read and write it is asked for.
+    struct Noting {
+        inner: MemStore,
+        calls: Mutex<Vec<(&'static str, Option<JobId>, &'static str)>>,
+    }
+
+    impl Noting {
+        fn note(&self, method: &'static str, job: Option<JobId>, kind: &'static str) {
+            self.calls.lock().unwrap().push((method, job, kind));
+        }
+    }
+
+    impl Engine for Noting {
+        fn config(&self) -> &StoreConfig {
+            self.inner.config()
+        }
+
+        fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+            self.note("?", None, "write");
+            self.inner.write(op)
+        }
+
+        fn read<R>(
+            &self,
+            op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+        ) -> Result<R, StoreError> {
+            self.note("?", None, "read");
+            self.inner.read(op)
+        }
+
+        fn write_for<R: Send + 'static>(
+            &self,
+            method: &'static str,
+            job: Option<JobId>,
+            op: WriteOp<R>,
+        ) -> Result<R, StoreError> {
+            self.note(method, job, "write");
+            self.inner.write_for(method, job, op)
+        }
+
+        fn read_for<R>(
+            &self,
+            method: &'static str,
+            job: Option<JobId>,
+            op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+        ) -> Result<R, StoreError> {
+            self.note(method, job, "read");
+            self.inner.read_for(method, job, op)
+        }
+    }
+
+    #[test]
+    fn every_store_call_names_its_method_and_job_to_the_engine() {
+        let store = Noting {
+            inner: MemStore::new(StoreConfig::default()),
+            calls: Mutex::default(),
+        };
+        let (t, j) = (Timestamp(0), JobId(1));
+        let spec = || JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 1)));
+        let worker = WorkerId::new("w").unwrap();
+        let info = WorkerInfo {
+            id: worker.clone(),
+            cpus: 1,
+            memory_mb: 1,
+            gpus: Vec::new(),
+            labels: Default::default(),
+            job_types: Default::default(),
+        };
+        let ask = || LeaseRequest {
+            worker: worker.clone(),
+            free_gpus: Vec::new(),
+        };
+        let e = Epoch(1);
+        // Outcomes do not matter here (most of these are refused): only what the engine hears.
+        let _ = store.submit(spec(), t);
+        let _ = store.submit_batch(vec![spec()], t);
+        let _ = store.get(j);
+        let _ = store.list(ListQuery::default());
+        let _ = store.count(JobState::Queued);
+        let _ = store.counts();
+        let _ = store.pending_reason(j, t);
+        let _ = store.register_worker(info, t);
+        let _ = store.lease_next(ask(), t);
+        let _ = store.lease_many(vec![ask()], t);
+        let _ = store.start(j, e, t);
+        let _ = store.heartbeat(j, e, None, t);
+        let _ = store.complete(j, e, JobOutput::default(), t);
+        let _ = store.fail(j, e, JobError::new(FailureClass::StageError, "x"), t);
+        let _ = store.cancel(j, "x".into(), t);
+        let _ = store.expire(t);
+        let _ = store.renew_leases(t, t);
+        let _ = store.append_logs(j, e, 0, vec!["x".into()], t);
+        let _ = store.read_logs(j, LogQuery::default());
+        let _ = store.worker_heartbeat(&worker, t);
+        let _ = store.drain_worker(&worker, t);
+        let _ = store.remove_worker(&worker);
+        let _ = store.delete(j);
+        let _ = store.delete_finished_before(t, j, 1);
+        let _ = store.list_workers();
+        let expected = [
+            ("submit", None, "write"),
+            ("submit_batch", None, "write"),
+            ("get", Some(j), "read"),
+            ("list", None, "read"),
+            ("count", None, "read"),
+            ("counts", None, "read"),
+            ("pending_reason", Some(j), "read"),
+            ("register_worker", None, "write"),
+            ("lease_next", None, "write"),
+            ("lease_many", None, "write"),
+            ("start", Some(j), "write"),
+            ("heartbeat", Some(j), "write"),
+            ("complete", Some(j), "write"),
+            ("fail", Some(j), "write"),
+            ("cancel", Some(j), "write"),
+            ("expire", None, "write"),
+            ("renew_leases", None, "write"),
+            ("append_logs", Some(j), "write"),
+            ("read_logs", Some(j), "read"),
+            ("worker_heartbeat", None, "write"),
+            ("drain_worker", None, "write"),
+            ("remove_worker", None, "write"),
+            ("delete", Some(j), "write"),
+            ("delete_finished_before", None, "write"),
+            ("list_workers", None, "read"),
+        ];
+        assert_eq!(*store.calls.lock().unwrap(), expected);
     }
 }

@@ -72,7 +72,7 @@ pub use logs::{
     log_resend_is_not_duplicated, logs_are_kept_per_attempt, read_logs_pages,
 };
 pub use queries::{
-    list_filters_by_state_and_type, list_limit_out_of_range_is_invalid,
+    list_filters_by_state_and_type, list_filters_by_worker, list_limit_out_of_range_is_invalid,
     list_pages_cover_every_job_once, pending_reason_says_why,
 };
 pub use registry::{
@@ -165,6 +165,7 @@ macro_rules! store_suite {
             finished_jobs_are_deleted_with_their_logs,
             every_state_change_appends_an_event,
             list_filters_by_state_and_type,
+            list_filters_by_worker,
             list_pages_cover_every_job_once,
             list_limit_out_of_range_is_invalid,
             pending_reason_says_why,

@@ -459,7 +459,7 @@ class NexaForgeClient:
         Args:
             status: only jobs in this status.
             job_type: only jobs of this type.
-            worker: only jobs whose latest attempt ran on this worker.
+            worker: only jobs with an attempt on this worker.
             limit: jobs per page, 1 to 500.
             cursor: where the page starts (``next_cursor`` of the page before).
         """

@@ -27,10 +27,11 @@ use redb::{
 };
 
 use crate::fault::{fault, io_kind};
-use crate::tables::{JOBS, META, ReadSnapshot, WriteTables};
+use crate::tables::{JOBS, META, ReadSnapshot, WriteTables, index_worker_jobs};
 
-/// The layout version this build writes, kept in the file's `meta` table.
-pub const FORMAT_VERSION: u64 = 1;
+/// The layout version this build writes, kept in the file's `meta` table. Format 2 added the
+/// index of each worker's jobs; a format-1 file gains it (built from the jobs) when opened.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Where `nexa` keeps its store unless told otherwise.
 pub const DEFAULT_PATH: &str = "var/nexa_forge.db";
@@ -373,6 +374,15 @@ fn open_and_check(open: &Opener, location: &str) -> Result<Database, OpenError> 
     match found {
         Some(FORMAT_VERSION) => {
             txn.abort().map_err(|e| storage(fault(e)))?;
+        }
+        Some(1) => {
+            // Format 1 had no index of each worker's jobs: build it from the jobs' attempts.
+            index_worker_jobs(&txn).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(|e| storage(fault(e)))?;
+            meta.insert(FORMAT_KEY, FORMAT_VERSION)
+                .map_err(|e| storage(fault(e)))?;
+            drop(meta);
+            txn.commit().map_err(|e| storage(fault(e)))?;
         }
         Some(v) if v > FORMAT_VERSION => {
             return Err(OpenError::NewerFormat {

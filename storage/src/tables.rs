@@ -18,6 +18,9 @@ use crate::record::{decode, encode};
 pub(crate) const JOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const QUEUE: TableDefinition<'_, (u32, u64), &[u8]> = TableDefinition::new("queue");
 pub(crate) const STATES: TableDefinition<'_, (u8, u64), ()> = TableDefinition::new("states");
+/// (worker, job) for every attempt a worker had: the jobs a worker ran, without a scan.
+pub(crate) const WORKER_JOBS: TableDefinition<'_, (&str, u64), ()> =
+    TableDefinition::new("worker_jobs");
 pub(crate) const DEADLINES: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new("deadlines");
 pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u64> = TableDefinition::new("idempotency");
 pub(crate) const DEPENDENTS: MultimapTableDefinition<'_, u64, u64> =
@@ -36,6 +39,7 @@ macro_rules! open_all {
             jobs: $txn.open_table(JOBS).map_err(fault)?,
             queue: $txn.open_table(QUEUE).map_err(fault)?,
             states: $txn.open_table(STATES).map_err(fault)?,
+            worker_jobs: $txn.open_table(WORKER_JOBS).map_err(fault)?,
             deadlines: $txn.open_table(DEADLINES).map_err(fault)?,
             idempotency: $txn.open_table(IDEMPOTENCY).map_err(fault)?,
             dependents: $txn.open_multimap_table(DEPENDENTS).map_err(fault)?,
@@ -52,6 +56,7 @@ pub(crate) struct ReadSnapshot {
     jobs: ReadOnlyTable<u64, &'static [u8]>,
     queue: ReadOnlyTable<(u32, u64), &'static [u8]>,
     states: ReadOnlyTable<(u8, u64), ()>,
+    worker_jobs: ReadOnlyTable<(&'static str, u64), ()>,
     deadlines: ReadOnlyTable<(u64, u64), ()>,
     idempotency: ReadOnlyTable<&'static str, u64>,
     dependents: ReadOnlyMultimapTable<u64, u64>,
@@ -72,6 +77,7 @@ pub(crate) struct WriteTables<'txn> {
     jobs: Table<'txn, u64, &'static [u8]>,
     queue: Table<'txn, (u32, u64), &'static [u8]>,
     states: Table<'txn, (u8, u64), ()>,
+    worker_jobs: Table<'txn, (&'static str, u64), ()>,
     deadlines: Table<'txn, (u64, u64), ()>,
     idempotency: Table<'txn, &'static str, u64>,
     dependents: MultimapTable<'txn, u64, u64>,
@@ -128,6 +134,28 @@ macro_rules! read_tables {
                 let s = state.code();
                 let end = before.map_or(u64::MAX, |b| b.0);
                 for entry in self.states.range((s, 0)..(s, end)).map_err(fault)?.rev() {
+                    let (k, _) = entry.map_err(fault)?;
+                    if !visit(JobId(k.value().1)) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn worker_jobs_desc(
+                &self,
+                worker: &WorkerId,
+                before: Option<JobId>,
+                visit: Visit<'_, JobId>,
+            ) -> Result<(), StorageFault> {
+                let w = worker.as_str();
+                let end = before.map_or(u64::MAX, |b| b.0);
+                for entry in self
+                    .worker_jobs
+                    .range((w, 0)..(w, end))
+                    .map_err(fault)?
+                    .rev()
+                {
                     let (k, _) = entry.map_err(fault)?;
                     if !visit(JobId(k.value().1)) {
                         break;
@@ -252,6 +280,20 @@ impl Tables for WriteTables<'_> {
         Ok(())
     }
 
+    fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.worker_jobs
+            .insert((worker.as_str(), id.0), ())
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn worker_job_remove(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.worker_jobs
+            .remove((worker.as_str(), id.0))
+            .map_err(fault)?;
+        Ok(())
+    }
+
     fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
         self.states
             .insert((state.code(), id.0), ())
@@ -341,4 +383,22 @@ impl Tables for WriteTables<'_> {
         self.meta.insert(counter.name(), value).map_err(fault)?;
         Ok(())
     }
+}
+
+/// Fills the index of each worker's jobs from every job's attempts (a format-1 file has none).
+pub(crate) fn index_worker_jobs(txn: &WriteTransaction) -> Result<u64, StorageFault> {
+    let jobs = txn.open_table(JOBS).map_err(fault)?;
+    let mut index = txn.open_table(WORKER_JOBS).map_err(fault)?;
+    let mut entries = 0;
+    for entry in jobs.iter().map_err(fault)? {
+        let (_, v) = entry.map_err(fault)?;
+        let job: Job = decode(v.value(), "job")?;
+        for attempt in &job.attempts {
+            index
+                .insert((attempt.worker.as_str(), job.id.0), ())
+                .map_err(fault)?;
+            entries += 1;
+        }
+    }
+    Ok(entries)
 }

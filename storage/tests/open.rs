@@ -6,7 +6,7 @@ use std::io::{Seek, SeekFrom, Write};
 
 use nexa_runtime::*;
 use nexa_storage::{FORMAT_VERSION, OpenError, RedbStore};
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -255,4 +255,52 @@ fn damaged_files_give_errors_not_panics() {
         assert!(outcome.is_ok(), "{what}: the store panicked");
         eprintln!("{what}: {}", outcome.unwrap());
     }
+}
+
+#[test]
+fn a_format_1_store_gains_the_index_of_each_workers_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nexa_forge.db");
+    let (leased, queued) = {
+        let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        let w = worker(&store, "w1", Timestamp(0));
+        let leased = store.submit(spec(1), Timestamp(0)).unwrap().id;
+        let queued = store.submit(spec(2), Timestamp(0)).unwrap().id;
+        let request = LeaseRequest {
+            worker: w,
+            free_gpus: vec![],
+        };
+        let lease = store.lease_next(request, Timestamp(1)).unwrap().unwrap();
+        assert_eq!(lease.job.id, leased);
+        (leased, queued)
+    };
+    // As format 1 left it: no index of workers' jobs.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let index: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("worker_jobs");
+        assert!(txn.delete_table(index).unwrap());
+        txn.open_table(META)
+            .unwrap()
+            .insert("format_version", 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    let on_w1 = store
+        .list(ListQuery {
+            worker: Some(WorkerId::new("w1").unwrap()),
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert_eq!(
+        on_w1.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [leased]
+    );
+    assert!(store.get(queued).is_ok());
+    drop(store);
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let version = txn.open_table(META).unwrap().get("format_version").unwrap();
+    assert_eq!(version.map(|v| v.value()), Some(FORMAT_VERSION));
 }

@@ -299,6 +299,7 @@ pub(crate) async fn registry(store: &Arc<dyn Store>) -> Result<Registry, StoreEr
                     job_type: Some(job_type),
                     before,
                     limit: 1000,
+                    worker: None,
                 })?;
                 jobs.extend(page.jobs);
                 match page.next_before {

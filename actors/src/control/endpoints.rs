@@ -14,6 +14,7 @@ use nexa_runtime::{JobId, WorkerId};
 
 /// A replica heard from: where it serves, under which endpoint name, on which worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Replica {
     /// The deploy job.
     pub job: JobId,

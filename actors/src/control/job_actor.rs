@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nexa_runtime::{
-    Epoch, Job, JobError, JobId, JobOutput, JobState, LeaseStatus, LogAck, Store, StoreError,
-    Timestamp,
-};
+use nexa_runtime::{Epoch, Job, JobId, JobState, Store, StoreError, Timestamp};
 use nexa_transport::Session;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use super::blocking;
+use super::follow::Changes;
+use super::report::{Applied, Report};
 use super::scheduler::SchedulerMsg;
 use crate::clock::now;
 use crate::metrics::Metrics;
@@ -57,30 +56,11 @@ impl JobActors {
 /// What a job actor is asked.
 #[derive(Debug)]
 pub(crate) enum JobMsg {
-    Started {
+    /// A worker's report under the lease of `epoch`.
+    Report {
         epoch: Epoch,
-        reply: RpcReplyPort<Result<(), StoreError>>,
-    },
-    Heartbeat {
-        epoch: Epoch,
-        progress: Option<f64>,
-        reply: RpcReplyPort<Result<LeaseStatus, StoreError>>,
-    },
-    Complete {
-        epoch: Epoch,
-        output: JobOutput,
-        reply: RpcReplyPort<Result<JobState, StoreError>>,
-    },
-    Fail {
-        epoch: Epoch,
-        error: JobError,
-        reply: RpcReplyPort<Result<JobState, StoreError>>,
-    },
-    Logs {
-        epoch: Epoch,
-        first_seq: u64,
-        lines: Vec<String>,
-        reply: RpcReplyPort<Result<LogAck, StoreError>>,
+        report: Report,
+        reply: RpcReplyPort<Result<Applied, StoreError>>,
     },
     Cancel {
         reason: String,
@@ -101,6 +81,8 @@ pub(crate) struct Args {
     pub(crate) metrics: Arc<Metrics>,
     /// The directory it takes itself out of when it stops.
     pub(crate) actors: Arc<JobActors>,
+    /// Told when it ends attempts that ran out.
+    pub(crate) changes: Changes,
 }
 
 pub(crate) struct JobActor;
@@ -116,6 +98,7 @@ pub(crate) struct JobActorState {
     session: Option<Session>,
     metrics: Arc<Metrics>,
     actors: Arc<JobActors>,
+    changes: Changes,
     timer: Option<Timer>,
 }
 
@@ -202,6 +185,7 @@ impl Actor for JobActor {
             session: args.session,
             metrics: args.metrics,
             actors: args.actors,
+            changes: args.changes,
             timer: None,
         })
     }
@@ -238,56 +222,27 @@ impl Actor for JobActor {
     ) -> Result<(), ActorProcessingErr> {
         let id = state.job;
         match message {
-            JobMsg::Started { epoch, reply } => {
-                let _ =
-                    reply.send(blocking(&state.store, move |s| s.start(id, epoch, now())).await);
-            }
-            JobMsg::Heartbeat {
+            JobMsg::Report {
                 epoch,
-                progress,
+                report,
                 reply,
             } => {
-                let result = blocking(&state.store, move |s| {
-                    s.heartbeat(id, epoch, progress, now())
-                })
-                .await;
-                if let Ok(status) = &result {
-                    state.arm(&myself, status.lease_expires_at);
+                let outcome = report.is_outcome();
+                let result = blocking(&state.store, move |s| report.apply(s, id, epoch)).await;
+                let after = match &result {
+                    Ok(Applied::Lease(status)) => Some(status.lease_expires_at),
+                    _ => None,
+                };
+                let ended = match &result {
+                    Ok(Applied::Ended(state)) => Some(*state),
+                    _ => None,
+                };
+                let _ = reply.send(result);
+                if let Some(at) = after {
+                    state.arm(&myself, at);
+                } else if outcome {
+                    state.after_outcome(&myself, ended).await;
                 }
-                let _ = reply.send(result);
-            }
-            JobMsg::Complete {
-                epoch,
-                output,
-                reply,
-            } => {
-                let result =
-                    blocking(&state.store, move |s| s.complete(id, epoch, output, now())).await;
-                let after = result.as_ref().ok().copied();
-                let _ = reply.send(result);
-                state.after_outcome(&myself, after).await;
-            }
-            JobMsg::Fail {
-                epoch,
-                error,
-                reply,
-            } => {
-                let result = blocking(&state.store, move |s| s.fail(id, epoch, error, now())).await;
-                let after = result.as_ref().ok().copied();
-                let _ = reply.send(result);
-                state.after_outcome(&myself, after).await;
-            }
-            JobMsg::Logs {
-                epoch,
-                first_seq,
-                lines,
-                reply,
-            } => {
-                let result = blocking(&state.store, move |s| {
-                    s.append_logs(id, epoch, first_seq, lines, now())
-                })
-                .await;
-                let _ = reply.send(result);
             }
             JobMsg::Cancel { reason, reply } => {
                 let result = blocking(&state.store, move |s| s.cancel(id, reason, now())).await;
@@ -321,6 +276,9 @@ impl Actor for JobActor {
                     Ok(list) => {
                         for e in &list {
                             info!(job = %e.job, state = %e.state, "attempt ended by the control plane: {}", e.cause());
+                        }
+                        if !list.is_empty() {
+                            state.changes.bump();
                         }
                         let lost = list.iter().filter(|e| !e.timed_out).count();
                         state.metrics.record_leases_expired(lost as u64);

@@ -21,7 +21,7 @@ use sha2::Digest as _;
 use tokio::sync::{Mutex, Notify};
 use tracing::warn;
 
-use super::Jobs;
+use super::jobs::Jobs;
 use crate::clock::now;
 
 /// How often the driver looks at active runs when nothing wakes it.
@@ -33,6 +33,7 @@ const MAX_EVENTS: usize = 500;
 /// A pipeline run's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunState {
     /// Steps are running or waiting for their inputs.
     Running,
@@ -67,6 +68,7 @@ impl RunState {
 /// A step's state in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StepState {
     /// Waiting for the steps it needs.
     Pending,
@@ -103,6 +105,7 @@ impl StepState {
 
 /// A gate's verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct GateVerdict {
     /// Whether every check held.
     pub passed: bool,
@@ -112,6 +115,7 @@ pub struct GateVerdict {
 
 /// One step of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepRun {
     /// Where it is.
     pub state: StepState,
@@ -145,6 +149,7 @@ impl StepRun {
 
 /// Something that happened to a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RunEvent {
     /// When.
     pub at: Timestamp,
@@ -154,6 +159,7 @@ pub struct RunEvent {
 
 /// A pipeline run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PipelineRun {
     /// Its number: the run is `pl-N`.
     pub id: u64,
@@ -207,6 +213,7 @@ impl PipelineRun {
 
 /// Why a pipeline request was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// The spec is wrong; the field names where.
     #[error("{}: {}", .0.field, .0.reason)]
@@ -473,7 +480,7 @@ async fn advance(
             // A deploy step has done its work once its replica is ready: its job serves on.
             let serving = matches!(job.spec.params, JobParams::Deploy(_))
                 && job.state == JobState::Running
-                && jobs.serving(job_id);
+                && jobs.serving_now(job_id);
             match job.state {
                 _ if serving => {
                     let output = step_output(&job, jobs).await?;
@@ -724,7 +731,7 @@ async fn deployed_evaluation(
         matches!(&j.spec.params, JobParams::Deploy(p)
             if crate::endpoint_name(&p.model_id, &p.target) == endpoint)
             && j.state == JobState::Running
-            && jobs.serving(j.id)
+            && jobs.serving_now(j.id)
     });
     let Some(deploy) = serving else {
         return Ok(None);

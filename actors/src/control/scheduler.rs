@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::blocking;
+use super::follow::Changes;
 use super::job_actor::{self, JobActor, JobActors};
 use crate::clock::now;
 use crate::metrics::Metrics;
@@ -105,6 +106,8 @@ pub(crate) struct Args {
     pub(crate) actors: Arc<JobActors>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Told when a lease write leased jobs.
+    pub(crate) changes: Changes,
 }
 
 pub(crate) struct SchedulerState {
@@ -113,6 +116,7 @@ pub(crate) struct SchedulerState {
     watching: HashMap<ractor::ActorId, JobId>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    changes: Changes,
     /// Times at which to wake, earliest first (`WakeAt`).
     alarms: BTreeSet<Timestamp>,
     /// The timer armed for the earliest of `alarms`, and its time.
@@ -236,6 +240,7 @@ impl SchedulerState {
             session,
             metrics: self.metrics.clone(),
             actors: self.actors.clone(),
+            changes: self.changes.clone(),
         };
         self.spawn_job_actor(myself, job, args).await;
     }
@@ -311,6 +316,7 @@ impl Actor for Scheduler {
             actors,
             store,
             metrics,
+            changes,
         }: Args,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SchedulerState {
@@ -318,6 +324,7 @@ impl Actor for Scheduler {
             watching: HashMap::new(),
             store,
             metrics,
+            changes,
             alarms: BTreeSet::new(),
             alarm: None,
             ready: VecDeque::new(),
@@ -384,6 +391,9 @@ impl Actor for Scheduler {
             SchedulerMsg::Leased { batch, answers } => {
                 state.leasing = false;
                 let leased = state.settle(&myself, batch, answers);
+                if !leased.is_empty() {
+                    state.changes.bump();
+                }
                 if std::mem::take(&mut state.woken) {
                     state.wake_parked();
                 }
@@ -405,6 +415,7 @@ impl Actor for Scheduler {
                     session: None,
                     metrics: state.metrics.clone(),
                     actors: state.actors.clone(),
+                    changes: state.changes.clone(),
                 };
                 state.spawn_job_actor(&myself, job, args).await;
             }
@@ -528,6 +539,7 @@ mod tests {
             actors,
             store,
             metrics,
+            changes: Default::default(),
         };
         Actor::spawn(None, Scheduler, args)
             .await
@@ -705,9 +717,9 @@ mod tests {
         let error = nexa_runtime::JobError::new(nexa_runtime::FailureClass::StageError, "boom");
         let after = job_actor(4, id)
             .call(
-                |reply| job_actor::JobMsg::Fail {
+                |reply| job_actor::JobMsg::Report {
                     epoch: first.epoch,
-                    error,
+                    report: super::super::report::Report::Fail(error),
                     reply,
                 },
                 None,
@@ -716,7 +728,9 @@ mod tests {
             .expect("the job's actor answers");
         assert!(matches!(
             after,
-            ractor::rpc::CallResult::Success(Ok(nexa_runtime::JobState::Queued))
+            ractor::rpc::CallResult::Success(Ok(super::super::report::Applied::Ended(
+                nexa_runtime::JobState::Queued
+            )))
         ));
         let until = store.get(id).unwrap().not_before.expect("a backoff");
 

@@ -1,16 +1,13 @@
 //! One actor per connected worker: it keeps the worker's registration alive and answers its
 //! heartbeats, telling it which of its jobs to cancel and which leases it lost.
 
-use std::sync::Arc;
-
+use nexa_runtime::WorkerId;
 use nexa_runtime::wire::{Heartbeat, HeartbeatAck};
-use nexa_runtime::{Store, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
-use super::endpoints::Endpoints;
-use super::job_actor::JobActors;
-use super::{blocking, report_running};
+use super::blocking;
+use super::jobs::Jobs;
 use crate::clock::now;
 
 #[derive(Debug)]
@@ -22,10 +19,8 @@ pub(crate) struct SessionActor;
 
 /// What a session starts with, and keeps.
 pub(crate) struct Args {
-    pub(crate) actors: Arc<JobActors>,
-    pub(crate) endpoints: Arc<Endpoints>,
+    pub(crate) jobs: Jobs,
     pub(crate) worker: WorkerId,
-    pub(crate) store: Arc<dyn Store>,
 }
 
 impl Actor for SessionActor {
@@ -50,16 +45,12 @@ impl Actor for SessionActor {
         let SessionMsg::Heartbeat(hb, reply) = message;
         let worker = state.worker.clone();
         // An unknown worker (removed meanwhile) still gets answers about its jobs.
-        let _ = blocking(&state.store, move |s| s.worker_heartbeat(&worker, now())).await;
-        // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
-        let (ack, failure) = report_running(
-            &state.actors,
-            &state.endpoints,
-            &state.store,
-            &state.worker,
-            hb.jobs,
-        )
+        let _ = blocking(&state.jobs.store, move |s| {
+            s.worker_heartbeat(&worker, now())
+        })
         .await;
+        // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
+        let (ack, failure) = state.jobs.running(&state.worker, hb.jobs).await;
         if let Some(e) = failure {
             debug!(worker = %state.worker, "a lease not renewed: {e}");
         }

@@ -14,6 +14,9 @@ use super::State;
 use super::api::{self, MAX_SAFE};
 use super::auth::Reader;
 use super::error::{ApiError, ErrorBody};
+use super::responses::{
+    ArtifactStoreUnavailable, NoSuchArtifact, NoSuchJob, ReadErrors, Unauthorized,
+};
 
 /// An artifact: a file a job made, kept by the control plane.
 #[derive(Serialize, ToSchema)]
@@ -90,9 +93,7 @@ async fn stat(state: &State, digest: Digest) -> Result<ArtifactMeta, ApiError> {
     params(("sha256" = String, Path, description = "The artifact's SHA-256 (64 hex digits)")),
     responses(
         (status = 200, description = "The artifact", body = ArtifactBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such artifact", body = ErrorBody),
-        (status = 503, description = "Artifact store unavailable", body = ErrorBody),
+        Unauthorized, NoSuchArtifact, ArtifactStoreUnavailable,
     )
 )]
 pub(crate) async fn get(
@@ -110,9 +111,7 @@ pub(crate) async fn get(
     params(("sha256" = String, Path, description = "The artifact's SHA-256 (64 hex digits)")),
     responses(
         (status = 200, description = "The bytes", content_type = "application/octet-stream"),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such artifact", body = ErrorBody),
-        (status = 503, description = "Artifact store unavailable", body = ErrorBody),
+        Unauthorized, NoSuchArtifact, ArtifactStoreUnavailable,
     )
 )]
 pub(crate) async fn content(
@@ -144,9 +143,7 @@ pub(crate) async fn content(
     params(("id" = String, Path, description = "Job id, like job-7")),
     responses(
         (status = 200, description = "The job's artifacts, by name", body = ArtifactsBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
-        (status = 503, description = "Artifact store unavailable", body = ErrorBody),
+        Unauthorized, NoSuchJob, ArtifactStoreUnavailable,
     )
 )]
 pub(crate) async fn of_job(
@@ -254,8 +251,7 @@ async fn registry(state: &State) -> Result<Registry, ApiError> {
     get, path = "/api/models", tag = "models",
     responses(
         (status = 200, description = "The models", body = ModelsBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors,
     )
 )]
 pub(crate) async fn models(
@@ -281,9 +277,8 @@ pub(crate) async fn models(
     params(("name" = String, Path, description = "The model's name (URL-encoded)")),
     responses(
         (status = 200, description = "The model", body = ModelBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        ReadErrors,
         (status = 404, description = "No such model", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn model(

@@ -16,6 +16,10 @@ use super::State;
 use super::auth::{Reader, Writer};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::audit;
+use super::responses::{
+    NoDeployJob, NoReplicaAnswered, NoReplicaReady, NoSuchEndpoint, ReadErrors, ReadOnly,
+    Unauthorized,
+};
 
 /// One replica of an endpoint: a deploy job.
 #[derive(Debug, Serialize, ToSchema)]
@@ -94,8 +98,7 @@ async fn endpoints_of(state: &State, req: &HttpRequest) -> Result<Vec<EndpointBo
     get, path = "/api/endpoints", tag = "endpoints",
     responses(
         (status = 200, description = "The endpoints", body = EndpointsBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors,
     )
 )]
 pub(crate) async fn list(
@@ -114,9 +117,7 @@ pub(crate) async fn list(
     params(("name" = String, Path, description = "The endpoint's name")),
     responses(
         (status = 200, description = "The endpoint", body = EndpointBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No deploy job serves that name", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, NoDeployJob,
     )
 )]
 pub(crate) async fn get(
@@ -147,10 +148,7 @@ pub(crate) struct UndeployedBody {
     params(("name" = String, Path, description = "The endpoint's name")),
     responses(
         (status = 200, description = "Its deploy jobs, cancelled or cancelling", body = UndeployedBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No deploy job serves that name", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, ReadOnly, NoDeployJob,
     )
 )]
 pub(crate) async fn undeploy(
@@ -181,7 +179,8 @@ pub(crate) async fn undeploy(
             }
             // It finished or went meanwhile: nothing left to undeploy there.
             Err(
-                nexa_runtime::StoreError::Transition(_) | nexa_runtime::StoreError::NotFound(_),
+                nexa_actors::PlaneError::NotFound(_)
+                | nexa_actors::PlaneError::Conflict(nexa_runtime::StoreError::Transition(_)),
             ) => {}
             Err(e) => return Err(e.into()),
         }
@@ -296,10 +295,7 @@ async fn endpoints_names(state: &State) -> Result<Vec<String>, ApiError> {
     responses(
         (status = 200, description = "The predictions, one row each", body = Object),
         (status = 400, description = "Rows the model cannot take", body = Object),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such endpoint", body = ErrorBody),
-        (status = 502, description = "No replica answered", body = ErrorBody),
-        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+        Unauthorized, NoSuchEndpoint, NoReplicaAnswered, NoReplicaReady,
     )
 )]
 pub(crate) async fn predict(
@@ -319,10 +315,7 @@ pub(crate) async fn predict(
     responses(
         (status = 200, description = "`outputs`: `output` (FP32) and, for a classifier, `class`", body = Object),
         (status = 400, description = "A request the model cannot take", body = Object),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such endpoint", body = ErrorBody),
-        (status = 502, description = "No replica answered", body = ErrorBody),
-        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+        Unauthorized, NoSuchEndpoint, NoReplicaAnswered, NoReplicaReady,
     )
 )]
 pub(crate) async fn infer(
@@ -341,9 +334,7 @@ pub(crate) async fn infer(
     params(("name" = String, Path, description = "The endpoint's name")),
     responses(
         (status = 200, description = "Its inputs and outputs", body = Object),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such endpoint", body = ErrorBody),
-        (status = 503, description = "No replica is ready yet", body = ErrorBody),
+        Unauthorized, NoSuchEndpoint, NoReplicaReady,
     )
 )]
 pub(crate) async fn model(
@@ -361,8 +352,7 @@ pub(crate) async fn model(
     params(("name" = String, Path, description = "The endpoint's name")),
     responses(
         (status = 200, description = "A replica is ready", body = Object),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such endpoint", body = ErrorBody),
+        Unauthorized, NoSuchEndpoint,
         (status = 503, description = "None is", body = ErrorBody),
     )
 )]

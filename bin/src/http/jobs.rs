@@ -1,13 +1,14 @@
 //! `/api/jobs`: submit, list, inspect, cancel, logs and events; and the reports an HTTP
 //! worker makes under its lease.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, Json};
 use actix_web::{HttpRequest, HttpResponse};
-use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery};
+use futures_util::{Stream, StreamExt};
+use nexa_actors::{FollowFrom, LogEvent, PlaneError};
+use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery, WorkerId};
 
 use super::api::{
     self, CancelRequest, CompleteRequest, EpochRequest, EventsBody, FailRequest, JobBody, JobPage,
@@ -16,6 +17,7 @@ use super::api::{
 };
 use super::auth::{Caller, Reader, WorkerCaller, Writer};
 use super::error::{ApiError, ErrorBody};
+use super::responses::{BadQuery, NoSuchJob, ReadErrors, Unauthorized, WriteErrors};
 use super::{State, read_json};
 
 /// The job as shown, with why it waits when it does.
@@ -52,7 +54,7 @@ async fn load(state: &State, id: JobId) -> Result<Job, ApiError> {
     get, path = "/api/job_types", tag = "jobs",
     responses(
         (status = 200, description = "The job types", body = JobTypesBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        Unauthorized,
     )
 )]
 pub(crate) async fn job_types(_: Reader) -> Json<JobTypesBody> {
@@ -66,13 +68,8 @@ pub(crate) async fn job_types(_: Reader) -> Json<JobTypesBody> {
     responses(
         (status = 201, description = "Created", body = JobBody),
         (status = 200, description = "The job made earlier with the same idempotency key", body = JobBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
+        WriteErrors,
         (status = 409, description = "Idempotency key used for another spec", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn submit(
@@ -114,18 +111,13 @@ pub(crate) fn audit(caller: &Caller, action: &str, job: JobId) {
     tracing::info!(target: "nexa::audit", caller = %caller.name, action, %job, "{action} {job} by {}", caller.name);
 }
 
-/// Jobs scanned at most for one page filtered by worker.
-const WORKER_SCAN: usize = 10_000;
-
 /// List jobs, newest first.
 #[utoipa::path(
     get, path = "/api/jobs", tag = "jobs",
     params(ListParams),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
-        (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, BadQuery,
     )
 )]
 pub(crate) async fn list(
@@ -150,12 +142,12 @@ pub(crate) async fn list(
             t.parse::<JobType>().map_err(|_| {
                 ApiError::bad_param(
                     "type",
-                    format!("{t:?} is not a job type (one of: generate, audit, distill, train, evaluate, deploy)"),
+                    format!("{t:?} is not a job type (one of: {})", api::job_type_list()),
                 )
             })
         })
         .transpose()?;
-    let mut before = q
+    let before = q
         .cursor
         .as_deref()
         .map(|c| {
@@ -163,43 +155,22 @@ pub(crate) async fn list(
                 .map_err(|_| ApiError::bad_param("cursor", "is not a cursor from a previous page"))
         })
         .transpose()?;
-    let mut jobs = Vec::new();
-    let mut scanned = 0;
-    let next = loop {
-        let page = state
-            .plane
-            .list(ListQuery {
-                state: status,
-                job_type,
-                before,
-                limit: if q.worker.is_some() { 500 } else { limit },
-            })
-            .await?;
-        scanned += page.jobs.len();
-        let mut last = None;
-        for job in page.jobs {
-            last = Some(job.id);
-            let on_worker = q
-                .worker
-                .as_deref()
-                .is_none_or(|w| job.attempts.last().is_some_and(|a| a.worker.as_str() == w));
-            if on_worker {
-                jobs.push(job);
-                if jobs.len() == limit {
-                    break;
-                }
-            }
-        }
-        if jobs.len() == limit {
-            // More may follow the last one taken.
-            break jobs.last().map(|j| j.id);
-        }
-        match page.next_before {
-            Some(b) if scanned < WORKER_SCAN => before = Some(b),
-            Some(_) => break last,
-            None => break None,
-        }
-    };
+    let worker = q
+        .worker
+        .as_deref()
+        .map(|w| WorkerId::new(w).map_err(|e| ApiError::bad_param("worker", e)))
+        .transpose()?;
+    let page = state
+        .plane
+        .list(ListQuery {
+            state: status,
+            job_type,
+            worker,
+            before,
+            limit,
+        })
+        .await?;
+    let (jobs, next) = (page.jobs, page.next_before);
     let mut shown = Vec::with_capacity(jobs.len());
     for job in &jobs {
         shown.push(show(&state, job, false).await);
@@ -218,11 +189,9 @@ pub(crate) async fn list(
     params(("id" = String, Path, description = "Job id, like job-7")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        ReadErrors, NoSuchJob,
         (status = 403, description = "Not a user's full token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is kept, and why", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete(
@@ -242,9 +211,7 @@ pub(crate) async fn delete(
     params(("id" = String, Path, description = "Job id, like job-7")),
     responses(
         (status = 200, description = "The job", body = JobBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, NoSuchJob,
     )
 )]
 pub(crate) async fn get(
@@ -263,14 +230,8 @@ pub(crate) async fn get(
     request_body(content = Option<CancelRequest>, description = "Optional reason"),
     responses(
         (status = 200, description = "The job, cancelled or cancelling", body = JobBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "The job has already finished", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn cancel(
@@ -303,9 +264,7 @@ pub(crate) async fn cancel(
     params(("id" = String, Path, description = "Job id, like job-7")),
     responses(
         (status = 200, description = "Its events, oldest first", body = EventsBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, NoSuchJob,
     )
 )]
 pub(crate) async fn events(
@@ -326,10 +285,7 @@ pub(crate) async fn events(
     params(("id" = String, Path, description = "Job id, like job-7"), LogParams),
     responses(
         (status = 200, description = "Lines of one attempt; with follow=true, a text/event-stream of `log`, `attempt` and `end` events", body = LogsBody),
-        (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors, BadQuery, NoSuchJob,
     )
 )]
 pub(crate) async fn logs(
@@ -359,26 +315,12 @@ pub(crate) async fn logs(
         return Err(ApiError::bad_param("from_seq", "is larger than 2^53 - 1"));
     }
     if q.follow.unwrap_or(false) {
-        let follow = Follow {
-            state: state.into_inner(),
-            job: id,
-            attempt: None,
-            first: q.attempt.unwrap_or(1),
-            first_from: from,
-            next_seq: from,
-            out: VecDeque::new(),
-            done: false,
-            idle_polls: 0,
-        };
-        let stream = futures_util::stream::unfold(follow, |mut f| async move {
-            let chunk = f.next().await?;
-            Some((Ok::<_, std::convert::Infallible>(chunk), f))
-        });
+        let from = FollowFrom::new(q.attempt.unwrap_or(1), from);
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
             .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream));
+            .streaming(follow_sse(state.plane.follow_logs(id, from))));
     }
     let page = state
         .plane
@@ -404,132 +346,47 @@ pub(crate) async fn logs(
     }))
 }
 
-/// How often a followed job's logs are read while it is quiet.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// A comment is sent after this many quiet polls, so that proxies keep the stream open and a
-/// client that went away is noticed.
-const KEEP_ALIVE_POLLS: u32 = 75;
-
-/// A job's log, followed attempt by attempt until the job ends.
-struct Follow {
-    state: std::sync::Arc<State>,
-    job: JobId,
-    /// The attempt being read; `None` until the first one has begun.
-    attempt: Option<u32>,
-    /// The attempt to begin with, and the line to begin it from.
-    first: u32,
-    first_from: u64,
-    next_seq: u64,
-    out: VecDeque<Bytes>,
-    done: bool,
-    idle_polls: u32,
-}
+/// A comment is sent when a followed log has been quiet this long, so that proxies keep the
+/// stream open and a client that went away is noticed.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn sse(event: &str, data: &serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-impl Follow {
-    /// The next piece of the stream; `None` once the `end` event went out.
-    async fn next(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(chunk) = self.out.pop_front() {
-                return Some(chunk);
+/// A followed log as server-sent events: `attempt`, `log` and `end` (or `error`), with a
+/// keep-alive comment when it is quiet.
+fn follow_sse(
+    log: impl Stream<Item = Result<LogEvent, PlaneError>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold(Some(Box::pin(log)), |log| async move {
+        let mut log = log?;
+        let chunk = match tokio::time::timeout(KEEP_ALIVE, log.next()).await {
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+            Ok(None) => return None,
+            Ok(Some(Ok(LogEvent::Attempt(attempt)))) => {
+                sse("attempt", &serde_json::json!({"attempt": attempt}))
             }
-            if self.done {
-                return None;
+            Ok(Some(Ok(LogEvent::Line { attempt, line }))) => {
+                let data = serde_json::json!({
+                    "attempt": attempt,
+                    "seq": line.seq,
+                    "at": api::time(line.at),
+                    "text": line.text,
+                });
+                sse("log", &data)
             }
-            self.poll().await;
-            if self.out.is_empty() && !self.done {
-                self.idle_polls += 1;
-                if self.idle_polls >= KEEP_ALIVE_POLLS {
-                    self.idle_polls = 0;
-                    return Some(Bytes::from_static(b": keep-alive\n\n"));
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
-            } else {
-                self.idle_polls = 0;
+            Ok(Some(Ok(LogEvent::End(state)))) => {
+                sse("end", &serde_json::json!({"status": state.as_str()}))
             }
-        }
-    }
-
-    /// Reads what is new; queues events for it.
-    async fn poll(&mut self) {
-        let plane = &self.state.plane;
-        if let Some(attempt) = self.attempt {
-            let query = LogQuery {
-                attempt: Some(attempt),
-                from_seq: self.next_seq,
-                limit: 1000,
-            };
-            match plane.logs(self.job, query).await {
-                Ok(page) if !page.lines.is_empty() => {
-                    for line in &page.lines {
-                        let data = serde_json::json!({
-                            "attempt": attempt,
-                            "seq": line.seq,
-                            "at": api::time(line.at),
-                            "text": line.text,
-                        });
-                        self.out.push_back(sse("log", &data));
-                        self.next_seq = line.seq + 1;
-                    }
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => return self.fail(&e.to_string()),
+            Ok(Some(Ok(_))) => Bytes::new(),
+            Ok(Some(Err(e))) => {
+                let chunk = sse("error", &serde_json::json!({"message": e.to_string()}));
+                return Some((Ok(chunk), None));
             }
-        }
-        // Nothing new in this attempt: has another begun, or has the job ended?
-        let job = match plane.get(self.job).await {
-            Ok(job) => job,
-            Err(e) => return self.fail(&e.to_string()),
         };
-        let tried = job.attempts.len() as u32;
-        match self.attempt {
-            Some(a) if a < tried => self.begin(a + 1),
-            None if tried >= self.first => self.begin(self.first),
-            _ if job.state.is_terminal() => {
-                // Lines are stored before the report that ends the job; one more read
-                // catches any that came in after the read above.
-                if let Some(attempt) = self.attempt {
-                    let query = LogQuery {
-                        attempt: Some(attempt),
-                        from_seq: self.next_seq,
-                        limit: 1,
-                    };
-                    if plane
-                        .logs(self.job, query)
-                        .await
-                        .is_ok_and(|p| !p.lines.is_empty())
-                    {
-                        return;
-                    }
-                }
-                let data = serde_json::json!({"status": job.state.as_str()});
-                self.out.push_back(sse("end", &data));
-                self.done = true;
-            }
-            _ => {}
-        }
-    }
-
-    fn begin(&mut self, attempt: u32) {
-        self.next_seq = if self.attempt.is_none() {
-            self.first_from
-        } else {
-            0
-        };
-        self.attempt = Some(attempt);
-        self.out
-            .push_back(sse("attempt", &serde_json::json!({"attempt": attempt})));
-    }
-
-    fn fail(&mut self, message: &str) {
-        self.out
-            .push_back(sse("error", &serde_json::json!({"message": message})));
-        self.done = true;
-    }
+        Some((Ok(chunk), Some(log)))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,14 +399,8 @@ impl Follow {
     request_body = EpochRequest,
     responses(
         (status = 200, description = "Recorded", body = StartedAnswer),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn started(
@@ -577,14 +428,8 @@ pub(crate) async fn started(
     request_body = LogBatchRequest,
     responses(
         (status = 200, description = "Stored", body = LogAckBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "Stale lease, or lines skipped (resend from the line named)", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn append_logs(
@@ -621,14 +466,8 @@ pub(crate) async fn append_logs(
     request_body = ProgressRequest,
     responses(
         (status = 200, description = "Recorded; says whether to stop", body = ProgressAnswer),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "Stale lease", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn progress(
@@ -667,14 +506,8 @@ pub(crate) async fn progress(
     request_body = CompleteRequest,
     responses(
         (status = 200, description = "The job, succeeded", body = JobBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn complete(
@@ -706,14 +539,8 @@ pub(crate) async fn complete(
     request_body = FailRequest,
     responses(
         (status = 200, description = "The job: queued again for a retry, or failed", body = JobBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        WriteErrors, NoSuchJob,
         (status = 409, description = "Stale lease or illegal transition", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn fail(

@@ -2,10 +2,10 @@
 //! See `docs/http-api.md` for the contract; `/openapi.json` is generated from the handlers
 //! here.
 //!
-//! Every handler answers JSON; every refusal is an [`ApiError`](error::ApiError) with a status,
-//! a code and a message (and the field, for a bad value). Bodies are read as bytes and parsed
-//! here, so that a malformed body, an unknown field or an oversized body gets the same clear
-//! answer everywhere.
+//! Every handler answers JSON; every refusal is an [`ApiError`] with a status, a code and a
+//! message (and the field, for a bad value). Bodies are read as bytes and parsed here, so that
+//! a malformed body, an unknown field or an oversized body gets the same clear answer
+//! everywhere.
 
 mod api;
 mod artifacts;
@@ -15,6 +15,7 @@ mod error;
 mod jobs;
 mod ops;
 mod pipelines;
+mod responses;
 mod workers;
 
 pub(crate) use workers::{FRAME_TYPE, SESSION_HEADER};
@@ -23,7 +24,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServerHandle, Service, ServiceResponse};
@@ -45,9 +45,6 @@ pub(crate) struct State {
     pub(crate) tokens: auth::Tokens,
     pub(crate) requests: RequestCounts,
     pub(crate) openapi: String,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) heartbeat: Duration,
-    pub(crate) worker_ttl: Duration,
     /// The session of each worker registered over HTTP.
     pub(crate) worker_sessions: workers::Sessions,
     /// The pooled client requests to endpoints are forwarded with.
@@ -121,6 +118,8 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         pipelines::create, pipelines::list, pipelines::get, pipelines::cancel, pipelines::rerun,
         ops::healthz, ops::metrics,
     ),
+    // The shared error rows (`responses`) refer to it without registering it.
+    components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
@@ -258,14 +257,6 @@ fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Settings of the HTTP API.
-pub(crate) struct HttpConfig {
-    pub(crate) listen: SocketAddr,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) heartbeat: Duration,
-    pub(crate) worker_ttl: Duration,
-}
-
 /// A running HTTP API.
 pub(crate) struct HttpApi {
     addr: SocketAddr,
@@ -274,14 +265,15 @@ pub(crate) struct HttpApi {
 }
 
 impl HttpApi {
-    /// Binds and starts serving. Refuses to listen beyond loopback without a token.
-    pub(crate) fn start(plane: Arc<ControlPlane>, data: &Path, config: HttpConfig) -> Result<Self> {
+    /// Binds `listen` and starts serving `plane`. Refuses to listen beyond loopback without a
+    /// token.
+    pub(crate) fn start(plane: Arc<ControlPlane>, data: &Path, listen: SocketAddr) -> Result<Self> {
         let tokens = auth::Tokens::new(data);
-        if !config.listen.ip().is_loopback() && !tokens.required() {
+        if !listen.ip().is_loopback() && !tokens.required() {
             bail!(
                 "the HTTP API would listen on {}, which is reachable from other machines, without a token; \
                  make one first with `nexa token create --data {}`, or listen on 127.0.0.1",
-                config.listen,
+                listen,
                 data.display()
             );
         }
@@ -290,9 +282,6 @@ impl HttpApi {
             tokens,
             requests: RequestCounts::default(),
             openapi: openapi_json(),
-            lease_ttl: config.lease_ttl,
-            heartbeat: config.heartbeat,
-            worker_ttl: config.worker_ttl,
             worker_sessions: workers::Sessions::load(data),
             proxy: endpoints::proxy()?,
             traffic: endpoints::Traffic::default(),
@@ -320,12 +309,12 @@ impl HttpApi {
         .workers(2)
         .shutdown_timeout(5)
         .disable_signals()
-        .bind(config.listen)
+        .bind(listen)
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen for HTTP on {}: {e}; is another nexa running there? pick another \
                  address with --http",
-                config.listen
+                listen
             )
         })?;
         let addr = server

@@ -6,11 +6,20 @@ use std::fmt::Write as _;
 use actix_web::HttpResponse;
 use actix_web::web::{self, Json};
 use nexa_runtime::JobState;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::State;
-use super::api::Health;
 use super::auth::Reader;
 use super::error::{ApiError, ErrorBody};
+use super::responses::ReadErrors;
+
+/// Whether the server is well.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    pub(crate) status: String,
+}
 
 /// Whether the server and its store answer.
 #[utoipa::path(
@@ -35,8 +44,7 @@ pub(crate) async fn healthz(state: web::Data<State>) -> Result<Json<Health>, Api
     get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors,
     )
 )]
 pub(crate) async fn metrics(_: Reader, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
@@ -58,7 +66,7 @@ pub(crate) async fn metrics(_: Reader, state: web::Data<State>) -> Result<HttpRe
     let now = nexa_actors::now();
     let alive = workers
         .iter()
-        .filter(|w| w.is_alive(now, state.worker_ttl))
+        .filter(|w| w.is_alive(now, state.plane.config().store.worker_ttl))
         .count();
     let _ = writeln!(
         out,

@@ -15,6 +15,9 @@ use utoipa::ToSchema;
 use super::api::time;
 use super::auth::{Reader, Writer};
 use super::error::{ApiError, ErrorBody};
+use super::responses::{
+    Malformed, NoSuchRun, NotARunId, ReadOnly, RunNotKept, TooLarge, Unauthorized,
+};
 use super::{State, read_json};
 
 /// A gate's verdict.
@@ -189,7 +192,8 @@ impl From<PipelineError> for ApiError {
             PipelineError::Ended(..) | PipelineError::NotEnded(..) => {
                 ApiError::conflict(e.to_string())
             }
-            PipelineError::Io(_) => ApiError::unavailable(e.to_string()),
+            // The plane's own troubles (its files, its store): try again later.
+            _ => ApiError::unavailable(e.to_string()),
         }
     }
 }
@@ -212,12 +216,8 @@ fn run_id(text: &str) -> Result<u64, ApiError> {
     request_body(content = Object, description = "`{\"name\": \"physics\", \"steps\": {\"generate\": {\"job_type\": \"generate\", \"params\": {...}}, \"train\": {\"job_type\": \"train\", \"params\": {\"dataset_uri\": \"${generate.artifacts.dataset}\", ...}}, \"good\": {\"gate\": {\"on\": \"evaluate\", \"min_metrics\": {\"accuracy\": 0.8}}}}}`"),
     responses(
         (status = 201, description = "The run, started", body = PipelineBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        Malformed, Unauthorized, ReadOnly, TooLarge, RunNotKept,
         (status = 422, description = "A fault in the pipeline, named by its path", body = ErrorBody),
-        (status = 503, description = "The run cannot be kept", body = ErrorBody),
     )
 )]
 pub(crate) async fn create(
@@ -235,7 +235,7 @@ pub(crate) async fn create(
     get, path = "/api/pipelines", tag = "pipelines",
     responses(
         (status = 200, description = "The runs", body = PipelinesBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
+        Unauthorized,
     )
 )]
 pub(crate) async fn list(_: Reader, state: web::Data<State>) -> Json<PipelinesBody> {
@@ -251,9 +251,7 @@ pub(crate) async fn list(_: Reader, state: web::Data<State>) -> Json<PipelinesBo
     params(("id" = String, Path, description = "Run id, like pl-3")),
     responses(
         (status = 200, description = "The run", body = PipelineBody),
-        (status = 400, description = "Not a run id", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 404, description = "No such run", body = ErrorBody),
+        NotARunId, Unauthorized, NoSuchRun,
     )
 )]
 pub(crate) async fn get(
@@ -271,12 +269,8 @@ pub(crate) async fn get(
     params(("id" = String, Path, description = "Run id, like pl-3")),
     responses(
         (status = 200, description = "The run, cancelling", body = PipelineBody),
-        (status = 400, description = "Not a run id", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such run", body = ErrorBody),
+        NotARunId, Unauthorized, ReadOnly, NoSuchRun, RunNotKept,
         (status = 409, description = "The run has ended", body = ErrorBody),
-        (status = 503, description = "The run cannot be kept", body = ErrorBody),
     )
 )]
 pub(crate) async fn cancel(
@@ -299,14 +293,9 @@ pub(crate) async fn cancel(
     request_body(content = Option<RerunRequest>, description = "Optional `from` step and fixed `spec`"),
     responses(
         (status = 201, description = "The new run", body = PipelineBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
-        (status = 404, description = "No such run", body = ErrorBody),
+        Malformed, Unauthorized, ReadOnly, NoSuchRun, TooLarge, RunNotKept,
         (status = 409, description = "The run has not ended", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A fault in the fixed pipeline, or an unknown step", body = ErrorBody),
-        (status = 503, description = "The run cannot be kept", body = ErrorBody),
     )
 )]
 pub(crate) async fn rerun(

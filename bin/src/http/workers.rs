@@ -1,15 +1,15 @@
 //! `/api/workers`: workers that join over HTTP register, heartbeat and lease jobs here; anyone
 //! may list the workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::web::{self, Bytes, Json};
 use actix_web::{HttpRequest, HttpResponse};
+use nexa_runtime::WorkerId;
 use nexa_runtime::wire::RunningJob;
-use nexa_runtime::{JobState, ListQuery, WorkerId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -20,6 +20,9 @@ use super::api::{
 use super::auth::{Reader, WorkerCaller, hex, random_hex, unhex32};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::show;
+use super::responses::{
+    BadQuery, NotThisWorker, ReadErrors, TooLarge, Unauthorized, WorkerErrors, WorkerNotRegistered,
+};
 use super::{State, read_json};
 
 /// The longest `next_job` holds a request.
@@ -171,13 +174,8 @@ impl Sessions {
     request_body = RegisterRequest,
     responses(
         (status = 200, description = "Registered", body = RegisteredBody),
+        WorkerErrors,
         (status = 409, description = "The worker id is another registrant's", body = ErrorBody),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn register(
@@ -200,18 +198,16 @@ pub(crate) async fn register(
         }
         None => {
             let now = nexa_actors::now();
-            let taken = state
-                .plane
-                .workers()
-                .await?
-                .iter()
-                .any(|w| w.info.id == id && w.is_alive(now, state.worker_ttl));
+            let taken =
+                state.plane.workers().await?.iter().any(|w| {
+                    w.info.id == id && w.is_alive(now, state.plane.config().store.worker_ttl)
+                });
             if taken {
                 return Err(ApiError::conflict(format!(
                     "worker {id} is alive and was not registered here over HTTP (a QUIC \
                      worker, or one registered before this server started); pick another \
                      worker_id, or wait {:.0} s for it to be presumed gone",
-                    state.worker_ttl.as_secs_f64().ceil()
+                    state.plane.config().store.worker_ttl.as_secs_f64().ceil()
                 )));
             }
         }
@@ -232,41 +228,9 @@ pub(crate) async fn register(
     Ok(Json(RegisteredBody {
         session,
         worker: api::worker_body(&record, true, Vec::new()),
-        lease_ttl_seconds: state.lease_ttl.as_secs_f64(),
-        heartbeat_interval_seconds: state.heartbeat.as_secs_f64(),
+        lease_ttl_seconds: state.plane.config().store.lease_ttl.as_secs_f64(),
+        heartbeat_interval_seconds: state.plane.config().heartbeat.as_secs_f64(),
     }))
-}
-
-/// The jobs each worker holds leases on.
-async fn leased_jobs(state: &State) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
-    let mut by_worker: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for leased in [JobState::Assigned, JobState::Running, JobState::Cancelling] {
-        let mut before = None;
-        loop {
-            let page = state
-                .plane
-                .list(ListQuery {
-                    state: Some(leased),
-                    before,
-                    limit: 500,
-                    ..ListQuery::default()
-                })
-                .await?;
-            for job in &page.jobs {
-                if let Some(a) = job.live_attempt() {
-                    by_worker
-                        .entry(a.worker.as_str().to_owned())
-                        .or_default()
-                        .push(job.id.to_string());
-                }
-            }
-            match page.next_before {
-                Some(b) => before = Some(b),
-                None => break,
-            }
-        }
-    }
-    Ok(by_worker)
 }
 
 /// List the workers.
@@ -274,8 +238,7 @@ async fn leased_jobs(state: &State) -> Result<BTreeMap<String, Vec<String>>, Api
     get, path = "/api/workers", tag = "workers",
     responses(
         (status = 200, description = "Every registered worker", body = WorkersBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        ReadErrors,
     )
 )]
 pub(crate) async fn list(
@@ -283,13 +246,14 @@ pub(crate) async fn list(
     state: web::Data<State>,
 ) -> Result<Json<WorkersBody>, ApiError> {
     let records = state.plane.workers().await?;
-    let mut leased = leased_jobs(&state).await?;
+    let mut leased = state.plane.leased_jobs().await?;
     let now = nexa_actors::now();
     let workers = records
         .iter()
         .map(|w| {
-            let alive = w.is_alive(now, state.worker_ttl);
-            let jobs = leased.remove(w.info.id.as_str()).unwrap_or_default();
+            let alive = w.is_alive(now, state.plane.config().store.worker_ttl);
+            let jobs = leased.remove(&w.info.id).unwrap_or_default();
+            let jobs = jobs.iter().map(ToString::to_string).collect();
             api::worker_body(w, alive, jobs)
         })
         .collect();
@@ -306,13 +270,7 @@ pub(crate) async fn list(
     request_body(content = Option<HeartbeatRequest>, description = "The jobs it runs"),
     responses(
         (status = 200, description = "What to do with its jobs", body = HeartbeatAnswer),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
-        (status = 404, description = "Worker not registered", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid value", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
+        WorkerErrors, WorkerNotRegistered,
     )
 )]
 pub(crate) async fn heartbeat(
@@ -374,12 +332,8 @@ pub(crate) async fn heartbeat(
     responses(
         (status = 200, description = "A job leased to the worker", body = AssignmentBody),
         (status = 204, description = "No job fits within the wait"),
-        (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
-        (status = 404, description = "Worker not registered", body = ErrorBody),
+        ReadErrors, BadQuery, NotThisWorker, WorkerNotRegistered,
         (status = 409, description = "The worker is draining", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn next_job(
@@ -477,10 +431,8 @@ pub(crate) const FRAME_TYPE: &str = "application/octet-stream";
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "One frame of the worker protocol"),
     responses(
         (status = 200, description = "The answer, one frame", content_type = "application/octet-stream"),
+        Unauthorized, NotThisWorker, TooLarge,
         (status = 400, description = "Not one whole frame of this protocol version", body = ErrorBody),
-        (status = 401, description = "Token missing or unknown", body = ErrorBody),
-        (status = 403, description = "Not a worker credential, or not this worker's session", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not application/octet-stream", body = ErrorBody),
     )
 )]

@@ -45,6 +45,11 @@ fn write_job<T: Tables + ?Sized>(
     new: &Job,
 ) -> Result<(), StoreError> {
     t.put_job(new)?;
+    // A lease adds an attempt: the worker's index of jobs gains this one.
+    let tried = old.map_or(0, |o| o.attempts.len());
+    for attempt in new.attempts.iter().skip(tried) {
+        t.worker_job_put(&attempt.worker, new.id)?;
+    }
     if old.map(|o| o.state) != Some(new.state) {
         if let Some(o) = old {
             t.state_remove(o.state, o.id)?;
@@ -232,25 +237,32 @@ pub(super) fn list<T: ReadTables + ?Sized>(t: &T, q: &ListQuery) -> Result<Page,
     }
     let mut jobs = Vec::with_capacity(q.limit + 1);
     let mut fault = None;
-    let wanted = |job: &Job| q.job_type.is_none_or(|ty| job.spec.job_type() == ty);
-    match q.state {
-        Some(state) => t.state_desc(state, q.before, &mut |id| match t.job(id) {
-            Ok(Some(job)) => {
-                if wanted(&job) {
-                    jobs.push(job);
-                }
-                jobs.len() <= q.limit
+    let wanted = |job: &Job| {
+        q.job_type.is_none_or(|ty| job.spec.job_type() == ty)
+            && q.state.is_none_or(|state| job.state == state)
+    };
+    // Ids from an index name jobs to read; the narrowest index is used: a worker's jobs,
+    // else the jobs in a state, else every job (read in order, no index).
+    let mut take = |id: JobId, index: &str| match t.job(id) {
+        Ok(Some(job)) => {
+            if wanted(&job) {
+                jobs.push(job);
             }
-            Ok(None) => {
-                fault = Some(corrupt(format!("state index names missing {id}")));
-                false
-            }
-            Err(e) => {
-                fault = Some(e.into());
-                false
-            }
-        })?,
-        None => t.jobs_desc(q.before, &mut |job| {
+            jobs.len() <= q.limit
+        }
+        Ok(None) => {
+            fault = Some(corrupt(format!("{index} index names missing {id}")));
+            false
+        }
+        Err(e) => {
+            fault = Some(e.into());
+            false
+        }
+    };
+    match (&q.worker, q.state) {
+        (Some(worker), _) => t.worker_jobs_desc(worker, q.before, &mut |id| take(id, "worker"))?,
+        (None, Some(state)) => t.state_desc(state, q.before, &mut |id| take(id, "state"))?,
+        (None, None) => t.jobs_desc(q.before, &mut |job| {
             if wanted(&job) {
                 jobs.push(job);
             }
@@ -747,6 +759,9 @@ fn kept_because<T: ReadTables + ?Sized>(t: &T, job: &Job) -> Result<Option<Strin
 
 fn remove<T: Tables + ?Sized>(t: &mut T, job: &Job) -> Result<(), StoreError> {
     t.state_remove(job.state, job.id)?;
+    for attempt in &job.attempts {
+        t.worker_job_remove(&attempt.worker, job.id)?;
+    }
     t.remove_job(job.id)?;
     if let Some(key) = &job.spec.idempotency_key
         && t.idempotent(key)? == Some(job.id)

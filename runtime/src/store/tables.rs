@@ -109,6 +109,13 @@ pub trait ReadTables {
         before: Option<JobId>,
         visit: Visit<'_, JobId>,
     ) -> Result<(), StorageFault>;
+    /// Ids of the jobs with an attempt on `worker` below `before`, highest first.
+    fn worker_jobs_desc(
+        &self,
+        worker: &WorkerId,
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault>;
     /// The queue in [`QueueKey`] order.
     fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault>;
     /// Deadline entries at or before `now`, earliest first.
@@ -151,6 +158,10 @@ pub trait Tables: ReadTables {
     fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault>;
     /// Removes a state index entry.
     fn state_remove(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault>;
+    /// Records that job `id` had an attempt on `worker`.
+    fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault>;
+    /// Forgets that job `id` had an attempt on `worker`.
+    fn worker_job_remove(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault>;
     /// Adds a deadline entry.
     fn deadline_put(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault>;
     /// Removes a deadline entry.

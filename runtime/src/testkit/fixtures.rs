@@ -219,7 +219,7 @@ pub(crate) fn state(store: &impl Store, id: JobId) -> JobState {
 pub(crate) fn list_all(store: &impl Store, mut query: ListQuery) -> Vec<Job> {
     let mut all: Vec<Job> = Vec::new();
     loop {
-        let page = store.list(query).expect("list");
+        let page = store.list(query.clone()).expect("list");
         assert!(page.jobs.len() <= query.limit, "page longer than its limit");
         if page.next_before.is_some() {
             assert_eq!(

@@ -1317,6 +1317,7 @@ impl Model {
                 job_type,
                 before: None,
                 limit: step % 3 + 1,
+                worker: None,
             };
             let got: Vec<JobId> = list_all(store, q).into_iter().map(|j| j.id).collect();
             let want: Vec<JobId> = jobs

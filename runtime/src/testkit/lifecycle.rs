@@ -356,7 +356,7 @@ pub fn lease_many_is_lease_next_in_turn<H: Harness>(h: &mut H) {
         ..ListQuery::default()
     };
     assert_eq!(
-        list_all(&batched, everything),
+        list_all(&batched, everything.clone()),
         list_all(&serial, everything)
     );
     assert_eq!(

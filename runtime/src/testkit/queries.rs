@@ -41,6 +41,7 @@ pub fn list_filters_by_state_and_type<H: Harness>(h: &mut H) {
         job_type,
         before: None,
         limit: 1000,
+        worker: None,
     };
     let expect = |f: &dyn Fn(usize, JobType) -> bool| -> Vec<JobId> {
         let mut v: Vec<JobId> = all
@@ -150,7 +151,7 @@ pub fn list_pages_cover_every_job_once<H: Harness>(h: &mut H) {
     };
     let mut sizes = Vec::new();
     loop {
-        let page = store.list(q).expect("list");
+        let page = store.list(q.clone()).expect("list");
         sizes.push(page.jobs.len());
         match page.next_before {
             Some(b) => q.before = Some(b),
@@ -203,6 +204,61 @@ pub fn list_pages_cover_every_job_once<H: Harness>(h: &mut H) {
     assert_eq!(page.next_before, Some(created[7]));
 }
 
+/// `list` with a worker gives the jobs with an attempt on that worker (a job retried
+/// elsewhere is on both), newest first, in pages, with the other filters; a deleted job leaves
+/// the worker's list.
+pub fn list_filters_by_worker<H: Harness>(h: &mut H) {
+    let store = h.open(config());
+    let w1 = register_cpu_worker(&store, "w1", at(0));
+    let w2 = register_cpu_worker(&store, "w2", at(0));
+    let jobs: Vec<JobId> = (0..5).map(|n| submit(&store, generate(n), at(n))).collect();
+    let first = lease(&store, &w1, jobs[0], at(10));
+    let second = lease(&store, &w1, jobs[1], at(10));
+    lease(&store, &w2, jobs[2], at(10));
+    // jobs[0] fails on w1 and runs again on w2, after its backoff.
+    store
+        .fail(
+            jobs[0],
+            first.epoch,
+            error(FailureClass::StageError),
+            at(11),
+        )
+        .expect("fail");
+    let w2_again = register_cpu_worker(&store, "w2", at(3600));
+    lease(&store, &w2_again, jobs[0], at(3600));
+    let on = |worker: &crate::WorkerId, state, limit, before| {
+        store
+            .list(ListQuery {
+                worker: Some(worker.clone()),
+                state,
+                limit,
+                before,
+                ..ListQuery::default()
+            })
+            .expect("list")
+    };
+    assert_eq!(ids(&on(&w1, None, 10, None).jobs), vec![jobs[1], jobs[0]]);
+    assert_eq!(ids(&on(&w2, None, 10, None).jobs), vec![jobs[2], jobs[0]]);
+    let page = on(&w2, None, 1, None);
+    assert_eq!(
+        (ids(&page.jobs), page.next_before),
+        (vec![jobs[2]], Some(jobs[2]))
+    );
+    let page = on(&w2, None, 1, page.next_before);
+    assert_eq!((ids(&page.jobs), page.next_before), (vec![jobs[0]], None));
+    assert!(on(&wid("never-seen"), None, 10, None).jobs.is_empty());
+
+    store
+        .complete(jobs[1], second.epoch, super::fixtures::output(), at(3601))
+        .expect("complete");
+    // The state is the job's now, wherever its latest attempt runs.
+    let state = |state| ids(&on(&w1, Some(state), 10, None).jobs);
+    assert_eq!(state(JobState::Succeeded), vec![jobs[1]]);
+    assert_eq!(state(JobState::Assigned), vec![jobs[0]]);
+    store.delete(jobs[1]).expect("delete");
+    assert_eq!(ids(&on(&w1, None, 10, None).jobs), vec![jobs[0]]);
+}
+
 /// A limit of 0 or above 1,000 is an `InvalidQuery`; 1 and 1,000 are fine.
 pub fn list_limit_out_of_range_is_invalid<H: Harness>(h: &mut H) {
     let store = h.open(config());
@@ -213,7 +269,7 @@ pub fn list_limit_out_of_range_is_invalid<H: Harness>(h: &mut H) {
             ..ListQuery::default()
         };
         assert!(
-            matches!(store.list(q), Err(StoreError::InvalidQuery(_))),
+            matches!(store.list(q.clone()), Err(StoreError::InvalidQuery(_))),
             "limit {limit}"
         );
         let filtered = ListQuery {
