@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use nexa_runtime::wire::{HeartbeatAck, Message, RunningJob, Welcome};
+use nexa_runtime::wire::{Message, RunningJob, Welcome};
 use nexa_runtime::{
     Epoch, FaultKind, Job, JobError, JobId, JobOutput, JobSpec, JobState, Lease, LeaseStatus,
     LeaseToken, ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault,
@@ -74,6 +74,7 @@ pub use self::pipelines::{
 };
 use self::quic::PlaneHandler;
 use self::report::Report;
+pub use self::report::{HeartbeatAnswer, HeldLease};
 use self::scheduler::{Scheduler, SchedulerMsg};
 use crate::clock::now;
 use crate::metrics::Metrics;
@@ -726,18 +727,21 @@ impl ControlPlane {
         Ok(applied.lease(job)?)
     }
 
-    /// An HTTP worker's heartbeat: it is alive, and so are `jobs`. Says which to cancel and
-    /// which leases are gone (a job quoted without its lease token is one).
+    /// The heartbeat of a worker that speaks HTTP: it is alive, and so are the leases of
+    /// `jobs`. Says which to cancel and which leases are gone (a job quoted without its lease
+    /// token is one).
     pub async fn worker_heartbeat(
         &self,
         worker: WorkerId,
-        jobs: Vec<RunningJob>,
-    ) -> Result<HeartbeatAck, PlaneError> {
-        Ok(self.handler.linkless_heartbeat(worker, jobs).await?)
+        jobs: Vec<HeldLease>,
+    ) -> Result<HeartbeatAnswer, PlaneError> {
+        let jobs = jobs.into_iter().map(RunningJob::from).collect();
+        let ack = self.handler.linkless_heartbeat(worker, jobs).await?;
+        Ok(ack.into())
     }
 
     /// The answer to `message` from `worker`, a worker that speaks the QUIC protocol's
-    /// messages over another link (`nexa worker --api` sends them over HTTP): exactly what
+    /// messages ([`nexa_runtime::wire`], by design: this is the protocol's bridge) over another link (`nexa worker --api` sends them over HTTP): exactly what
     /// its QUIC session would answer. A cancel is not pushed over such a link; the heartbeat's
     /// answer names it.
     pub async fn worker_request(&self, worker: &WorkerId, message: Message) -> Message {

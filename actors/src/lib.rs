@@ -44,8 +44,9 @@ pub use audit_stage::AuditStage;
 pub use clock::now;
 pub use command_stage::{CommandStage, INVALID_INPUT_EXIT, kill_leftover_programs};
 pub use control::{
-    ControlPlane, ControlPlaneConfig, FollowFrom, GateVerdict, LogEvent, PipelineError,
-    PipelineRun, PlaneError, Replica, RunEvent, RunState, StartError, StepRun, StepState,
+    ControlPlane, ControlPlaneConfig, FollowFrom, GateVerdict, HeartbeatAnswer, HeldLease,
+    LogEvent, PipelineError, PipelineRun, PlaneError, Replica, RunEvent, RunState, StartError,
+    StepRun, StepState,
 };
 pub use lifecycle::{
     CHECKPOINT_INTERVAL, DEFAULT_BASE, DEFAULT_STUDENT, DeployStage, DistillStage,

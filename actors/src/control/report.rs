@@ -1,8 +1,9 @@
 //! What a worker reports about a job it holds the lease of, and how a report is applied: the
 //! one definition the QUIC handler, the HTTP API and the job actors share.
 
+use nexa_runtime::wire::{HeartbeatAck, RunningJob};
 use nexa_runtime::{
-    Epoch, JobError, JobId, JobOutput, JobState, LeaseStatus, LogAck, Store, StoreError,
+    Epoch, JobError, JobId, JobOutput, JobState, LeaseStatus, LeaseToken, LogAck, Store, StoreError,
 };
 
 use crate::clock::now;
@@ -91,4 +92,77 @@ fn unexpected(job: JobId, applied: &Applied) -> StoreError {
         format!("{job}: a report was answered with {applied:?}"),
     )
     .into()
+}
+
+/// A job a worker says it runs, in a heartbeat over a link other than QUIC (see
+/// [`ControlPlane::worker_heartbeat`](super::ControlPlane::worker_heartbeat)).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct HeldLease {
+    /// The job.
+    pub job: JobId,
+    /// The lease's epoch.
+    pub epoch: Epoch,
+    /// The lease's token, as the lease handed it out.
+    pub token: LeaseToken,
+    /// How far along the attempt is, 0.0 to 1.0.
+    pub progress: Option<f64>,
+    /// Where the job serves, for a deploy job whose replica is ready.
+    pub serving: Option<String>,
+}
+
+impl HeldLease {
+    /// The lease of `job` at `epoch`, proved by `token`, with no progress and not serving.
+    pub fn new(job: JobId, epoch: Epoch, token: LeaseToken) -> Self {
+        Self {
+            job,
+            epoch,
+            token,
+            progress: None,
+            serving: None,
+        }
+    }
+
+    /// How far along the attempt is.
+    pub fn progress(mut self, fraction: Option<f64>) -> Self {
+        self.progress = fraction;
+        self
+    }
+
+    /// Where the job serves.
+    pub fn serving(mut self, url: Option<String>) -> Self {
+        self.serving = url;
+        self
+    }
+}
+
+impl From<HeldLease> for RunningJob {
+    fn from(h: HeldLease) -> Self {
+        RunningJob {
+            job: h.job,
+            epoch: h.epoch,
+            lease_token: h.token,
+            progress: h.progress,
+            serving: h.serving,
+        }
+    }
+}
+
+/// What a worker does with the jobs its heartbeat named.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeartbeatAnswer {
+    /// Stop these: they are being cancelled.
+    pub cancel: Vec<JobId>,
+    /// Drop these: their leases are gone (they ran out, or the token did not hold).
+    pub lost: Vec<JobId>,
+}
+
+impl From<HeartbeatAck> for HeartbeatAnswer {
+    fn from(ack: HeartbeatAck) -> Self {
+        Self {
+            cancel: ack.cancel,
+            lost: ack.lost,
+        }
+    }
 }

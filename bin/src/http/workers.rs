@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use actix_web::web::{self, Bytes, Json};
 use actix_web::{HttpRequest, HttpResponse};
+use nexa_actors::HeldLease;
 use nexa_runtime::WorkerId;
-use nexa_runtime::wire::RunningJob;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -306,13 +306,12 @@ pub(crate) async fn heartbeat(
         {
             return Err(ApiError::invalid(format!("jobs[{i}].serving_url"), why));
         }
-        jobs.push(RunningJob {
-            job: api::job_id(&format!("jobs[{i}].job_id"), &j.job_id)?,
-            epoch: api::epoch(j.epoch),
-            lease_token: api::lease_token(&format!("jobs[{i}].lease_token"), &j.lease_token)?,
-            progress: j.progress,
-            serving: j.serving_url,
-        });
+        let held = HeldLease::new(
+            api::job_id(&format!("jobs[{i}].job_id"), &j.job_id)?,
+            api::epoch(j.epoch),
+            api::lease_token(&format!("jobs[{i}].lease_token"), &j.lease_token)?,
+        );
+        jobs.push(held.progress(j.progress).serving(j.serving_url));
     }
     let ack = state.plane.worker_heartbeat(worker, jobs).await?;
     Ok(Json(HeartbeatAnswer {
