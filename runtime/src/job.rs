@@ -160,6 +160,16 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Every failure class, in a fixed order (the API lists them so).
+    pub const ALL: [FailureClass; 6] = [
+        FailureClass::InvalidInput,
+        FailureClass::StageError,
+        FailureClass::WorkerLost,
+        FailureClass::Timeout,
+        FailureClass::Cancelled,
+        FailureClass::Platform,
+    ];
+
     /// Whether a failure of this kind is the platform's rather than the job's: the worker was
     /// lost (or never acknowledged the lease), or Nexa Forge itself failed. Such attempts do
     /// not spend the job's `max_attempts`.
@@ -729,6 +739,23 @@ mod tests {
     use crate::params::{GenerateParams, JobParams};
 
     const TTL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn every_failure_class_is_listed_once_in_all() {
+        // Exhaustive: a class added to the enum stops the build here until it has a place in
+        // `FailureClass::ALL`.
+        let place = |class: FailureClass| match class {
+            FailureClass::InvalidInput => 0,
+            FailureClass::StageError => 1,
+            FailureClass::WorkerLost => 2,
+            FailureClass::Timeout => 3,
+            FailureClass::Cancelled => 4,
+            FailureClass::Platform => 5,
+        };
+        for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+            assert_eq!(place(class), i, "{class}");
+        }
+    }
 
     fn job(max_attempts: u32) -> Job {
         let mut spec = JobSpec::new(JobParams::Generate(GenerateParams::new("math", 10)));

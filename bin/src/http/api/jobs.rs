@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::names::{FAILURE_CLASSES, FailureClassName, failure_class_list};
+use super::names::{FailureClassName, failure_class_list};
 use super::submit::ResourcesBody;
 use super::values::time;
 use crate::http::error::ApiError;
@@ -144,7 +144,7 @@ impl From<&JobError> for ErrorInfo {
 
 impl ErrorInfo {
     pub(crate) fn into_job_error(self) -> Result<JobError, ApiError> {
-        let class = FAILURE_CLASSES
+        let class = FailureClass::ALL
             .into_iter()
             .find(|c| c.as_str() == self.class)
             .ok_or_else(|| {

@@ -1,8 +1,9 @@
 //! The names the API takes as text — job types, failure classes, job states, job ids, lease
 //! tokens — as OpenAPI schemas, and the lists of them that error messages quote.
 //!
-//! The job types and failure classes come from the runtime's own lists, so the document and
-//! the messages cannot drift from what the server accepts.
+//! The job types and failure classes come from the runtime's own lists (`JobType::ALL`,
+//! `FailureClass::ALL`), so the document and the messages cannot drift from what the server
+//! accepts.
 
 use std::borrow::Cow;
 
@@ -11,40 +12,6 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
 
-/// Every failure class, in the order the API lists them.
-pub(crate) const FAILURE_CLASSES: [FailureClass; 6] = {
-    use FailureClass::*;
-    [
-        InvalidInput,
-        StageError,
-        WorkerLost,
-        Timeout,
-        Cancelled,
-        Platform,
-    ]
-};
-
-// The runtime has no list of its failure classes. This match is exhaustive, so a class it
-// gains stops the build here until the class has a place, and the check below holds
-// `FAILURE_CLASSES` to those places: every class listed once, in order.
-const _: () = {
-    const fn place(class: FailureClass) -> usize {
-        match class {
-            FailureClass::InvalidInput => 0,
-            FailureClass::StageError => 1,
-            FailureClass::WorkerLost => 2,
-            FailureClass::Timeout => 3,
-            FailureClass::Cancelled => 4,
-            FailureClass::Platform => 5,
-        }
-    }
-    let mut i = 0;
-    while i < FAILURE_CLASSES.len() {
-        assert!(place(FAILURE_CLASSES[i]) == i);
-        i += 1;
-    }
-};
-
 /// `generate, audit, distill, train, evaluate, deploy`: every job type, for a message.
 pub(crate) fn job_type_list() -> String {
     JobType::ALL.map(JobType::as_str).join(", ")
@@ -52,7 +19,7 @@ pub(crate) fn job_type_list() -> String {
 
 /// `invalid_input, stage_error, …`: every failure class, for a message.
 pub(crate) fn failure_class_list() -> String {
-    FAILURE_CLASSES.map(FailureClass::as_str).join(", ")
+    FailureClass::ALL.map(FailureClass::as_str).join(", ")
 }
 
 /// A string schema of the given values.
@@ -88,14 +55,14 @@ impl ToSchema for JobTypeName {
     }
 }
 
-/// Whose fault a failure was: one of [`FAILURE_CLASSES`] by its name.
+/// Whose fault a failure was: one of [`FailureClass::ALL`] by its name.
 pub(crate) struct FailureClassName;
 
 impl PartialSchema for FailureClassName {
     fn schema() -> RefOr<Schema> {
         one_of(
             "Whose fault a failure was.",
-            FAILURE_CLASSES.map(FailureClass::as_str),
+            FailureClass::ALL.map(FailureClass::as_str),
         )
     }
 }
