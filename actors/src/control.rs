@@ -151,7 +151,10 @@ pub struct ControlPlane {
     jobs: Jobs,
     artifacts: ArtifactStore,
     remote: Option<RemoteBlobs>,
-    server: Server,
+    /// The QUIC server until shutdown, which takes it (its socket is released then).
+    server: std::sync::Mutex<Option<Server>>,
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
     metrics: Arc<Metrics>,
     config: ControlPlaneConfig,
     lease_key: Arc<LeaseKey>,
@@ -168,7 +171,7 @@ pub struct ControlPlane {
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("addr", &self.server.local_addr())
+            .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
@@ -371,7 +374,9 @@ impl ControlPlane {
             jobs,
             artifacts,
             remote,
-            server,
+            addr: server.local_addr(),
+            fingerprint: server.fingerprint(),
+            server: std::sync::Mutex::new(Some(server)),
             metrics,
             config,
             lease_key,
@@ -390,12 +395,12 @@ impl ControlPlane {
 
     /// The address workers connect to.
     pub fn addr(&self) -> SocketAddr {
-        self.server.local_addr()
+        self.addr
     }
 
     /// The certificate fingerprint workers trust.
     pub fn fingerprint(&self) -> Fingerprint {
-        self.server.fingerprint()
+        self.fingerprint
     }
 
     /// The artifacts jobs made, kept in the data folder.
@@ -819,7 +824,14 @@ impl ControlPlane {
     pub async fn shutdown(&self) {
         self.stopped
             .get_or_init(|| async {
-                self.server.shutdown().await;
+                let server = self
+                    .server
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some(server) = server {
+                    server.shutdown().await;
+                }
                 self.jobs.scheduler.stop(None);
             })
             .await;
@@ -869,6 +881,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(refused.to_string().contains("restarted"), "{refused}");
-        plane.shutdown().await;
+        // Serving until a shutdown that never comes ends with the failure instead.
+        let served = plane.run_until(std::future::pending()).await;
+        assert!(
+            matches!(&served, Err(super::PlaneError::Unavailable(why)) if why.contains("the scheduler failed")),
+            "{served:?}"
+        );
     }
 }

@@ -533,3 +533,117 @@ async fn workers_gone_for_the_retention_time_are_forgotten() {
     }
     plane.shutdown().await;
 }
+
+/// The stage of the `wait` and `follow_logs` tests: three lines, then a failure on the first
+/// attempt and success on the second.
+fn flaky_stage() -> StageRegistry {
+    let mut stages = StageRegistry::new();
+    stages.register_fn(JobType::Train, |ctx| async move {
+        for i in 0..3 {
+            ctx.logs.line(format!("attempt {} line {i}", ctx.attempt));
+        }
+        if ctx.attempt == 1 {
+            Err(StageError::Failed("the first attempt fails".into()))
+        } else {
+            Ok(JobOutput::default())
+        }
+    });
+    stages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_jobs_log_gives_every_attempts_lines_then_its_end() {
+    use futures_util::StreamExt;
+
+    let c = cluster(Duration::from_secs(10)).await;
+    let id = c.submit("model", 0).await;
+    // Followed from before it runs: the stream waits for the first attempt.
+    let log = c.plane.follow_logs(id, FollowFrom::default());
+    let worker = WorkerNode::start(c.worker_config("w1", flaky_stage()))
+        .await
+        .unwrap();
+    let events: Vec<LogEvent> = log.map(Result::unwrap).collect().await;
+    let mut expected = Vec::new();
+    for attempt in 1..=2 {
+        expected.push(format!("attempt {attempt}"));
+        expected.extend((0..3).map(|i| format!("{attempt}: attempt {attempt} line {i}")));
+    }
+    expected.push("end succeeded".to_owned());
+    let shown: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            LogEvent::Attempt(n) => format!("attempt {n}"),
+            LogEvent::Line { attempt, line } => format!("{attempt}: {}", line.text),
+            LogEvent::End(state) => format!("end {state}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(shown, expected);
+
+    // From a line of the second attempt, after the job ended: the rest, then the end.
+    let rest: Vec<LogEvent> = c
+        .plane
+        .follow_logs(id, FollowFrom::new(2, 2))
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    assert!(matches!(&rest[1], LogEvent::Line { attempt: 2, line } if line.seq == 2));
+    assert_eq!(rest[2], LogEvent::End(JobState::Succeeded));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_a_job_once_it_ends_and_says_when_there_is_none() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let ran = c.submit("model", 0).await;
+    let worker = WorkerNode::start(c.worker_config("w1", flaky_stage()))
+        .await
+        .unwrap();
+    let done = c.plane.wait(ran).await.unwrap();
+    assert_eq!((done.state, done.attempts.len()), (JobState::Succeeded, 2));
+    worker.stop().await;
+
+    // No worker can run this one: it ends when it is cancelled, and the waiter sees it.
+    let queued = c.submit("model", 8).await;
+    let (cancelled, ()) = tokio::join!(c.plane.wait(queued), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.plane.cancel(queued, "not needed").await.unwrap();
+    });
+    assert_eq!(cancelled.unwrap().state, JobState::Cancelled);
+
+    let missing = c.plane.wait(JobId(999)).await.unwrap_err();
+    assert_eq!(missing, PlaneError::NotFound(JobId(999)));
+    assert_eq!(missing.to_string(), "job-999 does not exist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plane_shut_down_through_a_shared_handle_releases_its_port() {
+    let c = cluster(Duration::from_secs(10)).await;
+    let addr = c.plane.addr();
+    let plane = std::sync::Arc::new(c.plane);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let plane = plane.clone();
+        async move {
+            plane
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    stop.send(()).unwrap();
+    assert_eq!(serving.await.unwrap(), Ok(()));
+    // Again through the handle: nothing more to do.
+    plane.shutdown().await;
+    let mut bound = false;
+    for _ in 0..200 {
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(bound, "{addr} was not released");
+}

@@ -213,7 +213,7 @@ impl Server {
     }
 
     /// Closes every connection (workers see "server shutting down") and stops listening.
-    pub async fn shutdown(&self) {
+    pub async fn shutdown(self) {
         self.endpoint
             .close(VarInt::from_u32(close::SHUTDOWN), b"server shutting down");
         self.accept.abort();
