@@ -19,6 +19,7 @@
 
 mod artifacts;
 mod fault;
+mod group;
 mod record;
 mod redb_store;
 mod remote;

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nexa_runtime::{
-    Engine, Expired, FaultKind, ReadTables, StorageFault, Store, StoreConfig, StoreError, Tables,
+    Engine, Expired, FaultKind, ReadTables, StorageFault, Store, StoreConfig, StoreError,
     Timestamp, WriteOp,
 };
 use redb::{
@@ -27,6 +27,7 @@ use redb::{
 };
 
 use crate::fault::{fault, io_kind};
+use crate::group::{self, Reply, Request, unavailable};
 use crate::tables::{JOBS, META, ReadSnapshot, WriteTables, index_worker_jobs};
 
 /// The layout version this build writes, kept in the file's `meta` table. Format 2 added the
@@ -35,9 +36,6 @@ pub const FORMAT_VERSION: u64 = 2;
 
 /// Where `nexa` keeps its store unless told otherwise.
 pub const DEFAULT_PATH: &str = "var/nexa_forge.db";
-
-/// Most writes committed in one transaction.
-const MAX_GROUP: usize = 4096;
 
 const FORMAT_KEY: &str = "format_version";
 
@@ -101,13 +99,6 @@ pub enum OpenError {
 }
 
 type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
-
-/// The answer half of a queued write: told how the group's commit went.
-type Reply = Box<dyn FnOnce(Result<(), StorageFault>) + Send>;
-
-/// A queued write. Given the transaction's tables (or `None` when the group already failed),
-/// it runs its operation and returns the storage fault it hit, if any, and its reply.
-type Request = Box<dyn FnOnce(Option<&mut dyn Tables>) -> (Option<StorageFault>, Reply) + Send>;
 
 struct Shared {
     /// `None` only while the committer reopens the file after an I/O error, or when that
@@ -413,13 +404,7 @@ fn open_and_check(open: &Opener, location: &str) -> Result<Database, OpenError> 
 
 fn run_committer(shared: &Shared, requests: &Receiver<Request>) {
     while let Ok(first) = requests.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
+        let group = group::next_group(first, requests);
         // A database left unusable by an earlier failure is reopened before the group runs.
         if shared.db().is_none() {
             reopen(shared);
@@ -433,10 +418,7 @@ fn run_committer(shared: &Shared, requests: &Receiver<Request>) {
         {
             reopen(shared);
         }
-        let outcome = failure.map_or(Ok(()), Err);
-        for reply in replies {
-            reply(outcome.clone());
-        }
+        group::answer(replies, failure);
     }
 }
 
@@ -444,51 +426,22 @@ fn run_committer(shared: &Shared, requests: &Receiver<Request>) {
 fn commit_group(shared: &Shared, group: Vec<Request>) -> (Vec<Reply>, Option<StorageFault>) {
     let guard = shared.db();
     match guard.as_ref().map(Database::begin_write) {
-        None => refuse(
+        None => group::refuse(
             group,
             unavailable("the store is reopening after an I/O error"),
         ),
-        Some(Err(e)) => refuse(group, fault(e)),
+        Some(Err(e)) => group::refuse(group, fault(e)),
         Some(Ok(txn)) => run_group(txn, group),
     }
-}
-
-/// Answers every request of a group that cannot run with `failure`.
-fn refuse(group: Vec<Request>, failure: StorageFault) -> (Vec<Reply>, Option<StorageFault>) {
-    let replies = group.into_iter().map(|r| r(None).1).collect();
-    (replies, Some(failure))
 }
 
 /// Runs the requests in `txn` and commits it if none failed on storage.
 fn run_group(txn: WriteTransaction, group: Vec<Request>) -> (Vec<Reply>, Option<StorageFault>) {
     let mut tables = match WriteTables::open(&txn) {
         Ok(t) => t,
-        Err(e) => return refuse(group, e),
+        Err(e) => return group::refuse(group, e),
     };
-    let mut replies = Vec::with_capacity(group.len());
-    let mut failure = None;
-    let mut requests = group.into_iter();
-    for request in requests.by_ref() {
-        match catch_unwind(AssertUnwindSafe(|| request(Some(&mut tables)))) {
-            Ok((fault, reply)) => {
-                replies.push(reply);
-                if fault.is_some() {
-                    failure = fault;
-                    break;
-                }
-            }
-            // That caller sees its answer channel close. Nothing of the group is committed:
-            // the op may have written half of its changes.
-            Err(_) => {
-                failure = Some(StorageFault::new(
-                    FaultKind::Io,
-                    "a store operation panicked; its group was not stored",
-                ));
-                break;
-            }
-        }
-    }
-    replies.extend(requests.map(|r| r(None).1));
+    let (replies, mut failure) = group::run(&mut tables, group);
     drop(tables);
     if failure.is_none() {
         if let Err(e) = txn.commit() {
@@ -522,47 +475,13 @@ fn reopen(shared: &Shared) {
     });
 }
 
-fn unavailable(why: &str) -> StorageFault {
-    StorageFault::new(FaultKind::Unavailable, why)
-}
-
 impl Engine for RedbStore {
     fn config(&self) -> &StoreConfig {
         &self.config
     }
 
     fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
-        let (tx, rx) = mpsc::sync_channel::<Result<R, StoreError>>(1);
-        let request: Request = Box::new(move |tables| {
-            let result = match tables {
-                Some(t) => op(t),
-                None => Err(unavailable("not run: an earlier write of its group failed").into()),
-            };
-            let fault = match &result {
-                Err(StoreError::Storage(f)) => Some(f.clone()),
-                _ => None,
-            };
-            let reply: Reply = Box::new(move |commit| {
-                let answer = match commit {
-                    Ok(()) => result,
-                    Err(f) => Err(f.into()),
-                };
-                let _ = tx.send(answer);
-            });
-            (fault, reply)
-        });
-        let stopped = || StoreError::from(unavailable("the store's writer has stopped"));
-        self.requests
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(request)
-            .map_err(|_| stopped())?;
-        rx.recv().map_err(|_| {
-            StoreError::from(StorageFault::new(
-                FaultKind::Io,
-                "the write failed inside the store and was not stored",
-            ))
-        })?
+        group::write(self.requests.as_ref(), op)
     }
 
     fn read<R>(
