@@ -52,7 +52,7 @@ use nexa_runtime::{
     LeaseToken, ListQuery, LogAck, LogPage, LogQuery, Page, PendingReason, Registry, StorageFault,
     Store, StoreError, Submitted, WorkerId, WorkerInfo, WorkerRecord,
 };
-use nexa_storage::{ArtifactError, ArtifactStore, ByteStream, RedbStore, RemoteBlobs};
+use nexa_storage::{ArtifactError, ArtifactStore, ByteStream, PgStore, RedbStore, RemoteBlobs};
 use nexa_transport::{Fingerprint, Server, ServerConfig};
 use ractor::Actor;
 use ractor::rpc::CallResult;
@@ -194,7 +194,8 @@ impl ControlPlane {
         let path = config.data_dir.join("nexa_forge.db");
         let store_config = config.store.clone();
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || {
+        let database = config.database_url.clone();
+        let (store, recovered) = tokio::task::spawn_blocking(move || {
             // Jobs' params, logs and results are the users': the folders this makes and the
             // database are for this user only. A folder that exists keeps its mode.
             let folder = |source| nexa_storage::OpenError::Folder {
@@ -202,18 +203,25 @@ impl ControlPlane {
                 source,
             };
             crate::private_dir(&dir).map_err(folder)?;
+            if let Some(url) = database {
+                let store = PgStore::open(&url, store_config)?;
+                info!(database = store.location(), "jobs are kept in PostgreSQL");
+                let recovered = store.recovered().to_vec();
+                return Ok((Arc::new(store) as Arc<dyn Store>, recovered));
+            }
             let store = RedbStore::open(&path, store_config)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .map_err(folder)?;
-            Ok::<_, nexa_storage::OpenError>(store)
+            let recovered = store.recovered().to_vec();
+            Ok::<_, nexa_storage::OpenError>((Arc::new(store) as Arc<dyn Store>, recovered))
         })
         .await
         .map_err(|e| StartError::Actor("store", e.to_string()))??;
-        for e in store.recovered() {
+        for e in &recovered {
             info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {}", e.cause());
         }
-        let lost = store.recovered().iter().filter(|e| !e.timed_out).count();
-        let plane = Self::start_with_store(config, Arc::new(store)).await?;
+        let lost = recovered.iter().filter(|e| !e.timed_out).count();
+        let plane = Self::start_with_store(config, store).await?;
         plane.metrics.record_leases_expired(lost as u64);
         Ok(plane)
     }

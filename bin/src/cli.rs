@@ -2,6 +2,23 @@
 //! `artifacts list|get`, `models`, and `token create`. They talk to the HTTP API (`--api`, or `NEXA_API_URL`), as any other client
 //! would.
 
+// `println!` and `print!` for the commands' output: a reader that goes away (`nexa jobs |
+// head -1`) ends the program quietly, as it does `cat`, rather than panicking on the write.
+macro_rules! println {
+    () => {
+        $crate::cli::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))
+    };
+}
+
 mod pipeline;
 
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -18,6 +35,18 @@ use crate::options::{
     ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
     LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, SubmitArgs, TokenCommand, UndeployArgs,
 };
+
+/// Writes the commands' output; a closed stdout ends the program with success.
+pub(crate) fn out(text: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("nexa: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `nexa token create|list|revoke`.
 pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {

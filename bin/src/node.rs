@@ -65,6 +65,14 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
+/// The data folder, and where the jobs are when they are not in it.
+fn data_note(plane: &PlaneArgs) -> String {
+    match plane.database_url {
+        Some(_) => format!("{} (jobs in PostgreSQL)", plane.data.display()),
+        None => plane.data.display().to_string(),
+    }
+}
+
 /// A control plane with its HTTP API.
 struct Plane {
     plane: Arc<ControlPlane>,
@@ -116,6 +124,7 @@ async fn start_control_plane(
         config.job_retention = Some(Duration::from_secs_f64(days * 86_400.0));
     }
     config.artifacts_remote = plane.artifacts.clone();
+    config.database_url = plane.database_url.clone();
     let plane = ControlPlane::start(config).await.map_err(|e| {
         let hint = match &e {
             nexa_actors::StartError::Server(nexa_transport::ServerError::Bind { .. }) => {
@@ -242,7 +251,7 @@ pub(crate) async fn server(args: ServerArgs) -> Result<()> {
     say(&format!(
         "nexa control plane listening on {addr} (QUIC/UDP)\n  dashboard:   http://{http}/\n  API:         http://{http}/api (docs at http://{http}/docs)\n  data:        {}\n  fingerprint: {}\n\
          join a worker with:\n  nexa worker --server {} --fingerprint {} {} --handler train='python3 train.py'\n",
-        args.plane.data.display(),
+        data_note(&args.plane),
         plane.fingerprint(),
         advertised(addr),
         plane.fingerprint(),
@@ -382,7 +391,7 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
     let http = advertised(node.http.addr());
     let mut banner = format!(
         "nexa is up: control plane on {addr}, data in {}\n  dashboard: http://{http}/\n  API:       http://{http}/api (docs at http://{http}/docs)\n",
-        args.plane.data.display()
+        data_note(&args.plane)
     );
     banner.push_str(&format!(
         "  the local worker runs the built-in generate, audit, train, distill and evaluate stages{}{}\n",

@@ -347,6 +347,11 @@ pub(crate) struct PlaneArgs {
     /// The data folder: the store (nexa_forge.db), the certificate (tls/) and the join token.
     #[arg(long, default_value = "var", env = "NEXA_DATA")]
     pub(crate) data: PathBuf,
+    /// Keep the jobs in this PostgreSQL database instead of the data folder, e.g.
+    /// postgres://nexa:PASSWORD@db.internal/nexa?sslmode=require (the tables are made, or
+    /// migrated, at start).
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
     /// The join token workers must present; made and kept in the data folder when absent.
     #[arg(long, env = "NEXA_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,

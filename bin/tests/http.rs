@@ -2,93 +2,16 @@
 //! the operations endpoints, and the CLI client.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod support;
 
-use support::{NEXA, Proc};
-
-/// A `nexa` node process, killed when the test ends, and its HTTP address.
-struct Node {
-    child: Proc,
-    base: String,
-}
-
-/// Starts `nexa <args>` and waits for its banner's HTTP address.
-fn start(args: &[&str], data: &Path) -> Node {
-    let mut child = Command::new(NEXA)
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.join("node.stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the node exited before printing its address")
-            .unwrap();
-        if let Some(at) = line.find("http://") {
-            let url = line[at..].split_whitespace().next().unwrap();
-            break url.trim_end_matches('/').to_owned();
-        }
-    };
-    // Keep draining stdout so the node never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Node {
-        child: Proc(child),
-        base,
-    }
-}
-
-fn agent() -> ureq::Agent {
-    support::agent(Duration::from_secs(40))
-}
-
-/// Status and JSON body (Null when empty or not JSON).
-fn call(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
-    let agent = agent();
-    let mut req = ureq::http::Request::builder().method(method).uri(url);
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut res = match body {
-        Some(b) => agent
-            .run(
-                req.header("Content-Type", "application/json")
-                    .body(b.to_owned())
-                    .unwrap(),
-            )
-            .unwrap(),
-        None => agent.run(req.body(()).unwrap()).unwrap(),
-    };
-    let status = res.status().as_u16();
-    let text = res.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn get(node: &Node, path: &str) -> (u16, Value) {
-    call("GET", &format!("{}{path}", node.base), None, None)
-}
-
-fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
-    call(
-        "POST",
-        &format!("{}{path}", node.base),
-        Some(&body.to_string()),
-        None,
-    )
-}
+use support::{NEXA, Node, api_agent as agent, call, get, post, start};
 
 fn train_job() -> Value {
     json!({"job_type": "train", "params": {"model_id": "m", "dataset_uri": "file:///d.csv"}})

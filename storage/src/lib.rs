@@ -1,7 +1,7 @@
-//! The durable Nexa Forge store: every job, attempt, event, log line and worker in one redb
-//! file (by default [`DEFAULT_PATH`]).
+//! The durable Nexa Forge stores: every job, attempt, event, log line and worker in one redb
+//! file (by default [`DEFAULT_PATH`]), or in a PostgreSQL database ([`PgStore`]).
 //!
-//! [`RedbStore`] implements the [`Engine`](nexa_runtime::Engine) of `nexa-runtime`, and so its
+//! [`RedbStore`] (and [`PgStore`], over PostgreSQL) implements the [`Engine`](nexa_runtime::Engine) of `nexa-runtime`, and so its
 //! [`Store`](nexa_runtime::Store) trait with exactly the semantics of the in-memory reference
 //! store; the same test suite runs against both. What this crate adds:
 //!
@@ -20,11 +20,13 @@
 mod artifacts;
 mod fault;
 mod group;
+mod postgres;
 mod record;
 mod redb_store;
 mod remote;
 mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
+pub use postgres::{PgStore, SCHEMA_VERSION};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
 pub use remote::{ByteStream, REMOTE_SCHEMES, RemoteBlobs, RemoteError, fetch_remote, is_remote};

@@ -88,6 +88,15 @@ pub enum OpenError {
         /// The newest format this build reads.
         supported: u64,
     },
+    /// The database cannot be used: it cannot be reached, refused the credentials, or its
+    /// schema cannot be made or migrated.
+    #[error("cannot use the database {location}: {detail}")]
+    Database {
+        /// The database, without its password.
+        location: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Another storage failure.
     #[error("cannot open {location}: {source}")]
     Storage {

@@ -33,9 +33,12 @@ use super::ControlPlane;
 pub struct ControlPlaneConfig {
     /// Where workers connect (QUIC/UDP); port 0 picks a free one.
     pub listen: SocketAddr,
-    /// The data folder: the store (`nexa_forge.db`), the certificate (`tls/`) and the
-    /// artifacts (`artifacts/`).
+    /// The data folder: the store (`nexa_forge.db`, unless `database_url` names another),
+    /// the certificate (`tls/`) and the artifacts (`artifacts/`).
     pub data_dir: PathBuf,
+    /// Keep the jobs in this PostgreSQL database (`postgres://user:password@host/db`)
+    /// instead of the data folder's redb file.
+    pub database_url: Option<String>,
     /// The secret workers must present.
     pub join_token: String,
     /// Leases, retries and logs.
@@ -65,6 +68,7 @@ impl ControlPlaneConfig {
         Self {
             listen,
             data_dir: data_dir.into(),
+            database_url: None,
             join_token: join_token.into(),
             store: StoreConfig {
                 // Four heartbeats: a worker missing that many is not leased a job, so the
@@ -78,6 +82,12 @@ impl ControlPlaneConfig {
             worker_retention: Duration::from_secs(24 * 3600),
             job_retention: None,
         }
+    }
+
+    /// Keeps the jobs in the PostgreSQL database at `url` rather than the data folder.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
     }
 
     /// Leases, retries and logs (see [`StoreConfig`]).
@@ -123,7 +133,8 @@ impl ControlPlaneConfig {
         self
     }
 
-    /// Opens (or creates) the store in the data folder and starts the control plane.
+    /// Opens (or creates) the store in the data folder, or in the database of
+    /// `database_url`, and starts the control plane.
     pub async fn start(self) -> Result<ControlPlane, StartError> {
         ControlPlane::start(self).await
     }

@@ -1,0 +1,111 @@
+//! `nexa up` keeping its jobs in PostgreSQL (`--database-url`): the lifecycle chain runs as it
+//! does on the redb store, and a control plane killed mid-chain starts again from the
+//! database without losing a job.
+//!
+//! Compiled with the `postgres-tests` feature and run under `scripts/with-postgres`, which
+//! starts a server and sets `NEXA_TEST_DATABASE_URL` (`scripts/check` does both).
+#![cfg(feature = "postgres-tests")]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod support;
+
+use support::{Node, get, post, start};
+
+/// A schema of its own on the test server, as a database URL.
+fn fresh_database() -> String {
+    let base = std::env::var("NEXA_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("NEXA_TEST_DATABASE_URL is not set: run under scripts/with-postgres")
+    });
+    let schema = format!("nexa_up_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).expect("connect");
+    admin
+        .batch_execute(&format!("create schema {schema}"))
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}
+
+fn up(data: &std::path::Path, database: &str) -> Node {
+    start(&["up", "--database-url", database], data)
+}
+
+/// Submits `job` and waits until it succeeded; returns it.
+fn run(node: &Node, job: Value) -> Value {
+    let (status, submitted) = post(node, "/api/jobs", job);
+    assert_eq!(status, 201, "{submitted}");
+    wait(node, submitted["job_id"].as_str().unwrap())
+}
+
+fn wait(node: &Node, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, job) = get(node, &format!("/api/jobs/{id}"));
+        match job["status"].as_str() {
+            Some("succeeded") => return job,
+            Some("failed" | "cancelled") => panic!("{id} ended: {job}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "{id} is still {}", job["status"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_lifecycle_runs_on_postgres_and_survives_a_killed_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database();
+    let mut node = up(dir.path(), &database);
+    let generated = run(
+        &node,
+        json!({"job_type": "generate", "params": {"domain": "physics", "num_samples": 600, "seed": 3}}),
+    );
+    let dataset = generated["result"]["artifacts"]["dataset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, training) = post(
+        &node,
+        "/api/jobs",
+        json!({"job_type": "train", "params": {"model_id": "pg-model", "dataset_uri": dataset}}),
+    );
+    assert_eq!(status, 201, "{training}");
+    let training = training["job_id"].as_str().unwrap().to_owned();
+
+    // The control plane dies with the training job submitted; the database keeps it.
+    node.child.sigkill();
+    let node = up(dir.path(), &database);
+    let trained = wait(&node, &training);
+    assert!(
+        trained["result"]["artifacts"]["model"].is_string(),
+        "{trained}"
+    );
+    run(
+        &node,
+        json!({"job_type": "evaluate", "params": {"model_id": "pg-model", "dataset_uri": dataset}}),
+    );
+    let (_, page) = get(&node, "/api/jobs?limit=10");
+    let kinds: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["evaluate", "train", "generate"]);
+
+    // The rows an operator reads with psql.
+    let mut client = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    let rows = client
+        .query("select job_type, state from nexa_jobs order by id", &[])
+        .unwrap();
+    let rows: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected = [
+        ("generate", "succeeded"),
+        ("train", "succeeded"),
+        ("evaluate", "succeeded"),
+    ]
+    .map(|(t, s)| (t.to_owned(), s.to_owned()));
+    assert_eq!(rows, expected);
+}

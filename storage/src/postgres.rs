@@ -1,0 +1,894 @@
+//! [`PgStore`]: the store in a PostgreSQL database, with group commit.
+//!
+//! The store's rules are the runtime's (`store/ops.rs`); this engine gives them what the redb
+//! store gives them, over PostgreSQL:
+//!
+//! - **Snapshot reads**: each read runs in a `REPEATABLE READ READ ONLY` transaction on a
+//!   pooled connection of the caller's thread.
+//! - **Atomic, durable writes with group commit**: writes go to one writer thread and its own
+//!   connection, which runs every write waiting in its queue inside one transaction and
+//!   commits it once (see `group.rs`); a caller is answered only after `COMMIT` returned.
+//! - **Tables a person can read**: one table per table of the runtime's `Tables`, prefixed
+//!   `nexa_`, and readable columns on `nexa_jobs` (`id`, `state`, `job_type`, `priority`,
+//!   `worker`, `created_at`, `updated_at`) beside the job's record, so
+//!   `select id, state, job_type, created_at from nexa_jobs` shows the jobs in `psql`.
+//! - **Versioned migrations** at open ([`SCHEMA_VERSION`]), under an advisory lock, so two
+//!   control planes opening one database migrate it once; a database of a newer schema is
+//!   refused.
+//! - **Lost connections**: a connection that breaks is replaced on the next read or group.
+//!   A group that fails before its `COMMIT` is answered with the failure (nothing of it was
+//!   stored); one whose `COMMIT` was cut off is answered with a failure too, since its outcome
+//!   is unknown: nothing acknowledged is lost, and nothing is acknowledged that may not be
+//!   stored.
+//!
+//! The connection string is libpq's (`postgres://user:password@host:port/db?sslmode=require`
+//! or `host=… user=…`). TLS uses rustls with the system's trusted roots; `sslmode` decides
+//! whether it is used.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nexa_runtime::{
+    Counter, Engine, Expired, FaultKind, Job, JobId, JobState, LogLine, LogMeta, QueueEntry,
+    QueueKey, ReadTables, StorageFault, Store, StoreConfig, StoreError, Tables, Timestamp, Visit,
+    WorkerId, WorkerRecord, WriteOp,
+};
+use postgres::types::ToSql;
+use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
+
+use crate::group::{self, Request, unavailable};
+use crate::record::{decode, encode};
+use crate::redb_store::OpenError;
+
+/// The schema version this build writes, kept in `nexa_meta`.
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables of the runtime's `Tables`.
+    "
+    create table nexa_jobs (
+        id bigint primary key,
+        state text not null,
+        job_type text not null,
+        priority integer not null,
+        worker text,
+        created_ms bigint not null,
+        updated_ms bigint not null,
+        created_at timestamptz generated always as (to_timestamp(created_ms / 1000.0)) stored,
+        updated_at timestamptz generated always as (to_timestamp(updated_ms / 1000.0)) stored,
+        record bytea not null
+    );
+    create table nexa_job_states (state smallint not null, job bigint not null, primary key (state, job));
+    create table nexa_queue (sort_key bigint not null, job bigint not null, entry bytea not null, primary key (sort_key, job));
+    create table nexa_deadlines (at_ms bigint not null, job bigint not null, primary key (at_ms, job));
+    create table nexa_idempotency (key text primary key, job bigint not null);
+    create table nexa_dependents (dep bigint not null, child bigint not null, primary key (dep, child));
+    create table nexa_log_meta (job bigint primary key, record bytea not null);
+    create table nexa_logs (job bigint not null, attempt integer not null, seq bigint not null, record bytea not null, primary key (job, attempt, seq));
+    create table nexa_workers (id text primary key, record bytea not null);
+    create table nexa_worker_jobs (worker text not null, job bigint not null, primary key (worker, job));
+    create table nexa_counters (name text primary key, value bigint not null);
+    ",
+];
+
+/// The key of the advisory lock held while the schema is checked and migrated ("nexa").
+const MIGRATION_LOCK: i64 = 0x6e65_7861;
+
+/// Rows a scan reads at a time; a visitor that stops early costs at most this many more.
+const SCAN: i64 = 256;
+
+/// Idle read connections kept.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection with the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// What connections are made from.
+struct Target {
+    config: postgres::Config,
+    /// The database as shown in messages, without its password.
+    location: String,
+}
+
+impl Target {
+    fn connect(&self) -> Result<Conn, postgres::Error> {
+        let client = self.config.connect(tls())?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+}
+
+/// TLS through rustls, trusting the system's roots; the connection string's `sslmode` says
+/// whether to use it.
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    .unwrap_or_else(|_| {
+        // The ring provider supports the default versions; this is not reached.
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    });
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// A PostgreSQL error as the kind of storage failure callers act on.
+fn pg_fault(e: postgres::Error) -> StorageFault {
+    use postgres::error::SqlState;
+    let kind = match e.code() {
+        Some(c) if *c == SqlState::DISK_FULL => FaultKind::DiskFull,
+        Some(c) if *c == SqlState::READ_ONLY_SQL_TRANSACTION => FaultKind::ReadOnly,
+        Some(c)
+            if *c == SqlState::DATA_CORRUPTED
+                || *c == SqlState::UNDEFINED_TABLE
+                || *c == SqlState::UNDEFINED_COLUMN =>
+        {
+            FaultKind::Corrupt
+        }
+        Some(_) => FaultKind::Io,
+        // No SQL state: the connection failed or was lost.
+        None => FaultKind::Unavailable,
+    };
+    StorageFault::new(kind, format!("PostgreSQL: {e}"))
+}
+
+fn corrupt(what: String) -> StorageFault {
+    StorageFault::new(FaultKind::Corrupt, what)
+}
+
+/// A stored integer as a column's `bigint` (the runtime's ids, times and sequence numbers
+/// stay far below 2^63; a larger one would saturate, past every row).
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` column back as the runtime's integer.
+fn uint(v: i64, what: &str) -> Result<u64, StorageFault> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} is negative ({v})")))
+}
+
+/// The tables of one transaction: reads for a read, reads and writes for a group.
+struct PgTables<'t> {
+    txn: RefCell<Transaction<'t>>,
+    statements: RefCell<&'t mut HashMap<&'static str, Statement>>,
+}
+
+impl<'t> PgTables<'t> {
+    fn new(txn: Transaction<'t>, statements: &'t mut HashMap<&'static str, Statement>) -> Self {
+        Self {
+            txn: RefCell::new(txn),
+            statements: RefCell::new(statements),
+        }
+    }
+
+    /// `sql`, prepared once per connection.
+    fn statement(&self, sql: &'static str) -> Result<Statement, StorageFault> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.txn.borrow_mut().prepare(sql).map_err(pg_fault)?;
+        self.statements.borrow_mut().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StorageFault> {
+        let s = self.statement(sql)?;
+        self.txn.borrow_mut().query(&s, params).map_err(pg_fault)
+    }
+
+    fn execute(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), StorageFault> {
+        let s = self.statement(sql)?;
+        self.txn
+            .borrow_mut()
+            .execute(&s, params)
+            .map(drop)
+            .map_err(pg_fault)
+    }
+
+    /// Visits job ids from `sql`, a page of [`SCAN`] at a time: `sql` takes the bound to
+    /// continue below (`$2`, exclusive) and the page size (`$3`) after `key` (`$1`).
+    fn ids_desc(
+        &self,
+        sql: &'static str,
+        key: &(dyn ToSql + Sync),
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault> {
+        let mut below = before.map_or(i64::MAX, |b| int(b.0));
+        loop {
+            let rows = self.query(sql, &[key, &below, &SCAN])?;
+            for row in &rows {
+                let id: i64 = row.get(0);
+                below = id;
+                if !visit(JobId(uint(id, "a job id")?)) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl ReadTables for PgTables<'_> {
+    fn job(&self, id: JobId) -> Result<Option<Job>, StorageFault> {
+        let rows = self.query("select record from nexa_jobs where id = $1", &[&int(id.0)])?;
+        rows.first()
+            .map(|r| decode(r.get::<_, &[u8]>(0), "job"))
+            .transpose()
+    }
+
+    fn jobs_desc(&self, before: Option<JobId>, visit: Visit<'_, Job>) -> Result<(), StorageFault> {
+        let mut below = before.map_or(i64::MAX, |b| int(b.0));
+        loop {
+            let rows = self.query(
+                "select id, record from nexa_jobs where id < $1 order by id desc limit $2",
+                &[&below, &SCAN],
+            )?;
+            for row in &rows {
+                below = row.get(0);
+                if !visit(decode(row.get::<_, &[u8]>(1), "job")?) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+
+    fn state_desc(
+        &self,
+        state: JobState,
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault> {
+        self.ids_desc(
+            "select job from nexa_job_states where state = $1 and job < $2 order by job desc limit $3",
+            &i16::from(state.code()),
+            before,
+            visit,
+        )
+    }
+
+    fn worker_jobs_desc(
+        &self,
+        worker: &WorkerId,
+        before: Option<JobId>,
+        visit: Visit<'_, JobId>,
+    ) -> Result<(), StorageFault> {
+        self.ids_desc(
+            "select job from nexa_worker_jobs where worker = $1 and job < $2 order by job desc limit $3",
+            &worker.as_str(),
+            before,
+            visit,
+        )
+    }
+
+    fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault> {
+        let mut after = (-1i64, -1i64);
+        loop {
+            let rows = self.query(
+                "select sort_key, job, entry from nexa_queue where (sort_key, job) > ($1, $2) \
+                 order by sort_key, job limit $3",
+                &[&after.0, &after.1, &SCAN],
+            )?;
+            for row in &rows {
+                after = (row.get(0), row.get(1));
+                let rank = u32::try_from(after.0)
+                    .map_err(|_| corrupt(format!("a queue rank is out of range ({})", after.0)))?;
+                let key = QueueKey::from_sort_key((rank, uint(after.1, "a queued job")?));
+                if !visit((key, decode(row.get::<_, &[u8]>(2), "queue entry")?)) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+
+    fn deadlines_until(
+        &self,
+        now: Timestamp,
+        visit: Visit<'_, (Timestamp, JobId)>,
+    ) -> Result<(), StorageFault> {
+        let mut after = (-1i64, -1i64);
+        loop {
+            let rows = self.query(
+                "select at_ms, job from nexa_deadlines where at_ms <= $1 and (at_ms, job) > ($2, $3) \
+                 order by at_ms, job limit $4",
+                &[&int(now.0), &after.0, &after.1, &SCAN],
+            )?;
+            for row in &rows {
+                after = (row.get(0), row.get(1));
+                let entry = (
+                    Timestamp(uint(after.0, "a deadline")?),
+                    JobId(uint(after.1, "a job id")?),
+                );
+                if !visit(entry) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+
+    fn idempotent(&self, key: &str) -> Result<Option<JobId>, StorageFault> {
+        let rows = self.query("select job from nexa_idempotency where key = $1", &[&key])?;
+        rows.first()
+            .map(|r| uint(r.get(0), "a job id").map(JobId))
+            .transpose()
+    }
+
+    fn dependents(&self, id: JobId) -> Result<Vec<JobId>, StorageFault> {
+        self.query(
+            "select child from nexa_dependents where dep = $1 order by child",
+            &[&int(id.0)],
+        )?
+        .iter()
+        .map(|r| uint(r.get(0), "a job id").map(JobId))
+        .collect()
+    }
+
+    fn log_meta(&self, id: JobId) -> Result<Option<LogMeta>, StorageFault> {
+        let rows = self.query(
+            "select record from nexa_log_meta where job = $1",
+            &[&int(id.0)],
+        )?;
+        rows.first()
+            .map(|r| decode(r.get::<_, &[u8]>(0), "log meta"))
+            .transpose()
+    }
+
+    fn logs(
+        &self,
+        id: JobId,
+        attempt: u32,
+        from_seq: u64,
+        visit: Visit<'_, LogLine>,
+    ) -> Result<(), StorageFault> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let mut from = int(from_seq);
+        loop {
+            let rows = self.query(
+                "select seq, record from nexa_logs where job = $1 and attempt = $2 and seq >= $3 \
+                 order by seq limit $4",
+                &[&int(id.0), &attempt, &from, &SCAN],
+            )?;
+            for row in &rows {
+                from = row.get::<_, i64>(0).saturating_add(1);
+                if !visit(decode(row.get::<_, &[u8]>(1), "log line")?) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+
+    fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault> {
+        let rows = self.query(
+            "select record from nexa_workers where id = $1",
+            &[&id.as_str()],
+        )?;
+        rows.first()
+            .map(|r| decode(r.get::<_, &[u8]>(0), "worker"))
+            .transpose()
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault> {
+        self.query("select record from nexa_workers order by id", &[])?
+            .iter()
+            .map(|r| decode(r.get::<_, &[u8]>(0), "worker"))
+            .collect()
+    }
+
+    fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
+        let rows = self.query(
+            "select value from nexa_counters where name = $1",
+            &[&counter.name()],
+        )?;
+        rows.first()
+            .map_or(Ok(0), |r| uint(r.get(0), counter.name()))
+    }
+}
+
+impl Tables for PgTables<'_> {
+    fn put_job(&mut self, job: &Job) -> Result<(), StorageFault> {
+        let record = encode(job)?;
+        let worker = job.attempts.last().map(|a| a.worker.as_str());
+        self.execute(
+            "insert into nexa_jobs (id, state, job_type, priority, worker, created_ms, updated_ms, record) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8) \
+             on conflict (id) do update set state = excluded.state, worker = excluded.worker, \
+             updated_ms = excluded.updated_ms, record = excluded.record",
+            &[
+                &int(job.id.0),
+                &job.state.as_str(),
+                &job.spec.job_type().as_str(),
+                &job.spec.priority,
+                &worker,
+                &int(job.submitted_at.0),
+                &int(job.updated_at.0),
+                &record,
+            ],
+        )
+    }
+
+    fn queue_put(&mut self, key: QueueKey, entry: &QueueEntry) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        let entry = encode(entry)?;
+        self.execute(
+            "insert into nexa_queue (sort_key, job, entry) values ($1, $2, $3) \
+             on conflict (sort_key, job) do update set entry = excluded.entry",
+            &[&i64::from(rank), &int(job), &entry],
+        )
+    }
+
+    fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        self.execute(
+            "delete from nexa_queue where sort_key = $1 and job = $2",
+            &[&i64::from(rank), &int(job)],
+        )
+    }
+
+    fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_job_states (state, job) values ($1, $2) on conflict do nothing",
+            &[&i16::from(state.code()), &int(id.0)],
+        )
+    }
+
+    fn state_remove(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "delete from nexa_job_states where state = $1 and job = $2",
+            &[&i16::from(state.code()), &int(id.0)],
+        )
+    }
+
+    fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_worker_jobs (worker, job) values ($1, $2) on conflict do nothing",
+            &[&worker.as_str(), &int(id.0)],
+        )
+    }
+
+    fn worker_job_remove(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "delete from nexa_worker_jobs where worker = $1 and job = $2",
+            &[&worker.as_str(), &int(id.0)],
+        )
+    }
+
+    fn deadline_put(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_deadlines (at_ms, job) values ($1, $2) on conflict do nothing",
+            &[&int(at.0), &int(id.0)],
+        )
+    }
+
+    fn deadline_remove(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "delete from nexa_deadlines where at_ms = $1 and job = $2",
+            &[&int(at.0), &int(id.0)],
+        )
+    }
+
+    fn put_idempotent(&mut self, key: &str, id: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_idempotency (key, job) values ($1, $2) \
+             on conflict (key) do update set job = excluded.job",
+            &[&key, &int(id.0)],
+        )
+    }
+
+    fn add_dependent(&mut self, dep: JobId, child: JobId) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_dependents (dep, child) values ($1, $2) on conflict do nothing",
+            &[&int(dep.0), &int(child.0)],
+        )
+    }
+
+    fn put_log_meta(&mut self, id: JobId, meta: &LogMeta) -> Result<(), StorageFault> {
+        let record = encode(meta)?;
+        self.execute(
+            "insert into nexa_log_meta (job, record) values ($1, $2) \
+             on conflict (job) do update set record = excluded.record",
+            &[&int(id.0), &record],
+        )
+    }
+
+    fn put_log_line(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        line: &LogLine,
+    ) -> Result<(), StorageFault> {
+        let record = encode(line)?;
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        self.execute(
+            "insert into nexa_logs (job, attempt, seq, record) values ($1, $2, $3, $4) \
+             on conflict (job, attempt, seq) do update set record = excluded.record",
+            &[&int(id.0), &attempt, &int(line.seq), &record],
+        )
+    }
+
+    fn put_worker(&mut self, worker: &WorkerRecord) -> Result<(), StorageFault> {
+        let record = encode(worker)?;
+        self.execute(
+            "insert into nexa_workers (id, record) values ($1, $2) \
+             on conflict (id) do update set record = excluded.record",
+            &[&worker.info.id.as_str(), &record],
+        )
+    }
+
+    fn remove_worker(&mut self, id: &WorkerId) -> Result<bool, StorageFault> {
+        let rows = self.query(
+            "delete from nexa_workers where id = $1 returning id",
+            &[&id.as_str()],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn remove_job(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.execute("delete from nexa_jobs where id = $1", &[&int(id.0)])
+    }
+
+    fn remove_idempotent(&mut self, key: &str) -> Result<(), StorageFault> {
+        self.execute("delete from nexa_idempotency where key = $1", &[&key])
+    }
+
+    fn remove_dependents(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.execute("delete from nexa_dependents where dep = $1", &[&int(id.0)])
+    }
+
+    fn remove_logs(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.execute("delete from nexa_logs where job = $1", &[&int(id.0)])?;
+        self.execute("delete from nexa_log_meta where job = $1", &[&int(id.0)])
+    }
+
+    fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
+        self.execute(
+            "insert into nexa_counters (name, value) values ($1, $2) \
+             on conflict (name) do update set value = excluded.value",
+            &[&counter.name(), &int(value)],
+        )
+    }
+}
+
+/// The job store in a PostgreSQL database.
+///
+/// ```no_run
+/// use nexa_runtime::{GenerateParams, JobParams, JobSpec, Store, StoreConfig, Timestamp};
+/// use nexa_storage::PgStore;
+///
+/// let store = PgStore::open("postgres://nexa@127.0.0.1/nexa", StoreConfig::default()).unwrap();
+/// let spec = JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 100)));
+/// let job = store.submit(spec, Timestamp(0)).unwrap(); // committed once this returns
+/// assert_eq!(store.get(job.id).unwrap().id, job.id);
+/// ```
+pub struct PgStore {
+    config: StoreConfig,
+    target: std::sync::Arc<Target>,
+    /// Idle connections for reads.
+    readers: Mutex<Vec<Conn>>,
+    requests: Option<Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    recovered: Vec<Expired>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.target.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` as shown in messages: its user, hosts, ports and database, never its password.
+fn location_of(config: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            Host::Tcp(name) => format!("{name}:{p}"),
+            Host::Unix(path) => format!("{}:{p}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (libpq's forms), creates or migrates its tables,
+    /// and recovers as [`RedbStore::open`](crate::RedbStore::open) does, with the wall clock.
+    pub fn open(url: &str, config: StoreConfig) -> Result<Self, OpenError> {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self::open_at(url, config, Timestamp(ms))
+    }
+
+    /// [`PgStore::open`] with the time passed in.
+    pub fn open_at(url: &str, config: StoreConfig, now: Timestamp) -> Result<Self, OpenError> {
+        let mut pg = postgres::Config::from_str(url).map_err(|e| OpenError::Database {
+            location: "the database URL".into(),
+            detail: format!("it is not a PostgreSQL connection string: {e}"),
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("nexa");
+        }
+        let target = std::sync::Arc::new(Target {
+            location: location_of(&pg),
+            config: pg,
+        });
+        let location = target.location.clone();
+        let database = |detail: String| OpenError::Database {
+            location: location.clone(),
+            detail,
+        };
+        let mut conn = target
+            .connect()
+            .map_err(|e| database(connect_failure(&e)))?;
+        migrate(&mut conn.client, &target.location)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let target = target.clone();
+            std::thread::Builder::new()
+                .name("nexa-store-commit".into())
+                .spawn(move || run_writer(&target, conn, &rx))
+                .map_err(|e| database(format!("cannot start the writer thread: {e}")))?
+        };
+        let mut store = Self {
+            config,
+            target,
+            readers: Mutex::default(),
+            requests: Some(tx),
+            writer: Some(writer),
+            recovered: Vec::new(),
+        };
+        // As the redb store does: the time the store was closed is held against no worker.
+        let recover = |store: &Self| {
+            store.renew_leases(now.saturating_add(store.config.lease_ttl), now)?;
+            store.expire(now)
+        };
+        store.recovered = recover(&store).map_err(|e| database(format!("recovery failed: {e}")))?;
+        Ok(store)
+    }
+
+    /// The attempts that ran past their timeout while no control plane had the store open,
+    /// as [`Store::expire`] ended them on open.
+    pub fn recovered(&self) -> &[Expired] {
+        &self.recovered
+    }
+
+    /// The database, without its password.
+    pub fn location(&self) -> &str {
+        &self.target.location
+    }
+
+    fn reader(&self) -> Result<Conn, StorageFault> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) if !conn.client.is_closed() => Ok(conn),
+            _ => self
+                .target
+                .connect()
+                .map_err(|e| StorageFault::new(FaultKind::Unavailable, connect_failure(&e))),
+        }
+    }
+
+    fn put_back(&self, conn: Conn) {
+        let mut idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !conn.client.is_closed() && idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Why connecting failed, for people: PostgreSQL's own words (a refused password, an unknown
+/// database), or the network's.
+fn connect_failure(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL refused the connection: {}", db.message()),
+        None => format!("cannot connect: {e}"),
+    }
+}
+
+/// Creates the tables, or brings them to [`SCHEMA_VERSION`], under an advisory lock.
+fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
+    let database = |detail: String| OpenError::Database {
+        location: location.to_owned(),
+        detail,
+    };
+    let sql = |e: postgres::Error| database(format!("migrating the schema: {e}"));
+    let mut txn = client.transaction().map_err(sql)?;
+    txn.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(sql)?;
+    txn.batch_execute(
+        "create table if not exists nexa_meta (key text primary key, value bigint not null)",
+    )
+    .map_err(sql)?;
+    let found: Option<i64> = txn
+        .query_opt(
+            "select value from nexa_meta where key = 'schema_version'",
+            &[],
+        )
+        .map_err(sql)?
+        .map(|r| r.get(0));
+    let found = match found {
+        Some(v) => u64::try_from(v)
+            .map_err(|_| database(format!("its schema version is negative ({v})")))?,
+        None => 0,
+    };
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::NewerFormat {
+            location: location.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (from, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        txn.batch_execute(migration)
+            .map_err(|e| database(format!("migration to schema {}: {e}", from + 1)))?;
+    }
+    if found < SCHEMA_VERSION {
+        txn.execute(
+            "insert into nexa_meta (key, value) values ('schema_version', $1) \
+             on conflict (key) do update set value = excluded.value",
+            &[&int(SCHEMA_VERSION)],
+        )
+        .map_err(sql)?;
+    }
+    txn.commit().map_err(sql)
+}
+
+fn run_writer(target: &Target, conn: Conn, requests: &Receiver<Request>) {
+    let mut conn = Some(conn);
+    while let Ok(first) = requests.recv() {
+        let group = group::next_group(first, requests);
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            conn = target.connect().ok();
+        }
+        let (replies, failure) = match conn.as_mut() {
+            None => group::refuse(group, unavailable("cannot reach the database; retry")),
+            Some(c) => commit_group(c, group),
+        };
+        group::answer(replies, failure);
+    }
+}
+
+/// Runs `group` in one transaction and commits it unless a write failed on storage.
+fn commit_group(conn: &mut Conn, group: Vec<Request>) -> (Vec<group::Reply>, Option<StorageFault>) {
+    let txn = match conn.client.transaction() {
+        Ok(t) => t,
+        Err(e) => return group::refuse(group, pg_fault(e)),
+    };
+    let mut tables = PgTables::new(txn, &mut conn.statements);
+    let (replies, mut failure) = group::run(&mut tables, group);
+    let txn = tables.txn.into_inner();
+    match failure {
+        None => {
+            if let Err(e) = txn.commit() {
+                failure = Some(pg_fault(e));
+            }
+        }
+        Some(_) => {
+            // Dropping the transaction rolls it back; a broken connection is replaced.
+            drop(txn);
+        }
+    }
+    (replies, failure)
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and stop.
+        drop(self.requests.take());
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+        // A connection closes by blocking on its own runtime, which a thread that drives
+        // async tasks may not do: the store is often dropped on one. They close on a thread
+        // of their own.
+        let readers = std::mem::take(
+            &mut *self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !readers.is_empty()
+            && let Ok(closing) = std::thread::Builder::new()
+                .name("nexa-store-close".into())
+                .spawn(move || drop(readers))
+        {
+            let _ = closing.join();
+        }
+    }
+}
+
+impl Engine for PgStore {
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+        group::write(self.requests.as_ref(), op)
+    }
+
+    fn read<R>(
+        &self,
+        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self.reader()?;
+        let result = {
+            let Conn {
+                client, statements, ..
+            } = &mut conn;
+            let txn = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(pg_fault)?;
+            let tables = PgTables::new(txn, statements);
+            let result = op(&tables);
+            // A read-only transaction has nothing to commit; ending it frees the snapshot.
+            let _ = tables.txn.into_inner().commit();
+            result
+        };
+        self.put_back(conn);
+        result
+    }
+}

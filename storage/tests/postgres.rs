@@ -1,0 +1,199 @@
+//! The shared store suite and the random histories, run against [`PgStore`] on a real
+//! PostgreSQL server: each test in a schema of its own, and a restart is a real close and
+//! reopen.
+//!
+//! Compiled with the `postgres-tests` feature (`scripts/check` turns every feature on) and
+//! run against the server at `NEXA_TEST_DATABASE_URL`: `scripts/with-postgres` starts one and
+//! sets it, e.g. `scripts/with-postgres cargo test -p nexa-storage --features postgres-tests`.
+#![cfg(feature = "postgres-tests")]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nexa_runtime::testkit::Harness;
+use nexa_runtime::{
+    GenerateParams, JobParams, JobSpec, JobState, ListQuery, Store, StoreConfig, Timestamp,
+};
+use nexa_storage::{OpenError, PgStore, SCHEMA_VERSION};
+
+/// The server the tests use.
+fn database_url() -> String {
+    std::env::var("NEXA_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "NEXA_TEST_DATABASE_URL is not set: run the PostgreSQL tests under \
+             scripts/with-postgres, which starts a server and sets it"
+        )
+    })
+}
+
+/// A fresh schema on the test server, and the URL of a store kept in it.
+fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = database_url();
+    let schema = format!(
+        "nexa_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).expect("connect");
+    admin
+        .batch_execute(&format!("create schema {schema}"))
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}
+
+/// Opens each store in a schema of its own.
+#[derive(Default)]
+struct PgHarness {
+    url: Option<String>,
+}
+
+impl Harness for PgHarness {
+    type Store = PgStore;
+
+    fn open(&mut self, config: StoreConfig) -> PgStore {
+        let url = fresh_schema();
+        self.url = Some(url.clone());
+        PgStore::open_at(&url, config, Timestamp(0)).expect("open a new store")
+    }
+
+    fn restart(&mut self, store: PgStore, config: StoreConfig) -> PgStore {
+        drop(store);
+        let url = self.url.as_deref().expect("a store was opened");
+        // Time 0: recovery of expired leases is the suite's to trigger with `expire(now)`.
+        PgStore::open_at(url, config, Timestamp(0)).expect("reopen the store")
+    }
+}
+
+nexa_runtime::store_suite!(PgHarness::default());
+
+#[test]
+fn jobs_read_as_rows_in_psql_terms() {
+    let url = fresh_schema();
+    let store = PgStore::open(&url, StoreConfig::default()).unwrap();
+    let spec = JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
+    let id = store.submit(spec, Timestamp(1_700_000_000_000)).unwrap().id;
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let row = client
+        .query_one(
+            "select id, state, job_type, priority, extract(epoch from created_at)::bigint \
+             from nexa_jobs",
+            &[],
+        )
+        .unwrap();
+    let (rid, state, job_type, priority, created): (i64, String, String, i32, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(
+        (
+            rid as u64,
+            state.as_str(),
+            job_type.as_str(),
+            priority,
+            created
+        ),
+        (id.0, "queued", "generate", 0, 1_700_000_000)
+    );
+    let version: i64 = client
+        .query_one(
+            "select value from nexa_meta where key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version as u64, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_message_that_says_so() {
+    let url = fresh_schema();
+    drop(PgStore::open(&url, StoreConfig::default()).unwrap());
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .execute(
+            "update nexa_meta set value = $1 where key = 'schema_version'",
+            &[&(SCHEMA_VERSION as i64 + 1)],
+        )
+        .unwrap();
+    let err = PgStore::open(&url, StoreConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, OpenError::NewerFormat { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("newer Nexa Forge"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_or_a_wrong_password_is_a_clear_error() {
+    // Nothing listens on port 1.
+    let err = PgStore::open(
+        "postgres://nexa@127.0.0.1:1/nexa?connect_timeout=2",
+        StoreConfig::default(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "cannot use the database postgres://nexa@127.0.0.1:1/nexa: cannot connect"
+        ),
+        "{text}"
+    );
+    // A database that does not exist: PostgreSQL's own words.
+    let base = database_url();
+    let (head, _) = base.rsplit_once('/').unwrap();
+    let err = PgStore::open(&format!("{head}/no_such_db"), StoreConfig::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("\"no_such_db\" does not exist"),
+        "{err}"
+    );
+    // Not a connection string at all.
+    let err = PgStore::open("postgres://[::1", StoreConfig::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not a PostgreSQL connection string"),
+        "{err}"
+    );
+    // The password never shows.
+    let err = PgStore::open(
+        "postgres://nexa:hunter2@127.0.0.1:1/nexa?connect_timeout=2",
+        StoreConfig::default(),
+    )
+    .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_connection_killed_under_the_store_is_replaced_and_nothing_acknowledged_is_lost() {
+    let url = fresh_schema();
+    let store = PgStore::open(&url, StoreConfig::default()).unwrap();
+    let spec = || JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
+    let mut acknowledged = vec![store.submit(spec(), Timestamp(1)).unwrap().id];
+    // End every other session on the server: the store's writer and readers among them.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where application_name = 'nexa' and pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    // The first write or read after may fail (its connection was cut); later ones reconnect.
+    for n in 0..5 {
+        if let Ok(s) = store.submit(spec(), Timestamp(2 + n)) {
+            acknowledged.push(s.id);
+        }
+    }
+    assert!(acknowledged.len() >= 4, "{acknowledged:?}");
+    let query = ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let listed = (0..3)
+        .find_map(|_| store.list(query.clone()).ok())
+        .expect("a read after the connection was replaced")
+        .jobs;
+    let mut ids: Vec<_> = listed.iter().map(|j| j.id).collect();
+    ids.sort();
+    assert_eq!(ids, acknowledged);
+    assert!(listed.iter().all(|j| j.state == JobState::Queued));
+}
