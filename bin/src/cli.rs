@@ -33,7 +33,8 @@ use nexa_runtime::JobType;
 
 use crate::options::{
     ArtifactGetArgs, ArtifactsCommand, CancelArgs, ClientArgs, Command, JobArgs, JobsArgs,
-    LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, SubmitArgs, TokenCommand, UndeployArgs,
+    LogsArgs, ModelsArgs, ParamsArgs, PredictArgs, StoreCommand, SubmitArgs, TokenCommand,
+    UndeployArgs,
 };
 
 /// Writes the commands' output; a closed stdout ends the program with success.
@@ -49,6 +50,52 @@ pub(crate) fn out(text: std::fmt::Arguments<'_>) {
 }
 
 /// `nexa token create|list|revoke`.
+/// `nexa store copy`: a data folder's store into an empty PostgreSQL database.
+pub(crate) fn store(cmd: StoreCommand) -> Result<ExitCode> {
+    let StoreCommand::Copy(args) = cmd;
+    let path = args.from.join("nexa_forge.db");
+    if !path.exists() {
+        bail!(
+            "{} has no store (no {}); name the data folder of a control plane with --from",
+            args.from.display(),
+            path.display()
+        );
+    }
+    let config = nexa_runtime::StoreConfig::default();
+    // Opened at time 0: nothing is recovered (expired) on the way, the jobs move as they are.
+    let from = nexa_storage::RedbStore::open_at(&path, config.clone(), nexa_runtime::Timestamp(0))
+        .with_context(|| {
+            format!(
+                "cannot open {} (is its control plane still running?)",
+                path.display()
+            )
+        })?;
+    let to = nexa_storage::PgStore::open_at(&args.to, config, nexa_runtime::Timestamp(0))?;
+    let held: u64 = nexa_runtime::Store::counts(&to)?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    if held > 0 {
+        bail!(
+            "{} already holds {held} jobs; copy into an empty database (or a schema of its own: \
+             add ?options=-csearch_path%3DNAME to the URL)",
+            to.location()
+        );
+    }
+    let copied = nexa_runtime::copy(std::sync::Arc::new(from), &to)
+        .with_context(|| format!("cannot copy into {}", to.location()))?;
+    println!(
+        "copied {} jobs, {} log lines and {} workers from {} into {}\n  start the control plane with --database-url (or DATABASE_URL); artifacts stay in {}",
+        copied.jobs,
+        copied.log_lines,
+        copied.workers,
+        path.display(),
+        to.location(),
+        args.from.join("artifacts").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
     let args = match cmd {
         TokenCommand::Create(args) => args,
@@ -138,7 +185,11 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         Command::Predict(args) => predict(&args),
         Command::Undeploy(args) => undeploy(&args),
         Command::Pipeline(cmd) => pipeline::run(cmd),
-        Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Token(_) => {
+        Command::Up(_)
+        | Command::Server(_)
+        | Command::Worker(_)
+        | Command::Token(_)
+        | Command::Store(_) => {
             bail!("not a client command")
         }
     }

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Token(cmd) => cli::token(cmd),
+        Command::Store(cmd) => cli::store(cmd),
         node @ (Command::Up(_) | Command::Server(_) | Command::Worker(_)) => run_node(node),
         client => cli::run(client),
     };

@@ -42,6 +42,9 @@ pub(crate) enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Move a control plane's jobs between stores.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Submit a job: `nexa submit generate --param domain=physics --param num_samples=1000`.
     Submit(SubmitArgs),
     /// List jobs, newest first.
@@ -183,6 +186,24 @@ pub(crate) struct ModelsArgs {
     pub(crate) name: Option<String>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Copy every job, log line and worker of a data folder's store into an empty PostgreSQL
+    /// database (stop the control plane first): `nexa store copy --from var --to
+    /// postgres://nexa@db/nexa`, then start it with `--database-url`.
+    Copy(StoreCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StoreCopyArgs {
+    /// The data folder whose store (nexa_forge.db) to copy.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) from: PathBuf,
+    /// The PostgreSQL database to copy into; it must hold no job.
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) to: String,
 }
 
 #[derive(Debug, Subcommand)]

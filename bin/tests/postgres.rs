@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{Node, get, post, start};
+use support::{NEXA, Node, get, post, start};
 
 /// A schema of its own on the test server, as a database URL.
-fn fresh_database() -> String {
+fn fresh_database(name: &str) -> String {
     let base = std::env::var("NEXA_TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!("NEXA_TEST_DATABASE_URL is not set: run under scripts/with-postgres")
     });
-    let schema = format!("nexa_up_{}", std::process::id());
+    let schema = format!("nexa_{name}_{}", std::process::id());
     let mut admin = postgres::Client::connect(&base, postgres::NoTls).expect("connect");
     admin
         .batch_execute(&format!("create schema {schema}"))
@@ -56,7 +56,7 @@ fn wait(node: &Node, id: &str) -> Value {
 #[test]
 fn the_lifecycle_runs_on_postgres_and_survives_a_killed_control_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database();
+    let database = fresh_database("up");
     let mut node = up(dir.path(), &database);
     let generated = run(
         &node,
@@ -108,4 +108,55 @@ fn the_lifecycle_runs_on_postgres_and_survives_a_killed_control_plane() {
     ]
     .map(|(t, s)| (t.to_owned(), s.to_owned()));
     assert_eq!(rows, expected);
+}
+
+#[test]
+fn a_data_folders_jobs_move_into_postgres_with_nexa_store_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(&["up"], dir.path());
+    let generated = run(
+        &node,
+        json!({"job_type": "generate", "params": {"domain": "physics", "num_samples": 300}}),
+    );
+    node.child.sigterm();
+
+    let database = fresh_database("copy");
+    let copy = |to: &str| {
+        std::process::Command::new(NEXA)
+            .args(["store", "copy", "--from"])
+            .arg(dir.path())
+            .args(["--to", to])
+            .output()
+            .unwrap()
+    };
+    let out = copy(&database);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("copied 1 jobs, "), "{said}");
+    // Twice is refused: the database holds jobs now.
+    let again = copy(&database);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds 1 jobs"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The same data folder (its artifacts) with the jobs in PostgreSQL.
+    let node = up(dir.path(), &database);
+    let (_, job) = get(
+        &node,
+        &format!("/api/jobs/{}", generated["job_id"].as_str().unwrap()),
+    );
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"], generated["result"]);
+    let dataset = job["result"]["artifacts"]["dataset"].as_str().unwrap();
+    run(
+        &node,
+        json!({"job_type": "audit", "params": {"dataset_uri": dataset}}),
+    );
 }

@@ -115,6 +115,31 @@ pub struct LeaseStatus {
     pub cancel_requested: bool,
 }
 
+/// What [`copy`] copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Jobs, with their events and attempts.
+    pub jobs: u64,
+    /// Log lines.
+    pub log_lines: u64,
+    /// Workers.
+    pub workers: u64,
+}
+
+/// Copies one store's contents into another that holds no job, in one write of `to`: every
+/// job (its state, queue, deadline and worker indexes rebuilt from it), log line, worker,
+/// idempotency key, dependency and counter, so `to` answers every read as `from` does. For
+/// moving a control plane's jobs from one kind of store to another (`nexa store copy`).
+pub fn copy<F, T>(from: std::sync::Arc<F>, to: &T) -> Result<Copied, StoreError>
+where
+    F: Engine + 'static,
+    T: Engine,
+{
+    to.write(Box::new(move |dst| {
+        from.read(&mut |src| ops::copy(src, &mut *dst))
+    }))
+}
+
 /// Which jobs to list. Results come newest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListQuery {

@@ -76,8 +76,8 @@ pub use queries::{
     list_pages_cover_every_job_once, pending_reason_says_why,
 };
 pub use registry::{
-    restart_keeps_every_acknowledged_write, restart_recovers_expired_leases,
-    workers_register_heartbeat_drain_and_remove,
+    copy_keeps_every_acknowledged_write, restart_keeps_every_acknowledged_write,
+    restart_recovers_expired_leases, workers_register_heartbeat_drain_and_remove,
 };
 pub use submission::{
     dependency_failure_cancels_dependents_transitively, idempotency_key_with_other_spec_conflicts,
@@ -177,6 +177,7 @@ macro_rules! store_suite {
             logs_are_kept_per_attempt,
             workers_register_heartbeat_drain_and_remove,
             restart_keeps_every_acknowledged_write,
+            copy_keeps_every_acknowledged_write,
             restart_recovers_expired_leases,
         );
 

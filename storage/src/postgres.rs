@@ -740,9 +740,10 @@ impl PgStore {
 /// Why connecting failed, for people: PostgreSQL's own words (a refused password, an unknown
 /// database), or the network's.
 fn connect_failure(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("PostgreSQL refused the connection: {}", db.message()),
-        None => format!("cannot connect: {e}"),
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("PostgreSQL refused the connection: {}", db.message()),
+        (None, Some(cause)) => format!("cannot connect: {e}: {cause}"),
+        (None, None) => format!("cannot connect: {e}"),
     }
 }
 
@@ -755,6 +756,9 @@ fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
     let sql = |e: postgres::Error| database(format!("migrating the schema: {e}"));
     let mut txn = client.transaction().map_err(sql)?;
     txn.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(sql)?;
+    // "already exists, skipping" is not news.
+    txn.batch_execute("set local client_min_messages = warning")
         .map_err(sql)?;
     txn.batch_execute(
         "create table if not exists nexa_meta (key text primary key, value bigint not null)",

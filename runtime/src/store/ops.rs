@@ -814,3 +814,79 @@ pub(super) fn delete_finished_before<T: Tables + ?Sized>(
     }
     Ok((deleted, next))
 }
+
+/// Copies every job (with its indexes rebuilt), log, worker, idempotency key, dependency and
+/// counter of `from` into `to`, which must hold no job.
+pub(super) fn copy<T: Tables + ?Sized>(
+    from: &dyn ReadTables,
+    to: &mut T,
+) -> Result<super::Copied, StoreError> {
+    let mut held = false;
+    to.jobs_desc(None, &mut |_| {
+        held = true;
+        false
+    })?;
+    if held {
+        return Err(StoreError::InvalidQuery(
+            "the destination already holds jobs; copy into an empty store".into(),
+        ));
+    }
+    let mut copied = super::Copied::default();
+    let mut failure: Option<StoreError> = None;
+    from.jobs_desc(None, &mut |job| {
+        match copy_job(from, &mut *to, &job) {
+            Ok(lines) => {
+                copied.jobs += 1;
+                copied.log_lines += lines;
+            }
+            Err(e) => failure = Some(e),
+        }
+        failure.is_none()
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for worker in from.workers()? {
+        to.put_worker(&worker)?;
+        copied.workers += 1;
+    }
+    for counter in [Counter::NextJobId, Counter::NextEpoch] {
+        to.set_counter(counter, from.counter(counter)?)?;
+    }
+    Ok(copied)
+}
+
+/// One job of [`copy`] with what hangs off it; returns the log lines copied.
+fn copy_job<T: Tables + ?Sized>(
+    from: &dyn ReadTables,
+    to: &mut T,
+    job: &Job,
+) -> Result<u64, StoreError> {
+    write_job(to, None, job)?;
+    if let Some(key) = &job.spec.idempotency_key
+        && from.idempotent(key)? == Some(job.id)
+    {
+        to.put_idempotent(key, job.id)?;
+    }
+    for child in from.dependents(job.id)? {
+        to.add_dependent(job.id, child)?;
+    }
+    let mut lines = 0;
+    if let Some(meta) = from.log_meta(job.id)? {
+        to.put_log_meta(job.id, &meta)?;
+        for &attempt in meta.attempts.keys() {
+            let mut failure = None;
+            from.logs(job.id, attempt, 0, &mut |line| {
+                match to.put_log_line(job.id, attempt, &line) {
+                    Ok(()) => lines += 1,
+                    Err(e) => failure = Some(e),
+                }
+                failure.is_none()
+            })?;
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(lines)
+}

@@ -164,11 +164,52 @@ fn max_epoch(jobs: &[Job]) -> Epoch {
 /// idempotency key and dependency is there; the next job id and the next lease epoch are
 /// larger than every one before.
 pub fn restart_keeps_every_acknowledged_write<H: Harness>(h: &mut H) {
-    let cfg = StoreConfig {
+    let cfg = log_cap();
+    let store = h.open(cfg.clone());
+    carries_every_acknowledged_write(h, store, |h, store, cfg| h.restart(store, cfg));
+}
+
+/// A copy of an in-memory store into this one (`copy`, as `nexa store copy` makes) answers
+/// as the original did: the same jobs, logs, workers, idempotency keys, dependencies, queue
+/// and counters; copying into a store that holds jobs is refused.
+pub fn copy_keeps_every_acknowledged_write<H: Harness>(h: &mut H)
+where
+    H::Store: crate::Engine,
+{
+    let from = crate::MemStore::new(log_cap());
+    carries_every_acknowledged_write(h, from, |h, from, cfg| {
+        let to = h.open(cfg);
+        let from = std::sync::Arc::new(from);
+        let copied = crate::copy(from.clone(), &to).expect("copy");
+        assert_eq!((copied.jobs, copied.workers), (10, 2), "{copied:?}");
+        // Four lines of the evaluation under the cap, its marker, and three of the training.
+        assert_eq!(copied.log_lines, 8, "{copied:?}");
+        let again = crate::copy(from, &to).expect_err("a second copy");
+        assert!(
+            matches!(&again, StoreError::InvalidQuery(why) if why.contains("already holds jobs")),
+            "{again:?}"
+        );
+        to
+    });
+}
+
+/// The log cap of the tests above: 4 lines a job.
+fn log_cap() -> StoreConfig {
+    StoreConfig {
         max_log_lines_per_job: 4,
         ..config()
-    };
-    let store = h.open(cfg.clone());
+    }
+}
+
+/// Fills `store` with a job in every state, logs, workers, an idempotency key and a
+/// dependency; `carry` moves it into a store of the harness (a restart, a copy), which must
+/// then answer every read as `store` did, and go on from there as `store` would have.
+fn carries_every_acknowledged_write<H: Harness, S: Store>(
+    h: &mut H,
+    store: S,
+    carry: impl FnOnce(&mut H, S, StoreConfig) -> H::Store,
+) {
+    let cfg = log_cap();
     let w = register_cpu_worker(&store, "w1", at(0));
     store
         .register_worker(
@@ -250,7 +291,7 @@ pub fn restart_keeps_every_acknowledged_write<H: Harness>(h: &mut H) {
     let max_id = before.jobs.iter().map(|j| j.id).max().expect("jobs");
     let last_epoch = max_epoch(&before.jobs);
 
-    let store = h.restart(store, cfg.clone());
+    let store = carry(h, store, cfg.clone());
     assert_eq!(
         snapshot(&store, now),
         before,
