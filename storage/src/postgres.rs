@@ -133,6 +133,21 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
+/// A PostgreSQL error in full: the server's message and detail when it sent one (the
+/// client's `Display` says only "db error").
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {detail}", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// A PostgreSQL error as the kind of storage failure callers act on.
 fn pg_fault(e: postgres::Error) -> StorageFault {
     use postgres::error::SqlState;
@@ -150,7 +165,7 @@ fn pg_fault(e: postgres::Error) -> StorageFault {
         // No SQL state: the connection failed or was lost.
         None => FaultKind::Unavailable,
     };
-    StorageFault::new(kind, format!("PostgreSQL: {e}"))
+    StorageFault::new(kind, format!("PostgreSQL: {}", describe(&e)))
 }
 
 fn corrupt(what: String) -> StorageFault {
@@ -172,6 +187,9 @@ fn uint(v: i64, what: &str) -> Result<u64, StorageFault> {
 struct PgTables<'t> {
     txn: RefCell<Transaction<'t>>,
     statements: RefCell<&'t mut HashMap<&'static str, Statement>>,
+    /// The counters as this transaction has them, and whether it changed them: read once,
+    /// written once at the end (every submit and lease moves one).
+    counters: RefCell<HashMap<&'static str, (u64, bool)>>,
 }
 
 impl<'t> PgTables<'t> {
@@ -179,7 +197,27 @@ impl<'t> PgTables<'t> {
         Self {
             txn: RefCell::new(txn),
             statements: RefCell::new(statements),
+            counters: RefCell::default(),
         }
+    }
+
+    /// Writes the counters the transaction changed; before its commit.
+    fn flush_counters(&self) -> Result<(), StorageFault> {
+        let changed: Vec<(&'static str, u64)> = self
+            .counters
+            .borrow()
+            .iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|(name, (value, _))| (*name, *value))
+            .collect();
+        for (name, value) in changed {
+            self.execute(
+                "insert into nexa_counters (name, value) values ($1, $2) \
+                 on conflict (name) do update set value = excluded.value",
+                &[&name, &int(value)],
+            )?;
+        }
+        Ok(())
     }
 
     /// `sql`, prepared once per connection.
@@ -418,12 +456,20 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
+        if let Some((value, _)) = self.counters.borrow().get(counter.name()) {
+            return Ok(*value);
+        }
         let rows = self.query(
             "select value from nexa_counters where name = $1",
             &[&counter.name()],
         )?;
-        rows.first()
-            .map_or(Ok(0), |r| uint(r.get(0), counter.name()))
+        let value = rows
+            .first()
+            .map_or(Ok(0), |r| uint(r.get(0), counter.name()))?;
+        self.counters
+            .borrow_mut()
+            .insert(counter.name(), (value, false));
+        Ok(value)
     }
 }
 
@@ -583,11 +629,10 @@ impl Tables for PgTables<'_> {
     }
 
     fn set_counter(&mut self, counter: Counter, value: u64) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_counters (name, value) values ($1, $2) \
-             on conflict (name) do update set value = excluded.value",
-            &[&counter.name(), &int(value)],
-        )
+        self.counters
+            .borrow_mut()
+            .insert(counter.name(), (value, true));
+        Ok(())
     }
 }
 
@@ -753,7 +798,7 @@ fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
         location: location.to_owned(),
         detail,
     };
-    let sql = |e: postgres::Error| database(format!("migrating the schema: {e}"));
+    let sql = |e: postgres::Error| database(format!("migrating the schema: {}", describe(&e)));
     let mut txn = client.transaction().map_err(sql)?;
     txn.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(sql)?;
@@ -784,8 +829,13 @@ fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
         });
     }
     for (from, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        txn.batch_execute(migration)
-            .map_err(|e| database(format!("migration to schema {}: {e}", from + 1)))?;
+        txn.batch_execute(migration).map_err(|e| {
+            database(format!(
+                "migration to schema {}: {}",
+                from + 1,
+                describe(&e)
+            ))
+        })?;
     }
     if found < SCHEMA_VERSION {
         txn.execute(
@@ -821,6 +871,9 @@ fn commit_group(conn: &mut Conn, group: Vec<Request>) -> (Vec<group::Reply>, Opt
     };
     let mut tables = PgTables::new(txn, &mut conn.statements);
     let (replies, mut failure) = group::run(&mut tables, group);
+    if failure.is_none() {
+        failure = tables.flush_counters().err();
+    }
     let txn = tables.txn.into_inner();
     match failure {
         None => {

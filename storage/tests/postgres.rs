@@ -164,19 +164,22 @@ fn an_unreachable_database_or_a_wrong_password_is_a_clear_error() {
 
 #[test]
 fn a_connection_killed_under_the_store_is_replaced_and_nothing_acknowledged_is_lost() {
-    let url = fresh_schema();
+    // A name of its own, so that only this store's sessions are ended (the other tests run
+    // on the same server meanwhile).
+    let name = format!("nexa_killed_{}", std::process::id());
+    let url = format!("{}&application_name={name}", fresh_schema());
     let store = PgStore::open(&url, StoreConfig::default()).unwrap();
     let spec = || JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
     let mut acknowledged = vec![store.submit(spec(), Timestamp(1)).unwrap().id];
-    // End every other session on the server: the store's writer and readers among them.
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    admin
-        .execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity \
-             where application_name = 'nexa' and pid <> pg_backend_pid()",
-            &[],
+    // End the store's sessions: its writer and its readers.
+    let mut admin = postgres::Client::connect(&database_url(), postgres::NoTls).unwrap();
+    let ended = admin
+        .query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1",
+            &[&name],
         )
         .unwrap();
+    assert!(!ended.is_empty());
     // The first write or read after may fail (its connection was cut); later ones reconnect.
     for n in 0..5 {
         if let Ok(s) = store.submit(spec(), Timestamp(2 + n)) {
