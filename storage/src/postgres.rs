@@ -75,6 +75,15 @@ const MIGRATIONS: &[&str] = &[
     create table nexa_worker_jobs (worker text not null, job bigint not null, primary key (worker, job));
     create table nexa_counters (name text primary key, value bigint not null);
     ",
+    // 2: leadership, for several control planes on one database.
+    "
+    create table nexa_leader (
+        id smallint primary key check (id = 1),
+        holder text not null,
+        token bigint not null,
+        expires_at timestamptz not null
+    );
+    ",
 ];
 
 /// The key of the advisory lock held while the schema is checked and migrated ("nexa").
@@ -636,6 +645,20 @@ impl Tables for PgTables<'_> {
     }
 }
 
+/// Who may write, when several control planes share the database: the holder's name and the
+/// fencing token of its leadership (0 while it holds none). Every group checks, in its own
+/// transaction, that the token is still the leader's.
+struct Fence {
+    holder: String,
+    token: std::sync::atomic::AtomicI64,
+}
+
+impl Fence {
+    fn token(&self) -> i64 {
+        self.token.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The job store in a PostgreSQL database.
 ///
 /// ```no_run
@@ -655,6 +678,8 @@ pub struct PgStore {
     requests: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     recovered: Vec<Expired>,
+    /// Set when the store is one of several control planes' (see [`PgStore::open_contending`]).
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -697,6 +722,99 @@ impl PgStore {
 
     /// [`PgStore::open`] with the time passed in.
     pub fn open_at(url: &str, config: StoreConfig, now: Timestamp) -> Result<Self, OpenError> {
+        let mut store = Self::connect(url, config, None)?;
+        store.recovered = store.recover(now).map_err(|e| OpenError::Database {
+            location: store.target.location.clone(),
+            detail: format!("recovery failed: {e}"),
+        })?;
+        Ok(store)
+    }
+
+    /// Opens the store as one of several control planes sharing the database, as `holder` (a
+    /// name no other process uses): it writes nothing until [`PgStore::lead`] says it holds
+    /// the leadership, and every write checks, in its own transaction, that it still does, so
+    /// a leader that was paused past its lease can never write after another took over. The
+    /// new leader then runs [`PgStore::recover`].
+    pub fn open_contending(
+        url: &str,
+        config: StoreConfig,
+        holder: impl Into<String>,
+    ) -> Result<Self, OpenError> {
+        let fence = Fence {
+            holder: holder.into(),
+            token: std::sync::atomic::AtomicI64::new(0),
+        };
+        Self::connect(url, config, Some(std::sync::Arc::new(fence)))
+    }
+
+    /// What opening does after the schema: every lease gets its whole time from `now` (the
+    /// time no control plane had the store is held against no worker), and attempts past
+    /// their timeout end; returns those.
+    pub fn recover(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
+        self.renew_leases(now.saturating_add(self.config.lease_ttl), now)?;
+        self.expire(now)
+    }
+
+    /// Takes the leadership of the database for `ttl` if no one holds it (or its holder let
+    /// it run out), or renews ours; `true` while this store holds it. Only a store opened with
+    /// [`PgStore::open_contending`] leads.
+    pub fn lead(&self, ttl: Duration) -> Result<bool, StorageFault> {
+        let Some(fence) = &self.fence else {
+            return Ok(true);
+        };
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut conn = self.reader()?;
+        // Renewed if ours, else taken if free or run out: the token grows with each taking.
+        let row = conn
+            .client
+            .query_opt(
+                "insert into nexa_leader (id, holder, token, expires_at) \
+                 values (1, $1, 1, now() + $2::bigint * interval '1 millisecond') \
+                 on conflict (id) do update set \
+                   token = case when nexa_leader.holder = excluded.holder and nexa_leader.token = $3 \
+                           then nexa_leader.token else nexa_leader.token + 1 end, \
+                   holder = excluded.holder, expires_at = excluded.expires_at \
+                 where (nexa_leader.holder = excluded.holder and nexa_leader.token = $3 \
+                        and nexa_leader.expires_at > now()) \
+                    or nexa_leader.expires_at <= now() \
+                 returning token",
+                &[&fence.holder, &ms, &fence.token()],
+            )
+            .map_err(pg_fault);
+        let token = match row {
+            Ok(row) => row.map_or(0, |r| r.get::<_, i64>(0)),
+            Err(e) => {
+                // Unknown: write nothing until the next look says.
+                fence.token.store(0, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        fence
+            .token
+            .store(token, std::sync::atomic::Ordering::SeqCst);
+        self.put_back(conn);
+        Ok(token != 0)
+    }
+
+    /// Who holds the leadership of the database, while someone does.
+    pub fn leader(&self) -> Result<Option<String>, StorageFault> {
+        let mut conn = self.reader()?;
+        let row = conn
+            .client
+            .query_opt(
+                "select holder from nexa_leader where id = 1 and expires_at > now()",
+                &[],
+            )
+            .map_err(pg_fault)?;
+        self.put_back(conn);
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn connect(
+        url: &str,
+        config: StoreConfig,
+        fence: Option<std::sync::Arc<Fence>>,
+    ) -> Result<Self, OpenError> {
         let mut pg = postgres::Config::from_str(url).map_err(|e| OpenError::Database {
             location: "the database URL".into(),
             detail: format!("it is not a PostgreSQL connection string: {e}"),
@@ -722,27 +840,21 @@ impl PgStore {
         migrate(&mut conn.client, &target.location)?;
         let (tx, rx) = mpsc::channel();
         let writer = {
-            let target = target.clone();
+            let (target, fence) = (target.clone(), fence.clone());
             std::thread::Builder::new()
                 .name("nexa-store-commit".into())
-                .spawn(move || run_writer(&target, conn, &rx))
+                .spawn(move || run_writer(&target, fence.as_deref(), conn, &rx))
                 .map_err(|e| database(format!("cannot start the writer thread: {e}")))?
         };
-        let mut store = Self {
+        Ok(Self {
             config,
             target,
             readers: Mutex::default(),
             requests: Some(tx),
             writer: Some(writer),
             recovered: Vec::new(),
-        };
-        // As the redb store does: the time the store was closed is held against no worker.
-        let recover = |store: &Self| {
-            store.renew_leases(now.saturating_add(store.config.lease_ttl), now)?;
-            store.expire(now)
-        };
-        store.recovered = recover(&store).map_err(|e| database(format!("recovery failed: {e}")))?;
-        Ok(store)
+            fence,
+        })
     }
 
     /// The attempts that ran past their timeout while no control plane had the store open,
@@ -848,7 +960,7 @@ fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
     txn.commit().map_err(sql)
 }
 
-fn run_writer(target: &Target, conn: Conn, requests: &Receiver<Request>) {
+fn run_writer(target: &Target, fence: Option<&Fence>, conn: Conn, requests: &Receiver<Request>) {
     let mut conn = Some(conn);
     while let Ok(first) = requests.recv() {
         let group = group::next_group(first, requests);
@@ -857,18 +969,40 @@ fn run_writer(target: &Target, conn: Conn, requests: &Receiver<Request>) {
         }
         let (replies, failure) = match conn.as_mut() {
             None => group::refuse(group, unavailable("cannot reach the database; retry")),
-            Some(c) => commit_group(c, group),
+            Some(c) => commit_group(c, fence, group),
         };
         group::answer(replies, failure);
     }
 }
 
-/// Runs `group` in one transaction and commits it unless a write failed on storage.
-fn commit_group(conn: &mut Conn, group: Vec<Request>) -> (Vec<group::Reply>, Option<StorageFault>) {
-    let txn = match conn.client.transaction() {
+/// Runs `group` in one transaction and commits it unless a write failed on storage. With a
+/// `fence`, the transaction first checks (and holds, until it commits: a taking-over leader
+/// waits for it) that the fence's token still leads.
+fn commit_group(
+    conn: &mut Conn,
+    fence: Option<&Fence>,
+    group: Vec<Request>,
+) -> (Vec<group::Reply>, Option<StorageFault>) {
+    let mut txn = match conn.client.transaction() {
         Ok(t) => t,
         Err(e) => return group::refuse(group, pg_fault(e)),
     };
+    if let Some(fence) = fence {
+        let leads = txn.query_opt(
+            "select 1 from nexa_leader where id = 1 and holder = $1 and token = $2 \
+             and expires_at > now() for share",
+            &[&fence.holder, &fence.token()],
+        );
+        match leads {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let why = "this control plane does not lead the database (another took over, \
+                           or its leadership ran out); nothing was written";
+                return group::refuse(group, unavailable(why));
+            }
+            Err(e) => return group::refuse(group, pg_fault(e)),
+        }
+    }
     let mut tables = PgTables::new(txn, &mut conn.statements);
     let (replies, mut failure) = group::run(&mut tables, group);
     if failure.is_none() {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nexa_runtime::testkit::Harness;
 use nexa_runtime::{
-    GenerateParams, JobParams, JobSpec, JobState, ListQuery, Store, StoreConfig, Timestamp,
+    GenerateParams, JobParams, JobSpec, JobState, ListQuery, Store, StoreConfig, StoreError,
+    Timestamp,
 };
 use nexa_storage::{OpenError, PgStore, SCHEMA_VERSION};
 
@@ -199,4 +200,52 @@ fn a_connection_killed_under_the_store_is_replaced_and_nothing_acknowledged_is_l
     ids.sort();
     assert_eq!(ids, acknowledged);
     assert!(listed.iter().all(|j| j.state == JobState::Queued));
+}
+
+#[test]
+fn one_contending_store_leads_and_a_leader_that_lost_it_can_never_write() {
+    use std::time::Duration;
+
+    let url = fresh_schema();
+    // The schema exists (as a first plane's open makes it), then two planes contend.
+    drop(PgStore::open(&url, StoreConfig::default()).unwrap());
+    let a = PgStore::open_contending(&url, StoreConfig::default(), "plane-a").unwrap();
+    let b = PgStore::open_contending(&url, StoreConfig::default(), "plane-b").unwrap();
+    let spec = || JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
+    let not_leader =
+        |e: StoreError| assert!(e.to_string().contains("does not lead the database"), "{e}");
+    // Before anyone leads, nobody writes.
+    not_leader(a.submit(spec(), Timestamp(1)).unwrap_err());
+
+    let ttl = Duration::from_millis(800);
+    assert!(a.lead(ttl).unwrap());
+    assert!(!b.lead(ttl).unwrap(), "one leader at a time");
+    assert_eq!(b.leader().unwrap().as_deref(), Some("plane-a"));
+    let first = a.submit(spec(), Timestamp(2)).unwrap().id;
+    not_leader(b.submit(spec(), Timestamp(2)).unwrap_err());
+    // Renewing keeps it.
+    assert!(a.lead(ttl).unwrap());
+
+    // `a` stops renewing (paused, cut off): once its lease ran out, `b` takes over.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    assert!(b.lead(ttl).unwrap());
+    assert_eq!(a.leader().unwrap().as_deref(), Some("plane-b"));
+    b.recover(Timestamp(3)).unwrap();
+    let second = b.submit(spec(), Timestamp(3)).unwrap().id;
+    // `a` wakes up believing it leads: its writes are refused, and it cannot take back a
+    // leadership that is held.
+    not_leader(a.submit(spec(), Timestamp(4)).unwrap_err());
+    assert!(!a.lead(ttl).unwrap());
+    let ids: Vec<_> = b
+        .list(ListQuery::default())
+        .unwrap()
+        .jobs
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [second, first],
+        "every acknowledged job, and only those"
+    );
 }
