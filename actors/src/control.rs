@@ -31,6 +31,7 @@ mod follow;
 mod housekeeping;
 mod job_actor;
 mod jobs;
+mod leadership;
 mod lease;
 mod pipelines;
 mod quic;
@@ -79,6 +80,12 @@ use self::scheduler::{Scheduler, SchedulerMsg};
 use crate::clock::now;
 use crate::metrics::Metrics;
 use nexa_runtime::pipeline::PipelineSpec;
+
+/// The store a plane opened itself.
+enum Opened {
+    Redb(Arc<RedbStore>),
+    Postgres(Arc<PgStore>),
+}
 
 /// How long an actor call may take before the caller gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,16 +211,14 @@ impl ControlPlane {
             };
             crate::private_dir(&dir).map_err(folder)?;
             if let Some(url) = database {
-                let store = PgStore::open(&url, store_config)?;
-                info!(database = store.location(), "jobs are kept in PostgreSQL");
-                let recovered = store.recovered().to_vec();
-                return Ok((Arc::new(store) as Arc<dyn Store>, recovered));
+                let store = leadership::lead(&url, store_config)?;
+                return Ok((Opened::Postgres(Arc::new(store.0)), store.1));
             }
             let store = RedbStore::open(&path, store_config)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .map_err(folder)?;
             let recovered = store.recovered().to_vec();
-            Ok::<_, nexa_storage::OpenError>((Arc::new(store) as Arc<dyn Store>, recovered))
+            Ok::<_, nexa_storage::OpenError>((Opened::Redb(Arc::new(store)), recovered))
         })
         .await
         .map_err(|e| StartError::Actor("store", e.to_string()))??;
@@ -221,7 +226,14 @@ impl ControlPlane {
             info!(job = %e.job, state = %e.state, "attempt ended while the control plane was down: {}", e.cause());
         }
         let lost = recovered.iter().filter(|e| !e.timed_out).count();
-        let plane = Self::start_with_store(config, store).await?;
+        let plane = match store {
+            Opened::Redb(store) => Self::start_with_store(config, store).await?,
+            Opened::Postgres(store) => {
+                let plane = Self::start_with_store(config, store.clone()).await?;
+                leadership::keep(store, plane.failure.clone(), plane.failing.clone());
+                plane
+            }
+        };
         plane.metrics.record_leases_expired(lost as u64);
         Ok(plane)
     }

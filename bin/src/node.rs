@@ -257,10 +257,12 @@ pub(crate) async fn server(args: ServerArgs) -> Result<()> {
         plane.fingerprint(),
         join_hint(&args.plane)
     ));
-    shutdown_signal().await;
+    // Until a signal, or until the plane cannot go on (it lost the database's leadership,
+    // its scheduler failed): then the process exits with the reason, for its supervisor.
+    let served = node.plane.run_until(shutdown_signal()).await;
     info!("shutting down");
     node.shutdown().await;
-    Ok(())
+    served.map_err(|e| anyhow::anyhow!("the control plane stopped: {e}"))
 }
 
 /// Prints to stdout; a closed stdout (the reader went away) is not a reason to stop.
@@ -413,7 +415,17 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         join_hint(&args.plane)
     ));
     say(&banner);
-    run_worker(worker).await;
+    let failed = async {
+        let _ = node.plane.run_until(std::future::pending()).await;
+    };
+    tokio::select! {
+        () = run_worker(worker) => {}
+        () = failed => {}
+    }
+    let failure = node.plane.failure().map(str::to_owned);
     node.shutdown().await;
-    Ok(())
+    match failure {
+        Some(why) => Err(anyhow::anyhow!("the control plane stopped: {why}")),
+        None => Ok(()),
+    }
 }

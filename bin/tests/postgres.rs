@@ -160,3 +160,150 @@ fn a_data_folders_jobs_move_into_postgres_with_nexa_store_copy() {
         json!({"job_type": "audit", "params": {"dataset_uri": dataset}}),
     );
 }
+
+/// A `nexa server` process on `database`, and its stdout's lines.
+fn server(
+    data: &std::path::Path,
+    database: &str,
+    udp: u16,
+    http: u16,
+) -> (support::Proc, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(NEXA)
+        .args(["server", "--database-url", database, "--token", TOKEN])
+        .args(["--listen", &format!("127.0.0.1:{udp}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--data")
+        .arg(data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (support::Proc(child), rx)
+}
+
+/// The fingerprint a server's banner prints once it serves; `None` if it does not within
+/// `wait`.
+fn banner(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let line = lines.recv_timeout(left).ok()?;
+        if let Some(fp) = line.trim().strip_prefix("fingerprint: ") {
+            return Some(fp.to_owned());
+        }
+    }
+}
+
+const TOKEN: &str = "a-join-token-for-the-failover-test";
+
+#[test]
+fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job() {
+    const JOBS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let database = fresh_database("failover");
+    let (udp, http) = (support::free_port(true), support::free_port(false));
+    let (mut leader, leader_lines) = server(&data, &database, udp, http);
+    let fingerprint = banner(&leader_lines, Duration::from_secs(60)).expect("the leader serves");
+    // Same folder (certificate, lease key), same addresses: it binds them once it leads.
+    let (_standby, standby_lines) = server(&data, &database, udp, http);
+    assert_eq!(
+        banner(&standby_lines, Duration::from_secs(2)),
+        None,
+        "a standby serves nothing"
+    );
+
+    let ran = dir.path().join("ran");
+    let token_file = dir.path().join("join_token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let _worker = support::Proc(
+        std::process::Command::new(NEXA)
+            .args(["worker", "--server", &format!("127.0.0.1:{udp}")])
+            .args([
+                "--fingerprint",
+                &fingerprint,
+                "--name",
+                "w1",
+                "--slots",
+                "2",
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--work-dir")
+            .arg(dir.path().join("w1"))
+            .arg("--handler")
+            .arg(format!(
+                r#"train=echo "$NEXA_JOB_ID" >> {}; sleep 0.3"#,
+                ran.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("w1.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let api = format!("http://127.0.0.1:{http}/api");
+    let ids: Vec<String> = (0..JOBS)
+        .map(|n| {
+            let body = json!({"job_type": "train", "params": {"model_id": format!("m{n}"), "dataset_uri": "file:///d.csv"}});
+            let (status, job) =
+                support::call("POST", &format!("{api}/jobs"), Some(&body.to_string()), None);
+            assert_eq!(status, 201, "{job}");
+            job["job_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let started = || {
+        std::fs::read_to_string(&ran)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while started() < 3 {
+        assert!(Instant::now() < deadline, "no job started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    leader.sigkill();
+    let killed = Instant::now();
+    banner(&standby_lines, Duration::from_secs(30)).expect("the standby takes over");
+    println!(
+        "the standby served {:?} after the leader was killed",
+        killed.elapsed()
+    );
+
+    // Every acknowledged job runs to success, once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        let job = loop {
+            let (status, job) = support::call("GET", &format!("{api}/jobs/{id}"), None, None);
+            if status == 200 && job["status"] == "succeeded" {
+                break job;
+            }
+            assert!(
+                !matches!(job["status"].as_str(), Some("failed" | "cancelled")),
+                "{id}: {job}"
+            );
+            assert!(Instant::now() < deadline, "{id} is still {}", job["status"]);
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let succeeded = job["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"]["status"] == "succeeded")
+            .count();
+        assert_eq!(succeeded, 1, "{id} succeeded once: {job}");
+    }
+}
