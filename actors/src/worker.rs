@@ -93,6 +93,9 @@ impl Default for RestartLimit {
 pub struct WorkerConfig {
     /// The control plane's address.
     pub server: SocketAddr,
+    /// Other addresses of the control plane (standbys on one PostgreSQL database): the worker
+    /// connects, and reconnects, to whichever of them serves.
+    pub also: Vec<SocketAddr>,
     /// How to trust it.
     pub trust: Trust,
     /// The cluster's join token.
@@ -136,6 +139,7 @@ impl WorkerConfig {
     ) -> Self {
         Self {
             server,
+            also: Vec::new(),
             trust,
             join_token: join_token.into(),
             id,
@@ -150,6 +154,12 @@ impl WorkerConfig {
             restart: RestartLimit::default(),
             cancel_grace: Duration::from_secs(10),
         }
+    }
+
+    /// Another address of the control plane (a standby's).
+    pub fn also(mut self, server: SocketAddr) -> Self {
+        self.also.push(server);
+        self
     }
 
     /// Jobs run at once.
@@ -213,7 +223,8 @@ impl WorkerNode {
             labels: config.labels.clone(),
             job_types: config.stages.job_types().collect(),
         };
-        let client_config = ClientConfig::new(config.server, config.trust.clone(), hello);
+        let mut client_config = ClientConfig::new(config.server, config.trust.clone(), hello);
+        client_config.also = config.also.clone();
         let (client, welcome, events) = Client::connect(client_config).await?;
         Self::start_over(Arc::new(client), welcome, events, config)
             .await

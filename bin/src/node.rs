@@ -293,12 +293,18 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
         (None, Some(token)) => token.clone(),
         (None, None) => bail!("give the join token: --token-file FILE or NEXA_JOIN_TOKEN"),
     };
-    let server = args.server.as_deref().unwrap_or_default();
-    let server = server
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve --server {server}"))?
-        .next()
-        .with_context(|| format!("--server {server} resolves to no address"))?;
+    // HOST:PORT, or several separated by commas: a control plane and its standbys.
+    let mut servers = Vec::new();
+    for server in args.server.as_deref().unwrap_or_default().split(',') {
+        let server = server.trim();
+        let addr = server
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve --server {server}"))?
+            .next()
+            .with_context(|| format!("--server {server} resolves to no address"))?;
+        servers.push(addr);
+    }
+    let server = servers[0];
     let trust = match (args.fingerprint, &args.ca) {
         (Some(fp), _) => Trust::Fingerprint(fp),
         (None, Some(ca)) => Trust::CaFile(ca.clone()),
@@ -308,7 +314,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<()> {
     };
     let name = args.name.clone().unwrap_or_else(default_worker_name);
     let name = WorkerId::new(name).context("invalid --name")?;
-    let config = worker_config(server, trust, &token, name, &args.offer, &args.work_dir);
+    let mut config = worker_config(server, trust, &token, name, &args.offer, &args.work_dir);
+    config.also = servers[1..].to_vec();
     let node = WorkerNode::start(config)
         .await
         .with_context(|| format!("cannot join the control plane at {server}"))?;

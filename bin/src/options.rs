@@ -447,7 +447,8 @@ pub(crate) struct OfferArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// The control plane's QUIC address (HOST:PORT).
+    /// The control plane's QUIC address (HOST:PORT), or several separated by commas: control
+    /// planes sharing one PostgreSQL database, of which the worker joins whichever leads.
     #[arg(long, env = "NEXA_SERVER", required_unless_present = "api")]
     pub(crate) server: Option<String>,
     /// Trust the control plane whose certificate has this fingerprint (printed by `nexa server`).

@@ -214,11 +214,13 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("server");
     let database = fresh_database("failover");
-    let (udp, http) = (support::free_port(true), support::free_port(false));
-    let (mut leader, leader_lines) = server(&data, &database, udp, http);
+    // Two planes as on two machines: addresses of their own, and the data folder's
+    // certificate, lease key and join token the same (here: the same folder).
+    let ports = |_| (support::free_port(true), support::free_port(false));
+    let [(udp_a, http_a), (udp_b, http_b)] = [0, 1].map(ports);
+    let (mut leader, leader_lines) = server(&data, &database, udp_a, http_a);
     let fingerprint = banner(&leader_lines, Duration::from_secs(60)).expect("the leader serves");
-    // Same folder (certificate, lease key), same addresses: it binds them once it leads.
-    let (_standby, standby_lines) = server(&data, &database, udp, http);
+    let (_standby, standby_lines) = server(&data, &database, udp_b, http_b);
     assert_eq!(
         banner(&standby_lines, Duration::from_secs(2)),
         None,
@@ -230,7 +232,8 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
     std::fs::write(&token_file, TOKEN).unwrap();
     let _worker = support::Proc(
         std::process::Command::new(NEXA)
-            .args(["worker", "--server", &format!("127.0.0.1:{udp}")])
+            .args(["worker", "--server"])
+            .arg(format!("127.0.0.1:{udp_a},127.0.0.1:{udp_b}"))
             .args([
                 "--fingerprint",
                 &fingerprint,
@@ -254,12 +257,14 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
             .spawn()
             .unwrap(),
     );
-    let api = format!("http://127.0.0.1:{http}/api");
+    let call = |http: u16, method: &str, path: &str, body: Option<Value>| {
+        let url = format!("http://127.0.0.1:{http}/api{path}");
+        support::call(method, &url, body.map(|b| b.to_string()).as_deref(), None)
+    };
     let ids: Vec<String> = (0..JOBS)
         .map(|n| {
             let body = json!({"job_type": "train", "params": {"model_id": format!("m{n}"), "dataset_uri": "file:///d.csv"}});
-            let (status, job) =
-                support::call("POST", &format!("{api}/jobs"), Some(&body.to_string()), None);
+            let (status, job) = call(http_a, "POST", "/jobs", Some(body));
             assert_eq!(status, 201, "{job}");
             job["job_id"].as_str().unwrap().to_owned()
         })
@@ -283,11 +288,11 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
         killed.elapsed()
     );
 
-    // Every acknowledged job runs to success, once.
+    // Every acknowledged job runs to success on the new leader, once.
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
         let job = loop {
-            let (status, job) = support::call("GET", &format!("{api}/jobs/{id}"), None, None);
+            let (status, job) = call(http_b, "GET", &format!("/jobs/{id}"), None);
             if status == 200 && job["status"] == "succeeded" {
                 break job;
             }
@@ -306,4 +311,7 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
             .count();
         assert_eq!(succeeded, 1, "{id} succeeded once: {job}");
     }
+    // The worker followed the leader to its new address.
+    let (_, workers) = call(http_b, "GET", "/workers", None);
+    assert_eq!(workers["workers"][0]["worker_id"], "w1", "{workers}");
 }

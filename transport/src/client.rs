@@ -36,6 +36,9 @@ use crate::link::{Flush, HELLO_ID, Inbound, Link, Side, read_loop, write_loop};
 pub struct ClientConfig {
     /// The server's address.
     pub server: SocketAddr,
+    /// Other addresses of the control plane (its standbys, which serve once they lead): a
+    /// connection is tried at each address in turn, `server` first.
+    pub also: Vec<SocketAddr>,
     /// The name to check the certificate against when trusting a CA.
     pub server_name: String,
     /// How to trust the server.
@@ -59,6 +62,7 @@ impl ClientConfig {
     pub fn new(server: SocketAddr, trust: Trust, hello: Hello) -> Self {
         Self {
             server,
+            also: Vec::new(),
             server_name: crate::identity::CERT_NAMES[0].to_owned(),
             trust,
             hello,
@@ -220,18 +224,34 @@ struct Welcomed {
     welcome: Welcome,
 }
 
-/// Connects once and says hello.
+/// Connects to the control plane at every one of its addresses at once, and keeps the first
+/// that answers and says hello (a standby serves nothing, so only the leader answers); the
+/// error is one of theirs when none does.
+async fn connect_any(endpoint: &Endpoint, config: &ClientConfig) -> Result<Welcomed, ConnectError> {
+    if config.also.is_empty() {
+        return connect_once(endpoint, config, config.server).await;
+    }
+    let attempts = std::iter::once(config.server)
+        .chain(config.also.iter().copied())
+        .map(|addr| Box::pin(connect_once(endpoint, config, addr)));
+    futures_util::future::select_ok(attempts)
+        .await
+        .map(|(welcomed, _others)| welcomed)
+}
+
+/// Connects once to `addr` and says hello.
 async fn connect_once(
     endpoint: &Endpoint,
     config: &ClientConfig,
+    addr: SocketAddr,
 ) -> Result<Welcomed, ConnectError> {
     let failed = |reason: String| ConnectError::Failed {
-        addr: config.server.to_string(),
+        addr: addr.to_string(),
         reason,
     };
     let (quic, verifier) = quic_config(config)?;
     let connecting = endpoint
-        .connect_with(quic, config.server, &config.server_name)
+        .connect_with(quic, addr, &config.server_name)
         .map_err(|e| failed(e.to_string()))?;
     let connection = match tokio::time::timeout(config.request_timeout, connecting).await {
         Err(_) => {
@@ -313,7 +333,7 @@ impl Client {
         endpoint: Endpoint,
         config: ClientConfig,
     ) -> Result<(Self, Welcome, mpsc::Receiver<ClientEvent>), ConnectError> {
-        let welcomed = connect_once(&endpoint, &config).await?;
+        let welcomed = connect_any(&endpoint, &config).await?;
         let welcome = welcomed.welcome.clone();
         let config = Arc::new(config);
         let (events_tx, events) = mpsc::channel(256);
@@ -472,7 +492,7 @@ async fn supervise(
         let mut attempt = 1;
         started = loop {
             tokio::time::sleep(config.reconnect.delay(seed, attempt)).await;
-            match connect_once(&endpoint, &config).await {
+            match connect_any(&endpoint, &config).await {
                 Ok(welcomed) => {
                     let welcome = welcomed.welcome.clone();
                     info!(
