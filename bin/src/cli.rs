@@ -227,10 +227,24 @@ fn params_text(types: &[JobType]) -> String {
 
 /// The API, as the client commands see it.
 struct Api {
-    base: String,
+    /// Its addresses: one, or those of control planes sharing a database (`--api A,B`), of
+    /// which the one that leads serves.
+    bases: Vec<String>,
+    /// The address that answered last.
+    current: std::cell::Cell<usize>,
     token: Option<String>,
     agent: ureq::Agent,
     streaming: ureq::Agent,
+}
+
+/// Whether a request failed before reaching a server (nothing listens there: a standby), so
+/// another address may be asked without sending it twice.
+fn refused(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
 }
 
 impl Api {
@@ -244,21 +258,48 @@ impl Api {
                 .new_agent()
         };
         Self {
-            base: args.api.trim_end_matches('/').to_owned(),
+            bases: args
+                .api
+                .split(',')
+                .map(|b| b.trim().trim_end_matches('/').to_owned())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            current: std::cell::Cell::new(0),
             token: args.token.clone().filter(|t| !t.is_empty()),
             agent: config(Some(Duration::from_secs(60))),
             streaming: config(None),
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// Sends the request `make` builds for the URL of `path`, at the address that answered
+    /// last, then at the others while nothing listens (a standby's).
+    fn send(
+        &self,
+        path: &str,
+        make: impl Fn(&str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let n = self.bases.len().max(1);
+        let start = self.current.get();
+        let mut failure = None;
+        for i in 0..n {
+            let k = (start + i) % n;
+            let base = self.bases.get(k).map_or("", String::as_str);
+            match make(&format!("{base}{path}")) {
+                Ok(res) => {
+                    self.current.set(k);
+                    return Ok(res);
+                }
+                Err(e) if refused(&e) => failure = Some(e),
+                Err(e) => return Err(self.unreachable(e)),
+            }
+        }
+        Err(self.unreachable(failure.unwrap_or(ureq::Error::ConnectionFailed)))
     }
 
     fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
         anyhow!(
             "cannot reach the Nexa Forge API at {}: {e}\n  is it running? start one with `nexa up`, or point --api (NEXA_API_URL) at it",
-            self.base
+            self.bases.join(", ")
         )
     }
 
@@ -297,27 +338,23 @@ impl Api {
     }
 
     fn get(&self, path: &str) -> Result<Value> {
-        let res = self
-            .auth(self.agent.get(&self.url(path)))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+        let res = self.send(path, |url| self.auth(self.agent.get(url)).call())?;
         Ok(Self::answer(res)?.1)
     }
 
     fn delete(&self, path: &str) -> Result<Value> {
-        let res = self
-            .auth(self.agent.delete(&self.url(path)))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+        let res = self.send(path, |url| self.auth(self.agent.delete(url)).call())?;
         Self::answer(res).map(|(_, answer)| answer)
     }
 
     fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<(u16, Value)> {
-        let mut req = self.auth(self.agent.post(&self.url(path)));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let res = req.send_json(body).map_err(|e| self.unreachable(e))?;
+        let res = self.send(path, |url| {
+            let mut req = self.auth(self.agent.post(url));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send_json(body)
+        })?;
         Self::answer(res)
     }
 }
@@ -490,13 +527,9 @@ fn download(args: &ArtifactGetArgs) -> Result<ExitCode> {
         Some(p) => p.clone(),
         None => std::path::PathBuf::from(&name),
     };
-    let res = api
-        .auth(
-            api.streaming
-                .get(&api.url(&format!("/artifacts/{digest}/content"))),
-        )
-        .call()
-        .map_err(|e| api.unreachable(e))?;
+    let res = api.send(&format!("/artifacts/{digest}/content"), |url| {
+        api.auth(api.streaming.get(url)).call()
+    })?;
     if res.status().as_u16() >= 400 {
         Api::answer(res)?;
         bail!("the download failed");
@@ -920,10 +953,7 @@ fn follow(api: &Api, id: &str, attempt: Option<u32>) -> Result<ExitCode> {
             ("attempt", attempt.map(|a| a.to_string())),
         ])
     );
-    let mut res = api
-        .auth(api.streaming.get(&api.url(&path)))
-        .call()
-        .map_err(|e| api.unreachable(e))?;
+    let mut res = api.send(&path, |url| api.auth(api.streaming.get(url)).call())?;
     if res.status().as_u16() >= 400 {
         Api::answer(res)?;
         bail!("the API refused to stream the log");

@@ -252,7 +252,8 @@ pub(crate) struct TokenCreateArgs {
 /// Where the API is, for the client commands.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ClientArgs {
-    /// The API's address.
+    /// The API's address, or several separated by commas: control planes sharing a
+    /// PostgreSQL database, of which the leader answers (the others do not listen).
     #[arg(
         long,
         default_value = "http://127.0.0.1:8000/api",

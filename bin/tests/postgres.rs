@@ -311,6 +311,20 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
             .count();
         assert_eq!(succeeded, 1, "{id} succeeded once: {job}");
     }
+    // The CLI given both addresses finds the one that serves.
+    let out = std::process::Command::new(NEXA)
+        .args(["wait", &ids[0], "--api"])
+        .arg(format!(
+            "http://127.0.0.1:{http_a}/api,http://127.0.0.1:{http_b}/api"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The worker followed the leader to its new address.
     let (_, workers) = call(http_b, "GET", "/workers", None);
     assert_eq!(workers["workers"][0]["worker_id"], "w1", "{workers}");
