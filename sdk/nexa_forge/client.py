@@ -124,7 +124,9 @@ class NexaForgeClient:
 
     Args:
         api_url: the API's base URL. When ``None``, ``$NEXA_API_URL``, else
-            ``http://localhost:8000/api`` (where ``nexa up`` serves it).
+            ``http://localhost:8000/api`` (where ``nexa up`` serves it). Several, separated
+            by commas, for control planes sharing one database: the client asks the one that
+            answered last, and the others while nothing listens there (a standby).
         token: a token from ``nexa token create``, sent as ``Authorization: Bearer``.
             When ``None``, ``$NEXA_TOKEN``; none is needed by a server that has no tokens and
             listens on loopback.
@@ -152,12 +154,16 @@ class NexaForgeClient:
             api_url = os.environ.get("NEXA_API_URL") or DEFAULT_API_URL
         if token is None:
             token = os.environ.get("NEXA_TOKEN") or None
-        parts = urllib.parse.urlsplit(api_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"api_url {api_url!r} is not an http(s) URL; "
-                f"expected something like {DEFAULT_API_URL!r}"
-            )
+        # One URL, or several separated by commas: control planes sharing a database, of
+        # which the leader answers.
+        urls = [u.strip() for u in api_url.split(",") if u.strip()] or [api_url]
+        for url in urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"api_url {url!r} is not an http(s) URL; "
+                    f"expected something like {DEFAULT_API_URL!r}"
+                )
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         self._transport = Transport(

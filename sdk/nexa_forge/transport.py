@@ -2,7 +2,9 @@
 failure (an error answer, a refused connection, a timeout) to a :class:`NexaForgeError`.
 
 Each request opens its own connection; nothing is pooled, so a client is safe to share
-between threads.
+between threads. An API URL may name several addresses separated by commas: control planes
+sharing one database, of which the leader answers; a request goes to the one that answered
+last, and on to the others while the connection is refused (a standby does not listen).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import NexaForgeError, ServerUnavailableError, error_from_response
 
@@ -27,25 +29,36 @@ class StreamInterrupted(Exception):
 
 
 class Transport:
-    """Requests against one API base URL with one token."""
+    """Requests against an API base URL (or several, one of which serves) with one token."""
 
     def __init__(self, api_url: str, token: Optional[str], timeout: float, user_agent: str) -> None:
-        self.api_url = api_url.rstrip("/")
+        self.api_urls: List[str] = [u.strip().rstrip("/") for u in api_url.split(",") if u.strip()]
+        self._current = 0
         self.token = token
         self.timeout = timeout
         self.user_agent = user_agent
         self._opener = urllib.request.build_opener()
 
     @property
+    def api_url(self) -> str:
+        """The API URL that answered last (the first one until a request was made)."""
+        return self.api_urls[self._current]
+
+    @property
     def root_url(self) -> str:
         """The server's root: the API URL without its ``/api`` suffix, where ``/healthz`` is."""
-        if self.api_url.endswith("/api"):
-            return self.api_url[: -len("/api")]
-        parts = urllib.parse.urlsplit(self.api_url)
-        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        return _root_of(self.api_url)
 
-    def url(self, path: str, query: Optional[Query] = None, *, root: bool = False) -> str:
-        base = self.root_url if root else self.api_url
+    def url(
+        self,
+        path: str,
+        query: Optional[Query] = None,
+        *,
+        root: bool = False,
+        api_url: Optional[str] = None,
+    ) -> str:
+        api_url = api_url or self.api_url
+        base = _root_of(api_url) if root else api_url
         url = base + path
         if query:
             pairs = [(k, _query_value(v)) for k, v in query.items() if v is not None]
@@ -64,11 +77,14 @@ class Transport:
     ) -> Tuple[int, Any]:
         """Sends one request; answers the status and the decoded JSON body (``None`` when
         empty). Raises the matching :class:`NexaForgeError` for an error answer or no answer."""
-        url = self.url(path, query, root=root)
         data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(url, data=data, method=method, headers=self._headers(data))
+
+        def build(api_url: str) -> urllib.request.Request:
+            url = self.url(path, query, root=root, api_url=api_url)
+            return urllib.request.Request(url, data=data, method=method, headers=self._headers(data))
+
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
+            with self._open(build) as resp:
                 status = resp.status
                 text = resp.read()
         except urllib.error.HTTPError as e:
@@ -89,12 +105,15 @@ class Transport:
     def open_stream(self, path: str, query: Optional[Query] = None) -> http.client.HTTPResponse:
         """Opens a ``text/event-stream`` GET; the caller reads and closes the response.
         A read that waits longer than the timeout raises :class:`socket.timeout`."""
-        url = self.url(path, query)
         headers = self._headers(None)
         headers["Accept"] = "text/event-stream"
-        req = urllib.request.Request(url, method="GET", headers=headers)
+
+        def build(api_url: str) -> urllib.request.Request:
+            url = self.url(path, query, api_url=api_url)
+            return urllib.request.Request(url, method="GET", headers=headers)
+
         try:
-            resp: http.client.HTTPResponse = self._opener.open(req, timeout=self.timeout)
+            resp = self._open(build)
         except urllib.error.HTTPError as e:
             raise self._error_answer(e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
@@ -112,17 +131,39 @@ class Transport:
     def open_binary(self, path: str) -> http.client.HTTPResponse:
         """Opens a GET of raw bytes (a download); the caller reads and closes the response.
         An error answer raises the matching :class:`NexaForgeError`, as :meth:`request` does."""
-        url = self.url(path)
         headers = self._headers(None)
         headers["Accept"] = "application/octet-stream, application/json;q=0.5"
-        req = urllib.request.Request(url, method="GET", headers=headers)
+
+        def build(api_url: str) -> urllib.request.Request:
+            return urllib.request.Request(self.url(path, api_url=api_url), method="GET", headers=headers)
+
         try:
-            resp: http.client.HTTPResponse = self._opener.open(req, timeout=self.timeout)
+            resp = self._open(build)
         except urllib.error.HTTPError as e:
             raise self._error_answer(e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise self._no_answer(e) from None
         return resp
+
+    def _open(self, build: Callable[[str], urllib.request.Request]) -> http.client.HTTPResponse:
+        """Opens the request `build` makes for an API URL: at the one that answered last, then
+        at the others while the connection is refused (nothing was sent there)."""
+        count = len(self.api_urls)
+        for i in range(count):
+            k = (self._current + i) % count
+            try:
+                resp: http.client.HTTPResponse = self._opener.open(
+                    build(self.api_urls[k]), timeout=self.timeout
+                )
+            except urllib.error.HTTPError:
+                raise
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, ConnectionRefusedError) and i + 1 < count:
+                    continue
+                raise
+            self._current = k
+            return resp
+        raise ServerUnavailableError(f"no API URL in {self.api_urls!r}", code="unreachable")
 
     def interrupted(self, what: str, e: BaseException) -> ServerUnavailableError:
         """The error for a transfer that stopped part way (a read timed out, or the
@@ -168,11 +209,18 @@ class Transport:
             )
         detail = _describe(reason)
         return ServerUnavailableError(
-            f"cannot reach the Nexa Forge server at {self.api_url} ({detail}). Start one with "
+            f"cannot reach the Nexa Forge server at {', '.join(self.api_urls)} ({detail}). Start one with "
             "`nexa up` (it serves the API on http://127.0.0.1:8000/api), or point the client "
             "at a running server with api_url= or NEXA_API_URL.",
             code="unreachable",
         )
+
+
+def _root_of(api_url: str) -> str:
+    if api_url.endswith("/api"):
+        return api_url[: -len("/api")]
+    parts = urllib.parse.urlsplit(api_url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 
 def _describe(reason: Any) -> str:

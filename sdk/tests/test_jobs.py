@@ -13,6 +13,7 @@ from nexa_forge import (
     JobStatus,
     NexaForgeClient,
     NotFoundError,
+    ServerUnavailableError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -151,3 +152,20 @@ def test_unknown_jobs_are_not_found(client: NexaForgeClient) -> None:
         client.get_job("not a job id")
     with pytest.raises(TypeError):
         client.get_job("")
+
+
+def test_several_api_urls_reach_the_one_that_serves(api_url: str) -> None:
+    """A standby does not listen: a client given it first moves on to the one that serves,
+    and keeps asking that one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        silent = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    client = NexaForgeClient(api_url=f"{silent},{api_url}")
+    job = client.generate("physics", 5)
+    assert client.api_url == api_url
+    assert client.get_job(job).job_id == job.job_id
+    client.wait(job, timeout=60)
+    with pytest.raises(ServerUnavailableError, match="cannot reach"):
+        NexaForgeClient(api_url=f"{silent},{silent}").list_jobs()
