@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nexa_benches::{
-    BenchResult, NOW, Rates, Settings, Throughput, fmt_duration, fmt_rate, run_for, sample_spec,
-    worker_info,
+    BenchResult, NOW, Rates, Settings, Throughput, fmt_duration, fmt_rate, lease_cycles, run_for,
+    sample_spec,
 };
-use nexa_runtime::{Engine, JobOutput, LeaseRequest, Store, StoreConfig};
+use nexa_runtime::{Engine, Store, StoreConfig};
 use nexa_storage::{PgStore, RedbStore};
 
 const SUBMITTERS: [usize; 3] = [1, 8, 64];
@@ -213,22 +213,5 @@ fn cycles(bench: &impl Bench, workers: usize, duration: Duration) -> BenchResult
     for batch in specs.chunks(5_000) {
         store.submit_batch(batch.to_vec(), NOW)?;
     }
-    run_for(workers, duration, |w| {
-        let worker = store
-            .register_worker(worker_info(&format!("bench-worker-{w}"))?, NOW)?
-            .info
-            .id;
-        let request = LeaseRequest {
-            worker,
-            free_gpus: vec![],
-        };
-        Ok(move || {
-            let Some(lease) = store.lease_next(request.clone(), NOW)? else {
-                return Ok(false);
-            };
-            store.start(lease.job.id, lease.epoch, NOW)?;
-            store.complete(lease.job.id, lease.epoch, JobOutput::default(), NOW)?;
-            Ok(true)
-        })
-    })
+    lease_cycles(store, workers, duration)
 }

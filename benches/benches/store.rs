@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 
 use nexa_benches::{
     BenchResult, NOW, Rates, Samples, Settings, SqliteJobs, Throughput, fmt_count, fmt_duration,
-    fmt_rate, fsync_latency, job_record, run_for, sample_spec, timed, worker_info,
+    fmt_rate, fsync_latency, job_record, lease_cycles, run_for, sample_spec, timed, worker_info,
 };
-use nexa_runtime::{
-    Job, JobId, JobOutput, JobState, LeaseRequest, ListQuery, Store, StoreConfig, WorkerId,
-};
+use nexa_runtime::{Job, JobId, JobState, LeaseRequest, ListQuery, Store, StoreConfig, WorkerId};
 use nexa_storage::RedbStore;
 
 /// Submitting threads in the submit benchmark.
@@ -301,25 +299,7 @@ fn redb_cycles(
     let (_dir, path) = fresh_file(root, "nexa_forge.db")?;
     let store = open_store(&path)?;
     load_redb(&store, queued, "cycle", false)?;
-    run_for(workers, duration, |w| {
-        let store = &store;
-        let worker = store
-            .register_worker(worker_info(&format!("bench-worker-{w}"))?, NOW)?
-            .info
-            .id;
-        let request = LeaseRequest {
-            worker,
-            free_gpus: vec![],
-        };
-        Ok(move || {
-            let Some(lease) = store.lease_next(request.clone(), NOW)? else {
-                return Ok(false);
-            };
-            store.start(lease.job.id, lease.epoch, NOW)?;
-            store.complete(lease.job.id, lease.epoch, JobOutput::default(), NOW)?;
-            Ok(true)
-        })
-    })
+    lease_cycles(&store, workers, duration)
 }
 
 fn sqlite_cycles(

@@ -25,7 +25,7 @@ pub use disk::fsync_latency;
 pub use settings::{Settings, env_count, env_seconds};
 pub use sqlite::{SqliteJobs, SqliteLease};
 pub use timing::{Rates, Samples, Throughput, fmt_count, fmt_duration, fmt_rate, run_for, timed};
-pub use workload::{NOW, job_record, sample_spec, worker_info};
+pub use workload::{NOW, job_record, lease_cycles, sample_spec, worker_info};
 
 /// What a benchmark step that cannot go on reports; `anyhow`-like, without the dependency.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
@@ -677,6 +677,34 @@ mod workload {
         spec.priority = (n % 5) as i32 * 10;
         spec.idempotency_key = Some(key);
         spec
+    }
+
+    /// Lease → start → complete cycles on `store` by `workers` threads, each registered as a
+    /// worker of its own, for `duration` or until the queue is empty.
+    pub fn lease_cycles(
+        store: &impl nexa_runtime::Store,
+        workers: usize,
+        duration: std::time::Duration,
+    ) -> BenchResult<crate::Throughput> {
+        crate::run_for(workers, duration, |w| {
+            let worker = store
+                .register_worker(worker_info(&format!("bench-worker-{w}"))?, NOW)?
+                .info
+                .id;
+            let request = nexa_runtime::LeaseRequest {
+                worker,
+                free_gpus: vec![],
+            };
+            Ok(move || {
+                let Some(lease) = store.lease_next(request.clone(), NOW)? else {
+                    return Ok(false);
+                };
+                store.start(lease.job.id, lease.epoch, NOW)?;
+                let output = nexa_runtime::JobOutput::default();
+                store.complete(lease.job.id, lease.epoch, output, NOW)?;
+                Ok(true)
+            })
+        })
     }
 
     /// A CPU-only worker that runs every job type.
