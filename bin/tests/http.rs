@@ -129,6 +129,19 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
         json!(0.5)
     );
 
+    // Waiting: a short wait answers the job as it is; a long one is answered by its end.
+    let (status, now) = get(&node, &format!("/api/jobs/{id}/wait?timeout=0.2"));
+    assert_eq!((status, &now["status"]), (200, &json!("running")), "{now}");
+    for bad in ["0", "61", "-1", "soon"] {
+        let (status, err) = get(&node, &format!("/api/jobs/{id}/wait?timeout={bad}"));
+        assert_eq!(status, 400, "timeout={bad}: {err}");
+    }
+    assert_eq!(get(&node, "/api/jobs/job-999/wait?timeout=1").0, 404);
+    let waiting = std::thread::spawn({
+        let url = format!("{}/api/jobs/{id}/wait?timeout=30", node.base);
+        move || support::call("GET", &url, None, None)
+    });
+
     let result = json!({"metrics": {"loss": 0.25}, "artifacts": {"model": "file:///m"}, "output": {"note": "ok"}});
     let (status, done) = post(
         &node,
@@ -139,6 +152,12 @@ fn an_http_worker_leases_reports_and_completes_a_job() {
     assert_eq!(done["status"], json!("succeeded"));
     assert_eq!(done["result"], result);
     assert_eq!(done["attempts"][0]["outcome"]["status"], json!("succeeded"));
+    let (status, waited) = waiting.join().unwrap();
+    assert_eq!(
+        (status, &waited["status"]),
+        (200, &json!("succeeded")),
+        "{waited}"
+    );
 
     let (_, logs) = get(&node, &format!("/api/jobs/{id}/logs"));
     let texts: Vec<&str> = logs["lines"]

@@ -634,25 +634,35 @@ class NexaForgeClient:
         timeout: Optional[float] = None,
         poll_interval: float = 1.0,
     ) -> Job:
-        """Polls the job until it has finished (succeeded, failed or cancelled) and answers it.
+        """Waits until the job has finished (succeeded, failed or cancelled) and answers it.
 
         A failed or cancelled job is answered, not raised: look at ``job.status`` and
-        ``job.error``. Polls start 0.1 s apart and slow down to ``poll_interval``.
+        ``job.error``. The server answers the moment the job's end is stored (a long poll,
+        asked again every 25 s at most, within the client's ``timeout``), so nothing sleeps
+        in between; ``poll_interval`` is not used any more and stays for compatibility.
 
         Raises:
             WaitTimeoutError: still unfinished after ``timeout`` seconds (a
                 :class:`TimeoutError`); the job goes on, and the error holds it as last seen.
         """
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         jid = _job_id(job_id)
-        return _poll(
-            lambda: self.get_job(jid),
-            lambda job: job.is_finished,
-            lambda job: WaitTimeoutError(
-                f"job {jid} is still {job.status} after {timeout:g} s", job_id=jid, job=job
-            ),
-            timeout,
-            poll_interval,
-        )
+        path = f"/jobs/{_quote(jid)}/wait"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Each ask ends well within the transport's read timeout.
+        longest = min(_LONGEST_WAIT, self.timeout * 0.8)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            ask = longest if left is None else max(min(longest, left), 0.001)
+            _, data = self._transport.request("GET", path, query={"timeout": f"{ask:.3f}"})
+            job = Job.from_dict(_object(data, f"GET {path}"))
+            if job.is_finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {jid} is still {job.status} after {timeout:g} s", job_id=jid, job=job
+                )
 
     # ---------------------------------------------------------------- change
 
@@ -1151,6 +1161,10 @@ def _pipeline_state(run: PipelineRun) -> str:
 
 
 _T = TypeVar("_T")
+
+
+#: The longest one wait request asks the server to hold (it holds at most 60 s).
+_LONGEST_WAIT = 25.0
 
 
 def _poll(

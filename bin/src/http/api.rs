@@ -25,7 +25,8 @@ mod workers;
 
 pub(crate) use job_types::{JobTypesBody, job_types_body};
 pub(crate) use jobs::{
-    CancelRequest, EventsBody, JobBody, JobPage, ListParams, PipelineLinkBody, event_body, job_body,
+    CancelRequest, EventsBody, JobBody, JobPage, ListParams, PipelineLinkBody, WaitParams,
+    event_body, job_body,
 };
 pub(crate) use logs::{LogParams, LogsBody, line_body};
 pub(crate) use names::{job_type_list, state};

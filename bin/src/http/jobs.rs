@@ -13,7 +13,7 @@ use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery, WorkerId}
 use super::api::{
     self, CancelRequest, CompleteRequest, EpochRequest, EventsBody, FailRequest, JobBody, JobPage,
     JobTypesBody, ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer,
-    ProgressRequest, StartedAnswer, SubmitRequest, job_types_body,
+    ProgressRequest, StartedAnswer, SubmitRequest, WaitParams, job_types_body,
 };
 use super::auth::{Caller, Reader, WorkerCaller, Writer};
 use super::error::{ApiError, ErrorBody};
@@ -255,6 +255,39 @@ pub(crate) async fn cancel(
     state.plane.cancel(id, reason).await?;
     audit(&caller, "cancel", id);
     let job = load(&state, id).await?;
+    Ok(Json(show(&state, &job, false).await))
+}
+
+/// Wait for a job to end: answers it once it has succeeded, failed or been cancelled, or
+/// after `timeout` seconds as it is then (its `status` says which). The server answers the
+/// moment the job's end is stored; ask again to wait longer.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/wait", tag = "jobs",
+    params(("id" = String, Path, description = "Job id, like job-7"), WaitParams),
+    responses(
+        (status = 200, description = "The job: ended, or as it is when the wait ran out", body = JobBody),
+        BadQuery, ReadErrors, NoSuchJob,
+    )
+)]
+pub(crate) async fn wait(
+    _: Reader,
+    state: web::Data<State>,
+    id: web::Path<String>,
+    query: web::Query<WaitParams>,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = api::path_job(&id)?;
+    let seconds = query.timeout.unwrap_or(30.0);
+    if !(seconds > 0.0 && seconds <= 60.0) {
+        return Err(ApiError::bad_param(
+            "timeout",
+            "must be above 0 and at most 60 seconds",
+        ));
+    }
+    let job =
+        match tokio::time::timeout(Duration::from_secs_f64(seconds), state.plane.wait(id)).await {
+            Ok(ended) => ended?,
+            Err(_) => load(&state, id).await?,
+        };
     Ok(Json(show(&state, &job, false).await))
 }
 

@@ -108,7 +108,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         description = "Submit and watch ML lifecycle jobs (generate, audit, distill, train, evaluate, deploy); workers in any language can lease and run them over HTTP. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}. With tokens configured, send `Authorization: Bearer <token>`.",
     ),
     paths(
-        jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::events, jobs::logs,
+        jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::wait, jobs::events, jobs::logs,
         jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
         workers::register, workers::list, workers::heartbeat, workers::next_job,
         workers::messages,
@@ -195,6 +195,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
         .service(resource("/api/jobs/{id}/events", "GET").route(web::get().to(jobs::events)))
+        .service(resource("/api/jobs/{id}/wait", "GET").route(web::get().to(jobs::wait)))
         .service(
             resource("/api/jobs/{id}/logs", "GET, POST")
                 .route(web::get().to(jobs::logs))

@@ -302,6 +302,16 @@ pub(crate) struct EventsBody {
     pub(crate) events: Vec<EventBody>,
 }
 
+/// How long to wait for a job to end.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WaitParams {
+    /// Seconds to wait at most (above 0, at most 60; default 30). The job is answered as it
+    /// is then, ended or not.
+    #[param(exclusive_minimum = 0, maximum = 60)]
+    pub(crate) timeout: Option<f64>,
+}
+
 /// Why a job is cancelled.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
