@@ -1191,8 +1191,24 @@ fn wait(client: &ClientArgs, id: &str, timeout: Option<f64>) -> Result<ExitCode>
     };
     let bar = std::io::stderr().is_terminal();
     let mut last = String::new();
+    let mut first = true;
     loop {
-        let job = api.get(&format!("/jobs/{}", encode(id)))?;
+        // The first look answers at once; then each waits up to a second for the job's end
+        // (answered the moment it is stored), so the progress shown moves every second.
+        let path = match (first, deadline) {
+            (true, _) => format!("/jobs/{}", encode(id)),
+            (false, Some(d)) => {
+                let left = d.saturating_duration_since(Instant::now()).as_secs_f64();
+                format!(
+                    "/jobs/{}/wait?timeout={:.3}",
+                    encode(id),
+                    left.clamp(0.001, 1.0)
+                )
+            }
+            (false, None) => format!("/jobs/{}/wait?timeout=1", encode(id)),
+        };
+        first = false;
+        let job = api.get(&path)?;
         let status = text(&job["status"]);
         let line = status_line(&job);
         if bar {
@@ -1226,7 +1242,6 @@ fn wait(client: &ClientArgs, id: &str, timeout: Option<f64>) -> Result<ExitCode>
             eprintln!("{id} has not finished within the timeout (it is {status})");
             return Ok(ExitCode::from(2));
         }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
