@@ -41,9 +41,12 @@ use nexa_runtime::{
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
+use self::pending::{JobRow, Pending};
 use crate::group::{self, Request, unavailable};
 use crate::record::{decode, encode};
 use crate::redb_store::OpenError;
+
+mod pending;
 
 /// The schema version this build writes, kept in `nexa_meta`.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -199,6 +202,8 @@ struct PgTables<'t> {
     /// The counters as this transaction has them, and whether it changed them: read once,
     /// written once at the end (every submit and lease moves one).
     counters: RefCell<HashMap<&'static str, (u64, bool)>>,
+    /// The writes not yet sent (see `pending.rs`).
+    pending: RefCell<Pending>,
 }
 
 impl<'t> PgTables<'t> {
@@ -207,7 +212,22 @@ impl<'t> PgTables<'t> {
             txn: RefCell::new(txn),
             statements: RefCell::new(statements),
             counters: RefCell::default(),
+            pending: RefCell::default(),
         }
+    }
+
+    /// Sends the pending writes, a statement per table: before a read they may change, and
+    /// before the commit.
+    fn flush(&self) -> Result<(), StorageFault> {
+        if self.pending.borrow().is_empty() {
+            return Ok(());
+        }
+        let batches = self.pending.borrow_mut().take();
+        for b in batches {
+            let params: Vec<&(dyn ToSql + Sync)> = b.params.iter().map(|p| &**p).collect();
+            self.execute(b.sql, &params)?;
+        }
+        Ok(())
     }
 
     /// Writes the counters the transaction changed; before its commit.
@@ -270,6 +290,7 @@ impl<'t> PgTables<'t> {
         before: Option<JobId>,
         visit: Visit<'_, JobId>,
     ) -> Result<(), StorageFault> {
+        self.flush()?;
         let mut below = before.map_or(i64::MAX, |b| int(b.0));
         loop {
             let rows = self.query(sql, &[key, &below, &SCAN])?;
@@ -289,6 +310,9 @@ impl<'t> PgTables<'t> {
 
 impl ReadTables for PgTables<'_> {
     fn job(&self, id: JobId) -> Result<Option<Job>, StorageFault> {
+        if let Some(row) = self.pending.borrow().jobs.get(&int(id.0)) {
+            return row.as_ref().map(|r| decode(&r.record, "job")).transpose();
+        }
         let rows = self.query("select record from nexa_jobs where id = $1", &[&int(id.0)])?;
         rows.first()
             .map(|r| decode(r.get::<_, &[u8]>(0), "job"))
@@ -296,6 +320,7 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn jobs_desc(&self, before: Option<JobId>, visit: Visit<'_, Job>) -> Result<(), StorageFault> {
+        self.flush()?;
         let mut below = before.map_or(i64::MAX, |b| int(b.0));
         loop {
             let rows = self.query(
@@ -343,6 +368,7 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault> {
+        self.flush()?;
         let mut after = (-1i64, -1i64);
         loop {
             let rows = self.query(
@@ -370,6 +396,7 @@ impl ReadTables for PgTables<'_> {
         now: Timestamp,
         visit: Visit<'_, (Timestamp, JobId)>,
     ) -> Result<(), StorageFault> {
+        self.flush()?;
         let mut after = (-1i64, -1i64);
         loop {
             let rows = self.query(
@@ -394,6 +421,9 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn idempotent(&self, key: &str) -> Result<Option<JobId>, StorageFault> {
+        if let Some(job) = self.pending.borrow().idempotency.get(key) {
+            return job.map(|j| uint(j, "a job id").map(JobId)).transpose();
+        }
         let rows = self.query("select job from nexa_idempotency where key = $1", &[&key])?;
         rows.first()
             .map(|r| uint(r.get(0), "a job id").map(JobId))
@@ -401,6 +431,7 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn dependents(&self, id: JobId) -> Result<Vec<JobId>, StorageFault> {
+        self.flush()?;
         self.query(
             "select child from nexa_dependents where dep = $1 order by child",
             &[&int(id.0)],
@@ -411,6 +442,9 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn log_meta(&self, id: JobId) -> Result<Option<LogMeta>, StorageFault> {
+        if let Some(meta) = self.pending.borrow().log_meta.get(&int(id.0)) {
+            return meta.as_ref().map(|r| decode(r, "log meta")).transpose();
+        }
         let rows = self.query(
             "select record from nexa_log_meta where job = $1",
             &[&int(id.0)],
@@ -427,6 +461,7 @@ impl ReadTables for PgTables<'_> {
         from_seq: u64,
         visit: Visit<'_, LogLine>,
     ) -> Result<(), StorageFault> {
+        self.flush()?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let mut from = int(from_seq);
         loop {
@@ -448,6 +483,9 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault> {
+        if let Some(worker) = self.pending.borrow().workers.get(id.as_str()) {
+            return worker.as_ref().map(|r| decode(r, "worker")).transpose();
+        }
         let rows = self.query(
             "select record from nexa_workers where id = $1",
             &[&id.as_str()],
@@ -458,6 +496,7 @@ impl ReadTables for PgTables<'_> {
     }
 
     fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault> {
+        self.flush()?;
         self.query("select record from nexa_workers order by id", &[])?
             .iter()
             .map(|r| decode(r.get::<_, &[u8]>(0), "worker"))
@@ -484,108 +523,89 @@ impl ReadTables for PgTables<'_> {
 
 impl Tables for PgTables<'_> {
     fn put_job(&mut self, job: &Job) -> Result<(), StorageFault> {
-        let record = encode(job)?;
-        let worker = job.attempts.last().map(|a| a.worker.as_str());
-        self.execute(
-            "insert into nexa_jobs (id, state, job_type, priority, worker, created_ms, updated_ms, record) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8) \
-             on conflict (id) do update set state = excluded.state, worker = excluded.worker, \
-             updated_ms = excluded.updated_ms, record = excluded.record",
-            &[
-                &int(job.id.0),
-                &job.state.as_str(),
-                &job.spec.job_type().as_str(),
-                &job.spec.priority,
-                &worker,
-                &int(job.submitted_at.0),
-                &int(job.updated_at.0),
-                &record,
-            ],
-        )
+        let row = JobRow {
+            state: job.state.as_str(),
+            job_type: job.spec.job_type().as_str(),
+            priority: job.spec.priority,
+            worker: job.attempts.last().map(|a| a.worker.as_str().to_owned()),
+            created_ms: int(job.submitted_at.0),
+            updated_ms: int(job.updated_at.0),
+            record: encode(job)?,
+        };
+        self.pending.get_mut().jobs.insert(int(job.id.0), Some(row));
+        Ok(())
     }
 
     fn queue_put(&mut self, key: QueueKey, entry: &QueueEntry) -> Result<(), StorageFault> {
         let (rank, job) = key.sort_key();
         let entry = encode(entry)?;
-        self.execute(
-            "insert into nexa_queue (sort_key, job, entry) values ($1, $2, $3) \
-             on conflict (sort_key, job) do update set entry = excluded.entry",
-            &[&i64::from(rank), &int(job), &entry],
-        )
+        let queue = &mut self.pending.get_mut().queue;
+        queue.insert((i64::from(rank), int(job)), Some(entry));
+        Ok(())
     }
 
     fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
         let (rank, job) = key.sort_key();
-        self.execute(
-            "delete from nexa_queue where sort_key = $1 and job = $2",
-            &[&i64::from(rank), &int(job)],
-        )
+        let queue = &mut self.pending.get_mut().queue;
+        queue.insert((i64::from(rank), int(job)), None);
+        Ok(())
     }
 
     fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_job_states (state, job) values ($1, $2) on conflict do nothing",
-            &[&i16::from(state.code()), &int(id.0)],
-        )
+        let states = &mut self.pending.get_mut().states;
+        states.insert((i16::from(state.code()), int(id.0)), true);
+        Ok(())
     }
 
     fn state_remove(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "delete from nexa_job_states where state = $1 and job = $2",
-            &[&i16::from(state.code()), &int(id.0)],
-        )
+        let states = &mut self.pending.get_mut().states;
+        states.insert((i16::from(state.code()), int(id.0)), false);
+        Ok(())
     }
 
     fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_worker_jobs (worker, job) values ($1, $2) on conflict do nothing",
-            &[&worker.as_str(), &int(id.0)],
-        )
+        let index = &mut self.pending.get_mut().worker_jobs;
+        index.insert((worker.as_str().to_owned(), int(id.0)), true);
+        Ok(())
     }
 
     fn worker_job_remove(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "delete from nexa_worker_jobs where worker = $1 and job = $2",
-            &[&worker.as_str(), &int(id.0)],
-        )
+        let index = &mut self.pending.get_mut().worker_jobs;
+        index.insert((worker.as_str().to_owned(), int(id.0)), false);
+        Ok(())
     }
 
     fn deadline_put(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_deadlines (at_ms, job) values ($1, $2) on conflict do nothing",
-            &[&int(at.0), &int(id.0)],
-        )
+        let deadlines = &mut self.pending.get_mut().deadlines;
+        deadlines.insert((int(at.0), int(id.0)), true);
+        Ok(())
     }
 
     fn deadline_remove(&mut self, at: Timestamp, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "delete from nexa_deadlines where at_ms = $1 and job = $2",
-            &[&int(at.0), &int(id.0)],
-        )
+        let deadlines = &mut self.pending.get_mut().deadlines;
+        deadlines.insert((int(at.0), int(id.0)), false);
+        Ok(())
     }
 
     fn put_idempotent(&mut self, key: &str, id: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_idempotency (key, job) values ($1, $2) \
-             on conflict (key) do update set job = excluded.job",
-            &[&key, &int(id.0)],
-        )
+        let keys = &mut self.pending.get_mut().idempotency;
+        keys.insert(key.to_owned(), Some(int(id.0)));
+        Ok(())
     }
 
     fn add_dependent(&mut self, dep: JobId, child: JobId) -> Result<(), StorageFault> {
-        self.execute(
-            "insert into nexa_dependents (dep, child) values ($1, $2) on conflict do nothing",
-            &[&int(dep.0), &int(child.0)],
-        )
+        let dependents = &mut self.pending.get_mut().dependents;
+        dependents.insert((int(dep.0), int(child.0)), true);
+        Ok(())
     }
 
     fn put_log_meta(&mut self, id: JobId, meta: &LogMeta) -> Result<(), StorageFault> {
         let record = encode(meta)?;
-        self.execute(
-            "insert into nexa_log_meta (job, record) values ($1, $2) \
-             on conflict (job) do update set record = excluded.record",
-            &[&int(id.0), &record],
-        )
+        self.pending
+            .get_mut()
+            .log_meta
+            .insert(int(id.0), Some(record));
+        Ok(())
     }
 
     fn put_log_line(
@@ -596,43 +616,48 @@ impl Tables for PgTables<'_> {
     ) -> Result<(), StorageFault> {
         let record = encode(line)?;
         let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
-        self.execute(
-            "insert into nexa_logs (job, attempt, seq, record) values ($1, $2, $3, $4) \
-             on conflict (job, attempt, seq) do update set record = excluded.record",
-            &[&int(id.0), &attempt, &int(line.seq), &record],
-        )
+        let logs = &mut self.pending.get_mut().logs;
+        logs.insert((int(id.0), attempt, int(line.seq)), record);
+        Ok(())
     }
 
     fn put_worker(&mut self, worker: &WorkerRecord) -> Result<(), StorageFault> {
         let record = encode(worker)?;
-        self.execute(
-            "insert into nexa_workers (id, record) values ($1, $2) \
-             on conflict (id) do update set record = excluded.record",
-            &[&worker.info.id.as_str(), &record],
-        )
+        let workers = &mut self.pending.get_mut().workers;
+        workers.insert(worker.info.id.as_str().to_owned(), Some(record));
+        Ok(())
     }
 
     fn remove_worker(&mut self, id: &WorkerId) -> Result<bool, StorageFault> {
-        let rows = self.query(
-            "delete from nexa_workers where id = $1 returning id",
-            &[&id.as_str()],
-        )?;
-        Ok(!rows.is_empty())
+        let existed = match self.pending.get_mut().workers.get(id.as_str()) {
+            Some(worker) => worker.is_some(),
+            None => !self
+                .query("select 1 from nexa_workers where id = $1", &[&id.as_str()])?
+                .is_empty(),
+        };
+        let workers = &mut self.pending.get_mut().workers;
+        workers.insert(id.as_str().to_owned(), None);
+        Ok(existed)
     }
 
     fn remove_job(&mut self, id: JobId) -> Result<(), StorageFault> {
-        self.execute("delete from nexa_jobs where id = $1", &[&int(id.0)])
+        self.pending.get_mut().jobs.insert(int(id.0), None);
+        Ok(())
     }
 
     fn remove_idempotent(&mut self, key: &str) -> Result<(), StorageFault> {
-        self.execute("delete from nexa_idempotency where key = $1", &[&key])
+        let keys = &mut self.pending.get_mut().idempotency;
+        keys.insert(key.to_owned(), None);
+        Ok(())
     }
 
     fn remove_dependents(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.flush()?;
         self.execute("delete from nexa_dependents where dep = $1", &[&int(id.0)])
     }
 
     fn remove_logs(&mut self, id: JobId) -> Result<(), StorageFault> {
+        self.flush()?;
         self.execute("delete from nexa_logs where job = $1", &[&int(id.0)])?;
         self.execute("delete from nexa_log_meta where job = $1", &[&int(id.0)])
     }
@@ -1006,7 +1031,7 @@ fn commit_group(
     let mut tables = PgTables::new(txn, &mut conn.statements);
     let (replies, mut failure) = group::run(&mut tables, group);
     if failure.is_none() {
-        failure = tables.flush_counters().err();
+        failure = tables.flush().and_then(|()| tables.flush_counters()).err();
     }
     let txn = tables.txn.into_inner();
     match failure {

@@ -249,3 +249,11 @@ fn one_contending_store_leads_and_a_leader_that_lost_it_can_never_write() {
         "every acknowledged job, and only those"
     );
 }
+
+/// More random histories than the suite's 64, for a change to the store: `scripts/with-postgres
+/// cargo test -p nexa-storage --features postgres-tests --test postgres -- --ignored`.
+#[test]
+#[ignore = "long: 512 random histories"]
+fn many_random_histories() {
+    nexa_runtime::testkit::random_histories(&mut PgHarness::default(), 512);
+}
