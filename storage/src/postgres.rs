@@ -116,7 +116,10 @@ struct Target {
 
 impl Target {
     fn connect(&self) -> Result<Conn, postgres::Error> {
-        let client = self.config.connect(tls())?;
+        let mut client = self.config.connect(tls())?;
+        // The statements are few and prepared once, their plans do not depend on the values:
+        // planned once, not on each execution.
+        client.batch_execute("set plan_cache_mode = force_generic_plan")?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
