@@ -819,24 +819,25 @@ impl ControlPlane {
     /// # }
     /// ```
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) -> Result<(), PlaneError> {
-        let failed = async {
-            let failing = self.failing.notified();
-            match self.failure() {
-                Some(why) => why.to_owned(),
-                None => {
-                    failing.await;
-                    self.failure()
-                        .unwrap_or("the control plane failed")
-                        .to_owned()
-                }
-            }
-        };
         let result = tokio::select! {
             () = shutdown => Ok(()),
-            why = failed => Err(PlaneError::Unavailable(why)),
+            why = self.failed() => Err(PlaneError::Unavailable(why)),
         };
         self.shutdown().await;
         result
+    }
+
+    /// Completes, with the reason, once the control plane cannot go on (see
+    /// [`failure`](Self::failure)); pending while it is well.
+    pub async fn failed(&self) -> String {
+        let failing = self.failing.notified();
+        if let Some(why) = self.failure() {
+            return why.to_owned();
+        }
+        failing.await;
+        self.failure()
+            .unwrap_or("the control plane failed")
+            .to_owned()
     }
 
     /// Closes worker connections and stops the actors; jobs stay as stored. Later calls do

@@ -62,8 +62,8 @@ use nexa_benches::{
     machine_cpu_time, process_cpu_time, sample_spec, thread_cpu_times, timed, worker_info,
 };
 use nexa_runtime::{
-    Engine, Job, JobId, JobOutput, JobState, JobType, Lease, LeaseRequest, ListQuery, MemStore,
-    ReadTables, Store, StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WriteOp,
+    Call, Engine, Job, JobId, JobOutput, JobState, JobType, Lease, LeaseRequest, ListQuery,
+    MemStore, ReadTables, Store, StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WriteOp,
 };
 use nexa_storage::RedbStore;
 use nexa_transport::Trust;
@@ -1689,7 +1689,7 @@ impl Meter {
 }
 
 /// A write's answer as the type the `Store` method `method` answers with. The engine's
-/// `write_for` is generic over the answer, so the meter reads a lease or a job id out of it
+/// `write` is generic over the answer, so the meter reads a lease or a job id out of it
 /// by its type; a mismatch is a bug in this meter.
 fn answer_as<'a, T: 'static>(method: &str, answer: &'a dyn Any) -> &'a T {
     answer.downcast_ref().unwrap_or_else(|| {
@@ -1701,8 +1701,8 @@ fn answer_as<'a, T: 'static>(method: &str, answer: &'a dyn Any) -> &'a T {
 }
 
 /// An engine whose store calls a [`Meter`] counts and times. It is a store through the blanket
-/// `impl<E: Engine> Store for E`, whose every call reaches the engine once, through
-/// `write_for` or `read_for` with the `Store` method's name: the meter sees each call whole,
+/// `impl<E: Engine> Store for E`, whose every call reaches the engine once, through `write`
+/// or `read` with a [`Call`] naming the `Store` method: the meter sees each call whole,
 /// from the engine's side, with no `Store` method of its own to keep in step.
 struct Metered<E> {
     engine: E,
@@ -1714,41 +1714,23 @@ impl<E: Engine> Engine for Metered<E> {
         self.engine.config()
     }
 
-    // Reached only by a caller that names no store call (the `Store` methods all name theirs):
-    // passed through, not counted.
-    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
-        self.engine.write(op)
+    fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
+        let called = Instant::now();
+        let (r, took) = timed(|| self.engine.write(call, op));
+        let at = Instant::now();
+        let answer = r.as_ref().map(|a| a as &dyn Any);
+        self.meter
+            .wrote(call.method, call.job, answer, called, took, at);
+        r
     }
 
     fn read<R>(
         &self,
+        call: Call,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.engine.read(op)
-    }
-
-    fn write_for<R: Send + 'static>(
-        &self,
-        method: &'static str,
-        job: Option<JobId>,
-        op: WriteOp<R>,
-    ) -> Result<R, StoreError> {
-        let called = Instant::now();
-        let (r, took) = timed(|| self.engine.write_for(method, job, op));
-        let at = Instant::now();
-        let answer = r.as_ref().map(|a| a as &dyn Any);
-        self.meter.wrote(method, job, answer, called, took, at);
-        r
-    }
-
-    fn read_for<R>(
-        &self,
-        method: &'static str,
-        job: Option<JobId>,
-        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let (r, took) = timed(|| self.engine.read_for(method, job, op));
-        if let Some(op) = Op::of(method) {
+        let (r, took) = timed(|| self.engine.read(call, op));
+        if let Some(op) = Op::of(call.method) {
             self.meter.add(op, took);
         }
         r

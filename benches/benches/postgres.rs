@@ -22,7 +22,7 @@ use nexa_benches::{
     BenchResult, NOW, Rates, Settings, Throughput, fmt_duration, fmt_rate, lease_cycles, run_for,
     sample_spec,
 };
-use nexa_runtime::{Engine, Store, StoreConfig};
+use nexa_runtime::{Store, StoreConfig};
 use nexa_storage::{PgStore, RedbStore};
 
 const SUBMITTERS: [usize; 3] = [1, 8, 64];
@@ -61,8 +61,7 @@ fn fresh_schema(base: &str) -> BenchResult<String> {
     );
     let mut admin = postgres::Client::connect(base, postgres::NoTls)?;
     admin.batch_execute(&format!("create schema {schema}"))?;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Ok(format!("{base}{separator}options=-csearch_path%3D{schema}"))
+    Ok(nexa_storage::in_schema(base, &schema))
 }
 
 fn run() -> BenchResult<()> {
@@ -141,34 +140,12 @@ fn open_pg(base: &str) -> BenchResult<PgStore> {
     )?)
 }
 
-fn open_redb(root: &Path) -> BenchResult<(tempfile::TempDir, RedbStore)> {
-    let dir = tempfile::tempdir_in(root)?;
-    let store = RedbStore::open_at(
-        dir.path().join("nexa_forge.db"),
-        StoreConfig::default(),
-        NOW,
-    )?;
-    Ok((dir, store))
-}
-
-/// A store the benchmark runs on, with what keeps it alive.
-trait Bench {
-    type Store: Engine;
-    fn store(&self) -> &Self::Store;
-}
-
-impl Bench for PgStore {
-    type Store = PgStore;
-    fn store(&self) -> &PgStore {
-        self
-    }
-}
-
-impl Bench for (tempfile::TempDir, RedbStore) {
-    type Store = RedbStore;
-    fn store(&self) -> &RedbStore {
-        &self.1
-    }
+/// A redb store in a new folder of `root` (removed with it, at the end).
+fn open_redb(root: &Path) -> BenchResult<RedbStore> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = root.join(format!("run-{run}")).join("nexa_forge.db");
+    Ok(RedbStore::open_at(path, StoreConfig::default(), NOW)?)
 }
 
 fn side_by_side(
@@ -193,8 +170,7 @@ fn print_row(n: usize, pg: &Rates, redb: &Rates) {
     );
 }
 
-fn submits(bench: &impl Bench, threads: usize, duration: Duration) -> BenchResult<Throughput> {
-    let store = bench.store();
+fn submits(store: &impl Store, threads: usize, duration: Duration) -> BenchResult<Throughput> {
     run_for(threads, duration, |thread| {
         let mut n = 0_u64;
         Ok(move || {
@@ -205,8 +181,7 @@ fn submits(bench: &impl Bench, threads: usize, duration: Duration) -> BenchResul
     })
 }
 
-fn cycles(bench: &impl Bench, workers: usize, duration: Duration) -> BenchResult<Throughput> {
-    let store = bench.store();
+fn cycles(store: &impl Store, workers: usize, duration: Duration) -> BenchResult<Throughput> {
     let specs: Vec<_> = (0..CYCLE_QUEUE)
         .map(|n| sample_spec(format!("cycle-{n}"), n))
         .collect();

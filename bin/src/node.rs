@@ -422,14 +422,11 @@ pub(crate) async fn up(args: UpArgs) -> Result<()> {
         join_hint(&args.plane)
     ));
     say(&banner);
-    let failed = async {
-        let _ = node.plane.run_until(std::future::pending()).await;
+    // Until a signal (the worker drains), or until the plane cannot go on.
+    let failure = tokio::select! {
+        () = run_worker(worker) => None,
+        why = node.plane.failed() => Some(why),
     };
-    tokio::select! {
-        () = run_worker(worker) => {}
-        () = failed => {}
-    }
-    let failure = node.plane.failure().map(str::to_owned);
     node.shutdown().await;
     match failure {
         Some(why) => Err(anyhow::anyhow!("the control plane stopped: {why}")),

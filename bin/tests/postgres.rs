@@ -24,8 +24,7 @@ fn fresh_database(name: &str) -> String {
     admin
         .batch_execute(&format!("create schema {schema}"))
         .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}")
+    nexa_storage::in_schema(&base, &schema)
 }
 
 fn up(data: &std::path::Path, database: &str) -> Node {

@@ -86,9 +86,9 @@ pub use scheduling::{
 };
 pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType, thousands};
 pub use store::{
-    Copied, Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery, Page,
-    ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit, WriteOp,
-    copy,
+    Call, Copied, Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery,
+    Page, ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit,
+    WriteOp, copy,
 };
 pub use time::Timestamp;
 pub use worker::{Gpu, WorkerInfo, WorkerRecord, WorkerStatus};

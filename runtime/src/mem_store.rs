@@ -9,7 +9,8 @@ use crate::job::{Job, JobState};
 use crate::log::{LogLine, LogMeta};
 use crate::scheduling::{QueueEntry, QueueKey};
 use crate::store::{
-    Counter, Engine, ReadTables, StorageFault, StoreConfig, StoreError, Tables, Visit, WriteOp,
+    Call, Counter, Engine, ReadTables, StorageFault, StoreConfig, StoreError, Tables, Visit,
+    WriteOp,
 };
 use crate::time::Timestamp;
 use crate::worker::WorkerRecord;
@@ -68,7 +69,7 @@ impl Engine for MemStore {
         &self.config
     }
 
-    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+    fn write<R: Send + 'static>(&self, _: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         let mut tables = self.lock();
         // Ops check everything before their first write, so a failed op wrote nothing.
         op(&mut *tables)
@@ -76,6 +77,7 @@ impl Engine for MemStore {
 
     fn read<R>(
         &self,
+        _: Call,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let tables = self.lock();

@@ -135,9 +135,11 @@ where
     F: Engine + 'static,
     T: Engine,
 {
-    to.write(Box::new(move |dst| {
-        from.read(&mut |src| ops::copy(src, &mut *dst))
-    }))
+    let call = Call::new("copy", None);
+    to.write(
+        call,
+        Box::new(move |dst| from.read(call, &mut |src| ops::copy(src, &mut *dst))),
+    )
 }
 
 /// Which jobs to list. Results come newest first.
@@ -462,55 +464,44 @@ pub trait Engine: Send + Sync {
     /// Runs `op` in a write transaction and returns once the transaction committed (durably,
     /// for a durable store). When `op` returns `Err` its writes must be discarded; an
     /// implementation may commit several callers' ops in one transaction, provided each
-    /// op's effect is all or nothing.
-    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError>;
+    /// op's effect is all or nothing. `call` names the operation, for a wrapper around an
+    /// engine (one that counts, times, holds or fails some operations); an engine ignores it.
+    fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError>;
 
-    /// Runs `op` against a consistent snapshot that includes every acknowledged write.
+    /// Runs `op` against a consistent snapshot that includes every acknowledged write;
+    /// `call` as for [`Engine::write`].
     fn read<R>(
         &self,
+        call: Call,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError>;
+}
 
-    /// Runs `op` as [`Engine::write`] does, for the [`Store`] method named `method` (its name
-    /// in the trait: `"submit"`, `"lease_next"`, `"complete"`, …), about job `job` when the
-    /// method takes a job id.
-    ///
-    /// The blanket `Store` implementation makes every write through this method and every
-    /// read through [`Engine::read_for`], one call per `Store` call, so that a wrapper around
-    /// an engine (one that counts, times, holds or fails some operations, in a benchmark or a
-    /// test) can tell the operations apart without forwarding every `Store` method: it
-    /// overrides these two and passes the same arguments on to the engine inside. An engine
-    /// leaves them as they are. A write's answer is `'static`, so a wrapper may look at it
-    /// through [`std::any::Any`] (to see whether a lease was handed out, say).
-    fn write_for<R: Send + 'static>(
-        &self,
-        method: &'static str,
-        job: Option<JobId>,
-        op: WriteOp<R>,
-    ) -> Result<R, StoreError> {
-        let _ = (method, job);
-        self.write(op)
-    }
+/// Which operation an [`Engine`] is asked to run: the [`Store`] method (its name in the
+/// trait: `"submit"`, `"lease_next"`, `"complete"`, …), and its job when the method takes a
+/// job id. The blanket `Store` implementation makes one engine call per `Store` call, so a
+/// wrapper tells operations apart by this alone. A write's answer is `'static`, so a wrapper
+/// may also look at it through [`std::any::Any`] (to see whether a lease was handed out, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The `Store` method, or `"copy"` for [`copy`].
+    pub method: &'static str,
+    /// The job it is about, when it takes a job id.
+    pub job: Option<JobId>,
+}
 
-    /// Runs `op` as [`Engine::read`] does, for the [`Store`] method named `method`, about job
-    /// `job` when the method takes a job id; see [`Engine::write_for`].
-    fn read_for<R>(
-        &self,
-        method: &'static str,
-        job: Option<JobId>,
-        op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let _ = (method, job);
-        self.read(op)
+impl Call {
+    /// `method`, about `job`.
+    pub const fn new(method: &'static str, job: Option<JobId>) -> Self {
+        Self { method, job }
     }
 }
 
 impl<E: Engine> Store for E {
     fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "submit",
-            None,
+        self.write(
+            Call::new("submit", None),
             Box::new(move |t| ops::submit(t, &cfg, spec, now)),
         )
     }
@@ -520,27 +511,26 @@ impl<E: Engine> Store for E {
         specs: Vec<JobSpec>,
         now: Timestamp,
     ) -> Result<Vec<Submitted>, StoreError> {
-        self.write_for(
-            "submit_batch",
-            None,
+        self.write(
+            Call::new("submit_batch", None),
             Box::new(move |t| ops::submit_batch(t, specs, now)),
         )
     }
 
     fn get(&self, id: JobId) -> Result<Job, StoreError> {
-        self.read_for("get", Some(id), &mut |t| ops::get(t, id))
+        self.read(Call::new("get", Some(id)), &mut |t| ops::get(t, id))
     }
 
     fn list(&self, query: ListQuery) -> Result<Page, StoreError> {
-        self.read_for("list", None, &mut |t| ops::list(t, &query))
+        self.read(Call::new("list", None), &mut |t| ops::list(t, &query))
     }
 
     fn count(&self, state: JobState) -> Result<u64, StoreError> {
-        self.read_for("count", None, &mut |t| ops::count(t, state))
+        self.read(Call::new("count", None), &mut |t| ops::count(t, state))
     }
 
     fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        self.read_for("counts", None, &mut |t| {
+        self.read(Call::new("counts", None), &mut |t| {
             JobState::ALL
                 .into_iter()
                 .map(|s| Ok((s, ops::count(t, s)?)))
@@ -554,7 +544,7 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Option<PendingReason>, StoreError> {
         let ttl = self.config().worker_ttl;
-        self.read_for("pending_reason", Some(id), &mut |t| {
+        self.read(Call::new("pending_reason", Some(id)), &mut |t| {
             ops::pending_reason(t, id, ttl, now)
         })
     }
@@ -565,9 +555,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "lease_next",
-            None,
+        self.write(
+            Call::new("lease_next", None),
             Box::new(move |t| ops::lease_next(t, &cfg, &request, now)),
         )
     }
@@ -578,18 +567,16 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "lease_many",
-            None,
+        self.write(
+            Call::new("lease_many", None),
             Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)),
         )
     }
 
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "start",
-            Some(id),
+        self.write(
+            Call::new("start", Some(id)),
             Box::new(move |t| {
                 let ttl = cfg.lease_ttl;
                 ops::report(t, &cfg, id, crate::Transition::Start { epoch, ttl }, now).map(drop)
@@ -605,9 +592,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LeaseStatus, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "heartbeat",
-            Some(id),
+        self.write(
+            Call::new("heartbeat", Some(id)),
             Box::new(move |t| {
                 let ttl = cfg.lease_ttl;
                 let job = ops::report(
@@ -637,9 +623,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "complete",
-            Some(id),
+        self.write(
+            Call::new("complete", Some(id)),
             Box::new(move |t| {
                 ops::report(
                     t,
@@ -661,9 +646,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "fail",
-            Some(id),
+        self.write(
+            Call::new("fail", Some(id)),
             Box::new(move |t| {
                 ops::report(t, &cfg, id, crate::Transition::Fail { epoch, error }, now)
                     .map(|j| j.state)
@@ -673,9 +657,8 @@ impl<E: Engine> Store for E {
 
     fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "cancel",
-            Some(id),
+        self.write(
+            Call::new("cancel", Some(id)),
             Box::new(move |t| {
                 ops::report(t, &cfg, id, crate::Transition::Cancel { reason }, now).map(|j| j.state)
             }),
@@ -684,14 +667,16 @@ impl<E: Engine> Store for E {
 
     fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
         let cfg = self.config().clone();
-        self.write_for("expire", None, Box::new(move |t| ops::expire(t, &cfg, now)))
+        self.write(
+            Call::new("expire", None),
+            Box::new(move |t| ops::expire(t, &cfg, now)),
+        )
     }
 
     fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "renew_leases",
-            None,
+        self.write(
+            Call::new("renew_leases", None),
             Box::new(move |t| ops::renew_leases(t, &cfg, until, now)),
         )
     }
@@ -705,15 +690,14 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LogAck, StoreError> {
         let cfg = self.config().clone();
-        self.write_for(
-            "append_logs",
-            Some(id),
+        self.write(
+            Call::new("append_logs", Some(id)),
             Box::new(move |t| ops::append_logs(t, &cfg, id, epoch, first_seq, lines, now)),
         )
     }
 
     fn read_logs(&self, id: JobId, query: LogQuery) -> Result<LogPage, StoreError> {
-        self.read_for("read_logs", Some(id), &mut |t| {
+        self.read(Call::new("read_logs", Some(id)), &mut |t| {
             ops::read_logs(t, id, &query)
         })
     }
@@ -723,42 +707,41 @@ impl<E: Engine> Store for E {
         info: WorkerInfo,
         now: Timestamp,
     ) -> Result<WorkerRecord, StoreError> {
-        self.write_for(
-            "register_worker",
-            None,
+        self.write(
+            Call::new("register_worker", None),
             Box::new(move |t| ops::register_worker(t, info, now)),
         )
     }
 
     fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write_for(
-            "worker_heartbeat",
-            None,
+        self.write(
+            Call::new("worker_heartbeat", None),
             Box::new(move |t| ops::touch_worker(t, &id, false, now)),
         )
     }
 
     fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write_for(
-            "drain_worker",
-            None,
+        self.write(
+            Call::new("drain_worker", None),
             Box::new(move |t| ops::touch_worker(t, &id, true, now)),
         )
     }
 
     fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write_for(
-            "remove_worker",
-            None,
+        self.write(
+            Call::new("remove_worker", None),
             Box::new(move |t| ops::remove_worker(t, &id)),
         )
     }
 
     fn delete(&self, id: JobId) -> Result<Job, StoreError> {
-        self.write_for("delete", Some(id), Box::new(move |t| ops::delete(t, id)))
+        self.write(
+            Call::new("delete", Some(id)),
+            Box::new(move |t| ops::delete(t, id)),
+        )
     }
 
     fn delete_finished_before(
@@ -767,15 +750,14 @@ impl<E: Engine> Store for E {
         from: JobId,
         scan: usize,
     ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
-        self.write_for(
-            "delete_finished_before",
-            None,
+        self.write(
+            Call::new("delete_finished_before", None),
             Box::new(move |t| ops::delete_finished_before(t, before, from, scan)),
         )
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        self.read_for("list_workers", None, &mut |t| Ok(t.workers()?))
+        self.read(Call::new("list_workers", None), &mut |t| Ok(t.workers()?))
     }
 }
 
@@ -805,37 +787,18 @@ mod tests {
             self.inner.config()
         }
 
-        fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
-            self.note("?", None, "write");
-            self.inner.write(op)
+        fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
+            self.note(call.method, call.job, "write");
+            self.inner.write(call, op)
         }
 
         fn read<R>(
             &self,
+            call: Call,
             op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
         ) -> Result<R, StoreError> {
-            self.note("?", None, "read");
-            self.inner.read(op)
-        }
-
-        fn write_for<R: Send + 'static>(
-            &self,
-            method: &'static str,
-            job: Option<JobId>,
-            op: WriteOp<R>,
-        ) -> Result<R, StoreError> {
-            self.note(method, job, "write");
-            self.inner.write_for(method, job, op)
-        }
-
-        fn read_for<R>(
-            &self,
-            method: &'static str,
-            job: Option<JobId>,
-            op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
-        ) -> Result<R, StoreError> {
-            self.note(method, job, "read");
-            self.inner.read_for(method, job, op)
+            self.note(call.method, call.job, "read");
+            self.inner.read(call, op)
         }
     }
 

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexa_runtime::{
-    Counter, Engine, Expired, FaultKind, Job, JobId, JobState, LogLine, LogMeta, QueueEntry,
+    Call, Counter, Engine, Expired, FaultKind, Job, JobId, JobState, LogLine, LogMeta, QueueEntry,
     QueueKey, ReadTables, StorageFault, Store, StoreConfig, StoreError, Tables, Timestamp, Visit,
     WorkerId, WorkerRecord, WriteOp,
 };
@@ -110,13 +110,15 @@ struct Conn {
 /// What connections are made from.
 struct Target {
     config: postgres::Config,
+    /// TLS, made once: the connection string's `sslmode` says whether it is used.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The database as shown in messages, without its password.
     location: String,
 }
 
 impl Target {
     fn connect(&self) -> Result<Conn, postgres::Error> {
-        let mut client = self.config.connect(tls())?;
+        let mut client = self.config.connect(self.tls.clone())?;
         // The statements are few and prepared once, their plans do not depend on the values:
         // planned once, not on each execution.
         client.batch_execute("set plan_cache_mode = force_generic_plan")?;
@@ -127,25 +129,18 @@ impl Target {
     }
 }
 
-/// TLS through rustls, trusting the system's roots; the connection string's `sslmode` says
-/// whether to use it.
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+/// TLS through rustls, trusting the system's roots.
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-    .unwrap_or_else(|_| {
-        // The ring provider supports the default versions; this is not reached.
-        rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-    });
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// A PostgreSQL error in full: the server's message and detail when it sent one (the
@@ -853,15 +848,17 @@ impl PgStore {
         if pg.get_application_name().is_none() {
             pg.application_name("nexa");
         }
-        let target = std::sync::Arc::new(Target {
-            location: location_of(&pg),
-            config: pg,
-        });
-        let location = target.location.clone();
+        let location = location_of(&pg);
         let database = |detail: String| OpenError::Database {
             location: location.clone(),
             detail,
         };
+        let tls = tls().map_err(|e| database(format!("cannot set up TLS: {e}")))?;
+        let target = std::sync::Arc::new(Target {
+            location: location.clone(),
+            config: pg,
+            tls,
+        });
         let mut conn = target
             .connect()
             .map_err(|e| database(connect_failure(&e)))?;
@@ -920,6 +917,13 @@ impl PgStore {
             idle.push(conn);
         }
     }
+}
+
+/// `url` with the store kept in schema `schema` of its database (its `search_path`), so that
+/// several stores share one database: a URL's form (`postgres://…`) only.
+pub fn in_schema(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
 }
 
 /// Why connecting failed, for people: PostgreSQL's own words (a refused password, an unknown
@@ -1082,12 +1086,13 @@ impl Engine for PgStore {
         &self.config
     }
 
-    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+    fn write<R: Send + 'static>(&self, _: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         group::write(self.requests.as_ref(), op)
     }
 
     fn read<R>(
         &self,
+        _: Call,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut conn = self.reader()?;

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nexa_runtime::{
-    Engine, Expired, FaultKind, ReadTables, StorageFault, Store, StoreConfig, StoreError,
+    Call, Engine, Expired, FaultKind, ReadTables, StorageFault, Store, StoreConfig, StoreError,
     Timestamp, WriteOp,
 };
 use redb::{
@@ -489,12 +489,13 @@ impl Engine for RedbStore {
         &self.config
     }
 
-    fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+    fn write<R: Send + 'static>(&self, _: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         group::write(self.requests.as_ref(), op)
     }
 
     fn read<R>(
         &self,
+        _: Call,
         op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let guard = self.shared.db();

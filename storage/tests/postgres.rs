@@ -39,8 +39,7 @@ fn fresh_schema() -> String {
     admin
         .batch_execute(&format!("create schema {schema}"))
         .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{separator}options=-csearch_path%3D{schema}")
+    nexa_storage::in_schema(&base, &schema)
 }
 
 /// Opens each store in a schema of its own.

@@ -54,6 +54,7 @@ impl Jobs {
             blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
         };
         self.changed();
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)
     }
 
@@ -62,12 +63,16 @@ impl Jobs {
         let direct = reason.clone();
         // A deploy job being cancelled serves no more requests.
         self.endpoints.forget(id);
-        self.call(
-            id,
-            |reply| JobMsg::Cancel { reason, reply },
-            move |s| s.cancel(id, direct, now()),
-        )
-        .await
+        let state = self
+            .call(
+                id,
+                |reply| JobMsg::Cancel { reason, reply },
+                move |s| s.cancel(id, direct, now()),
+            )
+            .await?;
+        // Its dependents were cancelled with it, or it left the queue: the scheduler looks.
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(state)
     }
 
     /// A worker's report on a job it holds the lease of (the lease token is checked by the
@@ -113,10 +118,10 @@ impl Jobs {
         result
     }
 
-    /// Jobs changed: waiters read again, and the scheduler looks at the queue.
+    /// Jobs changed: waiters read again. (The scheduler is woken by what can make a job
+    /// leasable: a submission, a cancel, and a job actor that lets its job go.)
     pub(crate) fn changed(&self) {
         self.changes.bump();
-        let _ = self.scheduler.cast(SchedulerMsg::Wake);
     }
 
     fn changed_if<R>(&self, result: &Result<R, StoreError>) {

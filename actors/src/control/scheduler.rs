@@ -455,8 +455,8 @@ mod tests {
     use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
     use nexa_runtime::{
-        Engine, GenerateParams, JobParams, JobSpec, JobType, MemStore, ReadTables, StoreConfig,
-        WorkerInfo, WriteOp,
+        Call, Engine, GenerateParams, JobParams, JobSpec, JobType, MemStore, ReadTables,
+        StoreConfig, WorkerInfo, WriteOp,
     };
     use ractor::concurrency::{OneshotReceiver, oneshot};
 
@@ -492,9 +492,9 @@ mod tests {
             Engine::config(&*self.inner)
         }
 
-        fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
+        fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
             let gate = self.gate.lock().unwrap().take();
-            let result = Engine::write(&*self.inner, op);
+            let result = Engine::write(&*self.inner, call, op);
             if let Some((made, wait)) = gate {
                 let _ = made.send(());
                 let _ = wait.recv();
@@ -504,9 +504,10 @@ mod tests {
 
         fn read<R>(
             &self,
+            call: Call,
             op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
         ) -> Result<R, StoreError> {
-            Engine::read(&*self.inner, op)
+            Engine::read(&*self.inner, call, op)
         }
     }
 

@@ -526,28 +526,20 @@ mod tests {
             self.inner.config()
         }
 
-        fn write<R: Send + 'static>(&self, op: WriteOp<R>) -> Result<R, StoreError> {
-            self.inner.write(op)
+        fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
+            if call.method == "complete" {
+                let held = self.held.lock().unwrap();
+                drop(self.released.wait_while(held, |held| *held).unwrap());
+            }
+            self.inner.write(call, op)
         }
 
         fn read<R>(
             &self,
+            call: Call,
             op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
         ) -> Result<R, StoreError> {
-            self.inner.read(op)
-        }
-
-        fn write_for<R: Send + 'static>(
-            &self,
-            method: &'static str,
-            job: Option<JobId>,
-            op: WriteOp<R>,
-        ) -> Result<R, StoreError> {
-            if method == "complete" {
-                let held = self.held.lock().unwrap();
-                drop(self.released.wait_while(held, |held| *held).unwrap());
-            }
-            self.inner.write_for(method, job, op)
+            self.inner.read(call, op)
         }
     }
 

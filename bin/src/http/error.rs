@@ -188,7 +188,7 @@ impl From<nexa_actors::PlaneError> for ApiError {
     fn from(e: nexa_actors::PlaneError) -> Self {
         use nexa_actors::PlaneError;
         match e {
-            PlaneError::NotFound(id) => Self::not_found(format!("{id} does not exist")),
+            PlaneError::NotFound(_) => Self::not_found(e.to_string()),
             PlaneError::Invalid(e) | PlaneError::Conflict(e) => e.into(),
             // The plane's own troubles are not the caller's: try again later.
             e => Self::unavailable(e.to_string()),
