@@ -84,8 +84,29 @@ pub(crate) fn store(cmd: StoreCommand) -> Result<ExitCode> {
     }
     let copied = nexa_runtime::copy(std::sync::Arc::new(from), &to)
         .with_context(|| format!("cannot copy into {}", to.location()))?;
+    // The API's tokens and HTTP workers' sessions go along: every control plane on the
+    // database reads them there.
+    let keep = auth::Keep::open(&args.from, Some(&args.to))?;
+    let auth::Keep::Database(db) = &keep else {
+        unreachable!("a database was given")
+    };
+    let mut tokens = 0;
+    if auth::list(&keep)?.is_none() {
+        let file = args.from.join(auth::TOKENS_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                for entry in auth::parse(&text) {
+                    auth::add(&keep, &entry)?;
+                    tokens += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        }
+    }
+    let sessions = crate::http::copy_sessions(&args.from, db)?;
     println!(
-        "copied {} jobs, {} log lines and {} workers from {} into {}\n  start the control plane with --database-url (or DATABASE_URL); artifacts stay in {}",
+        "copied {} jobs, {} log lines, {} workers, {tokens} API tokens and {sessions} HTTP worker sessions from {} into {}\n  start the control plane with --database-url (or DATABASE_URL); artifacts stay in {}",
         copied.jobs,
         copied.log_lines,
         copied.workers,
@@ -96,16 +117,18 @@ pub(crate) fn store(cmd: StoreCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the tokens of `place` are kept.
+fn token_keep(place: &crate::options::TokenPlaceArgs) -> Result<auth::Keep> {
+    auth::Keep::open(&place.data, place.database_url.as_deref())
+}
+
 pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
     let args = match cmd {
         TokenCommand::Create(args) => args,
         TokenCommand::List(args) => {
-            let tokens = auth::list(&args.data).with_context(|| {
-                format!(
-                    "cannot read {}",
-                    args.data.join(auth::TOKENS_FILE).display()
-                )
-            })?;
+            let keep = token_keep(&args.place)?;
+            let tokens = auth::list(&keep)
+                .with_context(|| format!("cannot read {}", keep.tokens_place()))?;
             let Some(tokens) = tokens else {
                 println!("no tokens: the API answers this machine's programs only");
                 return Ok(ExitCode::SUCCESS);
@@ -115,18 +138,15 @@ pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
                     "no tokens are left: the server refuses every request until `nexa token create` makes one"
                 );
             }
-            for (name, scope) in tokens {
-                println!("{name}\t{}", scope.as_str());
+            for token in tokens {
+                println!("{}\t{}", token.name, token.scope.as_str());
             }
             return Ok(ExitCode::SUCCESS);
         }
         TokenCommand::Revoke(args) => {
-            let removed = auth::revoke(&args.data, &args.name).with_context(|| {
-                format!(
-                    "cannot rewrite {}",
-                    args.data.join(auth::TOKENS_FILE).display()
-                )
-            })?;
+            let keep = token_keep(&args.place)?;
+            let removed = auth::revoke(&keep, &args.name)
+                .with_context(|| format!("cannot revoke a token in {}", keep.tokens_place()))?;
             if removed == 0 {
                 bail!(
                     "no token is named {:?} (nexa token list shows them)",
@@ -134,7 +154,7 @@ pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
                 );
             }
             eprintln!("revoked {removed} token(s) named {:?}", args.name);
-            if auth::list(&args.data).is_ok_and(|left| left.is_some_and(|l| l.is_empty())) {
+            if auth::list(&keep).is_ok_and(|left| left.is_some_and(|l| l.is_empty())) {
                 eprintln!(
                     "no token is left: the server refuses every request until `nexa token create` makes one"
                 );
@@ -147,20 +167,20 @@ pub(crate) fn token(cmd: TokenCommand) -> Result<ExitCode> {
         (_, true) => Scope::Worker,
         _ => Scope::Full,
     };
-    let token = auth::create(&args.data, scope, &args.name).with_context(|| {
-        format!(
-            "cannot add a token to {}",
-            args.data.join(auth::TOKENS_FILE).display()
-        )
-    })?;
+    let keep = token_keep(&args.place)?;
+    let token = auth::create(&keep, scope, &args.name)
+        .with_context(|| format!("cannot add a token to {}", keep.tokens_place()))?;
+    let server = match &keep {
+        auth::Keep::Folder(data) => format!("the server with data in {}", data.display()),
+        auth::Keep::Database(db) => format!("the control planes on {}", db.location()),
+    };
     eprintln!(
-        "made a {} token for the server with data in {} (shown once; only its hash is kept):",
+        "made a {} token for {server} (shown once; only its hash is kept):",
         match scope {
             Scope::Read => "read-only",
             Scope::Worker => "worker",
             Scope::Full => "full",
         },
-        args.data.display()
     );
     println!("{token}");
     Ok(ExitCode::SUCCESS)

@@ -208,7 +208,8 @@ pub(crate) struct StoreCopyArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Make an API token and print it (only its hash is kept, in the data folder).
+    /// Make an API token and print it (only its hash is kept: in the data folder, or in the
+    /// database with --database-url).
     Create(TokenCreateArgs),
     /// List the tokens by name and scope (never the tokens: only hashes are kept).
     List(TokenListArgs),
@@ -216,27 +217,36 @@ pub(crate) enum TokenCommand {
     Revoke(TokenRevokeArgs),
 }
 
+/// Where a control plane keeps its tokens.
 #[derive(Debug, Args)]
-pub(crate) struct TokenListArgs {
+pub(crate) struct TokenPlaceArgs {
     /// The data folder of the server the tokens are for.
     #[arg(long, default_value = "var", env = "NEXA_DATA")]
     pub(crate) data: PathBuf,
+    /// The PostgreSQL database of the control planes the tokens are for, when they keep their
+    /// jobs in one (their tokens are kept there, for all of them).
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    #[command(flatten)]
+    pub(crate) place: TokenPlaceArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenRevokeArgs {
     /// The name the token was made with.
     pub(crate) name: String,
-    /// The data folder of the server the tokens are for.
-    #[arg(long, default_value = "var", env = "NEXA_DATA")]
-    pub(crate) data: PathBuf,
+    #[command(flatten)]
+    pub(crate) place: TokenPlaceArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenCreateArgs {
-    /// The data folder of the server the token is for.
-    #[arg(long, default_value = "var", env = "NEXA_DATA")]
-    pub(crate) data: PathBuf,
+    #[command(flatten)]
+    pub(crate) place: TokenPlaceArgs,
     /// A name to recognise the token by in the tokens file.
     #[arg(long, default_value = "token")]
     pub(crate) name: String,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 mod support;
 
-use support::{NEXA, Node, api_agent as agent, call, get, post, start};
+use support::{NEXA, Node, api_agent as agent, call, call_with, get, post, start};
 
 fn train_job() -> Value {
     json!({"job_type": "train", "params": {"model_id": "m", "dataset_uri": "file:///d.csv"}})
@@ -595,27 +595,6 @@ fn tokens_guard_the_api_once_one_exists() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NEXA_TOKEN"));
-}
-
-/// A request with extra headers: status and JSON body.
-fn call_with(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut req = ureq::http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut res = agent()
-        .run(req.body(body.unwrap_or_default().to_owned()).unwrap())
-        .unwrap();
-    let text = res.body_mut().read_to_string().unwrap_or_default();
-    (
-        res.status().as_u16(),
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
 }
 
 #[test]

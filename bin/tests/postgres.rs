@@ -118,6 +118,15 @@ fn a_data_folders_jobs_move_into_postgres_with_nexa_store_copy() {
         json!({"job_type": "generate", "params": {"domain": "physics", "num_samples": 300}}),
     );
     node.child.sigterm();
+    // A token made for the data folder goes along.
+    let made = std::process::Command::new(NEXA)
+        .args(["token", "create", "--name", "ops", "--data"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let ops = String::from_utf8_lossy(&made.stdout).trim().to_owned();
 
     let database = fresh_database("copy");
     let copy = |to: &str| {
@@ -136,6 +145,7 @@ fn a_data_folders_jobs_move_into_postgres_with_nexa_store_copy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.starts_with("copied 1 jobs, "), "{said}");
+    assert!(said.contains(" 1 API tokens "), "{said}");
     // Twice is refused: the database holds jobs now.
     let again = copy(&database);
     assert!(!again.status.success());
@@ -145,19 +155,35 @@ fn a_data_folders_jobs_move_into_postgres_with_nexa_store_copy() {
         String::from_utf8_lossy(&again.stderr)
     );
 
-    // The same data folder (its artifacts) with the jobs in PostgreSQL.
+    // The same data folder (its artifacts) with the jobs in PostgreSQL, and its token, which
+    // is now the database's (the file is left behind).
+    std::fs::remove_file(dir.path().join("api_tokens")).unwrap();
     let node = up(dir.path(), &database);
-    let (_, job) = get(
-        &node,
-        &format!("/api/jobs/{}", generated["job_id"].as_str().unwrap()),
+    let job_url = format!(
+        "{}/api/jobs/{}",
+        node.base,
+        generated["job_id"].as_str().unwrap()
     );
+    assert_eq!(support::call("GET", &job_url, None, None).0, 401);
+    let (_, job) = support::call("GET", &job_url, None, Some(&ops));
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["result"], generated["result"]);
     let dataset = job["result"]["artifacts"]["dataset"].as_str().unwrap();
-    run(
-        &node,
-        json!({"job_type": "audit", "params": {"dataset_uri": dataset}}),
+    let audit = json!({"job_type": "audit", "params": {"dataset_uri": dataset}}).to_string();
+    let (status, audit) = support::call(
+        "POST",
+        &format!("{}/api/jobs", node.base),
+        Some(&audit),
+        Some(&ops),
     );
+    assert_eq!(status, 201, "{audit}");
+    let url = format!(
+        "{}/api/jobs/{}/wait?timeout=30",
+        node.base,
+        audit["job_id"].as_str().unwrap()
+    );
+    let (_, audited) = support::call("GET", &url, None, Some(&ops));
+    assert_eq!(audited["status"], "succeeded", "{audited}");
 }
 
 /// A `nexa server` process on `database`, and its stdout's lines.
@@ -327,4 +353,94 @@ fn a_standby_takes_over_from_a_killed_leader_without_losing_or_repeating_a_job()
     // The worker followed the leader to its new address.
     let (_, workers) = call(http_b, "GET", "/workers", None);
     assert_eq!(workers["workers"][0]["worker_id"], "w1", "{workers}");
+}
+
+/// `nexa token ARGS… --database-url DATABASE`: its stdout, after it succeeded.
+fn token_command(database: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(NEXA)
+        .arg("token")
+        .args(args)
+        .args(["--database-url", database])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nexa token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn tokens_and_http_worker_sessions_are_the_databases_and_outlive_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database("tokens");
+    let user = token_command(&database, &["create", "--name", "ci"]);
+    let worker = token_command(&database, &["create", "--worker", "--name", "gpu-node"]);
+    assert_eq!(
+        token_command(&database, &["list"]),
+        "ci\tfull\ngpu-node\tworker"
+    );
+    // Two planes with data folders of their own: the tokens can only come from the database.
+    let ports = |_| (support::free_port(true), support::free_port(false));
+    let [(udp_a, http_a), (udp_b, http_b)] = [0, 1].map(ports);
+    let (mut leader, leader_lines) = server(&dir.path().join("a"), &database, udp_a, http_a);
+    banner(&leader_lines, Duration::from_secs(60)).expect("the leader serves");
+    let (_standby, standby_lines) = server(&dir.path().join("b"), &database, udp_b, http_b);
+    let url = |http: u16, path: &str| format!("http://127.0.0.1:{http}/api{path}");
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    let (status, _) = support::call("GET", &url(http_a, "/jobs"), None, None);
+    assert_eq!(status, 401, "the database's tokens are required");
+    let (status, body) = support::call("GET", &url(http_a, "/jobs"), None, Some(&user));
+    assert_eq!(status, 200, "{body}");
+    let register = json!({"worker_id": "h1", "cpus": 2, "job_types": ["train"]}).to_string();
+    let (status, registered) = support::call(
+        "POST",
+        &url(http_a, "/workers/register"),
+        Some(&register),
+        Some(&worker),
+    );
+    assert_eq!(status, 200, "{registered}");
+    let session = registered["session"].as_str().unwrap().to_owned();
+
+    leader.sigkill();
+    banner(&standby_lines, Duration::from_secs(30)).expect("the standby takes over");
+    let (status, body) = support::call("GET", &url(http_b, "/jobs"), None, Some(&user));
+    assert_eq!(status, 200, "the new leader takes the same token: {body}");
+    // The worker goes on in the session the old leader opened.
+    let beat = |session: &str| {
+        support::call_with(
+            "POST",
+            &url(http_b, "/workers/h1/heartbeat"),
+            &[
+                ("Authorization", &bearer(&worker)),
+                ("X-Nexa-Worker-Session", session),
+                ("Content-Type", "application/json"),
+            ],
+            Some(r#"{"jobs": []}"#),
+        )
+    };
+    let (status, body) = beat(&session);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = beat("not-the-session");
+    assert_eq!(status, 403);
+
+    // A token revoked from any machine is refused by the planes on the database.
+    assert_eq!(token_command(&database, &["revoke", "ci"]), "");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = support::call("GET", &url(http_b, "/jobs"), None, Some(&user));
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the revoked token is still taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = support::call("GET", &url(http_b, "/jobs"), None, Some(&worker));
+    assert_eq!(status, 200, "the other token still counts");
 }

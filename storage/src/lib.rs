@@ -27,6 +27,6 @@ mod remote;
 mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
-pub use postgres::{PgStore, SCHEMA_VERSION, in_schema};
+pub use postgres::{PgCredentials, PgStore, SCHEMA_VERSION, StoredSession, StoredToken, in_schema};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
 pub use remote::{ByteStream, REMOTE_SCHEMES, RemoteBlobs, RemoteError, fetch_remote, is_remote};

@@ -46,6 +46,9 @@ use crate::group::{self, Request, unavailable};
 use crate::record::{decode, encode};
 use crate::redb_store::OpenError;
 
+pub use self::credentials::{PgCredentials, StoredSession, StoredToken};
+
+mod credentials;
 mod pending;
 
 /// The schema version this build writes, kept in `nexa_meta`.
@@ -87,6 +90,21 @@ const MIGRATIONS: &[&str] = &[
         expires_at timestamptz not null
     );
     ",
+    // 3: the API's tokens and its HTTP workers' sessions (hashes only), which every control
+    // plane on the database shares.
+    "
+    create table nexa_api_tokens (
+        hash bytea primary key check (length(hash) = 32),
+        scope text not null check (scope in ('full', 'read', 'worker')),
+        name text not null,
+        created_at timestamptz not null default now()
+    );
+    create table nexa_http_workers (
+        worker text primary key,
+        session bytea not null check (length(session) = 32),
+        credential bytea check (length(credential) = 32)
+    );
+    ",
 ];
 
 /// The key of the advisory lock held while the schema is checked and migrated ("nexa").
@@ -117,6 +135,40 @@ struct Target {
 }
 
 impl Target {
+    /// The database at `url` (libpq's forms), not yet connected to.
+    fn new(url: &str) -> Result<Self, OpenError> {
+        let mut config = postgres::Config::from_str(url).map_err(|e| OpenError::Database {
+            location: "given".into(),
+            detail: format!("it is not a PostgreSQL connection string: {e}"),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("nexa");
+        }
+        let location = location_of(&config);
+        let tls = tls().map_err(|e| OpenError::Database {
+            location: location.clone(),
+            detail: format!("cannot set up TLS: {e}"),
+        })?;
+        Ok(Self {
+            config,
+            tls,
+            location,
+        })
+    }
+
+    /// The first connection: made, and the schema checked and migrated on it.
+    fn open(&self) -> Result<Conn, OpenError> {
+        let mut conn = self.connect().map_err(|e| OpenError::Database {
+            location: self.location.clone(),
+            detail: connect_failure(&e),
+        })?;
+        migrate(&mut conn.client, &self.location)?;
+        Ok(conn)
+    }
+
     fn connect(&self) -> Result<Conn, postgres::Error> {
         let mut client = self.config.connect(self.tls.clone())?;
         // The statements are few and prepared once, their plans do not depend on the values:
@@ -838,31 +890,12 @@ impl PgStore {
         config: StoreConfig,
         fence: Option<std::sync::Arc<Fence>>,
     ) -> Result<Self, OpenError> {
-        let mut pg = postgres::Config::from_str(url).map_err(|e| OpenError::Database {
-            location: "the database URL".into(),
-            detail: format!("it is not a PostgreSQL connection string: {e}"),
-        })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name("nexa");
-        }
-        let location = location_of(&pg);
+        let target = std::sync::Arc::new(Target::new(url)?);
         let database = |detail: String| OpenError::Database {
-            location: location.clone(),
+            location: target.location.clone(),
             detail,
         };
-        let tls = tls().map_err(|e| database(format!("cannot set up TLS: {e}")))?;
-        let target = std::sync::Arc::new(Target {
-            location: location.clone(),
-            config: pg,
-            tls,
-        });
-        let mut conn = target
-            .connect()
-            .map_err(|e| database(connect_failure(&e)))?;
-        migrate(&mut conn.client, &target.location)?;
+        let conn = target.open()?;
         let (tx, rx) = mpsc::channel();
         let writer = {
             let (target, fence) = (target.clone(), fence.clone());

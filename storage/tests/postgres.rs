@@ -14,7 +14,7 @@ use nexa_runtime::{
     GenerateParams, JobParams, JobSpec, JobState, ListQuery, Store, StoreConfig, StoreError,
     Timestamp,
 };
-use nexa_storage::{OpenError, PgStore, SCHEMA_VERSION};
+use nexa_storage::{OpenError, PgCredentials, PgStore, SCHEMA_VERSION, StoredSession, StoredToken};
 
 /// The server the tests use.
 fn database_url() -> String {
@@ -101,6 +101,56 @@ fn jobs_read_as_rows_in_psql_terms() {
         .unwrap()
         .get(0);
     assert_eq!(version as u64, SCHEMA_VERSION);
+}
+
+#[test]
+fn tokens_and_sessions_are_kept_by_hash_and_an_emptied_token_table_stays_armed() {
+    let url = fresh_schema();
+    let keep = PgCredentials::open(&url).unwrap();
+    assert_eq!(keep.tokens().unwrap(), (vec![], false), "no token made yet");
+    let token = |n: u8, scope: &str, name: &str| StoredToken {
+        hash: [n; 32],
+        scope: scope.into(),
+        name: name.into(),
+    };
+    keep.add_token(&token(1, "full", "ci")).unwrap();
+    keep.add_token(&token(2, "worker", "node")).unwrap();
+    keep.add_token(&token(3, "read", "ci")).unwrap();
+    assert!(
+        keep.add_token(&token(1, "read", "again")).is_err(),
+        "one row a hash"
+    );
+    assert!(
+        keep.add_token(&token(4, "root", "x")).is_err(),
+        "no such scope"
+    );
+    // Another process (another control plane) sees them.
+    let other = PgCredentials::open(&url).unwrap();
+    let (tokens, armed) = other.tokens().unwrap();
+    assert!(armed);
+    let mut names: Vec<_> = tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.hash[0]))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, [("ci", 1), ("ci", 3), ("node", 2)]);
+    assert_eq!(keep.revoke_tokens("ci").unwrap(), 2);
+    assert_eq!(keep.revoke_tokens("ci").unwrap(), 0);
+    assert_eq!(keep.revoke_tokens("node").unwrap(), 1);
+    assert_eq!(other.tokens().unwrap(), (vec![], true), "still armed");
+
+    let session = |worker: &str, n: u8, credential| StoredSession {
+        worker: worker.into(),
+        session: [n; 32],
+        credential,
+    };
+    keep.put_session(&session("w1", 1, None), &[]).unwrap();
+    keep.put_session(&session("w2", 2, Some([9; 32])), &[])
+        .unwrap();
+    // A new session replaces the worker's old one; forgotten workers go.
+    keep.put_session(&session("w2", 3, Some([9; 32])), &["w1".into()])
+        .unwrap();
+    assert_eq!(other.sessions().unwrap(), [session("w2", 3, Some([9; 32]))]);
 }
 
 #[test]

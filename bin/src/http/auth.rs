@@ -1,13 +1,16 @@
-//! API tokens: made by `nexa token create`, kept hashed in the data folder, presented as
+//! API tokens: made by `nexa token create`, kept hashed, presented as
 //! `Authorization: Bearer <token>`.
 //!
-//! The file `<data>/api_tokens` has one token a line: `<sha256 hex> <scope> <name>`, where
-//! scope is `full` or `read`. Only hashes are kept, so the file does not give tokens away. The
-//! server reads it again whenever it changes, so a new token works without a restart.
+//! They are kept where the control plane keeps its jobs ([`Keep`]). In the data folder, the
+//! file `<data>/api_tokens` has one token a line: `<sha256 hex> <scope> <name>`, where scope
+//! is `full`, `read` or `worker`; the server reads it again whenever it changes. In a
+//! PostgreSQL database, they are the rows of `nexa_api_tokens`, which every control plane on
+//! the database reads again each second. Only hashes are kept, so neither gives tokens away,
+//! and a new token works without a restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -19,6 +22,40 @@ use super::error::ApiError;
 
 /// The name of the tokens file in the data folder.
 pub(crate) const TOKENS_FILE: &str = "api_tokens";
+
+/// How often a control plane reads the tokens kept in its database again: a token made or
+/// revoked on any machine counts from then on.
+const DATABASE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Where a control plane keeps its API tokens and its HTTP workers' sessions: files in its
+/// data folder, or the PostgreSQL database that keeps its jobs (shared by every control plane
+/// on it).
+#[derive(Clone, Debug)]
+pub(crate) enum Keep {
+    /// Files in this data folder.
+    Folder(PathBuf),
+    /// The tables of this database.
+    Database(Arc<nexa_storage::PgCredentials>),
+}
+
+impl Keep {
+    /// Where a control plane with data folder `data` and, when given, the database at
+    /// `database_url` keeps them: in the database when there is one.
+    pub(crate) fn open(data: &Path, database_url: Option<&str>) -> anyhow::Result<Self> {
+        Ok(match database_url {
+            None => Self::Folder(data.to_path_buf()),
+            Some(url) => Self::Database(Arc::new(nexa_storage::PgCredentials::open(url)?)),
+        })
+    }
+
+    /// Where the tokens are, for people.
+    pub(crate) fn tokens_place(&self) -> String {
+        match self {
+            Self::Folder(data) => data.join(TOKENS_FILE).display().to_string(),
+            Self::Database(db) => format!("the database {}", db.location()),
+        }
+    }
+}
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,14 +81,14 @@ pub(crate) enum Need {
 }
 
 #[derive(Clone, Debug)]
-struct Entry {
-    hash: [u8; 32],
-    scope: Scope,
-    name: String,
+pub(crate) struct Entry {
+    pub(crate) hash: [u8; 32],
+    pub(crate) scope: Scope,
+    pub(crate) name: String,
 }
 
 impl Scope {
-    /// Its name in the tokens file.
+    /// Its name where tokens are kept.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Full => "full",
@@ -59,13 +96,22 @@ impl Scope {
             Scope::Worker => "worker",
         }
     }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "full" => Some(Scope::Full),
+            "read" => Some(Scope::Read),
+            "worker" => Some(Scope::Worker),
+            _ => None,
+        }
+    }
 }
 
-/// The tokens the server accepts, reloaded when the file changes.
+/// The tokens the server accepts, read again when they change.
 #[derive(Debug)]
 pub(crate) struct Tokens {
-    path: PathBuf,
-    loaded: Mutex<Loaded>,
+    keep: Keep,
+    loaded: Arc<Mutex<Loaded>>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +124,9 @@ struct Loaded {
     armed: bool,
     /// Why the tokens cannot be read now, when they cannot.
     problem: Option<String>,
+    /// Whether the tokens were read at least once (from a database: the last reading stands
+    /// while the database cannot be read).
+    read: bool,
 }
 
 /// How the API is guarded now.
@@ -96,17 +145,12 @@ fn hash(token: &str) -> [u8; 32] {
 }
 
 /// The token lines of the file; damaged lines are skipped.
-fn parse(text: &str) -> Vec<Entry> {
+pub(crate) fn parse(text: &str) -> Vec<Entry> {
     text.lines()
         .filter_map(|line| {
             let mut parts = line.split_whitespace();
             let hex = parts.next()?;
-            let scope = match parts.next()? {
-                "full" => Scope::Full,
-                "read" => Scope::Read,
-                "worker" => Scope::Worker,
-                _ => return None,
-            };
+            let scope = Scope::parse(parts.next()?)?;
             let hash = unhex32(hex)?;
             let name = parts.next().unwrap_or("token").to_owned();
             Some(Entry { hash, scope, name })
@@ -114,27 +158,107 @@ fn parse(text: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// A token as a database keeps it, when its scope is one this build knows.
+fn from_row(row: nexa_storage::StoredToken) -> Option<Entry> {
+    Some(Entry {
+        hash: row.hash,
+        scope: Scope::parse(&row.scope)?,
+        name: row.name,
+    })
+}
+
+fn lock(loaded: &Mutex<Loaded>) -> std::sync::MutexGuard<'_, Loaded> {
+    loaded.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads the tokens kept in `db` into `loaded`. Once tokens were ever made there, an empty
+/// table refuses every request, as an empty tokens file does; a database that cannot be
+/// read leaves the last reading in force (and refuses everything if there was none).
+fn read_database(db: &nexa_storage::PgCredentials, loaded: &Mutex<Loaded>) {
+    let read = db.tokens();
+    let mut loaded = lock(loaded);
+    match read {
+        Ok((rows, armed)) => {
+            loaded.read = true;
+            loaded.entries = rows.into_iter().filter_map(from_row).collect();
+            loaded.armed |= armed || !loaded.entries.is_empty();
+            loaded.problem = (loaded.armed && loaded.entries.is_empty()).then(|| {
+                format!(
+                    "the database {} holds no valid token; requests are refused until it does \
+                     (nexa token create --database-url … adds one)",
+                    db.location()
+                )
+            });
+        }
+        Err(e) if !loaded.read => {
+            loaded.armed = true;
+            loaded.problem = Some(format!(
+                "the tokens cannot be read from the database {}: {e}",
+                db.location()
+            ));
+        }
+        Err(e) => tracing::warn!(
+            "cannot read the tokens from the database {} again ({e}); the last reading stands",
+            db.location()
+        ),
+    }
+}
+
 impl Tokens {
-    /// The tokens of the data folder `data`. A tokens file that exists at start arms them,
-    /// even if it cannot be read.
-    pub(crate) fn new(data: &Path) -> Self {
-        let path = data.join(TOKENS_FILE);
-        let armed = path.exists();
-        let tokens = Self {
-            path,
-            loaded: Mutex::new(Loaded {
-                armed,
-                ..Loaded::default()
-            }),
+    /// The tokens kept in `keep`. A tokens file that exists at start arms them, even if it
+    /// cannot be read. Tokens kept in a database are read now, then each second by a thread
+    /// that ends with them.
+    pub(crate) fn new(keep: Keep) -> Self {
+        let armed = match &keep {
+            Keep::Folder(data) => data.join(TOKENS_FILE).exists(),
+            Keep::Database(_) => false,
         };
+        let loaded = Arc::new(Mutex::new(Loaded {
+            armed,
+            ..Loaded::default()
+        }));
+        if let Keep::Database(db) = &keep {
+            read_database(db, &loaded);
+            let (db, weak) = (db.clone(), Arc::downgrade(&loaded));
+            let refresh = move || {
+                loop {
+                    std::thread::sleep(DATABASE_REFRESH);
+                    match Weak::upgrade(&weak) {
+                        Some(loaded) => read_database(&db, &loaded),
+                        None => return,
+                    }
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("nexa-tokens".into())
+                .spawn(refresh)
+            {
+                let mut loaded = lock(&loaded);
+                loaded.armed = true;
+                loaded.problem = Some(format!("cannot start reading the tokens again: {e}"));
+            }
+        }
+        let tokens = Self { keep, loaded };
         tokens.mode();
         tokens
     }
 
-    /// Reads the file again if it changed, and says how the API is guarded.
+    /// Reads the tokens file again if it changed, and says how the API is guarded.
     fn mode(&self) -> Mode {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        match std::fs::metadata(&self.path) {
+        let mut loaded = lock(&self.loaded);
+        if let Keep::Folder(data) = &self.keep {
+            Self::read_file(&data.join(TOKENS_FILE), &mut loaded);
+        }
+        match (&loaded.problem, loaded.armed) {
+            (Some(problem), _) => Mode::Broken(problem.clone()),
+            (None, true) => Mode::Tokens,
+            (None, false) => Mode::Open,
+        }
+    }
+
+    /// Reads the tokens file at `path` into `loaded` if it changed since the last reading.
+    fn read_file(path: &Path, loaded: &mut Loaded) {
+        match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 loaded.stamp = None;
                 loaded.entries.clear();
@@ -142,7 +266,7 @@ impl Tokens {
                     format!(
                         "the token file {} was removed; requests are refused until it is back \
                          (nexa token create makes a new one)",
-                        self.path.display()
+                        path.display()
                     )
                 });
             }
@@ -152,7 +276,7 @@ impl Tokens {
                 loaded.entries.clear();
                 loaded.problem = Some(format!(
                     "the token file {} cannot be read: {e}",
-                    self.path.display()
+                    path.display()
                 ));
             }
             Ok(meta) => {
@@ -164,14 +288,14 @@ impl Tokens {
                 if loaded.stamp != Some(stamp) || stamp.0.is_none() {
                     loaded.armed = true;
                     loaded.stamp = Some(stamp);
-                    match std::fs::read_to_string(&self.path) {
+                    match std::fs::read_to_string(path) {
                         Ok(text) => {
                             loaded.entries = parse(&text);
                             loaded.problem = loaded.entries.is_empty().then(|| {
                                 format!(
                                     "the token file {} holds no valid token; requests are \
                                      refused until it does (nexa token create adds one)",
-                                    self.path.display()
+                                    path.display()
                                 )
                             });
                         }
@@ -179,17 +303,12 @@ impl Tokens {
                             loaded.entries.clear();
                             loaded.problem = Some(format!(
                                 "the token file {} cannot be read: {e}",
-                                self.path.display()
+                                path.display()
                             ));
                         }
                     }
                 }
             }
-        }
-        match (&loaded.problem, loaded.armed) {
-            (Some(problem), _) => Mode::Broken(problem.clone()),
-            (None, true) => Mode::Tokens,
-            (None, false) => Mode::Open,
         }
     }
 
@@ -206,7 +325,7 @@ impl Tokens {
 
     fn entry_of(&self, token: &str) -> Option<Entry> {
         let presented = hash(token);
-        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = lock(&self.loaded);
         // Every entry is compared, so the time taken does not tell which one matched.
         let mut found = None;
         for entry in &loaded.entries {
@@ -337,49 +456,81 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Makes a token, keeps its hash in `data`, and returns it.
-pub(crate) fn create(data: &Path, scope: Scope, name: &str) -> std::io::Result<String> {
-    use std::io::Write;
-    crate::node::private_dir(data)?;
+/// Makes a token, keeps its hash in `keep`, and returns it.
+pub(crate) fn create(keep: &Keep, scope: Scope, name: &str) -> anyhow::Result<String> {
     let token = format!("nxf_{}", random_hex(24)?);
-    let hex = hex(&hash(&token));
-    let scope = scope.as_str();
     let name: String = name
         .chars()
         .map(|c| if c.is_whitespace() { '-' } else { c })
         .collect();
-    let mut options = std::fs::OpenOptions::new();
-    options.append(true).create(true);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(data.join(TOKENS_FILE))?;
-    writeln!(file, "{hex} {scope} {name}")?;
-    file.sync_all()?;
+    add(
+        keep,
+        &Entry {
+            hash: hash(&token),
+            scope,
+            name,
+        },
+    )?;
     Ok(token)
 }
 
-/// The tokens of the data folder `data`, by name and scope, in the file's order; `None` when
-/// there is no tokens file (the API then answers this machine's programs only).
-pub(crate) fn list(data: &Path) -> std::io::Result<Option<Vec<(String, Scope)>>> {
-    match std::fs::read_to_string(data.join(TOKENS_FILE)) {
-        Ok(text) => Ok(Some(
-            parse(&text)
-                .into_iter()
-                .map(|e| (e.name, e.scope))
-                .collect(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// Keeps `entry` in `keep`.
+pub(crate) fn add(keep: &Keep, entry: &Entry) -> anyhow::Result<()> {
+    use std::io::Write;
+    match keep {
+        Keep::Folder(data) => {
+            crate::node::private_dir(data)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.append(true).create(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(data.join(TOKENS_FILE))?;
+            writeln!(
+                file,
+                "{} {} {}",
+                hex(&entry.hash),
+                entry.scope.as_str(),
+                entry.name
+            )?;
+            file.sync_all()?;
+        }
+        Keep::Database(db) => db.add_token(&nexa_storage::StoredToken {
+            hash: entry.hash,
+            scope: entry.scope.as_str().to_owned(),
+            name: entry.name.clone(),
+        })?,
+    }
+    Ok(())
+}
+
+/// The tokens kept in `keep`, oldest first; `None` when no token was ever made there (the
+/// API then answers this machine's programs only).
+pub(crate) fn list(keep: &Keep) -> anyhow::Result<Option<Vec<Entry>>> {
+    match keep {
+        Keep::Folder(data) => match std::fs::read_to_string(data.join(TOKENS_FILE)) {
+            Ok(text) => Ok(Some(parse(&text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        Keep::Database(db) => {
+            let (rows, armed) = db.tokens()?;
+            let entries: Vec<Entry> = rows.into_iter().filter_map(from_row).collect();
+            Ok((armed || !entries.is_empty()).then_some(entries))
+        }
     }
 }
 
-/// Removes every token named `name` from the data folder `data`; answers how many. The file
-/// is replaced whole (written beside it, then renamed), so a server never reads half of it.
-pub(crate) fn revoke(data: &Path, name: &str) -> std::io::Result<usize> {
+/// Removes every token named `name` from `keep`; answers how many. A tokens file is replaced
+/// whole (written beside it, then renamed), so a server never reads half of it.
+pub(crate) fn revoke(keep: &Keep, name: &str) -> anyhow::Result<usize> {
+    let data = match keep {
+        Keep::Folder(data) => data,
+        Keep::Database(db) => return Ok(db.revoke_tokens(name)?),
+    };
     let path = data.join(TOKENS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let (gone, kept): (Vec<&str>, Vec<&str>) = text
         .lines()
@@ -472,13 +623,18 @@ impl FromRequest for Writer {
 mod tests {
     use super::*;
 
+    fn names(entries: Option<Vec<Entry>>) -> Option<Vec<(String, Scope)>> {
+        entries.map(|e| e.into_iter().map(|e| (e.name, e.scope)).collect())
+    }
+
     #[test]
     fn tokens_are_kept_hashed_and_checked_with_their_scope() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::new(dir.path());
+        let keep = Keep::Folder(dir.path().to_path_buf());
+        let tokens = Tokens::new(keep.clone());
         assert!(!tokens.required(), "no token made yet");
-        let full = create(dir.path(), Scope::Full, "ci bot").unwrap();
-        let read = create(dir.path(), Scope::Read, "dashboard").unwrap();
+        let full = create(&keep, Scope::Full, "ci bot").unwrap();
+        let read = create(&keep, Scope::Read, "dashboard").unwrap();
         let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
         assert!(!file.contains(&full) && !file.contains(&read), "{file}");
         assert!(file.contains(" full ci-bot\n"), "{file}");
@@ -522,9 +678,10 @@ mod tests {
     #[test]
     fn tokens_fail_closed_once_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::new(dir.path());
+        let keep = Keep::Folder(dir.path().to_path_buf());
+        let tokens = Tokens::new(keep.clone());
         assert_eq!(tokens.mode(), Mode::Open);
-        let full = create(dir.path(), Scope::Full, "ci").unwrap();
+        let full = create(&keep, Scope::Full, "ci").unwrap();
         assert_eq!(tokens.mode(), Mode::Tokens);
         let file = dir.path().join(TOKENS_FILE);
         let kept = std::fs::read(&file).unwrap();
@@ -537,26 +694,27 @@ mod tests {
         assert_eq!(tokens.scope_of(&full), Some(Scope::Full));
         // A server started on a damaged file is armed as well.
         std::fs::write(&file, "").unwrap();
-        assert!(matches!(Tokens::new(dir.path()).mode(), Mode::Broken(_)));
+        assert!(matches!(Tokens::new(keep).mode(), Mode::Broken(_)));
     }
 
     #[test]
     fn tokens_are_listed_by_name_and_revoked_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::new(dir.path());
-        assert_eq!(list(dir.path()).unwrap(), None);
-        let ci = create(dir.path(), Scope::Full, "ci").unwrap();
-        let node = create(dir.path(), Scope::Worker, "gpu node").unwrap();
+        let keep = Keep::Folder(dir.path().to_path_buf());
+        let tokens = Tokens::new(keep.clone());
+        assert_eq!(names(list(&keep).unwrap()), None);
+        let ci = create(&keep, Scope::Full, "ci").unwrap();
+        let node = create(&keep, Scope::Worker, "gpu node").unwrap();
         assert_eq!(
-            list(dir.path()).unwrap().unwrap(),
+            names(list(&keep).unwrap()).unwrap(),
             [
                 ("ci".to_owned(), Scope::Full),
                 ("gpu-node".into(), Scope::Worker)
             ]
         );
         assert_eq!(tokens.mode(), Mode::Tokens);
-        assert_eq!(revoke(dir.path(), "nobody").unwrap(), 0);
-        assert_eq!(revoke(dir.path(), "ci").unwrap(), 1);
+        assert_eq!(revoke(&keep, "nobody").unwrap(), 0);
+        assert_eq!(revoke(&keep, "ci").unwrap(), 1);
         assert_eq!(tokens.mode(), Mode::Tokens);
         assert_eq!(
             tokens.scope_of(&ci),
@@ -565,7 +723,7 @@ mod tests {
         );
         assert_eq!(tokens.scope_of(&node), Some(Scope::Worker));
         // Revoking the last one does not open the server.
-        assert_eq!(revoke(dir.path(), "gpu-node").unwrap(), 1);
+        assert_eq!(revoke(&keep, "gpu-node").unwrap(), 1);
         assert!(matches!(tokens.mode(), Mode::Broken(_)));
     }
 

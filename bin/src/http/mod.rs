@@ -18,7 +18,7 @@ mod pipelines;
 mod responses;
 mod workers;
 
-pub(crate) use workers::{FRAME_TYPE, SESSION_HEADER};
+pub(crate) use workers::{FRAME_TYPE, SESSION_HEADER, copy_sessions};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -269,13 +269,30 @@ impl HttpApi {
     /// Binds `listen` and starts serving `plane`. Refuses to listen beyond loopback without a
     /// token.
     pub(crate) fn start(plane: Arc<ControlPlane>, data: &Path, listen: SocketAddr) -> Result<Self> {
-        let tokens = auth::Tokens::new(data);
-        if !listen.ip().is_loopback() && !tokens.required() {
+        let keep = auth::Keep::open(data, plane.config().database_url.as_deref())?;
+        if let auth::Keep::Database(db) = &keep
+            && data.join(auth::TOKENS_FILE).exists()
+            && auth::list(&keep)?.is_none()
+        {
             bail!(
-                "the HTTP API would listen on {}, which is reachable from other machines, without a token; \
-                 make one first with `nexa token create --data {}`, or listen on 127.0.0.1",
-                listen,
+                "{} holds API tokens, but this control plane keeps its tokens in the database {}, \
+                 which has none: move them with `nexa store copy --from {} --to URL` (or make \
+                 new ones with `nexa token create --database-url URL`), then remove the file",
+                data.join(auth::TOKENS_FILE).display(),
+                db.location(),
                 data.display()
+            );
+        }
+        let tokens = auth::Tokens::new(keep.clone());
+        if !listen.ip().is_loopback() && !tokens.required() {
+            let place = match &keep {
+                auth::Keep::Folder(_) => format!("--data {}", data.display()),
+                auth::Keep::Database(_) => "--database-url URL".to_owned(),
+            };
+            bail!(
+                "the HTTP API would listen on {listen}, which is reachable from other machines, \
+                 without a token; make one first with `nexa token create {place}`, or listen on \
+                 127.0.0.1"
             );
         }
         let state = web::Data::new(State {
@@ -283,7 +300,7 @@ impl HttpApi {
             tokens,
             requests: RequestCounts::default(),
             openapi: openapi_json(),
-            worker_sessions: workers::Sessions::load(data),
+            worker_sessions: workers::Sessions::load(keep)?,
             proxy: endpoints::proxy()?,
             traffic: endpoints::Traffic::default(),
         });

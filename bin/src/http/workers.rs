@@ -2,7 +2,7 @@
 //! may list the workers.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use super::api::{
     self, AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,
     RegisteredBody, WorkersBody,
 };
-use super::auth::{Reader, WorkerCaller, hex, random_hex, unhex32};
+use super::auth::{Keep, Reader, WorkerCaller, hex, random_hex, unhex32};
 use super::error::{ApiError, ErrorBody};
 use super::jobs::show;
 use super::responses::{
@@ -43,71 +43,130 @@ struct Registration {
     session: [u8; 32],
 }
 
-/// The workers registered over HTTP, by id. Kept in the data folder (`http_workers`: the
-/// hashes of each worker's credential and session, never the secrets), so that a worker's
-/// session outlives a restart of the server, as its lease does.
+/// The workers registered over HTTP, by id. Kept where the tokens are ([`Keep`]): in the
+/// data folder (`http_workers`) or in the database (`nexa_http_workers`), as the hashes of each
+/// worker's credential and session, never the secrets, so that a worker's session outlives a
+/// restart of the server (and, in a database, the loss of its machine), as its lease does.
 pub(crate) struct Sessions {
-    path: PathBuf,
+    keep: Keep,
     registered: Mutex<HashMap<WorkerId, Registration>>,
 }
 
 /// The file, in the data folder, that keeps the sessions.
 const SESSIONS_FILE: &str = "http_workers";
 
+/// The sessions kept in the file `path` (none when there is none); a damaged line is skipped,
+/// and its worker registers again.
+fn read_file(path: &Path) -> HashMap<WorkerId, Registration> {
+    let mut registered = HashMap::new();
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(id), Some(session), Some(credential)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let (Ok(id), Some(session)) = (WorkerId::new(id), unhex32(session)) else {
+                continue;
+            };
+            let credential = match credential {
+                "-" => None,
+                c => match unhex32(c) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+            };
+            registered.insert(
+                id,
+                Registration {
+                    credential,
+                    session,
+                },
+            );
+        }
+    }
+    registered
+}
+
+/// `worker`'s registration as a database keeps it.
+fn stored(worker: &WorkerId, r: &Registration) -> nexa_storage::StoredSession {
+    nexa_storage::StoredSession {
+        worker: worker.to_string(),
+        session: r.session,
+        credential: r.credential,
+    }
+}
+
+/// Copies the sessions kept in the data folder `data` into the database `to`; answers how
+/// many (for `nexa store copy`).
+pub(crate) fn copy_sessions(
+    data: &Path,
+    to: &nexa_storage::PgCredentials,
+) -> anyhow::Result<usize> {
+    let sessions = read_file(&data.join(SESSIONS_FILE));
+    for (worker, r) in &sessions {
+        to.put_session(&stored(worker, r), &[])?;
+    }
+    Ok(sessions.len())
+}
+
 impl Sessions {
-    /// The sessions kept in the data folder `data` (none when it has none yet); a damaged
-    /// line is skipped, and its worker registers again.
-    pub(crate) fn load(data: &Path) -> Self {
-        let path = data.join(SESSIONS_FILE);
-        let mut registered = HashMap::new();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            for line in text.lines() {
-                let mut fields = line.split_whitespace();
-                let (Some(id), Some(session), Some(credential)) =
-                    (fields.next(), fields.next(), fields.next())
-                else {
-                    continue;
-                };
-                let (Ok(id), Some(session)) = (WorkerId::new(id), unhex32(session)) else {
-                    continue;
-                };
-                let credential = match credential {
-                    "-" => None,
-                    c => match unhex32(c) {
-                        Some(c) => Some(c),
-                        None => continue,
-                    },
-                };
-                registered.insert(
-                    id,
-                    Registration {
-                        credential,
-                        session,
-                    },
-                );
-            }
-        }
-        Self {
-            path,
+    /// The sessions kept in `keep`.
+    pub(crate) fn load(keep: Keep) -> anyhow::Result<Self> {
+        let registered = match &keep {
+            Keep::Folder(data) => read_file(&data.join(SESSIONS_FILE)),
+            Keep::Database(db) => db
+                .sessions()?
+                .into_iter()
+                .filter_map(|s| {
+                    let id = WorkerId::new(&s.worker).ok()?;
+                    let registration = Registration {
+                        credential: s.credential,
+                        session: s.session,
+                    };
+                    Some((id, registration))
+                })
+                .collect(),
+        };
+        Ok(Self {
+            keep,
             registered: Mutex::new(registered),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Registration>> {
         self.registered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the sessions to the data folder: beside the file, then renamed over it.
-    fn save(&self, registered: &HashMap<WorkerId, Registration>) -> std::io::Result<()> {
-        let mut text = String::new();
-        for (id, r) in registered {
-            let credential = r
-                .credential
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |c| hex(c));
-            text.push_str(&format!("{id} {} {credential}\n", hex(&r.session)));
+    /// Keeps `worker`'s new registration, and forgets those of the workers in `forget`: in
+    /// the data folder, the whole file is written beside it and renamed over it.
+    fn save(
+        &self,
+        registered: &HashMap<WorkerId, Registration>,
+        worker: &WorkerId,
+        forget: &[WorkerId],
+    ) -> anyhow::Result<()> {
+        match &self.keep {
+            Keep::Folder(data) => {
+                let mut text = String::new();
+                for (id, r) in registered {
+                    let credential = r
+                        .credential
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |c| hex(c));
+                    text.push_str(&format!("{id} {} {credential}\n", hex(&r.session)));
+                }
+                nexa_actors::replace_private(&data.join(SESSIONS_FILE), text.as_bytes())?;
+            }
+            Keep::Database(db) => {
+                if let Some(r) = registered.get(worker) {
+                    let forget: Vec<String> = forget.iter().map(ToString::to_string).collect();
+                    db.put_session(&stored(worker, r), &forget)?;
+                }
+            }
         }
-        nexa_actors::replace_private(&self.path, text.as_bytes())
+        Ok(())
     }
 
     /// Whether `worker` was registered with `credential` before; `None` when it was not
@@ -124,19 +183,22 @@ impl Sessions {
         worker: WorkerId,
         credential: Option<[u8; 32]>,
         known: impl Fn(&WorkerId) -> bool,
-    ) -> std::io::Result<String> {
+    ) -> anyhow::Result<String> {
         let id = random_hex(16)?;
         let session = Sha256::digest(id.as_bytes()).into();
         let mut registered = self.lock();
         registered.insert(
-            worker,
+            worker.clone(),
             Registration {
                 credential,
                 session,
             },
         );
-        registered.retain(|id, _| known(id));
-        self.save(&registered)?;
+        let forget: Vec<WorkerId> = registered.keys().filter(|id| !known(id)).cloned().collect();
+        for id in &forget {
+            registered.remove(id);
+        }
+        self.save(&registered, &worker, &forget)?;
         Ok(id)
     }
 
@@ -224,7 +286,7 @@ pub(crate) async fn register(
     let session = state
         .worker_sessions
         .open(id, credential, |w| known.contains(w))
-        .map_err(|e| ApiError::unavailable(format!("cannot make a session id: {e}")))?;
+        .map_err(|e| ApiError::unavailable(format!("cannot keep the worker's session: {e}")))?;
     Ok(Json(RegisteredBody {
         session,
         worker: api::worker_body(&record, true, Vec::new()),

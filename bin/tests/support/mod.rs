@@ -148,6 +148,27 @@ pub(crate) fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Status and JSON body of a call with the headers `headers`.
+pub(crate) fn call_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut res = api_agent()
+        .run(req.body(body.unwrap_or_default().to_owned()).unwrap())
+        .unwrap();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    (
+        res.status().as_u16(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
 /// `GET` a path of `node`.
 pub(crate) fn get(node: &Node, path: &str) -> (u16, Value) {
     call("GET", &format!("{}{path}", node.base), None, None)
