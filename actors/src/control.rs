@@ -458,10 +458,36 @@ impl ControlPlane {
         Ok(self.jobs.submit_all(spec).await?)
     }
 
+    /// Accepts several jobs in one transaction: all of them, or none (the error names the
+    /// first job refused, [`StoreError::Batch`]); then lets the scheduler offer them. Each may
+    /// carry its own idempotency key: a batch sent again answers the same jobs. A deploy of
+    /// several replicas is submitted on its own ([`ControlPlane::submit_all`]).
+    pub async fn submit_batch(&self, specs: Vec<JobSpec>) -> Result<Vec<Submitted>, PlaneError> {
+        Ok(self.jobs.submit_batch(specs).await?)
+    }
+
     /// The job once it has ended (succeeded, failed or cancelled). The plane reads the job
     /// again only when jobs change, so waiting costs nothing while nothing happens.
     pub async fn wait(&self, id: JobId) -> Result<Job, PlaneError> {
         follow::wait(self.jobs.store.clone(), &self.jobs.changes, id).await
+    }
+
+    /// The jobs of `ids` that have ended, in the order given (each once), as soon as at
+    /// least `at_least` of them have: `ids.len()` waits for all, 1 for the first (as
+    /// `ray.wait`'s `num_returns`). Like [`ControlPlane::wait`], it reads only when jobs
+    /// change. A job that does not exist is an error.
+    pub async fn wait_many(&self, ids: &[JobId], at_least: usize) -> Result<Vec<Job>, PlaneError> {
+        follow::wait_many(self.jobs.store.clone(), &self.jobs.changes, ids, at_least).await
+    }
+
+    /// The job as it is now, then each time it changes (an event, its state, its
+    /// progress), until the change that ends it: what `GET /api/jobs/{id}/events?follow`
+    /// streams.
+    pub fn watch_job(
+        &self,
+        id: JobId,
+    ) -> impl Stream<Item = Result<Job, PlaneError>> + Send + 'static {
+        follow::watch(self.jobs.store.clone(), &self.jobs.changes, id)
     }
 
     /// A job's log as it is written, attempt after attempt, until the job ends: a stream of

@@ -5,6 +5,8 @@
 //! NEXA_BENCH_CLUSTER_JOBS=500 NEXA_BENCH_LATENCY_JOBS=50 NEXA_BENCH_FAILOVERS=1 \
 //!     cargo bench -p nexa-benches --bench cluster
 //! NEXA_BENCH_SECTIONS=3 cargo bench -p nexa-benches --bench cluster    # failover only
+//! NEXA_POSTGRES_FSYNC=on NEXA_BENCH_SECTIONS=1,2 scripts/with-postgres \
+//!     cargo bench -p nexa-benches --bench cluster                        # and PostgreSQL
 //! ```
 //!
 //! Every job goes the whole way: a durable submit to a control plane started with
@@ -24,7 +26,9 @@
 //!    running;
 //!
 //! each also over the in-memory store (`ControlPlane::start_with_store`), the baseline that
-//! shows what the same system costs without a disk; then, with the default settings (lease
+//! shows what the same system costs without a disk, and, when `NEXA_BENCH_DATABASE_URL` (or
+//! `scripts/with-postgres`'s `NEXA_TEST_DATABASE_URL`) names a PostgreSQL server, over the
+//! PostgreSQL store (`--database-url`, a fresh schema per plane); then, with the default settings (lease
 //! 2.5 s, heartbeat 0.5 s):
 //!
 //! 3. failover: a job blocked on worker A, A stopped abruptly (`WorkerNode::stop`), worker B
@@ -117,6 +121,8 @@ struct Config {
     rate: u64,
     failovers: u64,
     sections: Vec<u32>,
+    /// The PostgreSQL server to run the store on as well, when one is given.
+    database: Option<String>,
 }
 
 impl Config {
@@ -129,7 +135,20 @@ impl Config {
             rate: env_count("NEXA_BENCH_LATENCY_RATE", LATENCY_RATE, 1..=10_000)?,
             failovers: env_count("NEXA_BENCH_FAILOVERS", FAILOVERS, 0..=100)?,
             sections: list_var("NEXA_BENCH_SECTIONS", SECTIONS, 1..=5)?,
+            database: std::env::var("NEXA_BENCH_DATABASE_URL")
+                .or_else(|_| std::env::var("NEXA_TEST_DATABASE_URL"))
+                .ok(),
         })
+    }
+
+    /// The stores the throughput and latency runs compare.
+    fn backends(&self) -> Vec<Backend> {
+        let mut backends = vec![Backend::Redb];
+        if self.database.is_some() {
+            backends.push(Backend::Postgres);
+        }
+        backends.push(Backend::Memory);
+        backends
     }
 
     fn runs(&self, section: u32) -> bool {
@@ -196,6 +215,12 @@ async fn bench(config: Config) -> BenchResult<()> {
     println!(
         "  one tokio runtime for everything ({cpus} worker threads, one per CPU); {cpus} CPUs on the machine"
     );
+    if let Some(url) = &config.database {
+        println!(
+            "  and over the PostgreSQL store (--database-url, a fresh schema each) on {}",
+            url.split('@').next_back().unwrap_or(url)
+        );
+    }
     println!(
         "  baseline: the same runs over the in-memory store (ControlPlane::start_with_store(MemStore)), no disk"
     );
@@ -247,7 +272,7 @@ async fn section_throughput(config: &Config, root: &Path) -> BenchResult<Vec<Thr
     );
     print_throughput_header();
     let mut runs = Vec::new();
-    for backend in [Backend::Redb, Backend::Memory] {
+    for backend in config.backends() {
         for &workers in &config.workers {
             let run = bench_throughput(config, workers, backend, root).await?;
             print_throughput(&run);
@@ -272,7 +297,7 @@ async fn section_latency(config: &Config, root: &Path) -> BenchResult<Vec<Latenc
     );
     print_latency_header();
     let mut runs = Vec::new();
-    for backend in [Backend::Redb, Backend::Memory] {
+    for backend in config.backends() {
         for &workers in &config.workers {
             let run = bench_latency(config, workers, backend, root).await?;
             print_latency(&run);
@@ -462,6 +487,8 @@ impl Stage for BlockingStage {
 enum Backend {
     /// `ControlPlane::start`: the redb store in the data folder, durable commits.
     Redb,
+    /// `ControlPlane::start` with a database URL: the PostgreSQL store, durable commits.
+    Postgres,
     /// The same redb store opened here, [`Metered`].
     MeteredRedb,
     /// The in-memory store: the system without a disk.
@@ -474,6 +501,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Redb => "redb",
+            Backend::Postgres => "postgres",
             Backend::MeteredRedb => "redb+meter",
             Backend::Memory => "memory",
             Backend::MeteredMemory => "mem+meter",
@@ -487,10 +515,17 @@ struct Plane {
 }
 
 /// A control plane with the default settings.
-async fn start_plane(dir: &Path, backend: Backend) -> BenchResult<Plane> {
-    let config = ControlPlaneConfig::new("127.0.0.1:0".parse()?, dir.join("plane"), TOKEN);
+async fn start_plane(dir: &Path, backend: Backend, bench: &Config) -> BenchResult<Plane> {
+    let mut config = ControlPlaneConfig::new("127.0.0.1:0".parse()?, dir.join("plane"), TOKEN);
     let (plane, meter) = match backend {
         Backend::Redb => (ControlPlane::start(config).await?, None),
+        Backend::Postgres => {
+            let base = bench.database.clone().ok_or("no database was given")?;
+            let url =
+                tokio::task::spawn_blocking(move || nexa_benches::fresh_schema(&base)).await??;
+            config.database_url = Some(url);
+            (ControlPlane::start(config).await?, None)
+        }
         Backend::MeteredRedb => {
             // As `ControlPlane::start` opens it.
             let path = config.data_dir.join("nexa_forge.db");
@@ -728,7 +763,7 @@ async fn bench_throughput(
     root: &Path,
 ) -> BenchResult<ThroughputRun> {
     let dir = tempfile::tempdir_in(root)?;
-    let Plane { plane, meter } = start_plane(dir.path(), backend).await?;
+    let Plane { plane, meter } = start_plane(dir.path(), backend, config).await?;
     let probe = Arc::new(Probe::default());
     let nodes = start_noop_workers(&plane, dir.path(), workers, &probe).await?;
 
@@ -948,7 +983,7 @@ async fn bench_latency(
     root: &Path,
 ) -> BenchResult<LatencyRun> {
     let dir = tempfile::tempdir_in(root)?;
-    let Plane { plane, meter } = start_plane(dir.path(), backend).await?;
+    let Plane { plane, meter } = start_plane(dir.path(), backend, config).await?;
     let probe = Arc::new(Probe::default());
     let nodes = start_noop_workers(&plane, dir.path(), workers, &probe).await?;
     let interval = Duration::from_secs_f64(1.0 / config.rate as f64);
@@ -1131,7 +1166,7 @@ async fn bench_failover(config: &Config, slots: usize, root: &Path) -> BenchResu
     for round in 0..rounds {
         let dir = tempfile::tempdir_in(root)?;
         // The defaults: only the address, folder and token are set.
-        let Plane { plane, .. } = start_plane(dir.path(), Backend::Redb).await?;
+        let Plane { plane, .. } = start_plane(dir.path(), Backend::Redb, config).await?;
         let probe = Arc::new(Probe::default());
         let stage = |worker| BlockingStage {
             worker,

@@ -51,19 +51,6 @@ fn database_url() -> BenchResult<String> {
         })
 }
 
-/// A fresh schema in the database, as the URL of a store kept there.
-fn fresh_schema(base: &str) -> BenchResult<String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let schema = format!(
-        "nexa_bench_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut admin = postgres::Client::connect(base, postgres::NoTls)?;
-    admin.batch_execute(&format!("create schema {schema}"))?;
-    Ok(nexa_storage::in_schema(base, &schema))
-}
-
 fn run() -> BenchResult<()> {
     let settings = Settings::from_env()?;
     let base = database_url()?;
@@ -134,7 +121,7 @@ fn run() -> BenchResult<()> {
 
 fn open_pg(base: &str) -> BenchResult<PgStore> {
     Ok(PgStore::open_at(
-        &fresh_schema(base)?,
+        &nexa_benches::fresh_schema(base)?,
         StoreConfig::default(),
         NOW,
     )?)

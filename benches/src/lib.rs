@@ -33,6 +33,20 @@ pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 /// The result of a benchmark step.
 pub type BenchResult<T> = Result<T, BenchError>;
 
+/// A fresh schema on the PostgreSQL server at `base`, as the URL of a store kept there.
+pub fn fresh_schema(base: &str) -> BenchResult<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let schema = format!(
+        "nexa_bench_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = postgres::Client::connect(base, postgres::NoTls)?;
+    admin.batch_execute(&format!("create schema {schema}"))?;
+    Ok(nexa_storage::in_schema(base, &schema))
+}
+
 mod settings {
     //! Scale settings, from environment variables so that a quick run needs no edit.
 

@@ -54,12 +54,15 @@ from typing import (
     Iterable,
     Iterator,
     List,
+    Literal,
     Mapping,
     Optional,
     Sequence,
     Set,
+    Tuple,
     TypeVar,
     Union,
+    overload,
 )
 
 from .artifacts import Artifact, Model, ModelSummary, ModelVersion, artifact_digest
@@ -184,6 +187,18 @@ class NexaForgeClient:
         token = "set" if self._transport.token else "none"
         return f"NexaForgeClient(api_url={self.api_url!r}, token={token})"
 
+    def close(self) -> None:
+        """Closes the connections this thread keeps open to the server (the client keeps one
+        per thread, reused from call to call). The client may still be used: it connects
+        again."""
+        self._transport.close()
+
+    def __enter__(self) -> "NexaForgeClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # ---------------------------------------------------------------- submit
 
     def submit(
@@ -218,23 +233,55 @@ class NexaForgeClient:
             ValidationError: a parameter or option is invalid; ``field`` names it.
             ConflictError: ``idempotency_key`` was used before with another spec.
         """
-        body: Dict[str, Any] = {"job_type": str(job_type), "params": dict(params)}
-        if priority is not None:
-            body["priority"] = priority
-        if max_attempts is not None:
-            body["max_attempts"] = max_attempts
-        if timeout_seconds is not None:
-            body["timeout_seconds"] = _whole_if_integral(timeout_seconds)
-        if resources is not None:
-            body["resources"] = dict(resources)
-        if depends_on is not None:
-            if isinstance(depends_on, (str, Job)):
-                depends_on = [depends_on]
-            body["depends_on"] = [_job_id(d) for d in depends_on]
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
+        body = _submit_body(
+            job_type,
+            params,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout_seconds,
+            resources=resources,
+            depends_on=depends_on,
+            idempotency_key=idempotency_key,
+        )
         _, data = self._transport.request("POST", "/jobs", body=body)
         return Job.from_dict(_object(data, "POST /jobs"))
+
+    def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> List[str]:
+        """Submits several jobs in one request and one transaction: all of them, or none.
+        Answers their ids, in order.
+
+        Each job is a mapping of :meth:`submit`'s arguments: ``job_type`` and ``params``, and
+        any of ``priority``, ``max_attempts``, ``timeout_seconds``, ``resources``,
+        ``depends_on`` (jobs submitted before) and ``idempotency_key`` (each job its own; a
+        batch sent again with the same keys answers the same jobs). At most 1,000 jobs a
+        call; a deploy of several replicas is submitted on its own.
+
+        Raises:
+            ValidationError: a job is invalid; ``field`` names it, as ``jobs[3].params.seed``,
+                and no job was made.
+            ConflictError: a job's ``idempotency_key`` was used before with another spec.
+        """
+        bodies = []
+        for i, job in enumerate(jobs):
+            if not isinstance(job, Mapping):
+                raise TypeError(f"jobs[{i}] must be a mapping, not {type(job).__name__}")
+            options = dict(job)
+            try:
+                job_type = options.pop("job_type")
+            except KeyError:
+                raise ValueError(f"jobs[{i}] has no job_type") from None
+            params = options.pop("params", {})
+            unknown = sorted(set(options) - set(_JOB_OPTIONS))
+            if unknown:
+                raise TypeError(f"jobs[{i}] has unknown options: {', '.join(unknown)}")
+            bodies.append(_submit_body(job_type, params, **options))
+        if not bodies:
+            return []
+        _, data = self._transport.request("POST", "/jobs/batch", body={"jobs": bodies})
+        answered = _object(data, "POST /jobs/batch").get("jobs")
+        if not isinstance(answered, list):
+            raise NexaForgeError("POST /jobs/batch answered no jobs")
+        return [str(j.get("job_id")) for j in answered if isinstance(j, Mapping)]
 
     # The helpers send only what they are given: the server applies every default, so a
     # default is defined once, there (see each parameter's ``default`` in the docs).
@@ -506,14 +553,65 @@ class NexaForgeClient:
             seen.add(page.next_cursor)
             cursor = page.next_cursor
 
-    def events(self, job_id: JobRef) -> List[Event]:
-        """The job's status changes, oldest first."""
-        path = f"/jobs/{_quote(_job_id(job_id))}/events"
+    @overload
+    def events(self, job_id: JobRef) -> List[Event]: ...
+
+    @overload
+    def events(self, job_id: JobRef, follow: Literal[False]) -> List[Event]: ...
+
+    @overload
+    def events(self, job_id: JobRef, follow: Literal[True]) -> Iterator[Event]: ...
+
+    def events(self, job_id: JobRef, follow: bool = False) -> Union[List[Event], Iterator[Event]]:
+        """The job's status changes, oldest first.
+
+        With ``follow``, an iterator that yields them as they are stored, pushed by the
+        server (an event stream), and ends once the job has finished. A stream that drops is
+        reopened, and no event is yielded twice.
+        """
+        jid = _job_id(job_id)
+        path = f"/jobs/{_quote(jid)}/events"
+        if follow:
+            return self._follow_events(jid, path)
         _, data = self._transport.request("GET", path)
         events = _object(data, f"GET {path}").get("events")
         if not isinstance(events, list):
             return []
         return [Event.from_dict(e) for e in events if isinstance(e, Mapping)]
+
+    def _follow_events(self, job_id: str, path: str) -> Iterator[Event]:
+        seen = 0
+        while True:
+            progressed = False
+            try:
+                with self._transport.open_stream(path, {"follow": True, "from": seen}) as resp:
+                    for ev in read_events(resp):
+                        data = _json_or_none(ev.data)
+                        if ev.event == "end":
+                            return
+                        if not isinstance(data, Mapping):
+                            continue
+                        if ev.event == "error":
+                            raise NexaForgeError(
+                                f"following the events of {job_id} failed: "
+                                f"{data.get('message') or 'the server gave no reason'}",
+                                code="stream_error",
+                            )
+                        if ev.event == "event":
+                            index = data.get("index")
+                            if isinstance(index, int) and index < seen:
+                                continue
+                            seen = index + 1 if isinstance(index, int) else seen + 1
+                            progressed = True
+                            yield Event.from_dict(data)
+            except (OSError, http.client.HTTPException):
+                pass  # a read timed out or the connection dropped: reopen where it stopped
+            if not progressed:
+                if self.get_job(job_id).is_finished:
+                    for event in self.events(job_id)[seen:]:
+                        yield event
+                    return
+                time.sleep(_RECONNECT_PAUSE)
 
     def logs(
         self,
@@ -662,6 +760,47 @@ class NexaForgeClient:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeoutError(
                     f"job {jid} is still {job.status} after {timeout:g} s", job_id=jid, job=job
+                )
+
+    def wait_many(
+        self,
+        jobs: Sequence[JobRef],
+        timeout: Optional[float] = None,
+        return_when: str = "all",
+    ) -> Tuple[List[Job], List[str]]:
+        """Waits for several jobs, as :func:`concurrent.futures.wait` does: until all of them
+        have finished (``return_when="all"``) or the first one has (``"any"``), or
+        ``timeout`` seconds have passed. Answers ``(done, pending)``: the finished jobs, and
+        the ids of the others, in the order given. The server answers the moment the jobs'
+        ends are stored; nothing polls.
+        """
+        if return_when not in ("all", "any"):
+            raise ValueError(f'return_when must be "all" or "any", not {return_when!r}')
+        ids = [_job_id(j) for j in jobs]
+        if not ids:
+            return [], []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        longest = min(_LONGEST_WAIT, self.timeout * 0.8)
+        done: Dict[str, Job] = {}
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            ask = longest if left is None else max(min(longest, left), 0.001)
+            pending = [i for i in ids if i not in done]
+            # The server takes at most 10,000 ids an ask.
+            chunk = pending[:_WAIT_MANY_CHUNK]
+            body = {"job_ids": chunk, "timeout": round(ask, 3), "return_when": return_when}
+            _, data = self._transport.request("POST", "/jobs/wait", body=body)
+            answered = _object(data, "POST /jobs/wait").get("done")
+            for item in answered if isinstance(answered, list) else []:
+                if isinstance(item, Mapping):
+                    job = Job.from_dict(item)
+                    done[job.job_id] = job
+            finished = len(done) == len(set(ids)) or (return_when == "any" and done)
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if finished or out_of_time:
+                return (
+                    [done[i] for i in dict.fromkeys(ids) if i in done],
+                    [i for i in dict.fromkeys(ids) if i not in done],
                 )
 
     # ---------------------------------------------------------------- change
@@ -1165,6 +1304,39 @@ _T = TypeVar("_T")
 
 #: The longest one wait request asks the server to hold (it holds at most 60 s).
 _LONGEST_WAIT = 25.0
+
+# The most job ids one ask of ``POST /jobs/wait`` carries.
+_WAIT_MANY_CHUNK = 10_000
+
+def _submit_body(
+    job_type: Union[str, JobType],
+    params: Mapping[str, Any],
+    *,
+    priority: Optional[int] = None,
+    max_attempts: Optional[int] = None,
+    timeout_seconds: Optional[float] = None,
+    resources: Optional[Mapping[str, Any]] = None,
+    depends_on: Optional[Sequence[JobRef]] = None,
+    idempotency_key: Optional[str] = None,
+) -> Dict[str, Any]:
+    """A job as ``POST /jobs`` takes it: only the options given (the server applies every
+    default)."""
+    body: Dict[str, Any] = {"job_type": str(job_type), "params": dict(params)}
+    if priority is not None:
+        body["priority"] = priority
+    if max_attempts is not None:
+        body["max_attempts"] = max_attempts
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = _whole_if_integral(timeout_seconds)
+    if resources is not None:
+        body["resources"] = dict(resources)
+    if depends_on is not None:
+        if isinstance(depends_on, (str, Job)):
+            depends_on = [depends_on]
+        body["depends_on"] = [_job_id(d) for d in depends_on]
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    return body
 
 
 def _poll(

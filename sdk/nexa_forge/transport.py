@@ -1,17 +1,26 @@
-"""HTTP with :mod:`urllib.request`: JSON requests, event streams, and the mapping of every
+"""HTTP with the standard library: JSON requests, event streams, and the mapping of every
 failure (an error answer, a refused connection, a timeout) to a :class:`NexaForgeError`.
 
-Each request opens its own connection; nothing is pooled, so a client is safe to share
-between threads. An API URL may name several addresses separated by commas: control planes
-sharing one database, of which the leader answers; a request goes to the one that answered
-last, and on to the others while the connection is refused (a standby does not listen).
+JSON requests go over keep-alive connections (:mod:`http.client`), one per thread and
+server, so a client is safe to share between threads and a burst of calls pays for one
+connection, not one each. A connection the server closed while idle is noticed before it is
+used again and replaced. Event streams and downloads, which hold their connection for as
+long as they are read, each open their own (:mod:`urllib.request`), as does everything when
+an HTTP proxy is configured for the server (``http_proxy``/``https_proxy``).
+
+An API URL may name several addresses separated by commas: control planes sharing one
+database, of which the leader answers; a request goes to the one that answered last, and on
+to the others while the connection is refused (a standby does not listen).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
+import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +37,31 @@ class StreamInterrupted(Exception):
     """An event stream stopped before its end: a read timed out or the connection dropped."""
 
 
+# Methods a request may be sent again for when a kept connection turned out to be closed as
+# it was sent: asking twice changes nothing.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _Connections(threading.local):
+    """This thread's open connections, by scheme, host and port."""
+
+    def __init__(self) -> None:
+        self.open: Dict[Tuple[str, str, int], http.client.HTTPConnection] = {}
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept connection can no longer be used: the server closed it (it is
+    readable: an end of file, or bytes no request asked for)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Transport:
     """Requests against an API base URL (or several, one of which serves) with one token."""
 
@@ -38,6 +72,8 @@ class Transport:
         self.timeout = timeout
         self.user_agent = user_agent
         self._opener = urllib.request.build_opener()
+        self._connections = _Connections()
+        self._tls: Optional[ssl.SSLContext] = None
 
     @property
     def api_url(self) -> str:
@@ -78,19 +114,10 @@ class Transport:
         """Sends one request; answers the status and the decoded JSON body (``None`` when
         empty). Raises the matching :class:`NexaForgeError` for an error answer or no answer."""
         data = None if body is None else json.dumps(body).encode("utf-8")
-
-        def build(api_url: str) -> urllib.request.Request:
-            url = self.url(path, query, root=root, api_url=api_url)
-            return urllib.request.Request(url, data=data, method=method, headers=self._headers(data))
-
-        try:
-            with self._open(build) as resp:
-                status = resp.status
-                text = resp.read()
-        except urllib.error.HTTPError as e:
-            raise self._error_answer(e) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            raise self._no_answer(e) from None
+        if _proxied(self.api_url):
+            status, text = self._request_through_urllib(method, path, query, data, root)
+        else:
+            status, text = self._request_kept(method, path, query, data, root)
         if not text.strip():
             return status, None
         try:
@@ -101,6 +128,101 @@ class Transport:
                 f"not JSON ({text[:80]!r}); is api_url the API's address (it ends in /api)?",
                 status=status,
             ) from None
+
+    def _request_through_urllib(
+        self, method: str, path: str, query: Optional[Query], data: Optional[bytes], root: bool
+    ) -> Tuple[int, bytes]:
+        def build(api_url: str) -> urllib.request.Request:
+            url = self.url(path, query, root=root, api_url=api_url)
+            return urllib.request.Request(url, data=data, method=method, headers=self._headers(data))
+
+        try:
+            with self._open(build) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            raise self._error_answer(e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise self._no_answer(e) from None
+
+    def _request_kept(
+        self, method: str, path: str, query: Optional[Query], data: Optional[bytes], root: bool
+    ) -> Tuple[int, bytes]:
+        """One request over this thread's kept connection to the API URL that answered last,
+        then to the others while the connection is refused."""
+        headers = self._headers(data)
+        count = len(self.api_urls)
+        for i in range(count):
+            k = (self._current + i) % count
+            url = self.url(path, query, root=root, api_url=self.api_urls[k])
+            try:
+                status, reason, text = self._exchange(method, url, data, headers)
+            except ConnectionRefusedError as e:
+                if i + 1 < count:
+                    continue
+                raise self._no_answer(e) from None
+            except (OSError, http.client.HTTPException) as e:
+                raise self._no_answer(e) from None
+            self._current = k
+            if status >= 400:
+                raise self._error_of(status, reason, text)
+            return status, text
+        raise ServerUnavailableError(f"no API URL in {self.api_urls!r}", code="unreachable")
+
+    def _exchange(
+        self, method: str, url: str, data: Optional[bytes], headers: Dict[str, str]
+    ) -> Tuple[int, str, bytes]:
+        """Sends one request on a kept connection (made when there is none, or when the kept
+        one was closed by the server); answers the status, its reason and the body."""
+        parts = urllib.parse.urlsplit(url)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        key = (parts.scheme, parts.hostname or "", port)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        conn = self._connections.open.pop(key, None)
+        if conn is not None and _closed_by_peer(conn):
+            conn.close()
+            conn = None
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = self._connect(key, https)
+            try:
+                conn.request(method, target, body=data, headers=headers)
+                resp = conn.getresponse()
+                text = resp.read()
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+                conn.close()
+                # The server closed a kept connection as the request went: ask once more on
+                # a new one where asking twice changes nothing.
+                if reused and method in _SAFE_METHODS:
+                    conn, reused = None, False
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            if resp.will_close:
+                conn.close()
+            else:
+                self._connections.open[key] = conn
+            return resp.status, resp.reason, text
+
+    def _connect(self, key: Tuple[str, str, int], https: bool) -> http.client.HTTPConnection:
+        _, host, port = key
+        if https:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls)
+        return http.client.HTTPConnection(host, port, timeout=self.timeout)
+
+    def close(self) -> None:
+        """Closes this thread's kept connections (others close when their thread ends, or
+        when the server closes them)."""
+        for conn in self._connections.open.values():
+            conn.close()
+        self._connections.open.clear()
 
     def open_stream(self, path: str, query: Optional[Query] = None) -> http.client.HTTPResponse:
         """Opens a ``text/event-stream`` GET; the caller reads and closes the response.
@@ -186,17 +308,21 @@ class Transport:
 
     def _error_answer(self, e: urllib.error.HTTPError) -> NexaForgeError:
         try:
-            text = e.read().decode("utf-8", errors="replace")
+            raw = e.read()
         except (OSError, http.client.HTTPException):
-            text = ""
+            raw = b""
         finally:
             e.close()
+        return self._error_of(e.code, str(e.reason or ""), raw)
+
+    def _error_of(self, status: int, reason: str, raw: bytes) -> NexaForgeError:
+        text = raw.decode("utf-8", errors="replace")
         try:
             body = json.loads(text) if text.strip() else None
         except ValueError:
             body = None
-        err = error_from_response(e.code, body, text or str(e.reason or ""))
-        if e.code == 401 and not self.token and err.message:
+        err = error_from_response(status, body, text or reason)
+        if status == 401 and not self.token and err.message:
             err.message += "; pass token= or set NEXA_TOKEN (tokens come from `nexa token create`)"
         return err
 
@@ -214,6 +340,15 @@ class Transport:
             "at a running server with api_url= or NEXA_API_URL.",
             code="unreachable",
         )
+
+
+def _proxied(url: str) -> bool:
+    """Whether an HTTP proxy is configured for `url` (urllib then takes the request)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if parts.scheme not in proxies:
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def _root_of(api_url: str) -> str:

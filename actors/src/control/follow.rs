@@ -8,7 +8,7 @@
 //! change reads once and sleeps again. A change the plane did not make itself (another
 //! process writing the same store) is seen within [`RECHECK`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,93 @@ pub(crate) async fn wait(
         }
         next_change(&mut rx).await;
     }
+}
+
+/// The jobs of `ids` that have ended, in the order of `ids` (each once), once at least
+/// `at_least` of them have (all of them, at most).
+pub(crate) async fn wait_many(
+    store: Arc<dyn Store>,
+    changes: &Changes,
+    ids: &[JobId],
+    at_least: usize,
+) -> Result<Vec<Job>, PlaneError> {
+    let mut ids = ids.to_vec();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let at_least = at_least.min(ids.len());
+    let mut ended: HashMap<JobId, Job> = HashMap::new();
+    let mut rx = changes.watch();
+    loop {
+        rx.borrow_and_update();
+        let pending: Vec<JobId> = ids
+            .iter()
+            .filter(|id| !ended.contains_key(id))
+            .copied()
+            .collect();
+        let read = blocking(&store, move |s| {
+            pending
+                .into_iter()
+                .map(|id| s.get(id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        ended.extend(
+            read.into_iter()
+                .filter(|job| job.state.is_terminal())
+                .map(|job| (job.id, job)),
+        );
+        if ended.len() >= at_least {
+            return Ok(ids.iter().filter_map(|id| ended.remove(id)).collect());
+        }
+        next_change(&mut rx).await;
+    }
+}
+
+/// The job each time it changed (a new event, state or progress), from how it is now to the
+/// change that ended it.
+pub(crate) fn watch(
+    store: Arc<dyn Store>,
+    changes: &Changes,
+    id: JobId,
+) -> impl Stream<Item = Result<Job, PlaneError>> + Send + 'static {
+    struct Watcher {
+        store: Arc<dyn Store>,
+        rx: watch::Receiver<u64>,
+        id: JobId,
+        /// What the job looked like when last yielded.
+        seen: Option<(usize, JobState, nexa_runtime::Timestamp)>,
+        done: bool,
+    }
+    let watcher = Watcher {
+        store,
+        rx: changes.watch(),
+        id,
+        seen: None,
+        done: false,
+    };
+    futures_util::stream::unfold(watcher, |mut w| async move {
+        loop {
+            if w.done {
+                return None;
+            }
+            w.rx.borrow_and_update();
+            let id = w.id;
+            let job = match blocking(&w.store, move |s| s.get(id)).await {
+                Ok(job) => job,
+                Err(e) => {
+                    w.done = true;
+                    return Some((Err(e.into()), w));
+                }
+            };
+            let now = Some((job.events.len(), job.state, job.updated_at));
+            if now != w.seen {
+                w.seen = now;
+                w.done = job.state.is_terminal();
+                return Some((Ok(job), w));
+            }
+            next_change(&mut w.rx).await;
+        }
+    })
 }
 
 /// Where following a job's log begins.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use nexa_runtime::wire::{HeartbeatAck, RunningJob};
 use nexa_runtime::{
-    Epoch, Job, JobId, JobParams, JobSpec, JobState, JobType, ListQuery, Registry, Store,
-    StoreError, Submitted, WorkerId,
+    Epoch, Job, JobId, JobParams, JobSpec, JobState, JobType, ListQuery, Registry, SpecError,
+    Store, StoreError, Submitted, WorkerId,
 };
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
@@ -53,6 +53,30 @@ impl Jobs {
                 .collect();
             blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
         };
+        self.changed();
+        let _ = self.scheduler.cast(SchedulerMsg::Wake);
+        Ok(submitted)
+    }
+
+    /// See [`ControlPlane::submit_batch`](super::ControlPlane::submit_batch).
+    pub(crate) async fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        if let Some(index) = specs
+            .iter()
+            .position(|s| matches!(&s.params, JobParams::Deploy(p) if p.replicas > 1))
+        {
+            let why = "a deploy of several replicas is submitted on its own, not in a batch";
+            return Err(StoreError::Batch {
+                index,
+                source: Box::new(SpecError::new("params.replicas", why).into()),
+            });
+        }
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let submitted = blocking(&self.store, move |s| s.submit_batch(specs, now())).await?;
         self.changed();
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)

@@ -25,8 +25,8 @@ mod workers;
 
 pub(crate) use job_types::{JobTypesBody, job_types_body};
 pub(crate) use jobs::{
-    CancelRequest, EventsBody, JobBody, JobPage, ListParams, PipelineLinkBody, WaitParams,
-    event_body, job_body,
+    CancelRequest, EventParams, EventsBody, JobBody, JobPage, ListParams, PipelineLinkBody,
+    WaitManyBody, WaitManyRequest, WaitParams, event_body, job_body,
 };
 pub(crate) use logs::{LogParams, LogsBody, line_body};
 pub(crate) use names::{job_type_list, state};
@@ -34,7 +34,7 @@ pub(crate) use reports::{
     CompleteRequest, EpochRequest, FailRequest, LogAckBody, LogBatchRequest, ProgressAnswer,
     ProgressRequest, StartedAnswer,
 };
-pub(crate) use submit::SubmitRequest;
+pub(crate) use submit::{BatchBody, BatchRequest, SubmitRequest, SubmittedBody};
 pub(crate) use values::{MAX_SAFE, epoch, job_id, lease_token, path_job, time};
 pub(crate) use workers::{
     AssignmentBody, HeartbeatAnswer, HeartbeatRequest, NextJobParams, RegisterRequest,

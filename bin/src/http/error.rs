@@ -118,6 +118,17 @@ impl ApiError {
         Self::new(status, code, message)
     }
 
+    /// This error as one of a list's items: its field under `prefix` (`jobs[3].params.seed`),
+    /// its message led by it.
+    pub(crate) fn within(mut self, prefix: &str) -> Self {
+        self.field = Some(match self.field.take() {
+            Some(field) => format!("{prefix}.{field}"),
+            None => prefix.to_owned(),
+        });
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
     pub(crate) fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

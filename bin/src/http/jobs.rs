@@ -8,16 +8,19 @@ use actix_web::web::{self, Bytes, Json};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
 use nexa_actors::{FollowFrom, LogEvent, PlaneError};
-use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery, WorkerId};
+use nexa_runtime::{Job, JobId, JobState, JobType, ListQuery, LogQuery, StoreError, WorkerId};
 
 use super::api::{
-    self, CancelRequest, CompleteRequest, EpochRequest, EventsBody, FailRequest, JobBody, JobPage,
-    JobTypesBody, ListParams, LogAckBody, LogBatchRequest, LogParams, LogsBody, ProgressAnswer,
-    ProgressRequest, StartedAnswer, SubmitRequest, WaitParams, job_types_body,
+    self, BatchBody, BatchRequest, CancelRequest, CompleteRequest, EpochRequest, EventParams,
+    EventsBody, FailRequest, JobBody, JobPage, JobTypesBody, ListParams, LogAckBody,
+    LogBatchRequest, LogParams, LogsBody, ProgressAnswer, ProgressRequest, StartedAnswer,
+    SubmitRequest, SubmittedBody, WaitManyBody, WaitManyRequest, WaitParams, job_types_body,
 };
 use super::auth::{Caller, Reader, WorkerCaller, Writer};
 use super::error::{ApiError, ErrorBody};
-use super::responses::{BadQuery, NoSuchJob, ReadErrors, Unauthorized, WriteErrors};
+use super::responses::{
+    BadQuery, Invalid, Malformed, NoSuchJob, ReadErrors, TooLarge, Unauthorized, WriteErrors,
+};
 use super::{State, read_json};
 
 /// The job as shown, with why it waits when it does.
@@ -104,6 +107,75 @@ pub(crate) async fn submit(
         body.replica_job_ids = Some(all.iter().map(|s| s.id.to_string()).collect());
     }
     Ok(HttpResponse::build(status).json(body))
+}
+
+/// The most jobs one batch submits.
+const MAX_BATCH: usize = 1000;
+
+/// Submit several jobs at once: all of them, or none.
+#[utoipa::path(
+    post, path = "/api/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Created (some or all of them; the others were made earlier with the same idempotency keys)", body = BatchBody),
+        (status = 200, description = "Every job was made earlier, with the same idempotency keys", body = BatchBody),
+        WriteErrors,
+        (status = 409, description = "An idempotency key used for another spec", body = ErrorBody),
+    )
+)]
+pub(crate) async fn submit_batch(
+    Writer(caller): Writer,
+    state: web::Data<State>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: BatchRequest = read_json(&body)?;
+    if !(1..=MAX_BATCH).contains(&request.jobs.len()) {
+        return Err(ApiError::invalid(
+            "jobs",
+            format!(
+                "a batch has 1 to {MAX_BATCH} jobs, not {}",
+                request.jobs.len()
+            ),
+        ));
+    }
+    let specs = request
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, job)| {
+            job.into_spec(None)
+                .map_err(|e| e.within(&format!("jobs[{i}]")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let submitted = state.plane.submit_batch(specs).await.map_err(|e| {
+        let index = match &e {
+            PlaneError::Invalid(StoreError::Batch { index, .. })
+            | PlaneError::Conflict(StoreError::Batch { index, .. }) => Some(*index),
+            _ => None,
+        };
+        let e = ApiError::from(e);
+        match index {
+            Some(i) => e.within(&format!("jobs[{i}]")),
+            None => e,
+        }
+    })?;
+    for s in submitted.iter().filter(|s| s.created) {
+        audit(&caller, "submit", s.id);
+    }
+    let status = if submitted.iter().any(|s| s.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let jobs = submitted
+        .iter()
+        .map(|s| SubmittedBody {
+            job_id: s.id.to_string(),
+            status: s.state.as_str().to_owned(),
+            created: s.created,
+        })
+        .collect();
+    Ok(HttpResponse::build(status).json(BatchBody { jobs }))
 }
 
 /// One line of the audit log (target `nexa::audit`): who changed which job, and how.
@@ -291,25 +363,148 @@ pub(crate) async fn wait(
     Ok(Json(show(&state, &job, false).await))
 }
 
-/// A job's state changes.
+/// The most jobs one wait names.
+const MAX_WAIT_MANY: usize = 10_000;
+
+/// Wait for several jobs to end: all of them, or the first.
+#[utoipa::path(
+    post, path = "/api/jobs/wait", tag = "jobs",
+    request_body = WaitManyRequest,
+    responses(
+        (status = 200, description = "The jobs that have ended and the ids of the others, once all (or one, with `return_when: any`) have ended or the timeout passed", body = WaitManyBody),
+        ReadErrors, Malformed, TooLarge, Invalid, NoSuchJob,
+    )
+)]
+pub(crate) async fn wait_many(
+    _: Reader,
+    state: web::Data<State>,
+    body: Bytes,
+) -> Result<Json<WaitManyBody>, ApiError> {
+    let request: WaitManyRequest = read_json(&body)?;
+    if !(1..=MAX_WAIT_MANY).contains(&request.job_ids.len()) {
+        return Err(ApiError::invalid(
+            "job_ids",
+            format!(
+                "name 1 to {MAX_WAIT_MANY} jobs, not {}",
+                request.job_ids.len()
+            ),
+        ));
+    }
+    let ids = request
+        .job_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| api::job_id(&format!("job_ids[{i}]"), id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seconds = request.timeout.unwrap_or(30.0);
+    if !(seconds > 0.0 && seconds <= 60.0) {
+        return Err(ApiError::invalid(
+            "timeout",
+            "must be above 0 and at most 60 seconds",
+        ));
+    }
+    let at_least = match request.return_when.as_deref().unwrap_or("all") {
+        "all" => ids.len(),
+        "any" => 1,
+        other => {
+            return Err(ApiError::invalid(
+                "return_when",
+                format!("{other:?} is neither \"all\" nor \"any\""),
+            ));
+        }
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs_f64(seconds),
+        state.plane.wait_many(&ids, at_least),
+    )
+    .await;
+    let done = match waited {
+        Ok(done) => done?,
+        // Out of time: the jobs that have ended by now.
+        Err(_) => state.plane.wait_many(&ids, 0).await?,
+    };
+    let ended: std::collections::HashSet<JobId> = done.iter().map(|j| j.id).collect();
+    let mut pending = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    for id in &ids {
+        if !ended.contains(id) && named.insert(*id) {
+            pending.push(id.to_string());
+        }
+    }
+    let mut bodies = Vec::with_capacity(done.len());
+    for job in &done {
+        bodies.push(show(&state, job, false).await);
+    }
+    Ok(Json(WaitManyBody {
+        done: bodies,
+        pending,
+    }))
+}
+
+/// A job's state changes, or (`follow=true`) a stream of them as server-sent events.
 #[utoipa::path(
     get, path = "/api/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "Job id, like job-7")),
+    params(("id" = String, Path, description = "Job id, like job-7"), EventParams),
     responses(
-        (status = 200, description = "Its events, oldest first", body = EventsBody),
-        ReadErrors, NoSuchJob,
+        (status = 200, description = "Its events, oldest first; with follow=true, a text/event-stream of `event` events (each with its `index`) as they are stored, then `end`", body = EventsBody),
+        ReadErrors, BadQuery, NoSuchJob,
     )
 )]
 pub(crate) async fn events(
     _: Reader,
     state: web::Data<State>,
     id: web::Path<String>,
-) -> Result<Json<EventsBody>, ApiError> {
+    query: web::Query<EventParams>,
+) -> Result<HttpResponse, ApiError> {
     let job = load(&state, api::path_job(&id)?).await?;
-    Ok(Json(EventsBody {
+    if query.follow.unwrap_or(false) {
+        let from = query.from.unwrap_or(0);
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(events_sse(state.plane.watch_job(job.id), from)));
+    }
+    Ok(HttpResponse::Ok().json(EventsBody {
         job_id: job.id.to_string(),
         events: job.events.iter().map(api::event_body).collect(),
     }))
+}
+
+/// A job's events as server-sent events, from the `from`th: `event` (the event, with its
+/// `index`), then `end` (the job's final status) or `error`, with a keep-alive comment when
+/// it is quiet.
+fn events_sse(
+    job: impl Stream<Item = Result<Job, PlaneError>> + Send + 'static,
+    from: usize,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold(Some((Box::pin(job), from)), |watched| async move {
+        let (mut job, sent) = watched?;
+        let chunk = match tokio::time::timeout(KEEP_ALIVE, job.next()).await {
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+            Ok(None) => return None,
+            Ok(Some(Ok(now))) => {
+                let mut text = String::new();
+                for (index, event) in now.events.iter().enumerate().skip(sent) {
+                    let mut data = serde_json::to_value(api::event_body(event)).unwrap_or_default();
+                    data["index"] = index.into();
+                    text.push_str(&format!("event: event\ndata: {data}\n\n"));
+                }
+                let sent = sent.max(now.events.len());
+                if now.state.is_terminal() {
+                    let end = serde_json::json!({"status": now.state.as_str()});
+                    text.push_str(&format!("event: end\ndata: {end}\n\n"));
+                    return Some((Ok(Bytes::from(text)), None));
+                }
+                return Some((Ok(Bytes::from(text)), Some((job, sent))));
+            }
+            Ok(Some(Err(e))) => {
+                let chunk = sse("error", &serde_json::json!({"message": e.to_string()}));
+                return Some((Ok(chunk), None));
+            }
+        };
+        Some((Ok(chunk), Some((job, sent))))
+    })
 }
 
 /// A job's log lines, or (`follow=true`) a stream of them as server-sent events.

@@ -108,7 +108,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
         description = "Submit and watch ML lifecycle jobs (generate, audit, distill, train, evaluate, deploy); workers in any language can lease and run them over HTTP. Errors are JSON: {\"error\": {\"code\", \"message\", \"field\"}}. With tokens configured, send `Authorization: Bearer <token>`.",
     ),
     paths(
-        jobs::job_types, jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::wait, jobs::events, jobs::logs,
+        jobs::job_types, jobs::submit, jobs::submit_batch, jobs::wait_many, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::wait, jobs::events, jobs::logs,
         jobs::started, jobs::append_logs, jobs::progress, jobs::complete, jobs::fail,
         workers::register, workers::list, workers::heartbeat, workers::next_job,
         workers::messages,
@@ -188,6 +188,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(jobs::submit)),
         )
         .service(resource("/api/job_types", "GET").route(web::get().to(jobs::job_types)))
+        // Before /api/jobs/{id}, which would take their paths.
+        .service(resource("/api/jobs/batch", "POST").route(web::post().to(jobs::submit_batch)))
+        .service(resource("/api/jobs/wait", "POST").route(web::post().to(jobs::wait_many)))
         .service(
             resource("/api/jobs/{id}", "GET, DELETE")
                 .route(web::get().to(jobs::get))

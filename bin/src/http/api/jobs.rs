@@ -312,6 +312,43 @@ pub(crate) struct WaitParams {
     pub(crate) timeout: Option<f64>,
 }
 
+/// Several jobs to wait for.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitManyRequest {
+    /// The jobs, 1 to 10,000 of them (an id given twice counts once).
+    #[schema(min_items = 1, max_items = 10000, value_type = Vec<super::names::JobIdText>)]
+    pub(crate) job_ids: Vec<String>,
+    /// Seconds to wait at most (above 0, at most 60; default 30).
+    #[schema(exclusive_minimum = 0, maximum = 60)]
+    pub(crate) timeout: Option<f64>,
+    /// `all` (default): answer once every job has ended; `any`: once one has.
+    #[schema(example = "all")]
+    pub(crate) return_when: Option<String>,
+}
+
+/// The jobs waited for, split as `concurrent.futures.wait` splits them.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WaitManyBody {
+    /// The jobs that have ended, in the order asked.
+    pub(crate) done: Vec<JobBody>,
+    /// The ids of the others, in the order asked.
+    #[schema(value_type = Vec<super::names::JobIdText>)]
+    pub(crate) pending: Vec<String>,
+}
+
+/// How to follow a job's events.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventParams {
+    /// Stream the events as server-sent events (`event`, then `end` once the job has ended)
+    /// instead of answering them at once.
+    pub(crate) follow: Option<bool>,
+    /// With `follow`, the index of the first event to send (default 0): a client that
+    /// reconnects sends how many it has.
+    pub(crate) from: Option<usize>,
+}
+
 /// Why a job is cancelled.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

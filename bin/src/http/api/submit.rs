@@ -45,6 +45,34 @@ pub(crate) struct SubmitRequest {
     pub(crate) idempotency_key: Option<String>,
 }
 
+/// Several jobs to submit at once: all of them, or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    /// 1 to 1,000 jobs, each as `POST /api/jobs` takes one (with its own `idempotency_key`,
+    /// if any).
+    #[schema(min_items = 1, max_items = 1000)]
+    pub(crate) jobs: Vec<SubmitRequest>,
+}
+
+/// The jobs a batch made (or, sent again with the same keys, had made), in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchBody {
+    pub(crate) jobs: Vec<SubmittedBody>,
+}
+
+/// One job of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SubmittedBody {
+    #[schema(value_type = JobIdText)]
+    pub(crate) job_id: String,
+    /// `queued`, or `waiting` on its dependencies (or the status of the job made earlier
+    /// with the same key).
+    pub(crate) status: String,
+    /// False when the job was made earlier, with the same idempotency key.
+    pub(crate) created: bool,
+}
+
 /// What a job needs from the worker that runs it.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
