@@ -635,8 +635,8 @@ impl ControlPlane {
     /// Deletes a finished job with its log (see [`Store::delete`] for what is kept), then the
     /// artifacts it made that no other job made or names.
     pub async fn delete(&self, id: JobId) -> Result<Job, PlaneError> {
-        let job = blocking(&self.jobs.store, move |s| s.delete(id)).await?;
-        self.jobs.changed();
+        let job =
+            follow::write(&self.jobs.store, &self.jobs.changes, move |s| s.delete(id)).await?;
         collect_artifacts(&self.jobs.store, &self.artifacts, self.remote.as_ref()).await;
         Ok(job)
     }

@@ -209,7 +209,8 @@ pub(crate) fn run(command: Command) -> Result<ExitCode> {
         | Command::Server(_)
         | Command::Worker(_)
         | Command::Token(_)
-        | Command::Store(_) => {
+        | Command::Store(_)
+        | Command::Bench(_) => {
             bail!("not a client command")
         }
     }

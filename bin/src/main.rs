@@ -4,7 +4,10 @@
 //!   platform on a laptop with one command.
 //! - `nexa server` — the control plane: the job store and the QUIC port workers join.
 //! - `nexa worker` — a worker that joins a control plane and runs jobs.
+//! - `nexa bench` — the platform measured: scenarios run in this process or against a
+//!   running control plane, results as JSON, and two results compared.
 
+mod bench;
 mod cli;
 mod http;
 mod http_worker;
@@ -17,9 +20,9 @@ use clap::Parser;
 
 use crate::options::{Cli, Command, LogFormat};
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NEXA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("NEXA_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -31,10 +34,17 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // A benchmark's report is its output: the nodes it runs say only what goes wrong.
+    let level = match cli.command {
+        // (Workers leaving at its end, or stopped on purpose, are not news.)
+        Command::Bench(_) => "warn,nexa_actors::control::quic=error,nexa_actors::worker=error",
+        _ => "info",
+    };
+    init_logging(cli.log_format, level);
     let result = match cli.command {
         Command::Token(cmd) => cli::token(cmd),
         Command::Store(cmd) => cli::store(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
         node @ (Command::Up(_) | Command::Server(_) | Command::Worker(_)) => run_node(node),
         client => cli::run(client),
     };

@@ -77,6 +77,132 @@ pub(crate) enum Command {
     /// Run pipelines (a DAG of job and gate steps, from a TOML or JSON file) and watch them.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// Measure the platform: `nexa bench run bench/throughput.toml --out a.json`, then
+    /// `nexa bench compare a.json b.json`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Run a scenario (a TOML file, flags, or both: flags win) and report its figures.
+    Run(Box<BenchRunArgs>),
+    /// Compare two results of `nexa bench run --out`, figure by figure.
+    Compare(BenchCompareArgs),
+}
+
+/// A benchmark scenario's settings, each overriding the scenario file's.
+#[derive(Debug, Args)]
+pub(crate) struct BenchRunArgs {
+    /// The scenario file (TOML; the fields are these flags' names with underscores).
+    pub(crate) scenario: Option<PathBuf>,
+    /// Write the result, as JSON, to this file.
+    #[arg(long, short)]
+    pub(crate) out: Option<PathBuf>,
+    /// The scenario's name, for the report.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Jobs measured (after the warm-up); ignored with --duration.
+    #[arg(long)]
+    pub(crate) jobs: Option<u64>,
+    /// Run for this many seconds instead of a number of jobs.
+    #[arg(long)]
+    pub(crate) duration: Option<f64>,
+    /// Jobs run first, unmeasured.
+    #[arg(long)]
+    pub(crate) warmup: Option<u64>,
+    /// Clients submitting and waiting at once (a closed loop: each submits, waits for the
+    /// result, and submits again).
+    #[arg(long)]
+    pub(crate) clients: Option<u32>,
+    /// Jobs per second arriving on their own (an open loop), instead of --clients.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Jobs per submit: above 1, a batch (POST /api/jobs/batch, ControlPlane::submit_batch)
+    /// waited for together.
+    #[arg(long)]
+    pub(crate) batch: Option<u32>,
+    /// How clients reach the control plane: `library` (its Rust API) or `http` (its HTTP
+    /// API, over kept-alive connections).
+    #[arg(long, value_enum)]
+    pub(crate) client: Option<BenchClient>,
+    /// The job type submitted (bench workers run every type as a no-op).
+    #[arg(long)]
+    pub(crate) job_type: Option<JobType>,
+    /// Bench workers (each runs every job as a no-op, so the platform's own cost is what
+    /// is measured).
+    #[arg(long)]
+    pub(crate) workers: Option<u32>,
+    /// Jobs each bench worker runs at once.
+    #[arg(long)]
+    pub(crate) slots: Option<u32>,
+    /// The control plane's store: `redb` (a file), `memory`, or `postgres` (--database-url).
+    #[arg(long, value_enum)]
+    pub(crate) store: Option<BenchStore>,
+    /// The PostgreSQL database for --store postgres: one of its own (an empty database or
+    /// schema), since the run's jobs stay there.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "NEXA_BENCH_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub(crate) database_url: Option<String>,
+    /// Stop a bench worker abruptly every this many seconds (and start another): its jobs
+    /// run again once their lease runs out.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) kill_worker_every: Option<f64>,
+    /// Jobs that no worker can take, queued before the run: a control plane with a deep
+    /// queue.
+    #[arg(long)]
+    pub(crate) queued: Option<u64>,
+    /// Workers registered through the library that heartbeat once a second (and never ask
+    /// for work) during the run.
+    #[arg(long)]
+    pub(crate) simulated_workers: Option<u32>,
+    /// Run against a running control plane's HTTP API instead of one started here (its
+    /// own workers run the jobs, with --params).
+    #[arg(long, value_name = "URL")]
+    pub(crate) api: Option<String>,
+    /// The API token, for --api.
+    #[arg(long, env = "NEXA_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The submitted jobs' params, as JSON (default: the smallest valid params of the type).
+    #[arg(long, value_name = "JSON")]
+    pub(crate) params: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchCompareArgs {
+    /// The first result (the baseline).
+    pub(crate) before: PathBuf,
+    /// The second result.
+    pub(crate) after: PathBuf,
+    /// Every figure, the store calls' one by one included.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+/// How bench clients reach the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BenchClient {
+    /// Its Rust API, in this process.
+    Library,
+    /// Its HTTP API.
+    Http,
+}
+
+/// The store of a benchmark's control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BenchStore {
+    /// One redb file, as `nexa up` keeps it.
+    Redb,
+    /// In memory: the platform without a disk.
+    Memory,
+    /// PostgreSQL.
+    Postgres,
 }
 
 #[derive(Debug, Subcommand)]

@@ -88,7 +88,7 @@ pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobTy
 pub use store::{
     Call, Copied, Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery,
     Page, ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit,
-    WriteOp, copy,
+    WriteOp, copy, recording,
 };
 pub use time::Timestamp;
 pub use worker::{Gpu, WorkerInfo, WorkerRecord, WorkerStatus};

@@ -15,12 +15,14 @@
 
 mod ops;
 mod tables;
+mod touched;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use tables::{Counter, FaultKind, ReadTables, StorageFault, Tables, Visit};
+pub use touched::recording;
 
 use crate::id::{Epoch, InvalidWorkerId, JobId, WorkerId};
 use crate::job::{Job, JobError, JobOutput, JobState, TransitionError};
@@ -500,7 +502,8 @@ impl Call {
 impl<E: Engine> Store for E {
     fn submit(&self, spec: JobSpec, now: Timestamp) -> Result<Submitted, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("submit", None),
             Box::new(move |t| ops::submit(t, &cfg, spec, now)),
         )
@@ -511,7 +514,8 @@ impl<E: Engine> Store for E {
         specs: Vec<JobSpec>,
         now: Timestamp,
     ) -> Result<Vec<Submitted>, StoreError> {
-        self.write(
+        touched::write(
+            self,
             Call::new("submit_batch", None),
             Box::new(move |t| ops::submit_batch(t, specs, now)),
         )
@@ -555,7 +559,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("lease_next", None),
             Box::new(move |t| ops::lease_next(t, &cfg, &request, now)),
         )
@@ -567,7 +572,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("lease_many", None),
             Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)),
         )
@@ -575,7 +581,8 @@ impl<E: Engine> Store for E {
 
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("start", Some(id)),
             Box::new(move |t| {
                 let ttl = cfg.lease_ttl;
@@ -592,7 +599,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LeaseStatus, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("heartbeat", Some(id)),
             Box::new(move |t| {
                 let ttl = cfg.lease_ttl;
@@ -623,7 +631,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("complete", Some(id)),
             Box::new(move |t| {
                 ops::report(
@@ -646,7 +655,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("fail", Some(id)),
             Box::new(move |t| {
                 ops::report(t, &cfg, id, crate::Transition::Fail { epoch, error }, now)
@@ -657,7 +667,8 @@ impl<E: Engine> Store for E {
 
     fn cancel(&self, id: JobId, reason: String, now: Timestamp) -> Result<JobState, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("cancel", Some(id)),
             Box::new(move |t| {
                 ops::report(t, &cfg, id, crate::Transition::Cancel { reason }, now).map(|j| j.state)
@@ -667,7 +678,8 @@ impl<E: Engine> Store for E {
 
     fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("expire", None),
             Box::new(move |t| ops::expire(t, &cfg, now)),
         )
@@ -675,7 +687,8 @@ impl<E: Engine> Store for E {
 
     fn renew_leases(&self, until: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("renew_leases", None),
             Box::new(move |t| ops::renew_leases(t, &cfg, until, now)),
         )
@@ -690,7 +703,8 @@ impl<E: Engine> Store for E {
         now: Timestamp,
     ) -> Result<LogAck, StoreError> {
         let cfg = self.config().clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("append_logs", Some(id)),
             Box::new(move |t| ops::append_logs(t, &cfg, id, epoch, first_seq, lines, now)),
         )
@@ -707,7 +721,8 @@ impl<E: Engine> Store for E {
         info: WorkerInfo,
         now: Timestamp,
     ) -> Result<WorkerRecord, StoreError> {
-        self.write(
+        touched::write(
+            self,
             Call::new("register_worker", None),
             Box::new(move |t| ops::register_worker(t, info, now)),
         )
@@ -715,7 +730,8 @@ impl<E: Engine> Store for E {
 
     fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("worker_heartbeat", None),
             Box::new(move |t| ops::touch_worker(t, &id, false, now)),
         )
@@ -723,7 +739,8 @@ impl<E: Engine> Store for E {
 
     fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError> {
         let id = id.clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("drain_worker", None),
             Box::new(move |t| ops::touch_worker(t, &id, true, now)),
         )
@@ -731,14 +748,16 @@ impl<E: Engine> Store for E {
 
     fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(
+        touched::write(
+            self,
             Call::new("remove_worker", None),
             Box::new(move |t| ops::remove_worker(t, &id)),
         )
     }
 
     fn delete(&self, id: JobId) -> Result<Job, StoreError> {
-        self.write(
+        touched::write(
+            self,
             Call::new("delete", Some(id)),
             Box::new(move |t| ops::delete(t, id)),
         )
@@ -750,7 +769,8 @@ impl<E: Engine> Store for E {
         from: JobId,
         scan: usize,
     ) -> Result<(Vec<JobId>, Option<JobId>), StoreError> {
-        self.write(
+        touched::write(
+            self,
             Call::new("delete_finished_before", None),
             Box::new(move |t| ops::delete_finished_before(t, before, from, scan)),
         )

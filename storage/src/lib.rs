@@ -18,6 +18,7 @@
 //! It deliberately does not replicate: one control plane owns one file.
 
 mod artifacts;
+mod counted;
 mod fault;
 mod group;
 mod postgres;
@@ -27,6 +28,7 @@ mod remote;
 mod tables;
 
 pub use artifacts::{ArtifactError, ArtifactStore, CheckpointPointer, hash_file};
+pub use counted::{IoCounts, IoSnapshot};
 pub use postgres::{PgCredentials, PgStore, SCHEMA_VERSION, StoredSession, StoredToken, in_schema};
 pub use redb_store::{DEFAULT_PATH, FORMAT_VERSION, OpenError, RedbStore};
 pub use remote::{ByteStream, REMOTE_SCHEMES, RemoteBlobs, RemoteError, fetch_remote, is_remote};

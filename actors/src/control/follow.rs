@@ -1,20 +1,21 @@
-//! Waiting for jobs without polling: [`Changes`] tells waiters that jobs changed, and
-//! [`wait`] and [`follow`] read again only then.
+//! Waiting for jobs without polling: [`Changes`] wakes the waiters of the jobs a write
+//! changed, and [`wait`], [`wait_many`], [`watch`] and [`follow`] read again only then.
 //!
-//! Every write the plane makes to a job (a submission, a lease, a worker's report, a cancel,
-//! an expiry, a deletion) bumps one counter after the store acknowledged it. A waiter marks
-//! the counter seen, reads, and sleeps until it moves, so it misses nothing written after its
-//! read. The counter says only that *some* job changed: a waiter woken for another job's
-//! change reads once and sleeps again. A change the plane did not make itself (another
-//! process writing the same store) is seen within [`RECHECK`].
+//! Every write the plane makes (a submission, a lease, a worker's report or log lines, a
+//! cancel, an expiry, a deletion) goes through [`write`], which learns from the store which
+//! jobs it changed (their records or logs, the cascade to dependents included:
+//! [`nexa_runtime::recording`]) and, once the store acknowledged it, wakes the waiters of
+//! those jobs and no others. A waiter registers its interest before it reads, so it misses
+//! nothing written after its read. A change the plane did not make itself (another process
+//! writing the same store) is seen within [`RECHECK`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::Stream;
-use nexa_runtime::{Job, JobId, JobState, LogLine, LogQuery, Store};
-use tokio::sync::watch;
+use nexa_runtime::{Job, JobId, JobState, LogLine, LogQuery, Store, StoreError};
+use tokio::sync::Notify;
 
 use super::PlaneError;
 use super::blocking;
@@ -25,33 +26,103 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// Log lines read at once while following.
 const FOLLOW_PAGE: usize = 1000;
 
-/// A counter of job changes, bumped after every write the plane makes to a job.
-#[derive(Clone, Debug)]
-pub(crate) struct Changes(Arc<watch::Sender<u64>>);
+/// The waiters of each job, woken when a write changed it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Changes(Arc<Mutex<Waiters>>);
 
-impl Default for Changes {
-    fn default() -> Self {
-        Self(Arc::new(watch::channel(0).0))
-    }
+#[derive(Debug, Default)]
+struct Waiters {
+    next: u64,
+    /// By job, its waiters: each its key and how to wake it.
+    by_job: HashMap<JobId, Vec<(u64, Arc<Notify>)>>,
 }
 
 impl Changes {
-    /// Jobs changed.
-    pub(crate) fn bump(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn watch(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+    /// `jobs` changed: their waiters read again.
+    pub(crate) fn touched(&self, jobs: &[JobId]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let waiters = self.lock();
+        for id in jobs {
+            for (_, notify) in waiters.by_job.get(id).into_iter().flatten() {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Interest in `jobs`: [`Interest::changed`] returns once one of them changed since the
+    /// interest was taken (or since the last time it returned).
+    pub(crate) fn interest(&self, jobs: &[JobId]) -> Interest {
+        let notify = Arc::new(Notify::new());
+        let mut waiters = self.lock();
+        let key = waiters.next;
+        waiters.next += 1;
+        for id in jobs {
+            waiters
+                .by_job
+                .entry(*id)
+                .or_default()
+                .push((key, notify.clone()));
+        }
+        drop(waiters);
+        Interest {
+            changes: self.clone(),
+            key,
+            jobs: jobs.to_vec(),
+            notify,
+        }
     }
 }
 
-/// Sleeps until a change after the last one `rx` saw, or [`RECHECK`].
-async fn next_change(rx: &mut watch::Receiver<u64>) {
-    if let Ok(Err(_)) = tokio::time::timeout(RECHECK, rx.changed()).await {
-        // The plane is gone: nothing will bump the counter any more.
-        tokio::time::sleep(RECHECK).await;
+/// A waiter's interest in some jobs, withdrawn when dropped.
+pub(crate) struct Interest {
+    changes: Changes,
+    key: u64,
+    jobs: Vec<JobId>,
+    notify: Arc<Notify>,
+}
+
+impl Interest {
+    /// Returns once one of the jobs changed, or after [`RECHECK`] (for changes another
+    /// process made).
+    async fn changed(&self) {
+        let _ = tokio::time::timeout(RECHECK, self.notify.notified()).await;
     }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let mut waiters = self.changes.lock();
+        for id in &self.jobs {
+            if let Some(list) = waiters.by_job.get_mut(id) {
+                list.retain(|(k, _)| *k != self.key);
+                if list.is_empty() {
+                    waiters.by_job.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Runs a store write off the async threads; once it is stored, the waiters of the jobs it
+/// changed are woken.
+pub(crate) async fn write<R: Send + 'static>(
+    store: &Arc<dyn Store>,
+    changes: &Changes,
+    op: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let (result, touched) = blocking(store, move |s| Ok(nexa_runtime::recording(|| op(s))))
+        .await
+        .unwrap_or_else(|e| (Err(e), Vec::new()));
+    changes.touched(&touched);
+    result
 }
 
 /// The job once it has ended (succeeded, failed or cancelled).
@@ -60,14 +131,13 @@ pub(crate) async fn wait(
     changes: &Changes,
     id: JobId,
 ) -> Result<Job, PlaneError> {
-    let mut rx = changes.watch();
+    let interest = changes.interest(&[id]);
     loop {
-        rx.borrow_and_update();
         let job = blocking(&store, move |s| s.get(id)).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
-        next_change(&mut rx).await;
+        interest.changed().await;
     }
 }
 
@@ -84,9 +154,8 @@ pub(crate) async fn wait_many(
     ids.retain(|id| seen.insert(*id));
     let at_least = at_least.min(ids.len());
     let mut ended: HashMap<JobId, Job> = HashMap::new();
-    let mut rx = changes.watch();
+    let interest = changes.interest(&ids);
     loop {
-        rx.borrow_and_update();
         let pending: Vec<JobId> = ids
             .iter()
             .filter(|id| !ended.contains_key(id))
@@ -107,7 +176,7 @@ pub(crate) async fn wait_many(
         if ended.len() >= at_least {
             return Ok(ids.iter().filter_map(|id| ended.remove(id)).collect());
         }
-        next_change(&mut rx).await;
+        interest.changed().await;
     }
 }
 
@@ -120,7 +189,7 @@ pub(crate) fn watch(
 ) -> impl Stream<Item = Result<Job, PlaneError>> + Send + 'static {
     struct Watcher {
         store: Arc<dyn Store>,
-        rx: watch::Receiver<u64>,
+        interest: Interest,
         id: JobId,
         /// What the job looked like when last yielded.
         seen: Option<(usize, JobState, nexa_runtime::Timestamp)>,
@@ -128,7 +197,7 @@ pub(crate) fn watch(
     }
     let watcher = Watcher {
         store,
-        rx: changes.watch(),
+        interest: changes.interest(&[id]),
         id,
         seen: None,
         done: false,
@@ -138,7 +207,6 @@ pub(crate) fn watch(
             if w.done {
                 return None;
             }
-            w.rx.borrow_and_update();
             let id = w.id;
             let job = match blocking(&w.store, move |s| s.get(id)).await {
                 Ok(job) => job,
@@ -153,7 +221,7 @@ pub(crate) fn watch(
                 w.done = job.state.is_terminal();
                 return Some((Ok(job), w));
             }
-            next_change(&mut w.rx).await;
+            w.interest.changed().await;
         }
     })
 }
@@ -214,7 +282,7 @@ pub(crate) fn follow(
 ) -> impl Stream<Item = Result<LogEvent, PlaneError>> + Send + 'static {
     let follower = Follower {
         store,
-        rx: changes.watch(),
+        interest: changes.interest(&[job]),
         job,
         attempt: None,
         first: from.attempt.max(1),
@@ -231,7 +299,7 @@ pub(crate) fn follow(
 
 struct Follower {
     store: Arc<dyn Store>,
-    rx: watch::Receiver<u64>,
+    interest: Interest,
     job: JobId,
     /// The attempt being read; `None` until the first one followed has begun.
     attempt: Option<u32>,
@@ -253,13 +321,12 @@ impl Follower {
             if self.done {
                 return None;
             }
-            self.rx.borrow_and_update();
             if let Err(e) = self.read().await {
                 self.done = true;
                 return Some(Err(e));
             }
             if self.out.is_empty() && !self.done {
-                next_change(&mut self.rx).await;
+                self.interest.changed().await;
             }
         }
     }

@@ -8,7 +8,7 @@ use nexa_runtime::{JobId, Store};
 use nexa_storage::{ArtifactStore, RemoteBlobs};
 use tracing::{info, warn};
 
-use super::follow::Changes;
+use super::follow::{Changes, write};
 use super::{artifacts, blocking};
 use crate::clock::now;
 
@@ -77,14 +77,13 @@ pub(super) async fn prune_jobs(
             return;
         };
         let before = nexa_runtime::Timestamp(now().0.saturating_sub(retention.as_millis() as u64));
-        match blocking(&store, move |s| {
+        match write(&store, &changes, move |s| {
             s.delete_finished_before(before, from, SCAN)
         })
         .await
         {
             Ok((deleted, next)) => {
                 if !deleted.is_empty() {
-                    changes.bump();
                     info!(
                         count = deleted.len(),
                         "deleted finished jobs older than {retention:?}"

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use super::blocking;
-use super::follow::Changes;
+use super::follow::{Changes, write};
 use super::report::{Applied, Report};
 use super::scheduler::SchedulerMsg;
 use crate::clock::now;
@@ -228,7 +228,10 @@ impl Actor for JobActor {
                 reply,
             } => {
                 let outcome = report.is_outcome();
-                let result = blocking(&state.store, move |s| report.apply(s, id, epoch)).await;
+                let result = write(&state.store, &state.changes, move |s| {
+                    report.apply(s, id, epoch)
+                })
+                .await;
                 let after = match &result {
                     Ok(Applied::Lease(status)) => Some(status.lease_expires_at),
                     _ => None,
@@ -245,7 +248,10 @@ impl Actor for JobActor {
                 }
             }
             JobMsg::Cancel { reason, reply } => {
-                let result = blocking(&state.store, move |s| s.cancel(id, reason, now())).await;
+                let result = write(&state.store, &state.changes, move |s| {
+                    s.cancel(id, reason, now())
+                })
+                .await;
                 if let (Ok(JobState::Cancelling), Some(session)) = (&result, &state.session) {
                     // Tell the worker now rather than at its next heartbeat.
                     if let Ok(job) = blocking(&state.store, move |s| s.get(id)).await
@@ -271,14 +277,11 @@ impl Actor for JobActor {
                 state.refresh(&myself).await;
             }
             JobMsg::Due => {
-                let expired = blocking(&state.store, |s| s.expire(now())).await;
+                let expired = write(&state.store, &state.changes, |s| s.expire(now())).await;
                 match expired {
                     Ok(list) => {
                         for e in &list {
                             info!(job = %e.job, state = %e.state, "attempt ended by the control plane: {}", e.cause());
-                        }
-                        if !list.is_empty() {
-                            state.changes.bump();
                         }
                         let lost = list.iter().filter(|e| !e.timed_out).count();
                         state.metrics.record_leases_expired(lost as u64);

@@ -14,7 +14,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
 use super::endpoints::{Endpoints, Replica};
-use super::follow::Changes;
+use super::follow::{Changes, write};
 use super::job_actor::{JobActors, JobMsg};
 use super::report::{Applied, Report};
 use super::scheduler::SchedulerMsg;
@@ -39,7 +39,7 @@ impl Jobs {
             _ => 1,
         };
         let submitted = if replicas == 1 {
-            vec![blocking(&self.store, move |s| s.submit(spec, now())).await?]
+            vec![write(&self.store, &self.changes, move |s| s.submit(spec, now())).await?]
         } else {
             let specs = (1..=replicas)
                 .map(|n| {
@@ -51,9 +51,11 @@ impl Jobs {
                     replica
                 })
                 .collect();
-            blocking(&self.store, move |s| s.submit_batch(specs, now())).await?
+            write(&self.store, &self.changes, move |s| {
+                s.submit_batch(specs, now())
+            })
+            .await?
         };
-        self.changed();
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)
     }
@@ -76,8 +78,10 @@ impl Jobs {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let submitted = blocking(&self.store, move |s| s.submit_batch(specs, now())).await?;
-        self.changed();
+        let submitted = write(&self.store, &self.changes, move |s| {
+            s.submit_batch(specs, now())
+        })
+        .await?;
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)
     }
@@ -131,26 +135,13 @@ impl Jobs {
         message: impl FnOnce(RpcReplyPort<Result<R, StoreError>>) -> JobMsg,
         direct: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let result = match self.actors.get(job) {
+        // The actor's write wakes the job's waiters, as this one does.
+        match self.actors.get(job) {
             Some(actor) => match actor.call(message, Some(CALL_TIMEOUT)).await {
                 Ok(CallResult::Success(result)) => result,
-                _ => blocking(&self.store, direct).await,
+                _ => write(&self.store, &self.changes, direct).await,
             },
-            None => blocking(&self.store, direct).await,
-        };
-        self.changed_if(&result);
-        result
-    }
-
-    /// Jobs changed: waiters read again. (The scheduler is woken by what can make a job
-    /// leasable: a submission, a cancel, and a job actor that lets its job go.)
-    pub(crate) fn changed(&self) {
-        self.changes.bump();
-    }
-
-    fn changed_if<R>(&self, result: &Result<R, StoreError>) {
-        if result.is_ok() {
-            self.changed();
+            None => write(&self.store, &self.changes, direct).await,
         }
     }
 

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::blocking;
-use super::follow::Changes;
+use super::follow::{Changes, write};
 use super::job_actor::{self, JobActor, JobActors};
 use crate::clock::now;
 use crate::metrics::Metrics;
@@ -157,12 +157,12 @@ impl SchedulerState {
                 free_gpus: ask.free_gpus.clone(),
             })
             .collect();
-        let (store, myself) = (self.store.clone(), myself.clone());
+        let (store, changes, myself) = (self.store.clone(), self.changes.clone(), myself.clone());
         tokio::spawn(async move {
             // A read first: with nothing queued, the write would be an empty (but still
             // durable) commit.
             let answers = if queue_has_jobs(&store).await {
-                blocking(&store, move |s| s.lease_many(requests, now())).await
+                write(&store, &changes, move |s| s.lease_many(requests, now())).await
             } else {
                 Ok(vec![Ok(None); requests.len()])
             };
@@ -391,9 +391,6 @@ impl Actor for Scheduler {
             SchedulerMsg::Leased { batch, answers } => {
                 state.leasing = false;
                 let leased = state.settle(&myself, batch, answers);
-                if !leased.is_empty() {
-                    state.changes.bump();
-                }
                 if std::mem::take(&mut state.woken) {
                     state.wake_parked();
                 }
