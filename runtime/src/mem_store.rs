@@ -206,6 +206,10 @@ impl ReadTables for MemTables {
         Ok(self.workers.values().cloned().collect())
     }
 
+    fn worker_count(&self) -> Result<usize, StorageFault> {
+        Ok(self.workers.len())
+    }
+
     fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
         Ok(self.counters.get(counter.name()).copied().unwrap_or(0))
     }

@@ -37,7 +37,7 @@ pub struct WorkerInfo {
 
 impl WorkerInfo {
     /// Most workers a control plane keeps registered.
-    pub const MAX_REGISTERED: usize = 4096;
+    pub const MAX_REGISTERED: usize = 16_384;
 
     /// Checks every field, as any registration does (QUIC or HTTP): CPUs (at most 2^20),
     /// memory, at most 64 GPUs with memory and a printable model name of at most 128

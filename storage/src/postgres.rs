@@ -553,6 +553,13 @@ impl ReadTables for PgTables<'_> {
             .collect()
     }
 
+    fn worker_count(&self) -> Result<usize, StorageFault> {
+        self.flush()?;
+        let rows = self.query("select count(*) from nexa_workers", &[])?;
+        let n: i64 = rows.first().map_or(0, |r| r.get(0));
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
         if let Some((value, _)) = self.counters.borrow().get(counter.name()) {
             return Ok(*value);

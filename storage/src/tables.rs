@@ -9,7 +9,8 @@ use nexa_runtime::{
 };
 use redb::{
     MultimapTable, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction,
-    ReadableMultimapTable, ReadableTable, Table, TableDefinition, WriteTransaction,
+    ReadableMultimapTable, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
 
 use crate::fault::fault;
@@ -244,6 +245,12 @@ macro_rules! read_tables {
                     out.push(decode(v.value(), "worker")?);
                 }
                 Ok(out)
+            }
+
+            fn worker_count(&self) -> Result<usize, StorageFault> {
+                // The table keeps its length: no record is read.
+                let n = self.workers.len().map_err(fault)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
 
             fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {

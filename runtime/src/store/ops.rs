@@ -679,7 +679,7 @@ pub(super) fn register_worker<T: Tables + ?Sized>(
     // Deserialised ids bypass `WorkerId::new` only if a caller built one by hand; check again.
     WorkerId::new(info.id.as_str())?;
     info.validate()?;
-    if t.worker(&info.id)?.is_none() && t.workers()?.len() >= WorkerInfo::MAX_REGISTERED {
+    if t.worker(&info.id)?.is_none() && t.worker_count()? >= WorkerInfo::MAX_REGISTERED {
         return Err(SpecError::new(
             "worker_id",
             format!(

@@ -142,6 +142,10 @@ pub trait ReadTables {
     fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault>;
     /// Every worker, by id.
     fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault>;
+    /// How many workers there are (engines count without reading them).
+    fn worker_count(&self) -> Result<usize, StorageFault> {
+        Ok(self.workers()?.len())
+    }
     /// A counter's value; 0 when never set.
     fn counter(&self, counter: Counter) -> Result<u64, StorageFault>;
 }

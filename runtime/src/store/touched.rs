@@ -124,6 +124,9 @@ impl ReadTables for Recorder<'_> {
     fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault> {
         self.tables.workers()
     }
+    fn worker_count(&self) -> Result<usize, StorageFault> {
+        self.tables.worker_count()
+    }
     fn counter(&self, counter: Counter) -> Result<u64, StorageFault> {
         self.tables.counter(counter)
     }
