@@ -78,12 +78,16 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
         let c = Cluster::start(scenario, args.database_url.as_deref()).await?;
         let client = match scenario.client {
             BenchClient::Library => Client::Library(c.plane.clone()),
-            BenchClient::Http => Client::http(&c.api_url(), None)?,
+            BenchClient::Http | BenchClient::Python => Client::http(&c.api_url(), None)?,
         };
         cluster = Some(c);
         client
     } else {
         Client::http(&scenario.api, args.token.clone())?
+    };
+    let api_url = match &cluster {
+        Some(c) => c.api_url(),
+        None => scenario.api.clone(),
     };
     let client = Arc::new(client);
     let work = Arc::new(Work::new(scenario, &[])?);
@@ -102,7 +106,11 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
         }
         _ => None,
     };
-    if scenario.warmup > 0 {
+    let python = match scenario.client {
+        BenchClient::Python => Some(drive::Python::start(&api_url, scenario).await?),
+        _ => None,
+    };
+    if python.is_none() && scenario.warmup > 0 {
         let warm = Scenario {
             rate: 0.0,
             ..scenario.clone()
@@ -144,7 +152,10 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
             })
         });
     let began = Instant::now();
-    let records = drive::run(&client, &work, scenario, budget).await?;
+    let records = match python {
+        Some(python) => python.run().await?,
+        None => drive::run(&client, &work, scenario, budget).await?,
+    };
     let wall = began.elapsed();
     if let Some(task) = faults {
         task.abort();

@@ -122,8 +122,9 @@ pub(crate) struct BenchRunArgs {
     /// waited for together.
     #[arg(long)]
     pub(crate) batch: Option<u32>,
-    /// How clients reach the control plane: `library` (its Rust API) or `http` (its HTTP
-    /// API, over kept-alive connections).
+    /// How clients reach the control plane: `library` (its Rust API), `http` (its HTTP
+    /// API, over kept-alive connections) or `python` (the Python SDK, NexaForgeClient, in a
+    /// `python3` beside: NEXA_BENCH_PYTHON names another).
     #[arg(long, value_enum)]
     pub(crate) client: Option<BenchClient>,
     /// The job type submitted (bench workers run every type as a no-op).
@@ -191,6 +192,8 @@ pub(crate) enum BenchClient {
     Library,
     /// Its HTTP API.
     Http,
+    /// The Python SDK over its HTTP API, in another process.
+    Python,
 }
 
 /// The store of a benchmark's control plane.

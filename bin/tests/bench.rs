@@ -227,3 +227,26 @@ fn settings_that_cannot_run_are_refused_with_the_reason() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn the_python_sdk_can_be_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("python.json");
+    let said = ran(&bench(&[
+        "run",
+        "../bench/ci.toml",
+        "--client",
+        "python",
+        "--batch",
+        "5",
+        "--clients",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(said.starts_with("ci: 100 jobs"), "{said}");
+    let f = &result(&out)["figures"];
+    assert_eq!(f["succeeded"], 100);
+    assert_eq!(f["submit_to_result_ms"]["count"], 100);
+    assert_eq!(f["store_calls"]["submit_batch"]["count"], 20);
+}

@@ -319,3 +319,89 @@ async fn round(client: &Client, work: &Work, n: usize) -> Result<Vec<Record>> {
         })
         .collect())
 }
+
+/// The Python SDK's clients, in a `python3` of their own (`client.py`), warmed up and
+/// waiting for [`Python::run`].
+pub(crate) struct Python {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+/// The Python side, run with its settings as its one argument.
+const PYTHON_CLIENT: &str = include_str!("client.py");
+
+impl Python {
+    /// Starts the clients against `api_url` and waits until they ran the warm-up.
+    pub(crate) async fn start(api_url: &str, scenario: &Scenario) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("NEXA_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        // A checkout's SDK, when the binary runs from one; else an installed nexa_forge.
+        let sdk = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk"));
+        let settings = json!({
+            "api_url": api_url,
+            "clients": scenario.clients,
+            "batch": scenario.batch,
+            "jobs": scenario.jobs,
+            "duration": scenario.duration,
+            "warmup": scenario.warmup,
+            "job_type": scenario.job_type.as_str(),
+            "params": scenario.job_params(),
+            "sdk_path": sdk.join("nexa_forge").is_dir().then(|| sdk.display().to_string()),
+        });
+        let mut child = tokio::process::Command::new(&python)
+            .args(["-c", PYTHON_CLIENT, &settings.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {python} for the Python clients"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("no stdout from the Python clients")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        match lines.next_line().await? {
+            Some(line) if line.trim() == "ready" => Ok(Self { child, lines }),
+            _ => {
+                let status = child.wait().await?;
+                bail!(
+                    "the Python clients stopped before the run ({status}); is nexa_forge \
+                     importable by {python}? (pip install ./sdk)"
+                )
+            }
+        }
+    }
+
+    /// Runs the measured jobs; their records, the moments on a common clock (each job's
+    /// id is unknown here: `JobId(0)`).
+    pub(crate) async fn run(mut self) -> Result<Vec<Record>> {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self
+            .child
+            .stdin
+            .take()
+            .context("no stdin to the Python clients")?;
+        stdin.write_all(b"go\n").await?;
+        stdin.flush().await?;
+        let line = self.lines.next_line().await?;
+        let status = self.child.wait().await?;
+        let Some(line) = line.filter(|_| status.success()) else {
+            bail!("the Python clients failed ({status})");
+        };
+        let rows: Vec<(f64, f64, u32, bool)> =
+            serde_json::from_str(&line).context("the Python clients' records")?;
+        let anchor = Instant::now();
+        let origin = rows.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let at = |t: f64| anchor + Duration::from_secs_f64((t - origin).max(0.0));
+        Ok(rows
+            .into_iter()
+            .map(|(submitted, seen, attempts, succeeded)| Record {
+                id: JobId(0),
+                submitted: at(submitted),
+                seen: at(seen),
+                attempts,
+                succeeded,
+            })
+            .collect())
+    }
+}

@@ -161,6 +161,9 @@ impl Scenario {
         if self.rate == 0.0 && !(1..=10_000).contains(&self.clients) {
             bail!("clients must be between 1 and 10,000, not {}", self.clients);
         }
+        if self.client == BenchClient::Python && self.rate > 0.0 {
+            bail!("the Python clients run a closed loop: give clients, not rate");
+        }
         if !(1..=1000).contains(&self.batch) {
             bail!("batch must be between 1 and 1,000, not {}", self.batch);
         }
@@ -173,7 +176,7 @@ impl Scenario {
             }
         } else {
             if self.client == BenchClient::Library {
-                bail!("--api runs against another process: use --client http");
+                bail!("--api runs against another process: use --client http or python");
             }
             if self.kill_worker_every > 0.0 || self.queued > 0 || self.simulated_workers > 0 {
                 bail!(
