@@ -383,6 +383,8 @@ struct ServerProc {
 }
 
 fn start_server(data: &Path, port: u16) -> ServerProc {
+    std::fs::create_dir_all(data).unwrap();
+    let errors = data.with_extension(format!("{port}.stderr"));
     let mut child = Command::new(NEXA)
         .args([
             "server",
@@ -399,7 +401,7 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -425,10 +427,13 @@ fn start_server(data: &Path, port: u16) -> ServerProc {
     }
     // Keep reading, so the server never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
+    let said = || std::fs::read_to_string(&errors).unwrap_or_default();
     ServerProc {
         proc: Proc(child),
-        fingerprint: fingerprint.expect("the server printed its fingerprint"),
-        api: api.expect("the server printed its API's address"),
+        fingerprint: fingerprint
+            .unwrap_or_else(|| panic!("the server printed no fingerprint; it said:\n{}", said())),
+        api: api
+            .unwrap_or_else(|| panic!("the server printed no API address; it said:\n{}", said())),
     }
 }
 

@@ -82,7 +82,7 @@ pub use params::{
 pub use registry::{MODEL_ARTIFACT, ModelRef, ModelVersion, Registry};
 pub use retry::{DEFAULT_MAX_RECOVERIES, RetryPolicy};
 pub use scheduling::{
-    Misfit, Offer, PendingReason, QueueEntry, QueueKey, fits, pick_next, queued_reason,
+    Misfit, Offer, PendingReason, QueueClass, QueueEntry, QueueKey, fits, pick_next, queued_reason,
 };
 pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType, thousands};
 pub use store::{

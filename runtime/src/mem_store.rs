@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::id::{JobId, WorkerId};
 use crate::job::{Job, JobState};
 use crate::log::{LogLine, LogMeta};
-use crate::scheduling::{QueueEntry, QueueKey};
+use crate::scheduling::{QueueClass, QueueEntry, QueueKey};
 use crate::store::{
     Call, Counter, Engine, ReadTables, StorageFault, StoreConfig, StoreError, Tables, Visit,
     WriteOp,
@@ -20,6 +20,8 @@ use crate::worker::WorkerRecord;
 struct MemTables {
     jobs: BTreeMap<JobId, Job>,
     queue: BTreeMap<QueueKey, QueueEntry>,
+    /// The queue by class: each class with queued jobs, and its jobs in queue order.
+    classes: Vec<(QueueClass, BTreeMap<QueueKey, Option<Timestamp>>)>,
     states: BTreeSet<(u8, JobId)>,
     worker_jobs: BTreeSet<(WorkerId, JobId)>,
     deadlines: BTreeSet<(Timestamp, JobId)>,
@@ -154,6 +156,29 @@ impl ReadTables for MemTables {
         Ok(())
     }
 
+    fn queue_classes(&self, visit: Visit<'_, QueueClass>) -> Result<(), StorageFault> {
+        for (class, _) in &self.classes {
+            if !visit(class.clone()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn class_queue(
+        &self,
+        class: &QueueClass,
+        visit: Visit<'_, (QueueKey, Option<Timestamp>)>,
+    ) -> Result<(), StorageFault> {
+        let jobs = self.classes.iter().find(|(c, _)| c == class);
+        for (key, not_before) in jobs.into_iter().flat_map(|(_, jobs)| jobs) {
+            if !visit((*key, *not_before)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn deadlines_until(
         &self,
         now: Timestamp,
@@ -228,6 +253,37 @@ impl Tables for MemTables {
 
     fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
         self.queue.remove(&key);
+        Ok(())
+    }
+
+    fn class_queue_put(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+        not_before: Option<Timestamp>,
+    ) -> Result<(), StorageFault> {
+        match self.classes.iter_mut().find(|(c, _)| c == class) {
+            Some((_, jobs)) => {
+                jobs.insert(key, not_before);
+            }
+            None => self
+                .classes
+                .push((class.clone(), [(key, not_before)].into())),
+        }
+        Ok(())
+    }
+
+    fn class_queue_remove(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+    ) -> Result<(), StorageFault> {
+        if let Some(i) = self.classes.iter().position(|(c, _)| c == class) {
+            self.classes[i].1.remove(&key);
+            if self.classes[i].1.is_empty() {
+                self.classes.swap_remove(i);
+            }
+        }
         Ok(())
     }
 

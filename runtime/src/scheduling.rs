@@ -66,7 +66,33 @@ pub struct QueueEntry {
     pub not_before: Option<Timestamp>,
 }
 
+/// What a queued job asks of a worker: its type and resources. Queued jobs with equal
+/// classes fit the same workers, so the store indexes the queue by class, and a lease reads
+/// the head of each class that fits rather than every entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueClass {
+    /// The job type.
+    pub job_type: JobType,
+    /// What it needs.
+    pub resources: Resources,
+}
+
+impl QueueClass {
+    /// Whether its jobs fit `offer`.
+    pub fn fits(&self, offer: &Offer<'_>) -> bool {
+        fits(self.job_type, &self.resources, offer).is_ok()
+    }
+}
+
 impl QueueEntry {
+    /// The class of its job.
+    pub fn class(&self) -> QueueClass {
+        QueueClass {
+            job_type: self.job_type,
+            resources: self.resources.clone(),
+        }
+    }
+
     /// The entry for a job with `spec`.
     pub fn new(spec: &JobSpec, not_before: Option<Timestamp>) -> Self {
         let mut resources = spec.resources.clone();

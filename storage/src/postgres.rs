@@ -34,9 +34,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexa_runtime::{
-    Call, Counter, Engine, Expired, FaultKind, Job, JobId, JobState, LogLine, LogMeta, QueueEntry,
-    QueueKey, ReadTables, StorageFault, Store, StoreConfig, StoreError, Tables, Timestamp, Visit,
-    WorkerId, WorkerRecord, WriteOp,
+    Call, Counter, Engine, Expired, FaultKind, Job, JobId, JobState, LogLine, LogMeta, QueueClass,
+    QueueEntry, QueueKey, ReadTables, StorageFault, Store, StoreConfig, StoreError, Tables,
+    Timestamp, Visit, WorkerId, WorkerRecord, WriteOp,
 };
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
@@ -105,7 +105,20 @@ const MIGRATIONS: &[&str] = &[
         credential bytea check (length(credential) = 32)
     );
     ",
+    // 4: the queue by class (filled from the queue by `index_queue_classes`).
+    "
+    create table nexa_class_queue (
+        class bytea not null,
+        sort_key bigint not null,
+        job bigint not null,
+        not_before_ms bigint,
+        primary key (class, sort_key, job)
+    );
+    ",
 ];
+
+/// The migration that added `nexa_class_queue`, which the queue's rows then fill.
+const CLASS_QUEUE_MIGRATION: usize = 4;
 
 /// The key of the advisory lock held while the schema is checked and migrated ("nexa").
 const MIGRATION_LOCK: i64 = 0x6e65_7861;
@@ -441,6 +454,59 @@ impl ReadTables for PgTables<'_> {
         }
     }
 
+    fn queue_classes(&self, visit: Visit<'_, QueueClass>) -> Result<(), StorageFault> {
+        self.flush()?;
+        // Each distinct class by one index probe (a loose index scan), not a read of each row.
+        let rows = self.query(
+            "with recursive c(class) as ( \
+               (select class from nexa_class_queue order by class limit 1) \
+               union all \
+               select (select q.class from nexa_class_queue q where q.class > c.class \
+                       order by q.class limit 1) from c where c.class is not null \
+             ) select class from c where class is not null",
+            &[],
+        )?;
+        for row in &rows {
+            if !visit(decode(row.get::<_, &[u8]>(0), "queue class")?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn class_queue(
+        &self,
+        class: &QueueClass,
+        visit: Visit<'_, (QueueKey, Option<Timestamp>)>,
+    ) -> Result<(), StorageFault> {
+        self.flush()?;
+        let class = encode(class)?;
+        let mut after = (-1i64, -1i64);
+        loop {
+            let rows = self.query(
+                "select sort_key, job, not_before_ms from nexa_class_queue \
+                 where class = $1 and (sort_key, job) > ($2, $3) order by sort_key, job limit $4",
+                &[&class, &after.0, &after.1, &SCAN],
+            )?;
+            for row in &rows {
+                after = (row.get(0), row.get(1));
+                let rank = u32::try_from(after.0)
+                    .map_err(|_| corrupt(format!("a queue rank is out of range ({})", after.0)))?;
+                let key = QueueKey::from_sort_key((rank, uint(after.1, "a queued job")?));
+                let not_before = row
+                    .get::<_, Option<i64>>(2)
+                    .map(|t| uint(t, "a retry backoff").map(Timestamp))
+                    .transpose()?;
+                if !visit((key, not_before)) {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < SCAN {
+                return Ok(());
+            }
+        }
+    }
+
     fn deadlines_until(
         &self,
         now: Timestamp,
@@ -605,6 +671,32 @@ impl Tables for PgTables<'_> {
         let (rank, job) = key.sort_key();
         let queue = &mut self.pending.get_mut().queue;
         queue.insert((i64::from(rank), int(job)), None);
+        Ok(())
+    }
+
+    fn class_queue_put(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+        not_before: Option<Timestamp>,
+    ) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        let index = &mut self.pending.get_mut().class_queue;
+        index.insert(
+            (encode(class)?, i64::from(rank), int(job)),
+            Some(not_before.map(|t| int(t.0))),
+        );
+        Ok(())
+    }
+
+    fn class_queue_remove(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+    ) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        let index = &mut self.pending.get_mut().class_queue;
+        index.insert((encode(class)?, i64::from(rank), int(job)), None);
         Ok(())
     }
 
@@ -976,6 +1068,31 @@ fn connect_failure(e: &postgres::Error) -> String {
     }
 }
 
+/// Fills `nexa_class_queue` from `nexa_queue` (schema 4 added it).
+fn index_queue_classes(txn: &mut Transaction<'_>) -> Result<(), String> {
+    let rows = txn
+        .query("select sort_key, job, entry from nexa_queue", &[])
+        .map_err(|e| describe(&e))?;
+    for row in &rows {
+        let entry: QueueEntry =
+            decode(row.get::<_, &[u8]>(2), "queue entry").map_err(|e| e.to_string())?;
+        let class = encode(&entry.class()).map_err(|e| e.to_string())?;
+        let not_before = entry.not_before.map(|t| int(t.0));
+        txn.execute(
+            "insert into nexa_class_queue (class, sort_key, job, not_before_ms) \
+             values ($1, $2, $3, $4)",
+            &[
+                &class,
+                &row.get::<_, i64>(0),
+                &row.get::<_, i64>(1),
+                &not_before,
+            ],
+        )
+        .map_err(|e| describe(&e))?;
+    }
+    Ok(())
+}
+
 /// Creates the tables, or brings them to [`SCHEMA_VERSION`], under an advisory lock.
 fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
     let database = |detail: String| OpenError::Database {
@@ -1020,6 +1137,10 @@ fn migrate(client: &mut Client, location: &str) -> Result<(), OpenError> {
                 describe(&e)
             ))
         })?;
+        if from + 1 == CLASS_QUEUE_MIGRATION {
+            index_queue_classes(&mut txn)
+                .map_err(|e| database(format!("migration to schema {}: {e}", from + 1)))?;
+        }
     }
     if found < SCHEMA_VERSION {
         txn.execute(

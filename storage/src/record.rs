@@ -12,7 +12,8 @@
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use nexa_runtime::{
-    ArtifactMeta, FaultKind, Job, LogLine, LogMeta, QueueEntry, StorageFault, WorkerRecord,
+    ArtifactMeta, FaultKind, Job, LogLine, LogMeta, QueueClass, QueueEntry, StorageFault,
+    WorkerRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,7 @@ impl Record for Job {
 }
 
 impl Record for QueueEntry {}
+impl Record for QueueClass {}
 impl Record for LogMeta {}
 impl Record for LogLine {}
 impl Record for WorkerRecord {}

@@ -28,11 +28,14 @@ use redb::{
 
 use crate::fault::{fault, io_kind};
 use crate::group::{self, Reply, Request, unavailable};
-use crate::tables::{JOBS, META, ReadSnapshot, WriteTables, index_worker_jobs};
+use crate::tables::{
+    JOBS, META, ReadSnapshot, WriteTables, index_queue_classes, index_worker_jobs,
+};
 
 /// The layout version this build writes, kept in the file's `meta` table. Format 2 added the
-/// index of each worker's jobs; a format-1 file gains it (built from the jobs) when opened.
-pub const FORMAT_VERSION: u64 = 2;
+/// index of each worker's jobs, format 3 the queue's index by class; an older file gains
+/// them (built from the jobs and the queue) when opened.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Where `nexa` keeps its store unless told otherwise.
 pub const DEFAULT_PATH: &str = "var/nexa_forge.db";
@@ -375,9 +378,13 @@ fn open_and_check(open: &Opener, location: &str) -> Result<Database, OpenError> 
         Some(FORMAT_VERSION) => {
             txn.abort().map_err(|e| storage(fault(e)))?;
         }
-        Some(1) => {
+        Some(old @ (1 | 2)) => {
             // Format 1 had no index of each worker's jobs: build it from the jobs' attempts.
-            index_worker_jobs(&txn).map_err(storage)?;
+            if old == 1 {
+                index_worker_jobs(&txn).map_err(storage)?;
+            }
+            // Formats 1 and 2 had no index of the queue by class: build it from the queue.
+            index_queue_classes(&txn).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(|e| storage(fault(e)))?;
             meta.insert(FORMAT_KEY, FORMAT_VERSION)
                 .map_err(|e| storage(fault(e)))?;

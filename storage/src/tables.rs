@@ -4,7 +4,7 @@
 //! scan in: job ids ascending, the queue in [`QueueKey::sort_key`] order, deadlines by time.
 
 use nexa_runtime::{
-    Counter, Job, JobId, JobState, LogLine, LogMeta, QueueEntry, QueueKey, ReadTables,
+    Counter, Job, JobId, JobState, LogLine, LogMeta, QueueClass, QueueEntry, QueueKey, ReadTables,
     StorageFault, Tables, Timestamp, Visit, WorkerId, WorkerRecord,
 };
 use redb::{
@@ -18,6 +18,9 @@ use crate::record::{decode, encode};
 
 pub(crate) const JOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("jobs");
 pub(crate) const QUEUE: TableDefinition<'_, (u32, u64), &[u8]> = TableDefinition::new("queue");
+/// The queue by class: (the encoded [`QueueClass`], rank, job) → the job's retry backoff.
+pub(crate) const CLASS_QUEUE: TableDefinition<'_, (&[u8], u32, u64), Option<u64>> =
+    TableDefinition::new("class_queue");
 pub(crate) const STATES: TableDefinition<'_, (u8, u64), ()> = TableDefinition::new("states");
 /// (worker, job) for every attempt a worker had: the jobs a worker ran, without a scan.
 pub(crate) const WORKER_JOBS: TableDefinition<'_, (&str, u64), ()> =
@@ -39,6 +42,7 @@ macro_rules! open_all {
         Ok(Self {
             jobs: $txn.open_table(JOBS).map_err(fault)?,
             queue: $txn.open_table(QUEUE).map_err(fault)?,
+            class_queue: $txn.open_table(CLASS_QUEUE).map_err(fault)?,
             states: $txn.open_table(STATES).map_err(fault)?,
             worker_jobs: $txn.open_table(WORKER_JOBS).map_err(fault)?,
             deadlines: $txn.open_table(DEADLINES).map_err(fault)?,
@@ -56,6 +60,7 @@ macro_rules! open_all {
 pub(crate) struct ReadSnapshot {
     jobs: ReadOnlyTable<u64, &'static [u8]>,
     queue: ReadOnlyTable<(u32, u64), &'static [u8]>,
+    class_queue: ReadOnlyTable<(&'static [u8], u32, u64), Option<u64>>,
     states: ReadOnlyTable<(u8, u64), ()>,
     worker_jobs: ReadOnlyTable<(&'static str, u64), ()>,
     deadlines: ReadOnlyTable<(u64, u64), ()>,
@@ -77,6 +82,7 @@ impl ReadSnapshot {
 pub(crate) struct WriteTables<'txn> {
     jobs: Table<'txn, u64, &'static [u8]>,
     queue: Table<'txn, (u32, u64), &'static [u8]>,
+    class_queue: Table<'txn, (&'static [u8], u32, u64), Option<u64>>,
     states: Table<'txn, (u8, u64), ()>,
     worker_jobs: Table<'txn, (&'static str, u64), ()>,
     deadlines: Table<'txn, (u64, u64), ()>,
@@ -170,6 +176,56 @@ macro_rules! read_tables {
                     let (k, v) = entry.map_err(fault)?;
                     let key = QueueKey::from_sort_key(k.value());
                     if !visit((key, decode(v.value(), "queue entry")?)) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+
+            fn queue_classes(&self, visit: Visit<'_, QueueClass>) -> Result<(), StorageFault> {
+                // One seek per class: past every key of the class just read.
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let mut next = None;
+                    let range = match &after {
+                        None => self.class_queue.iter(),
+                        Some(c) => self.class_queue.range((c.as_slice(), u32::MAX, u64::MAX)..),
+                    }
+                    .map_err(fault)?;
+                    for entry in range {
+                        let (k, _) = entry.map_err(fault)?;
+                        let class = k.value().0;
+                        if after.as_deref() != Some(class) {
+                            next = Some(class.to_vec());
+                            break;
+                        }
+                    }
+                    let Some(class) = next else {
+                        return Ok(());
+                    };
+                    if !visit(decode(&class, "queue class")?) {
+                        return Ok(());
+                    }
+                    after = Some(class);
+                }
+            }
+
+            fn class_queue(
+                &self,
+                class: &QueueClass,
+                visit: Visit<'_, (QueueKey, Option<Timestamp>)>,
+            ) -> Result<(), StorageFault> {
+                let c = encode(class)?;
+                let c = c.as_slice();
+                for entry in self
+                    .class_queue
+                    .range((c, 0, 0)..=(c, u32::MAX, u64::MAX))
+                    .map_err(fault)?
+                {
+                    let (k, v) = entry.map_err(fault)?;
+                    let (_, rank, job) = k.value();
+                    let key = QueueKey::from_sort_key((rank, job));
+                    if !visit((key, v.value().map(Timestamp))) {
                         break;
                     }
                 }
@@ -287,6 +343,34 @@ impl Tables for WriteTables<'_> {
         Ok(())
     }
 
+    fn class_queue_put(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+        not_before: Option<Timestamp>,
+    ) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        self.class_queue
+            .insert(
+                (encode(class)?.as_slice(), rank, job),
+                not_before.map(|t| t.0),
+            )
+            .map_err(fault)?;
+        Ok(())
+    }
+
+    fn class_queue_remove(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+    ) -> Result<(), StorageFault> {
+        let (rank, job) = key.sort_key();
+        self.class_queue
+            .remove((encode(class)?.as_slice(), rank, job))
+            .map_err(fault)?;
+        Ok(())
+    }
+
     fn worker_job_put(&mut self, worker: &WorkerId, id: JobId) -> Result<(), StorageFault> {
         self.worker_jobs
             .insert((worker.as_str(), id.0), ())
@@ -393,6 +477,26 @@ impl Tables for WriteTables<'_> {
 }
 
 /// Fills the index of each worker's jobs from every job's attempts (a format-1 file has none).
+/// Builds the queue's class index from the queue (format 3 added it).
+pub(crate) fn index_queue_classes(txn: &WriteTransaction) -> Result<u64, StorageFault> {
+    let queue = txn.open_table(QUEUE).map_err(fault)?;
+    let mut index = txn.open_table(CLASS_QUEUE).map_err(fault)?;
+    let mut entries = 0;
+    for entry in queue.iter().map_err(fault)? {
+        let (k, v) = entry.map_err(fault)?;
+        let (rank, job) = k.value();
+        let entry: QueueEntry = decode(v.value(), "queue entry")?;
+        index
+            .insert(
+                (encode(&entry.class())?.as_slice(), rank, job),
+                entry.not_before.map(|t| t.0),
+            )
+            .map_err(fault)?;
+        entries += 1;
+    }
+    Ok(entries)
+}
+
 pub(crate) fn index_worker_jobs(txn: &WriteTransaction) -> Result<u64, StorageFault> {
     let jobs = txn.open_table(JOBS).map_err(fault)?;
     let mut index = txn.open_table(WORKER_JOBS).map_err(fault)?;

@@ -257,6 +257,40 @@ fn damaged_files_give_errors_not_panics() {
     }
 }
 
+/// The queue's class index as format 3 keeps it.
+const CLASS_QUEUE: TableDefinition<'_, (&[u8], u32, u64), Option<u64>> =
+    TableDefinition::new("class_queue");
+
+#[test]
+fn a_format_2_store_gains_the_queue_index_by_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nexa_forge.db");
+    let queued = {
+        let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+        worker(&store, "w1", Timestamp(0));
+        [1, 2].map(|n| store.submit(spec(n), Timestamp(0)).unwrap().id)
+    };
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(txn.delete_table(CLASS_QUEUE).unwrap());
+        txn.open_table(META)
+            .unwrap()
+            .insert("format_version", 2)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&path, StoreConfig::default()).unwrap();
+    for (at, job) in queued.into_iter().enumerate() {
+        let request = LeaseRequest {
+            worker: WorkerId::new("w1").unwrap(),
+            free_gpus: vec![],
+        };
+        let lease = store.lease_next(request, Timestamp(1 + at as u64)).unwrap();
+        assert_eq!(lease.map(|l| l.job.id), Some(job), "in queue order");
+    }
+}
+
 #[test]
 fn a_format_1_store_gains_the_index_of_each_workers_jobs() {
     let dir = tempfile::tempdir().unwrap();
@@ -274,12 +308,13 @@ fn a_format_1_store_gains_the_index_of_each_workers_jobs() {
         assert_eq!(lease.job.id, leased);
         (leased, queued)
     };
-    // As format 1 left it: no index of workers' jobs.
+    // As format 1 left it: no index of workers' jobs, nor of the queue by class.
     {
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         let index: TableDefinition<'_, (&str, u64), ()> = TableDefinition::new("worker_jobs");
         assert!(txn.delete_table(index).unwrap());
+        assert!(txn.delete_table(CLASS_QUEUE).unwrap());
         txn.open_table(META)
             .unwrap()
             .insert("format_version", 1)
@@ -298,6 +333,13 @@ fn a_format_1_store_gains_the_index_of_each_workers_jobs() {
         [leased]
     );
     assert!(store.get(queued).is_ok());
+    // The queued job is found through the class index built from the queue.
+    let request = LeaseRequest {
+        worker: WorkerId::new("w1").unwrap(),
+        free_gpus: vec![],
+    };
+    let lease = store.lease_next(request, Timestamp(2)).unwrap().unwrap();
+    assert_eq!(lease.job.id, queued);
     drop(store);
     let db = Database::create(&path).unwrap();
     let txn = db.begin_read().unwrap();

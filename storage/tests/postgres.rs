@@ -154,6 +154,44 @@ fn tokens_and_sessions_are_kept_by_hash_and_an_emptied_token_table_stays_armed()
 }
 
 #[test]
+fn a_schema_3_database_gains_the_queue_index_by_class() {
+    let url = fresh_schema();
+    let queued = {
+        let store = PgStore::open_at(&url, StoreConfig::default(), Timestamp(0)).unwrap();
+        let info = nexa_runtime::WorkerInfo {
+            id: nexa_runtime::WorkerId::new("w1").unwrap(),
+            cpus: 1,
+            memory_mb: 1024,
+            gpus: vec![],
+            labels: Default::default(),
+            job_types: nexa_runtime::JobType::ALL.into_iter().collect(),
+        };
+        store.register_worker(info, Timestamp(0)).unwrap();
+        [1, 2].map(|n| {
+            let spec = JobSpec::new(JobParams::Generate(GenerateParams::new("physics", n)));
+            store.submit(spec, Timestamp(0)).unwrap().id
+        })
+    };
+    // As schema 3 left it: no index of the queue by class.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "drop table nexa_class_queue; \
+             update nexa_meta set value = 3 where key = 'schema_version'",
+        )
+        .unwrap();
+    let store = PgStore::open_at(&url, StoreConfig::default(), Timestamp(0)).unwrap();
+    for (at, job) in queued.into_iter().enumerate() {
+        let request = nexa_runtime::LeaseRequest {
+            worker: nexa_runtime::WorkerId::new("w1").unwrap(),
+            free_gpus: vec![],
+        };
+        let lease = store.lease_next(request, Timestamp(1 + at as u64)).unwrap();
+        assert_eq!(lease.map(|l| l.job.id), Some(job), "in queue order");
+    }
+}
+
+#[test]
 fn a_newer_schema_is_refused_with_a_message_that_says_so() {
     let url = fresh_schema();
     drop(PgStore::open(&url, StoreConfig::default()).unwrap());

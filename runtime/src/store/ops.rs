@@ -59,11 +59,13 @@ fn write_job<T: Tables + ?Sized>(
     let old_slot = old.and_then(queue_slot);
     let new_slot = queue_slot(new);
     if old_slot != new_slot {
-        if let Some((key, _)) = old_slot {
-            t.queue_remove(key)?;
+        if let Some((key, entry)) = &old_slot {
+            t.queue_remove(*key)?;
+            t.class_queue_remove(&entry.class(), *key)?;
         }
         if let Some((key, entry)) = &new_slot {
             t.queue_put(*key, entry)?;
+            t.class_queue_put(&entry.class(), *key, entry.not_before)?;
         }
     }
     let old_deadline = old.and_then(Job::deadline);
@@ -352,15 +354,7 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
         labels: &worker.info.labels,
         job_types: &worker.info.job_types,
     };
-    let mut picked = None;
-    t.queue(&mut |(key, entry)| {
-        if scheduling::pick_next([(key, &entry)], &offer, now).is_some() {
-            picked = Some(key);
-            false
-        } else {
-            true
-        }
-    })?;
+    let picked = pick_by_class(t, &offer, now)?;
     // Neither an empty poll nor a lease writes the worker: its heartbeats keep `last_seen`
     // fresh, and a request for work is no sign of life (it may have waited long).
     let Some(key) = picked else {
@@ -398,6 +392,38 @@ pub(super) fn lease_next<T: Tables + ?Sized>(
         lease_expires_at,
         deadline,
     }))
+}
+
+/// The job [`scheduling::pick_next`] would pick from the whole queue, read from the queue's
+/// class index: the first ready job of each class that fits `offer`, the earliest of those in
+/// queue order. A class that does not fit costs one check, not a read of each of its jobs.
+fn pick_by_class<T: ReadTables + ?Sized>(
+    t: &T,
+    offer: &Offer<'_>,
+    now: Timestamp,
+) -> Result<Option<QueueKey>, StoreError> {
+    let mut fitting = Vec::new();
+    t.queue_classes(&mut |class| {
+        if class.fits(offer) {
+            fitting.push(class);
+        }
+        true
+    })?;
+    let mut best: Option<QueueKey> = None;
+    for class in &fitting {
+        t.class_queue(class, &mut |(key, not_before)| {
+            if best.is_some_and(|b| b <= key) {
+                // Every later job of this class comes after the best found.
+                return false;
+            }
+            if not_before.is_none_or(|at| at <= now) {
+                best = Some(key);
+                return false;
+            }
+            true
+        })?;
+    }
+    Ok(best)
 }
 
 /// [`lease_next`] for each request in turn, in one write. A request refused on its own (an
@@ -889,4 +915,125 @@ fn copy_job<T: Tables + ?Sized>(
         }
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::{
+        Engine, FailureClass, GenerateParams, JobError, JobParams, JobType, MemStore, Resources,
+        Store, StoreConfig,
+    };
+
+    /// A small deterministic generator (xorshift), so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn worker(n: u64, labels: BTreeMap<String, String>, types: BTreeSet<JobType>) -> WorkerInfo {
+        WorkerInfo {
+            id: WorkerId::new(format!("w{n}")).unwrap(),
+            cpus: 1,
+            memory_mb: 1024,
+            gpus: vec![],
+            labels,
+            job_types: types,
+        }
+    }
+
+    #[test]
+    fn the_class_index_picks_what_a_scan_of_the_whole_queue_picks() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let labels = |rng: &mut Rng| -> BTreeMap<String, String> {
+            let mut l = BTreeMap::new();
+            if rng.below(3) == 0 {
+                l.insert("region".into(), ["eu", "us"][rng.below(2) as usize].into());
+            }
+            if rng.below(4) == 0 {
+                l.insert("disk".into(), "ssd".into());
+            }
+            l
+        };
+        let (mut picked, mut backing_off) = (0, 0);
+        for round in 0..20 {
+            let store = MemStore::new(StoreConfig::default());
+            let mut now = Timestamp(1_000);
+            // Jobs of many classes and priorities, a few leased and failed into a backoff.
+            for n in 0..150 {
+                let mut spec =
+                    JobSpec::new(JobParams::Generate(GenerateParams::new("physics", 10)));
+                spec.priority = rng.below(3) as i32 - 1;
+                let gpus = rng.below(3) as u32;
+                spec.resources = Resources {
+                    gpus,
+                    gpu_memory_mb: if gpus > 0 { 1000 * rng.below(3) } else { 0 },
+                    labels: labels(&mut rng),
+                };
+                store.submit(spec, now).unwrap();
+                if n % 10 == 9 {
+                    let mut all = BTreeMap::new();
+                    all.insert("region".into(), "eu".into());
+                    store
+                        .register_worker(worker(n, all, [JobType::Generate].into()), now)
+                        .unwrap();
+                    let req = LeaseRequest {
+                        worker: WorkerId::new(format!("w{n}")).unwrap(),
+                        free_gpus: vec![4000, 4000],
+                    };
+                    if let Some(lease) = store.lease_next(req, now).unwrap() {
+                        let error = JobError::new(FailureClass::StageError, "flaky");
+                        store.fail(lease.job.id, lease.epoch, error, now).unwrap();
+                    }
+                }
+                now = Timestamp(now.0 + 1);
+            }
+            for _ in 0..200 {
+                let labels = labels(&mut rng);
+                let free: Vec<u64> = (0..rng.below(3))
+                    .map(|_| 500 + 1000 * rng.below(3))
+                    .collect();
+                let types: BTreeSet<JobType> = if rng.below(5) == 0 {
+                    [JobType::Train].into()
+                } else {
+                    JobType::ALL.into_iter().collect()
+                };
+                let offer = Offer {
+                    free_gpus: &free,
+                    labels: &labels,
+                    job_types: &types,
+                };
+                let at = Timestamp(now.0 + rng.below(60_000));
+                let (by_class, by_scan) = store
+                    .read(crate::Call::new("test", None), &mut |t| {
+                        let mut queue = Vec::new();
+                        t.queue(&mut |e| {
+                            queue.push(e);
+                            true
+                        })?;
+                        backing_off += queue.iter().filter(|(_, e)| !e.is_ready(at)).count();
+                        let scan =
+                            scheduling::pick_next(queue.iter().map(|(k, e)| (*k, e)), &offer, at);
+                        Ok((pick_by_class(t, &offer, at)?, scan))
+                    })
+                    .unwrap();
+                assert_eq!(by_class, by_scan, "round {round}: {offer:?} at {at:?}");
+                picked += usize::from(by_scan.is_some());
+            }
+        }
+        // The offers fit some of the time, and some jobs were in a backoff when asked.
+        assert!(
+            (500..3900).contains(&picked),
+            "{picked} of 4000 picks found a job"
+        );
+        assert!(backing_off > 0);
+    }
 }

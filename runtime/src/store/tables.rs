@@ -4,6 +4,7 @@
 //! |--------------|---------------------------|----------------|-------------------------------------|
 //! | jobs         | job id                    | [`Job`]        | every job, with attempts and events |
 //! | queue        | [`QueueKey`]              | [`QueueEntry`] | exactly the jobs in state `queued`  |
+//! | class queue  | ([`QueueClass`], [`QueueKey`]) | retry backoff | the queue by class, for leases |
 //! | states       | (state, job id)           | —              | every job, by state                 |
 //! | deadlines    | (time, job id)            | —              | jobs with a live attempt, by [`Job::deadline`] |
 //! | idempotency  | key                       | job id         | submissions that carried a key      |
@@ -13,8 +14,8 @@
 //! | workers      | worker id                 | [`WorkerRecord`] | the worker registry               |
 //! | counters     | [`Counter`]               | u64            | the next job id and epoch           |
 //!
-//! The indexes (queue, states, deadlines) are derived from the jobs table and maintained in
-//! one place, `ops::write_job`; no other code writes them.
+//! The indexes (queue, class queue, states, deadlines) are derived from the jobs table and
+//! maintained in one place, `ops::write_job`; no other code writes them.
 
 use std::fmt;
 
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{JobId, WorkerId};
 use crate::job::{Job, JobState};
 use crate::log::{LogLine, LogMeta};
-use crate::scheduling::{QueueEntry, QueueKey};
+use crate::scheduling::{QueueClass, QueueEntry, QueueKey};
 use crate::time::Timestamp;
 use crate::worker::WorkerRecord;
 
@@ -142,6 +143,15 @@ pub trait ReadTables {
     fn worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, StorageFault>;
     /// Every worker, by id.
     fn workers(&self) -> Result<Vec<WorkerRecord>, StorageFault>;
+    /// The classes of the queued jobs (each once, in no particular order).
+    fn queue_classes(&self, visit: Visit<'_, QueueClass>) -> Result<(), StorageFault>;
+    /// The queued jobs of `class` in [`QueueKey`] order, each with the time before which it
+    /// may not be leased (its retry backoff).
+    fn class_queue(
+        &self,
+        class: &QueueClass,
+        visit: Visit<'_, (QueueKey, Option<Timestamp>)>,
+    ) -> Result<(), StorageFault>;
     /// How many workers there are (engines count without reading them).
     fn worker_count(&self) -> Result<usize, StorageFault> {
         Ok(self.workers()?.len())
@@ -158,6 +168,16 @@ pub trait Tables: ReadTables {
     fn queue_put(&mut self, key: QueueKey, entry: &QueueEntry) -> Result<(), StorageFault>;
     /// Removes a queue entry.
     fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault>;
+    /// Adds a queued job to its class's index.
+    fn class_queue_put(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+        not_before: Option<Timestamp>,
+    ) -> Result<(), StorageFault>;
+    /// Removes a queued job from its class's index.
+    fn class_queue_remove(&mut self, class: &QueueClass, key: QueueKey)
+    -> Result<(), StorageFault>;
     /// Adds a state index entry.
     fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault>;
     /// Removes a state index entry.

@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use super::tables::{Counter, ReadTables, StorageFault, Tables, Visit};
 use super::{Call, Engine, StoreError, WriteOp};
 use crate::{
-    Job, JobId, JobState, LogLine, LogMeta, QueueEntry, QueueKey, Timestamp, WorkerId, WorkerRecord,
+    Job, JobId, JobState, LogLine, LogMeta, QueueClass, QueueEntry, QueueKey, Timestamp, WorkerId,
+    WorkerRecord,
 };
 
 thread_local! {
@@ -93,6 +94,16 @@ impl ReadTables for Recorder<'_> {
     fn queue(&self, visit: Visit<'_, (QueueKey, QueueEntry)>) -> Result<(), StorageFault> {
         self.tables.queue(visit)
     }
+    fn queue_classes(&self, visit: Visit<'_, QueueClass>) -> Result<(), StorageFault> {
+        self.tables.queue_classes(visit)
+    }
+    fn class_queue(
+        &self,
+        class: &QueueClass,
+        visit: Visit<'_, (QueueKey, Option<Timestamp>)>,
+    ) -> Result<(), StorageFault> {
+        self.tables.class_queue(class, visit)
+    }
     fn deadlines_until(
         &self,
         now: Timestamp,
@@ -142,6 +153,21 @@ impl Tables for Recorder<'_> {
     }
     fn queue_remove(&mut self, key: QueueKey) -> Result<(), StorageFault> {
         self.tables.queue_remove(key)
+    }
+    fn class_queue_put(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+        not_before: Option<Timestamp>,
+    ) -> Result<(), StorageFault> {
+        self.tables.class_queue_put(class, key, not_before)
+    }
+    fn class_queue_remove(
+        &mut self,
+        class: &QueueClass,
+        key: QueueKey,
+    ) -> Result<(), StorageFault> {
+        self.tables.class_queue_remove(class, key)
     }
     fn state_put(&mut self, state: JobState, id: JobId) -> Result<(), StorageFault> {
         self.tables.state_put(state, id)

@@ -29,6 +29,8 @@ pub(super) struct Pending {
     pub(super) jobs: BTreeMap<i64, Option<JobRow>>,
     pub(super) states: BTreeMap<(i16, i64), bool>,
     pub(super) queue: BTreeMap<(i64, i64), Option<Vec<u8>>>,
+    /// (encoded class, rank, job) → `Some(not_before)`, or `None`: removed.
+    pub(super) class_queue: BTreeMap<(Vec<u8>, i64, i64), Option<Option<i64>>>,
     pub(super) deadlines: BTreeMap<(i64, i64), bool>,
     pub(super) idempotency: BTreeMap<String, Option<i64>>,
     pub(super) dependents: BTreeMap<(i64, i64), bool>,
@@ -71,6 +73,7 @@ impl Pending {
         self.jobs.is_empty()
             && self.states.is_empty()
             && self.queue.is_empty()
+            && self.class_queue.is_empty()
             && self.deadlines.is_empty()
             && self.idempotency.is_empty()
             && self.dependents.is_empty()
@@ -177,6 +180,40 @@ impl Pending {
                  select * from unnest($1::bigint[], $2::bigint[], $3::bytea[]) \
                  on conflict (sort_key, job) do update set entry = excluded.entry",
                 vec![Box::new(s), Box::new(j), Box::new(e)],
+            ));
+        }
+
+        let (gone, rows): (Vec<_>, Vec<_>) =
+            p.class_queue.into_iter().partition(|(_, e)| e.is_none());
+        if !gone.is_empty() {
+            let (mut c, mut s, mut j) = (Vec::new(), Vec::new(), Vec::new());
+            for ((class, sort, job), _) in gone {
+                c.push(class);
+                s.push(sort);
+                j.push(job);
+            }
+            out.push(batch(
+                "delete from nexa_class_queue t \
+                 using unnest($1::bytea[], $2::bigint[], $3::bigint[]) as g(class, sort_key, job) \
+                 where t.class = g.class and t.sort_key = g.sort_key and t.job = g.job",
+                vec![Box::new(c), Box::new(s), Box::new(j)],
+            ));
+        }
+        if !rows.is_empty() {
+            let (mut c, mut s, mut j, mut n) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((class, sort, job), not_before) in rows {
+                if let Some(not_before) = not_before {
+                    c.push(class);
+                    s.push(sort);
+                    j.push(job);
+                    n.push(not_before);
+                }
+            }
+            out.push(batch(
+                "insert into nexa_class_queue (class, sort_key, job, not_before_ms) \
+                 select * from unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                 on conflict (class, sort_key, job) do update set not_before_ms = excluded.not_before_ms",
+                vec![Box::new(c), Box::new(s), Box::new(j), Box::new(n)],
             ));
         }
 
