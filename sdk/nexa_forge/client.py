@@ -579,37 +579,48 @@ class NexaForgeClient:
             return []
         return [Event.from_dict(e) for e in events if isinstance(e, Mapping)]
 
+    def _stream(
+        self, path: str, query: Mapping[str, Any], what: str
+    ) -> Iterator[Tuple[str, Mapping[str, Any]]]:
+        """The events of one event stream as (name, data), up to its ``end`` (yielded, with
+        no data); an ``error`` event raises. A read that fails raises as it does."""
+        with self._transport.open_stream(path, query) as resp:
+            for ev in read_events(resp):
+                if ev.event == "end":
+                    yield "end", {}
+                    return
+                data = _json_or_none(ev.data)
+                if not isinstance(data, Mapping):
+                    continue
+                if ev.event == "error":
+                    raise NexaForgeError(
+                        f"following {what} failed: "
+                        f"{data.get('message') or 'the server gave no reason'}",
+                        code="stream_error",
+                    )
+                yield ev.event, data
+
     def _follow_events(self, job_id: str, path: str) -> Iterator[Event]:
         seen = 0
         while True:
             progressed = False
             try:
-                with self._transport.open_stream(path, {"follow": True, "from": seen}) as resp:
-                    for ev in read_events(resp):
-                        data = _json_or_none(ev.data)
-                        if ev.event == "end":
-                            return
-                        if not isinstance(data, Mapping):
+                query = {"follow": True, "from": seen}
+                for event, data in self._stream(path, query, f"the events of {job_id}"):
+                    if event == "end":
+                        return
+                    if event == "event":
+                        index = data.get("index")
+                        if isinstance(index, int) and index < seen:
                             continue
-                        if ev.event == "error":
-                            raise NexaForgeError(
-                                f"following the events of {job_id} failed: "
-                                f"{data.get('message') or 'the server gave no reason'}",
-                                code="stream_error",
-                            )
-                        if ev.event == "event":
-                            index = data.get("index")
-                            if isinstance(index, int) and index < seen:
-                                continue
-                            seen = index + 1 if isinstance(index, int) else seen + 1
-                            progressed = True
-                            yield Event.from_dict(data)
+                        seen = index + 1 if isinstance(index, int) else seen + 1
+                        progressed = True
+                        yield Event.from_dict(data)
             except (OSError, http.client.HTTPException):
                 pass  # a read timed out or the connection dropped: reopen where it stopped
             if not progressed:
                 if self.get_job(job_id).is_finished:
-                    for event in self.events(job_id)[seen:]:
-                        yield event
+                    yield from self.events(job_id)[seen:]
                     return
                 time.sleep(_RECONNECT_PAUSE)
 
@@ -683,32 +694,22 @@ class NexaForgeClient:
                 query["from_seq"] = last_seq.get(current, -1) + 1
             progressed = False
             try:
-                with self._transport.open_stream(path, query) as resp:
-                    for ev in read_events(resp):
-                        data = _json_or_none(ev.data)
-                        if ev.event == "end":
-                            return
-                        if not isinstance(data, Mapping):
+                for event, data in self._stream(path, query, f"the logs of {job_id}"):
+                    if event == "end":
+                        return
+                    if event == "attempt":
+                        number = data.get("attempt")
+                        if isinstance(number, int) and not isinstance(number, bool):
+                            current = number
+                    elif event == "log":
+                        line = LogLine.from_dict(data, attempt=current)
+                        key = line.attempt if line.attempt is not None else -1
+                        if line.seq <= last_seq.get(key, -1):
                             continue
-                        if ev.event == "error":
-                            raise NexaForgeError(
-                                f"following the logs of {job_id} failed: "
-                                f"{data.get('message') or 'the server gave no reason'}",
-                                code="stream_error",
-                            )
-                        if ev.event == "attempt":
-                            number = data.get("attempt")
-                            if isinstance(number, int) and not isinstance(number, bool):
-                                current = number
-                        elif ev.event == "log":
-                            line = LogLine.from_dict(data, attempt=current)
-                            key = line.attempt if line.attempt is not None else -1
-                            if line.seq <= last_seq.get(key, -1):
-                                continue
-                            last_seq[key] = line.seq
-                            current = line.attempt
-                            progressed = True
-                            yield line
+                        last_seq[key] = line.seq
+                        current = line.attempt
+                        progressed = True
+                        yield line
             except (OSError, http.client.HTTPException):
                 pass  # a read timed out or the connection dropped: look at the job, reopen
             # The stream stopped without `end`. If the job has finished, its stored lines
@@ -1307,6 +1308,7 @@ _LONGEST_WAIT = 25.0
 
 # The most job ids one ask of ``POST /jobs/wait`` carries.
 _WAIT_MANY_CHUNK = 10_000
+
 
 def _submit_body(
     job_type: Union[str, JobType],

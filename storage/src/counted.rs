@@ -132,12 +132,7 @@ impl RedbStore {
         counts: Arc<IoCounts>,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(|source| OpenError::Folder {
-                path: folder.to_path_buf(),
-                source,
-            })?;
-        }
+        crate::redb_store::make_folder(&path)?;
         let location = path.display().to_string();
         let make = move || {
             let file = std::fs::OpenOptions::new()

@@ -37,6 +37,17 @@ use crate::tables::{
 /// them (built from the jobs and the queue) when opened.
 pub const FORMAT_VERSION: u64 = 3;
 
+/// Creates the folder the store's file at `path` goes in.
+pub(crate) fn make_folder(path: &Path) -> Result<(), OpenError> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => std::fs::create_dir_all(folder).map_err(|source| OpenError::Folder {
+            path: folder.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Where `nexa` keeps its store unless told otherwise.
 pub const DEFAULT_PATH: &str = "var/nexa_forge.db";
 
@@ -188,12 +199,7 @@ impl RedbStore {
         now: Timestamp,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).map_err(|source| OpenError::Folder {
-                path: folder.to_path_buf(),
-                source,
-            })?;
-        }
+        make_folder(&path)?;
         let location = path.display().to_string();
         let open: Opener = Box::new(move || Database::builder().create(&path));
         Self::start(open, location, config, now)
