@@ -202,6 +202,13 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
             })
             .collect();
         figures.insert("submit_to_start_ms".into(), json!(Spread::of(started)));
+        // The push path: from the store acknowledging a job's completion to the client
+        // seeing the job finished.
+        let pushed: Vec<Duration> = records
+            .iter()
+            .filter_map(|r| Some(r.seen.saturating_duration_since(c.times.finished_at(r.id)?)))
+            .collect();
+        figures.insert("finish_stored_to_seen_ms".into(), json!(Spread::of(pushed)));
         let io = c.io().zip(io_before).map(|(now, then)| now.since(then));
         figures.insert("per_job".into(), json!(PerJob::new(jobs, process, io)));
         figures.insert(
@@ -281,6 +288,7 @@ fn summary(result: &serde_json::Value) -> String {
     for (label, key) in [
         ("submit → start", "submit_to_start_ms"),
         ("submit → result seen", "submit_to_result_ms"),
+        ("finish stored → seen", "finish_stored_to_seen_ms"),
     ] {
         let v = &f[key];
         if v.is_object() {

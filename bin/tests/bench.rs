@@ -52,7 +52,11 @@ fn a_scenario_runs_and_its_result_holds_the_settings_and_every_figure() {
     let f = &a["figures"];
     assert_eq!(f["jobs"], 100);
     assert_eq!(f["succeeded"], 100);
-    for spread in ["submit_to_start_ms", "submit_to_result_ms"] {
+    for spread in [
+        "submit_to_start_ms",
+        "submit_to_result_ms",
+        "finish_stored_to_seen_ms",
+    ] {
         assert_eq!(f[spread]["count"], 100, "{spread}: {f}");
         let (p50, p99) = (
             f[spread]["p50"].as_f64().unwrap(),

@@ -46,13 +46,30 @@ impl Probe {
     }
 }
 
-/// How long each store call took, by method.
+/// How long each store call took, by method; and when each job's completion was stored.
 #[derive(Default)]
 pub(crate) struct CallTimes {
     taken: Mutex<HashMap<&'static str, Vec<Duration>>>,
+    finished: Mutex<HashMap<JobId, Instant>>,
 }
 
 impl CallTimes {
+    fn finished(&self, job: JobId, at: Instant) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job, at);
+    }
+
+    /// When `job`'s completion was stored (once the store acknowledged it).
+    pub(crate) fn finished_at(&self, job: JobId) -> Option<Instant> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job)
+            .copied()
+    }
+
     fn add(&self, method: &'static str, took: Duration) {
         self.taken
             .lock()
@@ -82,7 +99,11 @@ impl<E: Engine> Engine for Timed<E> {
     fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         let began = Instant::now();
         let r = self.engine.write(call, op);
-        self.times.add(call.method, began.elapsed());
+        let stored = Instant::now();
+        self.times.add(call.method, stored - began);
+        if let (true, "complete", Some(job)) = (r.is_ok(), call.method, call.job) {
+            self.times.finished(job, stored);
+        }
         r
     }
 
