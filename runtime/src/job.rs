@@ -572,6 +572,7 @@ impl Job {
                 self.updated_at = now;
             }
             (S::Assigned | S::Running, T::Succeed { output, .. }) => {
+                self.started_by_outcome(now);
                 self.end_attempt(now, AttemptOutcome::Succeeded);
                 self.progress = Some(1.0);
                 self.output = Some(output);
@@ -586,6 +587,7 @@ impl Job {
                 );
             }
             (S::Assigned | S::Running | S::Cancelling, T::Fail { error, .. }) => {
+                self.started_by_outcome(now);
                 self.fail_attempt(error, now, retry);
             }
             (S::Assigned | S::Running | S::Cancelling, T::LeaseExpired) => {
@@ -626,6 +628,16 @@ impl Job {
             _ => return Err(illegal),
         }
         Ok(())
+    }
+
+    /// An outcome reported while the job is still `assigned` (a short stage: its worker reports
+    /// the start with the outcome, in one write) starts it first, so that its history and its
+    /// attempt read as every other job's: started, then ended.
+    fn started_by_outcome(&mut self, now: Timestamp) {
+        if self.state == JobState::Assigned {
+            self.live_mut().started_at = Some(now);
+            self.enter(JobState::Running, now, "started");
+        }
     }
 
     fn live_mut(&mut self) -> &mut Attempt {

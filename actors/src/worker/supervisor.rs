@@ -21,6 +21,10 @@ use super::{AgentMsg, RestartLimit};
 use crate::artifacts::Artifacts;
 use crate::stage::{LogSink, Progress, Serving, Stage, StageContext, StageError};
 
+/// How long a stage runs before its start is reported on its own; one that ends sooner is
+/// started by its outcome's report.
+const START_REPORT_DELAY: Duration = Duration::from_millis(5);
+
 /// What a supervisor is started with.
 pub(crate) struct Args {
     pub(crate) client: Arc<dyn Uplink>,
@@ -90,10 +94,18 @@ async fn supervise(args: Args) {
     let (job, epoch, lease_token) = (a.job, a.epoch, a.lease_token);
     let client = &*args.client;
     // Report the start without holding up the stage (the outcome waits for it, so the job's
-    // history stays in order); a stale answer means the lease is gone.
+    // history stays in order); a stale answer means the lease is gone. A stage that ends
+    // within `START_REPORT_DELAY` is not reported started on its own: its outcome starts it
+    // on the control plane in the same write, one durable commit instead of two.
+    let over = CancellationToken::new();
     let started = {
         let (client, lost, cancel) = (args.client.clone(), args.lost.clone(), args.cancel.clone());
+        let over = over.clone();
         tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(START_REPORT_DELAY) => {}
+                () = over.cancelled() => return,
+            }
             let started = Message::Started {
                 job,
                 epoch,
@@ -192,6 +204,7 @@ async fn supervise(args: Args) {
     // The stage is gone: its slot and GPUs can take the next job while the outcome is
     // reported.
     let _ = args.agent.cast(AgentMsg::StageDone(job));
+    over.cancel();
     let _ = started.await;
     if args.lost.load(Ordering::SeqCst) {
         info!(%job, "lease lost; not reporting");
