@@ -276,9 +276,13 @@ fn summary(result: &serde_json::Value) -> String {
     let s = &result["scenario"];
     let mut out = String::new();
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let failed = f["jobs"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(f["succeeded"].as_u64().unwrap_or(0));
     let _ = writeln!(
         out,
-        "{}: {} jobs ({} retried) in {:.2} s: {:.0} jobs/s",
+        "{}: {} jobs ({failed} did not succeed, {} retried) in {:.2} s: {:.0} jobs/s",
         s["name"].as_str().unwrap_or("bench"),
         f["jobs"],
         f["retried_jobs"],

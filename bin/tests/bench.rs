@@ -43,7 +43,10 @@ fn a_scenario_runs_and_its_result_holds_the_settings_and_every_figure() {
         "--out",
         a.to_str().unwrap(),
     ]));
-    assert!(said.starts_with("ci: 100 jobs"), "{said}");
+    assert!(
+        said.starts_with("ci: 100 jobs (0 did not succeed"),
+        "{said}"
+    );
     let a = result(&a);
     assert_eq!(a["nexa_bench"], 1);
     assert_eq!(a["scenario"]["name"], "ci");
@@ -78,10 +81,13 @@ fn a_scenario_runs_and_its_result_holds_the_settings_and_every_figure() {
         per_job["context_switches"].as_f64().unwrap() > 0.0,
         "{per_job}"
     );
-    // Each job was submitted, leased, started and completed once.
-    for call in ["submit", "start", "complete"] {
+    // Each job was submitted and completed once; a no-op stage's start rides in its
+    // completion's write (a stage that took over 5 ms would report it on its own).
+    for call in ["submit", "complete"] {
         assert_eq!(f["store_calls"][call]["count"], 100, "{call}: {f}");
     }
+    let starts = f["store_calls"]["start"]["count"].as_u64().unwrap_or(0);
+    assert!(starts < 100, "{starts} starts written on their own: {f}");
 }
 
 #[test]
