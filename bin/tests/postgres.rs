@@ -444,3 +444,32 @@ fn tokens_and_http_worker_sessions_are_the_databases_and_outlive_the_leader() {
     let (status, _) = support::call("GET", &url(http_b, "/jobs"), None, Some(&worker));
     assert_eq!(status, 200, "the other token still counts");
 }
+
+#[test]
+fn nexa_bench_runs_on_postgres_and_refuses_a_database_that_holds_jobs() {
+    let database = fresh_database("bench");
+    let bench = || {
+        std::process::Command::new(NEXA)
+            .args(["bench", "run", "--store", "postgres", "--jobs", "30"])
+            .args(["--warmup", "0", "--workers", "2", "--clients", "2"])
+            .args(["--database-url", &database])
+            .output()
+            .unwrap()
+    };
+    let out = bench();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with("default: 30 jobs (0 did not succeed"),
+        "{said}"
+    );
+    // Its jobs stay in the database: a second run there is refused.
+    let again = bench();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("holds 30 jobs"), "{err}");
+}

@@ -168,16 +168,20 @@ impl Cluster {
                     );
                 };
                 let (url, store_config) = (url.to_owned(), config.store.clone());
-                let engine = tokio::task::spawn_blocking(move || PgStore::open(&url, store_config))
-                    .await??;
-                let held: u64 = engine.counts()?.iter().map(|(_, n)| n).sum();
-                if held > 0 {
-                    bail!(
-                        "{} holds {held} jobs: give the benchmark an empty database or schema \
-                         (its jobs stay there)",
-                        engine.location()
-                    );
-                }
+                // The client blocks on a runtime of its own: off the async threads.
+                let engine = tokio::task::spawn_blocking(move || -> Result<PgStore> {
+                    let engine = PgStore::open(&url, store_config)?;
+                    let held: u64 = engine.counts()?.iter().map(|(_, n)| n).sum();
+                    if held > 0 {
+                        bail!(
+                            "{} holds {held} jobs: give the benchmark an empty database or \
+                             schema (its jobs stay there)",
+                            engine.location()
+                        );
+                    }
+                    Ok(engine)
+                })
+                .await??;
                 (timed(engine, &times), None)
             }
         };
