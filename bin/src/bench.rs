@@ -213,7 +213,7 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
         figures.insert("per_job".into(), json!(PerJob::new(jobs, process, io)));
         figures.insert(
             "process_cpu_cores".into(),
-            json!((process_cpu_ms(process) / 1e3) / wall.as_secs_f64().max(1e-9)),
+            json!((process.cpu_ms() / 1e3) / wall.as_secs_f64().max(1e-9)),
         );
         figures.insert(
             "store_calls".into(),
@@ -249,10 +249,6 @@ async fn measure(scenario: &Scenario, args: &BenchRunArgs) -> Result<serde_json:
         "scenario": scenario,
         "figures": figures,
     }))
-}
-
-fn process_cpu_ms(process: Process) -> f64 {
-    PerJob::new(1, process, None).cpu_ms
 }
 
 /// Queues the scenario's `queued` jobs, which no worker can take (they ask for a label no

@@ -93,6 +93,11 @@ impl Process {
         }
     }
 
+    /// Its CPU time, in milliseconds.
+    pub(crate) fn cpu_ms(self) -> f64 {
+        self.cpu_ticks as f64 * 10.0
+    }
+
     /// What happened between `earlier` and this.
     pub(crate) fn since(self, earlier: Self) -> Self {
         Self {
@@ -131,7 +136,7 @@ impl PerJob {
             store_bytes: io.map(|i| per(i.bytes)),
             write_syscalls: per(process.write_calls),
             context_switches: per(process.switches),
-            cpu_ms: per(process.cpu_ticks) * 10.0,
+            cpu_ms: process.cpu_ms() / n,
         }
     }
 }

@@ -458,53 +458,28 @@ pub(crate) async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let job = load(&state, api::path_job(&id)?).await?;
     if query.follow.unwrap_or(false) {
-        let from = query.from.unwrap_or(0);
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(events_sse(state.plane.watch_job(job.id), from)));
+        // The events sent so far: each change shows the ones after them.
+        let mut sent = query.from.unwrap_or(0);
+        return Ok(event_stream(state.plane.watch_job(job.id), move |now| {
+            let mut text = String::new();
+            for (index, event) in now.events.iter().enumerate().skip(sent) {
+                let mut data = serde_json::to_value(api::event_body(event)).unwrap_or_default();
+                data["index"] = index.into();
+                text.push_str(&sse("event", &data));
+            }
+            sent = sent.max(now.events.len());
+            let ended = now.state.is_terminal();
+            if ended {
+                let end = serde_json::json!({"status": now.state.as_str()});
+                text.push_str(&sse("end", &end));
+            }
+            (Bytes::from(text), ended)
+        }));
     }
     Ok(HttpResponse::Ok().json(EventsBody {
         job_id: job.id.to_string(),
         events: job.events.iter().map(api::event_body).collect(),
     }))
-}
-
-/// A job's events as server-sent events, from the `from`th: `event` (the event, with its
-/// `index`), then `end` (the job's final status) or `error`, with a keep-alive comment when
-/// it is quiet.
-fn events_sse(
-    job: impl Stream<Item = Result<Job, PlaneError>> + Send + 'static,
-    from: usize,
-) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures_util::stream::unfold(Some((Box::pin(job), from)), |watched| async move {
-        let (mut job, sent) = watched?;
-        let chunk = match tokio::time::timeout(KEEP_ALIVE, job.next()).await {
-            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
-            Ok(None) => return None,
-            Ok(Some(Ok(now))) => {
-                let mut text = String::new();
-                for (index, event) in now.events.iter().enumerate().skip(sent) {
-                    let mut data = serde_json::to_value(api::event_body(event)).unwrap_or_default();
-                    data["index"] = index.into();
-                    text.push_str(&format!("event: event\ndata: {data}\n\n"));
-                }
-                let sent = sent.max(now.events.len());
-                if now.state.is_terminal() {
-                    let end = serde_json::json!({"status": now.state.as_str()});
-                    text.push_str(&format!("event: end\ndata: {end}\n\n"));
-                    return Some((Ok(Bytes::from(text)), None));
-                }
-                return Some((Ok(Bytes::from(text)), Some((job, sent))));
-            }
-            Ok(Some(Err(e))) => {
-                let chunk = sse("error", &serde_json::json!({"message": e.to_string()}));
-                return Some((Ok(chunk), None));
-            }
-        };
-        Some((Ok(chunk), Some((job, sent))))
-    })
 }
 
 /// A job's log lines, or (`follow=true`) a stream of them as server-sent events.
@@ -544,11 +519,29 @@ pub(crate) async fn logs(
     }
     if q.follow.unwrap_or(false) {
         let from = FollowFrom::new(q.attempt.unwrap_or(1), from);
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(follow_sse(state.plane.follow_logs(id, from))));
+        return Ok(event_stream(
+            state.plane.follow_logs(id, from),
+            |event| match event {
+                LogEvent::Attempt(attempt) => (
+                    sse("attempt", &serde_json::json!({"attempt": attempt})).into(),
+                    false,
+                ),
+                LogEvent::Line { attempt, line } => {
+                    let data = serde_json::json!({
+                        "attempt": attempt,
+                        "seq": line.seq,
+                        "at": api::time(line.at),
+                        "text": line.text,
+                    });
+                    (sse("log", &data).into(), false)
+                }
+                LogEvent::End(state) => (
+                    sse("end", &serde_json::json!({"status": state.as_str()})).into(),
+                    true,
+                ),
+                _ => (Bytes::new(), false),
+            },
+        ));
     }
     let page = state
         .plane
@@ -578,43 +571,37 @@ pub(crate) async fn logs(
 /// stream open and a client that went away is noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-fn sse(event: &str, data: &serde_json::Value) -> Bytes {
-    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+/// One server-sent event.
+fn sse(event: &str, data: &serde_json::Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
 }
 
-/// A followed log as server-sent events: `attempt`, `log` and `end` (or `error`), with a
+/// `items` as a `text/event-stream` answer: each item as `render` writes it (which also says
+/// whether it is the last), an `error` event that ends the stream when the plane fails, and a
 /// keep-alive comment when it is quiet.
-fn follow_sse(
-    log: impl Stream<Item = Result<LogEvent, PlaneError>> + Send + 'static,
-) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures_util::stream::unfold(Some(Box::pin(log)), |log| async move {
-        let mut log = log?;
-        let chunk = match tokio::time::timeout(KEEP_ALIVE, log.next()).await {
-            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+fn event_stream<T: 'static>(
+    items: impl Stream<Item = Result<T, PlaneError>> + Send + 'static,
+    render: impl FnMut(T) -> (Bytes, bool) + Send + 'static,
+) -> HttpResponse {
+    let stream = futures_util::stream::unfold(Some((Box::pin(items), render)), |open| async move {
+        let (mut items, mut render) = open?;
+        let (chunk, last) = match tokio::time::timeout(KEEP_ALIVE, items.next()).await {
+            Err(_) => (Bytes::from_static(b": keep-alive\n\n"), false),
             Ok(None) => return None,
-            Ok(Some(Ok(LogEvent::Attempt(attempt)))) => {
-                sse("attempt", &serde_json::json!({"attempt": attempt}))
-            }
-            Ok(Some(Ok(LogEvent::Line { attempt, line }))) => {
-                let data = serde_json::json!({
-                    "attempt": attempt,
-                    "seq": line.seq,
-                    "at": api::time(line.at),
-                    "text": line.text,
-                });
-                sse("log", &data)
-            }
-            Ok(Some(Ok(LogEvent::End(state)))) => {
-                sse("end", &serde_json::json!({"status": state.as_str()}))
-            }
-            Ok(Some(Ok(_))) => Bytes::new(),
-            Ok(Some(Err(e))) => {
-                let chunk = sse("error", &serde_json::json!({"message": e.to_string()}));
-                return Some((Ok(chunk), None));
-            }
+            Ok(Some(Ok(item))) => render(item),
+            Ok(Some(Err(e))) => (
+                sse("error", &serde_json::json!({"message": e.to_string()})).into(),
+                true,
+            ),
         };
-        Some((Ok(chunk), Some(log)))
-    })
+        let next = (!last).then_some((items, render));
+        Some((Ok::<_, std::convert::Infallible>(chunk), next))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
 }
 
 // ---------------------------------------------------------------------------------------------
