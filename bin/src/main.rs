@@ -20,6 +20,12 @@ use clap::Parser;
 
 use crate::options::{Cli, Command, LogFormat};
 
+/// mimalloc rather than the system's malloc: training steps free and allocate the same large
+/// buffers over and over, and glibc's malloc returns them to the system and faults them in
+/// again each time (see the root manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("NEXA_LOG").unwrap_or_else(|_| EnvFilter::new(level));

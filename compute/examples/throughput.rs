@@ -12,6 +12,10 @@
 #[path = "support/torch.rs"]
 mod torch;
 
+/// The allocator of the nexa binary, whose workers run training: what users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use nexa_compute::{
     Control, CpuBackend, GenerateSpec, Head, Mlp, Preset, Problem, TrainConfig, generate,
     set_threads, threads, train,
