@@ -273,11 +273,13 @@ impl ControlPlane {
             None => None,
         };
         let changes = Changes::default();
+        let parked = scheduler::Parked::default();
         let args = scheduler::Args {
             actors: actors.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             changes: changes.clone(),
+            parked: parked.clone(),
         };
         let (scheduler, ended) = Actor::spawn(None, Scheduler, args)
             .await
@@ -360,6 +362,7 @@ impl ControlPlane {
             actors,
             endpoints,
             scheduler: scheduler.clone(),
+            parked,
             changes,
         };
         let handler = Arc::new(PlaneHandler {

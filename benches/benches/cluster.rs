@@ -67,7 +67,8 @@ use nexa_benches::{
 };
 use nexa_runtime::{
     Call, Engine, Job, JobId, JobOutput, JobState, JobType, Lease, LeaseRequest, ListQuery,
-    MemStore, ReadTables, Store, StoreConfig, StoreError, Submitted, Timestamp, WorkerId, WriteOp,
+    MemStore, ReadTables, Store, StoreConfig, StoreError, Submitted, SubmittedAndLeased, Timestamp,
+    WorkerId, WriteOp,
 };
 use nexa_storage::RedbStore;
 use nexa_transport::Trust;
@@ -1408,6 +1409,7 @@ fn print_samples(what: &str, s: &Samples) {
 enum Op {
     Submit,
     SubmitBatch,
+    SubmitAndLease,
     Get,
     List,
     Count,
@@ -1439,9 +1441,10 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 29] = [
+    const ALL: [Op; 30] = [
         Op::Submit,
         Op::SubmitBatch,
+        Op::SubmitAndLease,
         Op::Get,
         Op::List,
         Op::Count,
@@ -1478,6 +1481,7 @@ impl Op {
         Some(match method {
             "submit" => Op::Submit,
             "submit_batch" => Op::SubmitBatch,
+            "submit_and_lease" => Op::SubmitAndLease,
             "get" => Op::Get,
             "list" => Op::List,
             "count" => Op::Count,
@@ -1507,6 +1511,7 @@ impl Op {
         match self {
             Op::Submit => "submit",
             Op::SubmitBatch => "submit_batch",
+            Op::SubmitAndLease => "submit_and_lease (writes)",
             Op::Get => "get",
             Op::List => "list",
             Op::Count => "count",
@@ -1644,6 +1649,20 @@ impl Meter {
         }
     }
 
+    /// Counts the answers of a batch of lease requests, leased at `at`.
+    fn batch_answers(&self, answers: &[Result<Option<Lease>, StoreError>], at: Instant) {
+        for answer in answers {
+            match answer {
+                Ok(Some(lease)) => {
+                    self.add(Op::BatchFound, Duration::ZERO);
+                    self.mark(lease.job.id, |m| m.leased = Some(at));
+                }
+                Ok(None) => self.add(Op::BatchEmpty, Duration::ZERO),
+                Err(_) => self.add(Op::BatchFailed, Duration::ZERO),
+            }
+        }
+    }
+
     /// Counts a write of the `Store` method `method` about `job`, called at `called`, that
     /// took `took`, answered `answer` and returned at `at`; notes the job's moments.
     fn wrote(
@@ -1669,22 +1688,23 @@ impl Meter {
                 let answers = answer.map(|a| {
                     answer_as::<Vec<Result<Option<Lease>, StoreError>>>(method, a).as_slice()
                 });
-                for answer in answers.unwrap_or_default() {
-                    match answer {
-                        Ok(Some(lease)) => {
-                            self.add(Op::BatchFound, Duration::ZERO);
-                            self.mark(lease.job.id, |m| m.leased = Some(at));
-                        }
-                        Ok(None) => self.add(Op::BatchEmpty, Duration::ZERO),
-                        Err(_) => self.add(Op::BatchFailed, Duration::ZERO),
-                    }
-                }
+                self.batch_answers(answers.unwrap_or_default(), at);
             }
             "submit" => {
                 self.add(Op::Submit, took);
                 if let Ok(a) = answer {
                     let id = answer_as::<Submitted>(method, a).id;
                     self.mark(id, |m| m.submitted = Some(at));
+                }
+            }
+            "submit_and_lease" => {
+                self.add(Op::SubmitAndLease, took);
+                if let Ok(a) = answer {
+                    let (submitted, answers) = answer_as::<SubmittedAndLeased>(method, a);
+                    for s in submitted {
+                        self.mark(s.id, |m| m.submitted = Some(at));
+                    }
+                    self.batch_answers(answers, at);
                 }
             }
             "start" => {

@@ -318,11 +318,19 @@ fn summary(result: &serde_json::Value) -> String {
         );
     }
     if let Some(calls) = f["store_calls"].as_object() {
-        for method in ["submit", "submit_batch", "lease_many", "start", "complete"] {
+        let methods = [
+            "submit",
+            "submit_batch",
+            "submit_and_lease",
+            "lease_many",
+            "start",
+            "complete",
+        ];
+        for method in methods {
             if let Some(c) = calls.get(method) {
                 let _ = writeln!(
                     out,
-                    "  store {method:<13} {:.2}/job, p50 {:.0} µs, p99 {:.0} µs",
+                    "  store {method:<16} {:.2}/job, p50 {:.0} µs, p99 {:.0} µs",
                     num(&c["per_job"]),
                     num(&c["p50_us"]),
                     num(&c["p99_us"])

@@ -87,8 +87,8 @@ pub use scheduling::{
 pub use spec::{JobSpec, JobType, Resources, SpecError, URI_SCHEMES, UnknownJobType, thousands};
 pub use store::{
     Call, Copied, Counter, Engine, Expired, FaultKind, Lease, LeaseRequest, LeaseStatus, ListQuery,
-    Page, ReadTables, StorageFault, Store, StoreConfig, StoreError, Submitted, Tables, Visit,
-    WriteOp, copy, recording,
+    Page, ReadTables, StorageFault, Store, StoreConfig, StoreError, Submission, Submitted,
+    SubmittedAndLeased, Tables, Visit, WriteOp, copy, recording,
 };
 pub use time::Timestamp;
 pub use worker::{Gpu, WorkerInfo, WorkerRecord, WorkerStatus};

@@ -84,6 +84,19 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// What [`Store::submit_and_lease`] submits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Submission {
+    /// One job, as [`Store::submit`] takes it.
+    One(JobSpec),
+    /// Several jobs, all or none, as [`Store::submit_batch`] takes them.
+    Batch(Vec<JobSpec>),
+}
+
+/// What [`Store::submit_and_lease`] answers: the jobs submitted, and one answer per lease
+/// request, as [`Store::lease_many`] gives them.
+pub type SubmittedAndLeased = (Vec<Submitted>, Vec<Result<Option<Lease>, StoreError>>);
+
 /// A worker asking for a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
@@ -362,6 +375,17 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>;
 
+    /// Submits, then leases for `requests` as [`Store::lease_many`] does, in one write: the
+    /// workers waiting when a job arrives get it in the commit that accepts it, one durable
+    /// write sooner than a submit and then a lease. `Err` when the submission is refused or
+    /// the write failed: then nothing was submitted and nothing leased.
+    fn submit_and_lease(
+        &self,
+        submission: Submission,
+        requests: Vec<LeaseRequest>,
+        now: Timestamp,
+    ) -> Result<SubmittedAndLeased, StoreError>;
+
     /// The worker started the job (`assigned → running`).
     fn start(&self, id: JobId, epoch: Epoch, now: Timestamp) -> Result<(), StoreError>;
 
@@ -576,6 +600,26 @@ impl<E: Engine> Store for E {
             self,
             Call::new("lease_many", None),
             Box::new(move |t| ops::lease_many(t, &cfg, &requests, now)),
+        )
+    }
+
+    fn submit_and_lease(
+        &self,
+        submission: Submission,
+        requests: Vec<LeaseRequest>,
+        now: Timestamp,
+    ) -> Result<SubmittedAndLeased, StoreError> {
+        let cfg = self.config().clone();
+        touched::write(
+            self,
+            Call::new("submit_and_lease", None),
+            Box::new(move |t| {
+                let submitted = match submission {
+                    Submission::One(spec) => vec![ops::submit(t, &cfg, spec, now)?],
+                    Submission::Batch(specs) => ops::submit_batch(t, specs, now)?,
+                };
+                Ok((submitted, ops::lease_many(t, &cfg, &requests, now)?))
+            }),
         )
     }
 

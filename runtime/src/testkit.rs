@@ -65,7 +65,8 @@ pub use lifecycle::{
     lease_order_is_priority_then_fifo, lease_refuses_unknown_and_draining_workers,
     leases_only_jobs_that_fit, non_retryable_failures_fail_at_once, retry_waits_out_the_backoff,
     retryable_failures_retry_until_max_attempts, stale_epoch_reports_are_refused,
-    stale_reports_on_finished_job_are_stale, timeout_fails_the_attempt,
+    stale_reports_on_finished_job_are_stale, submit_and_lease_hands_new_jobs_to_waiting_workers,
+    timeout_fails_the_attempt,
 };
 pub use logs::{
     log_cap_keeps_the_cap_then_a_marker, log_gap_is_refused, log_lines_are_stored_with_seq,
@@ -149,6 +150,7 @@ macro_rules! store_suite {
             lease_epochs_grow,
             lease_many_leases_each_job_once_in_queue_order,
             lease_many_is_lease_next_in_turn,
+            submit_and_lease_hands_new_jobs_to_waiting_workers,
             retry_waits_out_the_backoff,
             stale_epoch_reports_are_refused,
             stale_reports_on_finished_job_are_stale,

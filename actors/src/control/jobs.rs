@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use nexa_runtime::wire::{HeartbeatAck, RunningJob};
 use nexa_runtime::{
-    Epoch, Job, JobId, JobParams, JobSpec, JobState, JobType, ListQuery, Registry, SpecError,
-    Store, StoreError, Submitted, WorkerId,
+    Epoch, FaultKind, Job, JobId, JobParams, JobSpec, JobState, JobType, ListQuery, Registry,
+    SpecError, StorageFault, Store, StoreError, Submission, Submitted, WorkerId,
 };
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
@@ -17,7 +17,7 @@ use super::endpoints::{Endpoints, Replica};
 use super::follow::{Changes, write};
 use super::job_actor::{JobActors, JobMsg};
 use super::report::{Applied, Report};
-use super::scheduler::SchedulerMsg;
+use super::scheduler::{Fused, Parked, SchedulerMsg};
 use super::{CALL_TIMEOUT, artifacts, blocking};
 use crate::clock::now;
 
@@ -28,6 +28,8 @@ pub(crate) struct Jobs {
     pub(crate) actors: Arc<JobActors>,
     pub(crate) endpoints: Arc<Endpoints>,
     pub(crate) scheduler: ActorRef<SchedulerMsg>,
+    /// Whether workers wait for a job (then a submission goes through the scheduler).
+    pub(crate) parked: Parked,
     pub(crate) changes: Changes,
 }
 
@@ -38,8 +40,8 @@ impl Jobs {
             JobParams::Deploy(p) if p.replicas > 1 => p.replicas,
             _ => 1,
         };
-        let submitted = if replicas == 1 {
-            vec![write(&self.store, &self.changes, move |s| s.submit(spec, now())).await?]
+        let submission = if replicas == 1 {
+            Submission::One(spec)
         } else {
             let specs = (1..=replicas)
                 .map(|n| {
@@ -51,10 +53,56 @@ impl Jobs {
                     replica
                 })
                 .collect();
-            write(&self.store, &self.changes, move |s| {
-                s.submit_batch(specs, now())
-            })
-            .await?
+            Submission::Batch(specs)
+        };
+        self.store_submission(submission).await
+    }
+
+    /// Stores a submission, and lets the workers have its jobs: while some wait, the
+    /// scheduler leases for them in the same write; else the scheduler is woken after it.
+    async fn store_submission(&self, submission: Submission) -> Result<Vec<Submitted>, StoreError> {
+        let submission = if self.parked.any() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            match self
+                .scheduler
+                .cast(SchedulerMsg::Submit { submission, reply })
+            {
+                Ok(()) => match answer.await {
+                    Ok(Fused::Stored(submitted)) => return submitted,
+                    Ok(Fused::Declined(submission)) => submission,
+                    Err(_) => {
+                        return Err(StorageFault::new(
+                            FaultKind::Unavailable,
+                            "the scheduler stopped while storing the submission, which may or \
+                             may not be stored; send it again with an idempotency key to know",
+                        )
+                        .into());
+                    }
+                },
+                Err(ractor::MessagingErr::SendErr(SchedulerMsg::Submit { submission, .. })) => {
+                    submission
+                }
+                Err(e) => {
+                    return Err(StorageFault::new(
+                        FaultKind::Unavailable,
+                        format!("the scheduler cannot take the submission: {e}"),
+                    )
+                    .into());
+                }
+            }
+        } else {
+            submission
+        };
+        let submitted = match submission {
+            Submission::One(spec) => {
+                vec![write(&self.store, &self.changes, move |s| s.submit(spec, now())).await?]
+            }
+            Submission::Batch(specs) => {
+                write(&self.store, &self.changes, move |s| {
+                    s.submit_batch(specs, now())
+                })
+                .await?
+            }
         };
         let _ = self.scheduler.cast(SchedulerMsg::Wake);
         Ok(submitted)
@@ -78,12 +126,7 @@ impl Jobs {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let submitted = write(&self.store, &self.changes, move |s| {
-            s.submit_batch(specs, now())
-        })
-        .await?;
-        let _ = self.scheduler.cast(SchedulerMsg::Wake);
-        Ok(submitted)
+        self.store_submission(Submission::Batch(specs)).await
     }
 
     /// See [`ControlPlane::cancel`](super::ControlPlane::cancel).

@@ -11,16 +11,22 @@
 //! for every worker that asked while the previous one was on its way to disk.
 //!
 //! A request that gets no job is parked until a wake (a submit, a requeue, a finished job, a
-//! worker joining, the end of a retry's backoff) or the end of its wait. A wake that comes
+//! worker joining, the end of a retry's backoff) or the end of its wait. While requests are
+//! parked, a submission comes to the scheduler ([`SchedulerMsg::Submit`]), whose write
+//! submits and leases for them in one commit ([`Store::submit_and_lease`]): a worker that
+//! waits gets a new job one durable write sooner than by a submit and then a lease. A wake that comes
 //! while a write is in flight is kept and applied when the write ends, so a job queued during
 //! the write is not missed. Wakes due later (backoffs) are kept in order, with one timer for
 //! the earliest.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nexa_runtime::{JobId, Lease, LeaseRequest, Store, StoreError, Timestamp, WorkerId};
+use nexa_runtime::{
+    JobId, Lease, LeaseRequest, Store, StoreError, Submission, Submitted, Timestamp, WorkerId,
+};
 use nexa_transport::Session;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
@@ -53,12 +59,43 @@ pub(crate) enum SchedulerMsg {
     WaitOver(u64),
     /// A job actor for a job leased before a restart.
     Adopt(JobId),
+    /// Submit these jobs and lease for the parked requests in the same write; declined
+    /// (the submission handed back) when none is parked or a lease write is in flight.
+    Submit {
+        submission: Submission,
+        reply: tokio::sync::oneshot::Sender<Fused>,
+    },
     /// The lease write of a batch ended: one answer per request, in order, or why the write
     /// failed as a whole.
     Leased {
         batch: Vec<Ask>,
         answers: Result<Vec<Result<Option<Lease>, StoreError>>, StoreError>,
     },
+}
+
+/// The scheduler's answer to [`SchedulerMsg::Submit`].
+#[derive(Debug)]
+pub(crate) enum Fused {
+    /// It made the write: the jobs submitted, or why none was.
+    Stored(Result<Vec<Submitted>, StoreError>),
+    /// It did not: the submission is the submitter's to store.
+    Declined(Submission),
+}
+
+/// Whether requests are parked, for submitters to know when to come to the scheduler with
+/// their submission (see [`SchedulerMsg::Submit`]); set by the scheduler after each message.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    /// Some request was parked when the scheduler last looked.
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
+    fn set(&self, n: usize) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
 
 /// A worker's request for work, from its arrival until it is answered.
@@ -85,6 +122,17 @@ impl Ask {
 
 pub(crate) struct Scheduler;
 
+/// What the requests of a batch ask the store for.
+fn requests(batch: &[Ask]) -> Vec<LeaseRequest> {
+    batch
+        .iter()
+        .map(|ask| LeaseRequest {
+            worker: ask.worker.clone(),
+            free_gpus: ask.free_gpus.clone(),
+        })
+        .collect()
+}
+
 /// Whether any job is queued (ready or in backoff), by a read.
 async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
     let query = nexa_runtime::ListQuery {
@@ -108,6 +156,8 @@ pub(crate) struct Args {
     pub(crate) metrics: Arc<Metrics>,
     /// Told when a lease write leased jobs.
     pub(crate) changes: Changes,
+    /// Kept up to date with the parked requests.
+    pub(crate) parked: Parked,
 }
 
 pub(crate) struct SchedulerState {
@@ -125,6 +175,8 @@ pub(crate) struct SchedulerState {
     ready: VecDeque<Ask>,
     /// Requests that found no job, waiting for a wake or the end of their wait, oldest first.
     parked: VecDeque<Ask>,
+    /// How many are, for submitters.
+    parked_count: Parked,
     /// A lease write is in flight.
     leasing: bool,
     /// A wake came while the write was in flight: the parked requests try again after it.
@@ -133,11 +185,9 @@ pub(crate) struct SchedulerState {
 }
 
 impl SchedulerState {
-    /// Starts the lease write of every ready request, unless one is in flight.
-    fn lease_ready(&mut self, myself: &ActorRef<SchedulerMsg>) {
-        if self.leasing {
-            return;
-        }
+    /// The ready requests, as the next lease write's batch: those whose caller is gone are
+    /// answered instead.
+    fn take_ready(&mut self) -> Vec<Ask> {
         let mut batch = Vec::with_capacity(self.ready.len());
         for ask in self.ready.drain(..) {
             if ask.gone() {
@@ -146,17 +196,20 @@ impl SchedulerState {
                 batch.push(ask);
             }
         }
+        batch
+    }
+
+    /// Starts the lease write of every ready request, unless one is in flight.
+    fn lease_ready(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        if self.leasing {
+            return;
+        }
+        let batch = self.take_ready();
         if batch.is_empty() {
             return;
         }
         self.leasing = true;
-        let requests: Vec<LeaseRequest> = batch
-            .iter()
-            .map(|ask| LeaseRequest {
-                worker: ask.worker.clone(),
-                free_gpus: ask.free_gpus.clone(),
-            })
-            .collect();
+        let requests = requests(&batch);
         let (store, changes, myself) = (self.store.clone(), self.changes.clone(), myself.clone());
         tokio::spawn(async move {
             // A read first: with nothing queued, the write would be an empty (but still
@@ -169,6 +222,50 @@ impl SchedulerState {
             // When the scheduler has stopped, the callers see their answers dropped, and any
             // lease made runs out unrenewed.
             let _ = myself.cast(SchedulerMsg::Leased { batch, answers });
+        });
+    }
+
+    /// Submits `submission` and leases for the parked requests in one write, which is the
+    /// lease write in flight until it ends; declines when no request is parked or a lease
+    /// write is already in flight (one at a time keeps the batches in order).
+    fn submit(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        submission: Submission,
+        reply: tokio::sync::oneshot::Sender<Fused>,
+    ) {
+        if self.leasing || self.parked.is_empty() {
+            let _ = reply.send(Fused::Declined(submission));
+            return;
+        }
+        self.wake_parked();
+        let batch = self.take_ready();
+        if batch.is_empty() {
+            let _ = reply.send(Fused::Declined(submission));
+            return;
+        }
+        self.leasing = true;
+        let requests = requests(&batch);
+        let (store, changes, myself) = (self.store.clone(), self.changes.clone(), myself.clone());
+        tokio::spawn(async move {
+            let stored = write(&store, &changes, move |s| {
+                s.submit_and_lease(submission, requests, now())
+            })
+            .await;
+            let (submitted, answers, refused) = match stored {
+                Ok((submitted, answers)) => (Ok(submitted), answers, false),
+                // Nothing was submitted or leased: the requests try again as if woken (the
+                // jobs queued before may fit them).
+                Err(e) => (Err(e), vec![Ok(None); batch.len()], true),
+            };
+            let _ = reply.send(Fused::Stored(submitted));
+            let _ = myself.cast(SchedulerMsg::Leased {
+                batch,
+                answers: Ok(answers),
+            });
+            if refused {
+                let _ = myself.cast(SchedulerMsg::Wake);
+            }
         });
     }
 
@@ -317,6 +414,7 @@ impl Actor for Scheduler {
             store,
             metrics,
             changes,
+            parked,
         }: Args,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SchedulerState {
@@ -329,6 +427,7 @@ impl Actor for Scheduler {
             alarm: None,
             ready: VecDeque::new(),
             parked: VecDeque::new(),
+            parked_count: parked,
             leasing: false,
             woken: false,
             next_id: 0,
@@ -416,7 +515,11 @@ impl Actor for Scheduler {
                 };
                 state.spawn_job_actor(&myself, job, args).await;
             }
+            SchedulerMsg::Submit { submission, reply } => {
+                state.submit(&myself, submission, reply);
+            }
         }
+        state.parked_count.set(state.parked.len());
         Ok(())
     }
 
@@ -531,6 +634,15 @@ mod tests {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> ActorRef<SchedulerMsg> {
+        scheduler_telling(plane, store, metrics, Parked::default()).await
+    }
+
+    async fn scheduler_telling(
+        plane: u64,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        parked: Parked,
+    ) -> ActorRef<SchedulerMsg> {
         let actors = Arc::new(JobActors::default());
         ACTORS.lock().unwrap().push((plane, actors.clone()));
         let args = Args {
@@ -538,6 +650,7 @@ mod tests {
             store,
             metrics,
             changes: Default::default(),
+            parked,
         };
         Actor::spawn(None, Scheduler, args)
             .await
@@ -739,6 +852,123 @@ mod tests {
         assert!(second.epoch > first.epoch);
         assert!(now() >= until, "leased before its backoff ended");
         assert_eq!(store.get(id).unwrap().attempts.len(), 2);
+        scheduler.stop(None);
+    }
+
+    /// A `MemStore` that notes the method of each write.
+    struct Noted {
+        inner: MemStore,
+        writes: Mutex<Vec<&'static str>>,
+    }
+
+    impl Engine for Noted {
+        fn config(&self) -> &StoreConfig {
+            Engine::config(&self.inner)
+        }
+
+        fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
+            self.writes.lock().unwrap().push(call.method);
+            Engine::write(&self.inner, call, op)
+        }
+
+        fn read<R>(
+            &self,
+            call: Call,
+            op: &mut dyn FnMut(&dyn ReadTables) -> Result<R, StoreError>,
+        ) -> Result<R, StoreError> {
+            Engine::read(&self.inner, call, op)
+        }
+    }
+
+    /// Waits until the scheduler says a request is parked.
+    async fn until_parked(parked: &Parked) {
+        for _ in 0..10_000 {
+            if parked.any() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the request was never parked");
+    }
+
+    async fn submit(scheduler: &ActorRef<SchedulerMsg>, submission: Submission) -> Fused {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        scheduler
+            .cast(SchedulerMsg::Submit { submission, reply })
+            .expect("the scheduler takes the submission");
+        answer.await.expect("the scheduler answers")
+    }
+
+    /// A job submitted while a worker waits is leased to it in the write that stores it: one
+    /// write, no lease write after it. With no worker waiting the scheduler declines, and the
+    /// submitter stores the job itself.
+    #[tokio::test]
+    async fn a_job_submitted_while_a_worker_waits_is_leased_in_its_own_write() {
+        let store = Arc::new(Noted {
+            inner: MemStore::new(StoreConfig {
+                lease_ttl: Duration::from_secs(3600),
+                ..StoreConfig::default()
+            }),
+            writes: Mutex::default(),
+        });
+        let info = WorkerInfo {
+            id: WorkerId::new("w").unwrap(),
+            cpus: 4,
+            memory_mb: 8_192,
+            gpus: vec![],
+            labels: Default::default(),
+            job_types: JobType::ALL.into_iter().collect(),
+        };
+        let worker = info.id.clone();
+        store.register_worker(info, now()).expect("register");
+        let parked = Parked::default();
+        let scheduler = scheduler_telling(20, store.clone(), Arc::default(), parked.clone()).await;
+
+        let job = Submission::One(spec(JobType::Generate, 0));
+        match submit(&scheduler, job.clone()).await {
+            Fused::Declined(back) => assert_eq!(back, job, "the submission is handed back"),
+            Fused::Stored(_) => panic!("no worker waits: nothing to lease with it"),
+        }
+
+        let answer = ask(&scheduler, &worker, Duration::from_secs(60));
+        until_parked(&parked).await;
+        store.writes.lock().unwrap().clear();
+        let submitted = match submit(&scheduler, job).await {
+            Fused::Stored(submitted) => submitted.expect("stored"),
+            Fused::Declined(_) => panic!("a worker waits"),
+        };
+        assert_eq!(leased(answer).await, Some(submitted[0].id));
+        assert_eq!(*store.writes.lock().unwrap(), ["submit_and_lease"]);
+        assert!(!parked.any());
+        scheduler.stop(None);
+    }
+
+    /// A refused submission leases nothing in its write; the waiting worker then gets a job
+    /// queued before it, as on any wake.
+    #[tokio::test]
+    async fn after_a_refused_submission_a_waiting_worker_gets_a_job_queued_before() {
+        let store = store();
+        let worker = register(&store, "w", &JobType::ALL);
+        let parked = Parked::default();
+        let scheduler = scheduler_telling(21, store.clone(), Arc::default(), parked.clone()).await;
+        let mut keyed = spec(JobType::Generate, 0);
+        keyed.idempotency_key = Some("nightly".into());
+        let first = store.submit(keyed.clone(), now()).unwrap().id;
+
+        let answer = ask(&scheduler, &worker, Duration::from_secs(60));
+        let mut leased_first = leased(answer).await;
+        assert_eq!(leased_first.take(), Some(first));
+        let answer = ask(&scheduler, &worker, Duration::from_secs(60));
+        until_parked(&parked).await;
+        // Queued behind the scheduler's back (no wake), then a submission the store refuses:
+        // the same key for another spec.
+        let queued = store.submit(spec(JobType::Generate, 1), now()).unwrap().id;
+        keyed.priority = 7;
+        match submit(&scheduler, Submission::One(keyed)).await {
+            Fused::Stored(Err(StoreError::IdempotencyConflict { .. })) => {}
+            other => panic!("the conflict is the submitter's answer: {other:?}"),
+        }
+        assert_eq!(leased(answer).await, Some(queued));
         scheduler.stop(None);
     }
 

@@ -10,7 +10,7 @@ use super::fixtures::{
 };
 use crate::{
     AttemptOutcome, Epoch, Expired, FailureClass, Job, JobId, JobState, JobType, Lease,
-    LeaseRequest, ListQuery, PendingReason, Store, StoreConfig, StoreError, Timestamp,
+    LeaseRequest, ListQuery, PendingReason, Store, StoreConfig, StoreError, Submission, Timestamp,
     TransitionError, WorkerId,
 };
 
@@ -253,6 +253,97 @@ pub fn lease_many_leases_each_job_once_in_queue_order<H: Harness>(h: &mut H) {
         )
         .expect("lease_many");
     assert_eq!(again, vec![Ok(None)]);
+}
+
+/// `submit_and_lease` submits and then leases for the requests in one write: a waiting
+/// worker gets the new job (or, with a batch, the best of them) in the call that accepts it,
+/// the other requests get the rest in queue order or `None`; a refused submission submits
+/// nothing and leases nothing, not even jobs queued before; and the leases are durable.
+pub fn submit_and_lease_hands_new_jobs_to_waiting_workers<H: Harness>(h: &mut H) {
+    let store = h.open(config());
+    let workers: Vec<WorkerId> = (0..3)
+        .map(|n| register_cpu_worker(&store, &format!("w{n}"), at(0)))
+        .collect();
+    let request = |w: &WorkerId| LeaseRequest {
+        worker: w.clone(),
+        free_gpus: vec![],
+    };
+    let leased = |answers: &[Result<Option<Lease>, StoreError>]| -> Vec<Option<JobId>> {
+        answers
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .expect("a registered worker")
+                    .as_ref()
+                    .map(|l| l.job.id)
+            })
+            .collect()
+    };
+
+    let (submitted, answers) = store
+        .submit_and_lease(
+            Submission::One(generate(0)),
+            vec![request(&workers[0]), request(&workers[1])],
+            at(1),
+        )
+        .expect("submit_and_lease");
+    assert_eq!(submitted.len(), 1);
+    let first = submitted[0].id;
+    assert!(submitted[0].created);
+    assert_eq!(
+        submitted[0].state,
+        JobState::Queued,
+        "its state as submitted"
+    );
+    assert_eq!(leased(&answers), [Some(first), None]);
+    let lease = answers[0]
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .expect("a lease");
+    assert_eq!(
+        get(&store, first),
+        lease.job,
+        "the lease carries the job as stored"
+    );
+    assert_eq!(state(&store, first), JobState::Assigned);
+
+    // A refused submission (its key taken by another spec) changes nothing: the job queued
+    // before it stays queued.
+    let queued = submit(&store, generate(1), at(2));
+    let mut keyed = generate(2);
+    keyed.idempotency_key = Some("nightly".into());
+    submit(&store, keyed.clone(), at(3));
+    let mut other = generate(3);
+    other.idempotency_key = Some("nightly".into());
+    let before = list_all(&store, ListQuery::default());
+    assert!(
+        store
+            .submit_and_lease(Submission::One(other), vec![request(&workers[1])], at(4))
+            .is_err()
+    );
+    assert_eq!(
+        list_all(&store, ListQuery::default()),
+        before,
+        "nothing submitted, nothing leased"
+    );
+
+    // A batch: the requests get the best jobs first, those queued before included.
+    let (submitted, answers) = store
+        .submit_and_lease(
+            Submission::Batch(vec![with_priority(generate(4), 5), generate(5)]),
+            vec![request(&workers[1]), request(&workers[2])],
+            at(5),
+        )
+        .expect("submit_and_lease");
+    let urgent = submitted[0].id;
+    assert_eq!(leased(&answers), [Some(urgent), Some(queued)]);
+
+    let store = h.restart(store, config());
+    assert_eq!(state(&store, first), JobState::Assigned);
+    assert_eq!(state(&store, urgent), JobState::Assigned);
+    assert_eq!(state(&store, queued), JobState::Assigned);
+    assert_eq!(state(&store, submitted[1].id), JobState::Queued);
 }
 
 /// A batch answers each request exactly as `lease_next` would, called for each in turn: the
