@@ -33,8 +33,15 @@ pub(crate) struct Changes(Arc<Mutex<Waiters>>);
 #[derive(Debug, Default)]
 struct Waiters {
     next: u64,
-    /// By job, its waiters: each its key and how to wake it.
-    by_job: HashMap<JobId, Vec<(u64, Arc<Notify>)>>,
+    /// By job, its waiters: each its key and the waiter.
+    by_job: HashMap<JobId, Vec<(u64, Arc<Waiter>)>>,
+}
+
+/// One waiter: how to wake it, and which of its jobs changed since it last looked.
+#[derive(Debug, Default)]
+struct Waiter {
+    notify: Notify,
+    changed: Mutex<Vec<JobId>>,
 }
 
 impl Changes {
@@ -51,8 +58,16 @@ impl Changes {
         }
         let waiters = self.lock();
         for id in jobs {
-            for (_, notify) in waiters.by_job.get(id).into_iter().flatten() {
-                notify.notify_one();
+            for (_, waiter) in waiters.by_job.get(id).into_iter().flatten() {
+                let mut changed = waiter
+                    .changed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !changed.contains(id) {
+                    changed.push(*id);
+                }
+                drop(changed);
+                waiter.notify.notify_one();
             }
         }
     }
@@ -60,7 +75,7 @@ impl Changes {
     /// Interest in `jobs`: [`Interest::changed`] returns once one of them changed since the
     /// interest was taken (or since the last time it returned).
     pub(crate) fn interest(&self, jobs: &[JobId]) -> Interest {
-        let notify = Arc::new(Notify::new());
+        let waiter = Arc::new(Waiter::default());
         let mut waiters = self.lock();
         let key = waiters.next;
         waiters.next += 1;
@@ -69,14 +84,14 @@ impl Changes {
                 .by_job
                 .entry(*id)
                 .or_default()
-                .push((key, notify.clone()));
+                .push((key, waiter.clone()));
         }
         drop(waiters);
         Interest {
             changes: self.clone(),
             key,
             jobs: jobs.to_vec(),
-            notify,
+            waiter,
         }
     }
 }
@@ -86,14 +101,23 @@ pub(crate) struct Interest {
     changes: Changes,
     key: u64,
     jobs: Vec<JobId>,
-    notify: Arc<Notify>,
+    waiter: Arc<Waiter>,
 }
 
 impl Interest {
-    /// Returns once one of the jobs changed, or after [`RECHECK`] (for changes another
-    /// process made).
-    async fn changed(&self) {
-        let _ = tokio::time::timeout(RECHECK, self.notify.notified()).await;
+    /// Returns once one of the jobs changed, with those that did since the last time it
+    /// returned; or after [`RECHECK`] with `None`: any may have (another process may have
+    /// changed them).
+    async fn changed(&self) -> Option<Vec<JobId>> {
+        tokio::time::timeout(RECHECK, self.waiter.notify.notified())
+            .await
+            .ok()?;
+        let mut changed = self
+            .waiter
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(std::mem::take(&mut *changed))
     }
 }
 
@@ -155,28 +179,32 @@ pub(crate) async fn wait_many(
     let at_least = at_least.min(ids.len());
     let mut ended: HashMap<JobId, Job> = HashMap::new();
     let interest = changes.interest(&ids);
+    // Every job first; then only those a write changed (every one again after a quiet
+    // RECHECK), so that a set of n jobs costs about n reads a change, not n a change each.
+    let mut changed = ids.clone();
     loop {
-        let pending: Vec<JobId> = ids
-            .iter()
+        let pending: Vec<JobId> = changed
+            .into_iter()
             .filter(|id| !ended.contains_key(id))
-            .copied()
             .collect();
-        let read = blocking(&store, move |s| {
-            pending
-                .into_iter()
-                .map(|id| s.get(id))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
-        ended.extend(
-            read.into_iter()
-                .filter(|job| job.state.is_terminal())
-                .map(|job| (job.id, job)),
-        );
+        if !pending.is_empty() {
+            let read = blocking(&store, move |s| {
+                pending
+                    .into_iter()
+                    .map(|id| s.get(id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+            ended.extend(
+                read.into_iter()
+                    .filter(|job| job.state.is_terminal())
+                    .map(|job| (job.id, job)),
+            );
+        }
         if ended.len() >= at_least {
             return Ok(ids.iter().filter_map(|id| ended.remove(id)).collect());
         }
-        interest.changed().await;
+        changed = interest.changed().await.unwrap_or_else(|| ids.clone());
     }
 }
 
@@ -395,5 +423,31 @@ impl Follower {
         };
         self.attempt = Some(attempt);
         self.out.push_back(LogEvent::Attempt(attempt));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter is told which of its jobs changed since it last looked, each once, and is
+    /// not woken by other jobs.
+    #[tokio::test]
+    async fn an_interest_hears_which_of_its_jobs_changed() {
+        let changes = Changes::default();
+        let (a, b, c) = (JobId(1), JobId(2), JobId(3));
+        let interest = changes.interest(&[a, b]);
+        changes.touched(&[c]);
+        changes.touched(&[b, c]);
+        changes.touched(&[b]);
+        changes.touched(&[a]);
+        assert_eq!(interest.changed().await, Some(vec![b, a]));
+
+        changes.touched(&[c]);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), interest.changed()).await;
+        assert!(quiet.is_err(), "woken by a job it has no interest in");
+
+        drop(interest);
+        assert!(changes.lock().by_job.is_empty(), "withdrawn when dropped");
     }
 }
