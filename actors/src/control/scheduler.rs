@@ -911,16 +911,7 @@ mod tests {
             }),
             writes: Mutex::default(),
         });
-        let info = WorkerInfo {
-            id: WorkerId::new("w").unwrap(),
-            cpus: 4,
-            memory_mb: 8_192,
-            gpus: vec![],
-            labels: Default::default(),
-            job_types: JobType::ALL.into_iter().collect(),
-        };
-        let worker = info.id.clone();
-        store.register_worker(info, now()).expect("register");
+        let worker = register(&store.inner, "w", &JobType::ALL);
         let parked = Parked::default();
         let scheduler = scheduler_telling(20, store.clone(), Arc::default(), parked.clone()).await;
 

@@ -181,6 +181,19 @@ pub fn lease_epochs_grow<H: Harness>(h: &mut H) {
     }
 }
 
+/// The job each answer of a batch leased, if any; every request from a registered worker.
+fn leased_jobs(answers: &[Result<Option<Lease>, StoreError>]) -> Vec<Option<JobId>> {
+    answers
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .expect("a registered worker")
+                .as_ref()
+                .map(|l| l.job.id)
+        })
+        .collect()
+}
+
 /// One `lease_many` hands out each queued job once, in queue order (priority, then
 /// submission), to the requests in the order given, with epochs growing in that order; the
 /// requests left over get `None`, an empty batch changes nothing, and the leases are durable.
@@ -206,15 +219,7 @@ pub fn lease_many_leases_each_job_once_in_queue_order<H: Harness>(h: &mut H) {
         })
         .collect();
     let answers = store.lease_many(requests, at(5)).expect("lease_many");
-    let leased: Vec<Option<JobId>> = answers
-        .iter()
-        .map(|a| {
-            a.as_ref()
-                .expect("a registered worker")
-                .as_ref()
-                .map(|l| l.job.id)
-        })
-        .collect();
+    let leased = leased_jobs(&answers);
     assert_eq!(
         leased,
         [Some(high), Some(low), Some(also_low), None, None],
@@ -268,17 +273,6 @@ pub fn submit_and_lease_hands_new_jobs_to_waiting_workers<H: Harness>(h: &mut H)
         worker: w.clone(),
         free_gpus: vec![],
     };
-    let leased = |answers: &[Result<Option<Lease>, StoreError>]| -> Vec<Option<JobId>> {
-        answers
-            .iter()
-            .map(|a| {
-                a.as_ref()
-                    .expect("a registered worker")
-                    .as_ref()
-                    .map(|l| l.job.id)
-            })
-            .collect()
-    };
 
     let (submitted, answers) = store
         .submit_and_lease(
@@ -295,7 +289,7 @@ pub fn submit_and_lease_hands_new_jobs_to_waiting_workers<H: Harness>(h: &mut H)
         JobState::Queued,
         "its state as submitted"
     );
-    assert_eq!(leased(&answers), [Some(first), None]);
+    assert_eq!(leased_jobs(&answers), [Some(first), None]);
     let lease = answers[0]
         .as_ref()
         .ok()
@@ -337,7 +331,7 @@ pub fn submit_and_lease_hands_new_jobs_to_waiting_workers<H: Harness>(h: &mut H)
         )
         .expect("submit_and_lease");
     let urgent = submitted[0].id;
-    assert_eq!(leased(&answers), [Some(urgent), Some(queued)]);
+    assert_eq!(leased_jobs(&answers), [Some(urgent), Some(queued)]);
 
     let store = h.restart(store, config());
     assert_eq!(state(&store, first), JobState::Assigned);
