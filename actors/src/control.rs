@@ -103,6 +103,21 @@ pub(crate) async fn blocking<R: Send + 'static>(
         })
 }
 
+/// Runs a read of one record (a job, or whether any job is queued): on this thread when the
+/// store's reads never wait long ([`Store::quick_reads`]: memory, redb), which spares the two
+/// thread switches of a hand-off to a blocking thread and back (a third of a short job's
+/// switches went to such reads); else off the async threads, as [`blocking`] does.
+pub(crate) async fn read<R: Send + 'static>(
+    store: &Arc<dyn Store>,
+    op: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if store.quick_reads() {
+        op(&**store)
+    } else {
+        blocking(store, op).await
+    }
+}
+
 /// Calls `f` with every job in `state`, a page at a time.
 async fn for_each_job(
     store: &Arc<dyn Store>,

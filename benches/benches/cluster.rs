@@ -1769,6 +1769,10 @@ impl<E: Engine> Engine for Metered<E> {
         self.engine.config()
     }
 
+    fn quick_reads(&self) -> bool {
+        self.engine.quick_reads()
+    }
+
     fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         let called = Instant::now();
         let (r, took) = timed(|| self.engine.write(call, op));

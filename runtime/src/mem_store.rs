@@ -71,6 +71,10 @@ impl Engine for MemStore {
         &self.config
     }
 
+    fn quick_reads(&self) -> bool {
+        true
+    }
+
     fn write<R: Send + 'static>(&self, _: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         let mut tables = self.lock();
         // Ops check everything before their first write, so a failed op wrote nothing.

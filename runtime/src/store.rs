@@ -477,6 +477,13 @@ pub trait Store: Send + Sync {
 
     /// Every registered worker.
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+
+    /// Whether a read of one record never waits long: no network, no lock a write holds
+    /// through its commit ([`Engine::quick_reads`]). Such a read may run on an async thread
+    /// instead of being handed to a blocking one and back.
+    fn quick_reads(&self) -> bool {
+        false
+    }
 }
 
 /// A write: runs inside one transaction, which commits only if it returns `Ok`.
@@ -493,6 +500,14 @@ pub trait Engine: Send + Sync {
     /// op's effect is all or nothing. `call` names the operation, for a wrapper around an
     /// engine (one that counts, times, holds or fails some operations); an engine ignores it.
     fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError>;
+
+    /// Whether a read of one record never waits long: it takes no network round trip and no
+    /// lock that a write holds through its commit (a read of memory, or of a snapshot whose
+    /// pages a local file holds). `false` unless the engine says so; a wrapper says what the
+    /// engine it wraps says.
+    fn quick_reads(&self) -> bool {
+        false
+    }
 
     /// Runs `op` against a consistent snapshot that includes every acknowledged write;
     /// `call` as for [`Engine::write`].
@@ -818,6 +833,10 @@ impl<E: Engine> Store for E {
             Call::new("delete_finished_before", None),
             Box::new(move |t| ops::delete_finished_before(t, before, from, scan)),
         )
+    }
+
+    fn quick_reads(&self) -> bool {
+        Engine::quick_reads(self)
     }
 
     fn list_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {

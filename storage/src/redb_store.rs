@@ -502,6 +502,12 @@ impl Engine for RedbStore {
         &self.config
     }
 
+    /// A read is of a snapshot: it never waits for a commit, and its pages are in redb's
+    /// cache or the local file.
+    fn quick_reads(&self) -> bool {
+        true
+    }
+
     fn write<R: Send + 'static>(&self, _: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         group::write(self.requests.as_ref(), op)
     }

@@ -16,7 +16,7 @@ use nexa_storage::{
     ArtifactError, ArtifactStore, ByteStream, CheckpointPointer, RemoteBlobs, RemoteError,
 };
 
-use super::blocking;
+use super::{blocking, read};
 use crate::clock::now;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Message {
@@ -54,7 +54,7 @@ async fn on_files<R: Send + 'static>(
 
 /// `Ok` when `epoch` is the live lease of `job`; otherwise the refusal to answer with.
 async fn check_lease(store: &Arc<dyn Store>, job: JobId, epoch: Epoch) -> Result<(), Message> {
-    let found = blocking(store, move |s| s.get(job)).await;
+    let found = read(store, move |s| s.get(job)).await;
     match found {
         Ok(j) if j.live_attempt().is_some_and(|a| a.epoch == epoch) => Ok(()),
         Ok(_) => Err(error(

@@ -18,7 +18,7 @@ use nexa_runtime::{Job, JobId, JobState, LogLine, LogQuery, Store, StoreError};
 use tokio::sync::Notify;
 
 use super::PlaneError;
-use super::blocking;
+use super::{blocking, read};
 
 /// The longest a waiter sleeps without reading again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -157,7 +157,7 @@ pub(crate) async fn wait(
 ) -> Result<Job, PlaneError> {
     let interest = changes.interest(&[id]);
     loop {
-        let job = blocking(&store, move |s| s.get(id)).await?;
+        let job = read(&store, move |s| s.get(id)).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
@@ -236,7 +236,7 @@ pub(crate) fn watch(
                 return None;
             }
             let id = w.id;
-            let job = match blocking(&w.store, move |s| s.get(id)).await {
+            let job = match read(&w.store, move |s| s.get(id)).await {
                 Ok(job) => job,
                 Err(e) => {
                     w.done = true;
@@ -394,7 +394,7 @@ impl Follower {
         }
         // Nothing new in this attempt: has another begun, or has the job ended?
         let id = self.job;
-        let job = blocking(&self.store, move |s| s.get(id)).await?;
+        let job = read(&self.store, move |s| s.get(id)).await?;
         let tried = job.attempts.len() as u32;
         match self.attempt {
             Some(a) if a < tried => self.begin(a + 1),

@@ -16,8 +16,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::blocking;
 use super::follow::{Changes, write};
+use super::read;
 use super::report::{Applied, Report};
 use super::scheduler::SchedulerMsg;
 use crate::clock::now;
@@ -157,7 +157,7 @@ impl JobActorState {
 
     async fn refresh(&mut self, myself: &ActorRef<JobMsg>) {
         let id = self.job;
-        match blocking(&self.store, move |s| s.get(id)).await {
+        match read(&self.store, move |s| s.get(id)).await {
             Ok(job) => self.follow(myself, &job),
             Err(e) => {
                 debug!(job = %id, "cannot read the job: {e}");
@@ -254,7 +254,7 @@ impl Actor for JobActor {
                 .await;
                 if let (Ok(JobState::Cancelling), Some(session)) = (&result, &state.session) {
                     // Tell the worker now rather than at its next heartbeat.
-                    if let Ok(job) = blocking(&state.store, move |s| s.get(id)).await
+                    if let Ok(job) = read(&state.store, move |s| s.get(id)).await
                         && let Some(attempt) = job.live_attempt()
                     {
                         let cancel = nexa_runtime::wire::Message::Cancel {

@@ -18,7 +18,7 @@ use super::follow::{Changes, write};
 use super::job_actor::{JobActors, JobMsg};
 use super::report::{Applied, Report};
 use super::scheduler::{Fused, Parked, SchedulerMsg};
-use super::{CALL_TIMEOUT, artifacts, blocking};
+use super::{CALL_TIMEOUT, artifacts, blocking, read};
 use crate::clock::now;
 
 /// Jobs as the control plane changes them: through the job actors and the scheduler.
@@ -253,7 +253,7 @@ impl Jobs {
 
     /// One job.
     pub(crate) async fn get(&self, id: JobId) -> Result<Job, StoreError> {
-        blocking(&self.store, move |s| s.get(id)).await
+        read(&self.store, move |s| s.get(id)).await
     }
 
     /// The deploy jobs not finished, newest first (see

@@ -32,9 +32,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::blocking;
 use super::follow::{Changes, write};
 use super::job_actor::{self, JobActor, JobActors};
+use super::read;
 use crate::clock::now;
 use crate::metrics::Metrics;
 
@@ -140,7 +140,7 @@ async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
         limit: 1,
         ..Default::default()
     };
-    blocking(store, move |s| s.list(query))
+    read(store, move |s| s.list(query))
         .await
         .map_or(true, |page| !page.jobs.is_empty())
 }

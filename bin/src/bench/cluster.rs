@@ -96,6 +96,10 @@ impl<E: Engine> Engine for Timed<E> {
         self.engine.config()
     }
 
+    fn quick_reads(&self) -> bool {
+        self.engine.quick_reads()
+    }
+
     fn write<R: Send + 'static>(&self, call: Call, op: WriteOp<R>) -> Result<R, StoreError> {
         let began = Instant::now();
         let r = self.engine.write(call, op);
