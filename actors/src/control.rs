@@ -24,6 +24,7 @@
 //! settings and `error` the errors.
 
 mod artifacts;
+mod beats;
 mod config;
 mod endpoints;
 mod error;
@@ -373,6 +374,7 @@ impl ControlPlane {
             long_poll_ms: config.long_poll.as_millis() as u64,
         };
         let jobs = Jobs {
+            beats: beats::Beats::start(store.clone()),
             store,
             actors,
             endpoints,

@@ -453,6 +453,15 @@ pub trait Store: Send + Sync {
     /// Records that the worker is alive.
     fn worker_heartbeat(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
 
+    /// Heartbeats of several workers in one write: the same as [`Store::worker_heartbeat`]
+    /// for each, in the order given, each with its own answer (an unknown worker is refused
+    /// without stopping the others). `Err` only when the write itself failed.
+    fn worker_heartbeats(
+        &self,
+        ids: Vec<WorkerId>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<WorkerRecord, StoreError>>, StoreError>;
+
     /// Marks the worker as draining: it gets no new jobs.
     fn drain_worker(&self, id: &WorkerId, now: Timestamp) -> Result<WorkerRecord, StoreError>;
 
@@ -793,6 +802,27 @@ impl<E: Engine> Store for E {
             self,
             Call::new("worker_heartbeat", None),
             Box::new(move |t| ops::touch_worker(t, &id, false, now)),
+        )
+    }
+
+    fn worker_heartbeats(
+        &self,
+        ids: Vec<WorkerId>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<WorkerRecord, StoreError>>, StoreError> {
+        touched::write(
+            self,
+            Call::new("worker_heartbeats", None),
+            Box::new(move |t| {
+                let mut answers = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    match ops::touch_worker(t, id, false, now) {
+                        Err(StoreError::Storage(fault)) => return Err(fault.into()),
+                        answer => answers.push(answer),
+                    }
+                }
+                Ok(answers)
+            }),
         )
     }
 

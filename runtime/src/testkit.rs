@@ -78,7 +78,8 @@ pub use queries::{
 };
 pub use registry::{
     copy_keeps_every_acknowledged_write, restart_keeps_every_acknowledged_write,
-    restart_recovers_expired_leases, workers_register_heartbeat_drain_and_remove,
+    restart_recovers_expired_leases, worker_heartbeats_answer_each_worker,
+    workers_register_heartbeat_drain_and_remove,
 };
 pub use submission::{
     dependency_failure_cancels_dependents_transitively, idempotency_key_with_other_spec_conflicts,
@@ -178,6 +179,7 @@ macro_rules! store_suite {
             read_logs_pages,
             logs_are_kept_per_attempt,
             workers_register_heartbeat_drain_and_remove,
+            worker_heartbeats_answer_each_worker,
             restart_keeps_every_acknowledged_write,
             copy_keeps_every_acknowledged_write,
             restart_recovers_expired_leases,

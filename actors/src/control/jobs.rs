@@ -13,6 +13,7 @@ use nexa_runtime::{
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
+use super::beats::Beats;
 use super::endpoints::{Endpoints, Replica};
 use super::follow::{Changes, write};
 use super::job_actor::{JobActors, JobMsg};
@@ -30,6 +31,8 @@ pub(crate) struct Jobs {
     pub(crate) scheduler: ActorRef<SchedulerMsg>,
     /// Whether workers wait for a job (then a submission goes through the scheduler).
     pub(crate) parked: Parked,
+    /// Workers' heartbeats, written together.
+    pub(crate) beats: Beats,
     pub(crate) changes: Changes,
 }
 

@@ -112,8 +112,7 @@ impl PlaneHandler {
         worker: WorkerId,
         jobs: Vec<RunningJob>,
     ) -> Result<HeartbeatAck, StoreError> {
-        let id = worker.clone();
-        blocking(&self.jobs.store, move |s| s.worker_heartbeat(&id, now())).await?;
+        self.jobs.beats.beat(worker.clone()).await?;
         let (held, foreign) = held_leases(&self.lease_key, jobs);
         match self.jobs.running(&worker, held).await {
             (mut ack, None) => {

@@ -6,9 +6,7 @@ use nexa_runtime::wire::{Heartbeat, HeartbeatAck};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
-use super::blocking;
 use super::jobs::Jobs;
-use crate::clock::now;
 
 #[derive(Debug)]
 pub(crate) enum SessionMsg {
@@ -45,10 +43,7 @@ impl Actor for SessionActor {
         let SessionMsg::Heartbeat(hb, reply) = message;
         let worker = state.worker.clone();
         // An unknown worker (removed meanwhile) still gets answers about its jobs.
-        let _ = blocking(&state.jobs.store, move |s| {
-            s.worker_heartbeat(&worker, now())
-        })
-        .await;
+        let _ = state.jobs.beats.beat(worker).await;
         // The worker learns of a job whose renewal failed otherwise at its next heartbeat.
         let (ack, failure) = state.jobs.running(&state.worker, hb.jobs).await;
         if let Some(e) = failure {

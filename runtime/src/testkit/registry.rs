@@ -94,6 +94,43 @@ pub fn workers_register_heartbeat_drain_and_remove<H: Harness>(h: &mut H) {
     );
 }
 
+/// Heartbeats of several workers in one write move each one's `last_seen` as one heartbeat
+/// each would, in one write that survives a restart; an unknown worker is refused in its own
+/// answer and the others are still written.
+pub fn worker_heartbeats_answer_each_worker<H: Harness>(h: &mut H) {
+    let store = h.open(config());
+    let a = worker("node-a", &[], &[], &JobType::ALL);
+    let b = worker("node-b", &[], &[], &JobType::ALL);
+    store.register_worker(a.clone(), at(0)).expect("register");
+    store.register_worker(b.clone(), at(1)).expect("register");
+    store.drain_worker(&b.id, at(2)).expect("drain");
+    let gone = wid("node-gone");
+    assert_eq!(
+        store.worker_heartbeats(Vec::new(), at(3)).expect("none"),
+        Vec::new()
+    );
+
+    let answers = store
+        .worker_heartbeats(vec![b.id.clone(), gone.clone(), a.id.clone()], at(5))
+        .expect("heartbeats");
+    assert_eq!(answers.len(), 3);
+    let b_rec = answers[0].as_ref().expect("node-b");
+    assert_eq!(
+        (b_rec.status, b_rec.last_seen),
+        (WorkerStatus::Draining, at(5))
+    );
+    assert!(matches!(&answers[1], Err(StoreError::UnknownWorker(w)) if *w == gone));
+    let a_rec = answers[2].as_ref().expect("node-a");
+    assert_eq!(
+        (a_rec.status, a_rec.last_seen),
+        (WorkerStatus::Active, at(5))
+    );
+
+    let store = h.restart(store, config());
+    let listed = store.list_workers().expect("list");
+    assert_eq!(listed, vec![a_rec.clone(), b_rec.clone()]);
+}
+
 /// Everything a reader can see of a store.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
