@@ -813,16 +813,7 @@ impl<E: Engine> Store for E {
         touched::write(
             self,
             Call::new("worker_heartbeats", None),
-            Box::new(move |t| {
-                let mut answers = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    match ops::touch_worker(t, id, false, now) {
-                        Err(StoreError::Storage(fault)) => return Err(fault.into()),
-                        answer => answers.push(answer),
-                    }
-                }
-                Ok(answers)
-            }),
+            Box::new(move |t| ops::touch_workers(t, &ids, now)),
         )
     }
 

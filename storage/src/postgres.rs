@@ -253,6 +253,13 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The queue key stored as `(sort_key, job)`.
+fn queue_key((sort_key, job): (i64, i64)) -> Result<QueueKey, StorageFault> {
+    let rank = u32::try_from(sort_key)
+        .map_err(|_| corrupt(format!("a queue rank is out of range ({sort_key})")))?;
+    Ok(QueueKey::from_sort_key((rank, uint(job, "a queued job")?)))
+}
+
 /// A `bigint` column back as the runtime's integer.
 fn uint(v: i64, what: &str) -> Result<u64, StorageFault> {
     u64::try_from(v).map_err(|_| corrupt(format!("{what} is negative ({v})")))
@@ -441,9 +448,7 @@ impl ReadTables for PgTables<'_> {
             )?;
             for row in &rows {
                 after = (row.get(0), row.get(1));
-                let rank = u32::try_from(after.0)
-                    .map_err(|_| corrupt(format!("a queue rank is out of range ({})", after.0)))?;
-                let key = QueueKey::from_sort_key((rank, uint(after.1, "a queued job")?));
+                let key = queue_key(after)?;
                 if !visit((key, decode(row.get::<_, &[u8]>(2), "queue entry")?)) {
                     return Ok(());
                 }
@@ -490,9 +495,7 @@ impl ReadTables for PgTables<'_> {
             )?;
             for row in &rows {
                 after = (row.get(0), row.get(1));
-                let rank = u32::try_from(after.0)
-                    .map_err(|_| corrupt(format!("a queue rank is out of range ({})", after.0)))?;
-                let key = QueueKey::from_sort_key((rank, uint(after.1, "a queued job")?));
+                let key = queue_key(after)?;
                 let not_before = row
                     .get::<_, Option<i64>>(2)
                     .map(|t| uint(t, "a retry backoff").map(Timestamp))

@@ -122,17 +122,6 @@ impl Ask {
 
 pub(crate) struct Scheduler;
 
-/// What the requests of a batch ask the store for.
-fn requests(batch: &[Ask]) -> Vec<LeaseRequest> {
-    batch
-        .iter()
-        .map(|ask| LeaseRequest {
-            worker: ask.worker.clone(),
-            free_gpus: ask.free_gpus.clone(),
-        })
-        .collect()
-}
-
 /// Whether any job is queued (ready or in backoff), by a read.
 async fn queue_has_jobs(store: &Arc<dyn Store>) -> bool {
     let query = nexa_runtime::ListQuery {
@@ -185,9 +174,13 @@ pub(crate) struct SchedulerState {
 }
 
 impl SchedulerState {
-    /// The ready requests, as the next lease write's batch: those whose caller is gone are
-    /// answered instead.
-    fn take_ready(&mut self) -> Vec<Ask> {
+    /// Begins the next lease write, unless one is in flight: its batch (the ready requests;
+    /// those whose caller is gone are answered instead) and what they ask the store for.
+    /// `None`, and no write, when no request is left.
+    fn begin_write(&mut self) -> Option<(Vec<Ask>, Vec<LeaseRequest>)> {
+        if self.leasing {
+            return None;
+        }
         let mut batch = Vec::with_capacity(self.ready.len());
         for ask in self.ready.drain(..) {
             if ask.gone() {
@@ -196,20 +189,25 @@ impl SchedulerState {
                 batch.push(ask);
             }
         }
-        batch
+        if batch.is_empty() {
+            return None;
+        }
+        self.leasing = true;
+        let requests = batch
+            .iter()
+            .map(|ask| LeaseRequest {
+                worker: ask.worker.clone(),
+                free_gpus: ask.free_gpus.clone(),
+            })
+            .collect();
+        Some((batch, requests))
     }
 
     /// Starts the lease write of every ready request, unless one is in flight.
     fn lease_ready(&mut self, myself: &ActorRef<SchedulerMsg>) {
-        if self.leasing {
+        let Some((batch, requests)) = self.begin_write() else {
             return;
-        }
-        let batch = self.take_ready();
-        if batch.is_empty() {
-            return;
-        }
-        self.leasing = true;
-        let requests = requests(&batch);
+        };
         let (store, changes, myself) = (self.store.clone(), self.changes.clone(), myself.clone());
         tokio::spawn(async move {
             // A read first: with nothing queued, the write would be an empty (but still
@@ -239,13 +237,10 @@ impl SchedulerState {
             return;
         }
         self.wake_parked();
-        let batch = self.take_ready();
-        if batch.is_empty() {
+        let Some((batch, requests)) = self.begin_write() else {
             let _ = reply.send(Fused::Declined(submission));
             return;
-        }
-        self.leasing = true;
-        let requests = requests(&batch);
+        };
         let (store, changes, myself) = (self.store.clone(), self.changes.clone(), myself.clone());
         tokio::spawn(async move {
             let stored = write(&store, &changes, move |s| {

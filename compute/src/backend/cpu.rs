@@ -170,13 +170,13 @@ fn run_bands<T: Send>(
 ) {
     wake_helpers(pool);
     let f = &f;
-    let (sent, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let done = &done;
+    let done = &AtomicUsize::new(0);
     pool.in_place_scope(|scope| {
         let mut bands = bands;
         let first = bands.next();
+        let mut sent = 0;
         for band in bands {
-            sent.fetch_add(1, Ordering::Relaxed);
+            sent += 1;
             scope.spawn(move |_| {
                 f(band);
                 done.fetch_add(1, Ordering::Release);
@@ -188,7 +188,6 @@ fn run_bands<T: Send>(
         // The helpers' bands are usually done or nearly: wait by spinning, which is quicker
         // than the scope's wait (it sleeps, and a sleeping thread is slow to wake).
         let start = Instant::now();
-        let sent = sent.load(Ordering::Relaxed);
         while done.load(Ordering::Acquire) < sent {
             let waited = start.elapsed();
             if waited > STAY_AWAKE {
@@ -218,19 +217,7 @@ fn in_bands(z: &mut Array2<f32>, parallel: bool, f: impl Fn(usize, ArrayViewMut2
 /// sixteenth value, then added in order. The same bits on every run and any number of
 /// threads; sixteen independent sums keep the vector units busy where one would wait on
 /// each addition.
-fn sum_of_squares(values: impl Iterator<Item = f32>) -> f64 {
-    const LANES: usize = 16;
-    let mut sums = [0.0f64; LANES];
-    let mut lane = 0;
-    for v in values {
-        sums[lane] += f64::from(v) * f64::from(v);
-        lane = (lane + 1) % LANES;
-    }
-    sums.iter().sum()
-}
-
-/// [`sum_of_squares`] of a slice, written so that the compiler vectorises it.
-fn sum_of_squares_slice(values: &[f32]) -> f64 {
+fn sum_of_squares(values: &[f32]) -> f64 {
     const LANES: usize = 16;
     let mut sums = [0.0f64; LANES];
     let chunks = values.chunks_exact(LANES);
@@ -441,8 +428,9 @@ impl Backend for CpuBackend {
 
     fn sum_squares(&self, tensor: &Array2<f32>) -> Result<f32, ComputeError> {
         let sum = match tensor.as_slice() {
-            Some(values) => sum_of_squares_slice(values),
-            None => sum_of_squares(tensor.iter().copied()),
+            Some(values) => sum_of_squares(values),
+            // Not in standard layout (this backend makes none such): its values in order.
+            None => sum_of_squares(&tensor.iter().copied().collect::<Vec<_>>()),
         };
         Ok(sum as f32)
     }

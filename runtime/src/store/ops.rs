@@ -436,9 +436,27 @@ pub(super) fn lease_many<T: Tables + ?Sized>(
     requests: &[LeaseRequest],
     now: Timestamp,
 ) -> Result<Vec<Result<Option<super::Lease>, StoreError>>, StoreError> {
-    let mut answers = Vec::with_capacity(requests.len());
-    for req in requests {
-        match lease_next(t, cfg, req, now) {
+    each_answered(requests, |req| lease_next(t, cfg, req, now))
+}
+
+/// [`touch_worker`] (a heartbeat) for each of `ids` in turn, each with its own answer.
+pub(super) fn touch_workers<T: Tables + ?Sized>(
+    t: &mut T,
+    ids: &[WorkerId],
+    now: Timestamp,
+) -> Result<Vec<Result<WorkerRecord, StoreError>>, StoreError> {
+    each_answered(ids, |id| touch_worker(t, id, false, now))
+}
+
+/// `op` on each item in turn, each answer kept: one refused does not stop the others (it
+/// wrote nothing), a storage fault fails the whole write.
+fn each_answered<I, R>(
+    items: impl IntoIterator<Item = I>,
+    mut op: impl FnMut(I) -> Result<R, StoreError>,
+) -> Result<Vec<Result<R, StoreError>>, StoreError> {
+    let mut answers = Vec::new();
+    for item in items {
+        match op(item) {
             Err(StoreError::Storage(fault)) => return Err(fault.into()),
             answer => answers.push(answer),
         }
